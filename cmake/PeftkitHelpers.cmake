@@ -1,0 +1,25 @@
+# Declarative helpers so that every folder's CMakeLists.txt is a short list:
+#   peftkit_plugin(NAME lora KIND peft SRCS lora.cpp ...)
+#   peftkit_test(NAME options_test SRCS options_test.cpp DEPS ...)
+# peftkit_plugin is also exported with the installed package for out-of-tree plugins.
+
+include(${CMAKE_CURRENT_LIST_DIR}/PeftkitPlugin.cmake)
+
+# Warnings for our own code only (third-party headers are SYSTEM includes).
+function(peftkit_warnings target)
+  target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wpedantic>)
+endfunction()
+
+# A GoogleTest executable registered with ctest through gtest_discover_tests.
+function(peftkit_test)
+  cmake_parse_arguments(T "" "NAME" "SRCS;DEPS;DEFINES" ${ARGN})
+  add_executable(${T_NAME} ${T_SRCS})
+  target_link_libraries(${T_NAME} PRIVATE GTest::gtest GTest::gtest_main ${T_DEPS})
+  target_compile_definitions(${T_NAME} PRIVATE ${T_DEFINES})
+  target_include_directories(${T_NAME} PRIVATE ${PROJECT_SOURCE_DIR}/tests)
+  set_target_properties(${T_NAME} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/tests)
+  peftkit_warnings(${T_NAME})
+  include(GoogleTest)
+  gtest_discover_tests(${T_NAME} DISCOVERY_TIMEOUT 120
+    PROPERTIES ENVIRONMENT "PEFTKIT_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+endfunction()

@@ -1,0 +1,35 @@
+// command.hpp (host-internal): one `peftkit <command>`; each lives in its own commands_*.cpp and
+// is listed in main.cpp.
+#pragma once
+
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <boost/program_options.hpp>
+
+namespace peftkit::cli {
+
+namespace po = boost::program_options;
+
+// Options every command accepts.
+struct CommonOptions {
+  std::string log_level = "info";
+  std::vector<std::filesystem::path> plugin_dirs;
+};
+
+struct Command {
+  std::string name;     // "plugins"
+  std::string usage;    // "peftkit plugins [options]"
+  std::string summary;  // one line for `peftkit --help`
+  // Adds the command's own options and positionals.
+  std::function<void(po::options_description&, po::positional_options_description&)> describe;
+  // Runs it; returns the exit code. Errors are thrown as peftkit::Error.
+  std::function<int(const po::variables_map&, const CommonOptions&)> run;
+};
+
+Command plugins_command();
+Command recipe_command();
+
+}  // namespace peftkit::cli

@@ -1,0 +1,432 @@
+// Recipe parsing and validation. toml++ is used only in this file: plugins and the rest of the host
+// see resolved peftkit::Options.
+#include "host/recipe.hpp"
+
+#include <algorithm>
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include <toml++/toml.h>
+
+namespace peftkit::host {
+namespace fs = std::filesystem;
+namespace {
+
+std::string location_of(const fs::path& file, const toml::source_region& source) {
+  std::string where = file.string();
+  if (source.begin.line > 0)
+    where += ":" + std::to_string(source.begin.line) + ":" + std::to_string(source.begin.column);
+  return where;
+}
+
+std::string describe_found(const toml::node& node) {
+  switch (node.type()) {
+    case toml::node_type::string:
+      return "string " + format_option_value(std::string(*node.value<std::string_view>()));
+    case toml::node_type::integer:
+      return "integer " + std::to_string(*node.value<int64_t>());
+    case toml::node_type::floating_point:
+      return "number " + format_option_value(*node.value<double>());
+    case toml::node_type::boolean:
+      return std::string("boolean ") + (*node.value<bool>() ? "true" : "false");
+    case toml::node_type::array:
+      return "an array";
+    case toml::node_type::table:
+      return "a table";
+    default:
+      return "a date/time";
+  }
+}
+
+// Converts a TOML value to the spec's type; std::nullopt when the TOML type does not fit.
+std::optional<OptionValue> convert(const OptionSpec& spec, const toml::node& node) {
+  switch (spec.type) {
+    case OptionType::kBool:
+      if (auto v = node.value_exact<bool>()) return OptionValue(*v);
+      // RWKV-PEFT passes switches as 0/1 (--grad_cp 1): accept exactly those two integers.
+      if (auto v = node.value_exact<int64_t>(); v && (*v == 0 || *v == 1))
+        return OptionValue(*v == 1);
+      return std::nullopt;
+    case OptionType::kInt:
+      if (auto v = node.value_exact<int64_t>()) return OptionValue(*v);
+      return std::nullopt;
+    case OptionType::kFloat:
+      if (auto v = node.value_exact<double>()) return OptionValue(*v);
+      if (auto v = node.value_exact<int64_t>()) return OptionValue(static_cast<double>(*v));
+      return std::nullopt;
+    case OptionType::kString:
+      if (auto v = node.value_exact<std::string>()) return OptionValue(*v);
+      return std::nullopt;
+    case OptionType::kStringList: {
+      if (auto v = node.value_exact<std::string>())
+        return OptionValue(std::vector<std::string>{*v});
+      const toml::array* array = node.as_array();
+      if (!array) return std::nullopt;
+      std::vector<std::string> list;
+      for (const auto& element : *array) {
+        auto v = element.value_exact<std::string>();
+        if (!v) return std::nullopt;
+        list.push_back(*v);
+      }
+      return OptionValue(std::move(list));
+    }
+  }
+  return std::nullopt;
+}
+
+// Key paths set by --set, to report their origin.
+using OverrideSet = std::map<std::string, std::string>;  // "train.lr_init" -> "--set train.lr_init=..."
+
+std::string join_path(std::string_view table, std::string_view key) {
+  return std::string(table) + "." + std::string(key);
+}
+
+struct Validator {
+  const fs::path& file;
+  const OverrideSet& overrides;
+
+  // Where a key came from: its --set argument, else the given source (the value's for a bad value,
+  // the key's for an unknown key).
+  std::string where(std::string_view table, std::string_view key,
+                    const toml::source_region& source) const {
+    auto it = overrides.find(join_path(table, key));
+    if (it != overrides.end()) return it->second;
+    return location_of(file, source);
+  }
+
+  // Validates `table` against `schema`; nested tables are allowed only where `subtable_ok` says.
+  Options validate(const toml::table* table, std::string_view table_name, const OptionSchema& schema,
+                   const std::function<void(const toml::key&, const toml::table&)>& on_subtable = {})
+      const {
+    Options options{std::string(table_name)};
+    if (table) {
+      for (auto&& [key, node] : *table) {
+        const std::string name(key.str());
+        if (node.is_table() && on_subtable) {
+          on_subtable(key, *node.as_table());
+          continue;
+        }
+        const OptionSpec* spec = schema.find(name);
+        if (!spec) {
+          std::string message = where(table_name, name, key.source()) + ": unknown key '" +
+                                name + "' in [" + std::string(table_name) + "]";
+          std::string suggestion = closest_match(name, schema.names());
+          if (!suggestion.empty()) message += "; did you mean '" + suggestion + "'?";
+          std::string valid;
+          for (const auto& n : schema.names()) valid += (valid.empty() ? "" : ", ") + n;
+          message += " (valid keys: " + (valid.empty() ? std::string("none") : valid) + ")";
+          throw Error(message);
+        }
+        std::string location = where(table_name, name, node.source());
+        auto value = convert(*spec, node);
+        std::string problem = value ? check_option_value(*spec, *value) : describe_expected(*spec);
+        if (!problem.empty())
+          throw Error(location + ": [" + std::string(table_name) + "] " + name + ": expected " +
+                      problem + ", found " + describe_found(node));
+        const bool overridden = overrides.count(join_path(table_name, name)) != 0;
+        options.set(name, std::move(*value),
+                    overridden ? OptionSource::kOverride : OptionSource::kRecipe, location);
+      }
+    }
+    // Defaults for the rest, in schema order; a missing required key is an error.
+    Options resolved{std::string(table_name)};
+    for (const auto& spec : schema.specs()) {
+      if (options.contains(spec.name)) {
+        resolved.set(spec.name, options.get(spec.name), options.source(spec.name),
+                     options.location(spec.name));
+      } else if (spec.default_value) {
+        resolved.set(spec.name, *spec.default_value, OptionSource::kDefault);
+      } else {
+        std::string where_table = table ? location_of(file, table->source()) : file.string();
+        throw Error(where_table + ": [" + std::string(table_name) + "] is missing the required key '" +
+                    spec.name + "': " + spec.help);
+      }
+    }
+    return resolved;
+  }
+};
+
+// Sets a --set override inside the TOML document, creating tables on the way.
+void apply_override(toml::table& root, const Override& override_arg) {
+  toml::table* table = &root;
+  for (size_t i = 0; i + 1 < override_arg.key_path.size(); ++i) {
+    const std::string& part = override_arg.key_path[i];
+    toml::node* node = table->get(part);
+    if (!node) {
+      table->insert(part, toml::table{});
+      node = table->get(part);
+    }
+    if (!node->is_table())
+      throw Error(override_arg.text + ": '" + part + "' is not a table in the recipe");
+    table = node->as_table();
+  }
+  const std::string& leaf = override_arg.key_path.back();
+  toml::parse_result parsed = [&]() -> toml::parse_result {
+    try {
+      return toml::parse("value = " + override_arg.value_text);
+    } catch (const toml::parse_error&) {
+      toml::table fallback;
+      fallback.insert("value", override_arg.value_text);
+      return fallback;
+    }
+  }();
+  toml::node* value = parsed.get("value");
+  if (!value) throw Error(override_arg.text + ": empty value");
+  table->insert_or_assign(leaf, std::move(*value));
+}
+
+void check_device(const Options& run) {
+  static const std::regex kDevice("auto|cpu|cuda(:[0-9]+)?");
+  const std::string& device = run.get_string("device");
+  if (!std::regex_match(device, kDevice))
+    throw run.error("device", "expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", found \"" +
+                                  device + "\"");
+}
+
+// Validates [<section>.<plugin>] with the plugin's own schema, then its cross-key checks.
+PluginTable plugin_table(const Validator& validator, PluginKind kind, std::string_view section,
+                         const std::string& plugin_name, const toml::table* table,
+                         const PluginRegistry& plugins, const Options& owner, const char* owner_key) {
+  std::shared_ptr<const Plugin> plugin;
+  try {
+    plugin = plugins.find(kind, plugin_name);
+  } catch (const Error& e) {
+    throw owner.error(owner_key, e.what());
+  }
+  const std::string table_name = std::string(section) + "." + plugin_name;
+  Options options = validator.validate(table, table_name, plugin->options());
+  plugin->validate(options);
+  return {plugin_name, std::move(options)};
+}
+
+}  // namespace
+
+std::string closest_match(std::string_view word, const std::vector<std::string>& candidates) {
+  auto distance = [](std::string_view a, std::string_view b) {
+    std::vector<size_t> row(b.size() + 1);
+    for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+    for (size_t i = 1; i <= a.size(); ++i) {
+      size_t diagonal = row[0];
+      row[0] = i;
+      for (size_t j = 1; j <= b.size(); ++j) {
+        size_t up = row[j];
+        row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1] ? 1u : 0u)});
+        diagonal = up;
+      }
+    }
+    return row[b.size()];
+  };
+  std::string best;
+  size_t best_distance = std::max<size_t>(2, word.size() / 3) + 1;
+  for (const auto& candidate : candidates) {
+    size_t d = distance(word, candidate);
+    if (d < best_distance) {
+      best_distance = d;
+      best = candidate;
+    }
+  }
+  return best;
+}
+
+Override parse_override(std::string_view text) {
+  const std::string whole(text);
+  size_t eq = text.find('=');
+  if (eq == std::string_view::npos || eq == 0)
+    throw Error("--set " + whole + ": expected SECTION.KEY=VALUE, e.g. train.lr_init=1e-3");
+  Override result;
+  result.text = "--set " + whole;
+  result.value_text = std::string(text.substr(eq + 1));
+  std::string_view path = text.substr(0, eq);
+  while (true) {
+    size_t dot = path.find('.');
+    std::string_view part = path.substr(0, dot);
+    if (part.empty())
+      throw Error("--set " + whole + ": empty key component in '" + std::string(text.substr(0, eq)) + "'");
+    result.key_path.emplace_back(part);
+    if (dot == std::string_view::npos) break;
+    path.remove_prefix(dot + 1);
+  }
+  if (result.key_path.size() < 2)
+    throw Error("--set " + whole + ": expected SECTION.KEY=VALUE (a key inside a section such as "
+                "[train]), found no section");
+  return result;
+}
+
+const Options& Recipe::section(std::string_view name) const {
+  if (name == "model") return model;
+  if (name == "data") return data;
+  if (name == "peft") return peft;
+  if (name == "quant") return quant;
+  if (name == "train") return train;
+  if (name == "output") return output;
+  if (name == "run") return run;
+  throw Error("no recipe section [" + std::string(name) + "]");
+}
+
+fs::path Recipe::resolve_path(const std::string& path) const {
+  fs::path p(path);
+  if (p.is_absolute() || file.empty()) return p;
+  return file.parent_path() / p;
+}
+
+Recipe load_recipe(const fs::path& file, const std::vector<Override>& overrides,
+                   const PluginRegistry& plugins) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw Error(file.string() + ": cannot open the recipe file");
+  std::stringstream text;
+  text << in.rdbuf();
+  return parse_recipe(text.str(), file, overrides, plugins);
+}
+
+Recipe parse_recipe(std::string_view toml_text, const fs::path& file,
+                    const std::vector<Override>& overrides, const PluginRegistry& plugins) {
+  toml::table root;
+  try {
+    root = toml::parse(toml_text, file.string());
+  } catch (const toml::parse_error& e) {
+    throw Error(location_of(file, e.source()) + ": TOML syntax error: " +
+                std::string(e.description()));
+  }
+  OverrideSet override_origins;
+  for (const auto& o : overrides) {
+    apply_override(root, o);
+    std::string path;
+    for (const auto& part : o.key_path) path += (path.empty() ? "" : ".") + part;
+    override_origins[path] = o.text;
+  }
+
+  const std::vector<std::string> section_names(std::begin(kRecipeSections), std::end(kRecipeSections));
+  for (auto&& [key, node] : root) {
+    const std::string name(key.str());
+    if (std::find(section_names.begin(), section_names.end(), name) == section_names.end()) {
+      std::string message = location_of(file, key.source()) + ": unknown recipe section [" + name + "]";
+      std::string suggestion = closest_match(name, section_names);
+      if (!suggestion.empty()) message += "; did you mean [" + suggestion + "]?";
+      throw Error(message + " (sections: model, data, peft, quant, train, output, run)");
+    }
+    if (!node.is_table())
+      throw Error(location_of(file, key.source()) + ": '" + name + "' must be a table [" + name +
+                  "], found " + describe_found(node));
+  }
+
+  Validator validator{file, override_origins};
+  Recipe recipe;
+  recipe.file = file;
+  // Sub-tables of a section belong to the plugin its selector names; others are errors.
+  std::map<std::string, std::map<std::string, const toml::table*>> subtables;
+  auto collect = [&](std::string section) {
+    return [&, section](const toml::key& key, const toml::table& table) {
+      subtables[section][std::string(key.str())] = &table;
+    };
+  };
+  auto section_table = [&](std::string_view name) { return root.get_as<toml::table>(name); };
+  auto reject_subtables = [&](std::string_view section) -> std::function<void(const toml::key&, const toml::table&)> {
+    return [&, section = std::string(section)](const toml::key& key, const toml::table&) {
+      throw Error(location_of(file, key.source()) + ": [" + section + "." + std::string(key.str()) +
+                  "]: [" + section + "] has no sub-tables");
+    };
+  };
+
+  recipe.model = validator.validate(section_table("model"), "model", section_schema("model"), reject_subtables("model"));
+  recipe.data = validator.validate(section_table("data"), "data", section_schema("data"), collect("data"));
+  recipe.peft = validator.validate(section_table("peft"), "peft", section_schema("peft"), collect("peft"));
+  recipe.quant = validator.validate(section_table("quant"), "quant", section_schema("quant"), collect("quant"));
+  recipe.train = validator.validate(section_table("train"), "train", section_schema("train"), reject_subtables("train"));
+  recipe.output = validator.validate(section_table("output"), "output", section_schema("output"), reject_subtables("output"));
+  recipe.run = validator.validate(section_table("run"), "run", section_schema("run"), reject_subtables("run"));
+  check_device(recipe.run);
+
+  auto take_subtable = [&](const std::string& section, const std::string& name) -> const toml::table* {
+    auto& tables = subtables[section];
+    auto it = tables.find(name);
+    if (it == tables.end()) return nullptr;
+    const toml::table* table = it->second;
+    tables.erase(it);
+    return table;
+  };
+
+  // [data]: the format's plugin and its table.
+  const std::string& format = recipe.data.get_string("format");
+  recipe.dataset = plugin_table(validator, PluginKind::kDataset, "data", format,
+                                take_subtable("data", format), plugins, recipe.data, "format");
+
+  // [peft]: "none", or distinct plugin names.
+  const auto& methods = recipe.peft.get_string_list("method");
+  if (methods.empty()) throw recipe.peft.error("method", "expected \"none\" or at least one method, found []");
+  std::set<std::string> seen;
+  for (const auto& method : methods) {
+    if (!seen.insert(method).second)
+      throw recipe.peft.error("method", "'" + method + "' is listed twice");
+    if (method == "none") {
+      if (methods.size() > 1)
+        throw recipe.peft.error("method", "\"none\" cannot be combined with other methods");
+      continue;
+    }
+    recipe.peft_methods.push_back(plugin_table(validator, PluginKind::kPeft, "peft", method,
+                                               take_subtable("peft", method), plugins,
+                                               recipe.peft, "method"));
+  }
+
+  // [quant]
+  const std::string& quant_method = recipe.quant.get_string("method");
+  if (quant_method != "none")
+    recipe.quantizer = plugin_table(validator, PluginKind::kQuantizer, "quant", quant_method,
+                                    take_subtable("quant", quant_method), plugins, recipe.quant,
+                                    "method");
+
+  // A plugin table whose plugin is not selected would be silently ignored: refuse it.
+  for (const auto& [section, tables] : subtables) {
+    for (const auto& [name, table] : tables) {
+      const char* selector = section == "data" ? "format" : "method";
+      throw Error(location_of(file, table->source()) + ": table [" + section + "." + name +
+                  "] is given but [" + section + "] " + selector + " = " +
+                  format_option_value(recipe.section(section).get(selector)) +
+                  " does not select '" + name + "'");
+    }
+  }
+  return recipe;
+}
+
+std::string format_recipe(const Recipe& recipe) {
+  std::ostringstream out;
+  out << "# Resolved recipe";
+  if (!recipe.file.empty()) out << " from " << recipe.file.string();
+  out << "\n# Every key is shown; the comment says where its value came from.\n";
+  auto write_table = [&out](const Options& options) {
+    out << "\n[" << options.table() << "]\n";
+    size_t width = 0;
+    for (const auto& name : options.names())
+      width = std::max(width, name.size() + 3 + format_option_value(options.get(name)).size());
+    for (const auto& name : options.names()) {
+      std::string line = name + " = " + format_option_value(options.get(name));
+      std::string origin;
+      switch (options.source(name)) {
+        case OptionSource::kDefault:
+          origin = "default";
+          break;
+        case OptionSource::kRecipe:
+          origin = "recipe";
+          break;
+        case OptionSource::kOverride:
+          origin = options.location(name);
+          break;
+      }
+      out << line << std::string(width - line.size() + 2, ' ') << "# " << origin << "\n";
+    }
+  };
+  write_table(recipe.model);
+  write_table(recipe.data);
+  if (recipe.dataset) write_table(recipe.dataset->options);
+  write_table(recipe.peft);
+  for (const auto& method : recipe.peft_methods) write_table(method.options);
+  write_table(recipe.quant);
+  if (recipe.quantizer) write_table(recipe.quantizer->options);
+  write_table(recipe.train);
+  write_table(recipe.output);
+  write_table(recipe.run);
+  return out.str();
+}
+
+}  // namespace peftkit::host

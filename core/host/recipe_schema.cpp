@@ -1,0 +1,90 @@
+// The core sections of a recipe. [train] keeps RWKV-PEFT's flag names and meanings so a shell
+// script ports line by line (README "Recipe reference" lists the mapping and where we differ).
+#include <limits>
+#include <map>
+
+#include "host/recipe.hpp"
+
+namespace peftkit::host {
+namespace {
+
+OptionSchema model_schema() {
+  return OptionSchema().add_required_string(
+      "path", "the base model: an RWKV .pth or .safetensors file (RWKV-PEFT --load_model)");
+}
+
+OptionSchema data_schema() {
+  return OptionSchema()
+      .add_string("format", "numpy",
+                  "dataset plugin that reads `path`; its own keys go in [data.<format>]")
+      .add_required_string("path", "training data file (RWKV-PEFT --data_file)");
+}
+
+OptionSchema peft_schema() {
+  return OptionSchema()
+      .add_string_list("method", {"none"},
+                       "PEFT plugin(s): \"none\" (full fine-tune / train_parts only), or one or "
+                       "more plugin names such as [\"state\", \"lora\"]; each one's keys go in "
+                       "[peft.<method>]")
+      .add_string_list("train_parts", {},
+                       "also train base tensors whose name contains one of these substrings, "
+                       "e.g. [\"ln\", \"emb\", \"head\"] (RWKV-PEFT --train_parts)");
+}
+
+OptionSchema quant_schema() {
+  return OptionSchema().add_string(
+      "method", "none",
+      "quantizer plugin for the frozen base weights, or \"none\"; its keys go in [quant.<method>]");
+}
+
+OptionSchema train_schema() {
+  constexpr int64_t kMaxInt = std::numeric_limits<int32_t>::max();
+  return OptionSchema()
+      .add_int("ctx_len", 1024, "tokens per training sample", 1, 1 << 20)
+      .add_int("micro_bsz", 12, "samples per micro-batch", 1, 1 << 16)
+      .add_int("epoch_steps", 1000, "optimizer steps per epoch", 1, kMaxInt)
+      .add_int("epoch_count", 500, "number of epochs", 1, kMaxInt)
+      .add_int("epoch_begin", 0, "number of the first epoch (continues file numbering)", 0, kMaxInt)
+      .add_int("epoch_save", 5, "save every N epochs (0: only at the end)", 0, kMaxInt)
+      .add_float("lr_init", 6e-4, "learning rate at the start of the schedule", Bound{0, true})
+      .add_float("lr_final", 1e-5, "learning rate at the end of the schedule", Bound{0})
+      .add_string("lr_schedule", "cos", "learning-rate schedule", {"cos", "wsd"})
+      .add_int("warmup_steps", 0, "linear warmup steps (0: none)", 0, kMaxInt)
+      .add_float("beta1", 0.9, "Adam beta1", Bound{0}, Bound{1, true})
+      .add_float("beta2", 0.99, "Adam beta2", Bound{0}, Bound{1, true})
+      .add_float("adam_eps", 1e-8, "Adam epsilon", Bound{0, true})
+      .add_float("weight_decay", 0.0, "decoupled weight decay on 2-D weights (0: off)", Bound{0})
+      .add_bool("grad_cp", false, "gradient checkpointing per block (RWKV-PEFT: 0/1)")
+      .add_string("precision", "bf16", "bf16: frozen weights and activations in bf16 with fp32 "
+                  "master copies; fp32; tf32: fp32 with TF32 matmuls", {"bf16", "fp32", "tf32"})
+      .add_int("accumulate_grad_batches", 1, "micro-batches per optimizer step", 1, 1 << 16)
+      .add_float("grad_clip", 1.0, "global gradient-norm clip (0: off)", Bound{0})
+      .add_int("seed", 42, "random seed (RWKV-PEFT --random_seed)", 0,
+               std::numeric_limits<int64_t>::max());
+}
+
+OptionSchema output_schema() {
+  return OptionSchema().add_string(
+      "dir", "out", "folder for checkpoints, logs and metrics (RWKV-PEFT --proj_dir)");
+}
+
+OptionSchema run_schema() {
+  return OptionSchema()
+      .add_string("device", "auto", "\"auto\" (CUDA when present), \"cpu\", \"cuda\" or \"cuda:N\"")
+      .add_int("threads", 0, "CPU threads for tensor math (0: all cores)", 0, 1024);
+}
+
+}  // namespace
+
+const OptionSchema& section_schema(std::string_view section) {
+  static const std::map<std::string, OptionSchema, std::less<>> schemas = {
+      {"model", model_schema()},   {"data", data_schema()},   {"peft", peft_schema()},
+      {"quant", quant_schema()},   {"train", train_schema()}, {"output", output_schema()},
+      {"run", run_schema()},
+  };
+  auto it = schemas.find(section);
+  if (it == schemas.end()) throw Error("no recipe section [" + std::string(section) + "]");
+  return it->second;
+}
+
+}  // namespace peftkit::host

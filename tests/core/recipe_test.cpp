@@ -1,0 +1,236 @@
+#include "host/recipe.hpp"
+
+#include <gtest/gtest.h>
+
+#include "test_util.hpp"
+
+namespace peftkit::host {
+namespace {
+
+// A recipe that validates; the tests break one thing at a time.
+constexpr std::string_view kValidRecipe = R"([model]
+path = "model.pth"
+
+[data]
+format = "token-lines"
+path = "ids.txt"
+
+[peft]
+method = "fixture"
+
+[peft.fixture]
+r = 16
+
+[train]
+ctx_len = 512
+lr_init = 1e-4
+grad_cp = 1
+)";
+
+class RecipeTest : public ::testing::Test {
+ protected:
+  const PluginRegistry& registry() {
+    static const PluginRegistry registry =
+        PluginRegistry::discover({FIXTURE_VALID_DIR, FIXTURE_EXAMPLE_DIR});
+    return registry;
+  }
+
+  Recipe parse(std::string_view text, const std::vector<std::string>& sets = {}) {
+    std::vector<Override> overrides;
+    for (const auto& s : sets) overrides.push_back(parse_override(s));
+    return parse_recipe(text, "recipes/test.toml", overrides, registry());
+  }
+
+  // The error message of parsing `text`, or "(valid)".
+  std::string error(std::string_view text, const std::vector<std::string>& sets = {}) {
+    try {
+      parse(text, sets);
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "(valid)";
+  }
+
+  // kValidRecipe with `from` replaced by `to` (which must occur).
+  static std::string with(std::string_view from, std::string_view to) {
+    std::string text(kValidRecipe);
+    size_t at = text.find(from);
+    EXPECT_NE(at, std::string::npos) << from;
+    return text.replace(at, from.size(), to);
+  }
+};
+
+TEST_F(RecipeTest, ValidRecipeResolvesWithDefaultsAndSources) {
+  Recipe recipe = parse(kValidRecipe);
+  EXPECT_EQ(recipe.train.get_int("ctx_len"), 512);
+  EXPECT_EQ(recipe.train.source("ctx_len"), OptionSource::kRecipe);
+  EXPECT_EQ(recipe.train.location("ctx_len"), "recipes/test.toml:15:11");
+  EXPECT_EQ(recipe.train.get_int("micro_bsz"), 12);  // RWKV-PEFT's default
+  EXPECT_EQ(recipe.train.source("micro_bsz"), OptionSource::kDefault);
+  EXPECT_TRUE(recipe.train.get_bool("grad_cp"));  // RWKV-PEFT style 0/1 switch
+  EXPECT_EQ(recipe.train.get_string("lr_schedule"), "cos");
+  ASSERT_EQ(recipe.peft_methods.size(), 1u);
+  EXPECT_EQ(recipe.peft_methods[0].options.get_int("r"), 16);
+  EXPECT_EQ(recipe.peft_methods[0].options.get_float("alpha"), 16.0);
+  ASSERT_TRUE(recipe.dataset.has_value());
+  EXPECT_TRUE(recipe.dataset->options.get_bool("skip_empty_lines"));
+  EXPECT_FALSE(recipe.quantizer.has_value());
+  EXPECT_EQ(recipe.resolve_path(recipe.model.get_string("path")), "recipes/model.pth");
+}
+
+TEST_F(RecipeTest, IntegerIsAcceptedWhereANumberIsExpected) {
+  EXPECT_EQ(parse(with("lr_init = 1e-4", "lr_init = 1")).train.get_float("lr_init"), 1.0);
+}
+
+TEST_F(RecipeTest, UnknownKeyNamesFileLineAndClosestKey) {
+  EXPECT_EQ(error(with("lr_init = 1e-4", "lr_int = 1e-4")).substr(0, 90),
+            "recipes/test.toml:16:1: unknown key 'lr_int' in [train]; did you mean 'lr_init'? (valid ke");
+}
+
+TEST_F(RecipeTest, UnknownKeyWithoutCloseMatchListsValidKeys) {
+  std::string message = error(with("[model]\n", "[model]\nflavour = 1\n"));
+  EXPECT_EQ(message, "recipes/test.toml:2:1: unknown key 'flavour' in [model] (valid keys: path)");
+}
+
+TEST_F(RecipeTest, UnknownSectionSuggestsTheClosestOne) {
+  std::string message = error(std::string(kValidRecipe) + "[trian]\nseed = 1\n");
+  EXPECT_EQ(message, "recipes/test.toml:18:2: unknown recipe section [trian]; did you mean [train]? "
+                     "(sections: model, data, peft, quant, train, output, run)");
+}
+
+TEST_F(RecipeTest, WrongTypeNamesKeyExpectedAndFound) {
+  EXPECT_EQ(error(with("ctx_len = 512", "ctx_len = \"512\"")),
+            "recipes/test.toml:15:11: [train] ctx_len: expected an integer in [1, 1048576], found "
+            "string \"512\"");
+  EXPECT_EQ(error(with("grad_cp = 1", "grad_cp = 2")),
+            "recipes/test.toml:17:11: [train] grad_cp: expected true or false, found integer 2");
+}
+
+TEST_F(RecipeTest, OutOfRangeNamesTheRange) {
+  EXPECT_EQ(error(with("ctx_len = 512", "ctx_len = 0")),
+            "recipes/test.toml:15:11: [train] ctx_len: expected an integer in [1, 1048576], found "
+            "integer 0");
+  EXPECT_EQ(error(with("lr_init = 1e-4", "beta1 = 1.0")),
+            "recipes/test.toml:16:9: [train] beta1: expected a number in [0.0, 1.0), found number 1.0");
+}
+
+TEST_F(RecipeTest, ValueOutsideChoicesListsThem) {
+  EXPECT_EQ(error(with("lr_init = 1e-4", "lr_schedule = \"linear\"")),
+            "recipes/test.toml:16:15: [train] lr_schedule: expected one of \"cos\", \"wsd\", found "
+            "string \"linear\"");
+}
+
+TEST_F(RecipeTest, MissingRequiredKeyIsNamed) {
+  EXPECT_EQ(error(with("path = \"model.pth\"", "")),
+            "recipes/test.toml:1:1: [model] is missing the required key 'path': the base model: "
+            "an RWKV .pth or .safetensors file (RWKV-PEFT --load_model)");
+  std::string without_model(kValidRecipe.substr(kValidRecipe.find("[data]")));
+  EXPECT_EQ(error(without_model).substr(0, 61),
+            "recipes/test.toml: [model] is missing the required key 'path'");
+}
+
+TEST_F(RecipeTest, UnknownPluginListsTheAvailableOnesOfThatKind) {
+  EXPECT_EQ(error(with("method = \"fixture\"", "method = \"lorra\"")),
+            "recipes/test.toml:9:10: [peft] method: no peft plugin named 'lorra'; available: fixture");
+  EXPECT_EQ(error(with("format = \"token-lines\"", "format = \"parquet\"")),
+            "recipes/test.toml:5:10: [data] format: no dataset plugin named 'parquet'; available: "
+            "token-lines");
+  EXPECT_EQ(error(std::string(kValidRecipe) + "[quant]\nmethod = \"nf4\"\n"),
+            "recipes/test.toml:19:10: [quant] method: no quantizer plugin named 'nf4'; available: none");
+}
+
+TEST_F(RecipeTest, PluginTablesAreValidatedByThePluginSchema) {
+  EXPECT_EQ(error(with("r = 16", "rr = 16")).substr(0, 80),
+            "recipes/test.toml:12:1: unknown key 'rr' in [peft.fixture]; did you mean 'r'? (v");
+  EXPECT_EQ(error(with("r = 16", "r = 0")),
+            "recipes/test.toml:12:5: [peft.fixture] r: expected an integer in [1, 4096], found integer 0");
+  EXPECT_EQ(error(with("r = 16", "init = \"kaiming\"")),
+            "recipes/test.toml:12:8: [peft.fixture] init: expected one of \"zero\", \"random\", found "
+            "string \"kaiming\"");
+}
+
+TEST_F(RecipeTest, PluginCrossKeyChecksRun) {
+  EXPECT_EQ(error(with("r = 16", "r = 16\nblock = 5")),
+            "recipes/test.toml:13:9: [peft.fixture] block: must divide r = 16, found 5");
+}
+
+TEST_F(RecipeTest, TableOfAPluginThatIsNotSelectedIsRefused) {
+  EXPECT_EQ(error(with("method = \"fixture\"", "method = \"none\"")),
+            "recipes/test.toml:11:1: table [peft.fixture] is given but [peft] method = [\"none\"] "
+            "does not select 'fixture'");
+}
+
+TEST_F(RecipeTest, NoneCannotBeCombinedAndMethodsAreDistinct) {
+  EXPECT_EQ(error(with("method = \"fixture\"", "method = [\"none\", \"fixture\"]")),
+            "recipes/test.toml:9:10: [peft] method: \"none\" cannot be combined with other methods");
+  EXPECT_EQ(error(with("method = \"fixture\"", "method = [\"fixture\", \"fixture\"]")),
+            "recipes/test.toml:9:10: [peft] method: 'fixture' is listed twice");
+}
+
+TEST_F(RecipeTest, TomlSyntaxErrorHasLineAndColumn) {
+  EXPECT_EQ(error(with("ctx_len = 512", "ctx_len = = 512")).substr(0, 69),
+            "recipes/test.toml:15:11: TOML syntax error: Error while parsing value");
+}
+
+TEST_F(RecipeTest, SectionMustBeATable) {
+  EXPECT_EQ(error(std::string("run = 5\n") + std::string(kValidRecipe)),
+            "recipes/test.toml:1:1: 'run' must be a table [run], found integer 5");
+}
+
+TEST_F(RecipeTest, SectionsWithoutPluginsHaveNoSubtables) {
+  EXPECT_EQ(error(std::string(kValidRecipe) + "[train.extra]\nx = 1\n"),
+            "recipes/test.toml:18:8: [train.extra]: [train] has no sub-tables");
+}
+
+TEST_F(RecipeTest, DeviceMustBeAKnownForm) {
+  EXPECT_EQ(error(std::string(kValidRecipe) + "[run]\ndevice = \"gpu\"\n"),
+            "recipes/test.toml:19:10: [run] device: expected \"auto\", \"cpu\", \"cuda\" or "
+            "\"cuda:N\", found \"gpu\"");
+  EXPECT_EQ(parse(std::string(kValidRecipe) + "[run]\ndevice = \"cuda:1\"\n").run.get_string("device"),
+            "cuda:1");
+}
+
+TEST_F(RecipeTest, OverridesReplaceValuesAndAreReportedAsTheirOrigin) {
+  Recipe recipe = parse(kValidRecipe, {"train.lr_init=1e-3", "peft.fixture.r=32",
+                                       "data.path=/tmp/other ids.txt", "run.threads=2"});
+  EXPECT_EQ(recipe.train.get_float("lr_init"), 1e-3);
+  EXPECT_EQ(recipe.train.source("lr_init"), OptionSource::kOverride);
+  EXPECT_EQ(recipe.train.location("lr_init"), "--set train.lr_init=1e-3");
+  EXPECT_EQ(recipe.peft_methods[0].options.get_int("r"), 32);
+  EXPECT_EQ(recipe.data.get_string("path"), "/tmp/other ids.txt");  // unquoted strings work
+  EXPECT_EQ(recipe.run.get_int("threads"), 2);
+}
+
+TEST_F(RecipeTest, BadOverridesAreErrorsNamingTheArgument) {
+  EXPECT_EQ(error(kValidRecipe, {"train.ctx_len=abc"}),
+            "--set train.ctx_len=abc: [train] ctx_len: expected an integer in [1, 1048576], found "
+            "string \"abc\"");
+  EXPECT_EQ(error(kValidRecipe, {"train.lr_int=1"}).substr(0, 78),
+            "--set train.lr_int=1: unknown key 'lr_int' in [train]; did you mean 'lr_init'?");
+  EXPECT_THROW(parse_override("lr_init=1"), Error);
+  EXPECT_THROW(parse_override("train.lr_init"), Error);
+  EXPECT_THROW(parse_override("train..x=1"), Error);
+}
+
+TEST_F(RecipeTest, ShowPrintsEveryKeyWithItsOriginAndReadsBack) {
+  Recipe recipe = parse(kValidRecipe, {"train.seed=7"});
+  const std::string text = format_recipe(recipe);
+  EXPECT_NE(text.find("ctx_len = 512"), std::string::npos) << text;
+  EXPECT_NE(text.find("micro_bsz = 12"), std::string::npos) << text;
+  EXPECT_NE(text.find("# --set train.seed=7"), std::string::npos) << text;
+  EXPECT_NE(text.find("[peft.fixture]"), std::string::npos) << text;
+  EXPECT_NE(text.find("alpha = 16.0"), std::string::npos) << text;
+  // The resolved recipe is itself a valid recipe with the same values.
+  Recipe again = parse(text);
+  for (std::string_view section : kRecipeSections)
+    for (const auto& name : recipe.section(section).names())
+      EXPECT_EQ(recipe.section(section).get(name), again.section(section).get(name)) << name;
+}
+
+TEST(ClosestMatch, SuggestsOnlyLikelyTypos) {
+  EXPECT_EQ(closest_match("micro_bs", {"ctx_len", "micro_bsz"}), "micro_bsz");
+  EXPECT_EQ(closest_match("zzzz", {"ctx_len", "micro_bsz"}), "");
+}
+
+}  // namespace
+}  // namespace peftkit::host
