@@ -23,4 +23,6 @@ endif()
 
 # LibTorch's imported target carries its include folder, which holds a newer fmt than Debian's spdlog
 # was built against: only the logging target (core/log) may see spdlog, and it never sees LibTorch.
+# Installed binaries find LibTorch where they were linked against it (the wheel's torch/lib).
+get_filename_component(PEFTKIT_TORCH_LIB_DIR "${TORCH_LIBRARY}" DIRECTORY)
 message(STATUS "peftkit: LibTorch ${Torch_VERSION} from ${TORCH_INSTALL_PREFIX}")

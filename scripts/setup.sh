@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what peftkit builds and tests with, on Debian 12 or a derivative. Idempotent, and quick
+# when everything is already there:
+#   - Debian packages: compiler, CMake, Ninja, ccache, Boost 1.74 (DLL, Program_options), toml++,
+#     spdlog, GoogleTest, nlohmann-json;
+#   - LibTorch from the PyPI wheel torch==$PEFTKIT_TORCH_VERSION, with NumPy for test fixtures, in
+#     the project-local virtual environment .venv (no system Python changes).
+# Set PEFTKIT_SKIP_APT=1 to skip the Debian packages (you installed them another way).
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+torch_version=${PEFTKIT_TORCH_VERSION:-2.11.0}
+numpy_version=2.3.5
+venv="$root/.venv"
+
+debs=(g++ cmake ninja-build ccache pkg-config libboost1.74-dev libboost-program-options1.74-dev
+      libtomlplusplus-dev libspdlog-dev libgtest-dev nlohmann-json3-dev)
+
+if [[ "${PEFTKIT_SKIP_APT:-0}" != 1 ]]; then
+  missing=()
+  for deb in "${debs[@]}"; do
+    dpkg-query -W -f='${db:Status-Status}' "$deb" 2>/dev/null | grep -qx installed || missing+=("$deb")
+  done
+  if ((${#missing[@]})); then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+fi
+
+stamp="$venv/.peftkit-torch-$torch_version"
+if [[ ! -f "$stamp" ]]; then
+  python=${PYTHON:-python3}
+  if ! "$python" -m venv --help >/dev/null 2>&1; then
+    echo "setup: $python cannot create virtual environments; installing python3-venv"
+    sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+    $sudo apt-get install -y -qq python3-venv
+  fi
+  echo "setup: creating $venv with torch==$torch_version (a large download the first time)"
+  "$python" -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "torch==$torch_version" "numpy==$numpy_version"
+  "$venv/bin/python" -c "import torch, sys; v = torch.__version__.split('+')[0]; \
+sys.exit(0 if v == '$torch_version' else 'torch ' + v + ' installed, expected $torch_version')"
+  touch "$stamp"
+fi

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# usage: out_of_tree_plugin_test.sh BUILD_DIR EXAMPLE_SOURCE_DIR TORCH_CMAKE_DIR
+set -euo pipefail
+build=$1 example=$2 torch_dir=$3
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+cmake --install "$build" --prefix "$work/prefix" >/dev/null
+cmake -S "$example" -B "$work/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+      -DCMAKE_PREFIX_PATH="$work/prefix" -DTorch_DIR="$torch_dir" >"$work/configure.log" 2>&1 ||
+  { cat "$work/configure.log"; fail "configuring the example against the installed SDK"; }
+cmake --build "$work/build" >"$work/build.log" 2>&1 || { cat "$work/build.log"; fail "building the example"; }
+
+peftkit="$work/prefix/bin/peftkit"
+listing=$("$peftkit" plugins --plugin-dir "$work/build")
+echo "$listing"
+grep -Eq '^dataset +token-lines +1\.0\.0 +ok ' <<<"$listing" || fail "the example plugin is not listed as ok"
+# The installed host finds its own plugins in <prefix>/lib/peftkit/plugins.
+grep -Eq '^dataset +numpy +[0-9.]+ +ok ' <<<"$listing" || fail "the installed numpy plugin is not listed"
+
+cat >"$work/recipe.toml" <<'TOML'
+[model]
+path = "model.pth"
+[data]
+format = "token-lines"
+path = "ids.txt"
+[data.token-lines]
+skip_empty_lines = false
+TOML
+shown=$("$peftkit" recipe show "$work/recipe.toml" --plugin-dir "$work/build")
+grep -q 'skip_empty_lines = false  # recipe' <<<"$shown" || { echo "$shown"; fail "recipe table not validated by the plugin"; }
+if "$peftkit" recipe check "$work/recipe.toml" --plugin-dir "$work/build" --set data.token-lines.skip_empty_line=1 2>"$work/err"; then
+  fail "an unknown plugin key was accepted"
+fi
+grep -q "unknown key 'skip_empty_line' in \[data.token-lines\]; did you mean 'skip_empty_lines'?" "$work/err" ||
+  { cat "$work/err"; fail "wrong message for an unknown plugin key"; }
+echo "1 passed, 0 failed"
