@@ -3,13 +3,16 @@
 # when everything is already there:
 #   - Debian packages: compiler, CMake, Ninja, ccache, Boost 1.74 (DLL, Program_options), toml++,
 #     spdlog, GoogleTest, nlohmann-json;
-#   - LibTorch from the PyPI wheel torch==$PEFTKIT_TORCH_VERSION, with NumPy for test fixtures, in
+#   - LibTorch from the PyPI wheel torch==$PEFTKIT_TORCH_VERSION, with NumPy and safetensors for the
+#     tests' fixtures and checks, in
 #     the project-local virtual environment .venv (no system Python changes).
 # Set PEFTKIT_SKIP_APT=1 to skip the Debian packages (you installed them another way).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 torch_version=${PEFTKIT_TORCH_VERSION:-2.11.0}
 numpy_version=2.3.5
+safetensors_version=0.7.0
+packaging_version=25.0
 venv="$root/.venv"
 
 debs=(g++ cmake ninja-build ccache pkg-config libboost1.74-dev libboost-program-options1.74-dev
@@ -28,7 +31,7 @@ if [[ "${PEFTKIT_SKIP_APT:-0}" != 1 ]]; then
   fi
 fi
 
-stamp="$venv/.peftkit-torch-$torch_version"
+stamp="$venv/.peftkit-torch-$torch_version-numpy-$numpy_version-safetensors-$safetensors_version-packaging-$packaging_version"
 if [[ ! -f "$stamp" ]]; then
   python=${PYTHON:-python3}
   if ! "$python" -m venv --help >/dev/null 2>&1; then
@@ -36,9 +39,9 @@ if [[ ! -f "$stamp" ]]; then
     sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
     $sudo apt-get install -y -qq python3-venv
   fi
-  echo "setup: creating $venv with torch==$torch_version (a large download the first time)"
-  "$python" -m venv "$venv"
-  "$venv/bin/pip" install -q --disable-pip-version-check "torch==$torch_version" "numpy==$numpy_version"
+  echo "setup: installing torch==$torch_version into $venv (a large download the first time)"
+  [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check "torch==$torch_version" "numpy==$numpy_version" "safetensors==$safetensors_version" "packaging==$packaging_version"
   "$venv/bin/python" -c "import torch, sys; v = torch.__version__.split('+')[0]; \
 sys.exit(0 if v == '$torch_version' else 'torch ' + v + ' installed, expected $torch_version')"
   touch "$stamp"

@@ -1,0 +1,153 @@
+#include "peftkit/tensor_io.hpp"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include "test_util.hpp"
+
+namespace peftkit {
+namespace {
+
+class TensorIoTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new testing::TempDir();
+    auto result = testing::run_command(python("write"));
+    ASSERT_EQ(result.exit_code, 0) << result.output;
+  }
+  static void TearDownTestSuite() { delete dir_; }
+  static std::string python(const std::string& mode) {
+    return std::string(PEFTKIT_PYTHON) + " " TENSOR_FILES_SCRIPT " " + mode + " " + dir_->path().string();
+  }
+  static std::filesystem::path file(const std::string& name) { return dir_->path() / name; }
+  static std::string error_of(const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "(no error)";
+  }
+  static inline testing::TempDir* dir_ = nullptr;
+};
+
+TEST_F(TensorIoTest, ReadsWhatTorchSaveWritesAndTorchLoadReadsWhatWeWrite) {
+  TensorMap from_dict = read_pth(file("dict.pth"));
+  TensorMap from_ordered = read_pth(file("ordered.pth"));
+  TensorFile from_safetensors = read_safetensors(file("ref.safetensors"));
+  ASSERT_EQ(from_dict.size(), 9u);
+  EXPECT_EQ(from_dict.at("emb.weight").scalar_type(), at::kBFloat16);
+  EXPECT_EQ(from_dict.at("blocks.0.att.x_r").scalar_type(), at::kHalf);
+  EXPECT_EQ(from_dict.at("blocks.0.att.x_r").sizes(), at::IntArrayRef({1, 1, 5}));
+  EXPECT_EQ(from_dict.at("scalar").dim(), 0);
+  EXPECT_EQ(from_dict.at("scalar").item<float>(), 3.5f);
+  EXPECT_EQ(from_dict.at("ids")[0].item<int64_t>(), -3);
+  EXPECT_EQ(from_safetensors.metadata.at("format"), "pt");
+  for (const auto& [name, tensor] : from_dict) {
+    EXPECT_TRUE(at::equal(tensor, from_ordered.at(name))) << name;
+    EXPECT_TRUE(at::equal(tensor, from_safetensors.tensors.at(name))) << name;
+  }
+  std::filesystem::create_directories(file("out"));
+  write_pth(file("out/cpp.pth"), from_dict);
+  write_safetensors(file("out/cpp.safetensors"), from_safetensors.tensors, {{"format", "pt"}});
+  write_pth(file("out/nested.pth"), read_pth(file("nested.pth")));
+  auto result = testing::run_command(python("check"));
+  EXPECT_EQ(result.exit_code, 0) << result.output;
+  // And our own reader reads our own files back identically, by either entry point.
+  TensorMap again = read_tensor_file(file("out/cpp.pth")).tensors;
+  for (const auto& [name, tensor] : from_dict) EXPECT_TRUE(at::equal(tensor, again.at(name))) << name;
+}
+
+TEST_F(TensorIoTest, NestedDictsGiveDottedNamesAndViewsShareStorage) {
+  TensorMap tensors = read_pth(file("nested.pth"));
+  at::Tensor base = at::arange(24, at::kFloat).reshape({4, 6});
+  EXPECT_TRUE(at::equal(tensors.at("model.view.t"), base.t().slice(0, 1, 4)));
+  EXPECT_TRUE(at::equal(tensors.at("model.view.row"), base[2]));
+}
+
+TEST_F(TensorIoTest, TensorsAreCopyOnWriteViewsThatOutliveNothingElse) {
+  at::Tensor emb;
+  {
+    TensorMap tensors = read_pth(file("dict.pth"));
+    emb = tensors.at("emb.weight");
+  }
+  const float before = emb[0][0].item<float>();
+  emb.add_(1.0);  // private pages: the file on disk does not change
+  EXPECT_EQ(read_pth(file("dict.pth")).at("emb.weight")[0][0].item<float>(), before);
+}
+
+TEST_F(TensorIoTest, RefusesGlobalsOtherThanTensorsAndDicts) {
+  EXPECT_NE(error_of([] { read_pth(file("evil.pth")); })
+                .find("global 'posix.system' is not allowed: only tensors, dicts and OrderedDicts are "
+                      "loaded (nothing from the file is executed)"),
+            std::string::npos);
+}
+
+TEST_F(TensorIoTest, StorageShorterThanItsShapeIsAnError) {
+  EXPECT_NE(error_of([] { read_pth(file("short.pth")); }).find("storage '0' claims 35 elements of 2 bytes but its record holds 35 bytes"),
+            std::string::npos)
+      << error_of([] { read_pth(file("short.pth")); });
+}
+
+TEST_F(TensorIoTest, TruncatedAndForeignFilesAreErrors) {
+  const std::string bytes = testing::read_file(file("dict.pth"));
+  auto truncated = testing::write_file(file("truncated.pth"), bytes.substr(0, bytes.size() / 2));
+  EXPECT_NE(error_of([&] { read_pth(truncated); }).find("no end-of-directory record"), std::string::npos);
+  auto chopped_tail = testing::write_file(file("chopped.pth"), bytes.substr(0, bytes.size() - 30));
+  EXPECT_NE(error_of([&] { read_pth(chopped_tail); }).find(chopped_tail.string() + ": "), std::string::npos);
+  auto text = testing::write_file(file("text.pth"), "hello, this is not a checkpoint");
+  EXPECT_EQ(error_of([&] { read_pth(text); }),
+            text.string() + ": not a PyTorch .pth file (expected a zip archive, found other bytes; "
+                            "legacy non-zip torch.save files are not supported)");
+  EXPECT_EQ(error_of([&] { read_tensor_file(text); }),
+            text.string() + ": neither a PyTorch .pth (zip) file nor a safetensors file");
+}
+
+std::string safetensors_bytes(const std::string& header, size_t data_bytes) {
+  std::string out(8, '\0');
+  uint64_t n = header.size();
+  std::memcpy(out.data(), &n, 8);
+  return out + header + std::string(data_bytes, '\x01');
+}
+
+TEST_F(TensorIoTest, SafetensorsHeaderRulesAreEnforced) {
+  auto check = [&](const std::string& name, const std::string& header, size_t data, const std::string& expected) {
+    auto path = testing::write_file(file(name), safetensors_bytes(header, data));
+    EXPECT_EQ(error_of([&] { read_safetensors(path); }), path.string() + ": " + expected);
+  };
+  check("overlap.safetensors",
+        R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+        12, "tensor 'b' overlaps the tensor before it (bytes 4 to 8)");
+  check("hole.safetensors", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8,
+        "the data buffer has a hole of 4 bytes before tensor 'a'");
+  check("tail.safetensors", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 6,
+        "2 bytes after the last tensor belong to no tensor");
+  check("size.safetensors", R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8,
+        "tensor 'a': data_offsets [0, 8] hold 8 bytes but shape and dtype need 12");
+  check("past.safetensors", R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]}})", 8,
+        "tensor 'a': data_offsets end 12 lies past the data buffer (8 bytes; the file is truncated)");
+  check("dup.safetensors",
+        R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+        8, "safetensors header names 'a' twice");
+  check("dtype.safetensors", R"({"a":{"dtype":"F4","shape":[2],"data_offsets":[0,1]}})", 1,
+        "tensor 'a' has dtype 'F4', which is not supported");
+  check("meta.safetensors", R"({"__metadata__":{"n":1}})", 0, "__metadata__ value of 'n' is not a string");
+  check("brace.safetensors", R"( {"a":1})", 0, "safetensors header must start with '{'");
+  auto huge = testing::write_file(file("huge.safetensors"), safetensors_bytes("{}", 0).replace(0, 8, std::string("\xff\xff\xff\x7f\0\0\0\0", 8)));
+  EXPECT_NE(error_of([&] { read_safetensors(huge); }).find("exceeds the limit"), std::string::npos);
+}
+
+TEST_F(TensorIoTest, WritesAreAtomicAndLeaveNoTemporaryFiles) {
+  testing::TempDir dir;
+  TensorMap tensors{{"a", at::ones({3})}};
+  write_pth(dir / "x.pth", tensors);
+  write_pth(dir / "x.pth", TensorMap{{"a", at::zeros({3})}});  // replaces in place
+  EXPECT_TRUE(at::equal(read_pth(dir / "x.pth").at("a"), at::zeros({3})));
+  size_t files = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir.path())) files += entry.is_regular_file();
+  EXPECT_EQ(files, 1u);
+  EXPECT_THROW(write_pth(dir / "missing-folder" / "x.pth", tensors), Error);
+}
+
+}  // namespace
+}  // namespace peftkit
