@@ -46,3 +46,22 @@ if [[ ! -f "$stamp" ]]; then
 sys.exit(0 if v == '$torch_version' else 'torch ' + v + ' installed, expected $torch_version')"
   touch "$stamp"
 fi
+
+# The RWKV World tokenizer's vocabulary, taken from the rwkv package on PyPI (not committed).
+vocab="$root/data/rwkv_vocab_v20230424.txt"
+vocab_sha256=8324476023347dec2964625ccb2075c864d250a9c6d9a74f36daba628de8c008
+if [[ ! -f "$vocab" ]]; then
+  echo "setup: fetching rwkv_vocab_v20230424.txt from the rwkv==0.8.32 wheel"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  "$venv/bin/pip" download -q --disable-pip-version-check --no-deps rwkv==0.8.32 -d "$tmp"
+  mkdir -p "$root/data"
+  "$venv/bin/python" - "$tmp"/rwkv-0.8.32-*.whl "$vocab.part" <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as wheel, open(sys.argv[2], "wb") as out:
+    out.write(wheel.read("rwkv/rwkv_vocab_v20230424.txt"))
+PY
+  echo "$vocab_sha256  $vocab.part" | sha256sum -c --quiet - ||
+    { rm -f "$vocab.part"; echo "setup: the vocabulary's checksum does not match" >&2; exit 1; }
+  mv "$vocab.part" "$vocab"
+fi
