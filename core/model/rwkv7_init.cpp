@@ -1,0 +1,89 @@
+// A new RWKV-7 model exactly as RWKV-LM's train_temp initialises one (spec rwkv-model §1.7).
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+
+#include "model/rwkv7_model.hpp"
+
+namespace peftkit {
+namespace {
+
+// torch.nn.init.orthogonal_: Q of the QR of a normal matrix (made tall first), signs fixed by R's
+// diagonal, times the gain.
+at::Tensor orthogonal(int64_t rows, int64_t cols, double gain, at::Generator& generator) {
+  const bool wide = rows < cols;
+  at::Tensor flat = at::normal(0.0, 1.0, {wide ? cols : rows, wide ? rows : cols}, generator);
+  auto [q, r] = at::linalg_qr(flat);
+  q = q * at::sign(at::diagonal(r, 0, -2, -1));
+  if (wide) q = q.t();
+  return (q * gain).contiguous();
+}
+
+}  // namespace
+
+TensorMap init_rwkv7(const Rwkv7Config& c, uint64_t seed) {
+  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const int64_t C = c.n_embd, L = c.n_layer, N = c.head_size;
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  const at::Tensor n = at::arange(C, f64);
+  const at::Tensor ddd = n / static_cast<double>(C);
+  const at::Tensor linear = n / static_cast<double>(C - 1) - 0.5;
+  const at::Tensor zig = (at::remainder(n, static_cast<double>(N)) - (N - 1) / 2.0) / ((N - 1) / 2.0);
+  const at::Tensor zigzag = zig * zig.abs();
+  auto vec = [&](const at::Tensor& v) { return v.to(at::kFloat).view({1, 1, C}); };
+  auto full = [&](double value) { return at::full({1, 1, C}, value, at::kFloat); };
+
+  TensorMap t;
+  t["emb.weight"] = at::empty({c.vocab, C}, at::kFloat).uniform_(-1e-4, 1e-4, generator);
+  t["blocks.0.ln0.weight"] = at::ones({C});
+  t["blocks.0.ln0.bias"] = at::zeros({C});
+  for (int64_t l = 0; l < L; ++l) {
+    const std::string p = "blocks." + std::to_string(l) + ".";
+    const double r01 = L > 1 ? static_cast<double>(l) / (L - 1) : 0.0;
+    const double r1 = 1.0 - static_cast<double>(l) / L;
+    const at::Tensor www = -6.0 + 6.0 * at::pow(n / static_cast<double>(C - 1), 1.0 + std::pow(r01, 0.3));
+    for (const char* ln : {"ln1", "ln2"}) {
+      t[p + ln + ".weight"] = at::ones({C});
+      t[p + ln + ".bias"] = at::zeros({C});
+    }
+    t[p + "att.x_r"] = vec(1.0 - at::pow(ddd, 0.2 * r1));
+    t[p + "att.x_w"] = vec(1.0 - at::pow(ddd, 0.9 * r1));
+    t[p + "att.x_k"] = vec(1.0 - at::pow(ddd, 0.7 * r1));
+    t[p + "att.x_v"] = vec(1.0 - at::pow(ddd, 0.7 * r1));
+    t[p + "att.x_a"] = vec(1.0 - at::pow(ddd, 0.9 * r1));
+    t[p + "att.x_g"] = vec(1.0 - at::pow(ddd, 0.2 * r1));
+    t[p + "att.w0"] = vec(www + 0.5 + 2.5 * zigzag);
+    t[p + "att.a0"] = vec(-0.19 + 0.3 * zigzag + 0.4 * linear);
+    t[p + "att.w1"] = at::zeros({C, c.dim_w});
+    t[p + "att.w2"] = orthogonal(c.dim_w, C, 0.1, generator);
+    t[p + "att.a1"] = at::zeros({C, c.dim_a});
+    t[p + "att.a2"] = orthogonal(c.dim_a, C, 0.1, generator);
+    if (l > 0) {  // layer 0 has no value residual
+      t[p + "att.v0"] = vec(0.73 - 0.4 * linear);
+      t[p + "att.v1"] = at::zeros({C, c.dim_v});
+      t[p + "att.v2"] = orthogonal(c.dim_v, C, 0.1, generator);
+    }
+    t[p + "att.g1"] = at::zeros({C, c.dim_g});
+    t[p + "att.g2"] = orthogonal(c.dim_g, C, 0.1, generator);
+    t[p + "att.k_k"] = vec(0.71 - 0.1 * linear);
+    t[p + "att.k_a"] = full(1.02);
+    t[p + "att.r_k"] = at::full({c.n_head, N}, -0.04, at::kFloat);
+    t[p + "att.receptance.weight"] = orthogonal(C, C, 1.0, generator);
+    t[p + "att.key.weight"] = orthogonal(C, C, 0.1, generator);
+    t[p + "att.value.weight"] = orthogonal(C, C, 1.0, generator);
+    t[p + "att.output.weight"] = at::zeros({C, C});
+    t[p + "att.ln_x.weight"] = at::full({C}, std::pow((1.0 + l) / L, 0.7), at::kFloat);
+    t[p + "att.ln_x.bias"] = at::zeros({C});
+    t[p + "ffn.x_k"] = vec(1.0 - at::pow(ddd, std::pow(r1, 4.0)));
+    t[p + "ffn.key.weight"] = orthogonal(c.ffn, C, 1.0, generator);
+    t[p + "ffn.value.weight"] = at::zeros({C, c.ffn});
+  }
+  t["ln_out.weight"] = at::ones({C});
+  t["ln_out.bias"] = at::zeros({C});
+  const double head_gain = c.vocab > C ? 0.5 * std::sqrt(static_cast<double>(c.vocab) / C) : 0.5;
+  t["head.weight"] = orthogonal(c.vocab, C, head_gain, generator);
+  return t;
+}
+
+}  // namespace peftkit

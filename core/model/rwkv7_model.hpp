@@ -1,0 +1,83 @@
+// rwkv7_model.hpp: the RWKV-7 (x070) language model in LibTorch, line by line after spec
+// rwkv-model §1 (the official RWKV-LM/ChatRWKV code).
+//
+// One forward serves both modes: a sequence of T tokens in parallel ("GPT mode") and one token at
+// a time with the recurrent state carried ("RNN mode") are the same computation, because the
+// forward takes the state before the first token and returns the state after the last.
+//
+//   auto model = Rwkv7Model::load("rwkv7-0.1b.pth", {at::kFloat, at::kCPU});
+//   Rwkv7State state = model->initial_state(1);
+//   at::Tensor logits = model->forward(tokens, &state);   // tokens [B, T] int64 -> [B, T, V]
+//
+// PEFT and quantizer plugins act only through the ModelView sites; this class knows no method.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "model/rwkv7_config.hpp"
+#include "peftkit/model.hpp"
+
+namespace peftkit {
+
+struct ModelOptions {
+  at::ScalarType dtype = at::kFloat;  // weights and activations; the WKV state is always fp32
+  at::Device device = at::kCPU;
+};
+
+// The recurrent state of B sequences, per layer.
+struct Rwkv7State {
+  std::vector<at::Tensor> att_shift;  // [B, C], the last time-mix input (post-LN)
+  std::vector<at::Tensor> wkv;        // [B, H, N, N] fp32, value-major
+  std::vector<at::Tensor> ffn_shift;  // [B, C], the last channel-mix input (post-LN)
+};
+
+class Rwkv7Model final : public ModelView {
+ public:
+  // weights: checkpoint names -> tensors; `where` names their source in error messages.
+  Rwkv7Model(const TensorMap& weights, const ModelOptions& options, const std::string& where);
+  static std::unique_ptr<Rwkv7Model> load(const std::filesystem::path& path, const ModelOptions& options);
+
+  const Rwkv7Config& config() const { return config_; }
+  const ModelOptions& options() const { return options_; }
+
+  // The state before any token: a StateAdapter's initial states when one is installed, else zeros.
+  Rwkv7State initial_state(int64_t batch) const;
+  // Logits [B, T, V] for tokens [B, T]. `state` holds the state before the first token and is
+  // replaced by the state after the last; null starts from initial_state() and drops the result.
+  at::Tensor forward(const at::Tensor& tokens, Rwkv7State* state = nullptr);
+
+  // The base weights under their checkpoint names (adapters not applied).
+  TensorMap weights() const;
+
+  // ModelView
+  std::string architecture() const override { return "rwkv7"; }
+  std::vector<LinearSite> linear_sites() const override;
+  std::vector<StateSite> state_sites() const override;
+  const FrozenLinear& linear(std::string_view site) const override;
+  void set_base_weight(std::string_view site, const at::Tensor& weight) override;
+  void set_linear_adapter(std::string_view site, std::shared_ptr<LinearAdapter> adapter) override;
+  void set_state_adapter(std::shared_ptr<StateAdapter> adapter) override;
+  c10::TensorOptions activation_options() const override;
+
+ private:
+  struct Site;
+  at::Tensor time_mix(int64_t layer, const at::Tensor& x, at::Tensor& v_first, Rwkv7State& state);
+  at::Tensor channel_mix(int64_t layer, const at::Tensor& x, Rwkv7State& state);
+  at::Tensor apply_linear(int64_t layer, int slot, const at::Tensor& x);
+  const at::Tensor& weight(const std::string& name) const;
+  size_t site_index(std::string_view name) const;
+
+  Rwkv7Config config_;
+  ModelOptions options_;
+  TensorMap weights_;
+  std::vector<std::shared_ptr<Site>> sites_;  // L * 6, in linear_sites() order
+  std::shared_ptr<StateAdapter> state_adapter_;
+};
+
+// A new model initialised exactly as RWKV-LM's train_temp does (spec rwkv-model §1.7), in fp32.
+TensorMap init_rwkv7(const Rwkv7Config& config, uint64_t seed);
+
+}  // namespace peftkit

@@ -1,0 +1,235 @@
+// WKV7 on the CPU: the exact recurrence, the CPU path of training and the oracle for GPU kernels.
+// The backward recomputes states from checkpoints taken every kChunk steps, so memory is
+// B*H*(T/kChunk)*N*N instead of B*H*T*N*N.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <cmath>
+#include <vector>
+
+#include "wkv7/wkv7.hpp"
+
+namespace peftkit::kernels {
+namespace {
+
+constexpr int64_t kChunk = 16;
+constexpr double kDecayScale = 0.60653065971263342;  // e^-0.5
+
+struct Shape {
+  int64_t B, T, H, N;
+};
+
+// Pointers into one (b, h) slice of [B, T, H, N] tensors: element (t, n) is at t * H * N + n.
+template <class Acc>
+struct Head {
+  const Acc *r, *z, *k, *v, *a, *b;
+  int64_t stride;  // H * N
+};
+
+template <class Acc>
+Acc decay_of(Acc z) {
+  return std::exp(-static_cast<Acc>(kDecayScale) / (Acc(1) + std::exp(-z)));
+}
+
+// One step S <- S diag(d) + (S a) b^T + v k^T; writes y = S r when y is not null.
+template <class Acc>
+void step(Acc* S, int64_t N, const Acc* r, const Acc* z, const Acc* k, const Acc* v, const Acc* a,
+          const Acc* b, Acc* y, Acc* d_scratch) {
+  for (int64_t j = 0; j < N; ++j) d_scratch[j] = decay_of(z[j]);
+  for (int64_t i = 0; i < N; ++i) {
+    Acc* row = S + i * N;
+    Acc sa = 0;
+    for (int64_t j = 0; j < N; ++j) sa += row[j] * a[j];
+    Acc out = 0;
+    for (int64_t j = 0; j < N; ++j) {
+      row[j] = row[j] * d_scratch[j] + sa * b[j] + v[i] * k[j];
+      out += row[j] * r[j];
+    }
+    if (y) y[i] = out;
+  }
+}
+
+template <class Acc>
+void forward_kernel(const Shape& s, const at::Tensor& r, const at::Tensor& z, const at::Tensor& k,
+                    const at::Tensor& v, const at::Tensor& a, const at::Tensor& b, const at::Tensor& s0,
+                    at::Tensor& y, at::Tensor& s_final, at::Tensor& checkpoints) {
+  const int64_t N = s.N, HN = s.H * s.N, chunks = (s.T + kChunk - 1) / kChunk;
+  at::parallel_for(0, s.B * s.H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<Acc> d(N);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t bi = bh / s.H, h = bh % s.H;
+      const int64_t base = bi * s.T * HN + h * N;
+      Acc* S = s_final.data_ptr<Acc>() + bh * N * N;
+      std::copy_n(s0.data_ptr<Acc>() + bh * N * N, N * N, S);
+      for (int64_t t = 0; t < s.T; ++t) {
+        if (t % kChunk == 0)
+          std::copy_n(S, N * N, checkpoints.data_ptr<Acc>() + (bh * chunks + t / kChunk) * N * N);
+        const int64_t o = base + t * HN;
+        step<Acc>(S, N, r.data_ptr<Acc>() + o, z.data_ptr<Acc>() + o, k.data_ptr<Acc>() + o,
+                  v.data_ptr<Acc>() + o, a.data_ptr<Acc>() + o, b.data_ptr<Acc>() + o,
+                  y.data_ptr<Acc>() + o, d.data());
+      }
+    }
+  });
+}
+
+template <class Acc>
+void backward_kernel(const Shape& s, const at::Tensor& r, const at::Tensor& z, const at::Tensor& k,
+                     const at::Tensor& v, const at::Tensor& a, const at::Tensor& b,
+                     const at::Tensor& checkpoints, const at::Tensor& dy, const at::Tensor& ds_final,
+                     at::Tensor& dr, at::Tensor& dz, at::Tensor& dk, at::Tensor& dv, at::Tensor& da,
+                     at::Tensor& db, at::Tensor& ds0) {
+  const int64_t N = s.N, NN = N * N, HN = s.H * s.N, chunks = (s.T + kChunk - 1) / kChunk;
+  at::parallel_for(0, s.B * s.H, 1, [&](int64_t begin, int64_t end) {
+    std::vector<Acc> states((kChunk + 1) * NN), dS(NN), d(N), sa(N), dsa(N);
+    for (int64_t bh = begin; bh < end; ++bh) {
+      const int64_t bi = bh / s.H, h = bh % s.H;
+      const int64_t base = bi * s.T * HN + h * N;
+      if (ds_final.defined())
+        std::copy_n(ds_final.data_ptr<Acc>() + bh * NN, NN, dS.data());
+      else
+        std::fill(dS.begin(), dS.end(), Acc(0));
+      for (int64_t c = chunks - 1; c >= 0; --c) {
+        const int64_t t0 = c * kChunk, t1 = std::min(s.T, t0 + kChunk);
+        // Recompute S_{t0} .. S_{t1} of this chunk from its checkpoint.
+        std::copy_n(checkpoints.data_ptr<Acc>() + (bh * chunks + c) * NN, NN, states.data());
+        for (int64_t t = t0; t < t1; ++t) {
+          Acc* next = states.data() + (t - t0 + 1) * NN;
+          std::copy_n(states.data() + (t - t0) * NN, NN, next);
+          const int64_t o = base + t * HN;
+          step<Acc>(next, N, r.data_ptr<Acc>() + o, z.data_ptr<Acc>() + o, k.data_ptr<Acc>() + o,
+                    v.data_ptr<Acc>() + o, a.data_ptr<Acc>() + o, b.data_ptr<Acc>() + o, nullptr,
+                    d.data());
+        }
+        for (int64_t t = t1 - 1; t >= t0; --t) {
+          const int64_t o = base + t * HN;
+          const Acc *rt = r.data_ptr<Acc>() + o, *zt = z.data_ptr<Acc>() + o, *kt = k.data_ptr<Acc>() + o,
+                    *vt = v.data_ptr<Acc>() + o, *at_ = a.data_ptr<Acc>() + o, *bt = b.data_ptr<Acc>() + o;
+          const Acc* dyt = dy.defined() ? dy.data_ptr<Acc>() + o : nullptr;
+          const Acc* prev = states.data() + (t - t0) * NN;
+          const Acc* cur = prev + NN;
+          Acc *drt = dr.data_ptr<Acc>() + o, *dzt = dz.data_ptr<Acc>() + o, *dkt = dk.data_ptr<Acc>() + o,
+              *dvt = dv.data_ptr<Acc>() + o, *dat = da.data_ptr<Acc>() + o, *dbt = db.data_ptr<Acc>() + o;
+          // y = S_t r: dS += dy r^T, dr = S_t^T dy.
+          for (int64_t j = 0; j < N; ++j) drt[j] = 0;
+          if (dyt) {
+            for (int64_t i = 0; i < N; ++i)
+              for (int64_t j = 0; j < N; ++j) {
+                dS[i * N + j] += dyt[i] * rt[j];
+                drt[j] += cur[i * N + j] * dyt[i];
+              }
+          }
+          for (int64_t j = 0; j < N; ++j) d[j] = decay_of(zt[j]);
+          for (int64_t i = 0; i < N; ++i) {
+            Acc acc = 0;
+            for (int64_t j = 0; j < N; ++j) acc += prev[i * N + j] * at_[j];
+            sa[i] = acc;
+          }
+          // S_t = S_{t-1} diag(d) + sa b^T + v k^T.
+          for (int64_t j = 0; j < N; ++j) dkt[j] = dbt[j] = dzt[j] = dat[j] = 0;
+          for (int64_t i = 0; i < N; ++i) {
+            Acc dvi = 0, dsai = 0;
+            for (int64_t j = 0; j < N; ++j) {
+              const Acc g = dS[i * N + j];
+              dvi += g * kt[j];
+              dsai += g * bt[j];
+              dkt[j] += g * vt[i];
+              dbt[j] += g * sa[i];
+              dzt[j] += g * prev[i * N + j];  // dL/dd_j for now
+            }
+            dvt[i] = dvi;
+            dsa[i] = dsai;
+          }
+          for (int64_t i = 0; i < N; ++i)
+            for (int64_t j = 0; j < N; ++j) {
+              dat[j] += dsa[i] * prev[i * N + j];
+              dS[i * N + j] = dS[i * N + j] * d[j] + dsa[i] * at_[j];
+            }
+          // d = exp(-c sigmoid(z)): dd/dz = -c d sigmoid(z) (1 - sigmoid(z)).
+          for (int64_t j = 0; j < N; ++j) {
+            const Acc sig = Acc(1) / (Acc(1) + std::exp(-zt[j]));
+            dzt[j] *= -static_cast<Acc>(kDecayScale) * d[j] * sig * (Acc(1) - sig);
+          }
+        }
+      }
+      std::copy_n(dS.data(), NN, ds0.data_ptr<Acc>() + bh * NN);
+    }
+  });
+}
+
+at::ScalarType accumulate_type(const at::Tensor& r) {
+  return r.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+class Wkv7Function : public torch::autograd::Function<Wkv7Function> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, at::Tensor r,
+                                                at::Tensor z, at::Tensor k, at::Tensor v, at::Tensor a,
+                                                at::Tensor b, at::Tensor s0) {
+    const Shape s{r.size(0), r.size(1), r.size(2), r.size(3)};
+    const auto acc = accumulate_type(r);
+    auto prepare = [&](const at::Tensor& x) { return x.to(acc).contiguous(); };
+    at::Tensor rc = prepare(r), zc = prepare(z), kc = prepare(k), vc = prepare(v), ac = prepare(a),
+               bc = prepare(b);
+    at::Tensor s0c = prepare(s0);
+    at::Tensor y = at::empty_like(rc);
+    at::Tensor s_final = at::empty({s.B, s.H, s.N, s.N}, rc.options());
+    at::Tensor checkpoints = at::empty({s.B * s.H, (s.T + kChunk - 1) / kChunk, s.N, s.N}, rc.options());
+    if (acc == at::kDouble)
+      forward_kernel<double>(s, rc, zc, kc, vc, ac, bc, s0c, y, s_final, checkpoints);
+    else
+      forward_kernel<float>(s, rc, zc, kc, vc, ac, bc, s0c, y, s_final, checkpoints);
+    ctx->save_for_backward({rc, zc, kc, vc, ac, bc, checkpoints});
+    ctx->saved_data["input_dtype"] = static_cast<int64_t>(r.scalar_type());
+    ctx->saved_data["s0_dtype"] = static_cast<int64_t>(s0.scalar_type());
+    return {y.to(r.scalar_type()), s_final};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const at::Tensor &r = saved[0], &z = saved[1], &k = saved[2], &v = saved[3], &a = saved[4],
+                     &b = saved[5], &checkpoints = saved[6];
+    const Shape s{r.size(0), r.size(1), r.size(2), r.size(3)};
+    const auto acc = r.scalar_type();
+    at::Tensor dy = grads[0].defined() ? grads[0].to(acc).contiguous() : at::Tensor();
+    at::Tensor ds_final = grads[1].defined() ? grads[1].to(acc).contiguous() : at::Tensor();
+    at::Tensor dr = at::empty_like(r), dz = at::empty_like(r), dk = at::empty_like(r),
+               dv = at::empty_like(r), da = at::empty_like(r), db = at::empty_like(r);
+    at::Tensor ds0 = at::empty({s.B, s.H, s.N, s.N}, r.options());
+    if (acc == at::kDouble)
+      backward_kernel<double>(s, r, z, k, v, a, b, checkpoints, dy, ds_final, dr, dz, dk, dv, da, db, ds0);
+    else
+      backward_kernel<float>(s, r, z, k, v, a, b, checkpoints, dy, ds_final, dr, dz, dk, dv, da, db, ds0);
+    const auto input_dtype = static_cast<at::ScalarType>(ctx->saved_data["input_dtype"].toInt());
+    const auto s0_dtype = static_cast<at::ScalarType>(ctx->saved_data["s0_dtype"].toInt());
+    return {dr.to(input_dtype), dz.to(input_dtype), dk.to(input_dtype), dv.to(input_dtype),
+            da.to(input_dtype), db.to(input_dtype), ds0.to(s0_dtype)};
+  }
+};
+
+}  // namespace
+
+at::Tensor wkv7_decay(const at::Tensor& z) { return at::exp(-kDecayScale * at::sigmoid(z)); }
+
+std::tuple<at::Tensor, at::Tensor> wkv7(const at::Tensor& r, const at::Tensor& z, const at::Tensor& k,
+                                        const at::Tensor& v, const at::Tensor& a, const at::Tensor& b,
+                                        const at::Tensor& s0) {
+  TORCH_CHECK(r.dim() == 4, "wkv7: inputs must be [B, T, H, N], got ", r.sizes());
+  for (const at::Tensor* x : {&z, &k, &v, &a, &b})
+    TORCH_CHECK(x->sizes() == r.sizes(), "wkv7: all inputs must have shape ", r.sizes(), ", got ", x->sizes());
+  if (s0.defined())
+    TORCH_CHECK(s0.sizes() == at::IntArrayRef({r.size(0), r.size(2), r.size(3), r.size(3)}),
+                "wkv7: s0 must be [B, H, N, N] = ", at::IntArrayRef({r.size(0), r.size(2), r.size(3), r.size(3)}),
+                ", got ", s0.sizes());
+  TORCH_CHECK(r.device().is_cpu(), "wkv7: only the CPU implementation exists so far");
+  // Autograd functions need defined inputs: no initial state means a zero one.
+  at::Tensor initial = s0.defined() ? s0
+                                    : at::zeros({r.size(0), r.size(2), r.size(3), r.size(3)},
+                                                r.options().dtype(accumulate_type(r)));
+  auto out = Wkv7Function::apply(r, z, k, v, a, b, initial);
+  return {out[0], out[1]};
+}
+
+}  // namespace peftkit::kernels

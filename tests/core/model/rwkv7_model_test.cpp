@@ -1,0 +1,205 @@
+#include "model/rwkv7_model.hpp"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "peftkit/error.hpp"
+#include "peftkit/tensor_io.hpp"
+#include "test_util.hpp"
+
+namespace peftkit {
+namespace {
+
+double relative_error(const at::Tensor& got, const at::Tensor& want) {
+  return (got.to(at::kDouble) - want.to(at::kDouble)).norm().item<double>() / want.to(at::kDouble).norm().item<double>();
+}
+
+// A small model whose every tensor is non-trivial (the init has zero matrices that hide bugs).
+TensorMap perturbed_model(const Rwkv7Config& config, uint64_t seed) {
+  TensorMap weights = init_rwkv7(config, seed);
+  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(seed + 1);
+  for (auto& [name, t] : weights) t = t + 0.1 * at::normal(0, 1, t.sizes(), generator) * (t.std().item<double>() + 0.02);
+  return weights;
+}
+
+const Rwkv7Config& tiny() {
+  static const Rwkv7Config config = Rwkv7Config::for_size(3, 64, 300, 16);  // H = 4
+  return config;
+}
+
+at::Tensor random_tokens(int64_t batch, int64_t length, int64_t vocab, uint64_t seed) {
+  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+  return at::randint(vocab, {batch, length}, generator);
+}
+
+TEST(Rwkv7Model, MatchesAnIndependentFloat64ReferenceOnAFileWrittenByTorchSave) {
+  testing::TempDir dir;
+  const Rwkv7Config config = Rwkv7Config::for_size(2, 64, 500, 16);
+  write_pth(dir / "init.pth", init_rwkv7(config, 11));
+  const at::Tensor tokens = random_tokens(1, 37, 500, 5);
+  {
+    std::ofstream out(dir / "tokens");
+    for (int64_t i = 0; i < tokens.size(1); ++i) out << tokens[0][i].item<int64_t>() << "\n";
+  }
+  auto result = testing::run_command(std::string(PEFTKIT_PYTHON) + " " RWKV7_REFERENCE_SCRIPT " " + dir.path().string());
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  // model.pth: bf16, an OrderedDict in shuffled order, with the unused layer-0 v0/v1/v2.
+  auto model = Rwkv7Model::load(dir / "model.pth", {at::kFloat, at::kCPU});
+  EXPECT_TRUE(model->config().layer0_value_lora);
+  const at::Tensor logits = model->forward(tokens).squeeze(0);
+  const at::Tensor reference = read_pth(dir / "logits.pth").at("logits");
+  const double error = relative_error(logits, reference);
+  EXPECT_LT(error, 1e-5) << "relative error of fp32 logits against the fp64 reference: " << error;
+  EXPECT_TRUE(at::equal(logits.argmax(-1), reference.argmax(-1)));
+}
+
+TEST(Rwkv7Model, GptModeEqualsRnnModeOver64Tokens) {
+  at::NoGradGuard no_grad;
+  Rwkv7Model model(perturbed_model(tiny(), 1), {at::kFloat, at::kCPU}, "test");
+  const at::Tensor tokens = random_tokens(2, 64, tiny().vocab, 2);
+  const at::Tensor parallel = model.forward(tokens);
+  Rwkv7State state = model.initial_state(2);
+  std::vector<at::Tensor> steps;
+  for (int64_t t = 0; t < 64; ++t) steps.push_back(model.forward(tokens.slice(1, t, t + 1), &state));
+  const double error = relative_error(at::cat(steps, 1), parallel);
+  EXPECT_LE(error, 1e-5) << error;
+}
+
+TEST(Rwkv7Model, TwoHalvesWithTheStateCarriedEqualTheWhole) {
+  at::NoGradGuard no_grad;
+  Rwkv7Model model(perturbed_model(tiny(), 3), {at::kFloat, at::kCPU}, "test");
+  const at::Tensor tokens = random_tokens(1, 50, tiny().vocab, 4);
+  Rwkv7State whole_state = model.initial_state(1);
+  const at::Tensor whole = model.forward(tokens, &whole_state);
+  Rwkv7State state = model.initial_state(1);
+  const at::Tensor first = model.forward(tokens.slice(1, 0, 23), &state);
+  const at::Tensor second = model.forward(tokens.slice(1, 23, 50), &state);
+  EXPECT_LE(relative_error(at::cat({first, second}, 1), whole), 1e-6);
+  for (int64_t l = 0; l < tiny().n_layer; ++l) {
+    EXPECT_LE(relative_error(state.wkv[l], whole_state.wkv[l]), 1e-6);
+    EXPECT_TRUE(at::allclose(state.att_shift[l], whole_state.att_shift[l]));
+  }
+}
+
+TEST(Rwkv7Model, Bfloat16ModelStaysCloseToFloat32) {
+  at::NoGradGuard no_grad;
+  TensorMap weights = perturbed_model(tiny(), 5);
+  for (auto& [name, t] : weights) t = t.to(at::kBFloat16).to(at::kFloat);  // same values in both
+  Rwkv7Model fp32(weights, {at::kFloat, at::kCPU}, "test");
+  Rwkv7Model bf16(weights, {at::kBFloat16, at::kCPU}, "test");
+  const at::Tensor tokens = random_tokens(1, 40, tiny().vocab, 6);
+  EXPECT_LE(relative_error(bf16.forward(tokens).to(at::kFloat), fp32.forward(tokens)), 2e-2);
+}
+
+TEST(Rwkv7Model, InitialisesAsRwkvLm) {
+  const Rwkv7Config config = Rwkv7Config::for_size(4, 128, 1000, 32);
+  TensorMap t = init_rwkv7(config, 42);
+  const int64_t C = 128, L = 4;
+  EXPECT_EQ(Rwkv7Config::from_tensors(t, "init").describe(), config.describe());
+  int64_t total = 0;
+  for (const auto& [name, tensor] : t) total += tensor.numel();
+  EXPECT_EQ(total, config.parameter_count());
+  // Closed forms at a few channels, computed here from spec §1.7.
+  for (int64_t l : {0, 2, 3}) {
+    const std::string p = "blocks." + std::to_string(l) + ".";
+    const double r1 = 1.0 - double(l) / L, r01 = double(l) / (L - 1);
+    for (int64_t n : {0, 5, 77, 127}) {
+      const double ddd = double(n) / C, lin = double(n) / (C - 1) - 0.5;
+      const double z = ((n % 32) - 15.5) / 15.5, zigzag = z * std::abs(z);
+      const double www = -6 + 6 * std::pow(double(n) / (C - 1), 1 + std::pow(r01, 0.3));
+      auto at_n = [&](const std::string& name) { return t.at(p + name).view({-1})[n].item<double>(); };
+      EXPECT_NEAR(at_n("att.x_r"), 1 - std::pow(ddd, 0.2 * r1), 1e-6);
+      EXPECT_NEAR(at_n("att.x_w"), 1 - std::pow(ddd, 0.9 * r1), 1e-6);
+      EXPECT_NEAR(at_n("att.x_k"), 1 - std::pow(ddd, 0.7 * r1), 1e-6);
+      EXPECT_NEAR(at_n("att.w0"), www + 0.5 + 2.5 * zigzag, 1e-5);
+      EXPECT_NEAR(at_n("att.a0"), -0.19 + 0.3 * zigzag + 0.4 * lin, 1e-6);
+      EXPECT_NEAR(at_n("att.k_k"), 0.71 - 0.1 * lin, 1e-6);
+      EXPECT_NEAR(at_n("ffn.x_k"), 1 - std::pow(ddd, std::pow(r1, 4)), 1e-6);
+      if (l > 0) {
+        EXPECT_NEAR(at_n("att.v0"), 0.73 - 0.4 * lin, 1e-6);
+      }
+    }
+    EXPECT_NEAR(t.at(p + "att.ln_x.weight")[0].item<double>(), std::pow((1.0 + l) / L, 0.7), 1e-6);
+    EXPECT_EQ(t.at(p + "att.k_a").min().item<float>(), 1.02f);
+    EXPECT_EQ(t.at(p + "att.r_k").max().item<float>(), -0.04f);
+    for (const char* zero : {"att.w1", "att.a1", "att.g1", "att.output.weight", "ffn.value.weight"})
+      EXPECT_EQ(t.at(p + zero).abs().max().item<float>(), 0.0f) << zero;
+    // Orthogonal with the stated gains: W W^T = gain^2 I for the wide [D, C] matrices, W^T W for square/tall.
+    auto expect_orthogonal = [&](const std::string& name, double gain) {
+      at::Tensor w = t.at(p + name).to(at::kDouble);
+      at::Tensor gram = w.size(0) <= w.size(1) ? at::matmul(w, w.t()) : at::matmul(w.t(), w);
+      EXPECT_LT((gram - gain * gain * at::eye(gram.size(0), at::kDouble)).abs().max().item<double>(), 1e-5) << name;
+    };
+    expect_orthogonal("att.receptance.weight", 1.0);
+    expect_orthogonal("att.key.weight", 0.1);
+    expect_orthogonal("att.value.weight", 1.0);
+    expect_orthogonal("att.w2", 0.1);
+    expect_orthogonal("att.g2", 0.1);
+    expect_orthogonal("ffn.key.weight", 1.0);
+  }
+  EXPECT_EQ(t.count("blocks.0.att.v1"), 0u);
+  EXPECT_LE(t.at("emb.weight").abs().max().item<float>(), 1e-4f);
+  at::Tensor head = t.at("head.weight").to(at::kDouble);
+  const double gain = 0.5 * std::sqrt(1000.0 / 128.0);
+  EXPECT_LT((at::matmul(head.t(), head) - gain * gain * at::eye(128, at::kDouble)).abs().max().item<double>(), 1e-4);
+  // Same seed, same model.
+  EXPECT_TRUE(at::equal(init_rwkv7(config, 42).at("blocks.1.att.key.weight"), t.at("blocks.1.att.key.weight")));
+}
+
+TEST(Rwkv7Config, OfficialGeometriesHaveTheReleasedLowRankDimsAndParameterCounts) {
+  auto dims = [](int64_t L, int64_t C) {
+    auto c = Rwkv7Config::for_size(L, C, 65536, 64);
+    return std::vector<int64_t>{c.dim_w, c.dim_a, c.dim_v, c.dim_g};
+  };
+  EXPECT_EQ(dims(12, 768), (std::vector<int64_t>{64, 64, 32, 128}));
+  EXPECT_EQ(dims(24, 1024), (std::vector<int64_t>{64, 64, 32, 128}));
+  EXPECT_EQ(dims(24, 2048), (std::vector<int64_t>{96, 96, 64, 256}));
+  EXPECT_EQ(dims(32, 2560), (std::vector<int64_t>{96, 96, 64, 320}));
+  // README: 450.834432M parameters for L24-D1024 (layer-0 v-LoRA present).
+  auto c = Rwkv7Config::for_size(24, 1024, 65536, 64);
+  c.layer0_value_lora = true;
+  EXPECT_EQ(c.parameter_count(), 450834432);
+}
+
+TEST(Rwkv7Config, RejectsOtherArchitecturesAndBrokenFiles) {
+  TensorMap t = init_rwkv7(tiny(), 1);
+  auto error = [](const TensorMap& m) {
+    try {
+      Rwkv7Config::from_tensors(m, "m.pth");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(accepted)");
+  };
+  TensorMap v6 = t;
+  v6["blocks.0.att.time_maa_x"] = at::zeros({1, 1, 64});
+  EXPECT_EQ(error(v6), "m.pth: RWKV-6 (x060) checkpoints are not supported yet");
+  TensorMap deep = t;
+  deep["blocks.0.ffn.s_emb.weight"] = at::zeros({300, 32});
+  EXPECT_EQ(error(deep), "m.pth: 1 unexpected tensor(s) for an RWKV-7 x070 model: blocks.0.ffn.s_emb.weight "
+                         "(DeepEmbed and other variants are not supported)");
+  TensorMap missing = t;
+  missing.erase("blocks.1.att.k_a");
+  EXPECT_EQ(error(missing), "m.pth: missing tensor 'blocks.1.att.k_a' (not an RWKV-7 x070 model?)");
+  TensorMap shape = t;
+  shape["blocks.2.att.key.weight"] = at::zeros({64, 32});
+  EXPECT_NE(error(shape).find("m.pth: blocks.2.att.key.weight has shape [64, 32], expected [64, 64]"), std::string::npos);
+}
+
+TEST(Rwkv7Model, ExposesNamedSitesAndRefusesUnknownOnes) {
+  Rwkv7Model model(init_rwkv7(tiny(), 1), {at::kFloat, at::kCPU}, "test");
+  auto sites = model.linear_sites();
+  ASSERT_EQ(sites.size(), 18u);
+  EXPECT_EQ(sites[1].name, "blocks.0.att.key");
+  EXPECT_EQ(sites[4].name, "blocks.0.ffn.key");
+  EXPECT_EQ(sites[4].out_features, 256);
+  EXPECT_EQ(model.state_sites()[2].name, "blocks.2.att");
+  EXPECT_THROW(model.linear("blocks.0.att.gate"), Error);
+}
+
+}  // namespace
+}  // namespace peftkit

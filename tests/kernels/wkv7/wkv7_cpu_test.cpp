@@ -1,0 +1,125 @@
+// The CPU WKV7 kernel against the recurrence of spec rwkv-model §1.3 written with tensor ops in
+// float64, and its gradients against central finite differences.
+#include "wkv7/wkv7.hpp"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
+#include <gtest/gtest.h>
+
+namespace peftkit::kernels {
+namespace {
+
+struct Inputs {
+  at::Tensor r, z, k, v, a, b, s0;
+};
+
+// Realistic inputs (spec §8 A): a, b from a unit-norm kk and a rate in (0, 1).
+Inputs random_inputs(int64_t B, int64_t T, int64_t H, int64_t N, at::ScalarType dtype, uint64_t seed) {
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(seed);
+  auto uniform = [&](double lo, double hi) { return at::empty({B, T, H, N}, at::kDouble).uniform_(lo, hi, g); };
+  at::Tensor kk = uniform(-1, 1);
+  kk = kk / kk.norm(2, {-1}, true);
+  at::Tensor rate = uniform(0, 1);
+  Inputs in{uniform(-1, 1), uniform(-6, 2), uniform(-1, 1), uniform(-1, 1), -kk, kk * rate,
+            at::normal(0, 1, {B, H, N, N}, g, at::kDouble)};
+  for (at::Tensor* t : {&in.r, &in.z, &in.k, &in.v, &in.a, &in.b, &in.s0}) *t = t->to(dtype);
+  return in;
+}
+
+// y and the final state, step by step with tensor ops (independent of the kernel's loops).
+std::pair<at::Tensor, at::Tensor> reference(const Inputs& in) {
+  const int64_t T = in.r.size(1);
+  at::Tensor S = in.s0.defined() ? in.s0.to(at::kDouble) : at::zeros({in.r.size(0), in.r.size(2), in.r.size(3), in.r.size(3)}, at::kDouble);
+  std::vector<at::Tensor> ys;
+  for (int64_t t = 0; t < T; ++t) {
+    auto at_t = [&](const at::Tensor& x) { return x.select(1, t).to(at::kDouble); };  // [B, H, N]
+    at::Tensor d = at::exp(-at::exp(-at::softplus(-at_t(in.z)) - 0.5));
+    at::Tensor sa = at::matmul(S, at_t(in.a).unsqueeze(-1));  // [B, H, N, 1]
+    S = S * d.unsqueeze(-2) + sa * at_t(in.b).unsqueeze(-2) + at_t(in.v).unsqueeze(-1) * at_t(in.k).unsqueeze(-2);
+    ys.push_back(at::matmul(S, at_t(in.r).unsqueeze(-1)).squeeze(-1));
+  }
+  return {at::stack(ys, 1), S};
+}
+
+double relative_error(const at::Tensor& got, const at::Tensor& want) {
+  return (got.to(at::kDouble) - want).norm().item<double>() / want.norm().item<double>();
+}
+
+TEST(Wkv7Cpu, DecayIsTheSoftClampedFormOfSpec) {
+  at::Tensor z = at::linspace(-8, 8, 33, at::kDouble);
+  EXPECT_TRUE(at::allclose(wkv7_decay(z), at::exp(-at::exp(-at::softplus(-z) - 0.5)), 1e-14, 1e-14));
+}
+
+TEST(Wkv7Cpu, MatchesTheFloat64RecurrenceIncludingChunkTails) {
+  for (int64_t T : {1, 16, 37}) {
+    Inputs in = random_inputs(2, T, 3, 8, at::kDouble, 10 + T);
+    auto [y_ref, s_ref] = reference(in);
+    auto [y, s] = wkv7(in.r, in.z, in.k, in.v, in.a, in.b, in.s0);
+    EXPECT_LT(relative_error(y, y_ref), 1e-13) << T;
+    EXPECT_LT(relative_error(s, s_ref), 1e-13) << T;
+    Inputs fp32 = random_inputs(2, T, 3, 8, at::kFloat, 10 + T);
+    auto [y32, s32] = wkv7(fp32.r, fp32.z, fp32.k, fp32.v, fp32.a, fp32.b, fp32.s0);
+    EXPECT_EQ(y32.scalar_type(), at::kFloat);
+    EXPECT_LT(relative_error(y32, y_ref), 1e-5) << T;
+  }
+}
+
+TEST(Wkv7Cpu, ZeroInitialStateWhenNoneIsGiven) {
+  Inputs in = random_inputs(1, 9, 2, 4, at::kDouble, 3);
+  auto [y0, s_zero] = wkv7(in.r, in.z, in.k, in.v, in.a, in.b, at::zeros_like(in.s0));
+  auto [y1, s_none] = wkv7(in.r, in.z, in.k, in.v, in.a, in.b, at::Tensor());
+  EXPECT_TRUE(at::equal(y0, y1));
+  EXPECT_TRUE(at::equal(s_zero, s_none));
+}
+
+TEST(Wkv7Cpu, StatePassingIsExact) {
+  Inputs in = random_inputs(2, 40, 2, 8, at::kFloat, 4);
+  auto [y, s] = wkv7(in.r, in.z, in.k, in.v, in.a, in.b, in.s0);
+  auto part = [&](const at::Tensor& x, int64_t from, int64_t to) { return x.slice(1, from, to); };
+  auto [y1, s1] = wkv7(part(in.r, 0, 21), part(in.z, 0, 21), part(in.k, 0, 21), part(in.v, 0, 21),
+                       part(in.a, 0, 21), part(in.b, 0, 21), in.s0);
+  auto [y2, s2] = wkv7(part(in.r, 21, 40), part(in.z, 21, 40), part(in.k, 21, 40), part(in.v, 21, 40),
+                       part(in.a, 21, 40), part(in.b, 21, 40), s1);
+  EXPECT_TRUE(at::allclose(at::cat({y1, y2}, 1), y, 1e-6, 1e-6));
+  EXPECT_TRUE(at::allclose(s2, s, 1e-6, 1e-6));
+}
+
+// Loss sum(y^2 - tanh(y)) + sum(s_T * c) exercises dy and the final-state gradient (spec §8 A).
+TEST(Wkv7Cpu, GradientsMatchCentralFiniteDifferencesInFloat64) {
+  Inputs in = random_inputs(1, 19, 2, 4, at::kDouble, 5);  // 19 > 16: two checkpoint chunks
+  at::Tensor c = at::randn({1, 2, 4, 4}, at::kDouble);
+  std::vector<at::Tensor*> params = {&in.r, &in.z, &in.k, &in.v, &in.a, &in.b, &in.s0};
+  const char* names[] = {"r", "z", "k", "v", "a", "b", "s0"};
+  auto loss = [&]() {
+    auto [y, s] = wkv7(in.r, in.z, in.k, in.v, in.a, in.b, in.s0);
+    return (y.square() - at::tanh(y)).sum() + (s * c).sum();
+  };
+  for (at::Tensor* p : params) p->requires_grad_(true);
+  loss().backward();
+  for (size_t i = 0; i < params.size(); ++i) {
+    at::Tensor analytic = params[i]->grad().clone();
+    at::Tensor numeric = at::zeros_like(analytic);
+    at::NoGradGuard no_grad;
+    at::Tensor flat = params[i]->view({-1});
+    for (int64_t e = 0; e < flat.numel(); ++e) {
+      const double h = 1e-6, saved = flat[e].item<double>();
+      flat[e].fill_(saved + h);
+      const double plus = loss().item<double>();
+      flat[e].fill_(saved - h);
+      const double minus = loss().item<double>();
+      flat[e].fill_(saved);
+      numeric.view({-1})[e] = (plus - minus) / (2 * h);
+    }
+    EXPECT_LT(relative_error(analytic, numeric), 1e-7) << "gradient of " << names[i];
+  }
+}
+
+TEST(Wkv7Cpu, RejectsMismatchedShapes) {
+  Inputs in = random_inputs(1, 4, 2, 4, at::kFloat, 6);
+  EXPECT_THROW(wkv7(in.r, in.z.slice(1, 0, 3), in.k, in.v, in.a, in.b, in.s0), c10::Error);
+  EXPECT_THROW(wkv7(in.r, in.z, in.k, in.v, in.a, in.b, in.s0.slice(2, 0, 2)), c10::Error);
+}
+
+}  // namespace
+}  // namespace peftkit::kernels
