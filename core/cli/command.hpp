@@ -31,5 +31,8 @@ struct Command {
 
 Command plugins_command();
 Command recipe_command();
+Command init_model_command();
+Command inspect_command();
+Command generate_command();
 
 }  // namespace peftkit::cli

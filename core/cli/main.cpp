@@ -17,7 +17,9 @@ namespace {
 
 constexpr int kUsageError = 2;
 
-std::vector<Command> all_commands() { return {plugins_command(), recipe_command()}; }
+std::vector<Command> all_commands() {
+  return {plugins_command(), recipe_command(), init_model_command(), inspect_command(), generate_command()};
+}
 
 void print_help(const std::vector<Command>& commands) {
   std::cout << "peftkit " << PEFTKIT_VERSION

@@ -7,6 +7,7 @@
 
 #include <fstream>
 
+#include "model/state_file.hpp"
 #include "peftkit/error.hpp"
 #include "peftkit/tensor_io.hpp"
 #include "test_util.hpp"
@@ -55,6 +56,35 @@ TEST(Rwkv7Model, MatchesAnIndependentFloat64ReferenceOnAFileWrittenByTorchSave) 
   const double error = relative_error(logits, reference);
   EXPECT_LT(error, 1e-5) << "relative error of fp32 logits against the fp64 reference: " << error;
   EXPECT_TRUE(at::equal(logits.argmax(-1), reference.argmax(-1)));
+
+  // A state file in RWKV-PEFT's layout (bf16 [H, N, N], value-major) mounted as the initial state.
+  model->set_state_adapter(std::make_shared<FixedStates>(read_state_file(dir / "state.pth", model->config())));
+  const at::Tensor with_state = model->forward(tokens).squeeze(0);
+  const at::Tensor reference_state = read_pth(dir / "logits_state.pth").at("logits");
+  const double state_error = relative_error(with_state, reference_state);
+  EXPECT_LT(state_error, 1e-5) << "relative error with the mounted state: " << state_error;
+  EXPECT_GT(relative_error(reference, reference_state), 1e-3);  // the state matters
+}
+
+TEST(StateFile, RefusesAStateForAnotherBaseNamingBothShapes) {
+  testing::TempDir dir;
+  const Rwkv7Config model = Rwkv7Config::for_size(2, 64, 100, 16);
+  write_pth(dir / "other.pth", {{"blocks.0.att.time_state", at::zeros({2, 32, 32})},
+                                {"blocks.1.att.time_state", at::zeros({2, 32, 32})}});
+  write_pth(dir / "short.pth", {{"blocks.0.att.time_state", at::zeros({4, 16, 16})}});
+  write_pth(dir / "stray.pth", {{"blocks.0.att.time_state", at::zeros({4, 16, 16})}, {"emb.weight", at::zeros({1})}});
+  auto error = [&](const std::string& name) {
+    try {
+      read_state_file(dir / name, model);
+    } catch (const Error& e) {
+      return std::string(e.what()).substr((dir / name).string().size());
+    }
+    return std::string("(accepted)");
+  };
+  EXPECT_EQ(error("other.pth"), ": blocks.0.att.time_state has shape [2, 32, 32] but the model (" + model.describe() +
+                                    ") needs [4, 16, 16]; the state was trained on a base of another shape");
+  EXPECT_EQ(error("short.pth"), ": the state file has 1 layers but the model has 2; the state was trained on a base of another shape");
+  EXPECT_EQ(error("stray.pth"), ": 'emb.weight' is not a state tensor (expected blocks.{i}.att.time_state only)");
 }
 
 TEST(Rwkv7Model, GptModeEqualsRnnModeOver64Tokens) {
