@@ -1,0 +1,79 @@
+#include "train/loss.hpp"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "peftkit/dataset.hpp"
+
+namespace peftkit {
+namespace {
+
+constexpr int64_t kRowsPerChunk = 1024;
+
+class CrossEntropyL2Wrap : public torch::autograd::Function<CrossEntropyL2Wrap> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& logits,
+                            const at::Tensor& targets) {
+    const int64_t V = logits.size(-1);
+    const at::Tensor rows = logits.detach().reshape({-1, V});
+    const at::Tensor labels = targets.reshape({-1}).to(rows.device());
+    const at::Tensor counted = labels != kIgnoreIndex;
+    const int64_t count = counted.sum().item<int64_t>();
+    double total = 0;
+    for (int64_t begin = 0; begin < rows.size(0); begin += kRowsPerChunk) {
+      const int64_t end = std::min(rows.size(0), begin + kRowsPerChunk);
+      const at::Tensor chunk = rows.slice(0, begin, end).to(at::kFloat);
+      const at::Tensor chunk_labels = labels.slice(0, begin, end);
+      const at::Tensor mask = counted.slice(0, begin, end);
+      const at::Tensor safe = at::where(mask, chunk_labels, at::zeros_like(chunk_labels));
+      const at::Tensor nll = at::logsumexp(chunk, -1) - chunk.gather(1, safe.unsqueeze(1)).squeeze(1);
+      total += (nll * mask).sum().item<double>();
+    }
+    ctx->save_for_backward({logits, targets});
+    ctx->saved_data["count"] = count;
+    return at::scalar_tensor(count > 0 ? total / static_cast<double>(count) : 0.0,
+                             at::TensorOptions().dtype(at::kFloat).device(logits.device()));
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& logits = saved[0];
+    const int64_t V = logits.size(-1);
+    const at::Tensor rows = logits.reshape({-1, V});
+    const at::Tensor labels = saved[1].reshape({-1}).to(rows.device());
+    const int64_t count = ctx->saved_data["count"].toInt();
+    const double upstream = grads[0].item<double>();
+    const double ce_scale = count > 0 ? upstream / static_cast<double>(count) : 0.0;
+    const double wrap_scale = upstream * kL2WrapFactor / static_cast<double>(rows.size(0));
+    at::Tensor grad = at::empty_like(rows);
+    for (int64_t begin = 0; begin < rows.size(0); begin += kRowsPerChunk) {
+      const int64_t end = std::min(rows.size(0), begin + kRowsPerChunk);
+      const at::Tensor chunk = rows.slice(0, begin, end).to(at::kFloat);
+      const at::Tensor chunk_labels = labels.slice(0, begin, end);
+      const at::Tensor mask = chunk_labels != kIgnoreIndex;
+      // d CE / d logits = softmax - onehot(target), for counted rows.
+      at::Tensor g = at::softmax(chunk, -1) * (mask.unsqueeze(1).to(at::kFloat) * ce_scale);
+      const at::Tensor safe = at::where(mask, chunk_labels, at::zeros_like(chunk_labels));
+      g.scatter_add_(1, safe.unsqueeze(1), (mask.to(at::kFloat) * -ce_scale).unsqueeze(1));
+      // L2Wrap: every row pushes its largest logit towards zero.
+      auto [max_value, max_index] = chunk.max(-1);
+      g.scatter_add_(1, max_index.unsqueeze(1), (max_value * wrap_scale).unsqueeze(1));
+      grad.slice(0, begin, end).copy_(g);
+    }
+    return {grad.view(logits.sizes()), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+std::pair<at::Tensor, int64_t> cross_entropy_l2wrap(const at::Tensor& logits, const at::Tensor& targets) {
+  TORCH_CHECK(logits.dim() == 3 && targets.dim() == 2 && logits.size(0) == targets.size(0) &&
+                  logits.size(1) == targets.size(1),
+              "cross_entropy_l2wrap: logits [B, T, V] and targets [B, T] expected, got ", logits.sizes(), " and ",
+              targets.sizes());
+  const int64_t count = (targets != kIgnoreIndex).sum().item<int64_t>();
+  return {CrossEntropyL2Wrap::apply(logits, targets), count};
+}
+
+}  // namespace peftkit

@@ -1,0 +1,27 @@
+// loss.hpp: cross-entropy with RWKV's L2Wrap, computed in row chunks so that at most one chunk of
+// fp32 logits exists at a time, whatever the dtype of the [B, T, V] logits.
+//
+// Forward: the mean cross-entropy over positions whose target is not kIgnoreIndex (-100).
+// Backward: the cross-entropy gradient, plus for every position n (all B*T rows) the L2Wrap term
+//   1e-4 * max_j(logit_nj) / (B*T) added at the arg-max logit, times the incoming gradient
+// (spec rwkv-model §1.7: equivalent to the extra loss 1e-4/(2 B T) * sum_n max_j(logit_nj)^2,
+// which keeps logits from drifting up; RWKV-PEFT forgets the incoming gradient, we do not).
+//
+//   auto [loss, tokens] = cross_entropy_l2wrap(logits, targets);   // targets [B, T] int64
+//   loss.backward();
+#pragma once
+
+#include <cstdint>
+#include <utility>
+
+#include <ATen/core/Tensor.h>
+
+namespace peftkit {
+
+// Returns the loss (a 0-dim fp32 tensor with autograd to `logits`) and the number of positions
+// that count; with none (all targets ignored) the loss is 0 and only L2Wrap acts.
+std::pair<at::Tensor, int64_t> cross_entropy_l2wrap(const at::Tensor& logits, const at::Tensor& targets);
+
+inline constexpr double kL2WrapFactor = 1e-4;
+
+}  // namespace peftkit
