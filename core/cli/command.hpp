@@ -34,5 +34,6 @@ Command recipe_command();
 Command init_model_command();
 Command inspect_command();
 Command generate_command();
+Command train_command();
 
 }  // namespace peftkit::cli

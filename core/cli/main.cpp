@@ -18,7 +18,8 @@ namespace {
 constexpr int kUsageError = 2;
 
 std::vector<Command> all_commands() {
-  return {plugins_command(), recipe_command(), init_model_command(), inspect_command(), generate_command()};
+  return {plugins_command(), recipe_command(),   init_model_command(),
+          inspect_command(), generate_command(), train_command()};
 }
 
 void print_help(const std::vector<Command>& commands) {

@@ -17,7 +17,12 @@ OptionSchema data_schema() {
   return OptionSchema()
       .add_string("format", "numpy",
                   "dataset plugin that reads `path`; its own keys go in [data.<format>]")
-      .add_required_string("path", "training data file (RWKV-PEFT --data_file)");
+      .add_required_string("path", "training data file (RWKV-PEFT --data_file)")
+      .add_string("eval_file", "", "evaluation data in the same format (\"\": none)")
+      .add_float("eval_fraction", 0.0, "hold out this fraction of the training samples for evaluation",
+                 Bound{0}, Bound{1, true})
+      .add_int("eval_every", 0, "evaluate every N optimizer steps (0: only at each epoch end)", 0,
+               std::numeric_limits<int32_t>::max());
 }
 
 OptionSchema peft_schema() {
@@ -60,7 +65,12 @@ OptionSchema train_schema() {
       .add_int("accumulate_grad_batches", 1, "micro-batches per optimizer step", 1, 1 << 16)
       .add_float("grad_clip", 1.0, "global gradient-norm clip (0: off)", Bound{0})
       .add_int("seed", 42, "random seed (RWKV-PEFT --random_seed)", 0,
-               std::numeric_limits<int64_t>::max());
+               std::numeric_limits<int64_t>::max())
+      .add_string("resume", "off", "\"auto\": continue from the latest checkpoint in the output dir "
+                  "when there is one", {"off", "auto"})
+      .add_int("keep_checkpoints", 2, "resumable checkpoints to keep", 1, 1000)
+      .add_int("max_bad_steps", 5, "stop after this many steps in a row with a non-finite loss or "
+               "gradient", 1, 1000000);
 }
 
 OptionSchema output_schema() {

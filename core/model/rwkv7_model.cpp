@@ -1,6 +1,9 @@
 #include "model/rwkv7_model.hpp"
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/autograd.h>
 
 #include "peftkit/error.hpp"
 #include "peftkit/tensor_io.hpp"
@@ -14,18 +17,20 @@ constexpr double kGroupNormEps = 64e-5;  // ln_x: 1e-5 * head_size_divisor^2
 constexpr const char* kSlotNames[] = {"att.receptance", "att.key", "att.value", "att.output", "ffn.key", "ffn.value"};
 enum Slot { kReceptance, kKey, kValue, kOutput, kFfnKey, kFfnValue, kSlots };
 
-std::string block(int64_t layer) { return "blocks." + std::to_string(layer) + "."; }
+std::string block_prefix(int64_t layer) { return "blocks." + std::to_string(layer) + "."; }
 
+// A dense weight; a trained one is an fp32 master that is cast to the compute dtype per use.
 class DenseLinear final : public FrozenLinear {
  public:
-  explicit DenseLinear(at::Tensor weight) : weight_(std::move(weight)) {}
-  at::Tensor forward(const at::Tensor& x) const override { return at::linear(x, weight_); }
-  at::Tensor dense_weight() const override { return weight_.detach(); }
+  DenseLinear(at::Tensor weight, at::ScalarType compute) : weight_(std::move(weight)), compute_(compute) {}
+  at::Tensor forward(const at::Tensor& x) const override { return at::linear(x, weight_.to(compute_)); }
+  at::Tensor dense_weight() const override { return weight_.detach().to(compute_); }
   int64_t in_features() const override { return weight_.size(1); }
   int64_t out_features() const override { return weight_.size(0); }
 
  private:
   at::Tensor weight_;
+  at::ScalarType compute_;
 };
 
 // x_{t-1} for every t, with the carried `previous` [B, C] before the first token; updates it.
@@ -52,8 +57,8 @@ Rwkv7Model::Rwkv7Model(const TensorMap& weights, const ModelOptions& options, co
   for (int64_t l = 0; l < config_.n_layer; ++l)
     for (int s = 0; s < kSlots; ++s) {
       auto site = std::make_shared<Site>();
-      site->name = block(l) + kSlotNames[s];
-      site->base = std::make_unique<DenseLinear>(weights_.at(site->name + ".weight"));
+      site->name = block_prefix(l) + kSlotNames[s];
+      site->base = std::make_unique<DenseLinear>(weights_.at(site->name + ".weight"), options.dtype);
       sites_.push_back(std::move(site));
     }
 }
@@ -62,9 +67,30 @@ std::unique_ptr<Rwkv7Model> Rwkv7Model::load(const std::filesystem::path& path, 
   return std::make_unique<Rwkv7Model>(read_tensor_file(path).tensors, options, path.string());
 }
 
-const at::Tensor& Rwkv7Model::weight(const std::string& name) const { return weights_.at(name); }
+at::Tensor Rwkv7Model::weight(const std::string& name) const {
+  if (auto it = masters_.find(name); it != masters_.end()) return it->second.to(options_.dtype);
+  return weights_.at(name);
+}
 
-TensorMap Rwkv7Model::weights() const { return weights_; }
+TensorMap Rwkv7Model::weights() const {
+  TensorMap out = weights_;
+  for (const auto& [name, master] : masters_) out[name] = master;
+  return out;
+}
+
+std::vector<TrainableTensor> Rwkv7Model::make_trainable(const std::function<bool(const std::string&)>& select) {
+  std::vector<TrainableTensor> trainable;
+  for (const auto& [name, tensor] : weights_) {
+    if (!select(name) || masters_.count(name)) continue;
+    at::Tensor master = tensor.detach().to(at::kFloat).clone().requires_grad_(true);
+    masters_[name] = master;
+    for (auto& site : sites_)
+      if (site->name + ".weight" == name) site->base = std::make_unique<DenseLinear>(master, options_.dtype);
+    // RWKV-PEFT's decay group: tensors with at least two non-trivial dimensions.
+    trainable.push_back({name, master, 1.0, tensor.squeeze().dim() >= 2});
+  }
+  return trainable;
+}
 
 c10::TensorOptions Rwkv7Model::activation_options() const {
   return c10::TensorOptions().dtype(options_.dtype).device(options_.device);
@@ -100,7 +126,7 @@ at::Tensor Rwkv7Model::apply_linear(int64_t layer, int slot, const at::Tensor& x
 
 // spec §1.2
 at::Tensor Rwkv7Model::time_mix(int64_t l, const at::Tensor& x, at::Tensor& v_first, Rwkv7State& state) {
-  const std::string p = block(l) + "att.";
+  const std::string p = block_prefix(l) + "att.";
   const int64_t B = x.size(0), T = x.size(1), C = config_.n_embd, H = config_.n_head, N = config_.head_size;
   auto vec = [&](const char* name) { return weight(p + name).view({C}); };
   at::Tensor xx = token_shift(x, state.att_shift[l]) - x;
@@ -138,7 +164,7 @@ at::Tensor Rwkv7Model::time_mix(int64_t l, const at::Tensor& x, at::Tensor& v_fi
 
 // spec §1.4
 at::Tensor Rwkv7Model::channel_mix(int64_t l, const at::Tensor& x, Rwkv7State& state) {
-  const std::string p = block(l) + "ffn.";
+  const std::string p = block_prefix(l) + "ffn.";
   at::Tensor xx = token_shift(x, state.ffn_shift[l]) - x;
   at::Tensor kx = x + xx * weight(p + "x_k").view({config_.n_embd});
   at::Tensor h = at::relu(apply_linear(l, kFfnKey, kx)).square();
@@ -162,11 +188,94 @@ at::Tensor Rwkv7Model::forward(const at::Tensor& tokens, Rwkv7State* state) {
   at::Tensor x = at::embedding(weight("emb.weight"), tokens.to(options_.device));
   x = ln(x, "blocks.0.ln0");
   at::Tensor v_first;
-  for (int64_t l = 0; l < config_.n_layer; ++l) {
-    x = x + time_mix(l, ln(x, block(l) + "ln1"), v_first, *state);
-    x = x + channel_mix(l, ln(x, block(l) + "ln2"), *state);
-  }
+  const bool checkpoint = gradient_checkpointing_ && at::GradMode::is_enabled();
+  for (int64_t l = 0; l < config_.n_layer; ++l)
+    x = checkpoint ? checkpointed_block(l, x, v_first, *state) : block(l, x, v_first, *state);
   return at::linear(ln(x, "ln_out"), weight("head.weight"));
+}
+
+at::Tensor Rwkv7Model::block(int64_t l, const at::Tensor& x_in, at::Tensor& v_first, Rwkv7State& state) {
+  auto ln = [&](const at::Tensor& x, const std::string& name) {
+    return at::layer_norm(x, {config_.n_embd}, weight(name + ".weight"), weight(name + ".bias"), kLayerNormEps);
+  };
+  at::Tensor x = x_in + time_mix(l, ln(x_in, block_prefix(l) + "ln1"), v_first, state);
+  return x + channel_mix(l, ln(x, block_prefix(l) + "ln2"), state);
+}
+
+namespace {
+
+// Runs one block without keeping its activations, and again with autograd in the backward
+// (reentrant checkpointing: the recomputation's backward also fills the parameters' gradients).
+// Inputs: x, v_first (empty for layer 0), att_shift, wkv, ffn_shift; outputs: the same, updated.
+using BlockFn = std::function<torch::autograd::variable_list(const torch::autograd::variable_list&)>;
+
+struct FnHolder : torch::CustomClassHolder {
+  explicit FnHolder(BlockFn f) : fn(std::move(f)) {}
+  BlockFn fn;
+};
+
+FnHolder* holder(torch::autograd::AutogradContext* ctx) {
+  return static_cast<FnHolder*>(ctx->saved_data["fn"].toCapsule().get());
+}
+
+class BlockCheckpoint : public torch::autograd::Function<BlockCheckpoint> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, BlockFn fn,
+                                                at::Tensor x, at::Tensor v_first, at::Tensor att,
+                                                at::Tensor wkv, at::Tensor ffn) {
+    ctx->save_for_backward({x, v_first, att, wkv, ffn});
+    ctx->saved_data["fn"] = c10::IValue::make_capsule(c10::make_intrusive<FnHolder>(std::move(fn)));
+    at::NoGradGuard no_grad;
+    return holder(ctx)->fn({x, v_first, att, wkv, ffn});
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto inputs = ctx->get_saved_variables();
+    torch::autograd::variable_list leaves;
+    for (const auto& input : inputs)
+      leaves.push_back(input.numel() ? input.detach().requires_grad_(input.requires_grad() || at::isFloatingType(input.scalar_type()))
+                                     : input);
+    torch::autograd::variable_list outputs;
+    {
+      at::AutoGradMode enable(true);
+      outputs = holder(ctx)->fn(leaves);
+    }
+    torch::autograd::variable_list roots, root_grads;
+    for (size_t i = 0; i < outputs.size(); ++i)
+      if (grads[i].defined() && outputs[i].defined() && outputs[i].requires_grad()) {
+        roots.push_back(outputs[i]);
+        root_grads.push_back(grads[i]);
+      }
+    if (!roots.empty()) torch::autograd::backward(roots, root_grads);
+    torch::autograd::variable_list result = {at::Tensor()};  // no gradient for fn
+    for (const auto& leaf : leaves) result.push_back(leaf.numel() && leaf.grad().defined() ? leaf.grad() : at::Tensor());
+    return result;
+  }
+
+};
+
+}  // namespace
+
+at::Tensor Rwkv7Model::checkpointed_block(int64_t l, const at::Tensor& x, at::Tensor& v_first, Rwkv7State& state) {
+  auto fn = [this, l](const torch::autograd::variable_list& in) {
+    Rwkv7State layer_state;
+    layer_state.att_shift.assign(config_.n_layer, at::Tensor());
+    layer_state.wkv.assign(config_.n_layer, at::Tensor());
+    layer_state.ffn_shift.assign(config_.n_layer, at::Tensor());
+    layer_state.att_shift[l] = in[2];
+    layer_state.wkv[l] = in[3];
+    layer_state.ffn_shift[l] = in[4];
+    at::Tensor v = in[1].numel() ? in[1] : at::Tensor();
+    at::Tensor out = block(l, in[0], v, layer_state);
+    return torch::autograd::variable_list{out, v, layer_state.att_shift[l], layer_state.wkv[l], layer_state.ffn_shift[l]};
+  };
+  at::Tensor v_in = v_first.defined() ? v_first : at::empty({0}, x.options());
+  auto out = BlockCheckpoint::apply(std::move(fn), x, v_in, state.att_shift[l], state.wkv[l], state.ffn_shift[l]);
+  v_first = out[1];
+  state.att_shift[l] = out[2];
+  state.wkv[l] = out[3];
+  state.ffn_shift[l] = out[4];
+  return out[0];
 }
 
 std::vector<LinearSite> Rwkv7Model::linear_sites() const {
@@ -180,7 +289,7 @@ std::vector<LinearSite> Rwkv7Model::linear_sites() const {
 std::vector<StateSite> Rwkv7Model::state_sites() const {
   std::vector<StateSite> sites;
   for (int64_t l = 0; l < config_.n_layer; ++l)
-    sites.push_back({block(l) + "att", static_cast<int>(l), config_.n_head, config_.head_size, config_.n_embd});
+    sites.push_back({block_prefix(l) + "att", static_cast<int>(l), config_.n_head, config_.head_size, config_.n_embd});
   return sites;
 }
 
@@ -200,7 +309,7 @@ void Rwkv7Model::set_base_weight(std::string_view site, const at::Tensor& weight
                 std::to_string(s.base->in_features()) + "], got " + c10::str(weight.sizes()));
   at::Tensor w = weight.detach().to(options_.device, options_.dtype);
   weights_[s.name + ".weight"] = w;
-  s.base = std::make_unique<DenseLinear>(w);
+  s.base = std::make_unique<DenseLinear>(w, options_.dtype);
 }
 
 void Rwkv7Model::set_linear_adapter(std::string_view site, std::shared_ptr<LinearAdapter> adapter) {

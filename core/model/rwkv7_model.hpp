@@ -13,12 +13,14 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "model/rwkv7_config.hpp"
 #include "peftkit/model.hpp"
+#include "peftkit/peft_method.hpp"
 
 namespace peftkit {
 
@@ -49,8 +51,16 @@ class Rwkv7Model final : public ModelView {
   // replaced by the state after the last; null starts from initial_state() and drops the result.
   at::Tensor forward(const at::Tensor& tokens, Rwkv7State* state = nullptr);
 
-  // The base weights under their checkpoint names (adapters not applied).
+  // The base weights under their checkpoint names (adapters not applied; trained tensors as their
+  // fp32 masters).
   TensorMap weights() const;
+
+  // Makes the selected base tensors trainable: each gets an fp32 master copy (a leaf with
+  // requires_grad) that the forward casts to the model dtype. Returns them for the optimizer.
+  std::vector<TrainableTensor> make_trainable(const std::function<bool(const std::string&)>& select);
+
+  // Recompute each block in the backward instead of storing its activations (grad_cp).
+  void set_gradient_checkpointing(bool enabled) { gradient_checkpointing_ = enabled; }
 
   // ModelView
   std::string architecture() const override { return "rwkv7"; }
@@ -64,10 +74,13 @@ class Rwkv7Model final : public ModelView {
 
  private:
   struct Site;
+  // One block: x and v_first in, the layer's state updated in place.
+  at::Tensor block(int64_t layer, const at::Tensor& x, at::Tensor& v_first, Rwkv7State& state);
+  at::Tensor checkpointed_block(int64_t layer, const at::Tensor& x, at::Tensor& v_first, Rwkv7State& state);
   at::Tensor time_mix(int64_t layer, const at::Tensor& x, at::Tensor& v_first, Rwkv7State& state);
   at::Tensor channel_mix(int64_t layer, const at::Tensor& x, Rwkv7State& state);
   at::Tensor apply_linear(int64_t layer, int slot, const at::Tensor& x);
-  const at::Tensor& weight(const std::string& name) const;
+  at::Tensor weight(const std::string& name) const;
   size_t site_index(std::string_view name) const;
 
   Rwkv7Config config_;
@@ -75,6 +88,8 @@ class Rwkv7Model final : public ModelView {
   TensorMap weights_;
   std::vector<std::shared_ptr<Site>> sites_;  // L * 6, in linear_sites() order
   std::shared_ptr<StateAdapter> state_adapter_;
+  TensorMap masters_;  // fp32 masters of trainable base tensors
+  bool gradient_checkpointing_ = false;
 };
 
 // A new model initialised exactly as RWKV-LM's train_temp does (spec rwkv-model §1.7), in fp32.

@@ -220,6 +220,34 @@ TEST(Rwkv7Config, RejectsOtherArchitecturesAndBrokenFiles) {
   EXPECT_NE(error(shape).find("m.pth: blocks.2.att.key.weight has shape [64, 32], expected [64, 64]"), std::string::npos);
 }
 
+TEST(Rwkv7Model, GradientCheckpointingGivesTheSameGradients) {
+  const TensorMap weights = perturbed_model(tiny(), 8);
+  const at::Tensor tokens = random_tokens(2, 21, tiny().vocab, 9);
+  auto gradients = [&](bool checkpointing) {
+    Rwkv7Model model(weights, {at::kFloat, at::kCPU}, "test");
+    std::vector<TrainableTensor> trainable = model.make_trainable([](const std::string&) { return true; });
+    std::vector<at::Tensor> states;
+    at::Generator g = at::make_generator<at::CPUGeneratorImpl>(3);
+    for (int64_t l = 0; l < tiny().n_layer; ++l) {
+      states.push_back(at::normal(0, 0.5, {tiny().n_head, tiny().head_size, tiny().head_size}, g).requires_grad_(true));
+      trainable.push_back({"state" + std::to_string(l), states.back()});
+    }
+    model.set_state_adapter(std::make_shared<FixedStates>(states));
+    model.set_gradient_checkpointing(checkpointing);
+    model.forward(tokens).square().mean().backward();
+    std::map<std::string, at::Tensor> grads;
+    for (const auto& t : trainable) grads[t.name] = t.tensor.grad().clone();
+    return grads;
+  };
+  const auto plain = gradients(false), checkpointed = gradients(true);
+  ASSERT_EQ(plain.size(), weights.size() + 3u);
+  for (const auto& [name, grad] : plain) {
+    ASSERT_TRUE(checkpointed.at(name).defined()) << name;
+    EXPECT_TRUE(at::allclose(checkpointed.at(name), grad, 1e-5, 1e-7)) << name;
+  }
+  EXPECT_GT(plain.at("state1").abs().max().item<float>(), 0.0f);
+}
+
 TEST(Rwkv7Model, ExposesNamedSitesAndRefusesUnknownOnes) {
   Rwkv7Model model(init_rwkv7(tiny(), 1), {at::kFloat, at::kCPU}, "test");
   auto sites = model.linear_sites();

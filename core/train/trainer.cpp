@@ -1,0 +1,532 @@
+#include "train/trainer.hpp"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <ctime>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <random>
+#include <regex>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "model/rwkv7_model.hpp"
+#include "peftkit/dataset.hpp"
+#include "peftkit/error.hpp"
+#include "peftkit/log.hpp"
+#include "peftkit/tensor_io.hpp"
+#include "tokenizer/world_tokenizer.hpp"
+#include "train/loss.hpp"
+#include "train/optimizer.hpp"
+#include "train/schedule.hpp"
+
+namespace peftkit {
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+// Set by SIGINT/SIGTERM; the loop finishes the current step, checkpoints and exits.
+volatile std::sig_atomic_t g_stop_signal = 0;
+extern "C" void on_stop_signal(int signal) { g_stop_signal = signal; }
+
+class SignalScope {
+ public:
+  SignalScope() {
+    g_stop_signal = 0;
+    struct sigaction action {};
+    action.sa_handler = on_stop_signal;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGINT, &action, &old_int_);
+    sigaction(SIGTERM, &action, &old_term_);
+  }
+  ~SignalScope() {
+    sigaction(SIGINT, &old_int_, nullptr);
+    sigaction(SIGTERM, &old_term_, nullptr);
+  }
+
+ private:
+  struct sigaction old_int_ {}, old_term_ {};
+};
+
+std::string now_text(const char* format) {
+  const std::time_t t = std::time(nullptr);
+  std::tm local{};
+  localtime_r(&t, &local);
+  char buffer[64];
+  std::strftime(buffer, sizeof buffer, format, &local);
+  return buffer;
+}
+
+std::string duration_text(double seconds) {
+  const auto s = static_cast<int64_t>(seconds + 0.5);
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%lld:%02lld:%02lld", static_cast<long long>(s / 3600),
+                static_cast<long long>(s / 60 % 60), static_cast<long long>(s % 60));
+  return buffer;
+}
+
+// SplitMix64: stateless mixing for seeds derived from (seed, epoch, round).
+uint64_t mix(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+at::Tensor text_tensor(const std::string& text) {
+  return at::tensor(std::vector<uint8_t>(text.begin(), text.end()), at::kByte);
+}
+std::string tensor_text(const at::Tensor& t) {
+  at::Tensor bytes = t.contiguous();
+  return std::string(reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>()), bytes.numel());
+}
+
+// A view of a dataset restricted to some of its indices (the train or eval part of a split).
+struct IndexRange {
+  int64_t begin = 0, end = 0;
+  int64_t size() const { return end - begin; }
+};
+
+}  // namespace
+
+struct Trainer::Impl {
+  const host::Recipe& recipe;
+  const host::PluginRegistry& plugins;
+  TrainFlags flags;
+
+  fs::path out_dir, checkpoint_dir;
+  std::unique_ptr<Rwkv7Model> model;
+  std::unique_ptr<WorldTokenizer> tokenizer;
+  std::shared_ptr<Dataset> dataset, eval_dataset;
+  IndexRange train_range, eval_range;
+  std::vector<std::shared_ptr<PeftMethod>> methods;
+  std::vector<OptimizedTensor> trained;
+  std::map<std::string, at::ScalarType> base_dtypes;  // dtype of each tensor in the base file
+  std::unique_ptr<Adam> adam;
+  ScheduleSettings schedule;
+
+  int64_t ctx_len = 0, micro_bsz = 0, accumulate = 0, epoch_steps = 0, epoch_count = 0, epoch_begin = 0,
+          epoch_save = 0, keep_checkpoints = 0, max_bad_steps = 0, eval_every = 0;
+  uint64_t seed = 0;
+  double grad_clip = 0;
+
+  // Run state that checkpoints carry.
+  int64_t step = 0;  // optimizer steps done
+  int64_t bad_steps_in_a_row = 0, skipped_steps = 0, tokens_seen = 0;
+  double epoch_loss_sum = 0;
+  int64_t epoch_loss_count = 0;
+
+  // Permutation cache for the sample order of one (epoch, round).
+  int64_t cached_epoch = -1, cached_round = -1;
+  std::vector<int64_t> permutation;
+
+  Impl(const host::Recipe& r, const host::PluginRegistry& p, TrainFlags f) : recipe(r), plugins(p), flags(f) {}
+
+  void setup();
+  void select_trainable();
+  void open_data();
+  bool load_checkpoint();
+  void save_checkpoint();
+  void save_trained(int64_t epoch_number);
+  int64_t sample_index(int64_t epoch, int64_t slot);
+  std::pair<at::Tensor, at::Tensor> batch(int64_t epoch, int64_t first_slot, int64_t count, const Dataset& data,
+                                          const IndexRange& range, bool ordered);
+  double evaluate();
+  std::string fingerprint() const;
+  int run();
+};
+
+Trainer::Trainer(const host::Recipe& recipe, const host::PluginRegistry& plugins, TrainFlags flags)
+    : impl_(std::make_unique<Impl>(recipe, plugins, flags)) {}
+Trainer::~Trainer() = default;
+int Trainer::run() { return impl_->run(); }
+
+void Trainer::Impl::setup() {
+  const Options& train = recipe.train;
+  ctx_len = train.get_int("ctx_len");
+  micro_bsz = train.get_int("micro_bsz");
+  accumulate = train.get_int("accumulate_grad_batches");
+  epoch_steps = train.get_int("epoch_steps");
+  epoch_count = train.get_int("epoch_count");
+  epoch_begin = train.get_int("epoch_begin");
+  epoch_save = train.get_int("epoch_save");
+  keep_checkpoints = train.get_int("keep_checkpoints");
+  max_bad_steps = train.get_int("max_bad_steps");
+  grad_clip = train.get_float("grad_clip");
+  seed = static_cast<uint64_t>(train.get_int("seed"));
+  eval_every = recipe.data.get_int("eval_every");
+
+  out_dir = recipe.resolve_path(recipe.output.get_string("dir"));
+  checkpoint_dir = out_dir / "checkpoints";
+  fs::create_directories(checkpoint_dir);
+  // Temporary files of a write that was killed midway are never a checkpoint; remove them.
+  for (const auto& entry : fs::directory_iterator(checkpoint_dir))
+    if (entry.path().filename().string().find(".tmp-") != std::string::npos) fs::remove(entry.path());
+  log::add_file(out_dir / "peftkit.log");
+  std::ofstream(out_dir / "recipe.toml") << host::format_recipe(recipe);
+
+  const std::string& device = recipe.run.get_string("device");
+  if (device.starts_with("cuda"))
+    throw recipe.run.error("device", "GPU training needs the CUDA WKV kernels, which this build does not have "
+                                     "yet; use \"cpu\" or \"auto\"");
+  if (const int64_t threads = recipe.run.get_int("threads"); threads > 0) at::set_num_threads(static_cast<int>(threads));
+  at::manual_seed(seed);
+
+  const std::string& precision = train.get_string("precision");
+  const at::ScalarType dtype = precision == "bf16" ? at::kBFloat16 : at::kFloat;
+  const fs::path model_path = recipe.resolve_path(recipe.model.get_string("path"));
+  TensorMap base = read_tensor_file(model_path).tensors;
+  for (const auto& [name, t] : base) base_dtypes[name] = t.scalar_type();
+  model = std::make_unique<Rwkv7Model>(base, ModelOptions{dtype, at::kCPU}, model_path.string());
+  model->set_gradient_checkpointing(train.get_bool("grad_cp"));
+  log::info("model " + model_path.string() + ": RWKV-7 " + model->config().describe() + ", " + precision);
+
+  try {
+    tokenizer = WorldTokenizer::load(find_world_vocab());
+  } catch (const Error& e) {
+    log::warn(std::string("no tokenizer: ") + e.what());
+  }
+  open_data();
+  select_trainable();
+
+  schedule = {train.get_string("lr_schedule"), train.get_float("lr_init"), train.get_float("lr_final"),
+              train.get_int("warmup_steps"), epoch_steps * (epoch_begin + epoch_count)};
+  adam = std::make_unique<Adam>(trained, AdamSettings{train.get_float("beta1"), train.get_float("beta2"),
+                                                      train.get_float("adam_eps"), train.get_float("weight_decay")});
+}
+
+void Trainer::Impl::open_data() {
+  const auto plugin = plugins.get<DatasetPlugin>(recipe.dataset->plugin);
+  auto open = [&](const fs::path& path) {
+    DatasetSource source{path, ctx_len, model->config().vocab, seed, tokenizer.get()};
+    return host::keep_loaded(plugin->open(source, recipe.dataset->options), plugin);
+  };
+  dataset = open(recipe.resolve_path(recipe.data.get_string("path")));
+  train_range = {0, dataset->size()};
+  const std::string& eval_file = recipe.data.get_string("eval_file");
+  const double eval_fraction = recipe.data.get_float("eval_fraction");
+  if (!eval_file.empty() && eval_fraction > 0)
+    throw recipe.data.error("eval_fraction", "give either eval_file or eval_fraction, not both");
+  if (!eval_file.empty()) {
+    eval_dataset = open(recipe.resolve_path(eval_file));
+    eval_range = {0, eval_dataset->size()};
+  } else if (eval_fraction > 0) {
+    // The last samples are held out.
+    const int64_t held_out = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(eval_fraction * dataset->size())));
+    if (held_out >= dataset->size())
+      throw recipe.data.error("eval_fraction", "leaves no training samples (" + std::to_string(dataset->size()) + " in all)");
+    eval_dataset = dataset;
+    train_range = {0, dataset->size() - held_out};
+    eval_range = {dataset->size() - held_out, dataset->size()};
+  }
+  if (eval_every > 0 && !eval_dataset)
+    throw recipe.data.error("eval_every", "needs eval_file or eval_fraction");
+  log::info("data " + dataset->describe() + "; training on " + std::to_string(train_range.size()) + " samples" +
+            (eval_dataset ? ", evaluating on " + std::to_string(eval_range.size()) : std::string()));
+}
+
+void Trainer::Impl::select_trainable() {
+  const auto& parts = recipe.peft.get_string_list("train_parts");
+  for (const auto& table : recipe.peft_methods) {
+    auto plugin = plugins.get<PeftPlugin>(table.plugin);
+    auto method = host::keep_loaded(plugin->create(table.options), plugin);
+    method->attach(*model);
+    for (auto& t : method->trainable_tensors()) trained.push_back({t.name, t.tensor, t.lr_scale, t.weight_decay});
+    methods.push_back(method);
+  }
+  // No method and no train_parts: a full fine-tune, as RWKV-PEFT's --peft none.
+  const bool full = recipe.peft_methods.empty() && parts.empty();
+  for (auto& t : model->make_trainable([&](const std::string& name) {
+         if (full) return true;
+         for (const auto& part : parts)
+           if (name.find(part) != std::string::npos) return true;
+         return false;
+       }))
+    trained.push_back({t.name, t.tensor, t.lr_scale, t.weight_decay});
+  if (!parts.empty() && trained.empty())
+    throw recipe.peft.error("train_parts", "matches no tensor of the model");
+  int64_t count = 0;
+  for (const auto& t : trained) count += t.param.numel();
+  std::ostringstream message;
+  message << "trainable parameters: " << count << " in " << trained.size() << " tensors"
+          << (full ? " (full fine-tune)" : "");
+  log::info(message.str());
+  std::cout << message.str() << std::endl;
+}
+
+std::string Trainer::Impl::fingerprint() const {
+  // What decides the trajectory; a checkpoint from a run that differed here cannot be continued.
+  std::ostringstream out;
+  out << "model=" << recipe.model.get_string("path") << ";data=" << recipe.data.get_string("format") << ":"
+      << recipe.data.get_string("path") << ";peft=" << format_option_value(recipe.peft.get("method"))
+      << ";parts=" << format_option_value(recipe.peft.get("train_parts"));
+  for (const char* key : {"ctx_len", "micro_bsz", "accumulate_grad_batches", "epoch_steps", "seed", "precision"})
+    out << ";" << key << "=" << format_option_value(recipe.train.get(key));
+  return out.str();
+}
+
+int64_t Trainer::Impl::sample_index(int64_t epoch, int64_t slot) {
+  // Each epoch draws a fresh permutation of the training samples; an epoch that needs more
+  // samples than there are moves on to another permutation (round).
+  const int64_t n = train_range.size();
+  const int64_t round = slot / n;
+  if (epoch != cached_epoch || round != cached_round) {
+    permutation.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) permutation[i] = i;
+    std::mt19937_64 random(mix(seed ^ mix(static_cast<uint64_t>(epoch) * 1000003ull + static_cast<uint64_t>(round))));
+    for (int64_t i = n - 1; i > 0; --i) std::swap(permutation[i], permutation[random() % static_cast<uint64_t>(i + 1)]);
+    cached_epoch = epoch;
+    cached_round = round;
+  }
+  return train_range.begin + permutation[slot % n];
+}
+
+std::pair<at::Tensor, at::Tensor> Trainer::Impl::batch(int64_t epoch, int64_t first_slot, int64_t count,
+                                                       const Dataset& data, const IndexRange& range, bool ordered) {
+  std::vector<Sample> samples;
+  int64_t length = 1;
+  for (int64_t b = 0; b < count; ++b) {
+    const int64_t index = ordered ? range.begin + first_slot + b : sample_index(epoch, first_slot + b);
+    samples.push_back(data.sample(index));
+    length = std::max<int64_t>(length, static_cast<int64_t>(samples.back().input_ids.size()));
+  }
+  length = std::min(length, ctx_len);
+  // Right padding: input 0, target ignored.
+  at::Tensor inputs = at::zeros({count, length}, at::kLong);
+  at::Tensor targets = at::full({count, length}, kIgnoreIndex, at::kLong);
+  for (int64_t b = 0; b < count; ++b) {
+    const auto& s = samples[b];
+    const int64_t n = std::min<int64_t>(length, static_cast<int64_t>(s.input_ids.size()));
+    for (int64_t t = 0; t < n; ++t) {
+      inputs[b][t] = s.input_ids[t];
+      targets[b][t] = s.targets[t];
+    }
+  }
+  return {inputs, targets};
+}
+
+double Trainer::Impl::evaluate() {
+  at::NoGradGuard no_grad;
+  double loss_sum = 0;
+  int64_t count = 0;
+  for (int64_t first = 0; first < eval_range.size(); first += micro_bsz) {
+    auto [inputs, targets] = batch(0, first, std::min(micro_bsz, eval_range.size() - first), *eval_dataset, eval_range, true);
+    auto [loss, tokens] = cross_entropy_l2wrap(model->forward(inputs), targets);
+    loss_sum += loss.item<double>() * static_cast<double>(tokens);
+    count += tokens;
+  }
+  return count > 0 ? loss_sum / static_cast<double>(count) : 0.0;
+}
+
+void Trainer::Impl::save_trained(int64_t epoch_number) {
+  TensorMap out;
+  const TensorMap weights = model->weights();
+  for (const auto& t : trained)
+    if (weights.count(t.name)) out[t.name] = weights.at(t.name).detach().to(base_dtypes.at(t.name));
+  for (const auto& method : methods)
+    for (const auto& [name, tensor] : method->state_dict()) out[name] = tensor;
+  const fs::path path = out_dir / ("rwkv-" + std::to_string(epoch_number) + ".pth");
+  write_pth(path, out);
+  log::info("saved " + path.string() + " (" + std::to_string(out.size()) + " tensors)");
+}
+
+void Trainer::Impl::save_checkpoint() {
+  TensorMap state = adam->state_dict();
+  for (const auto& t : trained) state["param." + t.name] = t.param.detach();
+  state["trainer.step"] = at::scalar_tensor(step, at::kLong);
+  state["trainer.bad_steps_in_a_row"] = at::scalar_tensor(bad_steps_in_a_row, at::kLong);
+  state["trainer.skipped_steps"] = at::scalar_tensor(skipped_steps, at::kLong);
+  state["trainer.tokens_seen"] = at::scalar_tensor(tokens_seen, at::kLong);
+  state["trainer.epoch_loss_sum"] = at::scalar_tensor(epoch_loss_sum, at::kDouble);
+  state["trainer.epoch_loss_count"] = at::scalar_tensor(epoch_loss_count, at::kLong);
+  state["trainer.rng"] = at::detail::getDefaultCPUGenerator().get_state();
+  state["trainer.fingerprint"] = text_tensor(fingerprint());
+  char name[64];
+  std::snprintf(name, sizeof name, "step-%09lld.ckpt", static_cast<long long>(step));
+  const fs::path path = checkpoint_dir / name;
+  write_pth(path, state);  // atomic: temporary file, fsync, rename
+  log::info("checkpoint " + path.string());
+  // Keep the newest keep_checkpoints.
+  std::vector<fs::path> all;
+  for (const auto& entry : fs::directory_iterator(checkpoint_dir))
+    if (entry.path().extension() == ".ckpt") all.push_back(entry.path());
+  std::sort(all.begin(), all.end());
+  for (size_t i = 0; i + static_cast<size_t>(keep_checkpoints) < all.size(); ++i) fs::remove(all[i]);
+}
+
+bool Trainer::Impl::load_checkpoint() {
+  std::vector<fs::path> all;
+  for (const auto& entry : fs::directory_iterator(checkpoint_dir))
+    if (entry.path().extension() == ".ckpt") all.push_back(entry.path());
+  if (all.empty()) return false;
+  std::sort(all.begin(), all.end());
+  const fs::path path = all.back();
+  TensorMap state = read_pth(path);
+  auto get = [&](const std::string& name) -> const at::Tensor& {
+    auto it = state.find(name);
+    if (it == state.end()) throw Error(path.string() + ": not a peftkit checkpoint (no '" + name + "')");
+    return it->second;
+  };
+  const std::string saved = tensor_text(get("trainer.fingerprint"));
+  if (saved != fingerprint())
+    throw Error(path.string() + ": the checkpoint belongs to a run with different settings (" + saved +
+                "); this recipe has (" + fingerprint() + "). Use another [output] dir or restore the settings");
+  at::NoGradGuard no_grad;
+  for (const auto& t : trained) {
+    const at::Tensor& value = get("param." + t.name);
+    if (value.sizes() != t.param.sizes())
+      throw Error(path.string() + ": '" + t.name + "' has shape " + c10::str(value.sizes()) + ", expected " +
+                  c10::str(t.param.sizes()));
+    t.param.copy_(value);
+  }
+  adam->load_state_dict(state);
+  step = get("trainer.step").item<int64_t>();
+  bad_steps_in_a_row = get("trainer.bad_steps_in_a_row").item<int64_t>();
+  skipped_steps = get("trainer.skipped_steps").item<int64_t>();
+  tokens_seen = get("trainer.tokens_seen").item<int64_t>();
+  epoch_loss_sum = get("trainer.epoch_loss_sum").item<double>();
+  epoch_loss_count = get("trainer.epoch_loss_count").item<int64_t>();
+  at::Generator generator = at::detail::getDefaultCPUGenerator();
+  generator.set_state(get("trainer.rng").clone());
+  log::info("resumed from " + path.string() + " at step " + std::to_string(step));
+  return true;
+}
+
+int Trainer::Impl::run() {
+  setup();
+  const bool auto_resume = recipe.train.get_string("resume") == "auto";
+  if (flags.resume || auto_resume) {
+    if (!load_checkpoint() && flags.resume)
+      throw Error("--resume: no checkpoint in " + checkpoint_dir.string() + " to resume from");
+  } else {
+    for (const auto& entry : fs::directory_iterator(checkpoint_dir))
+      if (entry.path().extension() == ".ckpt")
+        throw Error(checkpoint_dir.string() + " already holds checkpoints of an earlier run: continue it with "
+                    "--resume (or [train] resume = \"auto\"), or choose another [output] dir");
+  }
+  {
+    std::ofstream log_file(out_dir / "train_log.txt", std::ios::app);
+    log_file << "NEW RUN " << now_text("%Y-%m-%d-%H-%M-%S") << "\n" << host::format_recipe(recipe) << "\n";
+  }
+  std::ofstream metrics(out_dir / "metrics.jsonl", std::ios::app);
+  const bool terminal = ::isatty(STDERR_FILENO);
+  const int64_t total_steps = epoch_steps * epoch_count;
+  const int64_t report_every = std::max<int64_t>(1, total_steps / 20);
+  SignalScope signals;
+  const auto started = Clock::now();
+  const int64_t first_step = step;
+  double smoothed = std::nan("");
+  int exit_code = 0;
+
+  while (step < total_steps) {
+    const int64_t epoch = step / epoch_steps, in_epoch = step % epoch_steps;
+    const double lr = learning_rate(schedule, step + epoch_begin * epoch_steps);
+    const auto step_started = Clock::now();
+    adam->zero_grad();
+    double loss_sum = 0;
+    int64_t step_tokens = 0;
+    for (int64_t micro = 0; micro < accumulate; ++micro) {
+      auto [inputs, targets] =
+          batch(epoch, (in_epoch * accumulate + micro) * micro_bsz, micro_bsz, *dataset, train_range, false);
+      auto [loss, counted] = cross_entropy_l2wrap(model->forward(inputs), targets);
+      (loss / static_cast<double>(accumulate)).backward();
+      loss_sum += loss.item<double>();
+      step_tokens += (targets != kIgnoreIndex).sum().item<int64_t>();
+    }
+    const double loss_value = loss_sum / static_cast<double>(accumulate);
+    const double grad_norm = adam->clip_grad_norm(grad_clip);
+    const bool bad = !std::isfinite(loss_value) || !std::isfinite(grad_norm);
+    if (bad) {
+      ++bad_steps_in_a_row;
+      ++skipped_steps;
+      log::warn("step " + std::to_string(step + 1) + ": non-finite loss or gradient (loss " + std::to_string(loss_value) +
+                ", gradient norm " + std::to_string(grad_norm) + "); step skipped");
+    } else {
+      adam->step(lr);
+      bad_steps_in_a_row = 0;
+      epoch_loss_sum += loss_value;
+      ++epoch_loss_count;
+      smoothed = std::isnan(smoothed) ? loss_value : 0.95 * smoothed + 0.05 * loss_value;
+    }
+    ++step;
+    tokens_seen += step_tokens;
+    const double step_seconds = std::chrono::duration<double>(Clock::now() - step_started).count();
+    const double elapsed = std::chrono::duration<double>(Clock::now() - started).count();
+    const double rate = static_cast<double>(step_tokens) / std::max(step_seconds, 1e-9);
+    const double eta = elapsed / static_cast<double>(step - first_step) * static_cast<double>(total_steps - step);
+
+    nlohmann::json line = {{"step", step}, {"epoch", epoch_begin + epoch}, {"loss", bad ? nullptr : nlohmann::json(loss_value)},
+                           {"lr", lr}, {"grad_norm", std::isfinite(grad_norm) ? nlohmann::json(grad_norm) : nullptr},
+                           {"tokens", tokens_seen}, {"tokens_per_s", rate}, {"skipped", bad}};
+    const bool epoch_end = step % epoch_steps == 0;
+    if (eval_dataset && ((eval_every > 0 && step % eval_every == 0) || epoch_end)) {
+      const double eval_loss = evaluate();
+      line["eval_loss"] = eval_loss;
+      line["eval_ppl"] = std::exp(eval_loss);
+      log::info("step " + std::to_string(step) + ": eval loss " + std::to_string(eval_loss) + ", perplexity " +
+                std::to_string(std::exp(eval_loss)));
+    }
+    metrics << line.dump() << "\n" << std::flush;
+
+    char progress[256];
+    std::snprintf(progress, sizeof progress, "epoch %lld/%lld step %lld/%lld loss %.4f (avg %.4f) lr %.2e %.0f tok/s ETA %s",
+                  static_cast<long long>(epoch + 1), static_cast<long long>(epoch_count),
+                  static_cast<long long>(step), static_cast<long long>(total_steps), loss_value, smoothed, lr, rate,
+                  duration_text(eta).c_str());
+    if (terminal) {
+      std::fprintf(stderr, "\r%s\033[K", progress);
+      std::fflush(stderr);
+    } else if (step % report_every == 0 || step == total_steps) {
+      log::info(progress);
+    }
+
+    if (epoch_end) {
+      if (terminal) std::fprintf(stderr, "\n");
+      const double mean = epoch_loss_count ? epoch_loss_sum / static_cast<double>(epoch_loss_count) : std::nan("");
+      std::ofstream log_file(out_dir / "train_log.txt", std::ios::app);
+      log_file << (epoch_begin + epoch) << " " << std::fixed << std::setprecision(6) << mean << " "
+               << std::setprecision(4) << std::exp(mean) << " " << std::setprecision(8) << lr << " "
+               << now_text("%Y-%m-%d %H:%M:%S") << " " << epoch << "\n";
+      epoch_loss_sum = 0;
+      epoch_loss_count = 0;
+      // RWKV-PEFT saves at epochs 0, epoch_save, 2 * epoch_save, ... and at the last one.
+      if ((epoch_save > 0 && epoch % epoch_save == 0) || epoch == epoch_count - 1) {
+        save_trained(epoch_begin + epoch);
+        save_checkpoint();
+      }
+    }
+    if (bad_steps_in_a_row >= max_bad_steps) {
+      save_checkpoint();
+      std::cerr << "\nstopped: " << bad_steps_in_a_row << " steps in a row had a non-finite loss or gradient "
+                << "([train] max_bad_steps = " << max_bad_steps << "). Lower lr_init, check the data, or use "
+                << "precision = \"fp32\"; the last good state is checkpointed in " << checkpoint_dir.string() << "\n";
+      exit_code = kExitTooManyBadSteps;
+      break;
+    }
+    if (g_stop_signal) {
+      save_checkpoint();
+      std::cerr << "\ninterrupted by signal " << g_stop_signal << " after step " << step << "; checkpoint written to "
+                << checkpoint_dir.string() << ". Resume with: peftkit train " << recipe.file.string() << " --resume\n";
+      exit_code = kExitInterrupted;
+      break;
+    }
+  }
+  if (exit_code == 0) {
+    log::info("done: " + std::to_string(step) + " steps, " + std::to_string(tokens_seen) + " tokens, " +
+              std::to_string(skipped_steps) + " skipped, in " +
+              duration_text(std::chrono::duration<double>(Clock::now() - started).count()));
+  }
+  return exit_code;
+}
+
+}  // namespace peftkit

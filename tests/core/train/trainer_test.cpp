@@ -1,0 +1,170 @@
+// `peftkit train` as a user runs it: determinism, interruption and exact resume, bad steps,
+// train_parts, checkpoints. Each test trains the tiny model for a few steps on the CPU.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "peftkit/tensor_io.hpp"
+#include "test_util.hpp"
+
+namespace peftkit {
+namespace {
+
+using testing::run_command;
+
+std::string peftkit(const std::string& args) { return std::string(PEFTKIT_BINARY) + " " + args; }
+
+class TrainerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    shared_ = new testing::TempDir();
+    auto result = run_command(peftkit("init-model --layers 2 --embd 64 --head-size 32 --vocab 1000 --seed 1 --out " +
+                                      (shared_->path() / "model.pth").string()));
+    ASSERT_EQ(result.exit_code, 0) << result.output;
+    // 4000 tokens of a repeating pattern with noise: learnable, and never out of the vocabulary.
+    auto make = testing::run_command(std::string(PEFTKIT_PYTHON) + " -c \"import numpy as np; r = np.random.default_rng(0); "
+                                     "t = (np.arange(4000) * 7 % 50 + r.integers(0, 3, 4000)).astype('<u2'); np.save('" +
+                                     (shared_->path() / "tokens.npy").string() + "', t)\"");
+    ASSERT_EQ(make.exit_code, 0) << make.output;
+  }
+  static void TearDownTestSuite() { delete shared_; }
+
+  // A recipe in this test's own folder; `extra` is appended.
+  std::filesystem::path recipe(const std::string& extra = "", const std::string& train = "") {
+    return testing::write_file(dir_ / "recipe.toml",
+                               "[model]\npath = \"" + (shared_->path() / "model.pth").string() + "\"\n"
+                               "[data]\nformat = \"numpy\"\npath = \"" + (shared_->path() / "tokens.npy").string() + "\"\n"
+                               "[train]\nctx_len = 32\nmicro_bsz = 2\nepoch_steps = 4\nepoch_count = 3\nepoch_save = 1\n"
+                               "lr_init = 3e-3\nlr_final = 1e-3\nwarmup_steps = 2\nprecision = \"fp32\"\nseed = 5\n" +
+                                   train + "[run]\nthreads = 1\n[output]\ndir = \"out\"\n" + extra);
+  }
+  std::vector<nlohmann::json> metrics() {
+    std::vector<nlohmann::json> lines;
+    std::ifstream in(dir_ / "out" / "metrics.jsonl");
+    for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
+    return lines;
+  }
+  static inline testing::TempDir* shared_ = nullptr;
+  testing::TempDir dir_;
+};
+
+TEST_F(TrainerTest, SameRecipeAndSeedGiveTheSameLossesBitForBit) {
+  auto first = run_command(peftkit("train " + recipe().string()));
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  auto a = metrics();
+  ASSERT_EQ(a.size(), 12u);
+  std::filesystem::remove_all(dir_ / "out");
+  ASSERT_EQ(run_command(peftkit("train " + recipe().string())).exit_code, 0);
+  auto b = metrics();
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i]["loss"].get<double>(), b[i]["loss"].get<double>()) << i;
+  EXPECT_LT(a.back()["loss"].get<double>(), a.front()["loss"].get<double>());  // it learns
+  // rwkv-0..2.pth hold the whole model (full fine-tune) in the base dtype; the log has an epoch line each.
+  TensorMap saved = read_pth(dir_ / "out" / "rwkv-2.pth");
+  EXPECT_EQ(saved.size(), 69u);
+  int64_t parameters = 0;
+  for (const auto& [name, t] : saved) parameters += t.numel();
+  EXPECT_NE(first.output.find("trainable parameters: " + std::to_string(parameters) + " in 69 tensors (full fine-tune)"),
+            std::string::npos) << first.output;
+  EXPECT_EQ(saved.at("emb.weight").scalar_type(), at::kBFloat16);
+  const std::string log = testing::read_file(dir_ / "out" / "train_log.txt");
+  EXPECT_NE(log.find("NEW RUN "), std::string::npos);
+  EXPECT_NE(log.find("\n2 "), std::string::npos) << log;
+  EXPECT_EQ(a[4]["step"].get<int>(), 5);
+  EXPECT_TRUE(a[4].contains("grad_norm") && a[4].contains("tokens_per_s") && a[4].contains("lr"));
+}
+
+TEST_F(TrainerTest, InterruptedRunResumesExactly) {
+  ASSERT_EQ(run_command(peftkit("train " + recipe().string())).exit_code, 0);
+  const auto uninterrupted = metrics();
+  std::filesystem::remove_all(dir_ / "out");
+  // Run in a child process and send SIGINT once a few steps are done.
+  const std::string binary = PEFTKIT_BINARY, file = recipe().string(), log = (dir_ / "child.log").string();
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    freopen(log.c_str(), "w", stderr);
+    freopen(log.c_str(), "a", stdout);
+    execl(binary.c_str(), binary.c_str(), "train", file.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  for (int i = 0; i < 600 && metrics().size() < 3; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  kill(child, SIGINT);
+  int status = 0;
+  waitpid(child, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 130) << testing::read_file(log);
+  const std::string message = testing::read_file(log);
+  EXPECT_NE(message.find("Resume with: peftkit train " + file + " --resume"), std::string::npos) << message;
+  const size_t done = metrics().size();
+  ASSERT_LT(done, uninterrupted.size());
+  // A fresh start over an interrupted run is refused; --resume continues it.
+  auto refused = run_command(peftkit("train " + file));
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_NE(refused.output.find("already holds checkpoints of an earlier run"), std::string::npos) << refused.output;
+  auto resumed = run_command(peftkit("train " + file + " --resume"));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  auto combined = metrics();
+  ASSERT_EQ(combined.size(), uninterrupted.size());
+  for (size_t i = 0; i < combined.size(); ++i)
+    EXPECT_EQ(combined[i]["loss"].get<double>(), uninterrupted[i]["loss"].get<double>()) << "step " << i + 1;
+}
+
+TEST_F(TrainerTest, ResumeNeedsACheckpointOfTheSameRun) {
+  auto result = run_command(peftkit("train " + recipe().string() + " --resume"));
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_NE(result.output.find("no checkpoint in"), std::string::npos) << result.output;
+  ASSERT_EQ(run_command(peftkit("train " + recipe().string())).exit_code, 0);
+  result = run_command(peftkit("train " + recipe().string() + " --resume --set train.micro_bsz=3"));
+  EXPECT_EQ(result.exit_code, 1);
+  EXPECT_NE(result.output.find("belongs to a run with different settings"), std::string::npos) << result.output;
+  // keep_checkpoints = 2: only the newest two remain.
+  size_t checkpoints = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir_ / "out" / "checkpoints")) checkpoints += entry.path().extension() == ".ckpt";
+  EXPECT_EQ(checkpoints, 2u);
+}
+
+TEST_F(TrainerTest, NonFiniteStepsAreSkippedThenTheRunStops) {
+  // An absurd learning rate overflows the weights within a few steps.
+  auto result = run_command(peftkit("train " + recipe("", "max_bad_steps = 2\ngrad_clip = 0.0\n").string() +
+                                    " --set train.lr_init=1e30 --set train.lr_final=1e30"));
+  EXPECT_EQ(result.exit_code, 4) << result.output;
+  EXPECT_NE(result.output.find("steps in a row had a non-finite loss or gradient"), std::string::npos) << result.output;
+  auto lines = metrics();
+  ASSERT_GE(lines.size(), 2u);
+  EXPECT_TRUE(lines.back()["skipped"].get<bool>());
+}
+
+TEST_F(TrainerTest, TrainPartsTrainAndSaveOnlyTheSelectedTensors) {
+  auto result = run_command(peftkit("train " + recipe("[peft]\ntrain_parts = [\"ln\"]\n").string()));
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  TensorMap saved = read_pth(dir_ / "out" / "rwkv-0.pth");
+  EXPECT_EQ(saved.size(), 4u + 2u * 6u);  // ln0, ln_out, and per layer ln1, ln2, ln_x (weight and bias)
+  for (const auto& [name, t] : saved) EXPECT_NE(name.find("ln"), std::string::npos) << name;
+  TensorMap base = read_pth(shared_->path() / "model.pth");
+  // (A fresh model's output projections are zero, so only ln0 and ln_out get gradients yet.)
+  EXPECT_FALSE(at::equal(saved.at("ln_out.weight"), base.at("ln_out.weight")));
+  auto none = run_command(peftkit("train " + recipe("[peft]\ntrain_parts = [\"nothing\"]\n").string()));
+  EXPECT_NE(none.output.find("train_parts: matches no tensor of the model"), std::string::npos) << none.output;
+}
+
+TEST_F(TrainerTest, EvaluationReportsLossAndPerplexity) {
+  auto result = run_command(peftkit("train " + recipe().string() + " --set data.eval_fraction=0.1 --set data.eval_every=2"));
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  auto lines = metrics();
+  EXPECT_FALSE(lines[0].contains("eval_loss"));
+  ASSERT_TRUE(lines[1].contains("eval_loss"));
+  EXPECT_NEAR(lines[1]["eval_ppl"].get<double>(), std::exp(lines[1]["eval_loss"].get<double>()), 1e-9);
+  auto bad = run_command(peftkit("train " + recipe().string() + " --set data.eval_every=2"));
+  EXPECT_NE(bad.output.find("eval_every: needs eval_file or eval_fraction"), std::string::npos) << bad.output;
+}
+
+}  // namespace
+}  // namespace peftkit
