@@ -35,5 +35,6 @@ Command init_model_command();
 Command inspect_command();
 Command generate_command();
 Command train_command();
+Command convert_command();
 
 }  // namespace peftkit::cli

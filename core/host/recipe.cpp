@@ -389,6 +389,15 @@ Recipe parse_recipe(std::string_view toml_text, const fs::path& file,
   return recipe;
 }
 
+Options default_options(const OptionSchema& schema, const std::string& table) {
+  Options options(table);
+  for (const auto& spec : schema.specs()) {
+    if (!spec.default_value) throw Error("[" + table + "] has a required key '" + spec.name + "'");
+    options.set(spec.name, *spec.default_value, OptionSource::kDefault);
+  }
+  return options;
+}
+
 std::string format_recipe(const Recipe& recipe) {
   std::ostringstream out;
   out << "# Resolved recipe";

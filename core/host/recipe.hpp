@@ -63,6 +63,10 @@ Recipe load_recipe(const std::filesystem::path& file, const std::vector<Override
 Recipe parse_recipe(std::string_view toml_text, const std::filesystem::path& file,
                     const std::vector<Override>& overrides, const PluginRegistry& plugins);
 
+// A plugin table with every key at its default (for commands that take no recipe); throws when
+// the schema has a required key.
+Options default_options(const OptionSchema& schema, const std::string& table);
+
 // The resolved recipe as TOML, every default filled in, each value annotated with its origin.
 std::string format_recipe(const Recipe& recipe);
 

@@ -1,10 +1,5 @@
 #include "npy_file.hpp"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <cstring>
 #include <regex>
 
@@ -38,26 +33,12 @@ std::string header_value(const std::string& header, const std::string& key, cons
 
 }  // namespace
 
-NpyFile::NpyFile(const std::filesystem::path& path) : path_(path) {
+NpyFile::NpyFile(const std::filesystem::path& path) : bytes_(path) {
   const std::string where = path.string();
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw Error(where + ": cannot open (" + std::strerror(errno) + ")");
-  struct stat info {};
-  if (::fstat(fd, &info) != 0 || info.st_size == 0) {
-    ::close(fd);
-    throw Error(where + ": the file is empty; expected a .npy array");
-  }
-  mapping_size_ = static_cast<size_t>(info.st_size);
-  // A private read-only mapping: a 20 GB file opens at once and costs page cache, not memory.
-  mapping_ = ::mmap(nullptr, mapping_size_, PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);
-  if (mapping_ == MAP_FAILED) {
-    mapping_ = nullptr;
-    throw Error(where + ": cannot map the file (" + std::strerror(errno) + ")");
-  }
-  try {
-    const auto* bytes = static_cast<const unsigned char*>(mapping_);
-    if (mapping_size_ < 10 || std::memcmp(bytes, kMagic, sizeof kMagic) != 0)
+  const size_t file_size = bytes_.size();
+  {
+    const auto* bytes = bytes_.data();
+    if (file_size < 10 || std::memcmp(bytes, kMagic, sizeof kMagic) != 0)
       throw Error(where + ": expected the .npy magic string \\x93NUMPY at the start");
     version_ = bytes[6];
     size_t header_length = 0;
@@ -66,7 +47,7 @@ NpyFile::NpyFile(const std::filesystem::path& path) : path_(path) {
       header_length = bytes[8] | (size_t{bytes[9]} << 8);
       header_start = 10;
     } else if (version_ == 2 || version_ == 3) {
-      if (mapping_size_ < 12) throw Error(where + ": truncated .npy header");
+      if (file_size < 12) throw Error(where + ": truncated .npy header");
       header_length = bytes[8] | (size_t{bytes[9]} << 8) | (size_t{bytes[10]} << 16) |
                       (size_t{bytes[11]} << 24);
       header_start = 12;
@@ -74,9 +55,9 @@ NpyFile::NpyFile(const std::filesystem::path& path) : path_(path) {
       throw Error(where + ": .npy format version " + std::to_string(version_) + "." +
                   std::to_string(bytes[7]) + " is not supported (expected 1.0, 2.0 or 3.0)");
     }
-    if (header_start + header_length > mapping_size_)
+    if (header_start + header_length > file_size)
       throw Error(where + ": the header length " + std::to_string(header_length) +
-                  " runs past the end of the file (" + std::to_string(mapping_size_) + " bytes)");
+                  " runs past the end of the file (" + std::to_string(file_size) + " bytes)");
     const std::string header(reinterpret_cast<const char*>(bytes + header_start), header_length);
 
     std::string descr = header_value(header, "descr", where);
@@ -113,19 +94,11 @@ NpyFile::NpyFile(const std::filesystem::path& path) : path_(path) {
 
     const size_t data_offset = header_start + header_length;
     const size_t needed = static_cast<size_t>(element_count_) * element_size(type_);
-    if (mapping_size_ - data_offset < needed)
+    if (file_size - data_offset < needed)
       throw Error(where + ": shape " + shape_text + " needs " + std::to_string(needed) +
-                  " bytes of data but the file holds " + std::to_string(mapping_size_ - data_offset));
+                  " bytes of data but the file holds " + std::to_string(file_size - data_offset));
     data_ = bytes + data_offset;
-  } catch (...) {
-    ::munmap(mapping_, mapping_size_);
-    mapping_ = nullptr;
-    throw;
   }
-}
-
-NpyFile::~NpyFile() {
-  if (mapping_) ::munmap(mapping_, mapping_size_);
 }
 
 std::string NpyFile::type_name() const {

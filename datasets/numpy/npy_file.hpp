@@ -4,8 +4,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "mapped_bytes.hpp"
 
 namespace peftkit::numpy {
 
@@ -16,11 +19,8 @@ class NpyFile {
   // Maps the file; throws peftkit::Error naming the file and the problem (magic, version, header,
   // dtype, byte order, Fortran order, size).
   explicit NpyFile(const std::filesystem::path& path);
-  ~NpyFile();
-  NpyFile(const NpyFile&) = delete;
-  NpyFile& operator=(const NpyFile&) = delete;
 
-  const std::filesystem::path& path() const { return path_; }
+  const std::filesystem::path& path() const { return bytes_.path(); }
   const std::vector<int64_t>& shape() const { return shape_; }
   int64_t element_count() const { return element_count_; }
   TokenType type() const { return type_; }
@@ -30,9 +30,7 @@ class NpyFile {
   int64_t at(int64_t index) const;
 
  private:
-  std::filesystem::path path_;
-  void* mapping_ = nullptr;
-  size_t mapping_size_ = 0;
+  datasets::MappedBytes bytes_;
   const unsigned char* data_ = nullptr;
   std::vector<int64_t> shape_;
   int64_t element_count_ = 0;

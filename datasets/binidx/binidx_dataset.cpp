@@ -1,0 +1,163 @@
+// binidx: the Megatron/GPT-NeoX mmap format (spec formats §3.1) that json2binidx and RWKV-LM's
+// make_data.py write: PREFIX.idx (header, sizes, byte pointers, document index) and PREFIX.bin
+// (the tokens). Modes:
+//   pad     one item (document) per sample, truncated to ctx_len + 1 tokens; the trainer pads.
+//           (RWKV-PEFT reads on into the next documents and masks their targets: the same loss.)
+//   stream  the .bin as one token stream, windows as in token_windows.hpp (`order`).
+#include <cstring>
+#include <optional>
+
+#include "mapped_bytes.hpp"
+#include "peftkit/dataset.hpp"
+#include "peftkit/plugin.hpp"
+#include "token_windows.hpp"
+
+namespace peftkit::binidx {
+namespace {
+
+constexpr char kMagic[9] = {'M', 'M', 'I', 'D', 'I', 'D', 'X', 0, 0};
+constexpr size_t kHeaderSize = 34;
+
+struct TokenType {
+  const char* name;
+  int size;
+  bool is_signed;
+};
+
+// Codes 1-5 and 8 are integers; 6 and 7 are floats, which never hold token ids.
+std::optional<TokenType> token_type(uint8_t code) {
+  switch (code) {
+    case 1: return TokenType{"uint8", 1, false};
+    case 2: return TokenType{"int8", 1, true};
+    case 3: return TokenType{"int16", 2, true};
+    case 4: return TokenType{"int32", 4, true};
+    case 5: return TokenType{"int64", 8, true};
+    case 8: return TokenType{"uint16", 2, false};
+    default: return std::nullopt;
+  }
+}
+
+template <class T>
+T read_at(const uint8_t* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+
+class BinidxDataset final : public Dataset {
+ public:
+  BinidxDataset(const std::filesystem::path& prefix, const DatasetSource& source, bool stream,
+                datasets::WindowOrder order)
+      : idx_(prefix.string() + ".idx"), bin_(prefix.string() + ".bin"), ctx_len_(source.ctx_len),
+        vocab_size_(source.vocab_size) {
+    const std::string where = idx_.path().string();
+    const uint8_t* p = idx_.data();
+    if (idx_.size() >= 8 && std::memcmp(p, "TNTIDX\0\0", 8) == 0)
+      throw Error(where + ": the legacy fairseq \"cached\" index (TNTIDX) is not supported; re-create the "
+                          "data with json2binidx's --dataset-impl mmap");
+    if (idx_.size() < kHeaderSize || std::memcmp(p, kMagic, 9) != 0)
+      throw Error(where + ": not a binidx index (expected the magic MMIDIDX\\0\\0 at the start)");
+    if (const uint64_t version = read_at<uint64_t>(p + 9); version != 1)
+      throw Error(where + ": index version " + std::to_string(version) + " is not supported (expected 1)");
+    const uint8_t code = p[17];
+    auto type = token_type(code);
+    if (!type)
+      throw Error(where + ": dtype code " + std::to_string(code) + (code == 6 || code == 7 ? " is a float type" : " is unknown") +
+                  "; token ids need an integer type (8 = uint16 or 4 = int32 as json2binidx and make_data.py write)");
+    type_ = *type;
+    count_ = static_cast<int64_t>(read_at<uint64_t>(p + 18));
+    const uint64_t documents = read_at<uint64_t>(p + 26);
+    const uint64_t needed = kHeaderSize + 12 * static_cast<uint64_t>(count_) + 8 * documents;
+    if (idx_.size() < needed)
+      throw Error(where + ": truncated index: " + std::to_string(count_) + " items and " + std::to_string(documents) +
+                  " document entries need " + std::to_string(needed) + " bytes, the file has " + std::to_string(idx_.size()));
+    sizes_ = p + kHeaderSize;
+    pointers_ = sizes_ + 4 * count_;
+    if (bin_.size() % type_.size != 0)
+      throw Error(bin_.path().string() + ": " + std::to_string(bin_.size()) + " bytes is not a whole number of " +
+                  type_.name + " tokens");
+    tokens_ = static_cast<int64_t>(bin_.size()) / type_.size;
+    if (count_ > 0) {
+      const int64_t last_end = item_pointer(count_ - 1) / type_.size + item_size(count_ - 1);
+      if (last_end > tokens_)
+        throw Error(where + ": the last item ends at token " + std::to_string(last_end) + " but " +
+                    bin_.path().string() + " holds " + std::to_string(tokens_) + " tokens");
+    }
+    if (stream) windows_.emplace(tokens_, ctx_len_, order, source.seed, bin_.path().string());
+    size_ = stream ? windows_->size() : count_;
+    if (size_ == 0) throw Error(where + ": the dataset holds no items");
+  }
+
+  int64_t size() const override { return size_; }
+
+  Sample sample(int64_t index) const override {
+    if (index < 0 || index >= size_)
+      throw Error(bin_.path().string() + ": sample " + std::to_string(index) + " is outside [0, " + std::to_string(size_) + ")");
+    int64_t begin, length;
+    if (windows_) {
+      begin = windows_->offset(index);
+      length = ctx_len_ + 1;
+    } else {
+      begin = item_pointer(index) / type_.size;
+      length = std::min(item_size(index), ctx_len_ + 1);
+      if (begin + length > tokens_)
+        throw Error(idx_.path().string() + ": item " + std::to_string(index) + " points past the end of the .bin file");
+    }
+    return datasets::tokens_to_sample([this](int64_t e) { return token(e); }, begin, length, vocab_size_,
+                                      bin_.path().string());
+  }
+
+  std::string describe() const override {
+    std::string text = bin_.path().string() + ": " + std::to_string(tokens_) + " " + type_.name + " tokens in " +
+                       std::to_string(count_) + " items, ";
+    return text + (windows_ ? windows_->describe() : "one document per sample");
+  }
+
+ private:
+  int64_t item_size(int64_t i) const { return read_at<int32_t>(sizes_ + 4 * i); }
+  int64_t item_pointer(int64_t i) const { return read_at<int64_t>(pointers_ + 8 * i); }
+  int64_t token(int64_t e) const {
+    const uint8_t* p = bin_.data() + e * type_.size;
+    switch (type_.size) {
+      case 1: return type_.is_signed ? int64_t{read_at<int8_t>(p)} : int64_t{*p};
+      case 2: return type_.is_signed ? int64_t{read_at<int16_t>(p)} : int64_t{read_at<uint16_t>(p)};
+      case 4: return read_at<int32_t>(p);
+      default: return read_at<int64_t>(p);
+    }
+  }
+
+  datasets::MappedBytes idx_, bin_;
+  int64_t ctx_len_, vocab_size_;
+  TokenType type_{};
+  int64_t count_ = 0, tokens_ = 0, size_ = 0;
+  const uint8_t *sizes_ = nullptr, *pointers_ = nullptr;
+  std::optional<datasets::TokenWindows> windows_;
+};
+
+class BinidxPlugin final : public DatasetPlugin {
+ public:
+  OptionSchema options() const override {
+    OptionSchema schema;
+    schema.add_string("mode", "pad", "\"pad\": one document per sample; \"stream\": the data as one token stream",
+                      {"pad", "stream"});
+    datasets::add_window_order_option(schema);
+    return schema;
+  }
+  void validate(const Options& options) const override {
+    if (options.get_string("mode") == "pad" && options.source("order") != OptionSource::kDefault)
+      throw options.error("order", "applies to mode = \"stream\" only");
+  }
+  std::unique_ptr<Dataset> open(const DatasetSource& source, const Options& options) const override {
+    // The recipe may name the prefix or either file.
+    std::filesystem::path prefix = source.path;
+    if (prefix.extension() == ".bin" || prefix.extension() == ".idx") prefix.replace_extension();
+    return std::make_unique<BinidxDataset>(prefix, source, options.get_string("mode") == "stream",
+                                           datasets::window_order(options));
+  }
+};
+
+}  // namespace
+}  // namespace peftkit::binidx
+
+PEFTKIT_PLUGIN(peftkit::binidx::BinidxPlugin, "binidx", "0.1.0",
+               "Megatron/GPT-NeoX binidx (.bin + .idx), as json2binidx and RWKV-LM write it")
