@@ -51,15 +51,25 @@ Command generate_command() {
                                                                 "(false: ban token 0)")(
         "stop-at-blank-line", po::value<bool>()->default_value(false), "stop after the text \"\\n\\n\"")(
         "seed", po::value<uint64_t>()->default_value(0), "sampling seed")(
-        "dtype", po::value<std::string>()->default_value("fp32"), "fp32 or bf16 weights");
+        "dtype", po::value<std::string>()->default_value("fp32"), "fp32 or bf16 weights")(
+        "device", po::value<std::string>()->default_value("auto"), "auto (CUDA when present), cpu, cuda or cuda:N");
   };
   command.run = [](const po::variables_map& vm, const CommonOptions&) {
     at::NoGradGuard no_grad;
     const std::string dtype_text = vm["dtype"].as<std::string>();
     if (dtype_text != "fp32" && dtype_text != "bf16")
       throw Error("--dtype: expected fp32 or bf16, found '" + dtype_text + "'");
+    const std::string device_text = vm["device"].as<std::string>();
+    at::Device device = at::kCPU;
+    if (device_text == "auto") {
+      device = at::hasCUDA() ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+    } else if (device_text != "cpu") {
+      if (!device_text.starts_with("cuda")) throw Error("--device: expected auto, cpu, cuda or cuda:N, found '" + device_text + "'");
+      if (!at::hasCUDA()) throw Error("--device " + device_text + ": no CUDA device is available on this machine");
+      device = at::Device(device_text);
+    }
     auto model = Rwkv7Model::load(vm["model"].as<std::string>(),
-                                  {dtype_text == "bf16" ? at::kBFloat16 : at::kFloat, at::kCPU});
+                                  {dtype_text == "bf16" ? at::kBFloat16 : at::kFloat, device});
     if (vm.count("state"))
       model->set_state_adapter(std::make_shared<FixedStates>(read_state_file(vm["state"].as<std::string>(), model->config())));
     auto tokenizer = WorldTokenizer::load(find_world_vocab());

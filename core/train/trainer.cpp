@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -105,6 +106,7 @@ struct Trainer::Impl {
   TrainFlags flags;
 
   fs::path out_dir, checkpoint_dir;
+  at::Device device = at::kCPU;
   std::unique_ptr<Rwkv7Model> model;
   std::unique_ptr<WorldTokenizer> tokenizer;
   std::shared_ptr<Dataset> dataset, eval_dataset;
@@ -175,21 +177,27 @@ void Trainer::Impl::setup() {
   log::add_file(out_dir / "peftkit.log");
   std::ofstream(out_dir / "recipe.toml") << host::format_recipe(recipe);
 
-  const std::string& device = recipe.run.get_string("device");
-  if (device.starts_with("cuda"))
-    throw recipe.run.error("device", "GPU training needs the CUDA WKV kernels, which this build does not have "
-                                     "yet; use \"cpu\" or \"auto\"");
+  const std::string& device_text = recipe.run.get_string("device");
+  if (device_text == "auto") {
+    device = at::hasCUDA() ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+  } else if (device_text != "cpu") {
+    if (!at::hasCUDA()) throw recipe.run.error("device", "no CUDA device is available on this machine");
+    device = at::Device(device_text);
+  }
   if (const int64_t threads = recipe.run.get_int("threads"); threads > 0) at::set_num_threads(static_cast<int>(threads));
   at::manual_seed(seed);
 
   const std::string& precision = train.get_string("precision");
+  // tf32 differs from fp32 only in CUDA matmuls; fp32 turns TF32 off explicitly.
+  at::globalContext().setAllowTF32CuBLAS(precision == "tf32");
   const at::ScalarType dtype = precision == "bf16" ? at::kBFloat16 : at::kFloat;
   const fs::path model_path = recipe.resolve_path(recipe.model.get_string("path"));
   TensorMap base = read_tensor_file(model_path).tensors;
   for (const auto& [name, t] : base) base_dtypes[name] = t.scalar_type();
-  model = std::make_unique<Rwkv7Model>(base, ModelOptions{dtype, at::kCPU}, model_path.string());
+  model = std::make_unique<Rwkv7Model>(base, ModelOptions{dtype, device}, model_path.string());
   model->set_gradient_checkpointing(train.get_bool("grad_cp"));
-  log::info("model " + model_path.string() + ": RWKV-7 " + model->config().describe() + ", " + precision);
+  log::info("model " + model_path.string() + ": RWKV-7 " + model->config().describe() + ", " + precision + " on " +
+            device.str());
 
   try {
     tokenizer = WorldTokenizer::load(find_world_vocab());
@@ -312,7 +320,7 @@ std::pair<at::Tensor, at::Tensor> Trainer::Impl::batch(int64_t epoch, int64_t fi
       targets[b][t] = s.targets[t];
     }
   }
-  return {inputs, targets};
+  return {inputs.to(device), targets.to(device)};
 }
 
 double Trainer::Impl::evaluate() {
@@ -465,9 +473,13 @@ int Trainer::Impl::run() {
     const double rate = static_cast<double>(step_tokens) / std::max(step_seconds, 1e-9);
     const double eta = elapsed / static_cast<double>(step - first_step) * static_cast<double>(total_steps - step);
 
+    const double peak_gib = device.is_cuda() ? static_cast<double>(c10::cuda::CUDACachingAllocator::getDeviceStats(
+                                                   device.index()).allocated_bytes[0].peak) / (1 << 30)
+                                             : 0.0;
     nlohmann::json line = {{"step", step}, {"epoch", epoch_begin + epoch}, {"loss", bad ? nullptr : nlohmann::json(loss_value)},
                            {"lr", lr}, {"grad_norm", std::isfinite(grad_norm) ? nlohmann::json(grad_norm) : nullptr},
                            {"tokens", tokens_seen}, {"tokens_per_s", rate}, {"skipped", bad}};
+    if (device.is_cuda()) line["peak_gpu_gib"] = peak_gib;
     const bool epoch_end = step % epoch_steps == 0;
     if (eval_dataset && ((eval_every > 0 && step % eval_every == 0) || epoch_end)) {
       const double eval_loss = evaluate();
@@ -479,10 +491,11 @@ int Trainer::Impl::run() {
     metrics << line.dump() << "\n" << std::flush;
 
     char progress[256];
-    std::snprintf(progress, sizeof progress, "epoch %lld/%lld step %lld/%lld loss %.4f (avg %.4f) lr %.2e %.0f tok/s ETA %s",
+    std::snprintf(progress, sizeof progress, "epoch %lld/%lld step %lld/%lld loss %.4f (avg %.4f) lr %.2e %.0f tok/s ETA %s%s",
                   static_cast<long long>(epoch + 1), static_cast<long long>(epoch_count),
                   static_cast<long long>(step), static_cast<long long>(total_steps), loss_value, smoothed, lr, rate,
-                  duration_text(eta).c_str());
+                  duration_text(eta).c_str(),
+                  device.is_cuda() ? (" peak GPU " + std::to_string(peak_gib).substr(0, 5) + " GiB").c_str() : "");
     if (terminal) {
       std::fprintf(stderr, "\r%s\033[K", progress);
       std::fflush(stderr);

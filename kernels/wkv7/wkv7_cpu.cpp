@@ -223,7 +223,7 @@ std::tuple<at::Tensor, at::Tensor> wkv7(const at::Tensor& r, const at::Tensor& z
     TORCH_CHECK(s0.sizes() == at::IntArrayRef({r.size(0), r.size(2), r.size(3), r.size(3)}),
                 "wkv7: s0 must be [B, H, N, N] = ", at::IntArrayRef({r.size(0), r.size(2), r.size(3), r.size(3)}),
                 ", got ", s0.sizes());
-  TORCH_CHECK(r.device().is_cpu(), "wkv7: only the CPU implementation exists so far");
+  if (!r.device().is_cpu()) return wkv7_reference(r, z, k, v, a, b, s0);
   // Autograd functions need defined inputs: no initial state means a zero one.
   at::Tensor initial = s0.defined() ? s0
                                     : at::zeros({r.size(0), r.size(2), r.size(3), r.size(3)},

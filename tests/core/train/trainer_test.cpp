@@ -155,6 +155,27 @@ TEST_F(TrainerTest, TrainPartsTrainAndSaveOnlyTheSelectedTensors) {
   EXPECT_NE(none.output.find("train_parts: matches no tensor of the model"), std::string::npos) << none.output;
 }
 
+TEST_F(TrainerTest, Bfloat16TrainingKeepsFp32MastersAndLearns) {
+  auto result = run_command(peftkit("train " + recipe().string() + " --set train.precision=bf16 --set train.grad_cp=true"));
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  auto lines = metrics();
+  ASSERT_EQ(lines.size(), 12u);
+  EXPECT_LT(lines.back()["loss"].get<double>(), lines.front()["loss"].get<double>() - 0.5);
+  // The saved model keeps the base file's dtype.
+  EXPECT_EQ(read_pth(dir_ / "out" / "rwkv-2.pth").at("head.weight").scalar_type(), at::kBFloat16);
+}
+
+TEST_F(TrainerTest, EvaluationOnASeparateFile) {
+  auto result = run_command(peftkit("train " + recipe().string() + " --set data.eval_file=" +
+                                    (shared_->path() / "tokens.npy").string()));
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  auto lines = metrics();
+  EXPECT_TRUE(lines[3].contains("eval_loss"));  // at the end of each epoch
+  EXPECT_FALSE(lines[2].contains("eval_loss"));
+  auto both = run_command(peftkit("train " + recipe().string() + " --set data.eval_file=x.npy --set data.eval_fraction=0.1"));
+  EXPECT_NE(both.output.find("give either eval_file or eval_fraction, not both"), std::string::npos) << both.output;
+}
+
 TEST_F(TrainerTest, EvaluationReportsLossAndPerplexity) {
   auto result = run_command(peftkit("train " + recipe().string() + " --set data.eval_fraction=0.1 --set data.eval_every=2"));
   ASSERT_EQ(result.exit_code, 0) << result.output;

@@ -115,6 +115,23 @@ TEST(Wkv7Cpu, GradientsMatchCentralFiniteDifferencesInFloat64) {
   }
 }
 
+TEST(Wkv7Cpu, TensorOpReferenceAgreesWithTheKernelIncludingGradients) {
+  Inputs in = random_inputs(2, 23, 2, 8, at::kFloat, 7);
+  std::vector<at::Tensor*> params = {&in.r, &in.z, &in.k, &in.v, &in.a, &in.b, &in.s0};
+  auto run = [&](bool reference) {
+    for (at::Tensor* p : params) *p = p->detach().requires_grad_(true);
+    auto [y, s] = reference ? wkv7_reference(in.r, in.z, in.k, in.v, in.a, in.b, in.s0)
+                            : wkv7(in.r, in.z, in.k, in.v, in.a, in.b, in.s0);
+    ((y * y).sum() + s.sum()).backward();
+    std::vector<at::Tensor> out = {y.detach(), s.detach()};
+    for (at::Tensor* p : params) out.push_back(p->grad());
+    return out;
+  };
+  auto kernel = run(false), reference = run(true);
+  for (size_t i = 0; i < kernel.size(); ++i)
+    EXPECT_LT(relative_error(kernel[i], reference[i].to(at::kDouble)), 1e-5) << i;
+}
+
 TEST(Wkv7Cpu, RejectsMismatchedShapes) {
   Inputs in = random_inputs(1, 4, 2, 4, at::kFloat, 6);
   EXPECT_THROW(wkv7(in.r, in.z.slice(1, 0, 3), in.k, in.v, in.a, in.b, in.s0), c10::Error);
