@@ -10,9 +10,23 @@
 #include <fstream>
 #include <random>
 #include <string>
+#include <vector>
 #include <sys/wait.h>
 
 namespace peftkit::testing {
+
+// Deletes a folder tree. Not std::filesystem::remove_all: the torch wheel's libtorch.so exports
+// its own copy of that function, which crashes where it wins symbol lookup (seen with Ubuntu's
+// toolchain on the GPU machine).
+inline void remove_tree(const std::filesystem::path& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(std::filesystem::symlink_status(path, ec))) {
+    std::vector<std::filesystem::path> children;
+    for (const auto& entry : std::filesystem::directory_iterator(path, ec)) children.push_back(entry.path());
+    for (const auto& child : children) remove_tree(child);
+  }
+  std::filesystem::remove(path, ec);
+}
 
 // A fresh folder under the system temp folder, removed with its contents afterwards.
 class TempDir {
@@ -23,10 +37,7 @@ class TempDir {
             ("peftkit-test-" + std::to_string(::getpid()) + "-" + std::to_string(device()));
     std::filesystem::create_directories(path_);
   }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
+  ~TempDir() { remove_tree(path_); }
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
   const std::filesystem::path& path() const { return path_; }

@@ -61,7 +61,7 @@ TEST_F(TrainerTest, SameRecipeAndSeedGiveTheSameLossesBitForBit) {
   ASSERT_EQ(first.exit_code, 0) << first.output;
   auto a = metrics();
   ASSERT_EQ(a.size(), 12u);
-  std::filesystem::remove_all(dir_ / "out");
+  testing::remove_tree(dir_ / "out");
   ASSERT_EQ(run_command(peftkit("train " + recipe().string())).exit_code, 0);
   auto b = metrics();
   for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i]["loss"].get<double>(), b[i]["loss"].get<double>()) << i;
@@ -84,7 +84,7 @@ TEST_F(TrainerTest, SameRecipeAndSeedGiveTheSameLossesBitForBit) {
 TEST_F(TrainerTest, InterruptedRunResumesExactly) {
   ASSERT_EQ(run_command(peftkit("train " + recipe().string())).exit_code, 0);
   const auto uninterrupted = metrics();
-  std::filesystem::remove_all(dir_ / "out");
+  testing::remove_tree(dir_ / "out");
   // Run in a child process and send SIGINT once a few steps are done.
   const std::string binary = PEFTKIT_BINARY, file = recipe().string(), log = (dir_ / "child.log").string();
   pid_t child = fork();
