@@ -15,7 +15,7 @@ OptionSchema model_schema() {
 
 OptionSchema data_schema() {
   return OptionSchema()
-      .add_string("format", "numpy",
+      .add_string("format", "jsonl",
                   "dataset plugin that reads `path`; its own keys go in [data.<format>]")
       .add_required_string("path", "training data file (RWKV-PEFT --data_file)")
       .add_string("eval_file", "", "evaluation data in the same format (\"\": none)")
