@@ -125,6 +125,10 @@ struct Validator {
         if (!problem.empty())
           throw Error(location + ": [" + std::string(table_name) + "] " + name + ": expected " +
                       problem + ", found " + describe_found(node));
+        // Paths in plugin tables are resolved here: the plugin does not know the recipe's folder.
+        if (spec->is_path && !std::get<std::string>(*value).empty() &&
+            fs::path(std::get<std::string>(*value)).is_relative() && !file.parent_path().empty())
+          *value = (file.parent_path() / std::get<std::string>(*value)).string();
         const bool overridden = overrides.count(join_path(table_name, name)) != 0;
         options.set(name, std::move(*value),
                     overridden ? OptionSource::kOverride : OptionSource::kRecipe, location);

@@ -125,6 +125,12 @@ OptionSchema& OptionSchema::add_required_string(std::string name, std::string he
   return add({std::move(name), OptionType::kString, std::nullopt, std::move(help), {}, {}, {}});
 }
 
+OptionSchema& OptionSchema::add_path(std::string name, std::string default_value, std::string help) {
+  OptionSpec spec{std::move(name), OptionType::kString, std::move(default_value), std::move(help), {}, {}, {}};
+  spec.is_path = true;
+  return add(std::move(spec));
+}
+
 OptionSchema& OptionSchema::add_string_list(std::string name,
                                             std::vector<std::string> default_value,
                                             std::string help, std::vector<std::string> choices) {

@@ -45,6 +45,7 @@ struct OptionSpec {
   std::string help;
   std::optional<Bound> min, max;     // numeric options only
   std::vector<std::string> choices;  // string options (and each element of a list): allowed values
+  bool is_path = false;  // a file path: the host resolves it against the recipe's folder
 };
 
 class OptionSchema {
@@ -59,6 +60,8 @@ class OptionSchema {
   OptionSchema& add_string(std::string name, std::string default_value, std::string help,
                            std::vector<std::string> choices = {});
   OptionSchema& add_required_string(std::string name, std::string help);
+  // A file path; relative paths in a recipe are resolved against the recipe's folder, and "" means none.
+  OptionSchema& add_path(std::string name, std::string default_value, std::string help);
   OptionSchema& add_string_list(std::string name, std::vector<std::string> default_value,
                                 std::string help, std::vector<std::string> choices = {});
   // Any spec, e.g. a required int.

@@ -1,0 +1,162 @@
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "host/plugin_registry.hpp"
+#include "host/recipe.hpp"
+#include "model/rwkv7_model.hpp"
+#include "peftkit/peft_method.hpp"
+#include "peftkit/tensor_io.hpp"
+#include "test_util.hpp"
+
+namespace peftkit {
+namespace {
+
+const Rwkv7Config& config() {
+  static const Rwkv7Config c = Rwkv7Config::for_size(2, 64, 300, 16);  // H = 4, N = 16
+  return c;
+}
+
+// Every tensor perturbed: a fresh model's zero output projections would hide any state.
+TensorMap model_weights() {
+  TensorMap w = init_rwkv7(config(), 3);
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(4);
+  for (auto& [name, t] : w) t = t + 0.1 * at::normal(0, 1, t.sizes(), g) * (t.std().item<double>() + 0.02);
+  return w;
+}
+
+class StateTuningTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { registry_ = new host::PluginRegistry(host::PluginRegistry::discover({PLUGIN_DIR})); }
+  static void TearDownTestSuite() { delete registry_; }
+  static std::shared_ptr<PeftMethod> method(const std::string& init_file = "", bool tune_shift = false) {
+    auto plugin = registry_->get<PeftPlugin>("state");
+    Options options = host::default_options(plugin->options(), "peft.state");
+    options.set("init_file", init_file, OptionSource::kRecipe);
+    options.set("tune_shift", tune_shift, OptionSource::kRecipe);
+    return host::keep_loaded(plugin->create(options), plugin);
+  }
+  static inline host::PluginRegistry* registry_ = nullptr;
+};
+
+TEST_F(StateTuningTest, StartsAtZeroSoTheOutputEqualsTheBase) {
+  at::NoGradGuard no_grad;
+  const at::Tensor tokens = at::randint(300, {2, 17});
+  Rwkv7Model base(model_weights(), {at::kFloat, at::kCPU}, "test");
+  const at::Tensor expected = base.forward(tokens);
+  Rwkv7Model tuned(model_weights(), {at::kFloat, at::kCPU}, "test");
+  auto state = method();
+  state->attach(tuned);
+  auto trainable = state->trainable_tensors();
+  ASSERT_EQ(trainable.size(), 2u);
+  int64_t count = 0;
+  for (const auto& t : trainable) count += t.tensor.numel();
+  EXPECT_EQ(count, config().n_layer * config().n_head * config().head_size * config().head_size);  // L H N^2
+  EXPECT_TRUE(at::equal(tuned.forward(tokens), expected));
+  EXPECT_EQ(method("", true)->trainable_tensors().size(), 0u);  // nothing before attach
+}
+
+TEST_F(StateTuningTest, StateGradientMatchesFiniteDifferencesOfTheLoss) {
+  Rwkv7Model model(model_weights(), {at::kDouble, at::kCPU}, "test");
+  auto state = method("", true);
+  state->attach(model);
+  auto trainable = state->trainable_tensors();
+  ASSERT_EQ(trainable.size(), 6u);  // time_state and both shifts per layer
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(5);
+  {
+    at::NoGradGuard no_grad;
+    for (auto& t : trainable) t.tensor.normal_(0, 0.3, g);
+  }
+  const at::Tensor tokens = at::randint(300, {3, 9}, g), targets = at::randint(300, {3, 9}, g);
+  auto loss = [&]() {
+    return at::cross_entropy_loss(model.forward(tokens).view({-1, 300}), targets.view({-1}));
+  };
+  loss().backward();
+  for (const auto& t : trainable) {
+    at::Tensor flat = t.tensor.detach().view({-1});
+    at::Tensor grad = t.tensor.grad().view({-1});
+    for (int64_t e : {int64_t{0}, flat.numel() / 3, flat.numel() - 1}) {
+      at::NoGradGuard no_grad;
+      const double h = 1e-5, saved = flat[e].item<double>();
+      flat[e].fill_(saved + h);
+      const double plus = loss().item<double>();
+      flat[e].fill_(saved - h);
+      const double minus = loss().item<double>();
+      flat[e].fill_(saved);
+      const double numeric = (plus - minus) / (2 * h);
+      EXPECT_NEAR(grad[e].item<double>(), numeric, 1e-7 + 1e-5 * std::abs(numeric)) << t.name << "[" << e << "]";
+    }
+  }
+}
+
+TEST_F(StateTuningTest, SavesRwkvPeftAndAi00LayoutsAndReloadsThem) {
+  testing::TempDir dir;
+  Rwkv7Model model(model_weights(), {at::kFloat, at::kCPU}, "test");
+  auto state = method();
+  state->attach(model);
+  {
+    at::NoGradGuard no_grad;
+    for (auto& t : state->trainable_tensors()) t.tensor.uniform_(-1, 1);
+  }
+  state->export_to("rwkv-pth", dir / "state.pth");
+  state->export_to("ai00", dir / "state.safetensors");
+  auto check = testing::run_command(
+      std::string(PEFTKIT_PYTHON) + " -c \"import torch; from safetensors.torch import load_file; "
+      "a = torch.load('" + (dir / "state.pth").string() + "', weights_only=True); "
+      "b = load_file('" + (dir / "state.safetensors").string() + "'); "
+      "assert sorted(a) == ['blocks.0.att.time_state', 'blocks.1.att.time_state'], sorted(a); "
+      "assert a['blocks.1.att.time_state'].dtype == torch.bfloat16 and a['blocks.1.att.time_state'].shape == (4, 16, 16); "
+      "assert b['blocks.1.att.time_state'].dtype == torch.float16; "
+      "d = (b['blocks.1.att.time_state'].float() - a['blocks.1.att.time_state'].float().transpose(-1, -2)).abs().max(); "
+      "assert d < 1e-2, d; print('ok')\"");
+  EXPECT_EQ(check.exit_code, 0) << check.output;
+  // A new run continues from the file; a file for another base is refused naming both shapes.
+  Rwkv7Model again(model_weights(), {at::kFloat, at::kCPU}, "test");
+  auto continued = method((dir / "state.pth").string());
+  continued->attach(again);
+  EXPECT_TRUE(at::equal(continued->state_dict().at("blocks.0.att.time_state"), state->state_dict().at("blocks.0.att.time_state")));
+  write_pth(dir / "other.pth", {{"blocks.0.att.time_state", at::zeros({2, 32, 32})}, {"blocks.1.att.time_state", at::zeros({2, 32, 32})}});
+  Rwkv7Model third(model_weights(), {at::kFloat, at::kCPU}, "test");
+  try {
+    method((dir / "other.pth").string())->attach(third);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "state: blocks.0.att.time_state has shape [2, 32, 32] but this base needs [4, 16, 16]; the "
+                           "state was trained on a base of another shape");
+  }
+  // merge_into adds the states to the model's weights, as RWKV-PEFT's merge_state.py.
+  TensorMap weights = model.weights();
+  state->merge_into(weights);
+  EXPECT_EQ(weights.count("blocks.1.att.time_state"), 1u);
+}
+
+TEST_F(StateTuningTest, TrainingTheStateLowersTheLoss) {
+  testing::TempDir dir;
+  write_pth(dir / "model.pth", model_weights());
+  auto recipe = testing::write_file(dir / "state.toml",
+                                    "[model]\npath = \"model.pth\"\n[data]\nformat = \"numpy\"\npath = \"tokens.npy\"\n"
+                                    "[peft]\nmethod = \"state\"\n[train]\nctx_len = 16\nmicro_bsz = 2\nepoch_steps = 10\n"
+                                    "epoch_count = 1\nlr_init = 1e-1\nlr_final = 1e-2\nprecision = \"fp32\"\n[output]\ndir = \"out\"\n");
+  auto make = testing::run_command(std::string(PEFTKIT_PYTHON) + " -c \"import numpy as np; np.save('" +
+                                   (dir / "tokens.npy").string() + "', (np.arange(400) * 7 % 40).astype('<u2'))\"");
+  ASSERT_EQ(make.exit_code, 0) << make.output;
+  auto result = testing::run_command(std::string(PEFTKIT_BINARY) + " train " + recipe.string() + " --plugin-dir " PLUGIN_DIR);
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_NE(result.output.find("trainable parameters: 2048 in 2 tensors"), std::string::npos) << result.output;
+  std::ifstream in(dir / "out" / "metrics.jsonl");
+  std::vector<double> losses;
+  for (std::string line; std::getline(in, line);) losses.push_back(nlohmann::json::parse(line)["loss"].get<double>());
+  ASSERT_EQ(losses.size(), 10u);
+  EXPECT_LT(losses.back(), losses.front());
+  TensorMap saved = read_pth(dir / "out" / "rwkv-0.pth");
+  ASSERT_EQ(saved.size(), 2u);
+  EXPECT_EQ(saved.at("blocks.0.att.time_state").scalar_type(), at::kBFloat16);
+}
+
+}  // namespace
+}  // namespace peftkit
