@@ -214,17 +214,31 @@ struct FnHolder : torch::CustomClassHolder {
   BlockFn fn;
 };
 
+at::Generator default_generator(const at::Device& device) {
+  return device.is_cuda() ? at::globalContext().defaultGenerator(device) : at::detail::getDefaultCPUGenerator();
+}
+at::Tensor rng_state(const at::Device& device) { return default_generator(device).get_state(); }
+void set_rng_state(const at::Device& device, const at::Tensor& state) {
+  at::Generator generator = default_generator(device);
+  generator.set_state(state);
+}
+
 FnHolder* holder(torch::autograd::AutogradContext* ctx) {
   return static_cast<FnHolder*>(ctx->saved_data["fn"].toCapsule().get());
 }
 
 class BlockCheckpoint : public torch::autograd::Function<BlockCheckpoint> {
  public:
+  // `anchor` requires grad so that the outputs are part of the graph even when no other input is
+  // (a frozen base under PEFT), the trap of reentrant checkpointing with frozen weights.
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, BlockFn fn,
-                                                at::Tensor x, at::Tensor v_first, at::Tensor att,
-                                                at::Tensor wkv, at::Tensor ffn) {
+                                                at::Tensor anchor, at::Tensor x, at::Tensor v_first,
+                                                at::Tensor att, at::Tensor wkv, at::Tensor ffn) {
+    (void)anchor;
     ctx->save_for_backward({x, v_first, att, wkv, ffn});
     ctx->saved_data["fn"] = c10::IValue::make_capsule(c10::make_intrusive<FnHolder>(std::move(fn)));
+    // The recomputation must draw the same random numbers (LoRA dropout) as this forward.
+    ctx->saved_data["rng"] = rng_state(x.device());
     at::NoGradGuard no_grad;
     return holder(ctx)->fn({x, v_first, att, wkv, ffn});
   }
@@ -238,7 +252,10 @@ class BlockCheckpoint : public torch::autograd::Function<BlockCheckpoint> {
     torch::autograd::variable_list outputs;
     {
       at::AutoGradMode enable(true);
+      const at::Tensor now = rng_state(inputs[0].device());
+      set_rng_state(inputs[0].device(), ctx->saved_data["rng"].toTensor());
       outputs = holder(ctx)->fn(leaves);
+      set_rng_state(inputs[0].device(), now);
     }
     torch::autograd::variable_list roots, root_grads;
     for (size_t i = 0; i < outputs.size(); ++i)
@@ -247,7 +264,7 @@ class BlockCheckpoint : public torch::autograd::Function<BlockCheckpoint> {
         root_grads.push_back(grads[i]);
       }
     if (!roots.empty()) torch::autograd::backward(roots, root_grads);
-    torch::autograd::variable_list result = {at::Tensor()};  // no gradient for fn
+    torch::autograd::variable_list result = {at::Tensor(), at::Tensor()};  // none for fn and anchor
     for (const auto& leaf : leaves) result.push_back(leaf.numel() && leaf.grad().defined() ? leaf.grad() : at::Tensor());
     return result;
   }
@@ -270,7 +287,8 @@ at::Tensor Rwkv7Model::checkpointed_block(int64_t l, const at::Tensor& x, at::Te
     return torch::autograd::variable_list{out, v, layer_state.att_shift[l], layer_state.wkv[l], layer_state.ffn_shift[l]};
   };
   at::Tensor v_in = v_first.defined() ? v_first : at::empty({0}, x.options());
-  auto out = BlockCheckpoint::apply(std::move(fn), x, v_in, state.att_shift[l], state.wkv[l], state.ffn_shift[l]);
+  const at::Tensor anchor = at::zeros({}, x.options().dtype(at::kFloat)).requires_grad_(true);
+  auto out = BlockCheckpoint::apply(std::move(fn), anchor, x, v_in, state.att_shift[l], state.wkv[l], state.ffn_shift[l]);
   v_first = out[1];
   state.att_shift[l] = out[2];
   state.wkv[l] = out[3];

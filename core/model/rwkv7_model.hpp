@@ -71,6 +71,8 @@ class Rwkv7Model final : public ModelView {
   void set_linear_adapter(std::string_view site, std::shared_ptr<LinearAdapter> adapter) override;
   void set_state_adapter(std::shared_ptr<StateAdapter> adapter) override;
   c10::TensorOptions activation_options() const override;
+  bool training() const override { return training_; }
+  void set_training(bool training) { training_ = training; }
 
  private:
   struct Site;
@@ -90,6 +92,7 @@ class Rwkv7Model final : public ModelView {
   std::shared_ptr<StateAdapter> state_adapter_;
   TensorMap masters_;  // fp32 masters of trainable base tensors
   bool gradient_checkpointing_ = false;
+  bool training_ = false;
 };
 
 // A new model initialised exactly as RWKV-LM's train_temp does (spec rwkv-model §1.7), in fp32.

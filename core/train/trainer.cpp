@@ -325,6 +325,7 @@ std::pair<at::Tensor, at::Tensor> Trainer::Impl::batch(int64_t epoch, int64_t fi
 
 double Trainer::Impl::evaluate() {
   at::NoGradGuard no_grad;
+  model->set_training(false);
   double loss_sum = 0;
   int64_t count = 0;
   for (int64_t first = 0; first < eval_range.size(); first += micro_bsz) {
@@ -333,6 +334,7 @@ double Trainer::Impl::evaluate() {
     loss_sum += loss.item<double>() * static_cast<double>(tokens);
     count += tokens;
   }
+  model->set_training(true);
   return count > 0 ? loss_sum / static_cast<double>(count) : 0.0;
 }
 
@@ -431,6 +433,7 @@ int Trainer::Impl::run() {
   const int64_t total_steps = epoch_steps * epoch_count;
   const int64_t report_every = std::max<int64_t>(1, total_steps / 20);
   SignalScope signals;
+  model->set_training(true);
   const auto started = Clock::now();
   const int64_t first_step = step;
   double smoothed = std::nan("");

@@ -90,6 +90,9 @@ class ModelView {
   virtual void set_state_adapter(std::shared_ptr<StateAdapter> adapter) = 0;
   // Device and dtype of activations; trainable tensors live on this device in fp32.
   virtual c10::TensorOptions activation_options() const = 0;
+  // True while the trainer runs training steps (dropout is active), false for evaluation and
+  // generation.
+  virtual bool training() const = 0;
 };
 
 }  // namespace peftkit
