@@ -6,6 +6,7 @@
 
 #include "cli/command.hpp"
 #include "generate/sampler.hpp"
+#include "host/device.hpp"
 #include "model/rwkv7_model.hpp"
 #include "model/state_file.hpp"
 #include "peftkit/error.hpp"
@@ -59,14 +60,11 @@ Command generate_command() {
     const std::string dtype_text = vm["dtype"].as<std::string>();
     if (dtype_text != "fp32" && dtype_text != "bf16")
       throw Error("--dtype: expected fp32 or bf16, found '" + dtype_text + "'");
-    const std::string device_text = vm["device"].as<std::string>();
     at::Device device = at::kCPU;
-    if (device_text == "auto") {
-      device = at::hasCUDA() ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
-    } else if (device_text != "cpu") {
-      if (!device_text.starts_with("cuda")) throw Error("--device: expected auto, cpu, cuda or cuda:N, found '" + device_text + "'");
-      if (!at::hasCUDA()) throw Error("--device " + device_text + ": no CUDA device is available on this machine");
-      device = at::Device(device_text);
+    try {
+      device = host::resolve_device(vm["device"].as<std::string>());
+    } catch (const Error& e) {
+      throw Error(std::string("--device: ") + e.what());
     }
     auto model = Rwkv7Model::load(vm["model"].as<std::string>(),
                                   {dtype_text == "bf16" ? at::kBFloat16 : at::kFloat, device});

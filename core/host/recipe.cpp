@@ -10,6 +10,8 @@
 
 #include <toml++/toml.h>
 
+#include "host/device.hpp"
+
 namespace peftkit::host {
 namespace fs = std::filesystem;
 namespace {
@@ -181,12 +183,13 @@ void apply_override(toml::table& root, const Override& override_arg) {
   table->insert_or_assign(leaf, std::move(*value));
 }
 
+// Only the form is checked here: whether CUDA exists is the run's business, not the recipe's.
 void check_device(const Options& run) {
-  static const std::regex kDevice("auto|cpu|cuda(:[0-9]+)?");
-  const std::string& device = run.get_string("device");
-  if (!std::regex_match(device, kDevice))
-    throw run.error("device", "expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", found \"" +
-                                  device + "\"");
+  try {
+    check_device_name(run.get_string("device"));
+  } catch (const Error& e) {
+    throw run.error("device", e.what());
+  }
 }
 
 // Validates [<section>.<plugin>] with the plugin's own schema, then its cross-key checks.

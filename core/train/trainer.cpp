@@ -20,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "host/device.hpp"
 #include "model/rwkv7_model.hpp"
 #include "peftkit/dataset.hpp"
 #include "peftkit/error.hpp"
@@ -177,12 +178,10 @@ void Trainer::Impl::setup() {
   log::add_file(out_dir / "peftkit.log");
   std::ofstream(out_dir / "recipe.toml") << host::format_recipe(recipe);
 
-  const std::string& device_text = recipe.run.get_string("device");
-  if (device_text == "auto") {
-    device = at::hasCUDA() ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
-  } else if (device_text != "cpu") {
-    if (!at::hasCUDA()) throw recipe.run.error("device", "no CUDA device is available on this machine");
-    device = at::Device(device_text);
+  try {
+    device = host::resolve_device(recipe.run.get_string("device"));
+  } catch (const Error& e) {
+    throw recipe.run.error("device", e.what());
   }
   if (const int64_t threads = recipe.run.get_int("threads"); threads > 0) at::set_num_threads(static_cast<int>(threads));
   at::manual_seed(seed);

@@ -10,6 +10,7 @@
 #include "model/state_file.hpp"
 #include "peftkit/error.hpp"
 #include "peftkit/tensor_io.hpp"
+#include "model_fixtures.hpp"
 #include "test_util.hpp"
 
 namespace peftkit {
@@ -19,13 +20,7 @@ double relative_error(const at::Tensor& got, const at::Tensor& want) {
   return (got.to(at::kDouble) - want.to(at::kDouble)).norm().item<double>() / want.to(at::kDouble).norm().item<double>();
 }
 
-// A small model whose every tensor is non-trivial (the init has zero matrices that hide bugs).
-TensorMap perturbed_model(const Rwkv7Config& config, uint64_t seed) {
-  TensorMap weights = init_rwkv7(config, seed);
-  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(seed + 1);
-  for (auto& [name, t] : weights) t = t + 0.1 * at::normal(0, 1, t.sizes(), generator) * (t.std().item<double>() + 0.02);
-  return weights;
-}
+using testing::perturbed_model;
 
 const Rwkv7Config& tiny() {
   static const Rwkv7Config config = Rwkv7Config::for_size(3, 64, 300, 16);  // H = 4

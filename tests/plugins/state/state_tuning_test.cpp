@@ -12,6 +12,7 @@
 #include "model/rwkv7_model.hpp"
 #include "peftkit/peft_method.hpp"
 #include "peftkit/tensor_io.hpp"
+#include "model_fixtures.hpp"
 #include "test_util.hpp"
 
 namespace peftkit {
@@ -23,12 +24,7 @@ const Rwkv7Config& config() {
 }
 
 // Every tensor perturbed: a fresh model's zero output projections would hide any state.
-TensorMap model_weights() {
-  TensorMap w = init_rwkv7(config(), 3);
-  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(4);
-  for (auto& [name, t] : w) t = t + 0.1 * at::normal(0, 1, t.sizes(), g) * (t.std().item<double>() + 0.02);
-  return w;
-}
+TensorMap model_weights() { return testing::perturbed_model(config(), 3); }
 
 class StateTuningTest : public ::testing::Test {
  protected:
