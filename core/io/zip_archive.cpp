@@ -41,17 +41,21 @@ class Cursor {
   const MappedFile& file_;
 };
 
-const std::array<uint32_t, 256>& crc_table() {
-  static const std::array<uint32_t, 256> table = [] {
-    std::array<uint32_t, 256> t{};
+// Slicing-by-8 tables: table[k][b] is the CRC of byte b followed by k zero bytes, so eight input
+// bytes are folded per step (checkpoints of gigabytes are written every save).
+const std::array<std::array<uint32_t, 256>, 8>& crc_tables() {
+  static const auto tables = [] {
+    std::array<std::array<uint32_t, 256>, 8> t{};
     for (uint32_t i = 0; i < 256; ++i) {
       uint32_t c = i;
       for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-      t[i] = c;
+      t[0][i] = c;
     }
+    for (uint32_t i = 0; i < 256; ++i)
+      for (int k = 1; k < 8; ++k) t[k][i] = (t[k - 1][i] >> 8) ^ t[0][t[k - 1][i] & 0xFF];
     return t;
   }();
-  return table;
+  return tables;
 }
 
 template <class T>
@@ -62,10 +66,19 @@ void append(std::string& out, T value) {
 }  // namespace
 
 uint32_t crc32(const void* data, uint64_t size) {
-  const auto& table = crc_table();
+  const auto& t = crc_tables();
   uint32_t c = 0xFFFFFFFFu;
   const auto* p = static_cast<const uint8_t*>(data);
-  for (uint64_t i = 0; i < size; ++i) c = table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
+  uint64_t i = 0;
+  for (; i + 8 <= size; i += 8) {
+    uint32_t low, high;
+    std::memcpy(&low, p + i, 4);
+    std::memcpy(&high, p + i + 4, 4);
+    low ^= c;  // little-endian: the first byte is the lowest
+    c = t[7][low & 0xFF] ^ t[6][(low >> 8) & 0xFF] ^ t[5][(low >> 16) & 0xFF] ^ t[4][low >> 24] ^
+        t[3][high & 0xFF] ^ t[2][(high >> 8) & 0xFF] ^ t[1][(high >> 16) & 0xFF] ^ t[0][high >> 24];
+  }
+  for (; i < size; ++i) c = t[0][(c ^ p[i]) & 0xFF] ^ (c >> 8);
   return c ^ 0xFFFFFFFFu;
 }
 

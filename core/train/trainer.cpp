@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "host/device.hpp"
+#include "io/mapped_file.hpp"
 #include "model/rwkv7_model.hpp"
 #include "peftkit/dataset.hpp"
 #include "peftkit/error.hpp"
@@ -407,6 +408,18 @@ bool Trainer::Impl::load_checkpoint() {
   epoch_loss_count = get("trainer.epoch_loss_count").item<int64_t>();
   at::Generator generator = at::detail::getDefaultCPUGenerator();
   generator.set_state(get("trainer.rng").clone());
+  // After a hard kill the metrics may run past the checkpoint; those steps will be redone.
+  const fs::path metrics_path = out_dir / "metrics.jsonl";
+  if (fs::exists(metrics_path)) {
+    std::ifstream in(metrics_path);
+    std::string kept;
+    for (std::string line; std::getline(in, line);) {
+      auto parsed = nlohmann::json::parse(line, nullptr, false);
+      if (!parsed.is_discarded() && parsed.value("step", int64_t{0}) <= step) kept += line + "\n";
+    }
+    in.close();
+    io::write_file_atomically(metrics_path, [&](std::FILE* out) { std::fwrite(kept.data(), 1, kept.size(), out); });
+  }
   log::info("resumed from " + path.string() + " at step " + std::to_string(step));
   return true;
 }

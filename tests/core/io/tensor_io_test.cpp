@@ -3,7 +3,10 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include "io/zip_archive.hpp"
 #include "test_util.hpp"
+
+#include <sstream>
 
 namespace peftkit {
 namespace {
@@ -135,6 +138,24 @@ TEST_F(TensorIoTest, SafetensorsHeaderRulesAreEnforced) {
   check("brace.safetensors", R"( {"a":1})", 0, "safetensors header must start with '{'");
   auto huge = testing::write_file(file("huge.safetensors"), safetensors_bytes("{}", 0).replace(0, 8, std::string("\xff\xff\xff\x7f\0\0\0\0", 8)));
   EXPECT_NE(error_of([&] { read_safetensors(huge); }).find("exceeds the limit"), std::string::npos);
+}
+
+TEST(Crc32, MatchesTheStandardCheckValueAndZlibOnEveryLength) {
+  EXPECT_EQ(io::crc32("123456789", 9), 0xCBF43926u);  // the CRC-32/ISO-HDLC check value
+  // Lengths around the 8-byte stride against Python's zlib.crc32.
+  std::string bytes;
+  for (int i = 0; i < 37; ++i) bytes += static_cast<char>(i * 29 + 7);
+  std::string expected_list;
+  auto result = testing::run_command(std::string(PEFTKIT_PYTHON) +
+                                     " -c \"import zlib; b = bytes((i * 29 + 7) % 256 for i in range(37)); "
+                                     "print(' '.join(str(zlib.crc32(b[:n])) for n in range(38)))\"");
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  std::istringstream values(result.output);
+  for (size_t n = 0; n <= bytes.size(); ++n) {
+    uint64_t want = 0;
+    values >> want;
+    EXPECT_EQ(io::crc32(bytes.data(), n), want) << n;
+  }
 }
 
 TEST_F(TensorIoTest, WritesAreAtomicAndLeaveNoTemporaryFiles) {

@@ -117,6 +117,34 @@ TEST_F(TrainerTest, InterruptedRunResumesExactly) {
     EXPECT_EQ(combined[i]["loss"].get<double>(), uninterrupted[i]["loss"].get<double>()) << "step " << i + 1;
 }
 
+TEST_F(TrainerTest, HardKillLosesOnlyTheStepsAfterTheLastCheckpoint) {
+  ASSERT_EQ(run_command(peftkit("train " + recipe().string())).exit_code, 0);
+  const auto uninterrupted = metrics();
+  testing::remove_tree(dir_ / "out");
+  const std::string binary = PEFTKIT_BINARY, file = recipe().string();
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    freopen("/dev/null", "w", stderr);
+    freopen("/dev/null", "w", stdout);
+    execl(binary.c_str(), binary.c_str(), "train", file.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // The first checkpoint is written at step 4 (end of epoch 0); kill after step 5 without warning.
+  for (int i = 0; i < 600 && metrics().size() < 5; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  kill(child, SIGKILL);
+  int status = 0;
+  waitpid(child, &status, 0);  // (a very fast machine may have finished: resuming must then do nothing)
+  auto resumed = run_command(peftkit("train " + file + " --resume"));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  auto combined = metrics();
+  ASSERT_EQ(combined.size(), uninterrupted.size());
+  for (size_t i = 0; i < combined.size(); ++i) {
+    EXPECT_EQ(combined[i]["step"].get<int>(), static_cast<int>(i) + 1);
+    EXPECT_EQ(combined[i]["loss"].get<double>(), uninterrupted[i]["loss"].get<double>()) << "step " << i + 1;
+  }
+}
+
 TEST_F(TrainerTest, ResumeNeedsACheckpointOfTheSameRun) {
   auto result = run_command(peftkit("train " + recipe().string() + " --resume"));
   EXPECT_EQ(result.exit_code, 1);
