@@ -9,6 +9,8 @@
 
 #include <boost/program_options.hpp>
 
+#include "host/recipe.hpp"
+
 namespace peftkit::cli {
 
 namespace po = boost::program_options;
@@ -28,6 +30,10 @@ struct Command {
   // Runs it; returns the exit code. Errors are thrown as peftkit::Error.
   std::function<int(const po::variables_map&, const CommonOptions&)> run;
 };
+
+// The repeatable `--set SECTION.KEY=VALUE` option of commands that read a recipe, and its values.
+void add_set_option(po::options_description& options);
+std::vector<host::Override> set_overrides(const po::variables_map& vm);
 
 Command plugins_command();
 Command recipe_command();

@@ -9,6 +9,7 @@
 #include "cli/command.hpp"
 #include "host/plugin_registry.hpp"
 #include "host/recipe.hpp"
+#include "io/little_endian.hpp"
 #include "io/mapped_file.hpp"
 #include "peftkit/dataset.hpp"
 #include "peftkit/error.hpp"
@@ -16,15 +17,6 @@
 #include "tokenizer/world_tokenizer.hpp"
 
 namespace peftkit::cli {
-namespace {
-
-template <class T>
-void append(std::string& out, T value) {
-  out.append(reinterpret_cast<const char*>(&value), sizeof(T));
-}
-
-}  // namespace
-
 Command convert_command() {
   Command command;
   command.name = "convert";
@@ -69,8 +61,8 @@ Command convert_command() {
         if (ids.back() != 0) ids.push_back(0);  // end of document
         std::string bytes;
         for (int32_t id : ids) {
-          if (narrow) append<uint16_t>(bytes, static_cast<uint16_t>(id));
-          else append<int32_t>(bytes, id);
+          if (narrow) io::append_le<uint16_t>(bytes, static_cast<uint16_t>(id));
+          else io::append_le<int32_t>(bytes, id);
         }
         if (std::fwrite(bytes.data(), 1, bytes.size(), out) != bytes.size()) throw Error(prefix + ".bin: write failed");
         pointers.push_back(tokens * item_size);
@@ -80,13 +72,13 @@ Command convert_command() {
     });
     io::write_file_atomically(prefix + ".idx", [&](std::FILE* out) {
       std::string header("MMIDIDX\0\0", 9);
-      append<uint64_t>(header, 1);
+      io::append_le<uint64_t>(header, 1);
       header += static_cast<char>(narrow ? 8 : 4);  // dtype code: uint16 or int32
-      append<uint64_t>(header, sizes.size());
-      append<uint64_t>(header, sizes.size() + 1);  // doc_idx: 0, 1, ..., N
-      for (int32_t s : sizes) append<int32_t>(header, s);
-      for (int64_t p : pointers) append<int64_t>(header, p);
-      for (uint64_t d = 0; d <= sizes.size(); ++d) append<int64_t>(header, static_cast<int64_t>(d));
+      io::append_le<uint64_t>(header, sizes.size());
+      io::append_le<uint64_t>(header, sizes.size() + 1);  // doc_idx: 0, 1, ..., N
+      for (int32_t s : sizes) io::append_le<int32_t>(header, s);
+      for (int64_t p : pointers) io::append_le<int64_t>(header, p);
+      for (uint64_t d = 0; d <= sizes.size(); ++d) io::append_le<int64_t>(header, static_cast<int64_t>(d));
       if (std::fwrite(header.data(), 1, header.size(), out) != header.size()) throw Error(prefix + ".idx: write failed");
     });
     std::cout << "wrote " << prefix << ".bin and " << prefix << ".idx: " << sizes.size() << " documents, " << tokens

@@ -13,14 +13,12 @@ Command train_command() {
   command.summary = "train as the recipe says; Ctrl-C checkpoints, --resume continues";
   command.describe = [](po::options_description& options, po::positional_options_description& positionals) {
     options.add_options()("recipe", po::value<std::string>()->required(), "the TOML recipe")(
-        "set", po::value<std::vector<std::string>>()->composing(), "override one key (repeatable)")(
         "resume", "continue from the latest checkpoint in the output dir (it must exist)");
+    add_set_option(options);
     positionals.add("recipe", 1);
   };
   command.run = [](const po::variables_map& vm, const CommonOptions& common) {
-    std::vector<host::Override> overrides;
-    if (vm.count("set"))
-      for (const auto& text : vm["set"].as<std::vector<std::string>>()) overrides.push_back(host::parse_override(text));
+    const std::vector<host::Override> overrides = set_overrides(vm);
     const auto registry = host::PluginRegistry::discover(host::plugin_search_path(common.plugin_dirs));
     const host::Recipe recipe = host::load_recipe(vm["recipe"].as<std::string>(), overrides, registry);
     Trainer trainer(recipe, registry, TrainFlags{vm.count("resume") > 0});

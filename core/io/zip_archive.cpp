@@ -3,6 +3,7 @@
 #include <array>
 #include <cstring>
 
+#include "io/little_endian.hpp"
 #include "peftkit/error.hpp"
 
 namespace peftkit::io {
@@ -56,11 +57,6 @@ const std::array<std::array<uint32_t, 256>, 8>& crc_tables() {
     return t;
   }();
   return tables;
-}
-
-template <class T>
-void append(std::string& out, T value) {
-  out.append(reinterpret_cast<const char*>(&value), sizeof(T));
 }
 
 }  // namespace
@@ -165,30 +161,30 @@ void ZipWriter::add(const std::string& name, const void* data, uint64_t size) {
   const uint32_t crc = crc32(data, size);
   const bool zip64 = size >= 0xFFFFFFFFull;
   std::string header;
-  append<uint32_t>(header, kLocalHeader);
-  append<uint16_t>(header, zip64 ? 45 : 20);  // version needed
-  append<uint16_t>(header, 0);                // flags
-  append<uint16_t>(header, 0);                // stored
-  append<uint16_t>(header, 0);                // time
-  append<uint16_t>(header, 0x21);             // date: 1980-01-01
-  append<uint32_t>(header, crc);
-  append<uint32_t>(header, zip64 ? 0xFFFFFFFFu : static_cast<uint32_t>(size));
-  append<uint32_t>(header, zip64 ? 0xFFFFFFFFu : static_cast<uint32_t>(size));
-  append<uint16_t>(header, static_cast<uint16_t>(name.size()));
+  append_le<uint32_t>(header, kLocalHeader);
+  append_le<uint16_t>(header, zip64 ? 45 : 20);  // version needed
+  append_le<uint16_t>(header, 0);                // flags
+  append_le<uint16_t>(header, 0);                // stored
+  append_le<uint16_t>(header, 0);                // time
+  append_le<uint16_t>(header, 0x21);             // date: 1980-01-01
+  append_le<uint32_t>(header, crc);
+  append_le<uint32_t>(header, zip64 ? 0xFFFFFFFFu : static_cast<uint32_t>(size));
+  append_le<uint32_t>(header, zip64 ? 0xFFFFFFFFu : static_cast<uint32_t>(size));
+  append_le<uint16_t>(header, static_cast<uint16_t>(name.size()));
   std::string extra;
   if (zip64) {
-    append<uint16_t>(extra, kZip64ExtraId);
-    append<uint16_t>(extra, 16);
-    append<uint64_t>(extra, size);
-    append<uint64_t>(extra, size);
+    append_le<uint16_t>(extra, kZip64ExtraId);
+    append_le<uint16_t>(extra, 16);
+    append_le<uint64_t>(extra, size);
+    append_le<uint64_t>(extra, size);
   }
   // Pad with an extra field so that the data starts at a multiple of 64 bytes.
   const uint64_t unpadded = offset_ + header.size() + 2 + name.size() + extra.size() + 4;
   const uint64_t padding = (kAlignment - unpadded % kAlignment) % kAlignment;
-  append<uint16_t>(extra, kPaddingExtraId);
-  append<uint16_t>(extra, static_cast<uint16_t>(padding));
+  append_le<uint16_t>(extra, kPaddingExtraId);
+  append_le<uint16_t>(extra, static_cast<uint16_t>(padding));
   extra.append(padding, 'Z');
-  append<uint16_t>(header, static_cast<uint16_t>(extra.size()));
+  append_le<uint16_t>(header, static_cast<uint16_t>(extra.size()));
   written_.push_back({name, offset_, size, crc});
   put(header.data(), header.size());
   put(name.data(), name.size());
@@ -202,30 +198,30 @@ void ZipWriter::finish() {
     const bool zip64 = w.size >= 0xFFFFFFFFull || w.header_offset >= 0xFFFFFFFFull;
     std::string extra;
     if (zip64) {
-      append<uint16_t>(extra, kZip64ExtraId);
-      append<uint16_t>(extra, 24);
-      append<uint64_t>(extra, w.size);
-      append<uint64_t>(extra, w.size);
-      append<uint64_t>(extra, w.header_offset);
+      append_le<uint16_t>(extra, kZip64ExtraId);
+      append_le<uint16_t>(extra, 24);
+      append_le<uint64_t>(extra, w.size);
+      append_le<uint64_t>(extra, w.size);
+      append_le<uint64_t>(extra, w.header_offset);
     }
     std::string entry;
-    append<uint32_t>(entry, kCentralHeader);
-    append<uint16_t>(entry, 45);  // version made by
-    append<uint16_t>(entry, zip64 ? 45 : 20);
-    append<uint16_t>(entry, 0);
-    append<uint16_t>(entry, 0);
-    append<uint16_t>(entry, 0);
-    append<uint16_t>(entry, 0x21);
-    append<uint32_t>(entry, w.crc);
-    append<uint32_t>(entry, zip64 ? 0xFFFFFFFFu : static_cast<uint32_t>(w.size));
-    append<uint32_t>(entry, zip64 ? 0xFFFFFFFFu : static_cast<uint32_t>(w.size));
-    append<uint16_t>(entry, static_cast<uint16_t>(w.name.size()));
-    append<uint16_t>(entry, static_cast<uint16_t>(extra.size()));
-    append<uint16_t>(entry, 0);  // comment
-    append<uint16_t>(entry, 0);  // disk
-    append<uint16_t>(entry, 0);  // internal attributes
-    append<uint32_t>(entry, 0);  // external attributes
-    append<uint32_t>(entry, zip64 ? 0xFFFFFFFFu : static_cast<uint32_t>(w.header_offset));
+    append_le<uint32_t>(entry, kCentralHeader);
+    append_le<uint16_t>(entry, 45);  // version made by
+    append_le<uint16_t>(entry, zip64 ? 45 : 20);
+    append_le<uint16_t>(entry, 0);
+    append_le<uint16_t>(entry, 0);
+    append_le<uint16_t>(entry, 0);
+    append_le<uint16_t>(entry, 0x21);
+    append_le<uint32_t>(entry, w.crc);
+    append_le<uint32_t>(entry, zip64 ? 0xFFFFFFFFu : static_cast<uint32_t>(w.size));
+    append_le<uint32_t>(entry, zip64 ? 0xFFFFFFFFu : static_cast<uint32_t>(w.size));
+    append_le<uint16_t>(entry, static_cast<uint16_t>(w.name.size()));
+    append_le<uint16_t>(entry, static_cast<uint16_t>(extra.size()));
+    append_le<uint16_t>(entry, 0);  // comment
+    append_le<uint16_t>(entry, 0);  // disk
+    append_le<uint16_t>(entry, 0);  // internal attributes
+    append_le<uint32_t>(entry, 0);  // external attributes
+    append_le<uint32_t>(entry, zip64 ? 0xFFFFFFFFu : static_cast<uint32_t>(w.header_offset));
     put(entry.data(), entry.size());
     put(w.name.data(), w.name.size());
     put(extra.data(), extra.size());
@@ -235,31 +231,31 @@ void ZipWriter::finish() {
   if (zip64) {
     const uint64_t record_offset = offset_;
     std::string record;
-    append<uint32_t>(record, kZip64EndOfDirectory);
-    append<uint64_t>(record, 44);  // size of the rest of this record
-    append<uint16_t>(record, 45);
-    append<uint16_t>(record, 45);
-    append<uint32_t>(record, 0);
-    append<uint32_t>(record, 0);
-    append<uint64_t>(record, written_.size());
-    append<uint64_t>(record, written_.size());
-    append<uint64_t>(record, directory_size);
-    append<uint64_t>(record, directory_offset);
-    append<uint32_t>(record, kZip64Locator);
-    append<uint32_t>(record, 0);
-    append<uint64_t>(record, record_offset);
-    append<uint32_t>(record, 1);
+    append_le<uint32_t>(record, kZip64EndOfDirectory);
+    append_le<uint64_t>(record, 44);  // size of the rest of this record
+    append_le<uint16_t>(record, 45);
+    append_le<uint16_t>(record, 45);
+    append_le<uint32_t>(record, 0);
+    append_le<uint32_t>(record, 0);
+    append_le<uint64_t>(record, written_.size());
+    append_le<uint64_t>(record, written_.size());
+    append_le<uint64_t>(record, directory_size);
+    append_le<uint64_t>(record, directory_offset);
+    append_le<uint32_t>(record, kZip64Locator);
+    append_le<uint32_t>(record, 0);
+    append_le<uint64_t>(record, record_offset);
+    append_le<uint32_t>(record, 1);
     put(record.data(), record.size());
   }
   std::string end;
-  append<uint32_t>(end, kEndOfDirectory);
-  append<uint16_t>(end, 0);
-  append<uint16_t>(end, 0);
-  append<uint16_t>(end, zip64 ? 0xFFFF : static_cast<uint16_t>(written_.size()));
-  append<uint16_t>(end, zip64 ? 0xFFFF : static_cast<uint16_t>(written_.size()));
-  append<uint32_t>(end, zip64 ? 0xFFFFFFFFu : static_cast<uint32_t>(directory_size));
-  append<uint32_t>(end, zip64 ? 0xFFFFFFFFu : static_cast<uint32_t>(directory_offset));
-  append<uint16_t>(end, 0);
+  append_le<uint32_t>(end, kEndOfDirectory);
+  append_le<uint16_t>(end, 0);
+  append_le<uint16_t>(end, 0);
+  append_le<uint16_t>(end, zip64 ? 0xFFFF : static_cast<uint16_t>(written_.size()));
+  append_le<uint16_t>(end, zip64 ? 0xFFFF : static_cast<uint16_t>(written_.size()));
+  append_le<uint32_t>(end, zip64 ? 0xFFFFFFFFu : static_cast<uint32_t>(directory_size));
+  append_le<uint32_t>(end, zip64 ? 0xFFFFFFFFu : static_cast<uint32_t>(directory_offset));
+  append_le<uint16_t>(end, 0);
   put(end.data(), end.size());
 }
 

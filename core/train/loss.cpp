@@ -12,13 +12,13 @@ constexpr int64_t kRowsPerChunk = 1024;
 
 class CrossEntropyL2Wrap : public torch::autograd::Function<CrossEntropyL2Wrap> {
  public:
+  // count: the number of targets that are not ignored, computed once by the caller.
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& logits,
-                            const at::Tensor& targets) {
+                            const at::Tensor& targets, int64_t count) {
     const int64_t V = logits.size(-1);
     const at::Tensor rows = logits.detach().reshape({-1, V});
     const at::Tensor labels = targets.reshape({-1}).to(rows.device());
     const at::Tensor counted = labels != kIgnoreIndex;
-    const int64_t count = counted.sum().item<int64_t>();
     double total = 0;
     for (int64_t begin = 0; begin < rows.size(0); begin += kRowsPerChunk) {
       const int64_t end = std::min(rows.size(0), begin + kRowsPerChunk);
@@ -61,7 +61,7 @@ class CrossEntropyL2Wrap : public torch::autograd::Function<CrossEntropyL2Wrap> 
       g.scatter_add_(1, max_index.unsqueeze(1), (max_value * wrap_scale).unsqueeze(1));
       grad.slice(0, begin, end).copy_(g);
     }
-    return {grad.view(logits.sizes()), at::Tensor()};
+    return {grad.view(logits.sizes()), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -73,7 +73,7 @@ std::pair<at::Tensor, int64_t> cross_entropy_l2wrap(const at::Tensor& logits, co
               "cross_entropy_l2wrap: logits [B, T, V] and targets [B, T] expected, got ", logits.sizes(), " and ",
               targets.sizes());
   const int64_t count = (targets != kIgnoreIndex).sum().item<int64_t>();
-  return {CrossEntropyL2Wrap::apply(logits, targets), count};
+  return {CrossEntropyL2Wrap::apply(logits, targets, count), count};
 }
 
 }  // namespace peftkit

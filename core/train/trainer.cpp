@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -25,6 +26,7 @@
 #include "model/rwkv7_model.hpp"
 #include "peftkit/dataset.hpp"
 #include "peftkit/error.hpp"
+#include "peftkit/random.hpp"
 #include "peftkit/log.hpp"
 #include "peftkit/tensor_io.hpp"
 #include "tokenizer/world_tokenizer.hpp"
@@ -78,14 +80,6 @@ std::string duration_text(double seconds) {
   return buffer;
 }
 
-// SplitMix64: stateless mixing for seeds derived from (seed, epoch, round).
-uint64_t mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
 at::Tensor text_tensor(const std::string& text) {
   return at::tensor(std::vector<uint8_t>(text.begin(), text.end()), at::kByte);
 }
@@ -101,6 +95,15 @@ struct IndexRange {
 };
 
 }  // namespace
+
+// The resumable checkpoints in a folder, oldest first (names sort by step).
+std::vector<fs::path> list_checkpoints(const fs::path& folder) {
+  std::vector<fs::path> all;
+  for (const auto& entry : fs::directory_iterator(folder))
+    if (entry.path().extension() == ".ckpt") all.push_back(entry.path());
+  std::sort(all.begin(), all.end());
+  return all;
+}
 
 struct Trainer::Impl {
   const host::Recipe& recipe;
@@ -291,7 +294,7 @@ int64_t Trainer::Impl::sample_index(int64_t epoch, int64_t slot) {
   if (epoch != cached_epoch || round != cached_round) {
     permutation.resize(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) permutation[i] = i;
-    std::mt19937_64 random(mix(seed ^ mix(static_cast<uint64_t>(epoch) * 1000003ull + static_cast<uint64_t>(round))));
+    std::mt19937_64 random(mix64(seed ^ mix64(static_cast<uint64_t>(epoch) * 1000003ull + static_cast<uint64_t>(round))));
     for (int64_t i = n - 1; i > 0; --i) std::swap(permutation[i], permutation[random() % static_cast<uint64_t>(i + 1)]);
     cached_epoch = epoch;
     cached_round = round;
@@ -310,17 +313,15 @@ std::pair<at::Tensor, at::Tensor> Trainer::Impl::batch(int64_t epoch, int64_t fi
   }
   length = std::min(length, ctx_len);
   // Right padding: input 0, target ignored.
-  at::Tensor inputs = at::zeros({count, length}, at::kLong);
-  at::Tensor targets = at::full({count, length}, kIgnoreIndex, at::kLong);
+  std::vector<int64_t> inputs(static_cast<size_t>(count * length), 0);
+  std::vector<int64_t> targets(static_cast<size_t>(count * length), kIgnoreIndex);
   for (int64_t b = 0; b < count; ++b) {
     const auto& s = samples[b];
-    const int64_t n = std::min<int64_t>(length, static_cast<int64_t>(s.input_ids.size()));
-    for (int64_t t = 0; t < n; ++t) {
-      inputs[b][t] = s.input_ids[t];
-      targets[b][t] = s.targets[t];
-    }
+    const size_t n = std::min<size_t>(static_cast<size_t>(length), s.input_ids.size());
+    std::copy_n(s.input_ids.begin(), n, inputs.begin() + b * length);
+    std::copy_n(s.targets.begin(), n, targets.begin() + b * length);
   }
-  return {inputs.to(device), targets.to(device)};
+  return {at::tensor(inputs).view({count, length}).to(device), at::tensor(targets).view({count, length}).to(device)};
 }
 
 double Trainer::Impl::evaluate() {
@@ -367,19 +368,13 @@ void Trainer::Impl::save_checkpoint() {
   write_pth(path, state);  // atomic: temporary file, fsync, rename
   log::info("checkpoint " + path.string());
   // Keep the newest keep_checkpoints.
-  std::vector<fs::path> all;
-  for (const auto& entry : fs::directory_iterator(checkpoint_dir))
-    if (entry.path().extension() == ".ckpt") all.push_back(entry.path());
-  std::sort(all.begin(), all.end());
+  const std::vector<fs::path> all = list_checkpoints(checkpoint_dir);
   for (size_t i = 0; i + static_cast<size_t>(keep_checkpoints) < all.size(); ++i) fs::remove(all[i]);
 }
 
 bool Trainer::Impl::load_checkpoint() {
-  std::vector<fs::path> all;
-  for (const auto& entry : fs::directory_iterator(checkpoint_dir))
-    if (entry.path().extension() == ".ckpt") all.push_back(entry.path());
+  const std::vector<fs::path> all = list_checkpoints(checkpoint_dir);
   if (all.empty()) return false;
-  std::sort(all.begin(), all.end());
   const fs::path path = all.back();
   TensorMap state = read_pth(path);
   auto get = [&](const std::string& name) -> const at::Tensor& {
@@ -431,8 +426,7 @@ int Trainer::Impl::run() {
     if (!load_checkpoint() && flags.resume)
       throw Error("--resume: no checkpoint in " + checkpoint_dir.string() + " to resume from");
   } else {
-    for (const auto& entry : fs::directory_iterator(checkpoint_dir))
-      if (entry.path().extension() == ".ckpt")
+    if (!list_checkpoints(checkpoint_dir).empty())
         throw Error(checkpoint_dir.string() + " already holds checkpoints of an earlier run: continue it with "
                     "--resume (or [train] resume = \"auto\"), or choose another [output] dir");
   }
@@ -464,7 +458,7 @@ int Trainer::Impl::run() {
       auto [loss, counted] = cross_entropy_l2wrap(model->forward(inputs), targets);
       (loss / static_cast<double>(accumulate)).backward();
       loss_sum += loss.item<double>();
-      step_tokens += (targets != kIgnoreIndex).sum().item<int64_t>();
+      step_tokens += counted;
     }
     const double loss_value = loss_sum / static_cast<double>(accumulate);
     const double grad_norm = adam->clip_grad_norm(grad_clip);

@@ -3,19 +3,12 @@
 #include <cmath>
 
 #include "peftkit/error.hpp"
+#include "peftkit/random.hpp"
 
 namespace peftkit::datasets {
 namespace {
 
 __extension__ typedef unsigned __int128 Uint128;  // exact (golden * i^3) mod p
-
-// Stateless 64-bit mixer (SplitMix64's finaliser): offset i depends only on (seed, i).
-uint64_t mix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
 
 bool is_prime(int64_t n) {
   if (n < 2) return false;
@@ -72,7 +65,7 @@ int64_t TokenWindows::offset(int64_t index) const {
     case WindowOrder::kSequential:
       return index * ctx_len_;
     case WindowOrder::kRandom:
-      return static_cast<int64_t>(mix(mix(seed_) ^ static_cast<uint64_t>(index)) %
+      return static_cast<int64_t>(mix64(mix64(seed_) ^ static_cast<uint64_t>(index)) %
                                   static_cast<uint64_t>(tokens_ - ctx_len_));
     case WindowOrder::kMagicPrime: {
       const Uint128 ii = static_cast<uint64_t>(index) + 1;

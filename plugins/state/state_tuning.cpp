@@ -52,23 +52,12 @@ class StateTuning final : public PeftMethod {
     }
   }
 
-  std::vector<TrainableTensor> trainable_tensors() override {
-    std::vector<TrainableTensor> out;
-    for (size_t l = 0; l < states_->wkv.size(); ++l) {
-      out.push_back({wkv_name(static_cast<int>(l)), states_->wkv[l]});
-      if (tune_shift_) {
-        out.push_back({att_shift_name(static_cast<int>(l)), states_->att_shift[l]});
-        out.push_back({ffn_shift_name(static_cast<int>(l)), states_->ffn_shift[l]});
-      }
-    }
-    return out;
-  }
+  std::vector<TrainableTensor> trainable_tensors() override { return named_tensors(); }
 
   // RWKV-PEFT's file: bf16 time_state tensors (and our shift states when tuned).
   TensorMap state_dict() const override {
     TensorMap out;
-    for (const auto& t : const_cast<StateTuning*>(this)->trainable_tensors())
-      out[t.name] = t.tensor.detach().to(at::kCPU, at::kBFloat16);
+    for (const auto& t : named_tensors()) out[t.name] = t.tensor.detach().to(at::kCPU, at::kBFloat16);
     return out;
   }
 
@@ -118,6 +107,19 @@ class StateTuning final : public PeftMethod {
   }
 
  private:
+  // Every tuned tensor under its file name (tensors share storage: training updates them in place).
+  std::vector<TrainableTensor> named_tensors() const {
+    std::vector<TrainableTensor> out;
+    for (size_t l = 0; l < states_->wkv.size(); ++l) {
+      out.push_back({wkv_name(static_cast<int>(l)), states_->wkv[l]});
+      if (tune_shift_) {
+        out.push_back({att_shift_name(static_cast<int>(l)), states_->att_shift[l]});
+        out.push_back({ffn_shift_name(static_cast<int>(l)), states_->ffn_shift[l]});
+      }
+    }
+    return out;
+  }
+
   at::Tensor* find(const std::string& name) {
     static const std::regex kName(R"(blocks\.(\d+)\.(att\.time_state|att\.time_shift|ffn\.time_shift))");
     std::smatch match;
