@@ -76,4 +76,9 @@ inline CommandResult run_command(const std::string& command) {
   return result;
 }
 
+#ifdef PEFTKIT_BINARY
+// A command line running the peftkit program under test.
+inline std::string peftkit_command(const std::string& args) { return std::string(PEFTKIT_BINARY) + " " + args; }
+#endif
+
 }  // namespace peftkit::testing

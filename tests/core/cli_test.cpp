@@ -8,38 +8,38 @@ namespace {
 
 using testing::run_command;
 
-std::string peftkit(const std::string& args) { return std::string(PEFTKIT_BINARY) + " " + args; }
+using testing::peftkit_command;
 
 TEST(Cli, VersionNamesLibTorchAndSdk) {
-  auto result = run_command(peftkit("--version"));
+  auto result = run_command(peftkit_command("--version"));
   EXPECT_EQ(result.exit_code, 0);
   EXPECT_NE(result.output.find("peftkit 0.1.0 (LibTorch 2.11.0"), std::string::npos) << result.output;
 }
 
 TEST(Cli, HelpListsCommandsAndEveryCommandHasHelp) {
-  auto result = run_command(peftkit("--help"));
+  auto result = run_command(peftkit_command("--help"));
   EXPECT_EQ(result.exit_code, 0);
   for (const char* command : {"plugins", "recipe"}) {
     EXPECT_NE(result.output.find(command), std::string::npos) << result.output;
-    auto help = run_command(peftkit(std::string(command) + " --help"));
+    auto help = run_command(peftkit_command(std::string(command) + " --help"));
     EXPECT_EQ(help.exit_code, 0) << help.output;
     EXPECT_NE(help.output.find("--log-level"), std::string::npos) << help.output;
   }
 }
 
 TEST(Cli, UnknownCommandAndBadOptionsAreUsageErrors) {
-  auto result = run_command(peftkit("trian"));
+  auto result = run_command(peftkit_command("trian"));
   EXPECT_EQ(result.exit_code, 2);
   EXPECT_NE(result.output.find("unknown command 'trian'"), std::string::npos) << result.output;
-  result = run_command(peftkit("plugins --frobnicate"));
+  result = run_command(peftkit_command("plugins --frobnicate"));
   EXPECT_EQ(result.exit_code, 2);
-  result = run_command(peftkit("plugins --log-level loud"));
+  result = run_command(peftkit_command("plugins --log-level loud"));
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_NE(result.output.find("found 'loud'"), std::string::npos) << result.output;
 }
 
 TEST(Cli, PluginsListsKindVersionAndAbiStatus) {
-  auto result = run_command(peftkit("plugins --log-level error --plugin-dir " FIXTURE_VALID_DIR
+  auto result = run_command(peftkit_command("plugins --log-level error --plugin-dir " FIXTURE_VALID_DIR
                                     " --plugin-dir " FIXTURE_MISMATCHED_DIR));
   EXPECT_EQ(result.exit_code, 0) << result.output;
   EXPECT_NE(result.output.find("peft       fixture          0.0.1     ok"), std::string::npos)
@@ -51,7 +51,7 @@ TEST(Cli, PluginsListsKindVersionAndAbiStatus) {
 }
 
 TEST(Cli, PluginPathEnvironmentVariableIsSearched) {
-  auto result = run_command("PEFTKIT_PLUGIN_PATH=" FIXTURE_EXAMPLE_DIR " " + peftkit("plugins"));
+  auto result = run_command("PEFTKIT_PLUGIN_PATH=" FIXTURE_EXAMPLE_DIR " " + peftkit_command("plugins"));
   EXPECT_NE(result.output.find("token-lines"), std::string::npos) << result.output;
 }
 
@@ -61,20 +61,20 @@ TEST(Cli, RecipeShowAndCheck) {
                                     "[model]\npath = \"m.pth\"\n[data]\nformat = \"token-lines\"\n"
                                     "path = \"ids.txt\"\n");
   const std::string dirs = " --plugin-dir " FIXTURE_EXAMPLE_DIR;
-  auto result = run_command(peftkit("recipe show " + recipe.string() + dirs + " --set train.seed=3"));
+  auto result = run_command(peftkit_command("recipe show " + recipe.string() + dirs + " --set train.seed=3"));
   EXPECT_EQ(result.exit_code, 0) << result.output;
   EXPECT_NE(result.output.find("seed = 3"), std::string::npos) << result.output;
   EXPECT_NE(result.output.find("# --set train.seed=3"), std::string::npos) << result.output;
-  result = run_command(peftkit("recipe check " + recipe.string() + dirs));
+  result = run_command(peftkit_command("recipe check " + recipe.string() + dirs));
   EXPECT_EQ(result.exit_code, 0) << result.output;
-  result = run_command(peftkit("recipe check " + recipe.string() + dirs + " --set train.ctx_len=0"));
+  result = run_command(peftkit_command("recipe check " + recipe.string() + dirs + " --set train.ctx_len=0"));
   EXPECT_EQ(result.exit_code, 1) << result.output;
   EXPECT_NE(result.output.find("error: --set train.ctx_len=0: [train] ctx_len"), std::string::npos)
       << result.output;
-  result = run_command(peftkit("recipe check " + (dir / "missing.toml").string()));
+  result = run_command(peftkit_command("recipe check " + (dir / "missing.toml").string()));
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_NE(result.output.find("missing.toml: cannot open the recipe file"), std::string::npos);
-  result = run_command(peftkit("recipe frobnicate " + recipe.string()));
+  result = run_command(peftkit_command("recipe frobnicate " + recipe.string()));
   EXPECT_EQ(result.exit_code, 1);
 }
 

@@ -10,13 +10,13 @@ namespace {
 
 using testing::run_command;
 
-std::string peftkit(const std::string& args) { return std::string(PEFTKIT_BINARY) + " " + args; }
+using testing::peftkit_command;
 
 class ModelCommands : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new testing::TempDir();
-    auto result = run_command(peftkit("init-model --layers 2 --embd 128 --seed 3 --out " + model().string()));
+    auto result = run_command(peftkit_command("init-model --layers 2 --embd 128 --seed 3 --out " + model().string()));
     ASSERT_EQ(result.exit_code, 0) << result.output;
   }
   static void TearDownTestSuite() { delete dir_; }
@@ -34,25 +34,25 @@ TEST_F(ModelCommands, InitModelWritesAnOfficialLayoutBf16Checkpoint) {
                             "', weights_only=True); print(len(sd), sd['head.weight'].dtype)\"");
   EXPECT_EQ(result.exit_code, 0) << result.output;
   EXPECT_NE(result.output.find("69 torch.bfloat16"), std::string::npos) << result.output;
-  auto same = run_command(peftkit("init-model --layers 2 --embd 128 --seed 3 --out " + (dir_->path() / "again.pth").string()));
+  auto same = run_command(peftkit_command("init-model --layers 2 --embd 128 --seed 3 --out " + (dir_->path() / "again.pth").string()));
   EXPECT_TRUE(at::equal(read_pth(dir_->path() / "again.pth").at("blocks.0.att.key.weight"),
                         t.at("blocks.0.att.key.weight")));
 }
 
 TEST_F(ModelCommands, InitModelChecksItsArguments) {
-  auto result = run_command(peftkit("init-model --size 0.1b --layers 2 --out x.pth"));
+  auto result = run_command(peftkit_command("init-model --size 0.1b --layers 2 --out x.pth"));
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_NE(result.output.find("give either --size or --layers and --embd, not both"), std::string::npos);
-  result = run_command(peftkit("init-model --size 7b --out x.pth"));
+  result = run_command(peftkit_command("init-model --size 7b --out x.pth"));
   EXPECT_NE(result.output.find("expected 0.1b, 0.4b, 1.5b or 2.9b, found '7b'"), std::string::npos);
-  result = run_command(peftkit("init-model --layers 2 --embd 100 --out x.pth"));
+  result = run_command(peftkit_command("init-model --layers 2 --embd 100 --out x.pth"));
   EXPECT_NE(result.output.find("embd 100 is not a multiple of the head size 64"), std::string::npos);
-  result = run_command(peftkit("init-model --layers 2 --embd 128 --out x.bin"));
+  result = run_command(peftkit_command("init-model --layers 2 --embd 128 --out x.bin"));
   EXPECT_NE(result.output.find("expected a .pth or .safetensors file name"), std::string::npos);
 }
 
 TEST_F(ModelCommands, InspectDescribesModelsStatesAndUnknownFiles) {
-  auto result = run_command(peftkit("inspect " + model().string()));
+  auto result = run_command(peftkit_command("inspect " + model().string()));
   EXPECT_EQ(result.exit_code, 0) << result.output;
   for (const char* line : {"architecture:  RWKV-7 (x070)", "layers:        2", "heads:         2 x 64",
                            "low-rank dims: w 32, a 32, v 32, g 32", "parameters:    17233024 (17.233M)",
@@ -60,14 +60,14 @@ TEST_F(ModelCommands, InspectDescribesModelsStatesAndUnknownFiles) {
     EXPECT_NE(result.output.find(line), std::string::npos) << line << "\n" << result.output;
   write_pth(dir_->path() / "state.pth", {{"blocks.0.att.time_state", at::zeros({2, 64, 64}, at::kBFloat16)},
                                          {"blocks.1.att.time_state", at::zeros({2, 64, 64}, at::kBFloat16)}});
-  result = run_command(peftkit("inspect " + (dir_->path() / "state.pth").string()));
+  result = run_command(peftkit_command("inspect " + (dir_->path() / "state.pth").string()));
   EXPECT_NE(result.output.find("kind:          state file"), std::string::npos) << result.output;
   EXPECT_NE(result.output.find("layers:        2"), std::string::npos) << result.output;
   write_safetensors(dir_->path() / "other.safetensors", {{"x", at::zeros({3})}}, {{"format", "pt"}});
-  result = run_command(peftkit("inspect " + (dir_->path() / "other.safetensors").string()));
+  result = run_command(peftkit_command("inspect " + (dir_->path() / "other.safetensors").string()));
   EXPECT_NE(result.output.find("unknown tensor file (1 tensors"), std::string::npos) << result.output;
   EXPECT_NE(result.output.find("metadata:      format = pt"), std::string::npos) << result.output;
-  result = run_command(peftkit("inspect " + (dir_->path() / "missing.pth").string()));
+  result = run_command(peftkit_command("inspect " + (dir_->path() / "missing.pth").string()));
   EXPECT_EQ(result.exit_code, 1);
 }
 
@@ -78,8 +78,8 @@ TEST_F(ModelCommands, GenerateIsReproducibleAndMountsStates) {
   const auto perturbed = dir_->path() / "perturbed.pth";
   write_pth(perturbed, weights);
   const std::string base = "generate --model " + perturbed.string() + " --prompt Hello --max-tokens 12 --seed 5";
-  auto a = run_command(peftkit(base));
-  auto b = run_command(peftkit(base));
+  auto a = run_command(peftkit_command(base));
+  auto b = run_command(peftkit_command(base));
   ASSERT_EQ(a.exit_code, 0) << a.output;
   EXPECT_EQ(a.output, b.output);
   EXPECT_GT(a.output.size(), 1u);
@@ -87,21 +87,21 @@ TEST_F(ModelCommands, GenerateIsReproducibleAndMountsStates) {
   write_pth(dir_->path() / "state.pth", {{"blocks.0.att.time_state", 3 * at::randn({2, 64, 64}).to(at::kBFloat16)},
                                          {"blocks.1.att.time_state", 3 * at::randn({2, 64, 64}).to(at::kBFloat16)}});
   auto greedy = " --temperature 0 --stop-at-eos false";
-  auto plain = run_command(peftkit(base + greedy));
-  auto with_state = run_command(peftkit(base + greedy + " --state " + (dir_->path() / "state.pth").string()));
+  auto plain = run_command(peftkit_command(base + greedy));
+  auto with_state = run_command(peftkit_command(base + greedy + " --state " + (dir_->path() / "state.pth").string()));
   ASSERT_EQ(with_state.exit_code, 0) << with_state.output;
   EXPECT_NE(plain.output, with_state.output);
   write_pth(dir_->path() / "wrong.pth", {{"blocks.0.att.time_state", at::zeros({12, 64, 64})}});
-  auto wrong = run_command(peftkit(base + " --state " + (dir_->path() / "wrong.pth").string()));
+  auto wrong = run_command(peftkit_command(base + " --state " + (dir_->path() / "wrong.pth").string()));
   EXPECT_EQ(wrong.exit_code, 1);
   EXPECT_NE(wrong.output.find("has shape [12, 64, 64] but the model (L2 C128"), std::string::npos) << wrong.output;
 }
 
 TEST_F(ModelCommands, GenerateRejectsBadSettings) {
-  auto result = run_command(peftkit("generate --model " + model().string() + " --prompt Hi --top-p 0"));
+  auto result = run_command(peftkit_command("generate --model " + model().string() + " --prompt Hi --top-p 0"));
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_NE(result.output.find("top-p must be in (0, 1]"), std::string::npos) << result.output;
-  result = run_command(peftkit("generate --model " + model().string() + " --prompt ''"));
+  result = run_command(peftkit_command("generate --model " + model().string() + " --prompt ''"));
   EXPECT_NE(result.output.find("the prompt is empty"), std::string::npos) << result.output;
 }
 

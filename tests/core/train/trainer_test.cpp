@@ -14,19 +14,20 @@
 
 #include "peftkit/tensor_io.hpp"
 #include "test_util.hpp"
+#include "train_fixtures.hpp"
 
 namespace peftkit {
 namespace {
 
 using testing::run_command;
 
-std::string peftkit(const std::string& args) { return std::string(PEFTKIT_BINARY) + " " + args; }
+using testing::peftkit_command;
 
 class TrainerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     shared_ = new testing::TempDir();
-    auto result = run_command(peftkit("init-model --layers 2 --embd 64 --head-size 32 --vocab 1000 --seed 1 --out " +
+    auto result = run_command(peftkit_command("init-model --layers 2 --embd 64 --head-size 32 --vocab 1000 --seed 1 --out " +
                                       (shared_->path() / "model.pth").string()));
     ASSERT_EQ(result.exit_code, 0) << result.output;
     // 4000 tokens of a repeating pattern with noise: learnable, and never out of the vocabulary.
@@ -46,23 +47,18 @@ class TrainerTest : public ::testing::Test {
                                "lr_init = 3e-3\nlr_final = 1e-3\nwarmup_steps = 2\nprecision = \"fp32\"\nseed = 5\n" +
                                    train + "[run]\nthreads = 1\n[output]\ndir = \"out\"\n" + extra);
   }
-  std::vector<nlohmann::json> metrics() {
-    std::vector<nlohmann::json> lines;
-    std::ifstream in(dir_ / "out" / "metrics.jsonl");
-    for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
-    return lines;
-  }
+  std::vector<nlohmann::json> metrics() { return testing::read_metrics(dir_ / "out" / "metrics.jsonl"); }
   static inline testing::TempDir* shared_ = nullptr;
   testing::TempDir dir_;
 };
 
 TEST_F(TrainerTest, SameRecipeAndSeedGiveTheSameLossesBitForBit) {
-  auto first = run_command(peftkit("train " + recipe().string()));
+  auto first = run_command(peftkit_command("train " + recipe().string()));
   ASSERT_EQ(first.exit_code, 0) << first.output;
   auto a = metrics();
   ASSERT_EQ(a.size(), 12u);
   testing::remove_tree(dir_ / "out");
-  ASSERT_EQ(run_command(peftkit("train " + recipe().string())).exit_code, 0);
+  ASSERT_EQ(run_command(peftkit_command("train " + recipe().string())).exit_code, 0);
   auto b = metrics();
   for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i]["loss"].get<double>(), b[i]["loss"].get<double>()) << i;
   EXPECT_LT(a.back()["loss"].get<double>(), a.front()["loss"].get<double>());  // it learns
@@ -82,7 +78,7 @@ TEST_F(TrainerTest, SameRecipeAndSeedGiveTheSameLossesBitForBit) {
 }
 
 TEST_F(TrainerTest, InterruptedRunResumesExactly) {
-  ASSERT_EQ(run_command(peftkit("train " + recipe().string())).exit_code, 0);
+  ASSERT_EQ(run_command(peftkit_command("train " + recipe().string())).exit_code, 0);
   const auto uninterrupted = metrics();
   testing::remove_tree(dir_ / "out");
   // Run in a child process and send SIGINT once a few steps are done.
@@ -106,10 +102,10 @@ TEST_F(TrainerTest, InterruptedRunResumesExactly) {
   const size_t done = metrics().size();
   ASSERT_LT(done, uninterrupted.size());
   // A fresh start over an interrupted run is refused; --resume continues it.
-  auto refused = run_command(peftkit("train " + file));
+  auto refused = run_command(peftkit_command("train " + file));
   EXPECT_EQ(refused.exit_code, 1);
   EXPECT_NE(refused.output.find("already holds checkpoints of an earlier run"), std::string::npos) << refused.output;
-  auto resumed = run_command(peftkit("train " + file + " --resume"));
+  auto resumed = run_command(peftkit_command("train " + file + " --resume"));
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   auto combined = metrics();
   ASSERT_EQ(combined.size(), uninterrupted.size());
@@ -118,7 +114,7 @@ TEST_F(TrainerTest, InterruptedRunResumesExactly) {
 }
 
 TEST_F(TrainerTest, HardKillLosesOnlyTheStepsAfterTheLastCheckpoint) {
-  ASSERT_EQ(run_command(peftkit("train " + recipe().string())).exit_code, 0);
+  ASSERT_EQ(run_command(peftkit_command("train " + recipe().string())).exit_code, 0);
   const auto uninterrupted = metrics();
   testing::remove_tree(dir_ / "out");
   const std::string binary = PEFTKIT_BINARY, file = recipe().string();
@@ -135,7 +131,7 @@ TEST_F(TrainerTest, HardKillLosesOnlyTheStepsAfterTheLastCheckpoint) {
   kill(child, SIGKILL);
   int status = 0;
   waitpid(child, &status, 0);  // (a very fast machine may have finished: resuming must then do nothing)
-  auto resumed = run_command(peftkit("train " + file + " --resume"));
+  auto resumed = run_command(peftkit_command("train " + file + " --resume"));
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   auto combined = metrics();
   ASSERT_EQ(combined.size(), uninterrupted.size());
@@ -146,11 +142,11 @@ TEST_F(TrainerTest, HardKillLosesOnlyTheStepsAfterTheLastCheckpoint) {
 }
 
 TEST_F(TrainerTest, ResumeNeedsACheckpointOfTheSameRun) {
-  auto result = run_command(peftkit("train " + recipe().string() + " --resume"));
+  auto result = run_command(peftkit_command("train " + recipe().string() + " --resume"));
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_NE(result.output.find("no checkpoint in"), std::string::npos) << result.output;
-  ASSERT_EQ(run_command(peftkit("train " + recipe().string())).exit_code, 0);
-  result = run_command(peftkit("train " + recipe().string() + " --resume --set train.micro_bsz=3"));
+  ASSERT_EQ(run_command(peftkit_command("train " + recipe().string())).exit_code, 0);
+  result = run_command(peftkit_command("train " + recipe().string() + " --resume --set train.micro_bsz=3"));
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_NE(result.output.find("belongs to a run with different settings"), std::string::npos) << result.output;
   // keep_checkpoints = 2: only the newest two remain.
@@ -161,7 +157,7 @@ TEST_F(TrainerTest, ResumeNeedsACheckpointOfTheSameRun) {
 
 TEST_F(TrainerTest, NonFiniteStepsAreSkippedThenTheRunStops) {
   // An absurd learning rate overflows the weights within a few steps.
-  auto result = run_command(peftkit("train " + recipe("", "max_bad_steps = 2\ngrad_clip = 0.0\n").string() +
+  auto result = run_command(peftkit_command("train " + recipe("", "max_bad_steps = 2\ngrad_clip = 0.0\n").string() +
                                     " --set train.lr_init=1e30 --set train.lr_final=1e30"));
   EXPECT_EQ(result.exit_code, 4) << result.output;
   EXPECT_NE(result.output.find("steps in a row had a non-finite loss or gradient"), std::string::npos) << result.output;
@@ -171,7 +167,7 @@ TEST_F(TrainerTest, NonFiniteStepsAreSkippedThenTheRunStops) {
 }
 
 TEST_F(TrainerTest, TrainPartsTrainAndSaveOnlyTheSelectedTensors) {
-  auto result = run_command(peftkit("train " + recipe("[peft]\ntrain_parts = [\"ln\"]\n").string()));
+  auto result = run_command(peftkit_command("train " + recipe("[peft]\ntrain_parts = [\"ln\"]\n").string()));
   ASSERT_EQ(result.exit_code, 0) << result.output;
   TensorMap saved = read_pth(dir_ / "out" / "rwkv-0.pth");
   EXPECT_EQ(saved.size(), 4u + 2u * 6u);  // ln0, ln_out, and per layer ln1, ln2, ln_x (weight and bias)
@@ -179,12 +175,12 @@ TEST_F(TrainerTest, TrainPartsTrainAndSaveOnlyTheSelectedTensors) {
   TensorMap base = read_pth(shared_->path() / "model.pth");
   // (A fresh model's output projections are zero, so only ln0 and ln_out get gradients yet.)
   EXPECT_FALSE(at::equal(saved.at("ln_out.weight"), base.at("ln_out.weight")));
-  auto none = run_command(peftkit("train " + recipe("[peft]\ntrain_parts = [\"nothing\"]\n").string()));
+  auto none = run_command(peftkit_command("train " + recipe("[peft]\ntrain_parts = [\"nothing\"]\n").string()));
   EXPECT_NE(none.output.find("train_parts: matches no tensor of the model"), std::string::npos) << none.output;
 }
 
 TEST_F(TrainerTest, Bfloat16TrainingKeepsFp32MastersAndLearns) {
-  auto result = run_command(peftkit("train " + recipe().string() + " --set train.precision=bf16 --set train.grad_cp=true"));
+  auto result = run_command(peftkit_command("train " + recipe().string() + " --set train.precision=bf16 --set train.grad_cp=true"));
   ASSERT_EQ(result.exit_code, 0) << result.output;
   auto lines = metrics();
   ASSERT_EQ(lines.size(), 12u);
@@ -194,24 +190,24 @@ TEST_F(TrainerTest, Bfloat16TrainingKeepsFp32MastersAndLearns) {
 }
 
 TEST_F(TrainerTest, EvaluationOnASeparateFile) {
-  auto result = run_command(peftkit("train " + recipe().string() + " --set data.eval_file=" +
+  auto result = run_command(peftkit_command("train " + recipe().string() + " --set data.eval_file=" +
                                     (shared_->path() / "tokens.npy").string()));
   ASSERT_EQ(result.exit_code, 0) << result.output;
   auto lines = metrics();
   EXPECT_TRUE(lines[3].contains("eval_loss"));  // at the end of each epoch
   EXPECT_FALSE(lines[2].contains("eval_loss"));
-  auto both = run_command(peftkit("train " + recipe().string() + " --set data.eval_file=x.npy --set data.eval_fraction=0.1"));
+  auto both = run_command(peftkit_command("train " + recipe().string() + " --set data.eval_file=x.npy --set data.eval_fraction=0.1"));
   EXPECT_NE(both.output.find("give either eval_file or eval_fraction, not both"), std::string::npos) << both.output;
 }
 
 TEST_F(TrainerTest, EvaluationReportsLossAndPerplexity) {
-  auto result = run_command(peftkit("train " + recipe().string() + " --set data.eval_fraction=0.1 --set data.eval_every=2"));
+  auto result = run_command(peftkit_command("train " + recipe().string() + " --set data.eval_fraction=0.1 --set data.eval_every=2"));
   ASSERT_EQ(result.exit_code, 0) << result.output;
   auto lines = metrics();
   EXPECT_FALSE(lines[0].contains("eval_loss"));
   ASSERT_TRUE(lines[1].contains("eval_loss"));
   EXPECT_NEAR(lines[1]["eval_ppl"].get<double>(), std::exp(lines[1]["eval_loss"].get<double>()), 1e-9);
-  auto bad = run_command(peftkit("train " + recipe().string() + " --set data.eval_every=2"));
+  auto bad = run_command(peftkit_command("train " + recipe().string() + " --set data.eval_every=2"));
   EXPECT_NE(bad.output.find("eval_every: needs eval_file or eval_fraction"), std::string::npos) << bad.output;
 }
 

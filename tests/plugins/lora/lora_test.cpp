@@ -14,6 +14,7 @@
 #include "peftkit/tensor_io.hpp"
 #include "model_fixtures.hpp"
 #include "test_util.hpp"
+#include "train_fixtures.hpp"
 
 namespace peftkit {
 namespace {
@@ -145,19 +146,17 @@ TEST_F(LoraTest, DropoutGradientsSurviveGradientCheckpointing) {
 TEST_F(LoraTest, TrainingThroughARecipeLowersTheLoss) {
   testing::TempDir dir;
   write_pth(dir / "model.pth", model_weights());
-  auto make = testing::run_command(std::string(PEFTKIT_PYTHON) + " -c \"import numpy as np; np.save('" +
-                                   (dir / "tokens.npy").string() + "', (np.arange(400) * 7 % 40).astype('<u2'))\"");
+  auto make = testing::write_token_stream(PEFTKIT_PYTHON, dir / "tokens.npy");
   ASSERT_EQ(make.exit_code, 0) << make.output;
   auto recipe = testing::write_file(dir / "lora.toml",
                                     "[model]\npath = \"model.pth\"\n[data]\nformat = \"numpy\"\npath = \"tokens.npy\"\n"
                                     "[peft]\nmethod = \"lora\"\n[peft.lora]\nr = 4\nalpha = 8\n[train]\nctx_len = 16\n"
                                     "micro_bsz = 2\nepoch_steps = 10\nepoch_count = 1\nlr_init = 1e-2\nlr_final = 1e-3\n"
                                     "precision = \"fp32\"\ngrad_cp = true\n[output]\ndir = \"out\"\n");
-  auto result = testing::run_command(std::string(PEFTKIT_BINARY) + " train " + recipe.string() + " --plugin-dir " PLUGIN_DIR);
+  auto result = testing::run_command(testing::peftkit_command("train " + recipe.string() + " --plugin-dir " PLUGIN_DIR));
   ASSERT_EQ(result.exit_code, 0) << result.output;
-  std::ifstream in(dir / "out" / "metrics.jsonl");
   std::vector<double> losses;
-  for (std::string line; std::getline(in, line);) losses.push_back(nlohmann::json::parse(line)["loss"].get<double>());
+  for (const auto& line : testing::read_metrics(dir / "out" / "metrics.jsonl")) losses.push_back(line["loss"].get<double>());
   ASSERT_EQ(losses.size(), 10u);
   EXPECT_LT(losses.back(), losses.front());
   TensorMap saved = read_pth(dir / "out" / "rwkv-0.pth");

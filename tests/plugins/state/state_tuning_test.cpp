@@ -14,6 +14,7 @@
 #include "peftkit/tensor_io.hpp"
 #include "model_fixtures.hpp"
 #include "test_util.hpp"
+#include "train_fixtures.hpp"
 
 namespace peftkit {
 namespace {
@@ -138,15 +139,13 @@ TEST_F(StateTuningTest, TrainingTheStateLowersTheLoss) {
                                     "[model]\npath = \"model.pth\"\n[data]\nformat = \"numpy\"\npath = \"tokens.npy\"\n"
                                     "[peft]\nmethod = \"state\"\n[train]\nctx_len = 16\nmicro_bsz = 2\nepoch_steps = 10\n"
                                     "epoch_count = 1\nlr_init = 1e-1\nlr_final = 1e-2\nprecision = \"fp32\"\n[output]\ndir = \"out\"\n");
-  auto make = testing::run_command(std::string(PEFTKIT_PYTHON) + " -c \"import numpy as np; np.save('" +
-                                   (dir / "tokens.npy").string() + "', (np.arange(400) * 7 % 40).astype('<u2'))\"");
+  auto make = testing::write_token_stream(PEFTKIT_PYTHON, dir / "tokens.npy");
   ASSERT_EQ(make.exit_code, 0) << make.output;
-  auto result = testing::run_command(std::string(PEFTKIT_BINARY) + " train " + recipe.string() + " --plugin-dir " PLUGIN_DIR);
+  auto result = testing::run_command(testing::peftkit_command("train " + recipe.string() + " --plugin-dir " PLUGIN_DIR));
   ASSERT_EQ(result.exit_code, 0) << result.output;
   EXPECT_NE(result.output.find("trainable parameters: 2048 in 2 tensors"), std::string::npos) << result.output;
-  std::ifstream in(dir / "out" / "metrics.jsonl");
   std::vector<double> losses;
-  for (std::string line; std::getline(in, line);) losses.push_back(nlohmann::json::parse(line)["loss"].get<double>());
+  for (const auto& line : testing::read_metrics(dir / "out" / "metrics.jsonl")) losses.push_back(line["loss"].get<double>());
   ASSERT_EQ(losses.size(), 10u);
   EXPECT_LT(losses.back(), losses.front());
   TensorMap saved = read_pth(dir / "out" / "rwkv-0.pth");
