@@ -9,6 +9,7 @@
 
 #include <boost/program_options.hpp>
 
+#include "host/adapters.hpp"
 #include "host/recipe.hpp"
 
 namespace peftkit::cli {
@@ -35,6 +36,11 @@ struct Command {
 void add_set_option(po::options_description& options);
 std::vector<host::Override> set_overrides(const po::variables_map& vm);
 
+// The adapter options of generate, merge and export (--adapter, --lora, --state, --recipe, --set),
+// and the adapters they name (defined in commands_adapter.cpp).
+void add_adapter_options(po::options_description& options);
+std::vector<host::SavedAdapter> adapters_from(const po::variables_map& vm, const host::PluginRegistry& plugins);
+
 Command plugins_command();
 Command recipe_command();
 Command init_model_command();
@@ -42,5 +48,7 @@ Command inspect_command();
 Command generate_command();
 Command train_command();
 Command convert_command();
+Command merge_command();
+Command export_command();
 
 }  // namespace peftkit::cli

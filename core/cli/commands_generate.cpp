@@ -8,9 +8,10 @@
 #include "generate/sampler.hpp"
 #include "host/device.hpp"
 #include "model/rwkv7_model.hpp"
-#include "model/state_file.hpp"
+#include "host/plugin_registry.hpp"
 #include "peftkit/error.hpp"
 #include "peftkit/log.hpp"
+#include "peftkit/tensor_io.hpp"
 #include "tokenizer/world_tokenizer.hpp"
 
 namespace peftkit::cli {
@@ -35,11 +36,10 @@ size_t complete_utf8_prefix(const std::string& bytes) {
 Command generate_command() {
   Command command;
   command.name = "generate";
-  command.usage = "peftkit generate --model FILE [--state FILE] --prompt TEXT [options]";
-  command.summary = "generate text from a prompt in RNN mode, optionally with a state file mounted";
+  command.usage = "peftkit generate --model FILE [--adapter PATH | --lora PATH | --state FILE]... --prompt TEXT [options]";
+  command.summary = "generate text from a prompt in RNN mode, optionally with adapters or a state mounted";
   command.describe = [](po::options_description& options, po::positional_options_description&) {
     options.add_options()("model", po::value<std::string>()->required(), "RWKV-7 model (.pth or .safetensors)")(
-        "state", po::value<std::string>(), "initial-state file (RWKV-PEFT blocks.{i}.att.time_state)")(
         "prompt", po::value<std::string>()->required(), "the text to continue")(
         "max-tokens", po::value<int64_t>()->default_value(200), "tokens to generate at most")(
         "temperature", po::value<double>()->default_value(1.0), "sampling temperature (0: greedy)")(
@@ -54,8 +54,9 @@ Command generate_command() {
         "seed", po::value<uint64_t>()->default_value(0), "sampling seed")(
         "dtype", po::value<std::string>()->default_value("fp32"), "fp32 or bf16 weights")(
         "device", po::value<std::string>()->default_value("auto"), "auto (CUDA when present), cpu, cuda or cuda:N");
+    add_adapter_options(options);
   };
-  command.run = [](const po::variables_map& vm, const CommonOptions&) {
+  command.run = [](const po::variables_map& vm, const CommonOptions& common) {
     at::NoGradGuard no_grad;
     const std::string dtype_text = vm["dtype"].as<std::string>();
     if (dtype_text != "fp32" && dtype_text != "bf16")
@@ -66,10 +67,17 @@ Command generate_command() {
     } catch (const Error& e) {
       throw Error(std::string("--device: ") + e.what());
     }
-    auto model = Rwkv7Model::load(vm["model"].as<std::string>(),
-                                  {dtype_text == "bf16" ? at::kBFloat16 : at::kFloat, device});
-    if (vm.count("state"))
-      model->set_state_adapter(std::make_shared<FixedStates>(read_state_file(vm["state"].as<std::string>(), model->config())));
+    const auto registry = host::PluginRegistry::discover(host::plugin_search_path(common.plugin_dirs));
+    const std::vector<host::SavedAdapter> adapters = adapters_from(vm, registry);
+    const std::string model_path = vm["model"].as<std::string>();
+    TensorMap weights = read_tensor_file(model_path).tensors;
+    for (const auto& a : adapters) host::overlay_trained_weights(a, weights);
+    auto model = std::make_unique<Rwkv7Model>(
+        weights, ModelOptions{dtype_text == "bf16" ? at::kBFloat16 : at::kFloat, device}, model_path);
+    weights.clear();
+    std::vector<std::shared_ptr<PeftMethod>> methods;
+    for (const auto& a : adapters)
+      for (auto& m : host::mount(a, *model, registry)) methods.push_back(m);
     auto tokenizer = WorldTokenizer::load(find_world_vocab());
     SamplerSettings settings;
     settings.temperature = vm["temperature"].as<double>();

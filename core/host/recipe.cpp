@@ -128,9 +128,10 @@ struct Validator {
           throw Error(location + ": [" + std::string(table_name) + "] " + name + ": expected " +
                       problem + ", found " + describe_found(node));
         // Paths in plugin tables are resolved here: the plugin does not know the recipe's folder.
+        // They become absolute, so the resolved recipe a run writes elsewhere still names them.
         if (spec->is_path && !std::get<std::string>(*value).empty() &&
-            fs::path(std::get<std::string>(*value)).is_relative() && !file.parent_path().empty())
-          *value = (file.parent_path() / std::get<std::string>(*value)).string();
+            fs::path(std::get<std::string>(*value)).is_relative())
+          *value = fs::absolute(file.parent_path() / std::get<std::string>(*value)).lexically_normal().string();
         const bool overridden = overrides.count(join_path(table_name, name)) != 0;
         options.set(name, std::move(*value),
                     overridden ? OptionSource::kOverride : OptionSource::kRecipe, location);

@@ -6,6 +6,8 @@
 
 #include "peftkit/error.hpp"
 
+#include <regex>
+
 namespace peftkit {
 namespace {
 
@@ -21,6 +23,14 @@ int64_t round_to_32(double x) {
 }
 
 }  // namespace
+
+std::optional<std::vector<int64_t>> merged_state_shape(const Rwkv7Config& config, const std::string& name) {
+  static const std::regex kName(R"(blocks\.(\d+)\.(att\.time_state|att\.time_shift|ffn\.time_shift))");
+  std::smatch match;
+  if (!std::regex_match(name, match, kName) || std::stoll(match[1]) >= config.n_layer) return std::nullopt;
+  if (match[2] == "att.time_state") return std::vector<int64_t>{config.n_head, config.head_size, config.head_size};
+  return std::vector<int64_t>{config.n_embd};
+}
 
 Rwkv7Config Rwkv7Config::from_tensors(const TensorMap& tensors, const std::string& where) {
   for (const auto& [name, tensor] : tensors)
@@ -97,6 +107,12 @@ Rwkv7Config Rwkv7Config::from_tensors(const TensorMap& tensors, const std::strin
   int unknown_count = 0;
   for (const auto& [name, tensor] : tensors) {
     if (expected.count(name)) continue;
+    if (const auto shape = merged_state_shape(c, name)) {  // a state merged into the model file
+      if (tensor.sizes() != at::IntArrayRef(*shape))
+        throw Error(where + ": " + name + " has shape " + shape_text(tensor.sizes()) + ", expected " +
+                    shape_text(*shape) + " for " + c.describe() + " (a state trained on another base?)");
+      continue;
+    }
     if (++unknown_count <= 8) unknown += (unknown.empty() ? "" : ", ") + name;
   }
   if (unknown_count)

@@ -3,7 +3,9 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "peftkit/model.hpp"
 
@@ -31,5 +33,11 @@ struct Rwkv7Config {
   int64_t state_floats() const { return n_layer * (n_head * head_size * head_size + 2 * n_embd); }
   std::string describe() const;  // "L12 C768 H12 N64 V65536 F3072 lora 64/64/32/128"
 };
+
+// The shape of an initial state merged into a model file (as RWKV-PEFT's merge_state.py writes
+// it): blocks.{i}.att.time_state [H, N, N], and peftkit's token-shift states
+// blocks.{i}.att.time_shift / ffn.time_shift [C]; nullopt for any other name.
+std::optional<std::vector<int64_t>> merged_state_shape(const Rwkv7Config& config, const std::string& name);
+
 
 }  // namespace peftkit

@@ -53,7 +53,12 @@ Rwkv7Model::Rwkv7Model(const TensorMap& weights, const ModelOptions& options, co
     : config_(Rwkv7Config::from_tensors(weights, where)), options_(options) {
   if (!at::isFloatingType(options.dtype))
     throw Error("model dtype must be a floating-point type, not " + std::string(c10::toString(options.dtype)));
-  for (const auto& [name, tensor] : weights) weights_[name] = tensor.to(options.device, options.dtype);
+  for (const auto& [name, tensor] : weights) {
+    if (merged_state_shape(config_, name))
+      merged_states_[name] = tensor.to(options.device, at::kFloat);
+    else
+      weights_[name] = tensor.to(options.device, options.dtype);
+  }
   for (int64_t l = 0; l < config_.n_layer; ++l)
     for (int s = 0; s < kSlots; ++s) {
       auto site = std::make_shared<Site>();
@@ -108,6 +113,14 @@ Rwkv7State Rwkv7Model::initial_state(int64_t batch) const {
       att = state_adapter_->initial_att_shift(static_cast<int>(l));
       ffn = state_adapter_->initial_ffn_shift(static_cast<int>(l));
     }
+    // States merged into the model file are the defaults.
+    auto merged = [&](const char* suffix) {
+      auto it = merged_states_.find(block_prefix(l) + suffix);
+      return it == merged_states_.end() ? at::Tensor() : it->second;
+    };
+    if (!wkv.defined()) wkv = merged("att.time_state");
+    if (!att.defined()) att = merged("att.time_shift");
+    if (!ffn.defined()) ffn = merged("ffn.time_shift");
     // A shared [H, N, N] state is broadcast to the batch; autograd sums its gradient over it.
     state.wkv.push_back(wkv.defined() ? wkv.to(fp32).unsqueeze(0).expand({batch, H, N, N})
                                       : at::zeros({batch, H, N, N}, fp32));

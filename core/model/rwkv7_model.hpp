@@ -88,6 +88,7 @@ class Rwkv7Model final : public ModelView {
   Rwkv7Config config_;
   ModelOptions options_;
   TensorMap weights_;
+  TensorMap merged_states_;  // initial states stored in the model file (merge --state), fp32
   std::vector<std::shared_ptr<Site>> sites_;  // L * 6, in linear_sites() order
   std::shared_ptr<StateAdapter> state_adapter_;
   TensorMap masters_;  // fp32 masters of trainable base tensors

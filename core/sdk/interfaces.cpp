@@ -33,6 +33,9 @@ at::Tensor StateAdapter::initial_att_shift(int) const { return {}; }
 at::Tensor StateAdapter::initial_ffn_shift(int) const { return {}; }
 ModelView::~ModelView() = default;
 PeftMethod::~PeftMethod() = default;
+void PeftMethod::unmerge_from(TensorMap&) const {
+  throw Error("this PEFT method cannot unmerge a merged model (it has no unmerge_from)");
+}
 Quantizer::~Quantizer() = default;
 
 }  // namespace peftkit

@@ -10,10 +10,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include <cmath>
-#include <fstream>
-
-#include <nlohmann/json.hpp>
-
+#include "low_rank.hpp"
 #include "peftkit/log.hpp"
 #include "peftkit/peft_method.hpp"
 #include "peftkit/plugin.hpp"
@@ -32,29 +29,6 @@ struct Settings {
   double scale() const { return rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / static_cast<double>(r); }
 };
 
-class LoraAdapter final : public LinearAdapter {
- public:
-  // The model owns its adapters, so `model` outlives this one.
-  LoraAdapter(const ModelView& model, at::Tensor a, at::Tensor b, double scale, double dropout)
-      : model_(model), a_(std::move(a)), b_(std::move(b)), scale_(scale), dropout_(dropout) {}
-  at::Tensor forward(const at::Tensor& x, const FrozenLinear& base) override {
-    at::Tensor dropped = dropout_ > 0 && model_.training() ? at::dropout(x, dropout_, true) : x;
-    at::Tensor low_rank = at::linear(at::linear(dropped, a_.to(x.scalar_type())), b_.to(x.scalar_type()));
-    return base.forward(x) + low_rank * scale_;
-  }
-
- private:
-  const ModelView& model_;
-  at::Tensor a_, b_;
-  double scale_, dropout_;
-};
-
-bool matches(const std::string& site, const std::vector<std::string>& patterns) {
-  for (const auto& p : patterns)
-    if (site.size() >= p.size() && site.compare(site.size() - p.size(), p.size(), p) == 0) return true;
-  return false;
-}
-
 class Lora final : public PeftMethod {
  public:
   explicit Lora(Settings settings) : settings_(std::move(settings)) {}
@@ -62,7 +36,7 @@ class Lora final : public PeftMethod {
   void attach(ModelView& model) override {
     const auto options = model.activation_options().dtype(at::kFloat);
     for (const auto& site : model.linear_sites()) {
-      if (!matches(site.name, settings_.targets)) continue;
+      if (!plugins::matches_any_suffix(site.name, settings_.targets)) continue;
       at::Tensor a = at::empty({settings_.r, site.in_features}, options);
       if (settings_.init == "gaussian")
         a.normal_(0.0, 1.0 / static_cast<double>(settings_.r));
@@ -71,10 +45,10 @@ class Lora final : public PeftMethod {
       a.requires_grad_(true);
       at::Tensor b = at::zeros({site.out_features, settings_.r}, options).requires_grad_(true);
       sites_.push_back({site.name, a, b});
-      model.set_linear_adapter(site.name, std::make_shared<LoraAdapter>(model, a, b, settings_.scale(), settings_.dropout));
+      model.set_linear_adapter(site.name, std::make_shared<plugins::LowRankAdapter>(model, a, b, settings_.scale(), settings_.dropout));
     }
     if (sites_.empty())
-      throw Error("[peft.lora] targets " + join(settings_.targets) + " match no linear site of the model");
+      throw Error("[peft.lora] targets " + plugins::join_list(settings_.targets) + " match no linear site of the model");
     log::info("lora: r " + std::to_string(settings_.r) + ", alpha " + std::to_string(settings_.alpha) + " on " +
               std::to_string(sites_.size()) + " sites");
   }
@@ -106,37 +80,18 @@ class Lora final : public PeftMethod {
   }
 
   void load_state_dict(const TensorMap& tensors, const std::map<std::string, std::string>&) override {
-    auto stored = [&](const char* name) -> const at::Tensor* {
-      auto it = tensors.find(name);
-      return it == tensors.end() ? nullptr : &it->second;
-    };
-    if (const at::Tensor* r = stored("lora.r"); r && r->item<int64_t>() != settings_.r)
-      throw Error("lora: the adapter has r = " + std::to_string(r->item<int64_t>()) + " but [peft.lora] r = " +
-                  std::to_string(settings_.r));
-    if (const at::Tensor* alpha = stored("lora.alpha"); alpha && alpha->item<double>() != settings_.alpha)
-      throw Error("lora: the adapter has alpha = " + std::to_string(alpha->item<double>()) + " but [peft.lora] alpha = " +
-                  std::to_string(settings_.alpha));
-    at::NoGradGuard no_grad;
+    plugins::check_stored_scalar(tensors, "lora.r", static_cast<double>(settings_.r), "[peft.lora] r");
+    plugins::check_stored_scalar(tensors, "lora.alpha", settings_.alpha, "[peft.lora] alpha");
+    plugins::check_stored_scalar(tensors, "lora.rslora", settings_.rslora ? 1 : 0, "[peft.lora] use_rslora");
     for (auto& s : sites_) {
-      for (auto [suffix, target] : {std::pair{".lora_A", &s.a}, std::pair{".lora_B", &s.b}}) {
-        auto it = tensors.find(s.name + suffix);
-        if (it == tensors.end()) throw Error("lora: the adapter has no " + s.name + suffix);
-        if (it->second.sizes() != target->sizes())
-          throw Error("lora: " + s.name + suffix + " has shape " + c10::str(it->second.sizes()) + ", expected " +
-                      c10::str(target->sizes()));
-        target->copy_(it->second.to(target->options()));
-      }
+      plugins::load_tensor(tensors, s.name + ".lora_A", s.a, "lora");
+      plugins::load_tensor(tensors, s.name + ".lora_B", s.b, "lora");
     }
   }
 
-  // W += s * B A, computed in fp32 and cast back to W's dtype.
-  void merge_into(TensorMap& weights) const override {
-    for (const auto& s : sites_) {
-      at::Tensor& w = weights.at(s.name + ".weight");
-      const at::Tensor delta = at::matmul(s.b.detach().to(at::kCPU, at::kFloat), s.a.detach().to(at::kCPU, at::kFloat));
-      w = (w.to(at::kCPU, at::kFloat) + delta * settings_.scale()).to(w.scalar_type());
-    }
-  }
+  // W += s * B A, computed in fp32 and stored in W's dtype.
+  void merge_into(TensorMap& weights) const override { apply(weights, 1.0); }
+  void unmerge_from(TensorMap& weights) const override { apply(weights, -1.0); }
 
   std::vector<ExportFormat> export_formats() const override {
     return {{"hf-peft", "HF PEFT adapter folder: adapter_config.json + adapter_model.safetensors"},
@@ -146,29 +101,21 @@ class Lora final : public PeftMethod {
   void export_to(std::string_view format, const std::filesystem::path& destination) const override {
     if (format == "rwkv-pth") return write_pth(destination, state_dict());
     if (format != "hf-peft") throw Error("lora: no export format '" + std::string(format) + "' (formats: hf-peft, rwkv-pth)");
-    std::filesystem::create_directories(destination);
-    TensorMap tensors;
-    std::vector<std::string> modules;
-    for (const auto& s : sites_) {
-      tensors["base_model.model." + s.name + ".lora_A.weight"] = s.a.detach().to(at::kCPU, at::kFloat);
-      tensors["base_model.model." + s.name + ".lora_B.weight"] = s.b.detach().to(at::kCPU, at::kFloat);
-      modules.push_back(s.name);
-    }
-    write_safetensors(destination / "adapter_model.safetensors", tensors, {{"format", "pt"}});
-    const nlohmann::json config = {
-        {"peft_type", "LORA"}, {"task_type", "CAUSAL_LM"}, {"r", settings_.r}, {"lora_alpha", settings_.alpha},
-        {"lora_dropout", settings_.dropout}, {"use_rslora", settings_.rslora}, {"target_modules", modules},
-        {"bias", "none"}, {"fan_in_fan_out", false}, {"init_lora_weights", true}, {"inference_mode", false},
-        {"base_model_name_or_path", nullptr}, {"use_dora", false}, {"modules_to_save", nullptr}};
-    std::ofstream(destination / "adapter_config.json") << config.dump(2) << "\n";
+    std::vector<plugins::HfLoraSite> sites;
+    for (const auto& s : sites_) sites.push_back({s.name, s.a, s.b});
+    plugins::write_hf_lora_folder(destination, sites, {settings_.r, settings_.alpha, settings_.dropout, settings_.rslora});
   }
 
  private:
-  static std::string join(const std::vector<std::string>& v) {
-    std::string out = "[";
-    for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + v[i];
-    return out + "]";
+  void apply(TensorMap& weights, double sign) const {
+    for (const auto& s : sites_) {
+      auto it = weights.find(s.name + ".weight");
+      if (it == weights.end()) throw Error("lora: the model has no " + s.name + ".weight to merge into");
+      plugins::add_to_weight(it->second, at::matmul(s.b.detach().to(at::kCPU, at::kDouble), s.a.detach().to(at::kCPU, at::kDouble)) *
+                                            (sign * settings_.scale()));
+    }
   }
+
   struct Site {
     std::string name;
     at::Tensor a, b;

@@ -66,13 +66,12 @@ class StateTuning final : public PeftMethod {
             {"tune_shift", tune_shift_ ? "true" : "false"}};
   }
 
+  // Takes the state tensors of `tensors` (other keys belong to methods trained alongside).
   void load_state_dict(const TensorMap& tensors, const std::map<std::string, std::string>&) override {
     at::NoGradGuard no_grad;
     for (const auto& [name, tensor] : tensors) {
       at::Tensor* target = find(name);
-      if (!target)
-        throw Error("state: '" + name + "' is not a state of this model (it has " + std::to_string(sites_.size()) +
-                    " layers; expected blocks.{i}.att.time_state" + (tune_shift_ ? " and time_shift tensors)" : ")"));
+      if (!target) continue;
       if (tensor.sizes() != target->sizes())
         throw Error("state: " + name + " has shape " + c10::str(tensor.sizes()) + " but this base needs " +
                     c10::str(target->sizes()) + "; the state was trained on a base of another shape");
@@ -120,14 +119,19 @@ class StateTuning final : public PeftMethod {
     return out;
   }
 
+  // The tensor a state key names; nullptr for keys that are not states; throws for a state this
+  // model or this configuration has no place for.
   at::Tensor* find(const std::string& name) {
     static const std::regex kName(R"(blocks\.(\d+)\.(att\.time_state|att\.time_shift|ffn\.time_shift))");
     std::smatch match;
     if (!std::regex_match(name, match, kName)) return nullptr;
     const size_t layer = std::stoul(match[1]);
-    if (layer >= sites_.size()) return nullptr;
+    if (layer >= sites_.size())
+      throw Error("state: '" + name + "' is not a state of this model: the base has " + std::to_string(sites_.size()) +
+                  " layers; the state was trained on a base of another shape");
     if (match[2] == "att.time_state") return &states_->wkv[layer];
-    if (!tune_shift_) return nullptr;
+    if (!tune_shift_)
+      throw Error("state: the file has the token-shift state '" + name + "'; set [peft.state] tune_shift = true");
     return match[2] == "att.time_shift" ? &states_->att_shift[layer] : &states_->ffn_shift[layer];
   }
 

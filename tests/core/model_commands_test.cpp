@@ -94,7 +94,7 @@ TEST_F(ModelCommands, GenerateIsReproducibleAndMountsStates) {
   write_pth(dir_->path() / "wrong.pth", {{"blocks.0.att.time_state", at::zeros({12, 64, 64})}});
   auto wrong = run_command(peftkit_command(base + " --state " + (dir_->path() / "wrong.pth").string()));
   EXPECT_EQ(wrong.exit_code, 1);
-  EXPECT_NE(wrong.output.find("has shape [12, 64, 64] but the model (L2 C128"), std::string::npos) << wrong.output;
+  EXPECT_NE(wrong.output.find("has shape [12, 64, 64] but this base needs [2, 64, 64]"), std::string::npos) << wrong.output;
 }
 
 TEST_F(ModelCommands, GenerateRejectsBadSettings) {

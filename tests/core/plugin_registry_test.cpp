@@ -70,7 +70,9 @@ TEST(PluginRegistry, RefusesPluginNeedingANewerMinor) {
   auto registry = PluginRegistry::discover({FIXTURE_MISMATCHED_DIR});
   const PluginRecord* record = find_record(registry, "peftkit-peft-newer-minor.so");
   ASSERT_NE(record, nullptr);
-  EXPECT_NE(record->refusal.find("plugin needs SDK API 1.1 but this host provides 1.0"),
+  const std::string major = std::to_string(PEFTKIT_API_MAJOR);
+  EXPECT_NE(record->refusal.find("plugin needs SDK API " + major + "." + std::to_string(PEFTKIT_API_MINOR + 1) +
+                                 " but this host provides " + major + "." + std::to_string(PEFTKIT_API_MINOR)),
             std::string::npos)
       << record->refusal;
 }

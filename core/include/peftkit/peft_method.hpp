@@ -63,6 +63,9 @@ class PeftMethod {
 
   // Folds the adapter into full model weights keyed by checkpoint names ("….weight").
   virtual void merge_into(TensorMap& model_weights) const = 0;
+  // The inverse of merge_into: recovers the base from merged weights. The default throws
+  // peftkit::Error saying that the method cannot unmerge.
+  virtual void unmerge_from(TensorMap& model_weights) const;
 
   virtual std::vector<ExportFormat> export_formats() const = 0;
   virtual void export_to(std::string_view format, const std::filesystem::path& destination) const = 0;

@@ -25,7 +25,7 @@ extern "C" {
 #define PEFTKIT_PLUGIN_MAGIC 0x5046544Bu /* "KTFP": peftkit plugin */
 
 /* SDK API version. Major: any breaking change of a C++ interface. Minor: additions only. */
-#define PEFTKIT_API_MAJOR 1
+#define PEFTKIT_API_MAJOR 2
 #define PEFTKIT_API_MINOR 0
 
 /* The exported symbol the host looks up (a plain extern "C" function). */

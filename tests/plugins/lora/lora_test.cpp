@@ -1,57 +1,21 @@
-#include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
-#include <ATen/core/grad_mode.h>
-#include <gtest/gtest.h>
-
-#include <fstream>
-
 #include <nlohmann/json.hpp>
 
-#include "host/plugin_registry.hpp"
-#include "host/recipe.hpp"
-#include "model/rwkv7_model.hpp"
-#include "peftkit/peft_method.hpp"
-#include "peftkit/tensor_io.hpp"
-#include "model_fixtures.hpp"
-#include "test_util.hpp"
-#include "train_fixtures.hpp"
+#include "peft_fixtures.hpp"
 
 namespace peftkit {
 namespace {
 
-const Rwkv7Config& config() {
-  static const Rwkv7Config c = Rwkv7Config::for_size(2, 64, 300, 16);
-  return c;
+using testing::relative_error;
+
+TensorMap model_weights() { return testing::small_model_weights(); }
+
+std::shared_ptr<PeftMethod> lora(int64_t r = 4, double alpha = 8, bool rslora = false, double dropout = 0) {
+  return testing::make_method("lora", {{"r", r}, {"alpha", alpha}, {"use_rslora", rslora}, {"dropout", dropout}});
 }
 
-TensorMap model_weights() { return testing::perturbed_model(config(), 3); }
+void randomise(PeftMethod& method, uint64_t seed) { testing::randomise(method, seed); }
 
-double relative_error(const at::Tensor& got, const at::Tensor& want) {
-  return (got - want).norm().item<double>() / want.norm().item<double>();
-}
-
-class LoraTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() { registry_ = new host::PluginRegistry(host::PluginRegistry::discover({PLUGIN_DIR})); }
-  static void TearDownTestSuite() { delete registry_; }
-  static std::shared_ptr<PeftMethod> lora(int64_t r = 4, double alpha = 8, bool rslora = false, double dropout = 0) {
-    auto plugin = registry_->get<PeftPlugin>("lora");
-    Options o = host::default_options(plugin->options(), "peft.lora");
-    o.set("r", r, OptionSource::kRecipe);
-    o.set("alpha", alpha, OptionSource::kRecipe);
-    o.set("use_rslora", rslora, OptionSource::kRecipe);
-    o.set("dropout", dropout, OptionSource::kRecipe);
-    return host::keep_loaded(plugin->create(o), plugin);
-  }
-  static void randomise(PeftMethod& method, uint64_t seed) {
-    at::NoGradGuard no_grad;
-    at::Generator g = at::make_generator<at::CPUGeneratorImpl>(seed);
-    for (auto& t : method.trainable_tensors()) t.tensor.normal_(0, 0.2, g);
-  }
-  static inline host::PluginRegistry* registry_ = nullptr;
-};
-
-TEST_F(LoraTest, StartsAsTheBaseWithTheClosedFormParameterCount) {
+TEST(LoraTest, StartsAsTheBaseWithTheClosedFormParameterCount) {
   at::NoGradGuard no_grad;
   const at::Tensor tokens = at::randint(300, {2, 13});
   Rwkv7Model base(model_weights(), {at::kFloat, at::kCPU}, "test");
@@ -66,7 +30,7 @@ TEST_F(LoraTest, StartsAsTheBaseWithTheClosedFormParameterCount) {
   EXPECT_TRUE(at::equal(adapted.forward(tokens), base.forward(tokens)));
 }
 
-TEST_F(LoraTest, MergedWeightsGiveTheAdapterForwardAndSaveLoadIsExact) {
+TEST(LoraTest, MergedWeightsGiveTheAdapterForwardAndSaveLoadIsExact) {
   at::NoGradGuard no_grad;
   const at::Tensor tokens = at::randint(300, {2, 13});
   for (bool rslora : {false, true}) {
@@ -102,7 +66,7 @@ TEST_F(LoraTest, MergedWeightsGiveTheAdapterForwardAndSaveLoadIsExact) {
   EXPECT_THROW(wrong_alpha->load_state_dict(saved->state_dict(), {}), Error);  // never mis-scaled
 }
 
-TEST_F(LoraTest, ExportsHfPeftAndRwkvPeftFiles) {
+TEST(LoraTest, ExportsHfPeftAndRwkvPeftFiles) {
   testing::TempDir dir;
   Rwkv7Model model(model_weights(), {at::kFloat, at::kCPU}, "test");
   auto method = lora(4, 8);
@@ -123,7 +87,7 @@ TEST_F(LoraTest, ExportsHfPeftAndRwkvPeftFiles) {
   EXPECT_EQ(check.exit_code, 0) << check.output;
 }
 
-TEST_F(LoraTest, DropoutGradientsSurviveGradientCheckpointing) {
+TEST(LoraTest, DropoutGradientsSurviveGradientCheckpointing) {
   const at::Tensor tokens = at::randint(300, {2, 9});
   auto gradients = [&](bool checkpointing, double dropout = 0.3) {
     Rwkv7Model model(model_weights(), {at::kFloat, at::kCPU}, "test");
@@ -143,22 +107,12 @@ TEST_F(LoraTest, DropoutGradientsSurviveGradientCheckpointing) {
   EXPECT_FALSE(at::allclose(plain[1], gradients(false, 0.0)[1]));  // dropout was really applied
 }
 
-TEST_F(LoraTest, TrainingThroughARecipeLowersTheLoss) {
+TEST(LoraTest, TrainingThroughARecipeLowersTheLoss) {
   testing::TempDir dir;
-  write_pth(dir / "model.pth", model_weights());
-  auto make = testing::write_token_stream(PEFTKIT_PYTHON, dir / "tokens.npy");
-  ASSERT_EQ(make.exit_code, 0) << make.output;
-  auto recipe = testing::write_file(dir / "lora.toml",
-                                    "[model]\npath = \"model.pth\"\n[data]\nformat = \"numpy\"\npath = \"tokens.npy\"\n"
-                                    "[peft]\nmethod = \"lora\"\n[peft.lora]\nr = 4\nalpha = 8\n[train]\nctx_len = 16\n"
-                                    "micro_bsz = 2\nepoch_steps = 10\nepoch_count = 1\nlr_init = 1e-2\nlr_final = 1e-3\n"
-                                    "precision = \"fp32\"\ngrad_cp = true\n[output]\ndir = \"out\"\n");
-  auto result = testing::run_command(testing::peftkit_command("train " + recipe.string() + " --plugin-dir " PLUGIN_DIR));
-  ASSERT_EQ(result.exit_code, 0) << result.output;
-  std::vector<double> losses;
-  for (const auto& line : testing::read_metrics(dir / "out" / "metrics.jsonl")) losses.push_back(line["loss"].get<double>());
-  ASSERT_EQ(losses.size(), 10u);
-  EXPECT_LT(losses.back(), losses.front());
+  auto run = testing::train_small_model(dir.path(), "[peft]\nmethod = \"lora\"\n[peft.lora]\nr = 4\nalpha = 8\n");
+  ASSERT_EQ(run.command.exit_code, 0) << run.command.output;
+  ASSERT_EQ(run.losses.size(), 10u);
+  EXPECT_LT(run.losses.back(), run.losses.front());
   TensorMap saved = read_pth(dir / "out" / "rwkv-0.pth");
   EXPECT_EQ(saved.size(), 2u * 12u + 3u);  // A and B for 12 sites, with r, alpha, rslora
 }

@@ -1,47 +1,18 @@
-#include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
-#include <ATen/core/grad_mode.h>
-#include <gtest/gtest.h>
-
 #include <fstream>
 
-#include <nlohmann/json.hpp>
-
-#include "host/plugin_registry.hpp"
-#include "host/recipe.hpp"
-#include "model/rwkv7_model.hpp"
-#include "peftkit/peft_method.hpp"
-#include "peftkit/tensor_io.hpp"
-#include "model_fixtures.hpp"
-#include "test_util.hpp"
-#include "train_fixtures.hpp"
+#include "peft_fixtures.hpp"
 
 namespace peftkit {
 namespace {
 
-const Rwkv7Config& config() {
-  static const Rwkv7Config c = Rwkv7Config::for_size(2, 64, 300, 16);  // H = 4, N = 16
-  return c;
+const Rwkv7Config& config() { return testing::small_config(); }  // H = 4, N = 16
+TensorMap model_weights() { return testing::small_model_weights(); }
+
+std::shared_ptr<PeftMethod> method(const std::string& init_file = "", bool tune_shift = false) {
+  return testing::make_method("state", {{"init_file", init_file}, {"tune_shift", tune_shift}});
 }
 
-// Every tensor perturbed: a fresh model's zero output projections would hide any state.
-TensorMap model_weights() { return testing::perturbed_model(config(), 3); }
-
-class StateTuningTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() { registry_ = new host::PluginRegistry(host::PluginRegistry::discover({PLUGIN_DIR})); }
-  static void TearDownTestSuite() { delete registry_; }
-  static std::shared_ptr<PeftMethod> method(const std::string& init_file = "", bool tune_shift = false) {
-    auto plugin = registry_->get<PeftPlugin>("state");
-    Options options = host::default_options(plugin->options(), "peft.state");
-    options.set("init_file", init_file, OptionSource::kRecipe);
-    options.set("tune_shift", tune_shift, OptionSource::kRecipe);
-    return host::keep_loaded(plugin->create(options), plugin);
-  }
-  static inline host::PluginRegistry* registry_ = nullptr;
-};
-
-TEST_F(StateTuningTest, StartsAtZeroSoTheOutputEqualsTheBase) {
+TEST(StateTuningTest, StartsAtZeroSoTheOutputEqualsTheBase) {
   at::NoGradGuard no_grad;
   const at::Tensor tokens = at::randint(300, {2, 17});
   Rwkv7Model base(model_weights(), {at::kFloat, at::kCPU}, "test");
@@ -58,7 +29,7 @@ TEST_F(StateTuningTest, StartsAtZeroSoTheOutputEqualsTheBase) {
   EXPECT_EQ(method("", true)->trainable_tensors().size(), 0u);  // nothing before attach
 }
 
-TEST_F(StateTuningTest, StateGradientMatchesFiniteDifferencesOfTheLoss) {
+TEST(StateTuningTest, StateGradientMatchesFiniteDifferencesOfTheLoss) {
   Rwkv7Model model(model_weights(), {at::kDouble, at::kCPU}, "test");
   auto state = method("", true);
   state->attach(model);
@@ -91,7 +62,7 @@ TEST_F(StateTuningTest, StateGradientMatchesFiniteDifferencesOfTheLoss) {
   }
 }
 
-TEST_F(StateTuningTest, SavesRwkvPeftAndAi00LayoutsAndReloadsThem) {
+TEST(StateTuningTest, SavesRwkvPeftAndAi00LayoutsAndReloadsThem) {
   testing::TempDir dir;
   Rwkv7Model model(model_weights(), {at::kFloat, at::kCPU}, "test");
   auto state = method();
@@ -132,22 +103,14 @@ TEST_F(StateTuningTest, SavesRwkvPeftAndAi00LayoutsAndReloadsThem) {
   EXPECT_EQ(weights.count("blocks.1.att.time_state"), 1u);
 }
 
-TEST_F(StateTuningTest, TrainingTheStateLowersTheLoss) {
+TEST(StateTuningTest, TrainingTheStateLowersTheLoss) {
   testing::TempDir dir;
-  write_pth(dir / "model.pth", model_weights());
-  auto recipe = testing::write_file(dir / "state.toml",
-                                    "[model]\npath = \"model.pth\"\n[data]\nformat = \"numpy\"\npath = \"tokens.npy\"\n"
-                                    "[peft]\nmethod = \"state\"\n[train]\nctx_len = 16\nmicro_bsz = 2\nepoch_steps = 10\n"
-                                    "epoch_count = 1\nlr_init = 1e-1\nlr_final = 1e-2\nprecision = \"fp32\"\n[output]\ndir = \"out\"\n");
-  auto make = testing::write_token_stream(PEFTKIT_PYTHON, dir / "tokens.npy");
-  ASSERT_EQ(make.exit_code, 0) << make.output;
-  auto result = testing::run_command(testing::peftkit_command("train " + recipe.string() + " --plugin-dir " PLUGIN_DIR));
-  ASSERT_EQ(result.exit_code, 0) << result.output;
-  EXPECT_NE(result.output.find("trainable parameters: 2048 in 2 tensors"), std::string::npos) << result.output;
-  std::vector<double> losses;
-  for (const auto& line : testing::read_metrics(dir / "out" / "metrics.jsonl")) losses.push_back(line["loss"].get<double>());
-  ASSERT_EQ(losses.size(), 10u);
-  EXPECT_LT(losses.back(), losses.front());
+  auto run = testing::train_small_model(dir.path(), "[peft]\nmethod = \"state\"\n", 1e-1);
+  ASSERT_EQ(run.command.exit_code, 0) << run.command.output;
+  EXPECT_NE(run.command.output.find("trainable parameters: 2048 in 2 tensors"), std::string::npos)
+      << run.command.output;  // L H N^2
+  ASSERT_EQ(run.losses.size(), 10u);
+  EXPECT_LT(run.losses.back(), run.losses.front());
   TensorMap saved = read_pth(dir / "out" / "rwkv-0.pth");
   ASSERT_EQ(saved.size(), 2u);
   EXPECT_EQ(saved.at("blocks.0.att.time_state").scalar_type(), at::kBFloat16);

@@ -1,0 +1,173 @@
+// peftkit merge / peftkit export: work from saved adapters without re-running training. Also the
+// adapter options that `peftkit generate` shares with them.
+#include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
+
+#include <iostream>
+
+#include "cli/command.hpp"
+#include "host/adapters.hpp"
+#include "host/plugin_registry.hpp"
+#include "model/rwkv7_model.hpp"
+#include "peftkit/error.hpp"
+#include "peftkit/log.hpp"
+#include "peftkit/tensor_io.hpp"
+
+namespace peftkit::cli {
+namespace fs = std::filesystem;
+
+void add_adapter_options(po::options_description& options) {
+  options.add_options()("adapter", po::value<std::vector<std::string>>()->composing(),
+                        "a saved adapter (repeatable): rwkv-N.pth of `peftkit train` (settings from the recipe.toml "
+                        "beside it or --recipe), a LoRA .pth with lora.r/lora.alpha, or an HF PEFT folder")(
+      "lora", po::value<std::vector<std::string>>()->composing(),
+      "a LoRA adapter (repeatable): HF PEFT folder or .pth; the same as --adapter")(
+      "state", po::value<std::string>(), "a state file (RWKV-PEFT blocks.{i}.att.time_state layout)")(
+      "recipe", po::value<std::string>(), "the recipe the --adapter was trained with (default: its folder's recipe.toml)");
+  add_set_option(options);
+}
+
+std::vector<host::SavedAdapter> adapters_from(const po::variables_map& vm, const host::PluginRegistry& plugins) {
+  std::vector<std::string> paths;
+  for (const char* key : {"adapter", "lora"})
+    if (vm.count(key))
+      for (const auto& p : vm[key].as<std::vector<std::string>>()) paths.push_back(p);
+  std::optional<fs::path> recipe;
+  if (vm.count("recipe")) {
+    if (paths.size() != 1) throw Error("--recipe describes one --adapter; found " + std::to_string(paths.size()));
+    recipe = vm["recipe"].as<std::string>();
+  }
+  const std::vector<host::Override> overrides = set_overrides(vm);
+  std::vector<host::SavedAdapter> adapters;
+  for (const auto& path : paths) adapters.push_back(host::read_adapter(path, recipe, overrides, plugins));
+  if (vm.count("state")) adapters.push_back(host::read_state_adapter(vm["state"].as<std::string>(), plugins));
+  return adapters;
+}
+
+namespace {
+
+// The base with the adapters' trained weights laid over it, and the adapters' methods mounted on an
+// fp32 CPU model of it (the methods need the model's sites; PiSSA reads its weights).
+struct Mounted {
+  TensorMap weights;  // the base file's tensors, dtypes kept
+  std::unique_ptr<Rwkv7Model> model;
+  std::vector<std::shared_ptr<PeftMethod>> methods;
+};
+
+Mounted mount_on_base(const fs::path& base_path, const std::vector<host::SavedAdapter>& adapters,
+                      const host::PluginRegistry& plugins, bool overlay) {
+  Mounted m;
+  m.weights = read_tensor_file(base_path).tensors;
+  if (overlay)
+    for (const auto& a : adapters)
+      if (const int n = host::overlay_trained_weights(a, m.weights))
+        log::info(a.description + ": " + std::to_string(n) + " trained base tensors laid over the base");
+  m.model = std::make_unique<Rwkv7Model>(m.weights, ModelOptions{at::kFloat, at::kCPU}, base_path.string());
+  for (const auto& a : adapters)
+    for (auto& method : host::mount(a, *m.model, plugins)) m.methods.push_back(method);
+  return m;
+}
+
+void refuse_same_file(const fs::path& input, const fs::path& output, const char* option) {
+  std::error_code ec;
+  if (fs::exists(output) && fs::equivalent(input, output, ec))
+    throw Error(std::string("--output: ") + output.string() + " is the " + option +
+                " itself; write the result to another file");
+}
+
+void write_model(const fs::path& path, const TensorMap& weights) {
+  if (path.extension() == ".safetensors")
+    write_safetensors(path, weights, {{"format", "pt"}});
+  else
+    write_pth(path, weights);
+}
+
+}  // namespace
+
+Command merge_command() {
+  Command command;
+  command.name = "merge";
+  command.usage = "peftkit merge --base FILE (--adapter PATH | --lora PATH | --state FILE)... --output FILE [--unmerge]";
+  command.summary = "fold saved adapters (and states) into a full model file; --unmerge takes them out again";
+  command.describe = [](po::options_description& options, po::positional_options_description&) {
+    options.add_options()("base", po::value<std::string>()->required(), "the base model (.pth or .safetensors)")(
+        "output", po::value<std::string>()->required(), "the merged model: .pth, or .safetensors by extension")(
+        "unmerge", "recover the base from a merged --base instead (exact for LoRA, PiSSA and MiSS)");
+    add_adapter_options(options);
+  };
+  command.run = [](const po::variables_map& vm, const CommonOptions& common) {
+    at::NoGradGuard no_grad;
+    const auto registry = host::PluginRegistry::discover(host::plugin_search_path(common.plugin_dirs));
+    const fs::path base = vm["base"].as<std::string>(), output = vm["output"].as<std::string>();
+    refuse_same_file(base, output, "--base");
+    const std::vector<host::SavedAdapter> adapters = adapters_from(vm, registry);
+    if (adapters.empty()) throw Error("peftkit merge: name at least one --adapter, --lora or --state");
+    const bool unmerge = vm.count("unmerge") > 0;
+    Mounted m = mount_on_base(base, adapters, registry, !unmerge);
+    if (unmerge) {
+      for (const auto& a : adapters)
+        for (const auto& [name, tensor] : a.tensors)
+          if (m.weights.count(name) && !merged_state_shape(m.model->config(), name))
+            throw Error("--unmerge: " + a.description + " also trained the base tensor '" + name +
+                        "' (train_parts), which cannot be taken out again");
+      for (auto it = m.methods.rbegin(); it != m.methods.rend(); ++it) (*it)->unmerge_from(m.weights);
+      // Merged states are dropped again.
+      for (auto it = m.weights.begin(); it != m.weights.end();)
+        it = merged_state_shape(m.model->config(), it->first) ? m.weights.erase(it) : std::next(it);
+    } else {
+      for (const auto& method : m.methods) method->merge_into(m.weights);
+    }
+    for (const auto& [name, tensor] : m.weights)
+      if (at::isFloatingType(tensor.scalar_type()) && !at::isfinite(tensor).all().item<bool>())
+        throw Error("peftkit merge: '" + name + "' is not finite after merging; nothing was written");
+    write_model(output, m.weights);
+    std::cout << (unmerge ? "unmerged " : "merged ") << adapters.size() << " adapter(s) into " << output.string()
+              << " (" << m.weights.size() << " tensors)\n";
+    return 0;
+  };
+  return command;
+}
+
+Command export_command() {
+  Command command;
+  command.name = "export";
+  command.usage = "peftkit export --base FILE --adapter PATH --format NAME --output PATH [--method NAME]";
+  command.summary = "write a saved adapter in another format (HF PEFT folder, Ai00 state, plain LoRA, ...)";
+  command.describe = [](po::options_description& options, po::positional_options_description&) {
+    options.add_options()("base", po::value<std::string>()->required(), "the base model the adapter was trained on")(
+        "format", po::value<std::string>()->required(), "the output format (an unknown one lists those available)")(
+        "output", po::value<std::string>()->required(), "file or folder to write")(
+        "method", po::value<std::string>(), "which method's adapter, when several were trained together");
+    add_adapter_options(options);
+  };
+  command.run = [](const po::variables_map& vm, const CommonOptions& common) {
+    at::NoGradGuard no_grad;
+    const auto registry = host::PluginRegistry::discover(host::plugin_search_path(common.plugin_dirs));
+    const std::vector<host::SavedAdapter> adapters = adapters_from(vm, registry);
+    if (adapters.size() != 1) throw Error("peftkit export: name exactly one --adapter, --lora or --state");
+    Mounted m = mount_on_base(vm["base"].as<std::string>(), adapters, registry, true);
+    const std::string format = vm["format"].as<std::string>();
+    const std::string wanted = vm.count("method") ? vm["method"].as<std::string>() : "";
+    std::string available;
+    std::vector<std::pair<std::string, std::shared_ptr<PeftMethod>>> candidates;
+    for (size_t i = 0; i < m.methods.size(); ++i) {
+      const std::string& name = adapters[0].methods[i].plugin;
+      if (!wanted.empty() && name != wanted) continue;
+      for (const auto& f : m.methods[i]->export_formats()) {
+        available += "\n  " + name + ": " + f.name + " - " + f.description;
+        if (f.name == format) candidates.push_back({name, m.methods[i]});
+      }
+    }
+    if (available.empty()) throw Error("--method: the adapter has no method '" + wanted + "'");
+    if (candidates.empty()) throw Error("--format: no format '" + format + "'; available:" + available);
+    if (candidates.size() > 1)
+      throw Error("--format " + format + " exists for several methods of this adapter; pick one with --method");
+    candidates[0].second->export_to(format, vm["output"].as<std::string>());
+    std::cout << "exported " << candidates[0].first << " as " << format << " to " << vm["output"].as<std::string>()
+              << "\n";
+    return 0;
+  };
+  return command;
+}
+
+}  // namespace peftkit::cli

@@ -1,0 +1,208 @@
+#include "host/adapters.hpp"
+
+#include <ATen/ATen.h>
+
+#include <fstream>
+#include <regex>
+
+#include <nlohmann/json.hpp>
+
+#include "peftkit/error.hpp"
+#include "peftkit/log.hpp"
+#include "peftkit/tensor_io.hpp"
+
+namespace peftkit::host {
+namespace fs = std::filesystem;
+namespace {
+
+bool ends_with(const std::string& text, std::string_view suffix) {
+  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// A plugin table with every key at its default, then `values` set as if a recipe said so; each
+// value is checked against the plugin's schema, naming `where`.
+PluginTable plugin_table(const PluginRegistry& plugins, const std::string& name,
+                         const std::vector<std::pair<std::string, OptionValue>>& values, const std::string& where) {
+  auto plugin = plugins.get<PeftPlugin>(name);
+  const OptionSchema schema = plugin->options();
+  PluginTable table{name, default_options(schema, "peft." + name)};
+  for (const auto& [key, value] : values) {
+    const OptionSpec* spec = schema.find(key);
+    if (!spec) throw Error(where + ": the " + name + " plugin has no setting '" + key + "'");
+    if (const std::string expected = check_option_value(*spec, value); !expected.empty())
+      throw Error(where + ": " + key + " = " + format_option_value(value) + " is not " + expected);
+    table.options.set(key, value, OptionSource::kRecipe, where);
+  }
+  plugin->validate(table.options);
+  return table;
+}
+
+template <class T>
+T json_value(const nlohmann::json& config, const char* key, T fallback, const fs::path& file) {
+  if (!config.contains(key) || config[key].is_null()) return fallback;
+  try {
+    return config[key].get<T>();
+  } catch (const nlohmann::json::exception&) {
+    throw Error(file.string() + ": '" + key + "' has the wrong type (found " + config[key].dump() + ")");
+  }
+}
+
+// HF PEFT names: base_model.model.<site>.lora_A.weight -> <site>.lora_A; .miss_block stays.
+SavedAdapter read_hf_folder(const fs::path& folder, const PluginRegistry& plugins) {
+  const fs::path config_file = folder / "adapter_config.json";
+  const fs::path weights_file = folder / "adapter_model.safetensors";
+  nlohmann::json config;
+  {
+    std::ifstream in(config_file);
+    config = nlohmann::json::parse(in, nullptr, false);
+  }
+  if (config.is_discarded() || !config.is_object()) throw Error(config_file.string() + ": not a JSON object");
+  if (!fs::exists(weights_file))
+    throw Error(folder.string() + ": no adapter_model.safetensors (the legacy adapter_model.bin is not read)");
+  const std::string type = json_value<std::string>(config, "peft_type", "", config_file);
+  const std::string where = config_file.string();
+  std::vector<std::pair<std::string, OptionValue>> values;
+  std::string plugin;
+  if (type == "LORA") {
+    plugin = "lora";
+    if (json_value<bool>(config, "use_dora", false, config_file))
+      throw Error(where + ": use_dora = true: DoRA adapters need a DoRA plugin (see examples/dora-plugin)");
+    values = {{"r", json_value<int64_t>(config, "r", 8, config_file)},
+              {"alpha", json_value<double>(config, "lora_alpha", 8.0, config_file)},
+              {"use_rslora", json_value<bool>(config, "use_rslora", false, config_file)}};
+  } else if (type == "MISS") {
+    plugin = "miss";
+    std::string mode = "balance";
+    if (config.contains("init_weights") && config["init_weights"].is_string())
+      mode = config["init_weights"].get<std::string>();
+    values = {{"r", json_value<int64_t>(config, "r", 64, config_file)},
+              {"mode", mode},
+              {"mini_r", json_value<int64_t>(config, "mini_r", 1, config_file)}};
+  } else {
+    throw Error(where + ": peft_type \"" + type + "\" is not supported (expected \"LORA\" or \"MISS\")");
+  }
+  if (config.contains("target_modules") && config["target_modules"].is_array())
+    values.push_back({"targets", config["target_modules"].get<std::vector<std::string>>()});
+  else if (config.contains("target_modules") && config["target_modules"].is_string())
+    throw Error(where + ": target_modules is a regular expression; only a list of module names is supported");
+
+  SavedAdapter adapter;
+  adapter.description = folder.string() + " (HF PEFT " + type + ")";
+  adapter.methods.push_back(plugin_table(plugins, plugin, values, where));
+  const std::string prefix = "base_model.model.";
+  for (auto& [name, tensor] : read_safetensors(weights_file).tensors) {
+    std::string key = name.rfind(prefix, 0) == 0 ? name.substr(prefix.size()) : name;
+    if (ends_with(key, ".lora_A.weight") || ends_with(key, ".lora_B.weight")) key.resize(key.size() - 7);
+    adapter.tensors[key] = tensor;
+  }
+  return adapter;
+}
+
+bool is_state_key(const std::string& name) {
+  static const std::regex kState(R"(blocks\.\d+\.(att\.time_state|att\.time_shift|ffn\.time_shift))");
+  return std::regex_match(name, kState);
+}
+
+}  // namespace
+
+SavedAdapter read_state_adapter(const fs::path& path, const PluginRegistry& plugins) {
+  SavedAdapter adapter;
+  adapter.tensors = read_tensor_file(path).tensors;
+  bool shift = false;
+  for (const auto& [name, tensor] : adapter.tensors) {
+    if (!is_state_key(name))
+      throw Error(path.string() + ": '" + name + "' is not a state tensor (expected only blocks.{i}.att.time_state" +
+                  " and token-shift states)");
+    shift = shift || name.find("time_shift") != std::string::npos;
+  }
+  if (adapter.tensors.empty()) throw Error(path.string() + ": the file holds no tensors");
+  adapter.description = path.string() + " (state)";
+  adapter.methods.push_back(plugin_table(plugins, "state", {{"tune_shift", shift}}, path.string()));
+  return adapter;
+}
+
+SavedAdapter read_adapter(const fs::path& path, const std::optional<fs::path>& recipe,
+                          const std::vector<Override>& overrides, const PluginRegistry& plugins) {
+  if (fs::is_directory(path)) {
+    if (!fs::exists(path / "adapter_config.json"))
+      throw Error(path.string() + ": a folder without adapter_config.json is not an HF PEFT adapter");
+    if (recipe) throw Error("--recipe: an HF PEFT folder describes itself; drop --recipe");
+    return read_hf_folder(path, plugins);
+  }
+  if (!fs::exists(path)) throw Error(path.string() + ": no such file or folder");
+  fs::path recipe_file;
+  if (recipe)
+    recipe_file = *recipe;
+  else if (fs::exists(path.parent_path() / "recipe.toml"))
+    recipe_file = path.parent_path() / "recipe.toml";
+
+  if (!recipe_file.empty()) {
+    const Recipe loaded = load_recipe(recipe_file, overrides, plugins);
+    SavedAdapter adapter;
+    adapter.tensors = read_tensor_file(path).tensors;
+    adapter.methods = loaded.peft_methods;
+    std::string names;
+    for (const auto& m : adapter.methods) names += (names.empty() ? "" : ", ") + m.plugin;
+    adapter.description = path.string() + " (" + (names.empty() ? "trained weights" : names) + ", settings from " +
+                          recipe_file.string() + ")";
+    return adapter;
+  }
+  if (!overrides.empty()) throw Error("--set needs a recipe: none is beside " + path.string() + "; pass --recipe");
+
+  // No recipe: only files that describe themselves.
+  TensorMap tensors = read_tensor_file(path).tensors;
+  bool all_states = !tensors.empty();
+  for (const auto& [name, tensor] : tensors) all_states = all_states && is_state_key(name);
+  if (all_states) return read_state_adapter(path, plugins);
+  if (tensors.count("lora.r") && tensors.count("lora.alpha")) {
+    std::vector<std::string> sites;
+    for (const auto& [name, tensor] : tensors)
+      if (ends_with(name, ".lora_A")) sites.push_back(name.substr(0, name.size() - 7));
+    SavedAdapter adapter;
+    adapter.description = path.string() + " (LoRA)";
+    adapter.methods.push_back(plugin_table(
+        plugins, "lora",
+        {{"r", tensors.at("lora.r").item<int64_t>()}, {"alpha", tensors.at("lora.alpha").item<double>()},
+         {"use_rslora", tensors.count("lora.rslora") && tensors.at("lora.rslora").item<int64_t>() != 0},
+         {"targets", sites}},
+        path.string()));
+    adapter.tensors = std::move(tensors);
+    return adapter;
+  }
+  throw Error(path.string() + ": cannot tell which method saved it: no recipe.toml beside it and it is neither a "
+              "state file nor a LoRA file with lora.r and lora.alpha; pass --recipe with the recipe it was trained with");
+}
+
+int overlay_trained_weights(const SavedAdapter& adapter, TensorMap& base) {
+  int replaced = 0;
+  for (const auto& [name, tensor] : adapter.tensors) {
+    auto it = base.find(name);
+    if (it == base.end()) continue;
+    if (it->second.sizes() != tensor.sizes())
+      throw Error(adapter.description + ": '" + name + "' has shape " + c10::str(tensor.sizes()) +
+                  " but the base model's is " + c10::str(it->second.sizes()) + "; it was trained on another base");
+    it->second = tensor.to(it->second.scalar_type());
+    ++replaced;
+  }
+  return replaced;
+}
+
+std::vector<std::shared_ptr<PeftMethod>> mount(const SavedAdapter& adapter, ModelView& model,
+                                               const PluginRegistry& plugins) {
+  std::vector<std::shared_ptr<PeftMethod>> methods;
+  for (const auto& table : adapter.methods) {
+    auto plugin = plugins.get<PeftPlugin>(table.plugin);
+    auto method = keep_loaded(plugin->create(table.options), plugin);
+    method->attach(model);
+    try {
+      method->load_state_dict(adapter.tensors, {});
+    } catch (const Error& e) {
+      throw Error(adapter.description + ": " + e.what());
+    }
+    methods.push_back(method);
+  }
+  log::info("mounted " + adapter.description);
+  return methods;
+}
+
+}  // namespace peftkit::host

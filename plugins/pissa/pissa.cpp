@@ -1,0 +1,242 @@
+// pissa: PiSSA, LoRA initialised from the principal singular triplets of each target weight
+// (spec formats §1.6). With W = U S Vᵀ and s the LoRA scale (alpha / r, or alpha / sqrt(r)):
+//   A0 = diag(sqrt(S_r / s)) V_rᵀ [r, in],  B0 = U_r diag(sqrt(S_r / s)) [out, r],
+//   the frozen base becomes the residual W - s B0 A0, and y = W_res x + s B A dropout(x).
+// The SVD is exact, or randomised low-rank with svd_niter power iterations (Halko et al.), seeded
+// per site so that a run is reproducible. The init pair is saved with the adapter, so merges are
+// exact: W' = W + s (B A - B0 A0).
+//
+// Outputs: the adapter .pth (<site>.lora_A/.lora_B, <site>.init_lora_A/.init_lora_B, pissa.r,
+// pissa.alpha, pissa.rslora); and a plain LoRA of rank 2r, A' = [A; A0], B' = [B, -B0], that applies
+// to the unmodified base: as an HF PEFT folder or as a RWKV-PEFT LoRA .pth.
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
+
+#include <cmath>
+
+#include "low_rank.hpp"
+#include "peftkit/log.hpp"
+#include "peftkit/peft_method.hpp"
+#include "peftkit/plugin.hpp"
+#include "peftkit/random.hpp"
+#include "peftkit/tensor_io.hpp"
+
+namespace peftkit::pissa {
+namespace {
+
+struct Settings {
+  int64_t r = 8;
+  double alpha = 8;
+  double dropout = 0;
+  bool rslora = false;
+  std::string svd = "randomized";
+  int64_t svd_niter = 4;
+  int64_t svd_seed = 0;
+  std::vector<std::string> targets;
+  double scale() const { return rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / static_cast<double>(r); }
+};
+
+struct Triplets {
+  at::Tensor u, s, vh;  // [out, r], [r], [r, in]
+};
+
+// FNV-1a: a site's seed must not depend on the standard library's std::hash.
+uint64_t name_hash(const std::string& name) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : name) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+// The r leading singular triplets of w [out, in] (fp32).
+Triplets exact_svd(const at::Tensor& w, int64_t r) {
+  auto [u, s, vh] = at::linalg_svd(w, /*full_matrices=*/false);
+  return {u.narrow(1, 0, r), s.narrow(0, 0, r), vh.narrow(0, 0, r)};
+}
+
+// Randomised range finder with power iterations, re-orthonormalised at every step.
+Triplets randomized_svd(const at::Tensor& w, int64_t r, int64_t niter, uint64_t seed) {
+  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const at::Tensor omega = at::randn({w.size(1), r}, generator, at::kFloat).to(w.device());
+  auto orthonormal = [](const at::Tensor& m) { return std::get<0>(at::linalg_qr(m)); };
+  at::Tensor q = orthonormal(at::matmul(w, omega));
+  for (int64_t i = 0; i < niter; ++i) q = orthonormal(at::matmul(w, orthonormal(at::matmul(w.t(), q))));
+  auto [ub, s, vh] = at::linalg_svd(at::matmul(q.t(), w), /*full_matrices=*/false);  // [r, in] = Ub S Vh
+  return {at::matmul(q, ub), s, vh};
+}
+
+class Pissa final : public PeftMethod {
+ public:
+  explicit Pissa(Settings settings) : settings_(std::move(settings)) {}
+
+  void attach(ModelView& model) override {
+    model_ = &model;
+    const double s = settings_.scale();
+    at::NoGradGuard no_grad;
+    for (const auto& site : model.linear_sites()) {
+      if (!plugins::matches_any_suffix(site.name, settings_.targets)) continue;
+      if (settings_.r > std::min(site.in_features, site.out_features))
+        throw Error("[peft.pissa] r = " + std::to_string(settings_.r) + " exceeds the rank of " + site.name + " [" +
+                    std::to_string(site.out_features) + ", " + std::to_string(site.in_features) + "]");
+      const at::Tensor w = model.linear(site.name).dense_weight().to(at::kFloat);
+      const uint64_t seed = mix64(static_cast<uint64_t>(settings_.svd_seed) ^ name_hash(site.name));
+      const Triplets t = settings_.svd == "exact" ? exact_svd(w, settings_.r)
+                                                  : randomized_svd(w, settings_.r, settings_.svd_niter, seed);
+      const at::Tensor root = at::sqrt(t.s / s);
+      Site entry;
+      entry.name = site.name;
+      entry.a0 = (root.unsqueeze(1) * t.vh).contiguous();
+      entry.b0 = (t.u * root.unsqueeze(0)).contiguous();
+      const auto options = model.activation_options().dtype(at::kFloat);
+      entry.a = entry.a0.to(options).clone().requires_grad_(true);
+      entry.b = entry.b0.to(options).clone().requires_grad_(true);
+      model.set_base_weight(site.name, w - s * at::matmul(entry.b0, entry.a0));
+      sites_.push_back(entry);
+      model.set_linear_adapter(site.name, std::make_shared<plugins::LowRankAdapter>(model, entry.a, entry.b, s,
+                                                                                    settings_.dropout));
+    }
+    if (sites_.empty())
+      throw Error("[peft.pissa] targets " + plugins::join_list(settings_.targets) + " match no linear site of the model");
+    log::info("pissa: r " + std::to_string(settings_.r) + " from " + settings_.svd + " SVD on " +
+              std::to_string(sites_.size()) + " sites");
+  }
+
+  std::vector<TrainableTensor> trainable_tensors() override {
+    std::vector<TrainableTensor> out;
+    for (const auto& s : sites_) {
+      out.push_back({s.name + ".lora_A", s.a, 1.0, true});
+      out.push_back({s.name + ".lora_B", s.b, 1.0, true});
+    }
+    return out;
+  }
+
+  TensorMap state_dict() const override {
+    TensorMap out;
+    for (const auto& s : sites_) {
+      out[s.name + ".lora_A"] = s.a.detach().to(at::kCPU);
+      out[s.name + ".lora_B"] = s.b.detach().to(at::kCPU);
+      out[s.name + ".init_lora_A"] = s.a0.to(at::kCPU);
+      out[s.name + ".init_lora_B"] = s.b0.to(at::kCPU);
+    }
+    out["pissa.r"] = at::scalar_tensor(settings_.r, at::kLong);
+    out["pissa.alpha"] = at::scalar_tensor(settings_.alpha, at::kDouble);
+    out["pissa.rslora"] = at::scalar_tensor(settings_.rslora ? 1 : 0, at::kLong);
+    return out;
+  }
+
+  std::map<std::string, std::string> metadata() const override {
+    return {{"method", "pissa"}, {"r", std::to_string(settings_.r)}, {"alpha", c10::str(settings_.alpha)},
+            {"rslora", settings_.rslora ? "true" : "false"}};
+  }
+
+  // Takes the saved init pair too, and rebuilds the residual from it when it differs from this
+  // run's SVD (a randomised SVD elsewhere, another seed): W_res = W - s B0 A0 must use the pair the
+  // adapter was trained against.
+  void load_state_dict(const TensorMap& tensors, const std::map<std::string, std::string>&) override {
+    plugins::check_stored_scalar(tensors, "pissa.r", static_cast<double>(settings_.r), "[peft.pissa] r");
+    plugins::check_stored_scalar(tensors, "pissa.alpha", settings_.alpha, "[peft.pissa] alpha");
+    plugins::check_stored_scalar(tensors, "pissa.rslora", settings_.rslora ? 1 : 0, "[peft.pissa] use_rslora");
+    const double s = settings_.scale();
+    at::NoGradGuard no_grad;
+    for (auto& site : sites_) {
+      plugins::load_tensor(tensors, site.name + ".lora_A", site.a, "pissa");
+      plugins::load_tensor(tensors, site.name + ".lora_B", site.b, "pissa");
+      at::Tensor a0 = at::empty_like(site.a0), b0 = at::empty_like(site.b0);
+      plugins::load_tensor(tensors, site.name + ".init_lora_A", a0, "pissa");
+      plugins::load_tensor(tensors, site.name + ".init_lora_B", b0, "pissa");
+      if (at::equal(a0, site.a0) && at::equal(b0, site.b0)) continue;
+      const at::Tensor residual = model_->linear(site.name).dense_weight().to(at::kFloat);
+      const at::Tensor original = residual.to(a0.device()) + s * at::matmul(site.b0, site.a0);
+      model_->set_base_weight(site.name, original - s * at::matmul(b0, a0));
+      site.a0 = a0;
+      site.b0 = b0;
+    }
+  }
+
+  void merge_into(TensorMap& weights) const override { apply(weights, 1.0); }
+  void unmerge_from(TensorMap& weights) const override { apply(weights, -1.0); }
+
+  std::vector<ExportFormat> export_formats() const override {
+    return {{"hf-peft", "plain LoRA of rank 2r for the unmodified base, HF PEFT adapter folder"},
+            {"rwkv-lora-pth", "plain LoRA of rank 2r for the unmodified base, RWKV-PEFT .pth with lora.r/lora.alpha"},
+            {"rwkv-pth", "the PiSSA adapter: lora_A/lora_B with the init pair init_lora_A/init_lora_B"}};
+  }
+
+  void export_to(std::string_view format, const std::filesystem::path& destination) const override {
+    if (format == "rwkv-pth") return write_pth(destination, state_dict());
+    // s (B A - B0 A0) = s [B, -B0] [A; A0]: rank 2r with the same scale, so alpha doubles (x sqrt 2 with rsLoRA).
+    const int64_t r2 = 2 * settings_.r;
+    const double alpha2 = settings_.rslora ? settings_.alpha * std::sqrt(2.0) : settings_.alpha * 2.0;
+    std::vector<plugins::HfLoraSite> sites;
+    for (const auto& s : sites_)
+      sites.push_back({s.name, at::cat({s.a.detach().to(at::kCPU), s.a0.to(at::kCPU)}, 0),
+                       at::cat({s.b.detach().to(at::kCPU), -s.b0.to(at::kCPU)}, 1)});
+    if (format == "hf-peft")
+      return plugins::write_hf_lora_folder(destination, sites, {r2, alpha2, settings_.dropout, settings_.rslora});
+    if (format == "rwkv-lora-pth") {
+      TensorMap out;
+      for (const auto& s : sites) {
+        out[s.name + ".lora_A"] = s.a;
+        out[s.name + ".lora_B"] = s.b;
+      }
+      out["lora.r"] = at::scalar_tensor(r2, at::kLong);
+      out["lora.alpha"] = at::scalar_tensor(alpha2, at::kDouble);
+      out["lora.rslora"] = at::scalar_tensor(settings_.rslora ? 1 : 0, at::kLong);
+      return write_pth(destination, out);
+    }
+    throw Error("pissa: no export format '" + std::string(format) + "' (formats: hf-peft, rwkv-lora-pth, rwkv-pth)");
+  }
+
+ private:
+  struct Site {
+    std::string name;
+    at::Tensor a, b;    // trained, fp32 on the model's device
+    at::Tensor a0, b0;  // the init pair, fp32
+  };
+
+  // W += sign * s (B A - B0 A0), in fp64 and stored in W's dtype.
+  void apply(TensorMap& weights, double sign) const {
+    for (const auto& s : sites_) {
+      auto it = weights.find(s.name + ".weight");
+      if (it == weights.end()) throw Error("pissa: the model has no " + s.name + ".weight to merge into");
+      auto f64 = [](const at::Tensor& t) { return t.detach().to(at::kCPU, at::kDouble); };
+      const at::Tensor delta = at::matmul(f64(s.b), f64(s.a)) - at::matmul(f64(s.b0), f64(s.a0));
+      plugins::add_to_weight(it->second, delta * (sign * settings_.scale()));
+    }
+  }
+
+  Settings settings_;
+  ModelView* model_ = nullptr;
+  std::vector<Site> sites_;
+};
+
+class PissaPlugin final : public PeftPlugin {
+ public:
+  OptionSchema options() const override {
+    return OptionSchema()
+        .add_int("r", 8, "rank: the number of principal singular triplets", 1, 65536)
+        .add_float("alpha", 8.0, "scale s = alpha / r (alpha / sqrt(r) with use_rslora); the default r = alpha gives "
+                                 "RWKV-PEFT's unscaled PiSSA", Bound{0, true})
+        .add_float("dropout", 0.0, "dropout on the adapter's input", Bound{0}, Bound{1, true})
+        .add_bool("use_rslora", false, "rank-stabilised scaling alpha / sqrt(r)")
+        .add_string("svd", "randomized", "exact SVD, or randomised low-rank SVD (fast)", {"randomized", "exact"})
+        .add_int("svd_niter", 4, "power iterations of the randomised SVD (RWKV-PEFT's svd_niter)", 0, 64)
+        .add_int("svd_seed", 0, "seed of the randomised SVD's test matrix", 0)
+        .add_string_list("targets", {"att.receptance", "att.key", "att.value", "att.output", "ffn.key", "ffn.value"},
+                         "adapted sites: suffixes of their names (default: the six x070 linears)");
+  }
+  void validate(const Options& options) const override {
+    if (options.get_string_list("targets").empty()) throw options.error("targets", "names no site");
+  }
+  std::unique_ptr<PeftMethod> create(const Options& o) const override {
+    return std::make_unique<Pissa>(Settings{o.get_int("r"), o.get_float("alpha"), o.get_float("dropout"),
+                                            o.get_bool("use_rslora"), o.get_string("svd"), o.get_int("svd_niter"),
+                                            o.get_int("svd_seed"), o.get_string_list("targets")});
+  }
+};
+
+}  // namespace
+}  // namespace peftkit::pissa
+
+PEFTKIT_PLUGIN(peftkit::pissa::PissaPlugin, "pissa", "0.1.0",
+               "PiSSA: LoRA initialised from the principal singular vectors, residual base")

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# usage: dora_plugin_test.sh BUILD_DIR EXAMPLE_SOURCE_DIR TORCH_CMAKE_DIR PYTHON
+# Builds examples/dora-plugin out of tree against the installed SDK, trains with it through a
+# recipe (the loss must go down), merges and exports the saved adapter, and checks the merged
+# weights against DoRA's formula computed by PyTorch from the files.
+set -euo pipefail
+build=$1 example=$2 torch_dir=$3 python=$4
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+cmake --install "$build" --prefix "$work/prefix" >/dev/null
+cmake -S "$example" -B "$work/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+      -DCMAKE_PREFIX_PATH="$work/prefix" -DTorch_DIR="$torch_dir" >"$work/configure.log" 2>&1 ||
+  { cat "$work/configure.log"; fail "configuring the example against the installed SDK"; }
+cmake --build "$work/build" >"$work/build.log" 2>&1 || { cat "$work/build.log"; fail "building the example"; }
+
+peftkit() { "$work/prefix/bin/peftkit" "$@" --plugin-dir "$work/build"; }
+peftkit plugins | grep -Eq '^peft +dora +1\.0\.0 +ok ' || { peftkit plugins; fail "the dora plugin is not listed as ok"; }
+
+cd "$work"
+peftkit init-model --layers 2 --embd 64 --vocab 300 --head-size 16 --dtype fp32 --seed 1 --out model.pth >/dev/null
+"$python" -c "import numpy as np; np.save('tokens.npy', (np.arange(400) * 7 % 40).astype('<u2'))"
+cat >dora.toml <<'TOML'
+[model]
+path = "model.pth"
+[data]
+format = "numpy"
+path = "tokens.npy"
+[peft]
+method = "dora"
+[peft.dora]
+r = 4
+alpha = 8
+[train]
+ctx_len = 16
+micro_bsz = 2
+epoch_steps = 10
+epoch_count = 1
+lr_init = 2e-2
+lr_final = 2e-3
+precision = "fp32"
+[output]
+dir = "out"
+TOML
+peftkit train dora.toml >train.log 2>&1 || { cat train.log; fail "training with the dora plugin"; }
+grep -q "trainable parameters: 10368 in 36 tensors" train.log || { cat train.log; fail "wrong trainable count"; }
+"$python" - <<'PY' || fail "the loss did not go down"
+import json
+losses = [json.loads(line)["loss"] for line in open("out/metrics.jsonl")]
+assert len(losses) == 10 and losses[-1] < losses[0], losses
+PY
+
+peftkit merge --base model.pth --adapter out/rwkv-0.pth --output merged.pth >/dev/null || fail "merging the DoRA adapter"
+peftkit export --base model.pth --adapter out/rwkv-0.pth --format hf-peft --output hf >/dev/null || fail "exporting"
+"$python" - <<'PY' || fail "merged weights differ from DoRA's formula"
+import json, torch
+from safetensors.torch import load_file
+base = torch.load("model.pth", weights_only=True)
+adapter = torch.load("out/rwkv-0.pth", weights_only=True)
+merged = torch.load("merged.pth", weights_only=True)
+s = float(adapter["dora.alpha"]) / int(adapter["dora.r"])
+for name in base:
+    site = name[: -len(".weight")]
+    if site + ".lora_A" not in adapter:
+        assert torch.equal(merged[name], base[name]), name
+        continue
+    v = base[name].double() + s * adapter[site + ".lora_B"].double() @ adapter[site + ".lora_A"].double()
+    want = adapter[site + ".lora_magnitude_vector"].double()[:, None] * v / v.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    assert torch.allclose(merged[name].double(), want, rtol=1e-5, atol=1e-6), name
+hf = load_file("hf/adapter_model.safetensors")
+assert hf["base_model.model.blocks.1.ffn.key.lora_magnitude_vector"].shape == (256,)
+assert json.load(open("hf/adapter_config.json"))["use_dora"] is True
+PY
+with_adapter=$(peftkit generate --model model.pth --adapter out/rwkv-0.pth --prompt a --max-tokens 12 --temperature 0 --log-level warn)
+from_merged=$(peftkit generate --model merged.pth --prompt a --max-tokens 12 --temperature 0 --log-level warn)
+[[ "$with_adapter" == "$from_merged" ]] || fail "generation with the adapter ($with_adapter) differs from the merged model ($from_merged)"
+echo "1 passed, 0 failed"
