@@ -101,6 +101,37 @@ TEST(AdapterCommandsTest, AStateMergesIntoTheModelFileAndRefusesAnotherBase) {
   EXPECT_FALSE(std::filesystem::exists(dir / "y.pth"));
 }
 
+TEST(AdapterCommandsTest, StateAndLoraTrainedTogetherMergeAndMountTogether) {
+  testing::TempDir dir;
+  auto run = testing::train_small_model(
+      dir.path(), "[peft]\nmethod = [\"state\", \"lora\"]\n[peft.lora]\nr = 4\nalpha = 8\n", 5e-2);
+  ASSERT_EQ(run.command.exit_code, 0) << run.command.output;
+  // L H N^2 + r (in + out) over the 12 sites.
+  EXPECT_NE(run.command.output.find("trainable parameters: " + std::to_string(2048 + 9216) + " in 26 tensors"),
+            std::string::npos) << run.command.output;
+  ASSERT_EQ(run.losses.size(), 10u);
+  EXPECT_LT(run.losses.back(), run.losses.front());
+  const std::string base = (dir / "model.pth").string(), adapter = (dir / "out" / "rwkv-0.pth").string();
+  auto merge = run_command(peftkit("merge --base " + base + " --adapter " + adapter + " --output " +
+                                   (dir / "merged.pth").string()));
+  ASSERT_EQ(merge.exit_code, 0) << merge.output;
+  const TensorMap merged = read_pth(dir / "merged.pth");
+  EXPECT_EQ(merged.count("blocks.1.att.time_state"), 1u);
+  EXPECT_FALSE(at::equal(merged.at("blocks.1.att.key.weight"), read_pth(base).at("blocks.1.att.key.weight")));
+  EXPECT_EQ(generate("--model " + (dir / "merged.pth").string()), generate("--model " + base + " --adapter " + adapter));
+  // Both methods have an rwkv-pth export: --method picks one.
+  auto ambiguous = run_command(peftkit("export --base " + base + " --adapter " + adapter + " --format rwkv-pth --output " +
+                                       (dir / "x.pth").string()));
+  EXPECT_NE(ambiguous.output.find("pick one with --method"), std::string::npos) << ambiguous.output;
+  auto ai00 = run_command(peftkit("export --base " + base + " --adapter " + adapter + " --format ai00 --output " +
+                                  (dir / "state.safetensors").string()));
+  ASSERT_EQ(ai00.exit_code, 0) << ai00.output;
+  const TensorMap exported = read_safetensors(dir / "state.safetensors").tensors;
+  EXPECT_EQ(exported.at("blocks.0.att.time_state").scalar_type(), at::kHalf);
+  EXPECT_TRUE(at::allclose(exported.at("blocks.0.att.time_state").to(at::kFloat).transpose(1, 2),
+                           merged.at("blocks.0.att.time_state").to(at::kFloat), 1e-2, 1e-2));
+}
+
 TEST(AdapterCommandsTest, AdaptersThatDoNotDescribeThemselvesAskForTheirRecipe) {
   testing::TempDir dir;
   write_pth(dir / "model.pth", testing::small_model_weights());

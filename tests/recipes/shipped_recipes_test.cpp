@@ -1,0 +1,41 @@
+// Every shipped recipe validates and trains (two steps) on the CPU with the built-in small model
+// of the quickstart, its own settings untouched apart from the model, output folder and length.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "test_util.hpp"
+#include "train_fixtures.hpp"
+
+namespace peftkit {
+namespace {
+
+class ShippedRecipes : public ::testing::TestWithParam<std::string> {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new testing::TempDir;
+    auto made = testing::run_command(testing::peftkit_command("init-model --layers 2 --embd 128 --seed 0 --out " +
+                                                              (dir_->path() / "model.pth").string()));
+    ASSERT_EQ(made.exit_code, 0) << made.output;
+  }
+  static void TearDownTestSuite() { delete dir_; }
+  static inline testing::TempDir* dir_ = nullptr;
+};
+
+TEST_P(ShippedRecipes, TrainsOnTheBuiltInSmallModel) {
+  const std::filesystem::path recipe = std::filesystem::path(RECIPES_DIR) / (GetParam() + ".toml");
+  const std::filesystem::path out = dir_->path() / GetParam();
+  auto run = testing::run_command(testing::peftkit_command(
+      "train " + recipe.string() + " --set model.path=" + (dir_->path() / "model.pth").string() +
+      " --set output.dir=" + out.string() + " --set train.epoch_steps=2 --set train.epoch_count=1"));
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_NE(run.output.find("trainable parameters: "), std::string::npos);
+  EXPECT_EQ(testing::read_metrics(out / "metrics.jsonl").size(), 2u);
+  EXPECT_TRUE(std::filesystem::exists(out / "rwkv-0.pth"));
+}
+
+INSTANTIATE_TEST_SUITE_P(Recipes, ShippedRecipes,
+                         ::testing::Values("quickstart", "state", "lora", "pissa", "miss"));
+
+}  // namespace
+}  // namespace peftkit
