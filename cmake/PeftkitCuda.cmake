@@ -27,7 +27,7 @@ elseif(NOT PEFTKIT_CUDA MATCHES "^(AUTO|ON|OFF)$")
 endif()
 
 if(PEFTKIT_WITH_CUDA)
-  set(CMAKE_CUDA_STANDARD 20)
+  set(CMAKE_CUDA_STANDARD 17)  # CMake 3.25 knows no CUDA20 flags for nvcc
   set(CMAKE_CUDA_STANDARD_REQUIRED ON)
   string(REGEX MATCH "^[0-9]+\\.[0-9]+" PEFTKIT_CUDA_TAG "${CMAKE_CUDA_COMPILER_VERSION}")
   # LibTorch's CMake config probes for a GPU unless told which architectures to target.

@@ -8,6 +8,7 @@
 #include "cli/command.hpp"
 #include "host/adapters.hpp"
 #include "host/plugin_registry.hpp"
+#include "host/quantization.hpp"
 #include "model/rwkv7_model.hpp"
 #include "peftkit/error.hpp"
 #include "peftkit/log.hpp"
@@ -55,14 +56,16 @@ struct Mounted {
 };
 
 Mounted mount_on_base(const fs::path& base_path, const std::vector<host::SavedAdapter>& adapters,
-                      const host::PluginRegistry& plugins, bool overlay) {
+                      const host::PluginRegistry& plugins, bool overlay, const host::QuantizedBase* quantization = nullptr) {
   Mounted m;
   m.weights = read_tensor_file(base_path).tensors;
   if (overlay)
     for (const auto& a : adapters)
       if (const int n = host::overlay_trained_weights(a, m.weights))
         log::info(a.description + ": " + std::to_string(n) + " trained base tensors laid over the base");
-  m.model = std::make_unique<Rwkv7Model>(m.weights, ModelOptions{at::kFloat, at::kCPU}, base_path.string());
+  ModelOptions options{at::kFloat, at::kCPU};
+  if (quantization) quantization->apply(options);
+  m.model = std::make_unique<Rwkv7Model>(m.weights, options, base_path.string());
   for (const auto& a : adapters)
     for (auto& method : host::mount(a, *m.model, plugins)) m.methods.push_back(method);
   return m;
@@ -92,7 +95,9 @@ Command merge_command() {
   command.describe = [](po::options_description& options, po::positional_options_description&) {
     options.add_options()("base", po::value<std::string>()->required(), "the base model (.pth or .safetensors)")(
         "output", po::value<std::string>()->required(), "the merged model: .pth, or .safetensors by extension")(
-        "unmerge", "recover the base from a merged --base instead (exact for LoRA, PiSSA and MiSS)");
+        "unmerge", "recover the base from a merged --base instead (exact for LoRA, PiSSA and MiSS)")(
+        "requantize-aware", "merge into what training computed with: the quantized base of the adapter's recipe "
+                            "(dequant(quant(W)), QPiSSA's quantized residual) plus the adapter");
     add_adapter_options(options);
   };
   command.run = [](const po::variables_map& vm, const CommonOptions& common) {
@@ -102,8 +107,17 @@ Command merge_command() {
     refuse_same_file(base, output, "--base");
     const std::vector<host::SavedAdapter> adapters = adapters_from(vm, registry);
     if (adapters.empty()) throw Error("peftkit merge: name at least one --adapter, --lora or --state");
-    const bool unmerge = vm.count("unmerge") > 0;
-    Mounted m = mount_on_base(base, adapters, registry, !unmerge);
+    const bool unmerge = vm.count("unmerge") > 0, requantize = vm.count("requantize-aware") > 0;
+    if (unmerge && requantize) throw Error("--unmerge and --requantize-aware exclude each other");
+    std::optional<host::QuantizedBase> quantization;
+    if (requantize) {
+      for (const auto& a : adapters)
+        if (a.recipe && a.recipe->quantizer) quantization = host::quantized_base(*a.recipe, registry, base);
+      if (!quantization)
+        throw Error("--requantize-aware: no adapter was trained on a quantized base (its recipe has [quant] method = "
+                    "\"none\", or no recipe came with it)");
+    }
+    Mounted m = mount_on_base(base, adapters, registry, !unmerge, quantization ? &*quantization : nullptr);
     if (unmerge) {
       for (const auto& a : adapters)
         for (const auto& [name, tensor] : a.tensors)
@@ -114,6 +128,20 @@ Command merge_command() {
       // Merged states are dropped again.
       for (auto it = m.weights.begin(); it != m.weights.end();)
         it = merged_state_shape(m.model->config(), it->first) ? m.weights.erase(it) : std::next(it);
+    } else if (requantize) {
+      // Each linear site as it computed in training (quantized base + adapter); the methods' other
+      // keys (states) as merge_into writes them.
+      TensorMap merged = m.weights;
+      for (const auto& method : m.methods) method->merge_into(merged);
+      std::map<std::string, bool> site_weights;
+      for (const auto& site : m.model->linear_sites()) site_weights[site.name + ".weight"] = true;
+      for (auto& [name, tensor] : merged)
+        if (!site_weights.count(name)) m.weights[name] = tensor;
+      for (const auto& [name, unused] : site_weights) {
+        at::Tensor& w = m.weights.at(name);
+        w = m.model->effective_weight(name.substr(0, name.size() - 7)).to(at::kCPU, w.scalar_type());
+      }
+      if (quantization->head) m.weights.at("head.weight") = m.model->head_weight().to(at::kCPU, m.weights.at("head.weight").scalar_type());
     } else {
       for (const auto& method : m.methods) method->merge_into(m.weights);
     }

@@ -141,6 +141,7 @@ SavedAdapter read_adapter(const fs::path& path, const std::optional<fs::path>& r
     SavedAdapter adapter;
     adapter.tensors = read_tensor_file(path).tensors;
     adapter.methods = loaded.peft_methods;
+    adapter.recipe = std::make_shared<const Recipe>(loaded);
     std::string names;
     for (const auto& m : adapter.methods) names += (names.empty() ? "" : ", ") + m.plugin;
     adapter.description = path.string() + " (" + (names.empty() ? "trained weights" : names) + ", settings from " +

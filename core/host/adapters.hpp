@@ -30,6 +30,7 @@ struct SavedAdapter {
   std::string description;           // "out/lora/rwkv-2.pth (lora, from out/lora/recipe.toml)"
   TensorMap tensors;                 // in the methods' own layout
   std::vector<PluginTable> methods;  // in the order they were attached in training
+  std::shared_ptr<const Recipe> recipe;  // the recipe it was trained with, when known
 };
 
 // `recipe`: the recipe the adapter was trained with; empty to use the one beside it, if any.

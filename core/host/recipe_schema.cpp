@@ -37,9 +37,14 @@ OptionSchema peft_schema() {
 }
 
 OptionSchema quant_schema() {
-  return OptionSchema().add_string(
-      "method", "none",
-      "quantizer plugin for the frozen base weights, or \"none\"; its keys go in [quant.<method>]");
+  return OptionSchema()
+      .add_string("method", "none",
+                  "quantizer plugin for the frozen base weights, or \"none\"; its keys go in [quant.<method>]")
+      .add_string_list("targets", {"att.receptance", "att.key", "att.value", "att.output", "ffn.key", "ffn.value"},
+                       "quantized linear sites: suffixes of their names (embeddings and small vectors never are)")
+      .add_bool("head", false, "also quantize the output head")
+      .add_path("cache_file", "",
+                "pre-quantized base (safetensors): loaded when it matches the model and settings, else written");
 }
 
 OptionSchema train_schema() {

@@ -53,19 +53,86 @@ Rwkv7Model::Rwkv7Model(const TensorMap& weights, const ModelOptions& options, co
     : config_(Rwkv7Config::from_tensors(weights, where)), options_(options) {
   if (!at::isFloatingType(options.dtype))
     throw Error("model dtype must be a floating-point type, not " + std::string(c10::toString(options.dtype)));
+  auto quantized = [&](const std::string& name) {
+    if (!options.quantizer) return false;
+    if (name == "head.weight") return options.quantize_head;
+    for (const auto& target : options.quantize_targets)
+      if (name.size() >= target.size() + 7 && name.compare(name.size() - 7, 7, ".weight") == 0 &&
+          name.compare(name.size() - 7 - target.size(), target.size(), target) == 0)
+        return true;
+    return false;
+  };
+  std::vector<std::string> site_names;
+  for (int64_t l = 0; l < config_.n_layer; ++l)
+    for (int s = 0; s < kSlots; ++s) site_names.push_back(block_prefix(l) + kSlotNames[s]);
+  // Quantized weights are never kept dense: each is moved to the device and packed on its own.
   for (const auto& [name, tensor] : weights) {
     if (merged_state_shape(config_, name))
       merged_states_[name] = tensor.to(options.device, at::kFloat);
-    else
+    else if (!quantized(name))
       weights_[name] = tensor.to(options.device, options.dtype);
   }
-  for (int64_t l = 0; l < config_.n_layer; ++l)
-    for (int s = 0; s < kSlots; ++s) {
-      auto site = std::make_shared<Site>();
-      site->name = block_prefix(l) + kSlotNames[s];
-      site->base = std::make_unique<DenseLinear>(weights_.at(site->name + ".weight"), options.dtype);
-      sites_.push_back(std::move(site));
-    }
+  for (const auto& name : site_names) {
+    const at::Tensor& w = weights.at(name + ".weight");
+    checkpoint_weights_[name] = w;
+    auto site = std::make_shared<Site>();
+    site->name = name;
+    site->base = make_base(name + ".weight", quantized(name + ".weight") ? w : weights_.at(name + ".weight"),
+                           quantized(name + ".weight"));
+    sites_.push_back(std::move(site));
+  }
+  if (quantized("head.weight")) head_ = make_base("head.weight", weights.at("head.weight"), true);
+}
+
+std::unique_ptr<FrozenLinear> Rwkv7Model::make_base(const std::string& name, const at::Tensor& weight,
+                                                    bool quantize) const {
+  if (!quantize) return std::make_unique<DenseLinear>(weight, options_.dtype);
+  if (options_.prequantized) {
+    TensorMap packed;
+    const std::string prefix = name + ".";
+    for (auto it = options_.prequantized->lower_bound(prefix);
+         it != options_.prequantized->end() && it->first.compare(0, prefix.size(), prefix) == 0; ++it)
+      packed[it->first.substr(prefix.size())] = it->second.to(options_.device);
+    if (!packed.empty()) return options_.quantizer->load(packed);
+  }
+  return options_.quantizer->quantize(weight.to(options_.device));
+}
+
+TensorMap Rwkv7Model::quantized_weights() const {
+  TensorMap out;
+  auto add = [&](const std::string& name, const FrozenLinear& base) {
+    if (const auto* q = dynamic_cast<const QuantizedLinear*>(&base))
+      for (const auto& [part, tensor] : q->packed()) out[name + "." + part] = tensor;
+  };
+  for (const auto& site : sites_) add(site->name + ".weight", *site->base);
+  if (head_) add("head.weight", *head_);
+  return out;
+}
+
+int64_t Rwkv7Model::linear_weight_bytes() const {
+  int64_t bytes = 0;
+  for (const auto& site : sites_) {
+    if (const auto* q = dynamic_cast<const QuantizedLinear*>(site->base.get()))
+      bytes += q->nbytes();
+    else
+      bytes += site->base->in_features() * site->base->out_features() * c10::elementSize(options_.dtype);
+  }
+  return bytes;
+}
+
+at::Tensor Rwkv7Model::effective_weight(std::string_view name) {
+  const size_t index = site_index(name);
+  const Site& site = *sites_[index];
+  const at::Tensor identity = at::eye(site.base->in_features(), activation_options());
+  return apply_linear(static_cast<int64_t>(index) / kSlots, static_cast<int>(index % kSlots), identity).t();
+}
+
+at::Tensor Rwkv7Model::head_weight() const { return head_ ? head_->dense_weight() : weight("head.weight"); }
+
+at::Tensor Rwkv7Model::checkpoint_weight(std::string_view site) const {
+  auto it = checkpoint_weights_.find(std::string(site));
+  if (it == checkpoint_weights_.end()) throw Error("checkpoint_weight: no linear site '" + std::string(site) + "'");
+  return it->second;
 }
 
 std::unique_ptr<Rwkv7Model> Rwkv7Model::load(const std::filesystem::path& path, const ModelOptions& options) {
@@ -204,7 +271,8 @@ at::Tensor Rwkv7Model::forward(const at::Tensor& tokens, Rwkv7State* state) {
   const bool checkpoint = gradient_checkpointing_ && at::GradMode::is_enabled();
   for (int64_t l = 0; l < config_.n_layer; ++l)
     x = checkpoint ? checkpointed_block(l, x, v_first, *state) : block(l, x, v_first, *state);
-  return at::linear(ln(x, "ln_out"), weight("head.weight"));
+  const at::Tensor normed = ln(x, "ln_out");
+  return head_ ? head_->forward(normed) : at::linear(normed, weight("head.weight"));
 }
 
 at::Tensor Rwkv7Model::block(int64_t l, const at::Tensor& x_in, at::Tensor& v_first, Rwkv7State& state) {
@@ -338,6 +406,11 @@ void Rwkv7Model::set_base_weight(std::string_view site, const at::Tensor& weight
   if (weight.sizes() != at::IntArrayRef({s.base->out_features(), s.base->in_features()}))
     throw Error("set_base_weight(" + s.name + "): expected shape [" + std::to_string(s.base->out_features()) + ", " +
                 std::to_string(s.base->in_features()) + "], got " + c10::str(weight.sizes()));
+  // A quantized site is quantized again (QPiSSA quantizes the residual).
+  if (dynamic_cast<const QuantizedLinear*>(s.base.get())) {
+    s.base = options_.quantizer->quantize(weight.detach().to(options_.device));
+    return;
+  }
   at::Tensor w = weight.detach().to(options_.device, options_.dtype);
   weights_[s.name + ".weight"] = w;
   s.base = std::make_unique<DenseLinear>(w, options_.dtype);

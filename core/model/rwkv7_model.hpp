@@ -21,12 +21,21 @@
 #include "model/rwkv7_config.hpp"
 #include "peftkit/model.hpp"
 #include "peftkit/peft_method.hpp"
+#include "peftkit/quantizer.hpp"
 
 namespace peftkit {
 
 struct ModelOptions {
-  at::ScalarType dtype = at::kFloat;  // weights and activations; the WKV state is always fp32
-  at::Device device = at::kCPU;
+  ModelOptions(at::ScalarType dtype_ = at::kFloat, at::Device device_ = at::kCPU) : dtype(dtype_), device(device_) {}
+  at::ScalarType dtype;  // weights and activations; the WKV state is always fp32
+  at::Device device;
+  // Quantizes the frozen weights of the linear sites whose names end with one of quantize_targets
+  // (and the head when quantize_head), one tensor at a time as they are loaded; null: dense.
+  std::shared_ptr<const Quantizer> quantizer;
+  std::vector<std::string> quantize_targets;
+  bool quantize_head = false;
+  // Packed weights saved earlier (quantized_weights()), used instead of quantizing again.
+  const TensorMap* prequantized = nullptr;
 };
 
 // The recurrent state of B sequences, per layer.
@@ -55,6 +64,17 @@ class Rwkv7Model final : public ModelView {
   // fp32 masters).
   TensorMap weights() const;
 
+  // The packed quantized weights, "<site>.weight.<part>" (and "head.weight.<part>"), for a
+  // pre-quantized base file; empty when nothing is quantized.
+  TensorMap quantized_weights() const;
+  // Bytes of the frozen linear weights (packed when quantized).
+  int64_t linear_weight_bytes() const;
+  // The weight [out, in] that the site computes with, adapter included (x W_effᵀ), found by passing
+  // the identity through it; for merging into what a quantized base really trained with.
+  at::Tensor effective_weight(std::string_view site);
+  // The output head's weight as the forward uses it (dequantized when quantized).
+  at::Tensor head_weight() const;
+
   // Makes the selected base tensors trainable: each gets an fp32 master copy (a leaf with
   // requires_grad) that the forward casts to the model dtype. Returns them for the optimizer.
   std::vector<TrainableTensor> make_trainable(const std::function<bool(const std::string&)>& select);
@@ -67,6 +87,7 @@ class Rwkv7Model final : public ModelView {
   std::vector<LinearSite> linear_sites() const override;
   std::vector<StateSite> state_sites() const override;
   const FrozenLinear& linear(std::string_view site) const override;
+  at::Tensor checkpoint_weight(std::string_view site) const override;
   void set_base_weight(std::string_view site, const at::Tensor& weight) override;
   void set_linear_adapter(std::string_view site, std::shared_ptr<LinearAdapter> adapter) override;
   void set_state_adapter(std::shared_ptr<StateAdapter> adapter) override;
@@ -88,7 +109,10 @@ class Rwkv7Model final : public ModelView {
   Rwkv7Config config_;
   ModelOptions options_;
   TensorMap weights_;
-  TensorMap merged_states_;  // initial states stored in the model file (merge --state), fp32
+  TensorMap merged_states_;
+  TensorMap checkpoint_weights_;  // the linear sites' weights as given, for checkpoint_weight()
+  std::unique_ptr<FrozenLinear> head_;  // set when the head is quantized
+  std::unique_ptr<FrozenLinear> make_base(const std::string& name, const at::Tensor& weight, bool quantize) const;  // initial states stored in the model file (merge --state), fp32
   std::vector<std::shared_ptr<Site>> sites_;  // L * 6, in linear_sites() order
   std::shared_ptr<StateAdapter> state_adapter_;
   TensorMap masters_;  // fp32 masters of trainable base tensors

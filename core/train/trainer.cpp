@@ -24,6 +24,7 @@
 #include "host/device.hpp"
 #include "io/mapped_file.hpp"
 #include "model/rwkv7_model.hpp"
+#include "host/quantization.hpp"
 #include "peftkit/dataset.hpp"
 #include "peftkit/error.hpp"
 #include "peftkit/random.hpp"
@@ -197,7 +198,16 @@ void Trainer::Impl::setup() {
   const fs::path model_path = recipe.resolve_path(recipe.model.get_string("path"));
   TensorMap base = read_tensor_file(model_path).tensors;
   for (const auto& [name, t] : base) base_dtypes[name] = t.scalar_type();
-  model = std::make_unique<Rwkv7Model>(base, ModelOptions{dtype, device}, model_path.string());
+  const host::QuantizedBase quantization = host::quantized_base(recipe, plugins, model_path);
+  ModelOptions model_options{dtype, device};
+  quantization.apply(model_options);
+  model = std::make_unique<Rwkv7Model>(base, model_options, model_path.string());
+  if (quantization.quantizer) {
+    quantization.save_cache(*model);
+    char size[64];
+    std::snprintf(size, sizeof size, "%.2f MiB", static_cast<double>(model->linear_weight_bytes()) / (1 << 20));
+    log::info("quantized the frozen linear weights with " + quantization.method + ": " + size);
+  }
   model->set_gradient_checkpointing(train.get_bool("grad_cp"));
   log::info("model " + model_path.string() + ": RWKV-7 " + model->config().describe() + ", " + precision + " on " +
             device.str());
@@ -280,7 +290,8 @@ std::string Trainer::Impl::fingerprint() const {
   std::ostringstream out;
   out << "model=" << recipe.model.get_string("path") << ";data=" << recipe.data.get_string("format") << ":"
       << recipe.data.get_string("path") << ";peft=" << format_option_value(recipe.peft.get("method"))
-      << ";parts=" << format_option_value(recipe.peft.get("train_parts"));
+      << ";parts=" << format_option_value(recipe.peft.get("train_parts"))
+      << ";quant=" << format_option_value(recipe.quant.get("method"));
   for (const char* key : {"ctx_len", "micro_bsz", "accumulate_grad_batches", "epoch_steps", "seed", "precision"})
     out << ";" << key << "=" << format_option_value(recipe.train.get(key));
   return out.str();

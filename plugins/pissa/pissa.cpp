@@ -78,7 +78,9 @@ class Pissa final : public PeftMethod {
       if (settings_.r > std::min(site.in_features, site.out_features))
         throw Error("[peft.pissa] r = " + std::to_string(settings_.r) + " exceeds the rank of " + site.name + " [" +
                     std::to_string(site.out_features) + ", " + std::to_string(site.in_features) + "]");
-      const at::Tensor w = model.linear(site.name).dense_weight().to(at::kFloat);
+      // The checkpoint's weight, not a quantized base's: with a quantizer the residual is what gets
+      // quantized (QPiSSA).
+      const at::Tensor w = model.checkpoint_weight(site.name).to(model.activation_options().device(), at::kFloat);
       const uint64_t seed = mix64(static_cast<uint64_t>(settings_.svd_seed) ^ name_hash(site.name));
       const Triplets t = settings_.svd == "exact" ? exact_svd(w, settings_.r)
                                                   : randomized_svd(w, settings_.r, settings_.svd_niter, seed);
@@ -129,9 +131,8 @@ class Pissa final : public PeftMethod {
             {"rslora", settings_.rslora ? "true" : "false"}};
   }
 
-  // Takes the saved init pair too, and rebuilds the residual from it when it differs from this
-  // run's SVD (a randomised SVD elsewhere, another seed): W_res = W - s B0 A0 must use the pair the
-  // adapter was trained against.
+  // Takes the saved init pair too, and rebuilds the residual W - s B0 A0 from the checkpoint's W
+  // when the pair differs from this run's SVD (a randomised SVD elsewhere, another seed).
   void load_state_dict(const TensorMap& tensors, const std::map<std::string, std::string>&) override {
     plugins::check_stored_scalar(tensors, "pissa.r", static_cast<double>(settings_.r), "[peft.pissa] r");
     plugins::check_stored_scalar(tensors, "pissa.alpha", settings_.alpha, "[peft.pissa] alpha");
@@ -145,8 +146,7 @@ class Pissa final : public PeftMethod {
       plugins::load_tensor(tensors, site.name + ".init_lora_A", a0, "pissa");
       plugins::load_tensor(tensors, site.name + ".init_lora_B", b0, "pissa");
       if (at::equal(a0, site.a0) && at::equal(b0, site.b0)) continue;
-      const at::Tensor residual = model_->linear(site.name).dense_weight().to(at::kFloat);
-      const at::Tensor original = residual.to(a0.device()) + s * at::matmul(site.b0, site.a0);
+      const at::Tensor original = model_->checkpoint_weight(site.name).to(a0.device(), at::kFloat);
       model_->set_base_weight(site.name, original - s * at::matmul(b0, a0));
       site.a0 = a0;
       site.b0 = b0;

@@ -27,7 +27,8 @@ TEST_P(ShippedRecipes, TrainsOnTheBuiltInSmallModel) {
   const std::filesystem::path out = dir_->path() / GetParam();
   auto run = testing::run_command(testing::peftkit_command(
       "train " + recipe.string() + " --set model.path=" + (dir_->path() / "model.pth").string() +
-      " --set output.dir=" + out.string() + " --set train.epoch_steps=2 --set train.epoch_count=1"));
+      " --set output.dir=" + out.string() + " --set train.epoch_steps=2 --set train.epoch_count=1" +
+      (GetParam() == "qlora-nf4" ? " --set quant.cache_file=" + (out / "base.nf4.safetensors").string() : "")));
   ASSERT_EQ(run.exit_code, 0) << run.output;
   EXPECT_NE(run.output.find("trainable parameters: "), std::string::npos);
   EXPECT_EQ(testing::read_metrics(out / "metrics.jsonl").size(), 2u);
@@ -35,7 +36,7 @@ TEST_P(ShippedRecipes, TrainsOnTheBuiltInSmallModel) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Recipes, ShippedRecipes,
-                         ::testing::Values("quickstart", "state", "lora", "pissa", "miss"));
+                         ::testing::Values("quickstart", "state", "lora", "pissa", "miss", "qlora-nf4", "state-int8"));
 
 }  // namespace
 }  // namespace peftkit

@@ -93,6 +93,9 @@ class ModelView {
   // True while the trainer runs training steps (dropout is active), false for evaluation and
   // generation.
   virtual bool training() const = 0;
+  // SDK 2.1: the site's weight [out, in] as the checkpoint holds it, before any quantization or
+  // set_base_weight (PiSSA decomposes it, and its residual is what gets quantized).
+  virtual at::Tensor checkpoint_weight(std::string_view site) const = 0;
 };
 
 }  // namespace peftkit

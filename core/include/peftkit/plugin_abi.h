@@ -26,7 +26,7 @@ extern "C" {
 
 /* SDK API version. Major: any breaking change of a C++ interface. Minor: additions only. */
 #define PEFTKIT_API_MAJOR 2
-#define PEFTKIT_API_MINOR 0
+#define PEFTKIT_API_MINOR 1
 
 /* The exported symbol the host looks up (a plain extern "C" function). */
 #define PEFTKIT_HANDSHAKE_SYMBOL "peftkit_plugin_handshake_v1"

@@ -1,0 +1,97 @@
+// int8: row-wise absmax int8 quantization of the frozen base (LLM.int8's vector-wise weights,
+// spec formats §2.4): scale[r] = max |w_r|, q = round(w * 127 / scale[r]). Optionally the columns
+// holding an element of magnitude >= `threshold` stay in bf16 beside it (LLM.int8's outliers).
+// The weight is dequantized on use, on the GPU by a CUDA kernel, and again in the backward.
+#include <ATen/ATen.h>
+
+#include "peftkit/error.hpp"
+#include "peftkit/quantizer.hpp"
+#include "quant/quant.hpp"
+
+namespace peftkit::int8 {
+namespace {
+
+using kernels::PackedInt8;
+
+class Int8Linear final : public QuantizedLinear {
+ public:
+  // outlier_columns: int64 [k] (possibly empty); outliers: bf16 [out, k].
+  Int8Linear(PackedInt8 packed, at::Tensor outlier_columns, at::Tensor outliers, at::ScalarType dtype)
+      : packed_(std::move(packed)), columns_(std::move(outlier_columns)), outliers_(std::move(outliers)), dtype_(dtype) {}
+
+  at::Tensor forward(const at::Tensor& x) const override {
+    return kernels::linear_dequantized(x, [this](at::ScalarType t) { return dequantize(t); });
+  }
+  at::Tensor dense_weight() const override { return dequantize(dtype_); }
+  int64_t in_features() const override { return packed_.q.size(1); }
+  int64_t out_features() const override { return packed_.q.size(0); }
+  TensorMap packed() const override {
+    return {{"q", packed_.q}, {"scale", packed_.scale}, {"outlier_columns", columns_}, {"outliers", outliers_},
+            {"dtype", at::scalar_tensor(static_cast<int64_t>(dtype_), at::kLong)}};
+  }
+  int64_t nbytes() const override {
+    return packed_.q.nbytes() + packed_.scale.nbytes() + columns_.nbytes() + outliers_.nbytes();
+  }
+
+ private:
+  at::Tensor dequantize(at::ScalarType dtype) const {
+    at::Tensor w = kernels::dequantize_int8_rows(packed_, dtype);
+    if (columns_.numel() > 0) w.index_copy_(1, columns_, outliers_.to(dtype));
+    return w;
+  }
+  PackedInt8 packed_;
+  at::Tensor columns_, outliers_;
+  at::ScalarType dtype_;
+};
+
+class Int8Quantizer final : public Quantizer {
+ public:
+  explicit Int8Quantizer(double threshold) : threshold_(threshold) {}
+
+  std::unique_ptr<QuantizedLinear> quantize(const at::Tensor& weight) const override {
+    if (weight.dim() != 2) throw Error("int8: expected a 2-D weight, found " + c10::str(weight.sizes()));
+    at::Tensor w = weight.detach();
+    at::Tensor columns = at::empty({0}, w.options().dtype(at::kLong));
+    at::Tensor outliers = at::empty({w.size(0), 0}, w.options().dtype(at::kBFloat16));
+    if (threshold_ > 0) {
+      columns = (w.abs() >= threshold_).any(0).nonzero().view(-1);
+      if (columns.numel() > 0) {
+        outliers = w.index_select(1, columns).to(at::kBFloat16);
+        w = w.index_fill(1, columns, 0);  // the int8 part holds zeros there, and its scales ignore them
+      }
+    }
+    return std::make_unique<Int8Linear>(kernels::quantize_int8_rows(w), columns, outliers, weight.scalar_type());
+  }
+
+  std::unique_ptr<QuantizedLinear> load(const TensorMap& packed) const override {
+    auto get = [&](const char* key) -> const at::Tensor& {
+      auto it = packed.find(key);
+      if (it == packed.end()) throw Error(std::string("int8: the pre-quantized weight has no '") + key + "'");
+      return it->second;
+    };
+    return std::make_unique<Int8Linear>(PackedInt8{get("q"), get("scale")}, get("outlier_columns"), get("outliers"),
+                                        static_cast<at::ScalarType>(get("dtype").item<int64_t>()));
+  }
+
+ private:
+  double threshold_;
+};
+
+class Int8Plugin final : public QuantizerPlugin {
+ public:
+  OptionSchema options() const override {
+    return OptionSchema().add_float("threshold", 0.0,
+                                    "keep columns with an element of magnitude >= threshold in bf16 (LLM.int8's "
+                                    "outliers, 6.0 in transformers); 0 = off",
+                                    Bound{0});
+  }
+  std::unique_ptr<Quantizer> create(const Options& o) const override {
+    return std::make_unique<Int8Quantizer>(o.get_float("threshold"));
+  }
+};
+
+}  // namespace
+}  // namespace peftkit::int8
+
+PEFTKIT_PLUGIN(peftkit::int8::Int8Plugin, "int8", "0.1.0",
+               "int8 row-wise absmax quantization of the frozen base (LLM.int8 outlier columns optional)")
