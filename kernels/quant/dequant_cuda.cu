@@ -74,7 +74,7 @@ __global__ void dequantize_int8_kernel(const int8_t* __restrict__ q, const float
     return;
   }
   for (int64_t i = first; i < first + 8 && i < numel; ++i)
-    out[i] = convert<T>(static_cast<float>(q[i]) * scale[i / cols] * (1.0f / 127.0f));
+    out[i] = convert<T>(static_cast<float>(q[i]) * (scale[i / cols] * (1.0f / 127.0f)));
 }
 
 std::string launched(const char* what) {

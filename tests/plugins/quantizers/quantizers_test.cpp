@@ -134,7 +134,9 @@ TEST(Quantizers, APreQuantizedBaseFileIsReusedOnlyWhenItMatches) {
   auto [second, second_losses] = again("out2", "");
   ASSERT_EQ(second.exit_code, 0) << second.output;
   EXPECT_NE(second.output.find("info pre-quantized base"), std::string::npos) << second.output;
-  EXPECT_EQ(second_losses, first.losses);
+  ASSERT_EQ(second_losses.size(), first.losses.size());
+  for (size_t i = 0; i < first.losses.size(); ++i)  // equal on the CPU; GPU reductions may reorder
+    EXPECT_NEAR(second_losses[i], first.losses[i], 1e-4 * first.losses[i]) << "step " << i + 1;
   auto [other, other_losses] = again("out3", " --set quant.nf4.blocksize=128");
   ASSERT_EQ(other.exit_code, 0) << other.output;
   EXPECT_NE(other.output.find("quantizing again"), std::string::npos) << other.output;
