@@ -14,6 +14,8 @@ trap 'rm -rf "$work"' EXIT
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 "$build/tests/quant_test"
+"$build/tests/wkv7_cpu_test" --gtest_filter="Wkv7Cuda*"
+"$build/bench/wkv7_bench"
 "$build/bench/quant_bench"
 
 python3 -c "import numpy as np; np.save('$work/tokens.npy', np.random.default_rng(0).integers(1, 65536, 400000).astype('<u2'))"

@@ -1,5 +1,6 @@
-// WKV7 on the CPU: the exact recurrence, the CPU path of training and the oracle for GPU kernels.
-// The backward recomputes states from checkpoints taken every kChunk steps, so memory is
+// WKV7 on the CPU (the exact recurrence, the CPU path of training and the oracle for GPU kernels)
+// and its autograd binding, which runs the CUDA kernel (wkv7_cuda.cu) for CUDA tensors. The
+// backward recomputes states from checkpoints taken every kChunk steps, so memory is
 // B*H*(T/kChunk)*N*N instead of B*H*T*N*N.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -9,6 +10,9 @@
 #include <vector>
 
 #include "wkv7/wkv7.hpp"
+#ifdef PEFTKIT_WKV7_CUDA
+#include "wkv7/wkv7_cuda.hpp"
+#endif
 
 namespace peftkit::kernels {
 namespace {
@@ -162,12 +166,40 @@ at::ScalarType accumulate_type(const at::Tensor& r) {
   return r.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+#ifdef PEFTKIT_WKV7_CUDA
+// The CUDA kernel takes bf16 or fp32 inputs as they are; everything else is made fp32.
+at::ScalarType cuda_input_type(const at::Tensor& r) {
+  return r.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kFloat;
+}
+cuda::InputType cuda_type(const at::Tensor& x) {
+  return x.scalar_type() == at::kBFloat16 ? cuda::InputType::kBFloat16 : cuda::InputType::kFloat32;
+}
+void check_cuda(const std::string& status) { TORCH_CHECK(status.empty(), "wkv7 CUDA kernel: ", status); }
+#endif
+
 class Wkv7Function : public torch::autograd::Function<Wkv7Function> {
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, at::Tensor r,
                                                 at::Tensor z, at::Tensor k, at::Tensor v, at::Tensor a,
                                                 at::Tensor b, at::Tensor s0) {
     const Shape s{r.size(0), r.size(1), r.size(2), r.size(3)};
+#ifdef PEFTKIT_WKV7_CUDA
+    if (r.is_cuda()) {
+      auto prepare = [&](const at::Tensor& x) { return x.to(cuda_input_type(r)).contiguous(); };
+      at::Tensor rc = prepare(r), zc = prepare(z), kc = prepare(k), vc = prepare(v), ac = prepare(a), bc = prepare(b);
+      const at::Tensor s0c = s0.to(at::kFloat).contiguous();
+      at::Tensor y = at::empty_like(rc);
+      at::Tensor s_final = at::empty({s.B, s.H, s.N, s.N}, rc.options().dtype(at::kFloat));
+      at::Tensor checkpoints = at::empty({s.B * s.H, (s.T + kChunk - 1) / kChunk, s.N, s.N}, s_final.options());
+      check_cuda(cuda::wkv7_forward(r.get_device(), cuda_type(rc), {s.B, s.T, s.H, s.N}, rc.data_ptr(), zc.data_ptr(),
+                                    kc.data_ptr(), vc.data_ptr(), ac.data_ptr(), bc.data_ptr(), s0c.data_ptr<float>(),
+                                    y.data_ptr(), s_final.data_ptr<float>(), checkpoints.data_ptr<float>()));
+      ctx->save_for_backward({rc, zc, kc, vc, ac, bc, checkpoints});
+      ctx->saved_data["input_dtype"] = static_cast<int64_t>(r.scalar_type());
+      ctx->saved_data["s0_dtype"] = static_cast<int64_t>(s0.scalar_type());
+      return {y.to(r.scalar_type()), s_final};
+    }
+#endif
     const auto acc = accumulate_type(r);
     auto prepare = [&](const at::Tensor& x) { return x.to(acc).contiguous(); };
     at::Tensor rc = prepare(r), zc = prepare(z), kc = prepare(k), vc = prepare(v), ac = prepare(a),
@@ -192,6 +224,28 @@ class Wkv7Function : public torch::autograd::Function<Wkv7Function> {
     const at::Tensor &r = saved[0], &z = saved[1], &k = saved[2], &v = saved[3], &a = saved[4],
                      &b = saved[5], &checkpoints = saved[6];
     const Shape s{r.size(0), r.size(1), r.size(2), r.size(3)};
+    const auto input_dtype = static_cast<at::ScalarType>(ctx->saved_data["input_dtype"].toInt());
+    const auto s0_dtype = static_cast<at::ScalarType>(ctx->saved_data["s0_dtype"].toInt());
+#ifdef PEFTKIT_WKV7_CUDA
+    if (r.is_cuda()) {
+      const auto f32 = r.options().dtype(at::kFloat);
+      at::Tensor dy = grads[0].defined() ? grads[0].to(at::kFloat).contiguous() : at::Tensor();
+      at::Tensor ds_final = grads[1].defined() ? grads[1].to(at::kFloat).contiguous() : at::Tensor();
+      at::Tensor dr = at::empty(r.sizes(), f32), dz = at::empty_like(dr), dk = at::empty_like(dr),
+                 dv = at::empty_like(dr), da = at::empty_like(dr), db = at::empty_like(dr);
+      at::Tensor ds0 = at::empty({s.B, s.H, s.N, s.N}, f32);
+      at::Tensor scratch = at::empty({s.B * s.H * (kChunk + 1) * s.N * s.N}, f32);
+      check_cuda(cuda::wkv7_backward(r.get_device(), cuda_type(r), {s.B, s.T, s.H, s.N}, r.data_ptr(), z.data_ptr(),
+                                     k.data_ptr(), v.data_ptr(), a.data_ptr(), b.data_ptr(),
+                                     checkpoints.data_ptr<float>(), dy.defined() ? dy.data_ptr<float>() : nullptr,
+                                     ds_final.defined() ? ds_final.data_ptr<float>() : nullptr, dr.data_ptr<float>(),
+                                     dz.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(),
+                                     da.data_ptr<float>(), db.data_ptr<float>(), ds0.data_ptr<float>(),
+                                     scratch.data_ptr<float>()));
+      return {dr.to(input_dtype), dz.to(input_dtype), dk.to(input_dtype), dv.to(input_dtype),
+              da.to(input_dtype), db.to(input_dtype), ds0.to(s0_dtype)};
+    }
+#endif
     const auto acc = r.scalar_type();
     at::Tensor dy = grads[0].defined() ? grads[0].to(acc).contiguous() : at::Tensor();
     at::Tensor ds_final = grads[1].defined() ? grads[1].to(acc).contiguous() : at::Tensor();
@@ -202,8 +256,6 @@ class Wkv7Function : public torch::autograd::Function<Wkv7Function> {
       backward_kernel<double>(s, r, z, k, v, a, b, checkpoints, dy, ds_final, dr, dz, dk, dv, da, db, ds0);
     else
       backward_kernel<float>(s, r, z, k, v, a, b, checkpoints, dy, ds_final, dr, dz, dk, dv, da, db, ds0);
-    const auto input_dtype = static_cast<at::ScalarType>(ctx->saved_data["input_dtype"].toInt());
-    const auto s0_dtype = static_cast<at::ScalarType>(ctx->saved_data["s0_dtype"].toInt());
     return {dr.to(input_dtype), dz.to(input_dtype), dk.to(input_dtype), dv.to(input_dtype),
             da.to(input_dtype), db.to(input_dtype), ds0.to(s0_dtype)};
   }
@@ -223,7 +275,14 @@ std::tuple<at::Tensor, at::Tensor> wkv7(const at::Tensor& r, const at::Tensor& z
     TORCH_CHECK(s0.sizes() == at::IntArrayRef({r.size(0), r.size(2), r.size(3), r.size(3)}),
                 "wkv7: s0 must be [B, H, N, N] = ", at::IntArrayRef({r.size(0), r.size(2), r.size(3), r.size(3)}),
                 ", got ", s0.sizes());
-  if (!r.device().is_cpu()) return wkv7_reference(r, z, k, v, a, b, s0);
+  if (!r.device().is_cpu()) {
+#ifdef PEFTKIT_WKV7_CUDA
+    const bool kernel = r.is_cuda() && cuda::wkv7_supports(r.size(3)) && r.scalar_type() != at::kDouble;
+#else
+    const bool kernel = false;
+#endif
+    if (!kernel) return wkv7_reference(r, z, k, v, a, b, s0);
+  }
   // Autograd functions need defined inputs: no initial state means a zero one.
   at::Tensor initial = s0.defined() ? s0
                                     : at::zeros({r.size(0), r.size(2), r.size(3), r.size(3)},

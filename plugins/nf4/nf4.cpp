@@ -87,7 +87,7 @@ class Nf4Quantizer final : public Quantizer {
     Packed4bit p;
     p.packed = get("packed");
     p.codebook = get("codebook").to(at::kFloat);
-    const at::Tensor shape = get("shape");
+    const at::Tensor shape = get("shape").to(at::kCPU).contiguous();  // read on the host
     p.shape = std::vector<int64_t>(shape.data_ptr<int64_t>(), shape.data_ptr<int64_t>() + shape.numel());
     p.blocksize = get("blocksize").item<int64_t>();
     if (p.blocksize != blocksize_ || !at::equal(p.codebook.cpu(), type_ == "fp4" ? kernels::fp4_codebook() : kernels::nf4_codebook()))

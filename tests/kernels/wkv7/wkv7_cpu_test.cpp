@@ -132,6 +132,47 @@ TEST(Wkv7Cpu, TensorOpReferenceAgreesWithTheKernelIncludingGradients) {
     EXPECT_LT(relative_error(kernel[i], reference[i].to(at::kDouble)), 1e-5) << i;
 }
 
+// GPU machine only: the CUDA kernel against the CPU kernel in float64 from the same inputs (rounded
+// to the kernel's input dtype first): outputs, final state and every gradient including dh0, with
+// a weighted loss on y and the final state (so ds_final flows in); T with chunk tails.
+TEST(Wkv7Cuda, MatchesTheFloat64CpuKernelIncludingGradients) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  struct Case {
+    int64_t B, T, H, N;
+    at::ScalarType dtype;
+    double bound;
+  };
+  const Case cases[] = {{2, 37, 3, 64, at::kFloat, 1e-5},  {2, 37, 3, 64, at::kBFloat16, 2e-3},
+                        {1, 1, 2, 16, at::kFloat, 1e-5},   {3, 100, 2, 32, at::kBFloat16, 2e-3},
+                        {1, 300, 1, 128, at::kFloat, 1e-5}, {4, 17, 4, 16, at::kBFloat16, 2e-3}};
+  for (const auto& c : cases) {
+    Inputs in = random_inputs(c.B, c.T, c.H, c.N, c.dtype, 21 + c.T);
+    in.s0 = in.s0.to(at::kFloat);
+    const at::Tensor weight_y = at::randn({c.B, c.T, c.H, c.N}, at::kDouble);
+    const at::Tensor weight_s = at::randn({c.B, c.H, c.N, c.N}, at::kDouble);
+    auto run = [&](at::Device device, at::ScalarType dtype) {
+      std::vector<at::Tensor> leaves;
+      for (const at::Tensor* t : {&in.r, &in.z, &in.k, &in.v, &in.a, &in.b, &in.s0})
+        leaves.push_back(t->to(device, t == &in.s0 ? (dtype == at::kDouble ? at::kDouble : at::kFloat) : dtype)
+                             .detach().requires_grad_(true));
+      auto [y, s] = wkv7(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], leaves[5], leaves[6]);
+      ((y.to(at::kDouble) * weight_y.to(device)).sum() + (s.to(at::kDouble) * weight_s.to(device)).sum()).backward();
+      std::vector<at::Tensor> out = {y.detach().cpu().to(at::kDouble), s.detach().cpu().to(at::kDouble)};
+      for (const auto& leaf : leaves) out.push_back(leaf.grad().cpu().to(at::kDouble));
+      return out;
+    };
+    const auto want = run(at::kCPU, at::kDouble);
+    const auto got = run(at::kCUDA, c.dtype);
+    const char* names[] = {"y", "s_final", "dr", "dz", "dk", "dv", "da", "db", "ds0"};
+    for (size_t i = 0; i < want.size(); ++i)
+      EXPECT_LE(relative_error(got[i], want[i]), c.bound)
+          << names[i] << " B" << c.B << " T" << c.T << " H" << c.H << " N" << c.N << " " << c.dtype;
+    // Run to run, the kernel is deterministic.
+    const auto again = run(at::kCUDA, c.dtype);
+    for (size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(at::equal(again[i], got[i])) << names[i];
+  }
+}
+
 TEST(Wkv7Cpu, RejectsMismatchedShapes) {
   Inputs in = random_inputs(1, 4, 2, 4, at::kFloat, 6);
   EXPECT_THROW(wkv7(in.r, in.z.slice(1, 0, 3), in.k, in.v, in.a, in.b, in.s0), c10::Error);
