@@ -148,7 +148,8 @@ TEST(Wkv7Cuda, MatchesTheFloat64CpuKernelIncludingGradients) {
   for (const auto& c : cases) {
     Inputs in = random_inputs(c.B, c.T, c.H, c.N, c.dtype, 21 + c.T);
     in.s0 = in.s0.to(at::kFloat);
-    const at::Tensor weight_y = at::randn({c.B, c.T, c.H, c.N}, at::kDouble);
+    // dy reaches the kernel in y's dtype: the reference gets the same rounded dy.
+    const at::Tensor weight_y = at::randn({c.B, c.T, c.H, c.N}, at::kDouble).to(c.dtype).to(at::kDouble);
     const at::Tensor weight_s = at::randn({c.B, c.H, c.N, c.N}, at::kDouble);
     auto run = [&](at::Device device, at::ScalarType dtype) {
       std::vector<at::Tensor> leaves;
