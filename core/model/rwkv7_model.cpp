@@ -82,6 +82,7 @@ Rwkv7Model::Rwkv7Model(const TensorMap& weights, const ModelOptions& options, co
     sites_.push_back(std::move(site));
   }
   if (quantized("head.weight")) head_ = make_base("head.weight", weights.at("head.weight"), true);
+  options_.prequantized = nullptr;  // the caller's map was only needed here
 }
 
 std::unique_ptr<FrozenLinear> Rwkv7Model::make_base(const std::string& name, const at::Tensor& weight,

@@ -16,7 +16,7 @@ namespace {
 at::Tensor table(const std::vector<float>& values) { return at::tensor(values, at::kFloat); }
 
 // A kernel may take the tensor: CUDA, contiguous and aligned for vector loads and stores.
-bool kernel_ready(const at::Tensor& t, size_t alignment) {
+[[maybe_unused]] bool kernel_ready(const at::Tensor& t, size_t alignment) {
   return t.is_cuda() && t.is_contiguous() && reinterpret_cast<uintptr_t>(t.data_ptr()) % alignment == 0;
 }
 

@@ -64,6 +64,23 @@ TEST(Quantizers, TheForwardStaysCloseToTheBf16Forward) {
   }
 }
 
+TEST(Quantizers, TheHeadIsQuantizedOnlyWhenAsked) {
+  at::NoGradGuard no_grad;
+  const at::Tensor tokens = at::randint(300, {1, 9});
+  ModelOptions options = quantized(at::kFloat, quantizer("int8"));
+  options.quantize_targets = {};
+  options.quantize_head = true;
+  Rwkv7Model model(small_model_weights(), options, "test");
+  EXPECT_EQ(model.weights().count("head.weight"), 0u);
+  EXPECT_EQ(model.weights().count("blocks.0.att.key.weight"), 1u);
+  const at::Tensor head = small_model_weights().at("head.weight");
+  EXPECT_LE(relative_error(model.head_weight(), head), 0.01);
+  TensorMap dense = small_model_weights();
+  dense["head.weight"] = model.head_weight();
+  Rwkv7Model reference(dense, {at::kFloat, at::kCPU}, "test");
+  EXPECT_LE(relative_error(model.forward(tokens), reference.forward(tokens)), 1e-5);
+}
+
 TEST(Quantizers, AQuantizedModelComputesExactlyWithItsDequantizedWeights) {
   const at::Tensor tokens = at::randint(300, {2, 13});
   for (const std::string plugin : {"nf4", "int8"}) {
