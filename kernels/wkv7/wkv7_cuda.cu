@@ -24,18 +24,27 @@ __device__ inline void store<__nv_bfloat16>(__nv_bfloat16* p, int64_t i, float v
 
 __device__ inline float decay_of(float z) { return __expf(-kDecayScale / (1.0f + __expf(-z))); }
 
-// Loads the six step vectors of time t into shared memory (thread i loads element i).
-template <class T, int N>
-__device__ inline void load_step(const T* r, const T* z, const T* k, const T* v, const T* a, const T* b, int64_t o,
-                                 int i, float* sr, float* sd, float* sk, float* sv, float* sa_, float* sb, float* sz) {
-  sr[i] = load(r, o + i);
-  const float zi = load(z, o + i);
-  if (sz) sz[i] = zi;
-  sd[i] = decay_of(zi);
-  sk[i] = load(k, o + i);
-  sv[i] = load(v, o + i);
-  sa_[i] = load(a, o + i);
-  sb[i] = load(b, o + i);
+// Element i of the six step vectors of one time step. Fetched into registers one step ahead, so
+// the global loads of step t + 1 overlap the arithmetic of step t.
+struct StepValues {
+  float r, z, k, v, a, b;
+};
+
+template <class T>
+__device__ inline StepValues fetch(const T* r, const T* z, const T* k, const T* v, const T* a, const T* b, int64_t o) {
+  return {load(r, o), load(z, o), load(k, o), load(v, o), load(a, o), load(b, o)};
+}
+
+// Makes thread i's values visible to the block (the caller synchronises around it).
+__device__ inline void publish(const StepValues& x, int i, float* sr, float* sd, float* sk, float* sv, float* sa_,
+                               float* sb, float* sz) {
+  sr[i] = x.r;
+  if (sz) sz[i] = x.z;
+  sd[i] = decay_of(x.z);
+  sk[i] = x.k;
+  sv[i] = x.v;
+  sa_[i] = x.a;
+  sb[i] = x.b;
 }
 
 // One step of row i: S_i <- S_i diag(d) + (S_i . a) b^T + v_i k^T; returns S_i . r.
@@ -65,17 +74,19 @@ __global__ void __launch_bounds__(N) forward_kernel(Wkv7Shape s, const T* r, con
   float S[N];
 #pragma unroll
   for (int j = 0; j < N; ++j) S[j] = s0[(static_cast<int64_t>(bh) * N + i) * N + j];
+  auto offset = [&](int64_t t) { return bi * s.T * HN + t * HN + h * N + i; };
+  StepValues next = fetch(r, z, k, v, a, b, offset(0));
   for (int64_t t = 0; t < s.T; ++t) {
     if (t % kWkv7Chunk == 0) {
       float* c = checkpoints + ((static_cast<int64_t>(bh) * chunks + t / kWkv7Chunk) * N + i) * N;
 #pragma unroll
       for (int j = 0; j < N; ++j) c[j] = S[j];
     }
-    const int64_t o = bi * s.T * HN + t * HN + h * N;
     __syncthreads();
-    load_step<T, N>(r, z, k, v, a, b, o, i, sr, sd, sk, sv, sa_, sb, nullptr);
+    publish(next, i, sr, sd, sk, sv, sa_, sb, nullptr);
     __syncthreads();
-    store(y, o + i, step_row<N>(S, i, sr, sd, sk, sv, sa_, sb));
+    if (t + 1 < s.T) next = fetch(r, z, k, v, a, b, offset(t + 1));
+    store(y, offset(t), step_row<N>(S, i, sr, sd, sk, sv, sa_, sb));
   }
 #pragma unroll
   for (int j = 0; j < N; ++j) s_final[(static_cast<int64_t>(bh) * N + i) * N + j] = S[j];
@@ -103,6 +114,7 @@ __global__ void __launch_bounds__(N) backward_kernel(Wkv7Shape s, const T* r, co
   const int bh = blockIdx.x, i = threadIdx.x;
   const int64_t bi = bh / s.H, h = bh % s.H, HN = s.H * N, NN = N * N, chunks = (s.T + kWkv7Chunk - 1) / kWkv7Chunk;
   float* states = scratch + static_cast<int64_t>(bh) * (kWkv7Chunk + 1) * NN;  // [t][j][i]: coalesced rows
+  auto offset = [&](int64_t t) { return bi * s.T * HN + t * HN + h * N + i; };
 #pragma unroll
   for (int j = 0; j < N; ++j) dS[i * P + j] = ds_final ? ds_final[static_cast<int64_t>(bh) * NN + i * N + j] : 0.0f;
   for (int64_t c = chunks - 1; c >= 0; --c) {
@@ -115,26 +127,33 @@ __global__ void __launch_bounds__(N) backward_kernel(Wkv7Shape s, const T* r, co
       S[j] = checkpoint[j];
       states[j * N + i] = S[j];
     }
+    StepValues next = fetch(r, z, k, v, a, b, offset(t0));
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t o = bi * s.T * HN + t * HN + h * N;
       __syncthreads();
-      load_step<T, N>(r, z, k, v, a, b, o, i, sr, sd, sk, sv, sa_, sb, nullptr);
+      publish(next, i, sr, sd, sk, sv, sa_, sb, nullptr);
       __syncthreads();
+      if (t + 1 < t1) next = fetch(r, z, k, v, a, b, offset(t + 1));
       step_row<N>(S, i, sr, sd, sk, sv, sa_, sb);
-      float* next = states + (t - t0 + 1) * NN;
+      float* after = states + (t - t0 + 1) * NN;
 #pragma unroll
-      for (int j = 0; j < N; ++j) next[j * N + i] = S[j];
+      for (int j = 0; j < N; ++j) after[j * N + i] = S[j];
     }
     __syncthreads();
     // cur = S_{t1}
     for (int j = 0; j < N; ++j) cur[j * P + i] = states[(t1 - t0) * NN + j * N + i];  // cur[j][i] = S[i][j]
+    next = fetch(r, z, k, v, a, b, offset(t1 - 1));
+    float next_dy = dy ? dy[offset(t1 - 1)] : 0.0f;
     for (int64_t t = t1 - 1; t >= t0; --t) {
-      const int64_t o = bi * s.T * HN + t * HN + h * N;
+      const int64_t o = offset(t) - i;
       // prev = S_{t-1} (stored transposed like cur: prev[j * P + i] = S[i][j]).
       for (int j = 0; j < N; ++j) prev[j * P + i] = states[(t - t0) * NN + j * N + i];
-      load_step<T, N>(r, z, k, v, a, b, o, i, sr, sd, sk, sv, sa_, sb, sz);
-      sdy[i] = dy ? dy[o + i] : 0.0f;
+      publish(next, i, sr, sd, sk, sv, sa_, sb, sz);
+      sdy[i] = next_dy;
       __syncthreads();
+      if (t > t0) {
+        next = fetch(r, z, k, v, a, b, offset(t - 1));
+        next_dy = dy ? dy[offset(t - 1)] : 0.0f;
+      }
       // Row i: dS += dy r^T; sa_i = S_{t-1,i} . a; dv_i; dsa_i.
       float sa = 0, dvi = 0, dsai = 0;
       const float dyi = sdy[i];
