@@ -139,12 +139,22 @@ Command inspect_command() {
     const TensorMap& t = contents.tensors;
     std::cout << "file:          " << file << "\n";
     static const std::regex kState(R"(blocks\.\d+\.att\.time_state)");
-    static const std::regex kLora(R"(.*\.(lora_A|lora_B)(\.weight)?)");
-    bool all_state = !t.empty(), any_lora = false;
-    for (const auto& [name, tensor] : t) {
-      all_state = all_state && std::regex_match(name, kState);
-      any_lora = any_lora || std::regex_match(name, kLora);
-    }
+    auto count_suffix = [&](std::string_view suffix, int64_t* size0 = nullptr) {
+      int64_t n = 0;
+      for (const auto& [name, tensor] : t)
+        if (name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0 &&
+            (suffix != ".lora_A" || name.find(".init_lora_A") == std::string::npos)) {
+          ++n;
+          if (size0) *size0 = tensor.size(0);
+        }
+      return n;
+    };
+    auto scalar = [&](const char* key) { return t.count(key) ? c10::str(t.at(key).item<double>()) : std::string("not stored"); };
+    bool all_state = !t.empty();
+    for (const auto& [name, tensor] : t) all_state = all_state && std::regex_match(name, kState);
+    int64_t rank = 0;
+    const int64_t lora_sites = count_suffix(".lora_A", &rank) + count_suffix(".lora_A.weight", &rank);
+    const int64_t miss_sites = count_suffix(".miss_block");
     if (t.count("emb.weight") && t.count("blocks.0.ln1.weight")) {
       bool v6 = false;
       for (const auto& [name, tensor] : t) v6 = v6 || name.find("time_maa_x") != std::string::npos;
@@ -160,15 +170,29 @@ Command inspect_command() {
                 << "state shape:   " << c10::str(first.sizes()) << " per layer (n_embd " << first.size(0) * first.size(1) << ")\n"
                 << "elements:      " << total_elements(t) << "\n"
                 << "dtypes:        " << dtype_summary(t) << "\n";
-    } else if (any_lora) {
-      int64_t sites = 0, rank = 0;
-      for (const auto& [name, tensor] : t)
-        if (name.find("lora_A") != std::string::npos) ++sites, rank = tensor.size(0);
-      std::cout << "kind:          LoRA adapter\n"
-                << "sites:         " << sites << "\n"
+    } else if (lora_sites > 0) {
+      const bool pissa = count_suffix(".init_lora_A") > 0;
+      std::cout << "kind:          " << (pissa ? "PiSSA adapter (with its init pair)" : "LoRA adapter") << "\n"
+                << "sites:         " << lora_sites << "\n"
                 << "rank:          " << rank << "\n"
+                << "alpha:         " << scalar(pissa ? "pissa.alpha" : "lora.alpha") << "\n"
                 << "parameters:    " << total_elements(t) << "\n"
                 << "dtypes:        " << dtype_summary(t) << "\n";
+    } else if (miss_sites > 0) {
+      static const char* kModes[] = {"balance", "mini", "bat"};
+      const int64_t mode = t.count("miss.mode") ? t.at("miss.mode").item<int64_t>() : 0;
+      std::cout << "kind:          MiSS adapter\n"
+                << "sites:         " << miss_sites << "\n"
+                << "mode:          " << (mode >= 0 && mode < 3 ? kModes[mode] : "unknown") << "\n"
+                << "r:             " << scalar("miss.r") << "\n"
+                << "parameters:    " << total_elements(t) << "\n"
+                << "dtypes:        " << dtype_summary(t) << "\n";
+    } else if (contents.metadata.count("peftkit.quantized_from")) {
+      int64_t bytes = 0;
+      for (const auto& [name, tensor] : t) bytes += tensor.nbytes();
+      std::cout << "kind:          pre-quantized base ([quant] cache_file)\n"
+                << "weights:       " << std::max(count_suffix(".weight.packed"), count_suffix(".weight.q")) << "\n"
+                << "bytes:         " << bytes << "\n";
     } else {
       std::cout << "kind:          unknown tensor file (" << t.size() << " tensors, " << total_elements(t)
                 << " elements; dtypes " << dtype_summary(t) << ")\n";

@@ -132,6 +132,23 @@ TEST(AdapterCommandsTest, StateAndLoraTrainedTogetherMergeAndMountTogether) {
                            merged.at("blocks.0.att.time_state").to(at::kFloat), 1e-2, 1e-2));
 }
 
+TEST(AdapterCommandsTest, InspectNamesEachAdapterKind) {
+  testing::TempDir dir;
+  write_pth(dir / "miss.pth", {{"blocks.0.att.key.miss_block", at::zeros({8, 64})},
+                               {"miss.r", at::scalar_tensor(8, at::kLong)},
+                               {"miss.mode", at::scalar_tensor(2, at::kLong)}});
+  write_pth(dir / "pissa.pth", {{"blocks.0.att.key.lora_A", at::zeros({4, 64})}, {"blocks.0.att.key.lora_B", at::zeros({64, 4})},
+                                {"blocks.0.att.key.init_lora_A", at::zeros({4, 64})},
+                                {"blocks.0.att.key.init_lora_B", at::zeros({64, 4})},
+                                {"pissa.alpha", at::scalar_tensor(8.0, at::kDouble)}});
+  auto miss = run_command(peftkit("inspect " + (dir / "miss.pth").string()));
+  EXPECT_NE(miss.output.find("kind:          MiSS adapter\nsites:         1\nmode:          bat"), std::string::npos)
+      << miss.output;
+  auto pissa = run_command(peftkit("inspect " + (dir / "pissa.pth").string()));
+  EXPECT_NE(pissa.output.find("PiSSA adapter (with its init pair)\nsites:         1\nrank:          4\nalpha:         8"),
+            std::string::npos) << pissa.output;
+}
+
 TEST(AdapterCommandsTest, AdaptersThatDoNotDescribeThemselvesAskForTheirRecipe) {
   testing::TempDir dir;
   write_pth(dir / "model.pth", testing::small_model_weights());
