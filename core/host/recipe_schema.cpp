@@ -65,6 +65,10 @@ OptionSchema train_schema() {
       .add_float("adam_eps", 1e-8, "Adam epsilon", Bound{0, true})
       .add_float("weight_decay", 0.0, "decoupled weight decay on 2-D weights (0: off)", Bound{0})
       .add_bool("grad_cp", false, "gradient checkpointing per block (RWKV-PEFT: 0/1)")
+      .add_string("kernel", "auto",
+                  "WKV7 implementation: auto (the CPU kernel, or the CUDA kernel on a GPU) or reference (tensor "
+                  "ops per time step, slow, for checking the kernels)",
+                  {"auto", "reference"})
       .add_string("precision", "bf16", "bf16: frozen weights and activations in bf16 with fp32 "
                   "master copies; fp32; tf32: fp32 with TF32 matmuls", {"bf16", "fp32", "tf32"})
       .add_int("accumulate_grad_batches", 1, "micro-batches per optimizer step", 1, 1 << 16)

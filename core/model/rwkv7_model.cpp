@@ -233,8 +233,8 @@ at::Tensor Rwkv7Model::time_mix(int64_t l, const at::Tensor& x, at::Tensor& v_fi
   k = k * (1 + (a - 1) * vec("k_a"));
 
   auto heads = [&](const at::Tensor& t) { return t.reshape({B, T, H, N}); };
-  auto [y, s_final] = kernels::wkv7(heads(r), z.reshape({B, T, H, N}), heads(k), heads(v), -kk,
-                                    kk * heads(a), state.wkv[l]);
+  auto wkv = options_.wkv_reference ? kernels::wkv7_reference : kernels::wkv7;
+  auto [y, s_final] = wkv(heads(r), z.reshape({B, T, H, N}), heads(k), heads(v), -kk, kk * heads(a), state.wkv[l]);
   state.wkv[l] = s_final;
   y = at::group_norm(y.reshape({B * T, C}), H, weight(p + "ln_x.weight"), weight(p + "ln_x.bias"), kGroupNormEps)
           .view({B, T, C});

@@ -36,6 +36,8 @@ struct ModelOptions {
   bool quantize_head = false;
   // Packed weights saved earlier (quantized_weights()), used instead of quantizing again.
   const TensorMap* prequantized = nullptr;
+  // The per-time-step tensor-op WKV7 instead of the kernels (for debugging them).
+  bool wkv_reference = false;
 };
 
 // The recurrent state of B sequences, per layer.

@@ -201,6 +201,7 @@ void Trainer::Impl::setup() {
   const host::QuantizedBase quantization = host::quantized_base(recipe, plugins, model_path);
   ModelOptions model_options{dtype, device};
   quantization.apply(model_options);
+  model_options.wkv_reference = train.get_string("kernel") == "reference";
   model = std::make_unique<Rwkv7Model>(base, model_options, model_path.string());
   if (quantization.quantizer) {
     quantization.save_cache(*model);

@@ -77,6 +77,18 @@ TEST_F(TrainerTest, SameRecipeAndSeedGiveTheSameLossesBitForBit) {
   EXPECT_TRUE(a[4].contains("grad_norm") && a[4].contains("tokens_per_s") && a[4].contains("lr"));
 }
 
+TEST_F(TrainerTest, TheReferenceKernelGivesTheSameLosses) {
+  ASSERT_EQ(run_command(peftkit_command("train " + recipe().string())).exit_code, 0);
+  auto kernel = metrics();
+  testing::remove_tree(dir_ / "out");
+  auto result = run_command(peftkit_command("train " + recipe().string() + " --set train.kernel=reference"));
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  auto reference = metrics();
+  ASSERT_EQ(reference.size(), kernel.size());
+  for (size_t i = 0; i < kernel.size(); ++i)
+    EXPECT_NEAR(reference[i]["loss"].get<double>(), kernel[i]["loss"].get<double>(), 1e-4) << "step " << i + 1;
+}
+
 TEST_F(TrainerTest, InterruptedRunResumesExactly) {
   ASSERT_EQ(run_command(peftkit_command("train " + recipe().string())).exit_code, 0);
   const auto uninterrupted = metrics();
