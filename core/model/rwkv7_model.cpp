@@ -253,6 +253,11 @@ at::Tensor Rwkv7Model::channel_mix(int64_t l, const at::Tensor& x, Rwkv7State& s
 }
 
 at::Tensor Rwkv7Model::forward(const at::Tensor& tokens, Rwkv7State* state) {
+  const at::Tensor normed = forward_hidden(tokens, state);
+  return head_ ? head_->forward(normed) : at::linear(normed, weight("head.weight"));
+}
+
+at::Tensor Rwkv7Model::forward_hidden(const at::Tensor& tokens, Rwkv7State* state) {
   if (tokens.dim() != 2 || tokens.scalar_type() != at::kLong)
     throw Error("model input must be int64 tokens [B, T], got " + std::string(c10::toString(tokens.scalar_type())) +
                 " with " + std::to_string(tokens.dim()) + " dimensions");
@@ -272,8 +277,7 @@ at::Tensor Rwkv7Model::forward(const at::Tensor& tokens, Rwkv7State* state) {
   const bool checkpoint = gradient_checkpointing_ && at::GradMode::is_enabled();
   for (int64_t l = 0; l < config_.n_layer; ++l)
     x = checkpoint ? checkpointed_block(l, x, v_first, *state) : block(l, x, v_first, *state);
-  const at::Tensor normed = ln(x, "ln_out");
-  return head_ ? head_->forward(normed) : at::linear(normed, weight("head.weight"));
+  return ln(x, "ln_out");
 }
 
 at::Tensor Rwkv7Model::block(int64_t l, const at::Tensor& x_in, at::Tensor& v_first, Rwkv7State& state) {

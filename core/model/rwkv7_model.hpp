@@ -61,6 +61,10 @@ class Rwkv7Model final : public ModelView {
   // Logits [B, T, V] for tokens [B, T]. `state` holds the state before the first token and is
   // replaced by the state after the last; null starts from initial_state() and drops the result.
   at::Tensor forward(const at::Tensor& tokens, Rwkv7State* state = nullptr);
+  // The same without the head: ln_out's output [B, T, C], for a loss fused with the head.
+  at::Tensor forward_hidden(const at::Tensor& tokens, Rwkv7State* state = nullptr);
+  // The head weight [V, C] with autograd when it is trained; undefined when the head is quantized.
+  at::Tensor trainable_head_weight() const { return head_ ? at::Tensor() : weight("head.weight"); }
 
   // The base weights under their checkpoint names (adapters not applied; trained tensors as their
   // fp32 masters).

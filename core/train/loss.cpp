@@ -65,7 +65,79 @@ class CrossEntropyL2Wrap : public torch::autograd::Function<CrossEntropyL2Wrap> 
   }
 };
 
+// Rows per chunk of the fused head: 256 x 65536 fp32 logits are 64 MiB.
+constexpr int64_t kFusedRowsPerChunk = 256;
+
+// Per chunk of rows: the fp32 logits of hidden_chunk W^T.
+at::Tensor chunk_logits(const at::Tensor& hidden_rows, const at::Tensor& weight, int64_t begin, int64_t end) {
+  return at::matmul(hidden_rows.slice(0, begin, end), weight.t()).to(at::kFloat);
+}
+
+class HeadCrossEntropyL2Wrap : public torch::autograd::Function<HeadCrossEntropyL2Wrap> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
+                            const at::Tensor& targets, int64_t count) {
+    const at::Tensor rows = hidden.detach().reshape({-1, hidden.size(-1)});
+    const at::Tensor w = weight.detach();
+    const at::Tensor labels = targets.reshape({-1}).to(rows.device());
+    at::Tensor total = at::zeros({}, rows.options().dtype(at::kDouble));
+    for (int64_t begin = 0; begin < rows.size(0); begin += kFusedRowsPerChunk) {
+      const int64_t end = std::min(rows.size(0), begin + kFusedRowsPerChunk);
+      const at::Tensor logits = chunk_logits(rows, w, begin, end);
+      const at::Tensor chunk_labels = labels.slice(0, begin, end);
+      const at::Tensor mask = chunk_labels != kIgnoreIndex;
+      const at::Tensor safe = at::where(mask, chunk_labels, at::zeros_like(chunk_labels));
+      const at::Tensor nll = at::logsumexp(logits, -1) - logits.gather(1, safe.unsqueeze(1)).squeeze(1);
+      total += (nll * mask).sum().to(at::kDouble);
+    }
+    ctx->save_for_backward({hidden, weight, targets});
+    ctx->saved_data["count"] = count;
+    return (count > 0 ? total / static_cast<double>(count) : total).to(at::kFloat);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor rows = saved[0].reshape({-1, saved[0].size(-1)});
+    const at::Tensor& w = saved[1];
+    const at::Tensor labels = saved[2].reshape({-1}).to(rows.device());
+    const int64_t count = ctx->saved_data["count"].toInt();
+    const double upstream = grads[0].item<double>();
+    const double ce_scale = count > 0 ? upstream / static_cast<double>(count) : 0.0;
+    const double wrap_scale = upstream * kL2WrapFactor / static_cast<double>(rows.size(0));
+    const bool want_hidden = ctx->needs_input_grad(0), want_weight = ctx->needs_input_grad(1);
+    at::Tensor grad_rows = want_hidden ? at::empty_like(rows) : at::Tensor();
+    at::Tensor grad_weight = want_weight ? at::zeros(w.sizes(), w.options().dtype(at::kFloat)) : at::Tensor();
+    for (int64_t begin = 0; begin < rows.size(0); begin += kFusedRowsPerChunk) {
+      const int64_t end = std::min(rows.size(0), begin + kFusedRowsPerChunk);
+      const at::Tensor logits = chunk_logits(rows, w, begin, end);
+      const at::Tensor chunk_labels = labels.slice(0, begin, end);
+      const at::Tensor mask = chunk_labels != kIgnoreIndex;
+      at::Tensor g = at::softmax(logits, -1) * (mask.unsqueeze(1).to(at::kFloat) * ce_scale);
+      const at::Tensor safe = at::where(mask, chunk_labels, at::zeros_like(chunk_labels));
+      g.scatter_add_(1, safe.unsqueeze(1), (mask.to(at::kFloat) * -ce_scale).unsqueeze(1));
+      auto [max_value, max_index] = logits.max(-1);
+      g.scatter_add_(1, max_index.unsqueeze(1), (max_value * wrap_scale).unsqueeze(1));
+      const at::Tensor g_cast = g.to(w.scalar_type());
+      if (want_hidden) grad_rows.slice(0, begin, end).copy_(at::matmul(g_cast, w));
+      if (want_weight) grad_weight.add_(at::matmul(g_cast.t(), rows.slice(0, begin, end)).to(at::kFloat));
+    }
+    return {want_hidden ? grad_rows.view(saved[0].sizes()) : at::Tensor(),
+            want_weight ? grad_weight.to(w.scalar_type()) : at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
 }  // namespace
+
+std::pair<at::Tensor, int64_t> head_cross_entropy_l2wrap(const at::Tensor& hidden, const at::Tensor& head_weight,
+                                                         const at::Tensor& targets) {
+  TORCH_CHECK(hidden.dim() == 3 && targets.dim() == 2 && hidden.size(0) == targets.size(0) &&
+                  hidden.size(1) == targets.size(1) && head_weight.dim() == 2 && head_weight.size(1) == hidden.size(2),
+              "head_cross_entropy_l2wrap: hidden [B, T, C], head [V, C] and targets [B, T] expected, got ",
+              hidden.sizes(), ", ", head_weight.sizes(), " and ", targets.sizes());
+  const int64_t count = (targets != kIgnoreIndex).sum().item<int64_t>();
+  return {HeadCrossEntropyL2Wrap::apply(hidden, head_weight.to(hidden.scalar_type()), targets, count), count};
+}
 
 std::pair<at::Tensor, int64_t> cross_entropy_l2wrap(const at::Tensor& logits, const at::Tensor& targets) {
   TORCH_CHECK(logits.dim() == 3 && targets.dim() == 2 && logits.size(0) == targets.size(0) &&

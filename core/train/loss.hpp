@@ -22,6 +22,12 @@ namespace peftkit {
 // that count; with none (all targets ignored) the loss is 0 and only L2Wrap acts.
 std::pair<at::Tensor, int64_t> cross_entropy_l2wrap(const at::Tensor& logits, const at::Tensor& targets);
 
+// The same loss of logits = hidden head_weightᵀ, fused with the head: the [B, T, V] logits never
+// exist, only one chunk of rows at a time, recomputed in the backward. hidden [B, T, C] and
+// head_weight [V, C] (same dtype) get gradients when they require them.
+std::pair<at::Tensor, int64_t> head_cross_entropy_l2wrap(const at::Tensor& hidden, const at::Tensor& head_weight,
+                                                         const at::Tensor& targets);
+
 inline constexpr double kL2WrapFactor = 1e-4;
 
 }  // namespace peftkit

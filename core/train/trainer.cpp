@@ -150,6 +150,8 @@ struct Trainer::Impl {
   std::pair<at::Tensor, at::Tensor> batch(int64_t epoch, int64_t first_slot, int64_t count, const Dataset& data,
                                           const IndexRange& range, bool ordered);
   double evaluate();
+  // Cross-entropy + L2Wrap, fused with the head unless the head is quantized.
+  std::pair<at::Tensor, int64_t> loss_of(const at::Tensor& inputs, const at::Tensor& targets);
   std::string fingerprint() const;
   int run();
 };
@@ -336,6 +338,12 @@ std::pair<at::Tensor, at::Tensor> Trainer::Impl::batch(int64_t epoch, int64_t fi
   return {at::tensor(inputs).view({count, length}).to(device), at::tensor(targets).view({count, length}).to(device)};
 }
 
+std::pair<at::Tensor, int64_t> Trainer::Impl::loss_of(const at::Tensor& inputs, const at::Tensor& targets) {
+  const at::Tensor head = model->trainable_head_weight();
+  if (!head.defined()) return cross_entropy_l2wrap(model->forward(inputs), targets);
+  return head_cross_entropy_l2wrap(model->forward_hidden(inputs), head, targets);
+}
+
 double Trainer::Impl::evaluate() {
   at::NoGradGuard no_grad;
   model->set_training(false);
@@ -343,7 +351,7 @@ double Trainer::Impl::evaluate() {
   int64_t count = 0;
   for (int64_t first = 0; first < eval_range.size(); first += micro_bsz) {
     auto [inputs, targets] = batch(0, first, std::min(micro_bsz, eval_range.size() - first), *eval_dataset, eval_range, true);
-    auto [loss, tokens] = cross_entropy_l2wrap(model->forward(inputs), targets);
+    auto [loss, tokens] = loss_of(inputs, targets);
     loss_sum += loss.item<double>() * static_cast<double>(tokens);
     count += tokens;
   }
@@ -467,7 +475,7 @@ int Trainer::Impl::run() {
     for (int64_t micro = 0; micro < accumulate; ++micro) {
       auto [inputs, targets] =
           batch(epoch, (in_epoch * accumulate + micro) * micro_bsz, micro_bsz, *dataset, train_range, false);
-      auto [loss, counted] = cross_entropy_l2wrap(model->forward(inputs), targets);
+      auto [loss, counted] = loss_of(inputs, targets);
       (loss / static_cast<double>(accumulate)).backward();
       loss_sum += loss.item<double>();
       step_tokens += counted;

@@ -49,5 +49,32 @@ TEST(CrossEntropyL2Wrap, GradientKeepsTheLogitsDtype) {
   EXPECT_EQ(logits.grad().scalar_type(), at::kBFloat16);
 }
 
+TEST(HeadCrossEntropyL2Wrap, EqualsTheHeadFollowedByTheLossIncludingGradients) {
+  // 2 x 300 rows cross the 256-row chunks; some targets ignored. Both compute the softmax in fp32,
+  // so they agree to fp32 rounding whatever the input dtype.
+  for (auto dtype : {at::kDouble, at::kFloat}) {
+    const at::Tensor hidden0 = at::randn({2, 300, 16}, dtype);
+    const at::Tensor head0 = at::randn({50, 16}, dtype) * 0.5;
+    at::Tensor targets = at::randint(50, {2, 300});
+    targets.slice(1, 0, 7).fill_(-100);
+    at::Tensor h1 = hidden0.clone().requires_grad_(true), w1 = head0.clone().requires_grad_(true);
+    at::Tensor h2 = hidden0.clone().requires_grad_(true), w2 = head0.clone().requires_grad_(true);
+    auto [unfused, n1] = cross_entropy_l2wrap(at::linear(h1, w1), targets);
+    auto [fused, n2] = head_cross_entropy_l2wrap(h2, w2, targets);
+    EXPECT_EQ(n1, n2);
+    const double tolerance = 2e-5;
+    EXPECT_NEAR(fused.item<double>(), unfused.item<double>(), tolerance * unfused.item<double>());
+    (unfused * 3).backward();
+    (fused * 3).backward();
+    EXPECT_TRUE(at::allclose(h2.grad(), h1.grad(), tolerance, tolerance)) << dtype;
+    EXPECT_TRUE(at::allclose(w2.grad(), w1.grad(), tolerance, tolerance)) << dtype;
+  }
+  // A frozen head gets no gradient and costs none.
+  at::Tensor h = at::randn({1, 5, 16}, at::kDouble).requires_grad_(true);
+  auto [loss, n] = head_cross_entropy_l2wrap(h, at::randn({50, 16}, at::kDouble), at::randint(50, {1, 5}));
+  loss.backward();
+  EXPECT_TRUE(h.grad().defined());
+}
+
 }  // namespace
 }  // namespace peftkit
