@@ -4,34 +4,14 @@
 // copy of the dequantized size (bytes read + written), NF4 (blocksize 64) and int8 dequantization
 // to bf16 (packed bytes read + bf16 bytes written), and prints one table row each.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAEvent.h>
 #include <c10/cuda/CUDAStream.h>
 
 #include <cstdio>
 #include <functional>
 #include <vector>
 
+#include "cuda_timer.hpp"
 #include "quant/quant.hpp"
-
-namespace {
-
-// Milliseconds per call, the median of 5 timings of `repeats` calls each.
-double time_ms(const std::function<void()>& f, int repeats = 50) {
-  for (int i = 0; i < 5; ++i) f();
-  std::vector<double> times;
-  for (int t = 0; t < 5; ++t) {
-    at::cuda::CUDAEvent start(cudaEventDefault), stop(cudaEventDefault);
-    start.record();
-    for (int i = 0; i < repeats; ++i) f();
-    stop.record();
-    stop.synchronize();
-    times.push_back(start.elapsed_time(stop) / repeats);
-  }
-  std::sort(times.begin(), times.end());
-  return times[2];
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   using namespace peftkit::kernels;
@@ -48,13 +28,13 @@ int main(int argc, char** argv) {
     const at::Tensor w = at::randn({out, in}, at::TensorOptions().device(at::kCUDA)) * 0.02;
     const int64_t numel = out * in;
     at::Tensor source = w.to(at::kBFloat16), target = at::empty_like(source);
-    const double copy_ms = time_ms([&] { target.copy_(source); });
+    const double copy_ms = peftkit::bench::time_ms([&] { target.copy_(source); }, 50, 5);
     const double copy_gbs = 2.0 * numel * 2 / (copy_ms * 1e6);
     const Packed4bit nf4 = quantize_4bit(w, nf4_codebook(), 64);
-    const double nf4_ms = time_ms([&] { dequantize_4bit(nf4, at::kBFloat16); });
+    const double nf4_ms = peftkit::bench::time_ms([&] { dequantize_4bit(nf4, at::kBFloat16); }, 50, 5);
     const double nf4_gbs = (nf4.packed.nbytes() + nf4.absmax.nbytes() + numel * 2.0) / (nf4_ms * 1e6);
     const PackedInt8 int8 = quantize_int8_rows(w);
-    const double int8_ms = time_ms([&] { dequantize_int8_rows(int8, at::kBFloat16); });
+    const double int8_ms = peftkit::bench::time_ms([&] { dequantize_int8_rows(int8, at::kBFloat16); }, 50, 5);
     const double int8_gbs = (int8.q.nbytes() + int8.scale.nbytes() + numel * 2.0) / (int8_ms * 1e6);
     std::printf("| %lld x %lld | %.0f | %.4f | %.0f | %.0f%% | %.4f | %.0f | %.0f%% |\n", static_cast<long long>(out),
                 static_cast<long long>(in), copy_gbs, nf4_ms, nf4_gbs, 100 * nf4_gbs / copy_gbs, int8_ms, int8_gbs,

@@ -3,7 +3,6 @@
 //   wkv7_bench [B T H]...          (default: 8 1024 12, 4 4096 32, 1 16384 32; N = 64)
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
-#include <ATen/cuda/CUDAEvent.h>
 #include <torch/csrc/autograd/autograd.h>
 
 #include <algorithm>
@@ -11,26 +10,8 @@
 #include <functional>
 #include <vector>
 
+#include "cuda_timer.hpp"
 #include "wkv7/wkv7.hpp"
-
-namespace {
-
-double time_ms(const std::function<void()>& f, int repeats = 10) {
-  for (int i = 0; i < 3; ++i) f();
-  std::vector<double> times;
-  for (int t = 0; t < 5; ++t) {
-    at::cuda::CUDAEvent start(cudaEventDefault), stop(cudaEventDefault);
-    start.record();
-    for (int i = 0; i < repeats; ++i) f();
-    stop.record();
-    stop.synchronize();
-    times.push_back(start.elapsed_time(stop) / repeats);
-  }
-  std::sort(times.begin(), times.end());
-  return times[2];
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   if (!at::hasCUDA()) {
@@ -50,16 +31,16 @@ int main(int argc, char** argv) {
     const at::Tensor r = input(-1, 1), z = input(-6, 2), k = input(-1, 1), v = input(-1, 1);
     const at::Tensor a = (-kk).to(at::kBFloat16), b = (kk * at::rand_like(kk)).to(at::kBFloat16);
     const at::Tensor h0 = at::randn({H, N, N}, opts).requires_grad_(true);
-    const double forward = time_ms([&] {
+    const double forward = peftkit::bench::time_ms([&] {
       at::NoGradGuard no_grad;
       peftkit::kernels::wkv7(r, z, k, v, a, b, h0.unsqueeze(0).expand({B, H, N, N}));
-    });
+    }, 10, 3);
     const at::Tensor dy = at::randn({B, T, H, N}, opts).to(at::kBFloat16);
-    const double both = time_ms([&] {
+    const double both = peftkit::bench::time_ms([&] {
       auto [y, s] = peftkit::kernels::wkv7(r, z, k, v, a, b, h0.unsqueeze(0).expand({B, H, N, N}));
       at::Tensor grad = torch::autograd::grad({y}, {h0}, {dy})[0];
       (void)s;
-    });
+    }, 10, 3);
     std::printf("| %lld, %lld, %lld | %.3f | %.3f |\n", static_cast<long long>(B), static_cast<long long>(T),
                 static_cast<long long>(H), forward, both);
   }

@@ -4,6 +4,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include <iostream>
+#include <set>
 
 #include "cli/command.hpp"
 #include "host/adapters.hpp"
@@ -133,11 +134,11 @@ Command merge_command() {
       // keys (states) as merge_into writes them.
       TensorMap merged = m.weights;
       for (const auto& method : m.methods) method->merge_into(merged);
-      std::map<std::string, bool> site_weights;
-      for (const auto& site : m.model->linear_sites()) site_weights[site.name + ".weight"] = true;
+      std::set<std::string> site_weights;
+      for (const auto& site : m.model->linear_sites()) site_weights.insert(site.name + ".weight");
       for (auto& [name, tensor] : merged)
         if (!site_weights.count(name)) m.weights[name] = tensor;
-      for (const auto& [name, unused] : site_weights) {
+      for (const auto& name : site_weights) {
         at::Tensor& w = m.weights.at(name);
         w = m.model->effective_weight(name.substr(0, name.size() - 7)).to(at::kCPU, w.scalar_type());
       }

@@ -10,6 +10,26 @@ namespace {
 
 constexpr int64_t kRowsPerChunk = 1024;
 
+// The summed negative log-likelihood of fp32 logit rows [n, V] over the labels that count.
+at::Tensor nll_sum(const at::Tensor& logits, const at::Tensor& labels) {
+  const at::Tensor mask = labels != kIgnoreIndex;
+  const at::Tensor safe = at::where(mask, labels, at::zeros_like(labels));
+  const at::Tensor nll = at::logsumexp(logits, -1) - logits.gather(1, safe.unsqueeze(1)).squeeze(1);
+  return (nll * mask).sum();
+}
+
+// d loss / d logits for fp32 logit rows [n, V]: ce_scale (softmax - onehot(label)) on the rows that
+// count, plus L2Wrap: every row pushes its largest logit towards zero with wrap_scale.
+at::Tensor logits_gradient(const at::Tensor& logits, const at::Tensor& labels, double ce_scale, double wrap_scale) {
+  const at::Tensor mask = labels != kIgnoreIndex;
+  at::Tensor g = at::softmax(logits, -1) * (mask.unsqueeze(1).to(at::kFloat) * ce_scale);
+  const at::Tensor safe = at::where(mask, labels, at::zeros_like(labels));
+  g.scatter_add_(1, safe.unsqueeze(1), (mask.to(at::kFloat) * -ce_scale).unsqueeze(1));
+  auto [max_value, max_index] = logits.max(-1);
+  g.scatter_add_(1, max_index.unsqueeze(1), (max_value * wrap_scale).unsqueeze(1));
+  return g;
+}
+
 class CrossEntropyL2Wrap : public torch::autograd::Function<CrossEntropyL2Wrap> {
  public:
   // count: the number of targets that are not ignored, computed once by the caller.
@@ -18,16 +38,10 @@ class CrossEntropyL2Wrap : public torch::autograd::Function<CrossEntropyL2Wrap> 
     const int64_t V = logits.size(-1);
     const at::Tensor rows = logits.detach().reshape({-1, V});
     const at::Tensor labels = targets.reshape({-1}).to(rows.device());
-    const at::Tensor counted = labels != kIgnoreIndex;
     double total = 0;
     for (int64_t begin = 0; begin < rows.size(0); begin += kRowsPerChunk) {
       const int64_t end = std::min(rows.size(0), begin + kRowsPerChunk);
-      const at::Tensor chunk = rows.slice(0, begin, end).to(at::kFloat);
-      const at::Tensor chunk_labels = labels.slice(0, begin, end);
-      const at::Tensor mask = counted.slice(0, begin, end);
-      const at::Tensor safe = at::where(mask, chunk_labels, at::zeros_like(chunk_labels));
-      const at::Tensor nll = at::logsumexp(chunk, -1) - chunk.gather(1, safe.unsqueeze(1)).squeeze(1);
-      total += (nll * mask).sum().item<double>();
+      total += nll_sum(rows.slice(0, begin, end).to(at::kFloat), labels.slice(0, begin, end)).item<double>();
     }
     ctx->save_for_backward({logits, targets});
     ctx->saved_data["count"] = count;
@@ -49,17 +63,9 @@ class CrossEntropyL2Wrap : public torch::autograd::Function<CrossEntropyL2Wrap> 
     at::Tensor grad = at::empty_like(rows);
     for (int64_t begin = 0; begin < rows.size(0); begin += kRowsPerChunk) {
       const int64_t end = std::min(rows.size(0), begin + kRowsPerChunk);
-      const at::Tensor chunk = rows.slice(0, begin, end).to(at::kFloat);
-      const at::Tensor chunk_labels = labels.slice(0, begin, end);
-      const at::Tensor mask = chunk_labels != kIgnoreIndex;
-      // d CE / d logits = softmax - onehot(target), for counted rows.
-      at::Tensor g = at::softmax(chunk, -1) * (mask.unsqueeze(1).to(at::kFloat) * ce_scale);
-      const at::Tensor safe = at::where(mask, chunk_labels, at::zeros_like(chunk_labels));
-      g.scatter_add_(1, safe.unsqueeze(1), (mask.to(at::kFloat) * -ce_scale).unsqueeze(1));
-      // L2Wrap: every row pushes its largest logit towards zero.
-      auto [max_value, max_index] = chunk.max(-1);
-      g.scatter_add_(1, max_index.unsqueeze(1), (max_value * wrap_scale).unsqueeze(1));
-      grad.slice(0, begin, end).copy_(g);
+      grad.slice(0, begin, end)
+          .copy_(logits_gradient(rows.slice(0, begin, end).to(at::kFloat), labels.slice(0, begin, end), ce_scale,
+                                 wrap_scale));
     }
     return {grad.view(logits.sizes()), at::Tensor(), at::Tensor()};
   }
@@ -83,12 +89,7 @@ class HeadCrossEntropyL2Wrap : public torch::autograd::Function<HeadCrossEntropy
     at::Tensor total = at::zeros({}, rows.options().dtype(at::kDouble));
     for (int64_t begin = 0; begin < rows.size(0); begin += kFusedRowsPerChunk) {
       const int64_t end = std::min(rows.size(0), begin + kFusedRowsPerChunk);
-      const at::Tensor logits = chunk_logits(rows, w, begin, end);
-      const at::Tensor chunk_labels = labels.slice(0, begin, end);
-      const at::Tensor mask = chunk_labels != kIgnoreIndex;
-      const at::Tensor safe = at::where(mask, chunk_labels, at::zeros_like(chunk_labels));
-      const at::Tensor nll = at::logsumexp(logits, -1) - logits.gather(1, safe.unsqueeze(1)).squeeze(1);
-      total += (nll * mask).sum().to(at::kDouble);
+      total += nll_sum(chunk_logits(rows, w, begin, end), labels.slice(0, begin, end)).to(at::kDouble);
     }
     ctx->save_for_backward({hidden, weight, targets});
     ctx->saved_data["count"] = count;
@@ -110,15 +111,9 @@ class HeadCrossEntropyL2Wrap : public torch::autograd::Function<HeadCrossEntropy
     at::Tensor grad_weight = want_weight ? at::zeros(w.sizes(), w.options().dtype(at::kFloat)) : at::Tensor();
     for (int64_t begin = 0; begin < rows.size(0); begin += kFusedRowsPerChunk) {
       const int64_t end = std::min(rows.size(0), begin + kFusedRowsPerChunk);
-      const at::Tensor logits = chunk_logits(rows, w, begin, end);
-      const at::Tensor chunk_labels = labels.slice(0, begin, end);
-      const at::Tensor mask = chunk_labels != kIgnoreIndex;
-      at::Tensor g = at::softmax(logits, -1) * (mask.unsqueeze(1).to(at::kFloat) * ce_scale);
-      const at::Tensor safe = at::where(mask, chunk_labels, at::zeros_like(chunk_labels));
-      g.scatter_add_(1, safe.unsqueeze(1), (mask.to(at::kFloat) * -ce_scale).unsqueeze(1));
-      auto [max_value, max_index] = logits.max(-1);
-      g.scatter_add_(1, max_index.unsqueeze(1), (max_value * wrap_scale).unsqueeze(1));
-      const at::Tensor g_cast = g.to(w.scalar_type());
+      const at::Tensor g_cast =
+          logits_gradient(chunk_logits(rows, w, begin, end), labels.slice(0, begin, end), ce_scale, wrap_scale)
+              .to(w.scalar_type());
       if (want_hidden) grad_rows.slice(0, begin, end).copy_(at::matmul(g_cast, w));
       if (want_weight) grad_weight.add_(at::matmul(g_cast.t(), rows.slice(0, begin, end)).to(at::kFloat));
     }

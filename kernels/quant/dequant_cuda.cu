@@ -13,6 +13,14 @@ __device__ inline float convert<float>(float v) { return v; }
 template <>
 __device__ inline __nv_bfloat16 convert<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
+// Stores eight outputs, group g = elements 8g .. 8g + 7, with 16-byte stores.
+template <class T>
+__device__ inline void store8(T* out, int64_t group, const T (&values)[8]) {
+  const uint4* source = reinterpret_cast<const uint4*>(values);
+  uint4* target = reinterpret_cast<uint4*>(out) + group * (sizeof(T) * 8 / sizeof(uint4));
+  for (size_t k = 0; k < sizeof(T) * 8 / sizeof(uint4); ++k) target[k] = source[k];
+}
+
 // Eight outputs per thread: one 32-bit load of packed codes, one 16- or 32-byte store. The eight
 // elements share one absmax block because blocksize is a multiple of 8.
 template <class T>
@@ -35,12 +43,7 @@ __global__ void dequantize_4bit_kernel(const uint8_t* __restrict__ packed, const
       values[2 * b] = convert<T>(lut[byte >> 4] * scale);
       values[2 * b + 1] = convert<T>(lut[byte & 0xFu] * scale);
     }
-    if constexpr (sizeof(T) == 2) {
-      reinterpret_cast<uint4*>(out)[group] = *reinterpret_cast<const uint4*>(values);
-    } else {
-      reinterpret_cast<uint4*>(out)[2 * group] = *reinterpret_cast<const uint4*>(values);
-      reinterpret_cast<uint4*>(out)[2 * group + 1] = *reinterpret_cast<const uint4*>(values + 4);
-    }
+    store8(out, group, values);
     return;
   }
   for (int64_t i = first; i < numel; ++i) {  // the tail
@@ -65,12 +68,7 @@ __global__ void dequantize_int8_kernel(const int8_t* __restrict__ q, const float
     T values[8];
 #pragma unroll
     for (int k = 0; k < 8; ++k) values[k] = convert<T>(static_cast<float>(v[k]) * s);
-    if constexpr (sizeof(T) == 2) {
-      reinterpret_cast<uint4*>(out)[group] = *reinterpret_cast<const uint4*>(values);
-    } else {
-      reinterpret_cast<uint4*>(out)[2 * group] = *reinterpret_cast<const uint4*>(values);
-      reinterpret_cast<uint4*>(out)[2 * group + 1] = *reinterpret_cast<const uint4*>(values + 4);
-    }
+    store8(out, group, values);
     return;
   }
   for (int64_t i = first; i < first + 8 && i < numel; ++i)

@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
+#include <cmath>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -59,20 +60,73 @@ void check_stored_scalar(const TensorMap& tensors, const std::string& key, doubl
                 " (a different value would mis-scale the adapter)");
 }
 
-void write_hf_lora_folder(const std::filesystem::path& folder, const std::vector<HfLoraSite>& sites,
-                          const HfLoraConfig& config) {
+LowRankPairs::LowRankPairs(std::string method, int64_t r, double alpha, bool rslora)
+    : method_(std::move(method)), r_(r), alpha_(alpha), rslora_(rslora) {}
+
+double LowRankPairs::scale() const {
+  return rslora_ ? alpha_ / std::sqrt(static_cast<double>(r_)) : alpha_ / static_cast<double>(r_);
+}
+
+void LowRankPairs::add(std::string site, at::Tensor a, at::Tensor b) {
+  pairs_.push_back({std::move(site), std::move(a), std::move(b)});
+}
+
+std::vector<TrainableTensor> LowRankPairs::trainable_tensors() const {
+  std::vector<TrainableTensor> out;
+  for (const auto& p : pairs_) {
+    out.push_back({p.name + ".lora_A", p.a, 1.0, true});
+    out.push_back({p.name + ".lora_B", p.b, 1.0, true});
+  }
+  return out;
+}
+
+void LowRankPairs::store(TensorMap& out) const {
+  for (const auto& p : pairs_) {
+    out[p.name + ".lora_A"] = p.a.detach().to(at::kCPU);
+    out[p.name + ".lora_B"] = p.b.detach().to(at::kCPU);
+  }
+  out[method_ + ".r"] = at::scalar_tensor(r_, at::kLong);
+  out[method_ + ".alpha"] = at::scalar_tensor(alpha_, at::kDouble);
+  out[method_ + ".rslora"] = at::scalar_tensor(rslora_ ? 1 : 0, at::kLong);
+}
+
+void LowRankPairs::load(const TensorMap& tensors) {
+  const std::string table = "[peft." + method_ + "] ";
+  check_stored_scalar(tensors, method_ + ".r", static_cast<double>(r_), table + "r");
+  check_stored_scalar(tensors, method_ + ".alpha", alpha_, table + "alpha");
+  check_stored_scalar(tensors, method_ + ".rslora", rslora_ ? 1 : 0, table + "use_rslora");
+  for (auto& p : pairs_) {
+    load_tensor(tensors, p.name + ".lora_A", p.a, method_);
+    load_tensor(tensors, p.name + ".lora_B", p.b, method_);
+  }
+}
+
+void LowRankPairs::add_to_weights(TensorMap& weights, double sign,
+                                  const std::function<at::Tensor(size_t)>& extra) const {
+  auto f64 = [](const at::Tensor& t) { return t.detach().to(at::kCPU, at::kDouble); };
+  for (size_t i = 0; i < pairs_.size(); ++i) {
+    const Pair& p = pairs_[i];
+    auto it = weights.find(p.name + ".weight");
+    if (it == weights.end()) throw Error(method_ + ": the model has no " + p.name + ".weight to merge into");
+    at::Tensor delta = at::matmul(f64(p.b), f64(p.a));
+    if (extra) delta = delta + extra(i);
+    add_to_weight(it->second, delta * (sign * scale()));
+  }
+}
+
+void LowRankPairs::write_hf_folder(const std::filesystem::path& folder, double dropout) const {
   std::filesystem::create_directories(folder);
   TensorMap tensors;
   std::vector<std::string> modules;
-  for (const auto& s : sites) {
-    tensors["base_model.model." + s.name + ".lora_A.weight"] = s.a.detach().to(at::kCPU, at::kFloat).contiguous();
-    tensors["base_model.model." + s.name + ".lora_B.weight"] = s.b.detach().to(at::kCPU, at::kFloat).contiguous();
-    modules.push_back(s.name);
+  for (const auto& p : pairs_) {
+    tensors["base_model.model." + p.name + ".lora_A.weight"] = p.a.detach().to(at::kCPU, at::kFloat).contiguous();
+    tensors["base_model.model." + p.name + ".lora_B.weight"] = p.b.detach().to(at::kCPU, at::kFloat).contiguous();
+    modules.push_back(p.name);
   }
   write_safetensors(folder / "adapter_model.safetensors", tensors, {{"format", "pt"}});
   const nlohmann::json json = {
-      {"peft_type", "LORA"}, {"task_type", "CAUSAL_LM"}, {"r", config.r}, {"lora_alpha", config.alpha},
-      {"lora_dropout", config.dropout}, {"use_rslora", config.rslora}, {"target_modules", modules},
+      {"peft_type", "LORA"}, {"task_type", "CAUSAL_LM"}, {"r", r_}, {"lora_alpha", alpha_},
+      {"lora_dropout", dropout}, {"use_rslora", rslora_}, {"target_modules", modules},
       {"bias", "none"}, {"fan_in_fan_out", false}, {"init_lora_weights", true}, {"inference_mode", false},
       {"base_model_name_or_path", nullptr}, {"use_dora", false}, {"modules_to_save", nullptr}};
   std::ofstream(folder / "adapter_config.json") << json.dump(2) << "\n";

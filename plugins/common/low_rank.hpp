@@ -3,11 +3,13 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "peftkit/model.hpp"
+#include "peftkit/peft_method.hpp"
 
 namespace peftkit::plugins {
 
@@ -41,21 +43,44 @@ void load_tensor(const TensorMap& tensors, const std::string& key, at::Tensor& t
 void check_stored_scalar(const TensorMap& tensors, const std::string& key, double configured,
                          std::string_view recipe_key);
 
-// One adapted site of an HF PEFT LoRA adapter.
-struct HfLoraSite {
-  std::string name;  // "blocks.0.att.key"
-  at::Tensor a;      // [r, in]
-  at::Tensor b;      // [out, r]
+// A method's low-rank pairs, A [r, in] and B [out, r] per site (fp32, trained in place), with r,
+// alpha and rsLoRA. Saved in RWKV-PEFT's layout, <site>.lora_A / <site>.lora_B, plus
+// <method>.r / .alpha / .rslora, so that loading with other values is refused, never mis-scaled.
+class LowRankPairs {
+ public:
+  struct Pair {
+    std::string name;  // "blocks.0.att.key"
+    at::Tensor a, b;
+  };
+  // method: "lora", "pissa": names the scalars and the recipe table in messages.
+  LowRankPairs(std::string method, int64_t r, double alpha, bool rslora);
+
+  int64_t r() const { return r_; }
+  double alpha() const { return alpha_; }
+  bool rslora() const { return rslora_; }
+  double scale() const;  // alpha / r, or alpha / sqrt(r)
+
+  void add(std::string site, at::Tensor a, at::Tensor b);
+  const std::vector<Pair>& pairs() const { return pairs_; }
+  bool empty() const { return pairs_.empty(); }
+
+  std::vector<TrainableTensor> trainable_tensors() const;
+  void store(TensorMap& out) const;  // CPU copies of the pairs, and the scalars
+  void load(const TensorMap& tensors);
+  // W += sign * s B A for every pair (fp64 update, stored in W's dtype); `extra` adds to the update
+  // of a site (PiSSA subtracts its init pair).
+  void add_to_weights(TensorMap& weights, double sign,
+                      const std::function<at::Tensor(size_t)>& extra = nullptr) const;
+  // adapter_config.json + adapter_model.safetensors (F32, base_model.model.<site>.lora_A.weight /
+  // .lora_B.weight) in `folder`, which is created.
+  void write_hf_folder(const std::filesystem::path& folder, double dropout) const;
+
+ private:
+  std::string method_;
+  int64_t r_;
+  double alpha_;
+  bool rslora_;
+  std::vector<Pair> pairs_;
 };
-struct HfLoraConfig {
-  int64_t r = 8;
-  double alpha = 8;
-  double dropout = 0;
-  bool rslora = false;
-};
-// Writes adapter_config.json + adapter_model.safetensors (F32, base_model.model.<site>.lora_A.weight
-// / .lora_B.weight) into `folder`, which is created.
-void write_hf_lora_folder(const std::filesystem::path& folder, const std::vector<HfLoraSite>& sites,
-                          const HfLoraConfig& config);
 
 }  // namespace peftkit::plugins

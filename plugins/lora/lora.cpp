@@ -26,12 +26,12 @@ struct Settings {
   bool rslora = false;
   std::vector<std::string> targets;
   std::string init = "kaiming";
-  double scale() const { return rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / static_cast<double>(r); }
 };
 
 class Lora final : public PeftMethod {
  public:
-  explicit Lora(Settings settings) : settings_(std::move(settings)) {}
+  explicit Lora(Settings settings)
+      : settings_(std::move(settings)), pairs_("lora", settings_.r, settings_.alpha, settings_.rslora) {}
 
   void attach(ModelView& model) override {
     const auto options = model.activation_options().dtype(at::kFloat);
@@ -44,33 +44,20 @@ class Lora final : public PeftMethod {
         a.uniform_(-1.0 / std::sqrt(static_cast<double>(site.in_features)), 1.0 / std::sqrt(static_cast<double>(site.in_features)));
       a.requires_grad_(true);
       at::Tensor b = at::zeros({site.out_features, settings_.r}, options).requires_grad_(true);
-      sites_.push_back({site.name, a, b});
-      model.set_linear_adapter(site.name, std::make_shared<plugins::LowRankAdapter>(model, a, b, settings_.scale(), settings_.dropout));
+      pairs_.add(site.name, a, b);
+      model.set_linear_adapter(site.name, std::make_shared<plugins::LowRankAdapter>(model, a, b, pairs_.scale(), settings_.dropout));
     }
-    if (sites_.empty())
+    if (pairs_.empty())
       throw Error("[peft.lora] targets " + plugins::join_list(settings_.targets) + " match no linear site of the model");
     log::info("lora: r " + std::to_string(settings_.r) + ", alpha " + std::to_string(settings_.alpha) + " on " +
-              std::to_string(sites_.size()) + " sites");
+              std::to_string(pairs_.pairs().size()) + " sites");
   }
 
-  std::vector<TrainableTensor> trainable_tensors() override {
-    std::vector<TrainableTensor> out;
-    for (const auto& s : sites_) {
-      out.push_back({s.name + ".lora_A", s.a, 1.0, true});
-      out.push_back({s.name + ".lora_B", s.b, 1.0, true});
-    }
-    return out;
-  }
+  std::vector<TrainableTensor> trainable_tensors() override { return pairs_.trainable_tensors(); }
 
   TensorMap state_dict() const override {
     TensorMap out;
-    for (const auto& s : sites_) {
-      out[s.name + ".lora_A"] = s.a.detach().to(at::kCPU);
-      out[s.name + ".lora_B"] = s.b.detach().to(at::kCPU);
-    }
-    out["lora.r"] = at::scalar_tensor(settings_.r, at::kLong);
-    out["lora.alpha"] = at::scalar_tensor(settings_.alpha, at::kDouble);
-    out["lora.rslora"] = at::scalar_tensor(settings_.rslora ? 1 : 0, at::kLong);
+    pairs_.store(out);
     return out;
   }
 
@@ -80,18 +67,12 @@ class Lora final : public PeftMethod {
   }
 
   void load_state_dict(const TensorMap& tensors, const std::map<std::string, std::string>&) override {
-    plugins::check_stored_scalar(tensors, "lora.r", static_cast<double>(settings_.r), "[peft.lora] r");
-    plugins::check_stored_scalar(tensors, "lora.alpha", settings_.alpha, "[peft.lora] alpha");
-    plugins::check_stored_scalar(tensors, "lora.rslora", settings_.rslora ? 1 : 0, "[peft.lora] use_rslora");
-    for (auto& s : sites_) {
-      plugins::load_tensor(tensors, s.name + ".lora_A", s.a, "lora");
-      plugins::load_tensor(tensors, s.name + ".lora_B", s.b, "lora");
-    }
+    pairs_.load(tensors);
   }
 
-  // W += s * B A, computed in fp32 and stored in W's dtype.
-  void merge_into(TensorMap& weights) const override { apply(weights, 1.0); }
-  void unmerge_from(TensorMap& weights) const override { apply(weights, -1.0); }
+  // W += s * B A, computed in fp64 and stored in W's dtype.
+  void merge_into(TensorMap& weights) const override { pairs_.add_to_weights(weights, 1.0); }
+  void unmerge_from(TensorMap& weights) const override { pairs_.add_to_weights(weights, -1.0); }
 
   std::vector<ExportFormat> export_formats() const override {
     return {{"hf-peft", "HF PEFT adapter folder: adapter_config.json + adapter_model.safetensors"},
@@ -101,27 +82,12 @@ class Lora final : public PeftMethod {
   void export_to(std::string_view format, const std::filesystem::path& destination) const override {
     if (format == "rwkv-pth") return write_pth(destination, state_dict());
     if (format != "hf-peft") throw Error("lora: no export format '" + std::string(format) + "' (formats: hf-peft, rwkv-pth)");
-    std::vector<plugins::HfLoraSite> sites;
-    for (const auto& s : sites_) sites.push_back({s.name, s.a, s.b});
-    plugins::write_hf_lora_folder(destination, sites, {settings_.r, settings_.alpha, settings_.dropout, settings_.rslora});
+    pairs_.write_hf_folder(destination, settings_.dropout);
   }
 
  private:
-  void apply(TensorMap& weights, double sign) const {
-    for (const auto& s : sites_) {
-      auto it = weights.find(s.name + ".weight");
-      if (it == weights.end()) throw Error("lora: the model has no " + s.name + ".weight to merge into");
-      plugins::add_to_weight(it->second, at::matmul(s.b.detach().to(at::kCPU, at::kDouble), s.a.detach().to(at::kCPU, at::kDouble)) *
-                                            (sign * settings_.scale()));
-    }
-  }
-
-  struct Site {
-    std::string name;
-    at::Tensor a, b;
-  };
   Settings settings_;
-  std::vector<Site> sites_;
+  plugins::LowRankPairs pairs_;
 };
 
 class LoraPlugin final : public PeftPlugin {

@@ -34,7 +34,6 @@ struct Settings {
   int64_t svd_niter = 4;
   int64_t svd_seed = 0;
   std::vector<std::string> targets;
-  double scale() const { return rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / static_cast<double>(r); }
 };
 
 struct Triplets {
@@ -67,11 +66,12 @@ Triplets randomized_svd(const at::Tensor& w, int64_t r, int64_t niter, uint64_t 
 
 class Pissa final : public PeftMethod {
  public:
-  explicit Pissa(Settings settings) : settings_(std::move(settings)) {}
+  explicit Pissa(Settings settings)
+      : settings_(std::move(settings)), pairs_("pissa", settings_.r, settings_.alpha, settings_.rslora) {}
 
   void attach(ModelView& model) override {
     model_ = &model;
-    const double s = settings_.scale();
+    const double s = pairs_.scale();
     at::NoGradGuard no_grad;
     for (const auto& site : model.linear_sites()) {
       if (!plugins::matches_any_suffix(site.name, settings_.targets)) continue;
@@ -85,44 +85,31 @@ class Pissa final : public PeftMethod {
       const Triplets t = settings_.svd == "exact" ? exact_svd(w, settings_.r)
                                                   : randomized_svd(w, settings_.r, settings_.svd_niter, seed);
       const at::Tensor root = at::sqrt(t.s / s);
-      Site entry;
-      entry.name = site.name;
-      entry.a0 = (root.unsqueeze(1) * t.vh).contiguous();
-      entry.b0 = (t.u * root.unsqueeze(0)).contiguous();
+      InitPair init{(root.unsqueeze(1) * t.vh).contiguous(), (t.u * root.unsqueeze(0)).contiguous()};
       const auto options = model.activation_options().dtype(at::kFloat);
-      entry.a = entry.a0.to(options).clone().requires_grad_(true);
-      entry.b = entry.b0.to(options).clone().requires_grad_(true);
-      model.set_base_weight(site.name, w - s * at::matmul(entry.b0, entry.a0));
-      sites_.push_back(entry);
-      model.set_linear_adapter(site.name, std::make_shared<plugins::LowRankAdapter>(model, entry.a, entry.b, s,
-                                                                                    settings_.dropout));
+      at::Tensor a = init.a0.to(options).clone().requires_grad_(true);
+      at::Tensor b = init.b0.to(options).clone().requires_grad_(true);
+      model.set_base_weight(site.name, w - s * at::matmul(init.b0, init.a0));
+      pairs_.add(site.name, a, b);
+      inits_.push_back(init);
+      model.set_linear_adapter(site.name, std::make_shared<plugins::LowRankAdapter>(model, a, b, s, settings_.dropout));
     }
-    if (sites_.empty())
+    if (pairs_.empty())
       throw Error("[peft.pissa] targets " + plugins::join_list(settings_.targets) + " match no linear site of the model");
     log::info("pissa: r " + std::to_string(settings_.r) + " from " + settings_.svd + " SVD on " +
-              std::to_string(sites_.size()) + " sites");
+              std::to_string(pairs_.pairs().size()) + " sites");
   }
 
-  std::vector<TrainableTensor> trainable_tensors() override {
-    std::vector<TrainableTensor> out;
-    for (const auto& s : sites_) {
-      out.push_back({s.name + ".lora_A", s.a, 1.0, true});
-      out.push_back({s.name + ".lora_B", s.b, 1.0, true});
-    }
-    return out;
-  }
+  std::vector<TrainableTensor> trainable_tensors() override { return pairs_.trainable_tensors(); }
 
   TensorMap state_dict() const override {
     TensorMap out;
-    for (const auto& s : sites_) {
-      out[s.name + ".lora_A"] = s.a.detach().to(at::kCPU);
-      out[s.name + ".lora_B"] = s.b.detach().to(at::kCPU);
-      out[s.name + ".init_lora_A"] = s.a0.to(at::kCPU);
-      out[s.name + ".init_lora_B"] = s.b0.to(at::kCPU);
+    pairs_.store(out);
+    for (size_t i = 0; i < inits_.size(); ++i) {
+      const std::string& name = pairs_.pairs()[i].name;
+      out[name + ".init_lora_A"] = inits_[i].a0.to(at::kCPU);
+      out[name + ".init_lora_B"] = inits_[i].b0.to(at::kCPU);
     }
-    out["pissa.r"] = at::scalar_tensor(settings_.r, at::kLong);
-    out["pissa.alpha"] = at::scalar_tensor(settings_.alpha, at::kDouble);
-    out["pissa.rslora"] = at::scalar_tensor(settings_.rslora ? 1 : 0, at::kLong);
     return out;
   }
 
@@ -134,27 +121,25 @@ class Pissa final : public PeftMethod {
   // Takes the saved init pair too, and rebuilds the residual W - s B0 A0 from the checkpoint's W
   // when the pair differs from this run's SVD (a randomised SVD elsewhere, another seed).
   void load_state_dict(const TensorMap& tensors, const std::map<std::string, std::string>&) override {
-    plugins::check_stored_scalar(tensors, "pissa.r", static_cast<double>(settings_.r), "[peft.pissa] r");
-    plugins::check_stored_scalar(tensors, "pissa.alpha", settings_.alpha, "[peft.pissa] alpha");
-    plugins::check_stored_scalar(tensors, "pissa.rslora", settings_.rslora ? 1 : 0, "[peft.pissa] use_rslora");
-    const double s = settings_.scale();
+    pairs_.load(tensors);
+    const double s = pairs_.scale();
     at::NoGradGuard no_grad;
-    for (auto& site : sites_) {
-      plugins::load_tensor(tensors, site.name + ".lora_A", site.a, "pissa");
-      plugins::load_tensor(tensors, site.name + ".lora_B", site.b, "pissa");
-      at::Tensor a0 = at::empty_like(site.a0), b0 = at::empty_like(site.b0);
-      plugins::load_tensor(tensors, site.name + ".init_lora_A", a0, "pissa");
-      plugins::load_tensor(tensors, site.name + ".init_lora_B", b0, "pissa");
-      if (at::equal(a0, site.a0) && at::equal(b0, site.b0)) continue;
-      const at::Tensor original = model_->checkpoint_weight(site.name).to(a0.device(), at::kFloat);
-      model_->set_base_weight(site.name, original - s * at::matmul(b0, a0));
-      site.a0 = a0;
-      site.b0 = b0;
+    for (size_t i = 0; i < inits_.size(); ++i) {
+      const std::string& name = pairs_.pairs()[i].name;
+      InitPair& init = inits_[i];
+      at::Tensor a0 = at::empty_like(init.a0), b0 = at::empty_like(init.b0);
+      plugins::load_tensor(tensors, name + ".init_lora_A", a0, "pissa");
+      plugins::load_tensor(tensors, name + ".init_lora_B", b0, "pissa");
+      if (at::equal(a0, init.a0) && at::equal(b0, init.b0)) continue;
+      const at::Tensor original = model_->checkpoint_weight(name).to(a0.device(), at::kFloat);
+      model_->set_base_weight(name, original - s * at::matmul(b0, a0));
+      init = {a0, b0};
     }
   }
 
-  void merge_into(TensorMap& weights) const override { apply(weights, 1.0); }
-  void unmerge_from(TensorMap& weights) const override { apply(weights, -1.0); }
+  // W += sign * s (B A - B0 A0), in fp64 and stored in W's dtype.
+  void merge_into(TensorMap& weights) const override { pairs_.add_to_weights(weights, 1.0, minus_init()); }
+  void unmerge_from(TensorMap& weights) const override { pairs_.add_to_weights(weights, -1.0, minus_init()); }
 
   std::vector<ExportFormat> export_formats() const override {
     return {{"hf-peft", "plain LoRA of rank 2r for the unmodified base, HF PEFT adapter folder"},
@@ -165,49 +150,39 @@ class Pissa final : public PeftMethod {
   void export_to(std::string_view format, const std::filesystem::path& destination) const override {
     if (format == "rwkv-pth") return write_pth(destination, state_dict());
     // s (B A - B0 A0) = s [B, -B0] [A; A0]: rank 2r with the same scale, so alpha doubles (x sqrt 2 with rsLoRA).
-    const int64_t r2 = 2 * settings_.r;
-    const double alpha2 = settings_.rslora ? settings_.alpha * std::sqrt(2.0) : settings_.alpha * 2.0;
-    std::vector<plugins::HfLoraSite> sites;
-    for (const auto& s : sites_)
-      sites.push_back({s.name, at::cat({s.a.detach().to(at::kCPU), s.a0.to(at::kCPU)}, 0),
-                       at::cat({s.b.detach().to(at::kCPU), -s.b0.to(at::kCPU)}, 1)});
-    if (format == "hf-peft")
-      return plugins::write_hf_lora_folder(destination, sites, {r2, alpha2, settings_.dropout, settings_.rslora});
+    plugins::LowRankPairs plain("lora", 2 * settings_.r,
+                                settings_.rslora ? settings_.alpha * std::sqrt(2.0) : settings_.alpha * 2.0,
+                                settings_.rslora);
+    for (size_t i = 0; i < inits_.size(); ++i) {
+      const auto& p = pairs_.pairs()[i];
+      plain.add(p.name, at::cat({p.a.detach().to(at::kCPU), inits_[i].a0.to(at::kCPU)}, 0),
+                at::cat({p.b.detach().to(at::kCPU), -inits_[i].b0.to(at::kCPU)}, 1));
+    }
+    if (format == "hf-peft") return plain.write_hf_folder(destination, settings_.dropout);
     if (format == "rwkv-lora-pth") {
       TensorMap out;
-      for (const auto& s : sites) {
-        out[s.name + ".lora_A"] = s.a;
-        out[s.name + ".lora_B"] = s.b;
-      }
-      out["lora.r"] = at::scalar_tensor(r2, at::kLong);
-      out["lora.alpha"] = at::scalar_tensor(alpha2, at::kDouble);
-      out["lora.rslora"] = at::scalar_tensor(settings_.rslora ? 1 : 0, at::kLong);
+      plain.store(out);
       return write_pth(destination, out);
     }
     throw Error("pissa: no export format '" + std::string(format) + "' (formats: hf-peft, rwkv-lora-pth, rwkv-pth)");
   }
 
  private:
-  struct Site {
-    std::string name;
-    at::Tensor a, b;    // trained, fp32 on the model's device
-    at::Tensor a0, b0;  // the init pair, fp32
+  struct InitPair {
+    at::Tensor a0, b0;  // fp32, parallel to pairs_
   };
 
-  // W += sign * s (B A - B0 A0), in fp64 and stored in W's dtype.
-  void apply(TensorMap& weights, double sign) const {
-    for (const auto& s : sites_) {
-      auto it = weights.find(s.name + ".weight");
-      if (it == weights.end()) throw Error("pissa: the model has no " + s.name + ".weight to merge into");
-      auto f64 = [](const at::Tensor& t) { return t.detach().to(at::kCPU, at::kDouble); };
-      const at::Tensor delta = at::matmul(f64(s.b), f64(s.a)) - at::matmul(f64(s.b0), f64(s.a0));
-      plugins::add_to_weight(it->second, delta * (sign * settings_.scale()));
-    }
+  // -B0 A0 of site i, in fp64 on the CPU.
+  std::function<at::Tensor(size_t)> minus_init() const {
+    return [this](size_t i) {
+      return -at::matmul(inits_[i].b0.to(at::kCPU, at::kDouble), inits_[i].a0.to(at::kCPU, at::kDouble));
+    };
   }
 
   Settings settings_;
+  plugins::LowRankPairs pairs_;
   ModelView* model_ = nullptr;
-  std::vector<Site> sites_;
+  std::vector<InitPair> inits_;
 };
 
 class PissaPlugin final : public PeftPlugin {

@@ -5,15 +5,7 @@
 # weights against DoRA's formula computed by PyTorch from the files.
 set -euo pipefail
 build=$1 example=$2 torch_dir=$3 python=$4
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-
-cmake --install "$build" --prefix "$work/prefix" >/dev/null
-cmake -S "$example" -B "$work/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-      -DCMAKE_PREFIX_PATH="$work/prefix" -DTorch_DIR="$torch_dir" >"$work/configure.log" 2>&1 ||
-  { cat "$work/configure.log"; fail "configuring the example against the installed SDK"; }
-cmake --build "$work/build" >"$work/build.log" 2>&1 || { cat "$work/build.log"; fail "building the example"; }
+source "$(dirname "${BASH_SOURCE[0]}")/install_and_build_example.sh" "$build" "$example" "$torch_dir"
 
 peftkit() { "$work/prefix/bin/peftkit" "$@" --plugin-dir "$work/build"; }
 peftkit plugins | grep -Eq '^peft +dora +1\.0\.0 +ok ' || { peftkit plugins; fail "the dora plugin is not listed as ok"; }
