@@ -10,7 +10,7 @@ build=$1 sizes=${2:-"0.4b 1.5b"} steps=${3:-4}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 "$build/tests/quant_test"
-"$build/tests/wkv7_cpu_test" --gtest_filter="Wkv7Cuda*"
+"$build/tests/kernels_test" --gtest_filter="*Cuda*"
 "$build/bench/wkv7_bench"
 "$build/bench/quant_bench"
 

@@ -66,9 +66,10 @@ OptionSchema train_schema() {
       .add_float("weight_decay", 0.0, "decoupled weight decay on 2-D weights (0: off)", Bound{0})
       .add_bool("grad_cp", false, "gradient checkpointing per block (RWKV-PEFT: 0/1)")
       .add_string("kernel", "auto",
-                  "WKV7 implementation: auto (the CPU kernel, or the CUDA kernel on a GPU) or reference (tensor "
-                  "ops per time step, slow, for checking the kernels)",
-                  {"auto", "reference"})
+                  "WKV7 and fused block ops: auto (CPU kernel on the CPU, chunked CUDA kernels on a GPU), chunked "
+                  "(the CUDA kernels; an error off the GPU) or reference (tensor ops, WKV7 per time step: slow, "
+                  "for checking the kernels)",
+                  {"auto", "chunked", "reference"})
       .add_string("precision", "bf16", "bf16: frozen weights and activations in bf16 with fp32 "
                   "master copies; fp32; tf32: fp32 with TF32 matmuls", {"bf16", "fp32", "tf32"})
       .add_int("accumulate_grad_batches", 1, "micro-batches per optimizer step", 1, 1 << 16)

@@ -7,6 +7,7 @@
 
 #include "peftkit/error.hpp"
 #include "peftkit/tensor_io.hpp"
+#include "fused/fused.hpp"
 #include "wkv7/wkv7.hpp"
 
 namespace peftkit {
@@ -32,14 +33,6 @@ class DenseLinear final : public FrozenLinear {
   at::Tensor weight_;
   at::ScalarType compute_;
 };
-
-// x_{t-1} for every t, with the carried `previous` [B, C] before the first token; updates it.
-at::Tensor token_shift(const at::Tensor& x, at::Tensor& previous) {
-  const int64_t T = x.size(1);
-  at::Tensor shifted = at::cat({previous.unsqueeze(1), x.slice(1, 0, T - 1)}, 1);
-  previous = x.select(1, T - 1);
-  return shifted;
-}
 
 }  // namespace
 
@@ -210,9 +203,12 @@ at::Tensor Rwkv7Model::time_mix(int64_t l, const at::Tensor& x, at::Tensor& v_fi
   const std::string p = block_prefix(l) + "att.";
   const int64_t B = x.size(0), T = x.size(1), C = config_.n_embd, H = config_.n_head, N = config_.head_size;
   auto vec = [&](const char* name) { return weight(p + name).view({C}); };
-  at::Tensor xx = token_shift(x, state.att_shift[l]) - x;
-  at::Tensor xr = x + xx * vec("x_r"), xw = x + xx * vec("x_w"), xk = x + xx * vec("x_k");
-  at::Tensor xv = x + xx * vec("x_v"), xa = x + xx * vec("x_a"), xg = x + xx * vec("x_g");
+  const bool reference = options_.reference_kernels;
+  const at::Tensor mixes = at::stack({vec("x_r"), vec("x_w"), vec("x_k"), vec("x_v"), vec("x_a"), vec("x_g")});
+  const at::Tensor mixed = (reference ? kernels::token_shift_mix_reference : kernels::token_shift_mix)(
+      x, state.att_shift[l], mixes);
+  state.att_shift[l] = x.select(1, T - 1);
+  const at::Tensor xr = mixed[0], xw = mixed[1], xk = mixed[2], xv = mixed[3], xa = mixed[4], xg = mixed[5];
 
   at::Tensor r = apply_linear(l, kReceptance, xr);
   at::Tensor z = vec("w0") + at::matmul(at::tanh(at::matmul(xw, weight(p + "w1"))), weight(p + "w2"));
@@ -228,27 +224,27 @@ at::Tensor Rwkv7Model::time_mix(int64_t l, const at::Tensor& x, at::Tensor& v_fi
   at::Tensor g = at::matmul(at::sigmoid(at::matmul(xg, weight(p + "g1"))), weight(p + "g2"));
 
   // kk from the original k; the WKV and the bonus use the modified k (pitfall §7.2).
-  at::Tensor kk = (k * vec("k_k")).view({B, T, H, N});
-  kk = kk / at::clamp_min(at::linalg_vector_norm(kk, 2, {-1}, true), 1e-12);
-  k = k * (1 + (a - 1) * vec("k_a"));
+  const kernels::KkAb kab = (reference ? kernels::kk_ab_reference : kernels::kk_ab)(k, a, vec("k_k"), vec("k_a"), H);
+  k = kab.k;
 
   auto heads = [&](const at::Tensor& t) { return t.reshape({B, T, H, N}); };
-  auto wkv = options_.wkv_reference ? kernels::wkv7_reference : kernels::wkv7;
-  auto [y, s_final] = wkv(heads(r), z.reshape({B, T, H, N}), heads(k), heads(v), -kk, kk * heads(a), state.wkv[l]);
+  auto wkv = reference ? kernels::wkv7_reference : kernels::wkv7;
+  auto [y, s_final] = wkv(heads(r), z.reshape({B, T, H, N}), heads(k), heads(v), heads(kab.a), heads(kab.b), state.wkv[l]);
   state.wkv[l] = s_final;
-  y = at::group_norm(y.reshape({B * T, C}), H, weight(p + "ln_x.weight"), weight(p + "ln_x.bias"), kGroupNormEps)
-          .view({B, T, C});
-  at::Tensor bonus = (heads(r) * heads(k) * weight(p + "r_k")).sum(-1, true) * heads(v);
-  y = y + bonus.view({B, T, C});
-  return apply_linear(l, kOutput, y * g);
+  y = (reference ? kernels::norm_bonus_gate_reference : kernels::norm_bonus_gate)(
+      y.reshape({B, T, C}), r, k, v, g, weight(p + "ln_x.weight"), weight(p + "ln_x.bias"), weight(p + "r_k"), H,
+      kGroupNormEps);
+  return apply_linear(l, kOutput, y);
 }
 
 // spec §1.4
 at::Tensor Rwkv7Model::channel_mix(int64_t l, const at::Tensor& x, Rwkv7State& state) {
   const std::string p = block_prefix(l) + "ffn.";
-  at::Tensor xx = token_shift(x, state.ffn_shift[l]) - x;
-  at::Tensor kx = x + xx * weight(p + "x_k").view({config_.n_embd});
-  at::Tensor h = at::relu(apply_linear(l, kFfnKey, kx)).square();
+  const bool reference = options_.reference_kernels;
+  const at::Tensor kx = (reference ? kernels::token_shift_mix_reference : kernels::token_shift_mix)(
+      x, state.ffn_shift[l], weight(p + "x_k").view({1, config_.n_embd}))[0];
+  state.ffn_shift[l] = x.select(1, x.size(1) - 1);
+  const at::Tensor h = (reference ? kernels::relu_square_reference : kernels::relu_square)(apply_linear(l, kFfnKey, kx));
   return apply_linear(l, kFfnValue, h);
 }
 

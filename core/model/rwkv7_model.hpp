@@ -36,8 +36,9 @@ struct ModelOptions {
   bool quantize_head = false;
   // Packed weights saved earlier (quantized_weights()), used instead of quantizing again.
   const TensorMap* prequantized = nullptr;
-  // The per-time-step tensor-op WKV7 instead of the kernels (for debugging them).
-  bool wkv_reference = false;
+  // Tensor-op references instead of the kernels: the per-time-step WKV7 and the unfused block
+  // pieces (for debugging the kernels).
+  bool reference_kernels = false;
 };
 
 // The recurrent state of B sequences, per layer.

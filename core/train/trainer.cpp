@@ -203,7 +203,11 @@ void Trainer::Impl::setup() {
   const host::QuantizedBase quantization = host::quantized_base(recipe, plugins, model_path);
   ModelOptions model_options{dtype, device};
   quantization.apply(model_options);
-  model_options.wkv_reference = train.get_string("kernel") == "reference";
+  const std::string& kernel = train.get_string("kernel");
+  if (kernel == "chunked" && !device.is_cuda())
+    throw train.error("kernel", "\"chunked\" runs the CUDA kernels, but training runs on " + device.str() +
+                                    " (use \"auto\" or \"reference\")");
+  model_options.reference_kernels = kernel == "reference";
   model = std::make_unique<Rwkv7Model>(base, model_options, model_path.string());
   if (quantization.quantizer) {
     quantization.save_cache(*model);

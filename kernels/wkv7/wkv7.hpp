@@ -24,12 +24,17 @@ std::tuple<at::Tensor, at::Tensor> wkv7(const at::Tensor& r, const at::Tensor& z
                                         const at::Tensor& s0);
 
 // The same operator with tensor operations per time step, on any device (autograd differentiates
-// it). wkv7() uses it for tensors that are not on the CPU until a CUDA kernel exists.
+// it): the debugging path (`[train] kernel = "reference"`) and wkv7()'s fallback on devices or
+// head sizes without a kernel.
 std::tuple<at::Tensor, at::Tensor> wkv7_reference(const at::Tensor& r, const at::Tensor& z, const at::Tensor& k,
                                                   const at::Tensor& v, const at::Tensor& a, const at::Tensor& b,
                                                   const at::Tensor& s0);
 
 // The decay the kernel applies, d = exp(-e^-0.5 * sigmoid(z)), for references and tests.
 at::Tensor wkv7_decay(const at::Tensor& z);
+
+// Tests: fill the CUDA kernels' outputs with NaN before they run, so an element a kernel forgets
+// to write shows up as NaN instead of stale memory.
+void wkv7_poison_outputs_for_testing(bool on);
 
 }  // namespace peftkit::kernels

@@ -6,7 +6,11 @@
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <initializer_list>
+#include <limits>
 #include <vector>
 
 #include "wkv7/wkv7.hpp"
@@ -166,6 +170,13 @@ at::ScalarType accumulate_type(const at::Tensor& r) {
   return r.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+std::atomic<bool> poison_outputs{false};
+
+// Kernel outputs: NaN-filled while testing for unwritten elements, else uninitialised.
+at::Tensor output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  return poison_outputs ? at::full(sizes, std::numeric_limits<float>::quiet_NaN(), options) : at::empty(sizes, options);
+}
+
 #ifdef PEFTKIT_WKV7_CUDA
 // The CUDA kernel takes bf16 or fp32 inputs as they are; everything else is made fp32.
 at::ScalarType cuda_input_type(const at::Tensor& r) {
@@ -174,7 +185,40 @@ at::ScalarType cuda_input_type(const at::Tensor& r) {
 cuda::InputType cuda_type(const at::Tensor& x) {
   return x.scalar_type() == at::kBFloat16 ? cuda::InputType::kBFloat16 : cuda::InputType::kFloat32;
 }
+bool needs_backward(std::initializer_list<const at::Tensor*> inputs) {
+  return at::GradMode::is_enabled() &&
+         std::any_of(inputs.begin(), inputs.end(), [](const at::Tensor* x) { return x->defined() && x->requires_grad(); });
+}
+
 void check_cuda(const std::string& status) { TORCH_CHECK(status.empty(), "wkv7 CUDA kernel: ", status); }
+
+struct CudaForward {
+  at::Tensor r, z, k, v, a, b;        // as the kernel read them
+  at::Tensor y, s_final;              // y in the kernel's input dtype
+  at::Tensor chunk_states, sa;        // for the backward; undefined without one
+};
+
+CudaForward cuda_forward(const at::Tensor& r, const at::Tensor& z, const at::Tensor& k, const at::Tensor& v,
+                         const at::Tensor& a, const at::Tensor& b, const at::Tensor& s0, bool for_backward) {
+  auto prepare = [&](const at::Tensor& x) { return x.to(cuda_input_type(r)).contiguous(); };
+  CudaForward f{prepare(r), prepare(z), prepare(k), prepare(v), prepare(a), prepare(b), {}, {}, {}, {}};
+  const cuda::Wkv7Shape shape{r.size(0), r.size(1), r.size(2), r.size(3)};
+  const auto f32 = f.r.options().dtype(at::kFloat);
+  const at::Tensor initial = s0.defined() ? s0.to(at::kFloat).contiguous()
+                                          : at::zeros({shape.B, shape.H, shape.N, shape.N}, f32);
+  f.y = output(f.r.sizes(), f.r.options());
+  f.s_final = output({shape.B, shape.H, shape.N, shape.N}, f32);
+  if (for_backward) {
+    f.chunk_states = output({shape.B * shape.H, cuda::wkv7_chunks(shape), shape.N, shape.N}, f32);
+    f.sa = output(f.r.sizes(), f32);
+  }
+  check_cuda(cuda::wkv7_forward(r.get_device(), cuda_type(f.r), shape, f.r.data_ptr(), f.z.data_ptr(),
+                                f.k.data_ptr(), f.v.data_ptr(), f.a.data_ptr(), f.b.data_ptr(),
+                                initial.data_ptr<float>(), f.y.data_ptr(), f.s_final.data_ptr<float>(),
+                                for_backward ? f.chunk_states.data_ptr<float>() : nullptr,
+                                for_backward ? f.sa.data_ptr<float>() : nullptr));
+  return f;
+}
 #endif
 
 class Wkv7Function : public torch::autograd::Function<Wkv7Function> {
@@ -185,19 +229,11 @@ class Wkv7Function : public torch::autograd::Function<Wkv7Function> {
     const Shape s{r.size(0), r.size(1), r.size(2), r.size(3)};
 #ifdef PEFTKIT_WKV7_CUDA
     if (r.is_cuda()) {
-      auto prepare = [&](const at::Tensor& x) { return x.to(cuda_input_type(r)).contiguous(); };
-      at::Tensor rc = prepare(r), zc = prepare(z), kc = prepare(k), vc = prepare(v), ac = prepare(a), bc = prepare(b);
-      const at::Tensor s0c = s0.to(at::kFloat).contiguous();
-      at::Tensor y = at::empty_like(rc);
-      at::Tensor s_final = at::empty({s.B, s.H, s.N, s.N}, rc.options().dtype(at::kFloat));
-      at::Tensor checkpoints = at::empty({s.B * s.H, (s.T + kChunk - 1) / kChunk, s.N, s.N}, s_final.options());
-      check_cuda(cuda::wkv7_forward(r.get_device(), cuda_type(rc), {s.B, s.T, s.H, s.N}, rc.data_ptr(), zc.data_ptr(),
-                                    kc.data_ptr(), vc.data_ptr(), ac.data_ptr(), bc.data_ptr(), s0c.data_ptr<float>(),
-                                    y.data_ptr(), s_final.data_ptr<float>(), checkpoints.data_ptr<float>()));
-      ctx->save_for_backward({rc, zc, kc, vc, ac, bc, checkpoints});
+      CudaForward f = cuda_forward(r, z, k, v, a, b, s0, /*for_backward=*/true);
+      ctx->save_for_backward({f.r, f.z, f.k, f.v, f.a, f.b, f.chunk_states, f.sa});
       ctx->saved_data["input_dtype"] = static_cast<int64_t>(r.scalar_type());
       ctx->saved_data["s0_dtype"] = static_cast<int64_t>(s0.scalar_type());
-      return {y.to(r.scalar_type()), s_final};
+      return {f.y.to(r.scalar_type()), f.s_final};
     }
 #endif
     const auto acc = accumulate_type(r);
@@ -221,6 +257,7 @@ class Wkv7Function : public torch::autograd::Function<Wkv7Function> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     auto saved = ctx->get_saved_variables();
+    // CPU: saved[6] holds the checkpoints; CUDA: the chunk states and saved[7] sa.
     const at::Tensor &r = saved[0], &z = saved[1], &k = saved[2], &v = saved[3], &a = saved[4],
                      &b = saved[5], &checkpoints = saved[6];
     const Shape s{r.size(0), r.size(1), r.size(2), r.size(3)};
@@ -229,15 +266,16 @@ class Wkv7Function : public torch::autograd::Function<Wkv7Function> {
 #ifdef PEFTKIT_WKV7_CUDA
     if (r.is_cuda()) {
       const auto f32 = r.options().dtype(at::kFloat);
+      const cuda::Wkv7Shape shape{s.B, s.T, s.H, s.N};
       at::Tensor dy = grads[0].defined() ? grads[0].to(at::kFloat).contiguous() : at::Tensor();
       at::Tensor ds_final = grads[1].defined() ? grads[1].to(at::kFloat).contiguous() : at::Tensor();
-      at::Tensor dr = at::empty(r.sizes(), f32), dz = at::empty_like(dr), dk = at::empty_like(dr),
-                 dv = at::empty_like(dr), da = at::empty_like(dr), db = at::empty_like(dr);
-      at::Tensor ds0 = at::empty({s.B, s.H, s.N, s.N}, f32);
-      at::Tensor scratch = at::empty({s.B * s.H * (kChunk + 1) * s.N * s.N}, f32);
-      check_cuda(cuda::wkv7_backward(r.get_device(), cuda_type(r), {s.B, s.T, s.H, s.N}, r.data_ptr(), z.data_ptr(),
-                                     k.data_ptr(), v.data_ptr(), a.data_ptr(), b.data_ptr(),
-                                     checkpoints.data_ptr<float>(), dy.defined() ? dy.data_ptr<float>() : nullptr,
+      at::Tensor dr = output(r.sizes(), f32), dz = output(r.sizes(), f32), dk = output(r.sizes(), f32),
+                 dv = output(r.sizes(), f32), da = output(r.sizes(), f32), db = output(r.sizes(), f32);
+      at::Tensor ds0 = output({s.B, s.H, s.N, s.N}, f32);
+      at::Tensor scratch = at::empty({cuda::wkv7_backward_scratch_floats(shape)}, f32);
+      check_cuda(cuda::wkv7_backward(r.get_device(), cuda_type(r), shape, r.data_ptr(), z.data_ptr(), k.data_ptr(),
+                                     v.data_ptr(), a.data_ptr(), b.data_ptr(), saved[6].data_ptr<float>(),
+                                     saved[7].data_ptr<float>(), dy.defined() ? dy.data_ptr<float>() : nullptr,
                                      ds_final.defined() ? ds_final.data_ptr<float>() : nullptr, dr.data_ptr<float>(),
                                      dz.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(),
                                      da.data_ptr<float>(), db.data_ptr<float>(), ds0.data_ptr<float>(),
@@ -263,12 +301,15 @@ class Wkv7Function : public torch::autograd::Function<Wkv7Function> {
 
 }  // namespace
 
+void wkv7_poison_outputs_for_testing(bool on) { poison_outputs = on; }
+
 at::Tensor wkv7_decay(const at::Tensor& z) { return at::exp(-kDecayScale * at::sigmoid(z)); }
 
 std::tuple<at::Tensor, at::Tensor> wkv7(const at::Tensor& r, const at::Tensor& z, const at::Tensor& k,
                                         const at::Tensor& v, const at::Tensor& a, const at::Tensor& b,
                                         const at::Tensor& s0) {
   TORCH_CHECK(r.dim() == 4, "wkv7: inputs must be [B, T, H, N], got ", r.sizes());
+  TORCH_CHECK(r.size(1) > 0, "wkv7: T must be at least 1, got ", r.sizes());
   for (const at::Tensor* x : {&z, &k, &v, &a, &b})
     TORCH_CHECK(x->sizes() == r.sizes(), "wkv7: all inputs must have shape ", r.sizes(), ", got ", x->sizes());
   if (s0.defined())
@@ -283,6 +324,13 @@ std::tuple<at::Tensor, at::Tensor> wkv7(const at::Tensor& r, const at::Tensor& z
 #endif
     if (!kernel) return wkv7_reference(r, z, k, v, a, b, s0);
   }
+#ifdef PEFTKIT_WKV7_CUDA
+  // Without a backward to follow, skip what only the backward reads.
+  if (r.is_cuda() && !needs_backward({&r, &z, &k, &v, &a, &b, &s0})) {
+    CudaForward f = cuda_forward(r, z, k, v, a, b, s0, /*for_backward=*/false);
+    return {f.y.to(r.scalar_type()), f.s_final};
+  }
+#endif
   // Autograd functions need defined inputs: no initial state means a zero one.
   at::Tensor initial = s0.defined() ? s0
                                     : at::zeros({r.size(0), r.size(2), r.size(3), r.size(3)},

@@ -3,199 +3,438 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <type_traits>
+
 namespace peftkit::kernels::cuda {
 namespace {
 
 constexpr float kDecayScale = 0.60653065971263342f;  // e^-0.5
+constexpr int kChunk = static_cast<int>(kWkv7Chunk);
+// State columns per thread in the passes over time; state rows per thread in the chunk pass.
+constexpr int kSlice = 16;
+
+__device__ inline float load(const float* p, int64_t i) { return p[i]; }
+__device__ inline float load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
+__device__ inline void store(float* p, int64_t i, float v) { p[i] = v; }
+__device__ inline void store(__nv_bfloat16* p, int64_t i, float v) { p[i] = __float2bfloat16_rn(v); }
+
+__device__ inline float sigmoid(float z) { return 1.0f / (1.0f + expf(-z)); }
+__device__ inline float decay_of_sigmoid(float sig) { return expf(-kDecayScale * sig); }
 
 template <class T>
-__device__ inline float load(const T* p, int64_t i);
-template <>
-__device__ inline float load<float>(const float* p, int64_t i) { return p[i]; }
-template <>
-__device__ inline float load<__nv_bfloat16>(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
-
-template <class T>
-__device__ inline void store(T* p, int64_t i, float v);
-template <>
-__device__ inline void store<float>(float* p, int64_t i, float v) { p[i] = v; }
-template <>
-__device__ inline void store<__nv_bfloat16>(__nv_bfloat16* p, int64_t i, float v) { p[i] = __float2bfloat16_rn(v); }
-
-__device__ inline float decay_of(float z) { return __expf(-kDecayScale / (1.0f + __expf(-z))); }
-
-// Element i of the six step vectors of one time step. Fetched into registers one step ahead, so
-// the global loads of step t + 1 overlap the arithmetic of step t.
-struct StepValues {
-  float r, z, k, v, a, b;
+struct Inputs {
+  const T *r, *z, *k, *v, *a, *b;
 };
 
+// Where step t of head bh starts in a [B, T, H, N] tensor.
+struct HeadIndex {
+  int64_t base, stride;
+  __device__ HeadIndex(const Wkv7Shape& s, int64_t bh)
+      : base((bh / s.H) * s.T * s.H * s.N + (bh % s.H) * s.N), stride(s.H * s.N) {}
+  __device__ int64_t at(int64_t t) const { return base + t * stride; }
+};
+
+// A tile holds `Vectors` per-step vectors for the kChunk steps of one chunk, as floats in shared
+// memory: tile[(vector * kChunk + step) * N + n]; steps past T read as zero. A Read functor gives
+// the raw value of a vector's element (`load`) and what the tile keeps of it (`finish`, e.g. the
+// decay of a raw z). The passes over time fetch the next chunk's tile into registers while they
+// work on the current one; the loops are unrolled so every vector index is a constant.
+template <int N, int Threads, int Vectors>
+struct TileStage {
+  static_assert(kChunk * N % Threads == 0, "a tile vector must split evenly over the block");
+  static constexpr int kPerVector = kChunk * N / Threads;
+  float values[Vectors][kPerVector];
+
+  template <class Read>
+  __device__ void fetch(const Read& read, const HeadIndex& head, int64_t t0, int64_t T, int tid) {
+#pragma unroll
+    for (int vector = 0; vector < Vectors; ++vector)
+#pragma unroll
+      for (int m = 0; m < kPerVector; ++m) {
+        const int e = tid + m * Threads, step = e / N;
+        values[vector][m] = t0 + step < T ? read.load(vector, head.at(t0 + step) + e % N) : 0.0f;
+      }
+  }
+  template <class Read>
+  __device__ void store_to(const Read& read, float* tile, int tid) const {
+#pragma unroll
+    for (int vector = 0; vector < Vectors; ++vector)
+#pragma unroll
+      for (int m = 0; m < kPerVector; ++m) tile[vector * kChunk * N + tid + m * Threads] = read.finish(vector, values[vector][m]);
+  }
+};
+
+// The passes over time split state row i over P = N / kSlice threads (consecutive lanes); thread
+// p of a row owns its columns in 4-wide groups interleaved with the row's other threads, so the
+// 16-byte shared loads of a warp hit distinct banks.
+template <int N>
+struct RowSplit {
+  static constexpr int P = N / kSlice;
+  static constexpr int kThreads = N * P;
+  __device__ static int column(int p, int c) { return 4 * ((c / 4) * P + p) + c % 4; }
+  // The thread's kSlice entries of a length-N vector in shared memory.
+  __device__ static void read(const float* vector, int p, float (&out)[kSlice]) {
+#pragma unroll
+    for (int g = 0; g < kSlice / 4; ++g) {
+      const float4 x = reinterpret_cast<const float4*>(vector)[g * P + p];
+      out[4 * g] = x.x;
+      out[4 * g + 1] = x.y;
+      out[4 * g + 2] = x.z;
+      out[4 * g + 3] = x.w;
+    }
+  }
+  // Sum over the row's threads.
+  __device__ static float row_sum(float x) {
+#pragma unroll
+    for (int o = 1; o < P; o <<= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+  }
+};
+
+template <int n>
+__device__ inline float dot(const float (&x)[n], const float (&y)[n]) {
+  float s0 = 0, s1 = 0;  // two chains halve the dependent-add latency
+#pragma unroll
+  for (int c = 0; c < n; c += 2) {
+    s0 = fmaf(x[c], y[c], s0);
+    s1 = fmaf(x[c + 1], y[c + 1], s1);
+  }
+  return s0 + s1;
+}
+
+// ---- forward: one pass over time per (batch, head) ----
+
+enum ForwardVector { kFwR, kFwD, kFwK, kFwV, kFwA, kFwB, kForwardVectors };
+
 template <class T>
-__device__ inline StepValues fetch(const T* r, const T* z, const T* k, const T* v, const T* a, const T* b, int64_t o) {
-  return {load(r, o), load(z, o), load(k, o), load(v, o), load(a, o), load(b, o)};
-}
-
-// Makes thread i's values visible to the block (the caller synchronises around it).
-__device__ inline void publish(const StepValues& x, int i, float* sr, float* sd, float* sk, float* sv, float* sa_,
-                               float* sb, float* sz) {
-  sr[i] = x.r;
-  if (sz) sz[i] = x.z;
-  sd[i] = decay_of(x.z);
-  sk[i] = x.k;
-  sv[i] = x.v;
-  sa_[i] = x.a;
-  sb[i] = x.b;
-}
-
-// One step of row i: S_i <- S_i diag(d) + (S_i . a) b^T + v_i k^T; returns S_i . r.
-template <int N>
-__device__ inline float step_row(float* S, int i, const float* sr, const float* sd, const float* sk, const float* sv,
-                                 const float* sa_, const float* sb) {
-  float sa = 0;
-#pragma unroll
-  for (int j = 0; j < N; ++j) sa += S[j] * sa_[j];
-  const float vi = sv[i];
-  float y = 0;
-#pragma unroll
-  for (int j = 0; j < N; ++j) {
-    S[j] = S[j] * sd[j] + sa * sb[j] + vi * sk[j];
-    y += S[j] * sr[j];
+struct ForwardRead {
+  Inputs<T> in;
+  __device__ float load(int vector, int64_t i) const {
+    switch (vector) {
+      case kFwR: return peftkit::kernels::cuda::load(in.r, i);
+      case kFwD: return peftkit::kernels::cuda::load(in.z, i);
+      case kFwK: return peftkit::kernels::cuda::load(in.k, i);
+      case kFwV: return peftkit::kernels::cuda::load(in.v, i);
+      case kFwA: return peftkit::kernels::cuda::load(in.a, i);
+      default: return peftkit::kernels::cuda::load(in.b, i);
+    }
   }
-  return y;
+  __device__ float finish(int vector, float x) const { return vector == kFwD ? decay_of_sigmoid(sigmoid(x)) : x; }
+};
+
+template <int N>
+constexpr size_t forward_shared_bytes() {
+  return sizeof(float) * (kForwardVectors + 2) * kChunk * N;  // tile, y and sa of the chunk
 }
 
 template <class T, int N>
-__global__ void __launch_bounds__(N) forward_kernel(Wkv7Shape s, const T* r, const T* z, const T* k, const T* v,
-                                                    const T* a, const T* b, const float* s0, T* y, float* s_final,
-                                                    float* checkpoints) {
-  const int bh = blockIdx.x, i = threadIdx.x;
-  const int64_t bi = bh / s.H, h = bh % s.H, HN = s.H * N, chunks = (s.T + kWkv7Chunk - 1) / kWkv7Chunk;
-  __shared__ float sr[N], sd[N], sk[N], sv[N], sa_[N], sb[N];
-  float S[N];
+__global__ void __launch_bounds__(RowSplit<N>::kThreads) forward_kernel(Wkv7Shape s, Inputs<T> in, const float* s0,
+                                                                        T* y, float* s_final, float* chunk_states,
+                                                                        float* sa_out) {
+  using Split = RowSplit<N>;
+  extern __shared__ float4 shared4[];
+  float* tile = reinterpret_cast<float*>(shared4);
+  float* y_tile = tile + kForwardVectors * kChunk * N;
+  float* sa_tile = y_tile + kChunk * N;
+  const int tid = threadIdx.x, i = tid / Split::P, p = tid % Split::P;
+  const int64_t bh = blockIdx.x, chunks = (s.T + kChunk - 1) / kChunk;
+  const HeadIndex head(s, bh);
+  const ForwardRead<T> read{in};
+
+  float S[kSlice];
 #pragma unroll
-  for (int j = 0; j < N; ++j) S[j] = s0[(static_cast<int64_t>(bh) * N + i) * N + j];
-  auto offset = [&](int64_t t) { return bi * s.T * HN + t * HN + h * N + i; };
-  StepValues next = fetch(r, z, k, v, a, b, offset(0));
-  for (int64_t t = 0; t < s.T; ++t) {
-    if (t % kWkv7Chunk == 0) {
-      float* c = checkpoints + ((static_cast<int64_t>(bh) * chunks + t / kWkv7Chunk) * N + i) * N;
+  for (int c = 0; c < kSlice; ++c) S[c] = s0[(bh * N + i) * N + Split::column(p, c)];
+  TileStage<N, Split::kThreads, kForwardVectors> stage;
+  stage.fetch(read, head, 0, s.T, tid);
+  stage.store_to(read, tile, tid);
+  __syncthreads();
+  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+    const int64_t t0 = chunk * kChunk;
+    const int steps = static_cast<int>(s.T - t0 < kChunk ? s.T - t0 : kChunk);
+    if (chunk + 1 < chunks) stage.fetch(read, head, t0 + kChunk, s.T, tid);
+    if (chunk_states) {
+      float* out = chunk_states + ((bh * chunks + chunk) * N + i) * N;
 #pragma unroll
-      for (int j = 0; j < N; ++j) c[j] = S[j];
+      for (int c = 0; c < kSlice; ++c) out[Split::column(p, c)] = S[c];
+    }
+    for (int step = 0; step < steps; ++step) {
+      auto vector = [&](int which) { return tile + (which * kChunk + step) * N; };
+      float a[kSlice], x[kSlice];
+      Split::read(vector(kFwA), p, a);
+      const float sa = Split::row_sum(dot(S, a));
+      const float vi = vector(kFwV)[i];
+      Split::read(vector(kFwD), p, x);
+#pragma unroll
+      for (int c = 0; c < kSlice; ++c) S[c] *= x[c];
+      Split::read(vector(kFwB), p, x);
+#pragma unroll
+      for (int c = 0; c < kSlice; ++c) S[c] = fmaf(sa, x[c], S[c]);
+      Split::read(vector(kFwK), p, x);
+#pragma unroll
+      for (int c = 0; c < kSlice; ++c) S[c] = fmaf(vi, x[c], S[c]);
+      Split::read(vector(kFwR), p, x);
+      const float yi = Split::row_sum(dot(S, x));
+      if (p == 0) {
+        y_tile[step * N + i] = yi;
+        sa_tile[step * N + i] = sa;
+      }
     }
     __syncthreads();
-    publish(next, i, sr, sd, sk, sv, sa_, sb, nullptr);
+    for (int e = tid; e < steps * N; e += Split::kThreads) {
+      const int64_t o = head.at(t0 + e / N) + e % N;
+      store(y, o, y_tile[e]);
+      if (sa_out) sa_out[o] = sa_tile[e];
+    }
+    if (chunk + 1 < chunks) stage.store_to(read, tile, tid);
     __syncthreads();
-    if (t + 1 < s.T) next = fetch(r, z, k, v, a, b, offset(t + 1));
-    store(y, offset(t), step_row<N>(S, i, sr, sd, sk, sv, sa_, sb));
   }
 #pragma unroll
-  for (int j = 0; j < N; ++j) s_final[(static_cast<int64_t>(bh) * N + i) * N + j] = S[j];
+  for (int c = 0; c < kSlice; ++c) s_final[(bh * N + i) * N + Split::column(p, c)] = S[c];
 }
 
-// Shared memory of the backward: dS, the state after the step (cur) and before it (prev), each
-// [N][N + 1] (padded against bank conflicts), and the per-step vectors.
+// ---- backward (1): the state gradient, one reverse pass per (batch, head) ----
+
+enum StateGradVector { kSgR, kSgD, kSgK, kSgA, kSgB, kSgDy, kStateGradVectors };
+
+template <class T>
+struct StateGradRead {
+  Inputs<T> in;
+  const float* dy;
+  __device__ float load(int vector, int64_t i) const {
+    switch (vector) {
+      case kSgR: return peftkit::kernels::cuda::load(in.r, i);
+      case kSgD: return peftkit::kernels::cuda::load(in.z, i);
+      case kSgK: return peftkit::kernels::cuda::load(in.k, i);
+      case kSgA: return peftkit::kernels::cuda::load(in.a, i);
+      case kSgB: return peftkit::kernels::cuda::load(in.b, i);
+      default: return dy ? dy[i] : 0.0f;
+    }
+  }
+  __device__ float finish(int vector, float x) const { return vector == kSgD ? decay_of_sigmoid(sigmoid(x)) : x; }
+};
+
 template <int N>
-constexpr size_t backward_shared_bytes() {
-  return sizeof(float) * (3 * N * (N + 1) + 12 * N);
+constexpr size_t state_grad_shared_bytes() {
+  return sizeof(float) * (kStateGradVectors + 2) * kChunk * N;  // tile, dsa and dv of the chunk
+}
+
+// With g = dS_t + dy_t r_t^T (the gradient reaching S_t): dsa_t = g b_t, dv_t = g k_t and
+// dS_{t-1} = g diag(d_t) + dsa_t a_t^T. chunk_grads[c] is dS at the end of chunk c, before the
+// chunk's own outputs add to it.
+template <class T, int N>
+__global__ void __launch_bounds__(RowSplit<N>::kThreads)
+    state_grad_kernel(Wkv7Shape s, Inputs<T> in, const float* dy, const float* ds_final, float* ds0,
+                      float* chunk_grads, float* dsa_out, float* dv_out) {
+  using Split = RowSplit<N>;
+  extern __shared__ float4 shared4[];
+  float* tile = reinterpret_cast<float*>(shared4);
+  float* dsa_tile = tile + kStateGradVectors * kChunk * N;
+  float* dv_tile = dsa_tile + kChunk * N;
+  const int tid = threadIdx.x, i = tid / Split::P, p = tid % Split::P;
+  const int64_t bh = blockIdx.x, chunks = (s.T + kChunk - 1) / kChunk;
+  const HeadIndex head(s, bh);
+  const StateGradRead<T> read{in, dy};
+
+  float dS[kSlice];
+#pragma unroll
+  for (int c = 0; c < kSlice; ++c) dS[c] = ds_final ? ds_final[(bh * N + i) * N + Split::column(p, c)] : 0.0f;
+  TileStage<N, Split::kThreads, kStateGradVectors> stage;
+  stage.fetch(read, head, (chunks - 1) * kChunk, s.T, tid);
+  stage.store_to(read, tile, tid);
+  __syncthreads();
+  for (int64_t chunk = chunks - 1; chunk >= 0; --chunk) {
+    const int64_t t0 = chunk * kChunk;
+    const int steps = static_cast<int>(s.T - t0 < kChunk ? s.T - t0 : kChunk);
+    if (chunk > 0) stage.fetch(read, head, t0 - kChunk, s.T, tid);
+    float* out = chunk_grads + ((bh * chunks + chunk) * N + i) * N;
+#pragma unroll
+    for (int c = 0; c < kSlice; ++c) out[Split::column(p, c)] = dS[c];
+    for (int step = steps - 1; step >= 0; --step) {
+      auto vector = [&](int which) { return tile + (which * kChunk + step) * N; };
+      float x[kSlice];
+      const float dyi = vector(kSgDy)[i];
+      Split::read(vector(kSgR), p, x);
+#pragma unroll
+      for (int c = 0; c < kSlice; ++c) dS[c] = fmaf(dyi, x[c], dS[c]);
+      Split::read(vector(kSgB), p, x);
+      const float dsa = Split::row_sum(dot(dS, x));
+      Split::read(vector(kSgK), p, x);
+      const float dv = Split::row_sum(dot(dS, x));
+      Split::read(vector(kSgD), p, x);
+#pragma unroll
+      for (int c = 0; c < kSlice; ++c) dS[c] *= x[c];
+      Split::read(vector(kSgA), p, x);
+#pragma unroll
+      for (int c = 0; c < kSlice; ++c) dS[c] = fmaf(dsa, x[c], dS[c]);
+      if (p == 0) {
+        dsa_tile[step * N + i] = dsa;
+        dv_tile[step * N + i] = dv;
+      }
+    }
+    __syncthreads();
+    for (int e = tid; e < steps * N; e += Split::kThreads) {
+      const int64_t o = head.at(t0 + e / N) + e % N;
+      dsa_out[o] = dsa_tile[e];
+      dv_out[o] = dv_tile[e];
+    }
+    if (chunk > 0) stage.store_to(read, tile, tid);
+    __syncthreads();
+  }
+#pragma unroll
+  for (int c = 0; c < kSlice; ++c) ds0[(bh * N + i) * N + Split::column(p, c)] = dS[c];
+}
+
+// ---- backward (2): every chunk in parallel, column sums over the rows ----
+
+// Thread (j, q) owns column j of rows q*kSlice .. q*kSlice+15; the Q threads of a column are
+// consecutive lanes. Anchors (the chunk's states every kEvery steps) live in shared memory, each
+// row group shifted by one warp's width of columns so a warp's accesses hit distinct banks.
+template <int N>
+struct ColumnSplit {
+  static constexpr int Q = N / kSlice;
+  static constexpr int kThreads = N * Q;
+  static constexpr int kEvery = N <= 64 ? 4 : 8;
+  static constexpr int kAnchors = kChunk / kEvery;
+  static constexpr int kGroupStride = kSlice * N + (Q > 1 ? 32 / Q : 0);
+  static constexpr int kAnchorFloats = Q * kGroupStride;
+  __device__ static float sum(float x) {
+#pragma unroll
+    for (int o = 1; o < Q; o <<= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+  }
+};
+
+enum ChunkVector { kCkR, kCkD, kCkSig, kCkK, kCkA, kCkB, kCkV, kCkDy, kCkSa, kCkDsa, kChunkVectors };
+
+template <class T>
+struct ChunkRead {
+  Inputs<T> in;
+  const float *dy, *sa, *dsa;
+  __device__ float load(int vector, int64_t i) const {
+    switch (vector) {
+      case kCkR: return peftkit::kernels::cuda::load(in.r, i);
+      case kCkD: case kCkSig: return peftkit::kernels::cuda::load(in.z, i);
+      case kCkK: return peftkit::kernels::cuda::load(in.k, i);
+      case kCkA: return peftkit::kernels::cuda::load(in.a, i);
+      case kCkB: return peftkit::kernels::cuda::load(in.b, i);
+      case kCkV: return peftkit::kernels::cuda::load(in.v, i);
+      case kCkDy: return dy ? dy[i] : 0.0f;
+      case kCkSa: return sa[i];
+      default: return dsa[i];
+    }
+  }
+  __device__ float finish(int vector, float x) const {
+    return vector == kCkD ? decay_of_sigmoid(sigmoid(x)) : vector == kCkSig ? sigmoid(x) : x;
+  }
+};
+
+template <int N>
+constexpr size_t chunk_shared_bytes() {
+  return sizeof(float) * (kChunkVectors * kChunk * N + ColumnSplit<N>::kAnchors * ColumnSplit<N>::kAnchorFloats);
+}
+
+// The thread's kSlice consecutive entries (its rows) of a length-N vector in shared memory.
+__device__ inline void read_rows(const float* vector, int q, float (&out)[kSlice]) {
+#pragma unroll
+  for (int g = 0; g < kSlice / 4; ++g) {
+    const float4 x = reinterpret_cast<const float4*>(vector + q * kSlice)[g];
+    out[4 * g] = x.x;
+    out[4 * g + 1] = x.y;
+    out[4 * g + 2] = x.z;
+    out[4 * g + 3] = x.w;
+  }
 }
 
 template <class T, int N>
-__global__ void __launch_bounds__(N) backward_kernel(Wkv7Shape s, const T* r, const T* z, const T* k, const T* v,
-                                                     const T* a, const T* b, const float* checkpoints, const float* dy,
-                                                     const float* ds_final, float* dr, float* dz, float* dk,
-                                                     float* dv, float* da, float* db, float* ds0, float* scratch) {
-  constexpr int P = N + 1;
-  extern __shared__ float shared[];
-  float* dS = shared;
-  float* cur = dS + N * P;
-  float* prev = cur + N * P;
-  float *sr = prev + N * P, *sd = sr + N, *sk = sd + N, *sv = sk + N, *sa_ = sv + N, *sb = sa_ + N, *sz = sb + N,
-        *sdy = sz + N, *ssa = sdy + N, *sdsa = ssa + N;
-  const int bh = blockIdx.x, i = threadIdx.x;
-  const int64_t bi = bh / s.H, h = bh % s.H, HN = s.H * N, NN = N * N, chunks = (s.T + kWkv7Chunk - 1) / kWkv7Chunk;
-  float* states = scratch + static_cast<int64_t>(bh) * (kWkv7Chunk + 1) * NN;  // [t][j][i]: coalesced rows
-  auto offset = [&](int64_t t) { return bi * s.T * HN + t * HN + h * N + i; };
+__global__ void __launch_bounds__(ColumnSplit<N>::kThreads)
+    chunk_grad_kernel(Wkv7Shape s, Inputs<T> in, const float* dy, const float* sa, const float* dsa,
+                      const float* chunk_states, const float* chunk_grads, float* dr, float* dz, float* dk, float* da,
+                      float* db) {
+  using Split = ColumnSplit<N>;
+  extern __shared__ float4 shared4[];
+  float* tile = reinterpret_cast<float*>(shared4);
+  const int tid = threadIdx.x, j = tid / Split::Q, q = tid % Split::Q;
+  const int64_t chunks = (s.T + kChunk - 1) / kChunk, bh = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
+  const int64_t t0 = chunk * kChunk;
+  const int steps = static_cast<int>(s.T - t0 < kChunk ? s.T - t0 : kChunk);
+  const HeadIndex head(s, bh);
+  const ChunkRead<T> read{in, dy, sa, dsa};
+  {
+    TileStage<N, Split::kThreads, kChunkVectors> stage;
+    stage.fetch(read, head, t0, s.T, tid);
+    stage.store_to(read, tile, tid);
+  }
+  auto vector = [&](int which, int step) { return tile + (which * kChunk + step) * N; };
+  float* anchors = tile + kChunkVectors * kChunk * N + q * Split::kGroupStride + j;  // + anchor, row offsets
+
+  float cur[kSlice], dS[kSlice];
+  const int64_t state_offset = (bh * chunks + chunk) * N * N + static_cast<int64_t>(q) * kSlice * N + j;
 #pragma unroll
-  for (int j = 0; j < N; ++j) dS[i * P + j] = ds_final ? ds_final[static_cast<int64_t>(bh) * NN + i * N + j] : 0.0f;
-  for (int64_t c = chunks - 1; c >= 0; --c) {
-    const int64_t t0 = c * kWkv7Chunk, t1 = min(s.T, t0 + kWkv7Chunk);
-    // Recompute the chunk's states S_{t0} .. S_{t1}; thread i keeps row i.
-    float S[N];
-    const float* checkpoint = checkpoints + ((static_cast<int64_t>(bh) * chunks + c) * N + i) * N;
+  for (int u = 0; u < kSlice; ++u) {
+    cur[u] = chunk_states[state_offset + u * N];
+    dS[u] = chunk_grads[state_offset + u * N];
+  }
+  __syncthreads();
+  // S_t = S_{t-1} diag(d_t) + sa_t b_t^T + v_t k_t^T, restricted to the thread's column and rows.
+  auto advance = [&](float(&S)[kSlice], int step) {
+    const float dj = vector(kCkD, step)[j], bj = vector(kCkB, step)[j], kj = vector(kCkK, step)[j];
+    float sa_rows[kSlice], v_rows[kSlice];
+    read_rows(vector(kCkSa, step), q, sa_rows);
+    read_rows(vector(kCkV, step), q, v_rows);
 #pragma unroll
-    for (int j = 0; j < N; ++j) {
-      S[j] = checkpoint[j];
-      states[j * N + i] = S[j];
+    for (int u = 0; u < kSlice; ++u) S[u] = fmaf(v_rows[u], kj, fmaf(sa_rows[u], bj, S[u] * dj));
+  };
+  for (int step = 0; step < steps; ++step) {
+    if (step % Split::kEvery == 0) {
+      float* anchor = anchors + (step / Split::kEvery) * Split::kAnchorFloats;
+#pragma unroll
+      for (int u = 0; u < kSlice; ++u) anchor[u * N] = cur[u];
     }
-    StepValues next = fetch(r, z, k, v, a, b, offset(t0));
-    for (int64_t t = t0; t < t1; ++t) {
-      __syncthreads();
-      publish(next, i, sr, sd, sk, sv, sa_, sb, nullptr);
-      __syncthreads();
-      if (t + 1 < t1) next = fetch(r, z, k, v, a, b, offset(t + 1));
-      step_row<N>(S, i, sr, sd, sk, sv, sa_, sb);
-      float* after = states + (t - t0 + 1) * NN;
+    advance(cur, step);
+  }
+  // cur = S after the chunk's last step; walk back.
+  for (int step = steps - 1; step >= 0; --step) {
+    float prev[kSlice];
+    const int from = step / Split::kEvery * Split::kEvery;
+    const float* anchor = anchors + (step / Split::kEvery) * Split::kAnchorFloats;
 #pragma unroll
-      for (int j = 0; j < N; ++j) after[j * N + i] = S[j];
+    for (int u = 0; u < kSlice; ++u) prev[u] = anchor[u * N];
+    for (int t = from; t < step; ++t) advance(prev, t);
+
+    const float rj = vector(kCkR, step)[j], dj = vector(kCkD, step)[j], aj = vector(kCkA, step)[j];
+    float dy_rows[kSlice], v_rows[kSlice], sa_rows[kSlice], dsa_rows[kSlice];
+    read_rows(vector(kCkDy, step), q, dy_rows);
+    read_rows(vector(kCkV, step), q, v_rows);
+    read_rows(vector(kCkSa, step), q, sa_rows);
+    read_rows(vector(kCkDsa, step), q, dsa_rows);
+    float sums[5] = {0, 0, 0, 0, 0};  // dr, dk, db, dd, da
+#pragma unroll
+    for (int u = 0; u < kSlice; ++u) {
+      const float g = fmaf(dy_rows[u], rj, dS[u]);
+      sums[0] = fmaf(dy_rows[u], cur[u], sums[0]);
+      sums[1] = fmaf(g, v_rows[u], sums[1]);
+      sums[2] = fmaf(g, sa_rows[u], sums[2]);
+      sums[3] = fmaf(g, prev[u], sums[3]);
+      sums[4] = fmaf(dsa_rows[u], prev[u], sums[4]);
+      dS[u] = fmaf(dsa_rows[u], aj, g * dj);
+      cur[u] = prev[u];
     }
-    __syncthreads();
-    // cur = S_{t1}
-    for (int j = 0; j < N; ++j) cur[j * P + i] = states[(t1 - t0) * NN + j * N + i];  // cur[j][i] = S[i][j]
-    next = fetch(r, z, k, v, a, b, offset(t1 - 1));
-    float next_dy = dy ? dy[offset(t1 - 1)] : 0.0f;
-    for (int64_t t = t1 - 1; t >= t0; --t) {
-      const int64_t o = offset(t) - i;
-      // prev = S_{t-1} (stored transposed like cur: prev[j * P + i] = S[i][j]).
-      for (int j = 0; j < N; ++j) prev[j * P + i] = states[(t - t0) * NN + j * N + i];
-      publish(next, i, sr, sd, sk, sv, sa_, sb, sz);
-      sdy[i] = next_dy;
-      __syncthreads();
-      if (t > t0) {
-        next = fetch(r, z, k, v, a, b, offset(t - 1));
-        next_dy = dy ? dy[offset(t - 1)] : 0.0f;
+#pragma unroll
+    for (int w = 0; w < 5; ++w) sums[w] = Split::sum(sums[w]);
+    const int64_t o = head.at(t0 + step) + j;
+    const float sig = vector(kCkSig, step)[j];
+    // d = exp(-c sigmoid(z)): dd/dz = -c d sigmoid(z) (1 - sigmoid(z)).
+    const float dz_j = sums[3] * (-kDecayScale * dj * sig * (1.0f - sig));
+    for (int w = q; w < 5; w += Split::Q) {
+      switch (w) {
+        case 0: dr[o] = sums[0]; break;
+        case 1: dk[o] = sums[1]; break;
+        case 2: db[o] = sums[2]; break;
+        case 3: dz[o] = dz_j; break;
+        default: da[o] = sums[4]; break;
       }
-      // Row i: dS += dy r^T; sa_i = S_{t-1,i} . a; dv_i; dsa_i.
-      float sa = 0, dvi = 0, dsai = 0;
-      const float dyi = sdy[i];
-      for (int j = 0; j < N; ++j) {
-        const float g = dS[i * P + j] + dyi * sr[j];
-        dS[i * P + j] = g;
-        sa += prev[j * P + i] * sa_[j];
-        dvi += g * sk[j];
-        dsai += g * sb[j];
-      }
-      ssa[i] = sa;
-      sdsa[i] = dsai;
-      dv[o + i] = dvi;
-      __syncthreads();
-      // Column i (as j): dr, dk, db, dd, da.
-      float dri = 0, dki = 0, dbi = 0, ddi = 0, dai = 0;
-      for (int row = 0; row < N; ++row) {
-        const float g = dS[row * P + i];
-        const float p = prev[i * P + row];  // S_{t-1}[row][i]
-        dri += cur[i * P + row] * sdy[row];
-        dki += g * sv[row];
-        dbi += g * ssa[row];
-        ddi += g * p;
-        dai += sdsa[row] * p;
-      }
-      dr[o + i] = dri;
-      dk[o + i] = dki;
-      db[o + i] = dbi;
-      da[o + i] = dai;
-      const float sig = 1.0f / (1.0f + __expf(-sz[i]));
-      dz[o + i] = ddi * (-kDecayScale * sd[i] * sig * (1.0f - sig));
-      __syncthreads();
-      // dS <- dS diag(d) + dsa a^T (row i); then prev becomes cur.
-      for (int j = 0; j < N; ++j) {
-        dS[i * P + j] = dS[i * P + j] * sd[j] + sdsa[i] * sa_[j];
-        cur[j * P + i] = prev[j * P + i];
-      }
-      __syncthreads();
     }
   }
-#pragma unroll
-  for (int j = 0; j < N; ++j) ds0[static_cast<int64_t>(bh) * NN + i * N + j] = dS[i * P + j];
 }
 
 std::string status(const char* what) {
@@ -203,54 +442,54 @@ std::string status(const char* what) {
   return e == cudaSuccess ? std::string() : std::string(what) + ": " + cudaGetErrorString(e);
 }
 
+template <class Kernel>
+bool allow_shared(Kernel kernel, size_t bytes) {
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)) ==
+         cudaSuccess;
+}
+
+template <class T>
+Inputs<T> inputs(const void* r, const void* z, const void* k, const void* v, const void* a, const void* b) {
+  return {static_cast<const T*>(r), static_cast<const T*>(z), static_cast<const T*>(k),
+          static_cast<const T*>(v), static_cast<const T*>(a), static_cast<const T*>(b)};
+}
+
 template <class T, int N>
-std::string forward_n(const Wkv7Shape& s, const void* r, const void* z, const void* k, const void* v, const void* a,
-                      const void* b, const float* s0, void* y, float* s_final, float* checkpoints) {
-  forward_kernel<T, N><<<static_cast<unsigned>(s.B * s.H), N>>>(
-      s, static_cast<const T*>(r), static_cast<const T*>(z), static_cast<const T*>(k), static_cast<const T*>(v),
-      static_cast<const T*>(a), static_cast<const T*>(b), s0, static_cast<T*>(y), s_final, checkpoints);
+std::string forward_n(const Wkv7Shape& s, const Inputs<T>& in, const float* s0, void* y, float* s_final,
+                      float* chunk_states, float* sa) {
+  constexpr size_t bytes = forward_shared_bytes<N>();
+  if (!allow_shared(forward_kernel<T, N>, bytes)) return status("wkv7_forward shared memory");
+  forward_kernel<T, N><<<static_cast<unsigned>(s.B * s.H), RowSplit<N>::kThreads, bytes>>>(
+      s, in, s0, static_cast<T*>(y), s_final, chunk_states, sa);
   return status("wkv7_forward");
 }
 
 template <class T, int N>
-std::string backward_n(const Wkv7Shape& s, const void* r, const void* z, const void* k, const void* v, const void* a,
-                       const void* b, const float* checkpoints, const float* dy, const float* ds_final, float* dr,
-                       float* dz, float* dk, float* dv, float* da, float* db, float* ds0, float* scratch) {
-  constexpr size_t bytes = backward_shared_bytes<N>();
-  if (cudaFuncSetAttribute(backward_kernel<T, N>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)) !=
-      cudaSuccess)
+std::string backward_n(const Wkv7Shape& s, const Inputs<T>& in, const float* chunk_states, const float* sa,
+                       const float* dy, const float* ds_final, float* dr, float* dz, float* dk, float* dv, float* da,
+                       float* db, float* ds0, float* scratch) {
+  float* chunk_grads = scratch;
+  float* dsa = scratch + wkv7_chunk_state_floats(s);
+  constexpr size_t state_bytes = state_grad_shared_bytes<N>(), chunk_bytes = chunk_shared_bytes<N>();
+  if (!allow_shared(state_grad_kernel<T, N>, state_bytes) || !allow_shared(chunk_grad_kernel<T, N>, chunk_bytes))
     return status("wkv7_backward shared memory");
-  backward_kernel<T, N><<<static_cast<unsigned>(s.B * s.H), N, bytes>>>(
-      s, static_cast<const T*>(r), static_cast<const T*>(z), static_cast<const T*>(k), static_cast<const T*>(v),
-      static_cast<const T*>(a), static_cast<const T*>(b), checkpoints, dy, ds_final, dr, dz, dk, dv, da, db, ds0,
-      scratch);
-  return status("wkv7_backward");
+  state_grad_kernel<T, N><<<static_cast<unsigned>(s.B * s.H), RowSplit<N>::kThreads, state_bytes>>>(
+      s, in, dy, ds_final, ds0, chunk_grads, dsa, dv);
+  if (std::string e = status("wkv7_backward state gradient"); !e.empty()) return e;
+  chunk_grad_kernel<T, N><<<static_cast<unsigned>(s.B * s.H * wkv7_chunks(s)), ColumnSplit<N>::kThreads, chunk_bytes>>>(
+      s, in, dy, sa, dsa, chunk_states, chunk_grads, dr, dz, dk, da, db);
+  return status("wkv7_backward chunk gradients");
 }
 
-template <class T>
-std::string forward_typed(const Wkv7Shape& s, const void* r, const void* z, const void* k, const void* v,
-                          const void* a, const void* b, const float* s0, void* y, float* s_final, float* checkpoints) {
-  switch (s.N) {
-    case 16: return forward_n<T, 16>(s, r, z, k, v, a, b, s0, y, s_final, checkpoints);
-    case 32: return forward_n<T, 32>(s, r, z, k, v, a, b, s0, y, s_final, checkpoints);
-    case 64: return forward_n<T, 64>(s, r, z, k, v, a, b, s0, y, s_final, checkpoints);
-    case 128: return forward_n<T, 128>(s, r, z, k, v, a, b, s0, y, s_final, checkpoints);
+template <class Run>
+std::string dispatch_n(int64_t n, const Run& run) {
+  switch (n) {
+    case 16: return run(std::integral_constant<int, 16>{});
+    case 32: return run(std::integral_constant<int, 32>{});
+    case 64: return run(std::integral_constant<int, 64>{});
+    case 128: return run(std::integral_constant<int, 128>{});
   }
-  return "wkv7_forward: unsupported head size";
-}
-
-template <class T>
-std::string backward_typed(const Wkv7Shape& s, const void* r, const void* z, const void* k, const void* v,
-                           const void* a, const void* b, const float* checkpoints, const float* dy,
-                           const float* ds_final, float* dr, float* dz, float* dk, float* dv, float* da, float* db,
-                           float* ds0, float* scratch) {
-  switch (s.N) {
-    case 16: return backward_n<T, 16>(s, r, z, k, v, a, b, checkpoints, dy, ds_final, dr, dz, dk, dv, da, db, ds0, scratch);
-    case 32: return backward_n<T, 32>(s, r, z, k, v, a, b, checkpoints, dy, ds_final, dr, dz, dk, dv, da, db, ds0, scratch);
-    case 64: return backward_n<T, 64>(s, r, z, k, v, a, b, checkpoints, dy, ds_final, dr, dz, dk, dv, da, db, ds0, scratch);
-    case 128: return backward_n<T, 128>(s, r, z, k, v, a, b, checkpoints, dy, ds_final, dr, dz, dk, dv, da, db, ds0, scratch);
-  }
-  return "wkv7_backward: unsupported head size";
+  return "wkv7: unsupported head size " + std::to_string(n);
 }
 
 }  // namespace
@@ -259,25 +498,32 @@ bool wkv7_supports(int64_t n) { return n == 16 || n == 32 || n == 64 || n == 128
 
 std::string wkv7_forward(int device, InputType type, const Wkv7Shape& s, const void* r, const void* z, const void* k,
                          const void* v, const void* a, const void* b, const float* s0, void* y, float* s_final,
-                         float* checkpoints) {
+                         float* chunk_states, float* sa) {
   if (s.B * s.H == 0) return {};
   if (cudaSetDevice(device) != cudaSuccess) return status("cudaSetDevice");
-  return type == InputType::kBFloat16
-             ? forward_typed<__nv_bfloat16>(s, r, z, k, v, a, b, s0, y, s_final, checkpoints)
-             : forward_typed<float>(s, r, z, k, v, a, b, s0, y, s_final, checkpoints);
+  auto typed = [&](auto tag) {
+    using T = decltype(tag);
+    const Inputs<T> in = inputs<T>(r, z, k, v, a, b);
+    return dispatch_n(s.N, [&](auto n) { return forward_n<T, decltype(n)::value>(s, in, s0, y, s_final, chunk_states, sa); });
+  };
+  return type == InputType::kBFloat16 ? typed(__nv_bfloat16{}) : typed(float{});
 }
 
 std::string wkv7_backward(int device, InputType type, const Wkv7Shape& s, const void* r, const void* z, const void* k,
-                          const void* v, const void* a, const void* b, const float* checkpoints, const float* dy,
-                          const float* ds_final, float* dr, float* dz, float* dk, float* dv, float* da, float* db,
-                          float* ds0, float* scratch) {
+                          const void* v, const void* a, const void* b, const float* chunk_states, const float* sa,
+                          const float* dy, const float* ds_final, float* dr, float* dz, float* dk, float* dv,
+                          float* da, float* db, float* ds0, float* scratch) {
   if (s.B * s.H == 0) return {};
   if (cudaSetDevice(device) != cudaSuccess) return status("cudaSetDevice");
-  return type == InputType::kBFloat16
-             ? backward_typed<__nv_bfloat16>(s, r, z, k, v, a, b, checkpoints, dy, ds_final, dr, dz, dk, dv, da, db,
-                                             ds0, scratch)
-             : backward_typed<float>(s, r, z, k, v, a, b, checkpoints, dy, ds_final, dr, dz, dk, dv, da, db, ds0,
-                                     scratch);
+  auto typed = [&](auto tag) {
+    using T = decltype(tag);
+    const Inputs<T> in = inputs<T>(r, z, k, v, a, b);
+    return dispatch_n(s.N, [&](auto n) {
+      return backward_n<T, decltype(n)::value>(s, in, chunk_states, sa, dy, ds_final, dr, dz, dk, dv, da, db, ds0,
+                                               scratch);
+    });
+  };
+  return type == InputType::kBFloat16 ? typed(__nv_bfloat16{}) : typed(float{});
 }
 
 }  // namespace peftkit::kernels::cuda

@@ -7,6 +7,9 @@
 #include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <sstream>
+
 namespace peftkit::kernels {
 namespace {
 
@@ -132,22 +135,30 @@ TEST(Wkv7Cpu, TensorOpReferenceAgreesWithTheKernelIncludingGradients) {
     EXPECT_LT(relative_error(kernel[i], reference[i].to(at::kDouble)), 1e-5) << i;
 }
 
-// GPU machine only: the CUDA kernel against the CPU kernel in float64 from the same inputs (rounded
-// to the kernel's input dtype first): outputs, final state and every gradient including dh0, with
-// a weighted loss on y and the final state (so ds_final flows in); T with chunk tails.
+// GPU machine only: the CUDA kernels against the CPU kernel in float64 from the same inputs
+// (rounded to the kernel's input dtype first): outputs, final state and every gradient including
+// dh0, with a weighted loss on y and the final state (so ds_final flows in). Shapes cover T not a
+// multiple of 16, B*H from 1 to 512, T up to 16384, an initial state shared by the batch; outputs
+// are poisoned with NaN first (an unwritten element fails), and a second run must be bit-identical.
 TEST(Wkv7Cuda, MatchesTheFloat64CpuKernelIncludingGradients) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   struct Case {
     int64_t B, T, H, N;
     at::ScalarType dtype;
     double bound;
+    bool shared_state = false;
   };
-  const Case cases[] = {{2, 37, 3, 64, at::kFloat, 1e-5},  {2, 37, 3, 64, at::kBFloat16, 2e-3},
-                        {1, 1, 2, 16, at::kFloat, 1e-5},   {3, 100, 2, 32, at::kBFloat16, 2e-3},
-                        {1, 300, 1, 128, at::kFloat, 1e-5}, {4, 17, 4, 16, at::kBFloat16, 2e-3}};
+  const Case cases[] = {{2, 37, 3, 64, at::kFloat, 1e-5},      {2, 37, 3, 64, at::kBFloat16, 2e-3},
+                        {1, 1, 1, 64, at::kBFloat16, 2e-3},    {1, 1, 2, 16, at::kFloat, 1e-5},
+                        {3, 100, 2, 32, at::kBFloat16, 2e-3},  {1, 300, 1, 128, at::kFloat, 1e-5},
+                        {1, 257, 2, 128, at::kBFloat16, 2e-3}, {4, 17, 4, 16, at::kBFloat16, 2e-3},
+                        {8, 33, 64, 64, at::kBFloat16, 2e-3},  {4, 70, 3, 64, at::kBFloat16, 2e-3, true},
+                        {1, 16384, 1, 64, at::kBFloat16, 2e-3}, {1, 16383, 1, 64, at::kFloat, 1e-5}};
+  wkv7_poison_outputs_for_testing(true);
   for (const auto& c : cases) {
     Inputs in = random_inputs(c.B, c.T, c.H, c.N, c.dtype, 21 + c.T);
     in.s0 = in.s0.to(at::kFloat);
+    if (c.shared_state) in.s0 = in.s0.slice(0, 0, 1);
     // dy reaches the kernel in y's dtype: the reference gets the same rounded dy.
     const at::Tensor weight_y = at::randn({c.B, c.T, c.H, c.N}, at::kDouble).to(c.dtype).to(at::kDouble);
     const at::Tensor weight_s = at::randn({c.B, c.H, c.N, c.N}, at::kDouble);
@@ -156,7 +167,8 @@ TEST(Wkv7Cuda, MatchesTheFloat64CpuKernelIncludingGradients) {
       for (const at::Tensor* t : {&in.r, &in.z, &in.k, &in.v, &in.a, &in.b, &in.s0})
         leaves.push_back(t->to(device, t == &in.s0 ? (dtype == at::kDouble ? at::kDouble : at::kFloat) : dtype)
                              .detach().requires_grad_(true));
-      auto [y, s] = wkv7(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], leaves[5], leaves[6]);
+      const at::Tensor s0 = leaves[6].expand({c.B, c.H, c.N, c.N});
+      auto [y, s] = wkv7(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], leaves[5], s0);
       ((y.to(at::kDouble) * weight_y.to(device)).sum() + (s.to(at::kDouble) * weight_s.to(device)).sum()).backward();
       std::vector<at::Tensor> out = {y.detach().cpu().to(at::kDouble), s.detach().cpu().to(at::kDouble)};
       for (const auto& leaf : leaves) out.push_back(leaf.grad().cpu().to(at::kDouble));
@@ -165,13 +177,26 @@ TEST(Wkv7Cuda, MatchesTheFloat64CpuKernelIncludingGradients) {
     const auto want = run(at::kCPU, at::kDouble);
     const auto got = run(at::kCUDA, c.dtype);
     const char* names[] = {"y", "s_final", "dr", "dz", "dk", "dv", "da", "db", "ds0"};
-    for (size_t i = 0; i < want.size(); ++i)
-      EXPECT_LE(relative_error(got[i], want[i]), c.bound)
-          << names[i] << " B" << c.B << " T" << c.T << " H" << c.H << " N" << c.N << " " << c.dtype;
-    // Run to run, the kernel is deterministic.
+    std::ostringstream where;
+    where << " B" << c.B << " T" << c.T << " H" << c.H << " N" << c.N << " " << c.dtype
+          << (c.shared_state ? " shared h0" : "");
+    for (size_t i = 0; i < want.size(); ++i) {
+      const double error = relative_error(got[i], want[i]);
+      EXPECT_LE(error, c.bound) << names[i] << where.str();
+      std::printf("[ wkv7 cuda ] %-8s %-40s relative error %.2e\n", names[i], where.str().c_str(), error);
+    }
+    // Run to run, the kernels are deterministic.
     const auto again = run(at::kCUDA, c.dtype);
-    for (size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(at::equal(again[i], got[i])) << names[i];
+    for (size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(at::equal(again[i], got[i])) << names[i] << where.str();
+    // Without autograd the forward skips what the backward needs, with the same results.
+    at::NoGradGuard no_grad;
+    auto device_input = [&](const at::Tensor& t) { return t.to(at::kCUDA, c.dtype); };
+    auto [y, s] = wkv7(device_input(in.r), device_input(in.z), device_input(in.k), device_input(in.v),
+                       device_input(in.a), device_input(in.b), in.s0.to(at::kCUDA).expand({c.B, c.H, c.N, c.N}));
+    EXPECT_TRUE(at::equal(y.cpu().to(at::kDouble), got[0])) << where.str();
+    EXPECT_TRUE(at::equal(s.cpu().to(at::kDouble), got[1])) << where.str();
   }
+  wkv7_poison_outputs_for_testing(false);
 }
 
 TEST(Wkv7Cpu, RejectsMismatchedShapes) {

@@ -1,0 +1,420 @@
+#include "fused/fused_cuda.hpp"
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <type_traits>
+
+namespace peftkit::kernels::cuda {
+namespace {
+
+constexpr int kRows = static_cast<int>(kFusedRowsPerPartial);
+
+__device__ inline float load(const float* p, int64_t i) { return p[i]; }
+__device__ inline float load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
+template <class T>
+__device__ inline float load_or_zero(const T* p, int64_t i) { return p ? load(p, i) : 0.0f; }
+__device__ inline void store(float* p, int64_t i, float v) { p[i] = v; }
+__device__ inline void store(__nv_bfloat16* p, int64_t i, float v) { p[i] = __float2bfloat16_rn(v); }
+
+__device__ inline float warp_sum(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+std::string status(const char* what) {
+  const cudaError_t e = cudaGetLastError();
+  return e == cudaSuccess ? std::string() : std::string(what) + ": " + cudaGetErrorString(e);
+}
+
+template <class Run>
+std::string typed(int device, FusedType type, const Run& run) {
+  if (cudaSetDevice(device) != cudaSuccess) return status("cudaSetDevice");
+  if (type == FusedType::kBFloat16)
+    run(__nv_bfloat16{});
+  else
+    run(float{});
+  return status("fused kernel");
+}
+
+// ---- token shift + mixes: thread = channel, block row = kRows rows of (b, t) ----
+
+template <class T>
+__global__ void token_shift_mix_forward_kernel(int64_t B, int64_t T_, int64_t C, int64_t M, const T* x,
+                                               const T* shift, const float* mix, T* out) {
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  const int64_t rows = B * T_, plane = rows * C;
+  for (int64_t row = blockIdx.y * kRows; row < min(rows, (blockIdx.y + 1) * static_cast<int64_t>(kRows)); ++row) {
+    const int64_t t = row % T_;
+    const float xv = load(x, row * C + c);
+    const float delta = (t > 0 ? load(x, (row - 1) * C + c) : load(shift, (row / T_) * C + c)) - xv;
+    for (int64_t m = 0; m < M; ++m) store(out, m * plane + row * C + c, fmaf(delta, mix[m * C + c], xv));
+  }
+}
+
+template <class T>
+__global__ void token_shift_mix_backward_kernel(int64_t B, int64_t T_, int64_t C, int64_t M, const T* x,
+                                                const T* shift, const float* mix, const T* dout, float* dx,
+                                                float* dshift, float* dmix_partials) {
+  constexpr int kMaxMixes = 8;
+  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (c >= C) return;
+  const int64_t rows = B * T_, plane = rows * C;
+  float dmix[kMaxMixes] = {};
+  for (int64_t row = blockIdx.y * kRows; row < min(rows, (blockIdx.y + 1) * static_cast<int64_t>(kRows)); ++row) {
+    const int64_t t = row % T_;
+    const float xv = load(x, row * C + c);
+    const float delta = (t > 0 ? load(x, (row - 1) * C + c) : load(shift, (row / T_) * C + c)) - xv;
+    float own = 0, to_previous = 0, from_next = 0;
+    for (int64_t m = 0; m < M; ++m) {
+      const float g = load(dout, m * plane + row * C + c), mv = mix[m * C + c];
+      own = fmaf(g, 1.0f - mv, own);
+      to_previous = fmaf(g, mv, to_previous);
+      dmix[m] = fmaf(g, delta, dmix[m]);
+      if (t + 1 < T_) from_next = fmaf(load(dout, m * plane + (row + 1) * C + c), mv, from_next);
+    }
+    dx[row * C + c] = own + from_next;
+    if (t == 0) dshift[(row / T_) * C + c] = to_previous;
+  }
+  for (int64_t m = 0; m < M; ++m) dmix_partials[(blockIdx.y * M + m) * C + c] = dmix[m];
+}
+
+// ---- per-head row ops: one warp per (row, head), lane owns N / 32 channels; a block's warps
+// take consecutive row ranges of one head, each range one partial of the parameter gradients ----
+
+constexpr int kWarps = 4;
+
+struct HeadRows {
+  int64_t head, row_begin, row_end, partial;
+  __device__ HeadRows(int64_t rows) {
+    head = blockIdx.x;
+    partial = blockIdx.y * kWarps + threadIdx.x / 32;
+    row_begin = partial * kRows;
+    row_end = min(rows, row_begin + kRows);
+  }
+};
+
+template <class T, int E>
+__global__ void kk_ab_forward_kernel(int64_t rows, int64_t H, const T* k, const T* a, const float* k_k,
+                                     const float* k_a, T* k_out, T* a_out, T* b_out) {
+  constexpr int N = E * 32;
+  const HeadRows hr(rows);
+  const int lane = threadIdx.x % 32;
+  for (int64_t row = hr.row_begin; row < hr.row_end; ++row) {
+    float kv[E], av[E], u[E], square = 0;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int64_t c = hr.head * N + lane + 32 * e, i = row * H * N + c;
+      kv[e] = load(k, i);
+      av[e] = load(a, i);
+      u[e] = kv[e] * k_k[c];
+      square = fmaf(u[e], u[e], square);
+    }
+    const float inv = 1.0f / fmaxf(sqrtf(warp_sum(square)), 1e-12f);
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int64_t c = hr.head * N + lane + 32 * e, i = row * H * N + c;
+      const float kk = u[e] * inv;
+      store(k_out, i, kv[e] * fmaf(av[e] - 1.0f, k_a[c], 1.0f));
+      store(a_out, i, -kk);
+      store(b_out, i, kk * av[e]);
+    }
+  }
+}
+
+template <class T, int E>
+__global__ void kk_ab_backward_kernel(int64_t rows, int64_t H, const T* k, const T* a, const float* k_k,
+                                      const float* k_a, const T* dk_out, const T* da_out, const T* db_out, float* dk,
+                                      float* da, float* dk_k_partials, float* dk_a_partials) {
+  constexpr int N = E * 32;
+  const HeadRows hr(rows);
+  const int lane = threadIdx.x % 32;
+  float dk_k[E] = {}, dk_a[E] = {};
+  for (int64_t row = hr.row_begin; row < hr.row_end; ++row) {
+    float kv[E], av[E], u[E], dkk[E], square = 0, dot = 0;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int64_t c = hr.head * N + lane + 32 * e, i = row * H * N + c;
+      kv[e] = load(k, i);
+      av[e] = load(a, i);
+      u[e] = kv[e] * k_k[c];
+      square = fmaf(u[e], u[e], square);
+    }
+    const float norm = sqrtf(warp_sum(square));
+    const bool clamped = norm < 1e-12f;
+    const float inv = 1.0f / fmaxf(norm, 1e-12f);
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int64_t i = row * H * N + hr.head * N + lane + 32 * e;
+      const float kk = u[e] * inv;
+      // a_out = -kk, b_out = kk * a
+      dkk[e] = fmaf(load_or_zero(db_out, i), av[e], -load_or_zero(da_out, i));
+      dot = fmaf(dkk[e], kk, dot);
+    }
+    dot = warp_sum(dot);
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int64_t c = hr.head * N + lane + 32 * e, i = row * H * N + c;
+      const float kk = u[e] * inv, g = load_or_zero(dk_out, i);
+      // kk = u / max(|u|, eps): du = (dkk - kk (kk . dkk)) / |u| unless clamped.
+      const float du = clamped ? dkk[e] * inv : (dkk[e] - kk * dot) * inv;
+      dk[i] = fmaf(g, fmaf(av[e] - 1.0f, k_a[c], 1.0f), du * k_k[c]);
+      da[i] = fmaf(g, kv[e] * k_a[c], load_or_zero(db_out, i) * kk);
+      dk_k[e] = fmaf(du, kv[e], dk_k[e]);
+      dk_a[e] = fmaf(g, kv[e] * (av[e] - 1.0f), dk_a[e]);
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const int64_t c = hr.head * N + lane + 32 * e;
+    dk_k_partials[hr.partial * H * N + c] = dk_k[e];
+    dk_a_partials[hr.partial * H * N + c] = dk_a[e];
+  }
+}
+
+template <class T, int E>
+__global__ void norm_bonus_gate_forward_kernel(int64_t rows, int64_t H, float eps, const T* y, const T* r,
+                                               const T* k, const T* v, const T* g, const float* w,
+                                               const float* bias, const float* r_k, T* out) {
+  constexpr int N = E * 32;
+  const HeadRows hr(rows);
+  const int lane = threadIdx.x % 32;
+  for (int64_t row = hr.row_begin; row < hr.row_end; ++row) {
+    float yv[E], sum = 0, bonus = 0;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int64_t c = hr.head * N + lane + 32 * e, i = row * H * N + c;
+      yv[e] = load(y, i);
+      sum += yv[e];
+      bonus = fmaf(load(r, i) * load(k, i), r_k[c], bonus);
+    }
+    const float mean = warp_sum(sum) / N;
+    float var = 0;
+#pragma unroll
+    for (int e = 0; e < E; ++e) var = fmaf(yv[e] - mean, yv[e] - mean, var);
+    const float rstd = rsqrtf(warp_sum(var) / N + eps);
+    bonus = warp_sum(bonus);
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int64_t c = hr.head * N + lane + 32 * e, i = row * H * N + c;
+      const float pre = fmaf((yv[e] - mean) * rstd, w[c], fmaf(bonus, load(v, i), bias[c]));
+      store(out, i, pre * load(g, i));
+    }
+  }
+}
+
+template <class T, int E>
+__global__ void norm_bonus_gate_backward_kernel(int64_t rows, int64_t H, float eps, const T* y, const T* r,
+                                                const T* k, const T* v, const T* g, const float* w,
+                                                const float* bias, const float* r_k, const T* dout, float* dy,
+                                                float* dr, float* dk, float* dv, float* dg, float* dw_partials,
+                                                float* dbias_partials, float* dr_k_partials) {
+  constexpr int N = E * 32;
+  const HeadRows hr(rows);
+  const int lane = threadIdx.x % 32;
+  float dw[E] = {}, dbias[E] = {}, dr_k[E] = {};
+  for (int64_t row = hr.row_begin; row < hr.row_end; ++row) {
+    float yv[E], rv[E], kv[E], vv[E], dpre[E], sum = 0, bonus = 0;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int64_t c = hr.head * N + lane + 32 * e, i = row * H * N + c;
+      yv[e] = load(y, i);
+      rv[e] = load(r, i);
+      kv[e] = load(k, i);
+      vv[e] = load(v, i);
+      dpre[e] = load(dout, i) * load(g, i);
+      sum += yv[e];
+      bonus = fmaf(rv[e] * kv[e], r_k[c], bonus);
+    }
+    const float mean = warp_sum(sum) / N;
+    float var = 0;
+#pragma unroll
+    for (int e = 0; e < E; ++e) var = fmaf(yv[e] - mean, yv[e] - mean, var);
+    const float rstd = rsqrtf(warp_sum(var) / N + eps);
+    bonus = warp_sum(bonus);
+    float mean_dxhat = 0, mean_dxhat_xhat = 0, dbonus = 0;
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int64_t c = hr.head * N + lane + 32 * e;
+      const float xhat = (yv[e] - mean) * rstd, dxhat = dpre[e] * w[c];
+      mean_dxhat += dxhat;
+      mean_dxhat_xhat = fmaf(dxhat, xhat, mean_dxhat_xhat);
+      dbonus = fmaf(dpre[e], vv[e], dbonus);
+    }
+    mean_dxhat = warp_sum(mean_dxhat) / N;
+    mean_dxhat_xhat = warp_sum(mean_dxhat_xhat) / N;
+    dbonus = warp_sum(dbonus);
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int64_t c = hr.head * N + lane + 32 * e, i = row * H * N + c;
+      const float xhat = (yv[e] - mean) * rstd, dxhat = dpre[e] * w[c];
+      const float pre = fmaf(xhat, w[c], fmaf(bonus, vv[e], bias[c]));
+      dg[i] = load(dout, i) * pre;
+      dy[i] = rstd * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
+      dv[i] = dpre[e] * bonus;
+      dr[i] = dbonus * kv[e] * r_k[c];
+      dk[i] = dbonus * rv[e] * r_k[c];
+      dw[e] = fmaf(dpre[e], xhat, dw[e]);
+      dbias[e] += dpre[e];
+      dr_k[e] = fmaf(dbonus, rv[e] * kv[e], dr_k[e]);
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const int64_t c = hr.head * N + lane + 32 * e, o = hr.partial * H * N + c;
+    dw_partials[o] = dw[e];
+    dbias_partials[o] = dbias[e];
+    dr_k_partials[o] = dr_k[e];
+  }
+}
+
+template <class T>
+__global__ void relu_square_forward_kernel(int64_t n, const T* x, T* out) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float h = fmaxf(load(x, i), 0.0f);
+    store(out, i, h * h);
+  }
+}
+
+template <class T>
+__global__ void relu_square_backward_kernel(int64_t n, const T* x, const T* dout, T* dx) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    store(dx, i, 2.0f * fmaxf(load(x, i), 0.0f) * load(dout, i));
+}
+
+dim3 channel_grid(int64_t rows, int64_t C) {
+  return dim3(static_cast<unsigned>((C + 255) / 256), static_cast<unsigned>(fused_partials(rows)));
+}
+dim3 head_grid(int64_t rows, int64_t H) {
+  return dim3(static_cast<unsigned>(H), static_cast<unsigned>((fused_partials(rows) + kWarps - 1) / kWarps));
+}
+// Head-row kernels allocate partials for whole blocks of kWarps ranges.
+template <class Launch>
+std::string per_head_size(int64_t N, const Launch& launch) {
+  switch (N) {
+    case 32: launch(std::integral_constant<int, 1>{}); return {};
+    case 64: launch(std::integral_constant<int, 2>{}); return {};
+    case 128: launch(std::integral_constant<int, 4>{}); return {};
+    case 256: launch(std::integral_constant<int, 8>{}); return {};
+  }
+  return "fused: unsupported head size " + std::to_string(N);
+}
+
+}  // namespace
+
+int64_t fused_head_partials(int64_t rows) { return (fused_partials(rows) + kWarps - 1) / kWarps * kWarps; }
+
+std::string token_shift_mix_forward(int device, FusedType type, int64_t B, int64_t T, int64_t C, int64_t M,
+                                    const void* x, const void* shift, const float* mix, void* out) {
+  if (B * T * C == 0) return {};
+  return typed(device, type, [&](auto tag) {
+    using E = decltype(tag);
+    token_shift_mix_forward_kernel<E><<<channel_grid(B * T, C), 256>>>(
+        B, T, C, M, static_cast<const E*>(x), static_cast<const E*>(shift), mix, static_cast<E*>(out));
+  });
+}
+
+std::string token_shift_mix_backward(int device, FusedType type, int64_t B, int64_t T, int64_t C, int64_t M,
+                                     const void* x, const void* shift, const float* mix, const void* dout, float* dx,
+                                     float* dshift, float* dmix_partials) {
+  if (M > 8) return "token_shift_mix: at most 8 mixes";
+  if (B * T * C == 0) return {};
+  return typed(device, type, [&](auto tag) {
+    using E = decltype(tag);
+    token_shift_mix_backward_kernel<E><<<channel_grid(B * T, C), 256>>>(
+        B, T, C, M, static_cast<const E*>(x), static_cast<const E*>(shift), mix, static_cast<const E*>(dout), dx,
+        dshift, dmix_partials);
+  });
+}
+
+std::string kk_ab_forward(int device, FusedType type, int64_t rows, int64_t H, int64_t N, const void* k,
+                          const void* a, const float* k_k, const float* k_a, void* k_out, void* a_out, void* b_out) {
+  if (rows == 0) return {};
+  std::string error;
+  std::string launched = typed(device, type, [&](auto tag) {
+    using E = decltype(tag);
+    error = per_head_size(N, [&](auto per_lane) {
+      kk_ab_forward_kernel<E, decltype(per_lane)::value><<<head_grid(rows, H), 32 * kWarps>>>(
+          rows, H, static_cast<const E*>(k), static_cast<const E*>(a), k_k, k_a, static_cast<E*>(k_out),
+          static_cast<E*>(a_out), static_cast<E*>(b_out));
+    });
+  });
+  return error.empty() ? launched : error;
+}
+
+std::string kk_ab_backward(int device, FusedType type, int64_t rows, int64_t H, int64_t N, const void* k,
+                           const void* a, const float* k_k, const float* k_a, const void* dk_out, const void* da_out,
+                           const void* db_out, float* dk, float* da, float* dk_k_partials, float* dk_a_partials) {
+  if (rows == 0) return {};
+  std::string error;
+  std::string launched = typed(device, type, [&](auto tag) {
+    using E = decltype(tag);
+    error = per_head_size(N, [&](auto per_lane) {
+      kk_ab_backward_kernel<E, decltype(per_lane)::value><<<head_grid(rows, H), 32 * kWarps>>>(
+          rows, H, static_cast<const E*>(k), static_cast<const E*>(a), k_k, k_a, static_cast<const E*>(dk_out),
+          static_cast<const E*>(da_out), static_cast<const E*>(db_out), dk, da, dk_k_partials, dk_a_partials);
+    });
+  });
+  return error.empty() ? launched : error;
+}
+
+std::string norm_bonus_gate_forward(int device, FusedType type, int64_t rows, int64_t H, int64_t N, double eps,
+                                    const void* y, const void* r, const void* k, const void* v, const void* g,
+                                    const float* w, const float* bias, const float* r_k, void* out) {
+  if (rows == 0) return {};
+  std::string error;
+  std::string launched = typed(device, type, [&](auto tag) {
+    using E = decltype(tag);
+    error = per_head_size(N, [&](auto per_lane) {
+      norm_bonus_gate_forward_kernel<E, decltype(per_lane)::value><<<head_grid(rows, H), 32 * kWarps>>>(
+          rows, H, static_cast<float>(eps), static_cast<const E*>(y), static_cast<const E*>(r),
+          static_cast<const E*>(k), static_cast<const E*>(v), static_cast<const E*>(g), w, bias, r_k,
+          static_cast<E*>(out));
+    });
+  });
+  return error.empty() ? launched : error;
+}
+
+std::string norm_bonus_gate_backward(int device, FusedType type, int64_t rows, int64_t H, int64_t N, double eps,
+                                     const void* y, const void* r, const void* k, const void* v, const void* g,
+                                     const float* w, const float* bias, const float* r_k, const void* dout, float* dy,
+                                     float* dr, float* dk, float* dv, float* dg, float* dw_partials,
+                                     float* dbias_partials, float* dr_k_partials) {
+  if (rows == 0) return {};
+  std::string error;
+  std::string launched = typed(device, type, [&](auto tag) {
+    using E = decltype(tag);
+    error = per_head_size(N, [&](auto per_lane) {
+      norm_bonus_gate_backward_kernel<E, decltype(per_lane)::value><<<head_grid(rows, H), 32 * kWarps>>>(
+          rows, H, static_cast<float>(eps), static_cast<const E*>(y), static_cast<const E*>(r),
+          static_cast<const E*>(k), static_cast<const E*>(v), static_cast<const E*>(g), w, bias, r_k,
+          static_cast<const E*>(dout), dy, dr, dk, dv, dg, dw_partials, dbias_partials, dr_k_partials);
+    });
+  });
+  return error.empty() ? launched : error;
+}
+
+std::string relu_square_forward(int device, FusedType type, int64_t n, const void* x, void* out) {
+  if (n == 0) return {};
+  return typed(device, type, [&](auto tag) {
+    using E = decltype(tag);
+    relu_square_forward_kernel<E><<<static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65536)), 256>>>(
+        n, static_cast<const E*>(x), static_cast<E*>(out));
+  });
+}
+
+std::string relu_square_backward(int device, FusedType type, int64_t n, const void* x, const void* dout, void* dx) {
+  if (n == 0) return {};
+  return typed(device, type, [&](auto tag) {
+    using E = decltype(tag);
+    relu_square_backward_kernel<E><<<static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65536)), 256>>>(
+        n, static_cast<const E*>(x), static_cast<const E*>(dout), static_cast<E*>(dx));
+  });
+}
+
+}  // namespace peftkit::kernels::cuda
