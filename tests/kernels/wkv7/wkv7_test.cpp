@@ -149,7 +149,7 @@ TEST(Wkv7Cuda, MatchesTheFloat64CpuKernelIncludingGradients) {
     bool shared_state = false;
   };
   const Case cases[] = {{2, 37, 3, 64, at::kFloat, 1e-5},      {2, 37, 3, 64, at::kBFloat16, 2e-3},
-                        {1, 1, 1, 64, at::kBFloat16, 2e-3},    {1, 1, 2, 16, at::kFloat, 1e-5},
+                        {4, 1, 8, 64, at::kBFloat16, 2e-3},    {1, 1, 2, 16, at::kFloat, 1e-5},
                         {3, 100, 2, 32, at::kBFloat16, 2e-3},  {1, 300, 1, 128, at::kFloat, 1e-5},
                         {1, 257, 2, 128, at::kBFloat16, 2e-3}, {4, 17, 4, 16, at::kBFloat16, 2e-3},
                         {8, 33, 64, 64, at::kBFloat16, 2e-3},  {4, 70, 3, 64, at::kBFloat16, 2e-3, true},
