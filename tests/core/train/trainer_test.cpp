@@ -89,6 +89,14 @@ TEST_F(TrainerTest, TheReferenceKernelGivesTheSameLosses) {
     EXPECT_NEAR(reference[i]["loss"].get<double>(), kernel[i]["loss"].get<double>(), 1e-4) << "step " << i + 1;
 }
 
+TEST_F(TrainerTest, TheChunkedKernelIsRefusedOffTheGpuNamingTheKey) {
+  auto result =
+      run_command(peftkit_command("train " + recipe().string() + " --set train.kernel=chunked --set run.device=cpu"));
+  EXPECT_NE(result.exit_code, 0);
+  EXPECT_NE(result.output.find("[train] kernel"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("CUDA"), std::string::npos) << result.output;
+}
+
 TEST_F(TrainerTest, InterruptedRunResumesExactly) {
   ASSERT_EQ(run_command(peftkit_command("train " + recipe().string())).exit_code, 0);
   const auto uninterrupted = metrics();
