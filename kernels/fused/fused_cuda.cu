@@ -293,16 +293,19 @@ dim3 channel_grid(int64_t rows, int64_t C) {
 dim3 head_grid(int64_t rows, int64_t H) {
   return dim3(static_cast<unsigned>(H), static_cast<unsigned>((fused_partials(rows) + kWarps - 1) / kWarps));
 }
-// Head-row kernels allocate partials for whole blocks of kWarps ranges.
+// The per-head kernels: launch(element tag, lanes-per-head constant) for a supported head size.
 template <class Launch>
-std::string per_head_size(int64_t N, const Launch& launch) {
-  switch (N) {
-    case 32: launch(std::integral_constant<int, 1>{}); return {};
-    case 64: launch(std::integral_constant<int, 2>{}); return {};
-    case 128: launch(std::integral_constant<int, 4>{}); return {};
-    case 256: launch(std::integral_constant<int, 8>{}); return {};
-  }
-  return "fused: unsupported head size " + std::to_string(N);
+std::string per_head(int device, FusedType type, int64_t rows, int64_t N, const Launch& launch) {
+  if (N != 32 && N != 64 && N != 128 && N != 256) return "fused: unsupported head size " + std::to_string(N);
+  if (rows == 0) return {};
+  return typed(device, type, [&](auto tag) {
+    switch (N) {
+      case 32: launch(tag, std::integral_constant<int, 1>{}); break;
+      case 64: launch(tag, std::integral_constant<int, 2>{}); break;
+      case 128: launch(tag, std::integral_constant<int, 4>{}); break;
+      default: launch(tag, std::integral_constant<int, 8>{}); break;
+    }
+  });
 }
 
 }  // namespace
@@ -334,50 +337,35 @@ std::string token_shift_mix_backward(int device, FusedType type, int64_t B, int6
 
 std::string kk_ab_forward(int device, FusedType type, int64_t rows, int64_t H, int64_t N, const void* k,
                           const void* a, const float* k_k, const float* k_a, void* k_out, void* a_out, void* b_out) {
-  if (rows == 0) return {};
-  std::string error;
-  std::string launched = typed(device, type, [&](auto tag) {
+  return per_head(device, type, rows, N, [&](auto tag, auto lanes) {
     using E = decltype(tag);
-    error = per_head_size(N, [&](auto per_lane) {
-      kk_ab_forward_kernel<E, decltype(per_lane)::value><<<head_grid(rows, H), 32 * kWarps>>>(
-          rows, H, static_cast<const E*>(k), static_cast<const E*>(a), k_k, k_a, static_cast<E*>(k_out),
-          static_cast<E*>(a_out), static_cast<E*>(b_out));
-    });
+    kk_ab_forward_kernel<E, decltype(lanes)::value><<<head_grid(rows, H), 32 * kWarps>>>(
+        rows, H, static_cast<const E*>(k), static_cast<const E*>(a), k_k, k_a, static_cast<E*>(k_out),
+        static_cast<E*>(a_out), static_cast<E*>(b_out));
   });
-  return error.empty() ? launched : error;
 }
 
 std::string kk_ab_backward(int device, FusedType type, int64_t rows, int64_t H, int64_t N, const void* k,
                            const void* a, const float* k_k, const float* k_a, const void* dk_out, const void* da_out,
                            const void* db_out, float* dk, float* da, float* dk_k_partials, float* dk_a_partials) {
-  if (rows == 0) return {};
-  std::string error;
-  std::string launched = typed(device, type, [&](auto tag) {
+  return per_head(device, type, rows, N, [&](auto tag, auto lanes) {
     using E = decltype(tag);
-    error = per_head_size(N, [&](auto per_lane) {
-      kk_ab_backward_kernel<E, decltype(per_lane)::value><<<head_grid(rows, H), 32 * kWarps>>>(
-          rows, H, static_cast<const E*>(k), static_cast<const E*>(a), k_k, k_a, static_cast<const E*>(dk_out),
-          static_cast<const E*>(da_out), static_cast<const E*>(db_out), dk, da, dk_k_partials, dk_a_partials);
-    });
+    kk_ab_backward_kernel<E, decltype(lanes)::value><<<head_grid(rows, H), 32 * kWarps>>>(
+        rows, H, static_cast<const E*>(k), static_cast<const E*>(a), k_k, k_a, static_cast<const E*>(dk_out),
+        static_cast<const E*>(da_out), static_cast<const E*>(db_out), dk, da, dk_k_partials, dk_a_partials);
   });
-  return error.empty() ? launched : error;
 }
 
 std::string norm_bonus_gate_forward(int device, FusedType type, int64_t rows, int64_t H, int64_t N, double eps,
                                     const void* y, const void* r, const void* k, const void* v, const void* g,
                                     const float* w, const float* bias, const float* r_k, void* out) {
-  if (rows == 0) return {};
-  std::string error;
-  std::string launched = typed(device, type, [&](auto tag) {
+  return per_head(device, type, rows, N, [&](auto tag, auto lanes) {
     using E = decltype(tag);
-    error = per_head_size(N, [&](auto per_lane) {
-      norm_bonus_gate_forward_kernel<E, decltype(per_lane)::value><<<head_grid(rows, H), 32 * kWarps>>>(
-          rows, H, static_cast<float>(eps), static_cast<const E*>(y), static_cast<const E*>(r),
-          static_cast<const E*>(k), static_cast<const E*>(v), static_cast<const E*>(g), w, bias, r_k,
-          static_cast<E*>(out));
-    });
+    norm_bonus_gate_forward_kernel<E, decltype(lanes)::value><<<head_grid(rows, H), 32 * kWarps>>>(
+        rows, H, static_cast<float>(eps), static_cast<const E*>(y), static_cast<const E*>(r),
+        static_cast<const E*>(k), static_cast<const E*>(v), static_cast<const E*>(g), w, bias, r_k,
+        static_cast<E*>(out));
   });
-  return error.empty() ? launched : error;
 }
 
 std::string norm_bonus_gate_backward(int device, FusedType type, int64_t rows, int64_t H, int64_t N, double eps,
@@ -385,18 +373,13 @@ std::string norm_bonus_gate_backward(int device, FusedType type, int64_t rows, i
                                      const float* w, const float* bias, const float* r_k, const void* dout, float* dy,
                                      float* dr, float* dk, float* dv, float* dg, float* dw_partials,
                                      float* dbias_partials, float* dr_k_partials) {
-  if (rows == 0) return {};
-  std::string error;
-  std::string launched = typed(device, type, [&](auto tag) {
+  return per_head(device, type, rows, N, [&](auto tag, auto lanes) {
     using E = decltype(tag);
-    error = per_head_size(N, [&](auto per_lane) {
-      norm_bonus_gate_backward_kernel<E, decltype(per_lane)::value><<<head_grid(rows, H), 32 * kWarps>>>(
-          rows, H, static_cast<float>(eps), static_cast<const E*>(y), static_cast<const E*>(r),
-          static_cast<const E*>(k), static_cast<const E*>(v), static_cast<const E*>(g), w, bias, r_k,
-          static_cast<const E*>(dout), dy, dr, dk, dv, dg, dw_partials, dbias_partials, dr_k_partials);
-    });
+    norm_bonus_gate_backward_kernel<E, decltype(lanes)::value><<<head_grid(rows, H), 32 * kWarps>>>(
+        rows, H, static_cast<float>(eps), static_cast<const E*>(y), static_cast<const E*>(r),
+        static_cast<const E*>(k), static_cast<const E*>(v), static_cast<const E*>(g), w, bias, r_k,
+        static_cast<const E*>(dout), dy, dr, dk, dv, dg, dw_partials, dbias_partials, dr_k_partials);
   });
-  return error.empty() ? launched : error;
 }
 
 std::string relu_square_forward(int device, FusedType type, int64_t n, const void* x, void* out) {
