@@ -33,7 +33,7 @@ for part in $parts; do
       echo "## MFU, LoRA r32, 1.5B, ctx 1024, micro_bsz 8"
       table=$("$here/train_gpu.sh" "$build" 1.5b lora none 8 1024 8)
       echo "$table"
-      rate=$(echo "$table" | tail -1 | awk -F'|' '{gsub(/ /, "", $7); print $7}')
+      rate=$(echo "$table" | tail -1 | awk -F'|' '{gsub(/ /, "", $8); print $8}')
       python3 - "$rate" <<'PY'
 import sys, time, torch
 tokens_per_s = float(sys.argv[1])

@@ -4,17 +4,22 @@
 #   e.g. bench/train_gpu.sh build-gpu "0.1b" "full state lora pissa miss" "none" "1 8" 1024 6
 # SIZES: peftkit init-model --size values; METHODS: full (no PEFT), state, lora (r 32 alpha 32, or
 # r 64 when LORA_R=64), pissa (r 32), miss (r 64, balance); BASES: none, int8, nf4. Random tokens,
-# bf16, grad_cp on. Reports tokens/s and step time (median over the steps after the first two),
+# bf16, grad_cp on, CUDA graphs on unless CUDA_GRAPHS=false. Reports tokens/s and step time (median over the steps after the first two),
 # the CUDA allocator's peak, the peak of nvidia-smi's memory.used sampled every 100 ms, and the
 # time from starting the command to the first optimizer step's metrics line.
 set -euo pipefail
 build=$1 sizes=$2 methods=$3 bases=$4 batches=$5 ctx=$6 steps=$7
 peftkit="$build/bin/peftkit"
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# KEEP_RUN=DIR: work there and leave the runs (recipes, logs) behind.
+if [[ -n ${KEEP_RUN:-} ]]; then
+  work=$KEEP_RUN
+else
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+fi
 python3 -c "import numpy as np; np.save('$work/tokens.npy', np.random.default_rng(0).integers(1, 65536, 2000000).astype('<u2'))"
-echo "| size | method | base | micro_bsz | ctx | tokens/s | step s | CUDA allocator peak GiB | nvidia-smi peak GiB | start to first step s |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
+echo "| size | method | base | micro_bsz | ctx | CUDA graphs | tokens/s | step s | CUDA allocator peak GiB | nvidia-smi peak GiB | start to first step s |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 for size in $sizes; do
   "$peftkit" init-model --size "$size" --out "$work/model-$size.pth" --log-level warn
   for method in $methods; do
@@ -33,7 +38,7 @@ for size in $sizes; do
           esac
           printf '[quant]\nmethod = "%s"\n' "$base"
           printf '[train]\nctx_len = %s\nmicro_bsz = %s\nepoch_steps = %s\nepoch_count = 1\nepoch_save = 0\n' "$ctx" "$bsz" "$steps"
-          printf 'lr_init = 1e-5\nlr_final = 1e-5\nprecision = "bf16"\ngrad_cp = true\n[output]\ndir = "%s"\n' "$run/out"
+          printf 'lr_init = 1e-5\nlr_final = 1e-5\nprecision = "bf16"\ngrad_cp = true\ncuda_graphs = %s\n[output]\ndir = "%s"\n' "${CUDA_GRAPHS:-true}" "$run/out"
         } >"$run/recipe.toml"
         nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$run/smi.log" &
         sampler=$!
@@ -58,7 +63,8 @@ previous = {l["step"]: l["tokens"] for l in lines}
 step_s = statistics.median((l["tokens"] - previous.get(l["step"] - 1, 0)) / l["tokens_per_s"] for l in steady)
 smi = max(int(v) for v in open(f"{run}/smi.log").read().split() if v.strip().isdigit()) / 1024
 peak = max(l.get("peak_gpu_gib", 0) for l in lines)
-print(f"| {size} | {method} | {'bf16' if base == 'none' else base} | {bsz} | {ctx} | {rate:.0f} | {step_s:.3f} | "
+graphed = sum(1 for l in steady if l.get("cuda_graph")) == len(steady)
+print(f"| {size} | {method} | {'bf16' if base == 'none' else base} | {bsz} | {ctx} | {'yes' if graphed else 'no'} | {rate:.0f} | {step_s:.3f} | "
       f"{peak:.2f} | {smi:.2f} | {float(first) - float(start):.1f} |")
 PY
       done

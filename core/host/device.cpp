@@ -22,7 +22,12 @@ c10::Device resolve_device(std::string_view text) {
   if (name == "auto") return at::hasCUDA() ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
   if (name == "cpu") return c10::kCPU;
   if (!at::hasCUDA()) throw Error(name + ": no CUDA device is available on this machine");
-  return c10::Device(name);
+  // Always an explicit index: "cuda" is the first GPU (per-device calls refuse index -1).
+  const c10::Device device = name == "cuda" ? c10::Device(c10::kCUDA, 0) : c10::Device(name);
+  const int64_t count = at::getNumGPUs();
+  if (device.index() >= count)
+    throw Error(name + ": this machine has " + std::to_string(count) + " CUDA device" + (count == 1 ? "" : "s"));
+  return device;
 }
 
 }  // namespace peftkit::host

@@ -65,6 +65,9 @@ OptionSchema train_schema() {
       .add_float("adam_eps", 1e-8, "Adam epsilon", Bound{0, true})
       .add_float("weight_decay", 0.0, "decoupled weight decay on 2-D weights (0: off)", Bound{0})
       .add_bool("grad_cp", false, "gradient checkpointing per block (RWKV-PEFT: 0/1)")
+      .add_bool("cuda_graphs", true,
+                "on a GPU, capture each batch shape's forward and backward once as a CUDA graph and replay it "
+                "(off by itself when the step draws random numbers, e.g. LoRA dropout)")
       .add_string("kernel", "auto",
                   "WKV7 and fused block ops: auto (CPU kernel on the CPU, chunked CUDA kernels on a GPU), chunked "
                   "(the CUDA kernels; an error off the GPU) or reference (tensor ops, WKV7 per time step: slow, "

@@ -7,6 +7,7 @@
 
 #include "peftkit/error.hpp"
 #include "peftkit/tensor_io.hpp"
+#include "cuda_place_of.hpp"
 #include "fused/fused.hpp"
 #include "wkv7/wkv7.hpp"
 
@@ -257,7 +258,9 @@ at::Tensor Rwkv7Model::forward_hidden(const at::Tensor& tokens, Rwkv7State* stat
   if (tokens.dim() != 2 || tokens.scalar_type() != at::kLong)
     throw Error("model input must be int64 tokens [B, T], got " + std::string(c10::toString(tokens.scalar_type())) +
                 " with " + std::to_string(tokens.dim()) + " dimensions");
-  if (tokens.numel() > 0 && (tokens.min().item<int64_t>() < 0 || tokens.max().item<int64_t>() >= config_.vocab))
+  // Checked on the host; device tokens cost a wait for the device, and a graph capture cannot wait.
+  if (tokens.numel() > 0 && !kernels::cuda::capturing_graph(tokens) &&
+      (tokens.min().item<int64_t>() < 0 || tokens.max().item<int64_t>() >= config_.vocab))
     throw Error("token ids must be in [0, " + std::to_string(config_.vocab) + ")");
   Rwkv7State local;
   if (!state) {
@@ -319,8 +322,9 @@ class BlockCheckpoint : public torch::autograd::Function<BlockCheckpoint> {
     (void)anchor;
     ctx->save_for_backward({x, v_first, att, wkv, ffn});
     ctx->saved_data["fn"] = c10::IValue::make_capsule(c10::make_intrusive<FnHolder>(std::move(fn)));
-    // The recomputation must draw the same random numbers (LoRA dropout) as this forward.
-    ctx->saved_data["rng"] = rng_state(x.device());
+    // The recomputation must draw the same random numbers (LoRA dropout) as this forward. A CUDA
+    // graph capture cannot read the RNG state; the trainer captures only steps that draw none.
+    if (!kernels::cuda::capturing_graph(x)) ctx->saved_data["rng"] = rng_state(x.device());
     at::NoGradGuard no_grad;
     return holder(ctx)->fn({x, v_first, att, wkv, ffn});
   }
@@ -334,10 +338,11 @@ class BlockCheckpoint : public torch::autograd::Function<BlockCheckpoint> {
     torch::autograd::variable_list outputs;
     {
       at::AutoGradMode enable(true);
-      const at::Tensor now = rng_state(inputs[0].device());
-      set_rng_state(inputs[0].device(), ctx->saved_data["rng"].toTensor());
+      const bool replay_rng = ctx->saved_data.count("rng") > 0;
+      const at::Tensor now = replay_rng ? rng_state(inputs[0].device()) : at::Tensor();
+      if (replay_rng) set_rng_state(inputs[0].device(), ctx->saved_data["rng"].toTensor());
       outputs = holder(ctx)->fn(leaves);
-      set_rng_state(inputs[0].device(), now);
+      if (replay_rng) set_rng_state(inputs[0].device(), now);
     }
     torch::autograd::variable_list roots, root_grads;
     for (size_t i = 0; i < outputs.size(); ++i)

@@ -19,34 +19,47 @@ at::Tensor nll_sum(const at::Tensor& logits, const at::Tensor& labels) {
 }
 
 // d loss / d logits for fp32 logit rows [n, V]: ce_scale (softmax - onehot(label)) on the rows that
-// count, plus L2Wrap: every row pushes its largest logit towards zero with wrap_scale.
-at::Tensor logits_gradient(const at::Tensor& logits, const at::Tensor& labels, double ce_scale, double wrap_scale) {
+// count, plus L2Wrap: every row pushes its largest logit towards zero with wrap_scale. The scales
+// are 0-dim fp32 tensors on the logits' device, so nothing waits for the GPU.
+at::Tensor logits_gradient(const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& ce_scale,
+                           const at::Tensor& wrap_scale) {
   const at::Tensor mask = labels != kIgnoreIndex;
-  at::Tensor g = at::softmax(logits, -1) * (mask.unsqueeze(1).to(at::kFloat) * ce_scale);
+  const at::Tensor row_scale = mask.to(at::kFloat) * ce_scale;
+  at::Tensor g = at::softmax(logits, -1) * row_scale.unsqueeze(1);
   const at::Tensor safe = at::where(mask, labels, at::zeros_like(labels));
-  g.scatter_add_(1, safe.unsqueeze(1), (mask.to(at::kFloat) * -ce_scale).unsqueeze(1));
+  g.scatter_add_(1, safe.unsqueeze(1), row_scale.neg().unsqueeze(1));
   auto [max_value, max_index] = logits.max(-1);
   g.scatter_add_(1, max_index.unsqueeze(1), (max_value * wrap_scale).unsqueeze(1));
   return g;
 }
 
+// The targets that count, as a 0-dim int64 tensor on the labels' device.
+at::Tensor counted(const at::Tensor& labels) { return (labels != kIgnoreIndex).sum(); }
+
+// The mean over the counted targets (0 when none count) of a summed loss.
+at::Tensor mean_over(const at::Tensor& total, const at::Tensor& count) {
+  return (total / count.clamp_min(1).to(total.scalar_type())).to(at::kFloat);
+}
+
+// The scales of logits_gradient for an incoming gradient `upstream` (0-dim) over `rows` rows.
+std::pair<at::Tensor, at::Tensor> gradient_scales(const at::Tensor& upstream, const at::Tensor& labels, int64_t rows) {
+  const at::Tensor g = upstream.to(at::kFloat);
+  return {g / counted(labels).clamp_min(1).to(at::kFloat), g * (kL2WrapFactor / static_cast<double>(rows))};
+}
+
 class CrossEntropyL2Wrap : public torch::autograd::Function<CrossEntropyL2Wrap> {
  public:
-  // count: the number of targets that are not ignored, computed once by the caller.
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& logits,
-                            const at::Tensor& targets, int64_t count) {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& targets) {
     const int64_t V = logits.size(-1);
     const at::Tensor rows = logits.detach().reshape({-1, V});
     const at::Tensor labels = targets.reshape({-1}).to(rows.device());
-    double total = 0;
+    at::Tensor total = at::zeros({}, rows.options().dtype(at::kDouble));
     for (int64_t begin = 0; begin < rows.size(0); begin += kRowsPerChunk) {
       const int64_t end = std::min(rows.size(0), begin + kRowsPerChunk);
-      total += nll_sum(rows.slice(0, begin, end).to(at::kFloat), labels.slice(0, begin, end)).item<double>();
+      total += nll_sum(rows.slice(0, begin, end).to(at::kFloat), labels.slice(0, begin, end)).to(at::kDouble);
     }
-    ctx->save_for_backward({logits, targets});
-    ctx->saved_data["count"] = count;
-    return at::scalar_tensor(count > 0 ? total / static_cast<double>(count) : 0.0,
-                             at::TensorOptions().dtype(at::kFloat).device(logits.device()));
+    ctx->save_for_backward({logits, labels});
+    return mean_over(total, counted(labels));
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -55,11 +68,8 @@ class CrossEntropyL2Wrap : public torch::autograd::Function<CrossEntropyL2Wrap> 
     const at::Tensor& logits = saved[0];
     const int64_t V = logits.size(-1);
     const at::Tensor rows = logits.reshape({-1, V});
-    const at::Tensor labels = saved[1].reshape({-1}).to(rows.device());
-    const int64_t count = ctx->saved_data["count"].toInt();
-    const double upstream = grads[0].item<double>();
-    const double ce_scale = count > 0 ? upstream / static_cast<double>(count) : 0.0;
-    const double wrap_scale = upstream * kL2WrapFactor / static_cast<double>(rows.size(0));
+    const at::Tensor& labels = saved[1];
+    const auto [ce_scale, wrap_scale] = gradient_scales(grads[0], labels, rows.size(0));
     at::Tensor grad = at::empty_like(rows);
     for (int64_t begin = 0; begin < rows.size(0); begin += kRowsPerChunk) {
       const int64_t end = std::min(rows.size(0), begin + kRowsPerChunk);
@@ -67,7 +77,7 @@ class CrossEntropyL2Wrap : public torch::autograd::Function<CrossEntropyL2Wrap> 
           .copy_(logits_gradient(rows.slice(0, begin, end).to(at::kFloat), labels.slice(0, begin, end), ce_scale,
                                  wrap_scale));
     }
-    return {grad.view(logits.sizes()), at::Tensor(), at::Tensor()};
+    return {grad.view(logits.sizes()), at::Tensor()};
   }
 };
 
@@ -82,7 +92,7 @@ at::Tensor chunk_logits(const at::Tensor& hidden_rows, const at::Tensor& weight,
 class HeadCrossEntropyL2Wrap : public torch::autograd::Function<HeadCrossEntropyL2Wrap> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
-                            const at::Tensor& targets, int64_t count) {
+                            const at::Tensor& targets) {
     const at::Tensor rows = hidden.detach().reshape({-1, hidden.size(-1)});
     const at::Tensor w = weight.detach();
     const at::Tensor labels = targets.reshape({-1}).to(rows.device());
@@ -91,9 +101,8 @@ class HeadCrossEntropyL2Wrap : public torch::autograd::Function<HeadCrossEntropy
       const int64_t end = std::min(rows.size(0), begin + kFusedRowsPerChunk);
       total += nll_sum(chunk_logits(rows, w, begin, end), labels.slice(0, begin, end)).to(at::kDouble);
     }
-    ctx->save_for_backward({hidden, weight, targets});
-    ctx->saved_data["count"] = count;
-    return (count > 0 ? total / static_cast<double>(count) : total).to(at::kFloat);
+    ctx->save_for_backward({hidden, weight, labels});
+    return mean_over(total, counted(labels));
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -101,11 +110,8 @@ class HeadCrossEntropyL2Wrap : public torch::autograd::Function<HeadCrossEntropy
     const auto saved = ctx->get_saved_variables();
     const at::Tensor rows = saved[0].reshape({-1, saved[0].size(-1)});
     const at::Tensor& w = saved[1];
-    const at::Tensor labels = saved[2].reshape({-1}).to(rows.device());
-    const int64_t count = ctx->saved_data["count"].toInt();
-    const double upstream = grads[0].item<double>();
-    const double ce_scale = count > 0 ? upstream / static_cast<double>(count) : 0.0;
-    const double wrap_scale = upstream * kL2WrapFactor / static_cast<double>(rows.size(0));
+    const at::Tensor& labels = saved[2];
+    const auto [ce_scale, wrap_scale] = gradient_scales(grads[0], labels, rows.size(0));
     const bool want_hidden = ctx->needs_input_grad(0), want_weight = ctx->needs_input_grad(1);
     at::Tensor grad_rows = want_hidden ? at::empty_like(rows) : at::Tensor();
     at::Tensor grad_weight = want_weight ? at::zeros(w.sizes(), w.options().dtype(at::kFloat)) : at::Tensor();
@@ -118,29 +124,27 @@ class HeadCrossEntropyL2Wrap : public torch::autograd::Function<HeadCrossEntropy
       if (want_weight) grad_weight.add_(at::matmul(g_cast.t(), rows.slice(0, begin, end)).to(at::kFloat));
     }
     return {want_hidden ? grad_rows.view(saved[0].sizes()) : at::Tensor(),
-            want_weight ? grad_weight.to(w.scalar_type()) : at::Tensor(), at::Tensor(), at::Tensor()};
+            want_weight ? grad_weight.to(w.scalar_type()) : at::Tensor(), at::Tensor()};
   }
 };
 
 }  // namespace
 
-std::pair<at::Tensor, int64_t> head_cross_entropy_l2wrap(const at::Tensor& hidden, const at::Tensor& head_weight,
+at::Tensor head_cross_entropy_l2wrap(const at::Tensor& hidden, const at::Tensor& head_weight,
                                                          const at::Tensor& targets) {
   TORCH_CHECK(hidden.dim() == 3 && targets.dim() == 2 && hidden.size(0) == targets.size(0) &&
                   hidden.size(1) == targets.size(1) && head_weight.dim() == 2 && head_weight.size(1) == hidden.size(2),
               "head_cross_entropy_l2wrap: hidden [B, T, C], head [V, C] and targets [B, T] expected, got ",
               hidden.sizes(), ", ", head_weight.sizes(), " and ", targets.sizes());
-  const int64_t count = (targets != kIgnoreIndex).sum().item<int64_t>();
-  return {HeadCrossEntropyL2Wrap::apply(hidden, head_weight.to(hidden.scalar_type()), targets, count), count};
+  return HeadCrossEntropyL2Wrap::apply(hidden, head_weight.to(hidden.scalar_type()), targets);
 }
 
-std::pair<at::Tensor, int64_t> cross_entropy_l2wrap(const at::Tensor& logits, const at::Tensor& targets) {
+at::Tensor cross_entropy_l2wrap(const at::Tensor& logits, const at::Tensor& targets) {
   TORCH_CHECK(logits.dim() == 3 && targets.dim() == 2 && logits.size(0) == targets.size(0) &&
                   logits.size(1) == targets.size(1),
               "cross_entropy_l2wrap: logits [B, T, V] and targets [B, T] expected, got ", logits.sizes(), " and ",
               targets.sizes());
-  const int64_t count = (targets != kIgnoreIndex).sum().item<int64_t>();
-  return {CrossEntropyL2Wrap::apply(logits, targets, count), count};
+  return CrossEntropyL2Wrap::apply(logits, targets);
 }
 
 }  // namespace peftkit

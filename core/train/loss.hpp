@@ -7,25 +7,25 @@
 // (spec rwkv-model §1.7: equivalent to the extra loss 1e-4/(2 B T) * sum_n max_j(logit_nj)^2,
 // which keeps logits from drifting up; RWKV-PEFT forgets the incoming gradient, we do not).
 //
-//   auto [loss, tokens] = cross_entropy_l2wrap(logits, targets);   // targets [B, T] int64
+//   at::Tensor loss = cross_entropy_l2wrap(logits, targets);   // targets [B, T] int64
 //   loss.backward();
 #pragma once
 
 #include <cstdint>
-#include <utility>
 
 #include <ATen/core/Tensor.h>
 
 namespace peftkit {
 
-// Returns the loss (a 0-dim fp32 tensor with autograd to `logits`) and the number of positions
-// that count; with none (all targets ignored) the loss is 0 and only L2Wrap acts.
-std::pair<at::Tensor, int64_t> cross_entropy_l2wrap(const at::Tensor& logits, const at::Tensor& targets);
+// Returns the loss, a 0-dim fp32 tensor with autograd to `logits`; with no target that counts (all
+// ignored) the loss is 0 and only L2Wrap acts. Nothing here waits for the device (no host copies),
+// so the loss and its backward can be captured in a CUDA graph.
+at::Tensor cross_entropy_l2wrap(const at::Tensor& logits, const at::Tensor& targets);
 
 // The same loss of logits = hidden head_weightᵀ, fused with the head: the [B, T, V] logits never
 // exist, only one chunk of rows at a time, recomputed in the backward. hidden [B, T, C] and
 // head_weight [V, C] (same dtype) get gradients when they require them.
-std::pair<at::Tensor, int64_t> head_cross_entropy_l2wrap(const at::Tensor& hidden, const at::Tensor& head_weight,
+at::Tensor head_cross_entropy_l2wrap(const at::Tensor& hidden, const at::Tensor& head_weight,
                                                          const at::Tensor& targets);
 
 inline constexpr double kL2WrapFactor = 1e-4;

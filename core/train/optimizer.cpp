@@ -4,6 +4,8 @@
 #include <ATen/core/grad_mode.h>
 
 #include <cmath>
+#include <map>
+#include <utility>
 
 #include "peftkit/error.hpp"
 
@@ -17,15 +19,30 @@ Adam::Adam(std::vector<OptimizedTensor> tensors, const AdamSettings& settings)
   }
 }
 
+namespace {
+
+// The gradients that exist, with their tensors' indices.
+std::pair<std::vector<at::Tensor>, std::vector<size_t>> defined_grads(const std::vector<OptimizedTensor>& tensors) {
+  std::vector<at::Tensor> grads;
+  std::vector<size_t> indices;
+  for (size_t i = 0; i < tensors.size(); ++i)
+    if (tensors[i].param.grad().defined()) {
+      grads.push_back(tensors[i].param.grad());
+      indices.push_back(i);
+    }
+  return {grads, indices};
+}
+
+}  // namespace
+
+// Multi-tensor (_foreach_) ops: a handful of kernel launches per step however many tensors are
+// trained (LoRA trains hundreds), and a single device-to-host copy for the norm.
 double Adam::clip_grad_norm(double max_norm) {
   at::NoGradGuard no_grad;
-  double sum = 0;
-  for (const auto& t : tensors_)
-    if (t.param.grad().defined()) sum += t.param.grad().to(at::kDouble).square().sum().item<double>();
-  const double norm = std::sqrt(sum);
-  if (max_norm > 0 && norm > max_norm && std::isfinite(norm))
-    for (const auto& t : tensors_)
-      if (t.param.grad().defined()) t.param.mutable_grad().mul_(max_norm / (norm + 1e-6));
+  const auto grads = defined_grads(tensors_).first;
+  if (grads.empty()) return 0.0;
+  const double norm = at::stack(at::_foreach_norm(grads, 2)).to(at::kDouble).square().sum().sqrt().item<double>();
+  if (max_norm > 0 && norm > max_norm && std::isfinite(norm)) at::_foreach_mul_(grads, max_norm / (norm + 1e-6));
   return norm;
 }
 
@@ -34,16 +51,29 @@ void Adam::step(double lr) {
   ++steps_;
   const double bias1 = 1.0 - std::pow(settings_.beta1, static_cast<double>(steps_));
   const double bias2 = 1.0 - std::pow(settings_.beta2, static_cast<double>(steps_));
-  for (size_t i = 0; i < tensors_.size(); ++i) {
-    const OptimizedTensor& t = tensors_[i];
-    const at::Tensor& g = t.param.grad();
-    if (!g.defined()) continue;
-    const double rate = lr * t.lr_scale;
-    if (t.decay && settings_.weight_decay > 0) t.param.mul_(1.0 - rate * settings_.weight_decay);
-    m_[i].mul_(settings_.beta1).add_(g, 1.0 - settings_.beta1);
-    v_[i].mul_(settings_.beta2).addcmul_(g, g, 1.0 - settings_.beta2);
-    const at::Tensor denominator = (v_[i] / bias2).sqrt_().add_(settings_.eps);
-    t.param.addcdiv_(m_[i], denominator, -rate / bias1);
+  const auto [grads, indices] = defined_grads(tensors_);
+  // One group per (learning-rate scale, decay) pair; the tensors of a group share every scalar.
+  std::map<std::pair<double, bool>, std::vector<size_t>> groups;
+  for (size_t j = 0; j < indices.size(); ++j)
+    groups[{tensors_[indices[j]].lr_scale, tensors_[indices[j]].decay}].push_back(j);
+  for (const auto& [key, members] : groups) {
+    std::vector<at::Tensor> params, g, m, v;
+    for (size_t j : members) {
+      params.push_back(tensors_[indices[j]].param);
+      g.push_back(grads[j]);
+      m.push_back(m_[indices[j]]);
+      v.push_back(v_[indices[j]]);
+    }
+    const double rate = lr * key.first;
+    if (key.second && settings_.weight_decay > 0) at::_foreach_mul_(params, 1.0 - rate * settings_.weight_decay);
+    at::_foreach_mul_(m, settings_.beta1);
+    at::_foreach_add_(m, g, 1.0 - settings_.beta1);
+    at::_foreach_mul_(v, settings_.beta2);
+    at::_foreach_addcmul_(v, g, g, 1.0 - settings_.beta2);
+    std::vector<at::Tensor> denominator = at::_foreach_div(v, bias2);
+    at::_foreach_sqrt_(denominator);
+    at::_foreach_add_(denominator, settings_.eps);
+    at::_foreach_addcdiv_(params, m, denominator, -rate / bias1);
   }
 }
 

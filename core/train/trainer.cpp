@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <optional>
 #include <random>
 #include <regex>
 #include <sstream>
@@ -31,6 +33,7 @@
 #include "peftkit/log.hpp"
 #include "peftkit/tensor_io.hpp"
 #include "tokenizer/world_tokenizer.hpp"
+#include "train/graphed_step.hpp"
 #include "train/loss.hpp"
 #include "train/optimizer.hpp"
 #include "train/schedule.hpp"
@@ -90,6 +93,9 @@ std::string tensor_text(const at::Tensor& t) {
 }
 
 // A view of a dataset restricted to some of its indices (the train or eval part of a split).
+// The positions of a host batch that count in the loss.
+int64_t counted_targets(const at::Tensor& targets) { return (targets != kIgnoreIndex).sum().item<int64_t>(); }
+
 struct IndexRange {
   int64_t begin = 0, end = 0;
   int64_t size() const { return end - begin; }
@@ -147,11 +153,12 @@ struct Trainer::Impl {
   void save_checkpoint();
   void save_trained(int64_t epoch_number);
   int64_t sample_index(int64_t epoch, int64_t slot);
+  // Host tensors: the model checks the token ids there, and a graphed step copies them in.
   std::pair<at::Tensor, at::Tensor> batch(int64_t epoch, int64_t first_slot, int64_t count, const Dataset& data,
                                           const IndexRange& range, bool ordered);
   double evaluate();
   // Cross-entropy + L2Wrap, fused with the head unless the head is quantized.
-  std::pair<at::Tensor, int64_t> loss_of(const at::Tensor& inputs, const at::Tensor& targets);
+  at::Tensor loss_of(const at::Tensor& inputs, const at::Tensor& targets);
   std::string fingerprint() const;
   int run();
 };
@@ -339,10 +346,10 @@ std::pair<at::Tensor, at::Tensor> Trainer::Impl::batch(int64_t epoch, int64_t fi
     std::copy_n(s.input_ids.begin(), n, inputs.begin() + b * length);
     std::copy_n(s.targets.begin(), n, targets.begin() + b * length);
   }
-  return {at::tensor(inputs).view({count, length}).to(device), at::tensor(targets).view({count, length}).to(device)};
+  return {at::tensor(inputs).view({count, length}), at::tensor(targets).view({count, length})};
 }
 
-std::pair<at::Tensor, int64_t> Trainer::Impl::loss_of(const at::Tensor& inputs, const at::Tensor& targets) {
+at::Tensor Trainer::Impl::loss_of(const at::Tensor& inputs, const at::Tensor& targets) {
   const at::Tensor head = model->trainable_head_weight();
   if (!head.defined()) return cross_entropy_l2wrap(model->forward(inputs), targets);
   return head_cross_entropy_l2wrap(model->forward_hidden(inputs), head, targets);
@@ -355,8 +362,8 @@ double Trainer::Impl::evaluate() {
   int64_t count = 0;
   for (int64_t first = 0; first < eval_range.size(); first += micro_bsz) {
     auto [inputs, targets] = batch(0, first, std::min(micro_bsz, eval_range.size() - first), *eval_dataset, eval_range, true);
-    auto [loss, tokens] = loss_of(inputs, targets);
-    loss_sum += loss.item<double>() * static_cast<double>(tokens);
+    const int64_t tokens = counted_targets(targets);
+    loss_sum += loss_of(inputs, targets).item<double>() * static_cast<double>(tokens);
     count += tokens;
   }
   model->set_training(true);
@@ -464,6 +471,16 @@ int Trainer::Impl::run() {
   const int64_t report_every = std::max<int64_t>(1, total_steps / 20);
   SignalScope signals;
   model->set_training(true);
+  // On a GPU everything runs on a side stream: CUDA graphs cannot capture the default one.
+  std::optional<c10::cuda::CUDAStreamGuard> side_stream;
+  if (device.is_cuda()) side_stream.emplace(c10::cuda::getStreamFromPool(false, device.index()));
+  GraphedStep graphed_step(
+      [&](const at::Tensor& inputs, const at::Tensor& targets) {
+        const at::Tensor loss = loss_of(inputs, targets);
+        (loss / static_cast<double>(accumulate)).backward();
+        return loss.detach();
+      },
+      device, recipe.train.get_bool("cuda_graphs"));
   const auto started = Clock::now();
   const int64_t first_step = step;
   double smoothed = std::nan("");
@@ -476,13 +493,12 @@ int Trainer::Impl::run() {
     adam->zero_grad();
     double loss_sum = 0;
     int64_t step_tokens = 0;
+    const int64_t replays_before = graphed_step.replays();
     for (int64_t micro = 0; micro < accumulate; ++micro) {
       auto [inputs, targets] =
           batch(epoch, (in_epoch * accumulate + micro) * micro_bsz, micro_bsz, *dataset, train_range, false);
-      auto [loss, counted] = loss_of(inputs, targets);
-      (loss / static_cast<double>(accumulate)).backward();
-      loss_sum += loss.item<double>();
-      step_tokens += counted;
+      loss_sum += graphed_step.run(inputs, targets).item<double>();
+      step_tokens += counted_targets(targets);
     }
     const double loss_value = loss_sum / static_cast<double>(accumulate);
     const double grad_norm = adam->clip_grad_norm(grad_clip);
@@ -512,7 +528,10 @@ int Trainer::Impl::run() {
     nlohmann::json line = {{"step", step}, {"epoch", epoch_begin + epoch}, {"loss", bad ? nullptr : nlohmann::json(loss_value)},
                            {"lr", lr}, {"grad_norm", std::isfinite(grad_norm) ? nlohmann::json(grad_norm) : nullptr},
                            {"tokens", tokens_seen}, {"tokens_per_s", rate}, {"skipped", bad}};
-    if (device.is_cuda()) line["peak_gpu_gib"] = peak_gib;
+    if (device.is_cuda()) {
+      line["peak_gpu_gib"] = peak_gib;
+      line["cuda_graph"] = graphed_step.replays() > replays_before;
+    }
     const bool epoch_end = step % epoch_steps == 0;
     if (eval_dataset && ((eval_every > 0 && step % eval_every == 0) || epoch_end)) {
       const double eval_loss = evaluate();
@@ -570,7 +589,10 @@ int Trainer::Impl::run() {
   if (exit_code == 0) {
     log::info("done: " + std::to_string(step) + " steps, " + std::to_string(tokens_seen) + " tokens, " +
               std::to_string(skipped_steps) + " skipped, in " +
-              duration_text(std::chrono::duration<double>(Clock::now() - started).count()));
+              duration_text(std::chrono::duration<double>(Clock::now() - started).count()) +
+              (graphed_step.replays() > 0 ? "; " + std::to_string(graphed_step.replays()) +
+                                                " micro-steps replayed as CUDA graphs"
+                                          : std::string()));
   }
   return exit_code;
 }

@@ -5,6 +5,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #ifdef PEFTKIT_FUSED_CUDA
+#include "cuda_place_of.hpp"
 #include "fused/fused_cuda.hpp"
 #endif
 
@@ -68,7 +69,7 @@ class TokenShiftMix : public torch::autograd::Function<TokenShiftMix> {
     const int64_t B = x.size(0), T = x.size(1), C = x.size(2), M = mixes.numel() / C;
     at::Tensor xc = x.contiguous(), sc = like(shift, x), mc = fp32(mixes);
     at::Tensor out = at::empty({M, B, T, C}, x.options());
-    check(cuda::token_shift_mix_forward(x.get_device(), fused_type(x), B, T, C, M, xc.data_ptr(), sc.data_ptr(),
+    check(cuda::token_shift_mix_forward(cuda::place_of(x), fused_type(x), B, T, C, M, xc.data_ptr(), sc.data_ptr(),
                                         mc.data_ptr<float>(), out.data_ptr()));
     ctx->save_for_backward({xc, sc, mc});
     ctx->saved_data["shift_dtype"] = static_cast<int64_t>(shift.scalar_type());
@@ -83,7 +84,7 @@ class TokenShiftMix : public torch::autograd::Function<TokenShiftMix> {
     const at::Tensor dout = like(grads[0], x);
     at::Tensor dx = fp32_buffer(x.sizes(), x), dshift = at::zeros({B, C}, x.options().dtype(at::kFloat));
     at::Tensor partials = fp32_buffer({cuda::fused_partials(B * T), M, C}, x);
-    check(cuda::token_shift_mix_backward(x.get_device(), fused_type(x), B, T, C, M, x.data_ptr(), shift.data_ptr(),
+    check(cuda::token_shift_mix_backward(cuda::place_of(x), fused_type(x), B, T, C, M, x.data_ptr(), shift.data_ptr(),
                                          mixes.data_ptr<float>(), dout.data_ptr(), dx.data_ptr<float>(),
                                          dshift.data_ptr<float>(), partials.data_ptr<float>()));
     const auto mix_dtype = static_cast<at::ScalarType>(ctx->saved_data["mix_dtype"].toInt());
@@ -99,7 +100,7 @@ class KkAbFunction : public torch::autograd::Function<KkAbFunction> {
     const int64_t rows = k.size(0) * k.size(1), C = k.size(2);
     at::Tensor kc = k.contiguous(), ac = like(a, k), kkc = fp32(k_k), kac = fp32(k_a);
     at::Tensor k_out = at::empty_like(kc), a_out = at::empty_like(kc), b_out = at::empty_like(kc);
-    check(cuda::kk_ab_forward(k.get_device(), fused_type(k), rows, heads, C / heads, kc.data_ptr(), ac.data_ptr(),
+    check(cuda::kk_ab_forward(cuda::place_of(k), fused_type(k), rows, heads, C / heads, kc.data_ptr(), ac.data_ptr(),
                               kkc.data_ptr<float>(), kac.data_ptr<float>(), k_out.data_ptr(), a_out.data_ptr(),
                               b_out.data_ptr()));
     ctx->save_for_backward({kc, ac, kkc, kac});
@@ -119,7 +120,7 @@ class KkAbFunction : public torch::autograd::Function<KkAbFunction> {
     at::Tensor dk = fp32_buffer(k.sizes(), k), da = fp32_buffer(k.sizes(), k);
     const int64_t partials = cuda::fused_head_partials(rows);
     at::Tensor dk_k = fp32_buffer({partials, C}, k), dk_a = fp32_buffer({partials, C}, k);
-    check(cuda::kk_ab_backward(k.get_device(), fused_type(k), rows, heads, C / heads, k.data_ptr(), a.data_ptr(),
+    check(cuda::kk_ab_backward(cuda::place_of(k), fused_type(k), rows, heads, C / heads, k.data_ptr(), a.data_ptr(),
                                k_k.data_ptr<float>(), k_a.data_ptr<float>(), ptr_or_null(dk_out), ptr_or_null(da_out),
                                ptr_or_null(db_out), dk.data_ptr<float>(), da.data_ptr<float>(),
                                dk_k.data_ptr<float>(), dk_a.data_ptr<float>()));
@@ -140,7 +141,7 @@ class NormBonusGate : public torch::autograd::Function<NormBonusGate> {
     at::Tensor rc = r.contiguous(), yc = like(y, r).view(r.sizes()), kc = like(k, r), vc = like(v, r), gc = like(g, r);
     at::Tensor wc = fp32(ln_w), bc = fp32(ln_b), rkc = fp32(r_k);
     at::Tensor out = at::empty_like(rc);
-    check(cuda::norm_bonus_gate_forward(r.get_device(), fused_type(r), rows, heads, C / heads, eps, yc.data_ptr(),
+    check(cuda::norm_bonus_gate_forward(cuda::place_of(r), fused_type(r), rows, heads, C / heads, eps, yc.data_ptr(),
                                         rc.data_ptr(), kc.data_ptr(), vc.data_ptr(), gc.data_ptr(),
                                         wc.data_ptr<float>(), bc.data_ptr<float>(), rkc.data_ptr<float>(),
                                         out.data_ptr()));
@@ -165,7 +166,7 @@ class NormBonusGate : public torch::autograd::Function<NormBonusGate> {
                dv = fp32_buffer(r.sizes(), r), dg = fp32_buffer(r.sizes(), r);
     const int64_t partials = cuda::fused_head_partials(rows);
     at::Tensor dw = fp32_buffer({partials, C}, r), db = fp32_buffer({partials, C}, r), drk = fp32_buffer({partials, C}, r);
-    check(cuda::norm_bonus_gate_backward(r.get_device(), fused_type(r), rows, heads, C / heads,
+    check(cuda::norm_bonus_gate_backward(cuda::place_of(r), fused_type(r), rows, heads, C / heads,
                                          ctx->saved_data["eps"].toDouble(), y.data_ptr(), r.data_ptr(), k.data_ptr(),
                                          v.data_ptr(), g.data_ptr(), w.data_ptr<float>(), b.data_ptr<float>(),
                                          r_k.data_ptr<float>(), dout.data_ptr(), dy.data_ptr<float>(),
@@ -186,7 +187,7 @@ class ReluSquare : public torch::autograd::Function<ReluSquare> {
  public:
   static variable_list forward(AutogradContext* ctx, at::Tensor x) {
     at::Tensor xc = x.contiguous(), out = at::empty_like(xc);
-    check(cuda::relu_square_forward(x.get_device(), fused_type(x), x.numel(), xc.data_ptr(), out.data_ptr()));
+    check(cuda::relu_square_forward(cuda::place_of(x), fused_type(x), x.numel(), xc.data_ptr(), out.data_ptr()));
     ctx->save_for_backward({xc});
     return {out};
   }
@@ -194,7 +195,7 @@ class ReluSquare : public torch::autograd::Function<ReluSquare> {
     const at::Tensor x = ctx->get_saved_variables()[0];
     const at::Tensor dout = like(grads[0], x);
     at::Tensor dx = at::empty_like(x);
-    check(cuda::relu_square_backward(x.get_device(), fused_type(x), x.numel(), x.data_ptr(), dout.data_ptr(),
+    check(cuda::relu_square_backward(cuda::place_of(x), fused_type(x), x.numel(), x.data_ptr(), dout.data_ptr(),
                                      dx.data_ptr()));
     return {dx};
   }

@@ -30,8 +30,8 @@ std::string status(const char* what) {
 }
 
 template <class Run>
-std::string typed(int device, FusedType type, const Run& run) {
-  if (cudaSetDevice(device) != cudaSuccess) return status("cudaSetDevice");
+std::string typed(Place place, FusedType type, const Run& run) {
+  if (cudaSetDevice(place.device) != cudaSuccess) return status("cudaSetDevice");
   if (type == FusedType::kBFloat16)
     run(__nv_bfloat16{});
   else
@@ -295,10 +295,10 @@ dim3 head_grid(int64_t rows, int64_t H) {
 }
 // The per-head kernels: launch(element tag, lanes-per-head constant) for a supported head size.
 template <class Launch>
-std::string per_head(int device, FusedType type, int64_t rows, int64_t N, const Launch& launch) {
+std::string per_head(Place place, FusedType type, int64_t rows, int64_t N, const Launch& launch) {
   if (N != 32 && N != 64 && N != 128 && N != 256) return "fused: unsupported head size " + std::to_string(N);
   if (rows == 0) return {};
-  return typed(device, type, [&](auto tag) {
+  return typed(place, type, [&](auto tag) {
     switch (N) {
       case 32: launch(tag, std::integral_constant<int, 1>{}); break;
       case 64: launch(tag, std::integral_constant<int, 2>{}); break;
@@ -312,90 +312,90 @@ std::string per_head(int device, FusedType type, int64_t rows, int64_t N, const 
 
 int64_t fused_head_partials(int64_t rows) { return (fused_partials(rows) + kWarps - 1) / kWarps * kWarps; }
 
-std::string token_shift_mix_forward(int device, FusedType type, int64_t B, int64_t T, int64_t C, int64_t M,
+std::string token_shift_mix_forward(Place place, FusedType type, int64_t B, int64_t T, int64_t C, int64_t M,
                                     const void* x, const void* shift, const float* mix, void* out) {
   if (B * T * C == 0) return {};
-  return typed(device, type, [&](auto tag) {
+  return typed(place, type, [&](auto tag) {
     using E = decltype(tag);
-    token_shift_mix_forward_kernel<E><<<channel_grid(B * T, C), 256>>>(
+    token_shift_mix_forward_kernel<E><<<channel_grid(B * T, C), 256, 0, stream_of(place)>>>(
         B, T, C, M, static_cast<const E*>(x), static_cast<const E*>(shift), mix, static_cast<E*>(out));
   });
 }
 
-std::string token_shift_mix_backward(int device, FusedType type, int64_t B, int64_t T, int64_t C, int64_t M,
+std::string token_shift_mix_backward(Place place, FusedType type, int64_t B, int64_t T, int64_t C, int64_t M,
                                      const void* x, const void* shift, const float* mix, const void* dout, float* dx,
                                      float* dshift, float* dmix_partials) {
   if (M > 8) return "token_shift_mix: at most 8 mixes";
   if (B * T * C == 0) return {};
-  return typed(device, type, [&](auto tag) {
+  return typed(place, type, [&](auto tag) {
     using E = decltype(tag);
-    token_shift_mix_backward_kernel<E><<<channel_grid(B * T, C), 256>>>(
+    token_shift_mix_backward_kernel<E><<<channel_grid(B * T, C), 256, 0, stream_of(place)>>>(
         B, T, C, M, static_cast<const E*>(x), static_cast<const E*>(shift), mix, static_cast<const E*>(dout), dx,
         dshift, dmix_partials);
   });
 }
 
-std::string kk_ab_forward(int device, FusedType type, int64_t rows, int64_t H, int64_t N, const void* k,
+std::string kk_ab_forward(Place place, FusedType type, int64_t rows, int64_t H, int64_t N, const void* k,
                           const void* a, const float* k_k, const float* k_a, void* k_out, void* a_out, void* b_out) {
-  return per_head(device, type, rows, N, [&](auto tag, auto lanes) {
+  return per_head(place, type, rows, N, [&](auto tag, auto lanes) {
     using E = decltype(tag);
-    kk_ab_forward_kernel<E, decltype(lanes)::value><<<head_grid(rows, H), 32 * kWarps>>>(
+    kk_ab_forward_kernel<E, decltype(lanes)::value><<<head_grid(rows, H), 32 * kWarps, 0, stream_of(place)>>>(
         rows, H, static_cast<const E*>(k), static_cast<const E*>(a), k_k, k_a, static_cast<E*>(k_out),
         static_cast<E*>(a_out), static_cast<E*>(b_out));
   });
 }
 
-std::string kk_ab_backward(int device, FusedType type, int64_t rows, int64_t H, int64_t N, const void* k,
+std::string kk_ab_backward(Place place, FusedType type, int64_t rows, int64_t H, int64_t N, const void* k,
                            const void* a, const float* k_k, const float* k_a, const void* dk_out, const void* da_out,
                            const void* db_out, float* dk, float* da, float* dk_k_partials, float* dk_a_partials) {
-  return per_head(device, type, rows, N, [&](auto tag, auto lanes) {
+  return per_head(place, type, rows, N, [&](auto tag, auto lanes) {
     using E = decltype(tag);
-    kk_ab_backward_kernel<E, decltype(lanes)::value><<<head_grid(rows, H), 32 * kWarps>>>(
+    kk_ab_backward_kernel<E, decltype(lanes)::value><<<head_grid(rows, H), 32 * kWarps, 0, stream_of(place)>>>(
         rows, H, static_cast<const E*>(k), static_cast<const E*>(a), k_k, k_a, static_cast<const E*>(dk_out),
         static_cast<const E*>(da_out), static_cast<const E*>(db_out), dk, da, dk_k_partials, dk_a_partials);
   });
 }
 
-std::string norm_bonus_gate_forward(int device, FusedType type, int64_t rows, int64_t H, int64_t N, double eps,
+std::string norm_bonus_gate_forward(Place place, FusedType type, int64_t rows, int64_t H, int64_t N, double eps,
                                     const void* y, const void* r, const void* k, const void* v, const void* g,
                                     const float* w, const float* bias, const float* r_k, void* out) {
-  return per_head(device, type, rows, N, [&](auto tag, auto lanes) {
+  return per_head(place, type, rows, N, [&](auto tag, auto lanes) {
     using E = decltype(tag);
-    norm_bonus_gate_forward_kernel<E, decltype(lanes)::value><<<head_grid(rows, H), 32 * kWarps>>>(
+    norm_bonus_gate_forward_kernel<E, decltype(lanes)::value><<<head_grid(rows, H), 32 * kWarps, 0, stream_of(place)>>>(
         rows, H, static_cast<float>(eps), static_cast<const E*>(y), static_cast<const E*>(r),
         static_cast<const E*>(k), static_cast<const E*>(v), static_cast<const E*>(g), w, bias, r_k,
         static_cast<E*>(out));
   });
 }
 
-std::string norm_bonus_gate_backward(int device, FusedType type, int64_t rows, int64_t H, int64_t N, double eps,
+std::string norm_bonus_gate_backward(Place place, FusedType type, int64_t rows, int64_t H, int64_t N, double eps,
                                      const void* y, const void* r, const void* k, const void* v, const void* g,
                                      const float* w, const float* bias, const float* r_k, const void* dout, float* dy,
                                      float* dr, float* dk, float* dv, float* dg, float* dw_partials,
                                      float* dbias_partials, float* dr_k_partials) {
-  return per_head(device, type, rows, N, [&](auto tag, auto lanes) {
+  return per_head(place, type, rows, N, [&](auto tag, auto lanes) {
     using E = decltype(tag);
-    norm_bonus_gate_backward_kernel<E, decltype(lanes)::value><<<head_grid(rows, H), 32 * kWarps>>>(
+    norm_bonus_gate_backward_kernel<E, decltype(lanes)::value><<<head_grid(rows, H), 32 * kWarps, 0, stream_of(place)>>>(
         rows, H, static_cast<float>(eps), static_cast<const E*>(y), static_cast<const E*>(r),
         static_cast<const E*>(k), static_cast<const E*>(v), static_cast<const E*>(g), w, bias, r_k,
         static_cast<const E*>(dout), dy, dr, dk, dv, dg, dw_partials, dbias_partials, dr_k_partials);
   });
 }
 
-std::string relu_square_forward(int device, FusedType type, int64_t n, const void* x, void* out) {
+std::string relu_square_forward(Place place, FusedType type, int64_t n, const void* x, void* out) {
   if (n == 0) return {};
-  return typed(device, type, [&](auto tag) {
+  return typed(place, type, [&](auto tag) {
     using E = decltype(tag);
-    relu_square_forward_kernel<E><<<static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65536)), 256>>>(
+    relu_square_forward_kernel<E><<<static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65536)), 256, 0, stream_of(place)>>>(
         n, static_cast<const E*>(x), static_cast<E*>(out));
   });
 }
 
-std::string relu_square_backward(int device, FusedType type, int64_t n, const void* x, const void* dout, void* dx) {
+std::string relu_square_backward(Place place, FusedType type, int64_t n, const void* x, const void* dout, void* dx) {
   if (n == 0) return {};
-  return typed(device, type, [&](auto tag) {
+  return typed(place, type, [&](auto tag) {
     using E = decltype(tag);
-    relu_square_backward_kernel<E><<<static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65536)), 256>>>(
+    relu_square_backward_kernel<E><<<static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65536)), 256, 0, stream_of(place)>>>(
         n, static_cast<const E*>(x), static_cast<const E*>(dout), static_cast<E*>(dx));
   });
 }

@@ -85,27 +85,27 @@ unsigned grid_for(int64_t numel) { return static_cast<unsigned>((numel / 8 + kTh
 
 }  // namespace
 
-std::string dequantize_4bit(int device, const uint8_t* packed, const float* absmax, const float* codebook16,
+std::string dequantize_4bit(Place place, const uint8_t* packed, const float* absmax, const float* codebook16,
                             int64_t numel, int64_t blocksize, void* out, OutputType type) {
   if (numel == 0) return {};
-  if (cudaSetDevice(device) != cudaSuccess) return launched("cudaSetDevice");
+  if (cudaSetDevice(place.device) != cudaSuccess) return launched("cudaSetDevice");
   if (type == OutputType::kBFloat16)
-    dequantize_4bit_kernel<<<grid_for(numel), kThreads>>>(packed, absmax, codebook16, numel, blocksize,
+    dequantize_4bit_kernel<<<grid_for(numel), kThreads, 0, stream_of(place)>>>(packed, absmax, codebook16, numel, blocksize,
                                                           static_cast<__nv_bfloat16*>(out));
   else
-    dequantize_4bit_kernel<<<grid_for(numel), kThreads>>>(packed, absmax, codebook16, numel, blocksize,
+    dequantize_4bit_kernel<<<grid_for(numel), kThreads, 0, stream_of(place)>>>(packed, absmax, codebook16, numel, blocksize,
                                                           static_cast<float*>(out));
   return launched("dequantize_4bit");
 }
 
-std::string dequantize_int8_rows(int device, const int8_t* q, const float* scale, int64_t rows, int64_t cols,
+std::string dequantize_int8_rows(Place place, const int8_t* q, const float* scale, int64_t rows, int64_t cols,
                                  void* out, OutputType type) {
   if (rows * cols == 0) return {};
-  if (cudaSetDevice(device) != cudaSuccess) return launched("cudaSetDevice");
+  if (cudaSetDevice(place.device) != cudaSuccess) return launched("cudaSetDevice");
   if (type == OutputType::kBFloat16)
-    dequantize_int8_kernel<<<grid_for(rows * cols), kThreads>>>(q, scale, rows, cols, static_cast<__nv_bfloat16*>(out));
+    dequantize_int8_kernel<<<grid_for(rows * cols), kThreads, 0, stream_of(place)>>>(q, scale, rows, cols, static_cast<__nv_bfloat16*>(out));
   else
-    dequantize_int8_kernel<<<grid_for(rows * cols), kThreads>>>(q, scale, rows, cols, static_cast<float*>(out));
+    dequantize_int8_kernel<<<grid_for(rows * cols), kThreads, 0, stream_of(place)>>>(q, scale, rows, cols, static_cast<float*>(out));
   return launched("dequantize_int8_rows");
 }
 

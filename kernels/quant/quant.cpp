@@ -7,6 +7,7 @@
 
 #include "peftkit/error.hpp"
 #ifdef PEFTKIT_QUANT_CUDA
+#include "cuda_place_of.hpp"
 #include "quant/dequant_cuda.hpp"
 #endif
 
@@ -102,7 +103,7 @@ at::Tensor dequantize_4bit(const Packed4bit& p, at::ScalarType dtype) {
   if ((dtype == at::kBFloat16 || dtype == at::kFloat) && p.blocksize % 8 == 0 && kernel_ready(p.packed, 4) &&
       kernel_ready(p.absmax, 4) && kernel_ready(p.codebook, 4)) {
     at::Tensor out = at::empty(p.shape, p.packed.options().dtype(dtype));
-    check(cuda::dequantize_4bit(p.packed.get_device(), p.packed.data_ptr<uint8_t>(), p.absmax.data_ptr<float>(),
+    check(cuda::dequantize_4bit(cuda::place_of(p.packed), p.packed.data_ptr<uint8_t>(), p.absmax.data_ptr<float>(),
                                 p.codebook.data_ptr<float>(), numel, p.blocksize, out.data_ptr(),
                                 dtype == at::kBFloat16 ? cuda::OutputType::kBFloat16 : cuda::OutputType::kFloat32));
     return out;
@@ -148,7 +149,7 @@ at::Tensor dequantize_int8_rows(const PackedInt8& p, at::ScalarType dtype) {
 #ifdef PEFTKIT_QUANT_CUDA
   if ((dtype == at::kBFloat16 || dtype == at::kFloat) && kernel_ready(p.q, 8) && kernel_ready(p.scale, 4)) {
     at::Tensor out = at::empty(p.q.sizes(), p.q.options().dtype(dtype));
-    check(cuda::dequantize_int8_rows(p.q.get_device(), p.q.data_ptr<int8_t>(), p.scale.data_ptr<float>(), p.q.size(0),
+    check(cuda::dequantize_int8_rows(cuda::place_of(p.q), p.q.data_ptr<int8_t>(), p.scale.data_ptr<float>(), p.q.size(0),
                                      p.q.size(1), out.data_ptr(),
                                      dtype == at::kBFloat16 ? cuda::OutputType::kBFloat16 : cuda::OutputType::kFloat32));
     return out;

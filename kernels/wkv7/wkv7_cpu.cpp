@@ -15,6 +15,7 @@
 
 #include "wkv7/wkv7.hpp"
 #ifdef PEFTKIT_WKV7_CUDA
+#include "cuda_place_of.hpp"
 #include "wkv7/wkv7_cuda.hpp"
 #endif
 
@@ -212,7 +213,7 @@ CudaForward cuda_forward(const at::Tensor& r, const at::Tensor& z, const at::Ten
     f.chunk_states = output({shape.B * shape.H, cuda::wkv7_chunks(shape), shape.N, shape.N}, f32);
     f.sa = output(f.r.sizes(), f32);
   }
-  check_cuda(cuda::wkv7_forward(r.get_device(), cuda_type(f.r), shape, f.r.data_ptr(), f.z.data_ptr(),
+  check_cuda(cuda::wkv7_forward(cuda::place_of(r), cuda_type(f.r), shape, f.r.data_ptr(), f.z.data_ptr(),
                                 f.k.data_ptr(), f.v.data_ptr(), f.a.data_ptr(), f.b.data_ptr(),
                                 initial.data_ptr<float>(), f.y.data_ptr(), f.s_final.data_ptr<float>(),
                                 for_backward ? f.chunk_states.data_ptr<float>() : nullptr,
@@ -273,7 +274,7 @@ class Wkv7Function : public torch::autograd::Function<Wkv7Function> {
                  dv = output(r.sizes(), f32), da = output(r.sizes(), f32), db = output(r.sizes(), f32);
       at::Tensor ds0 = output({s.B, s.H, s.N, s.N}, f32);
       at::Tensor scratch = at::empty({cuda::wkv7_backward_scratch_floats(shape)}, f32);
-      check_cuda(cuda::wkv7_backward(r.get_device(), cuda_type(r), shape, r.data_ptr(), z.data_ptr(), k.data_ptr(),
+      check_cuda(cuda::wkv7_backward(cuda::place_of(r), cuda_type(r), shape, r.data_ptr(), z.data_ptr(), k.data_ptr(),
                                      v.data_ptr(), a.data_ptr(), b.data_ptr(), saved[6].data_ptr<float>(),
                                      saved[7].data_ptr<float>(), dy.defined() ? dy.data_ptr<float>() : nullptr,
                                      ds_final.defined() ? ds_final.data_ptr<float>() : nullptr, dr.data_ptr<float>(),

@@ -64,13 +64,23 @@ struct TileStage {
   }
 };
 
-// The passes over time split state row i over P = N / kSlice threads (consecutive lanes); thread
-// p of a row owns its columns in 4-wide groups interleaved with the row's other threads, so the
-// 16-byte shared loads of a warp hit distinct banks.
-template <int N>
+// The passes over time split each state row over P = N / kSlice threads (consecutive lanes);
+// thread p of a row owns its columns in 4-wide groups interleaved with the row's other threads,
+// so the 16-byte shared loads of a warp hit distinct banks. The rows of a state evolve
+// independently (sa_t and y_t of row i need only row i), so a (batch, head) may spread its rows
+// over `Blocks` blocks: few heads then still fill the GPU. With one block, from N = 64 a thread
+// owns two rows: every row reads the step's vectors whole from shared memory, whose bandwidth
+// bounds these passes, and two rows per read halve that traffic.
+template <int N, int Blocks>
 struct RowSplit {
   static constexpr int P = N / kSlice;
-  static constexpr int kThreads = N * P;
+  static constexpr int kBlockRows = N / Blocks;
+  static constexpr int kRows = Blocks == 1 && N >= 64 ? 2 : 1;
+  static constexpr int kRowGroups = kBlockRows / kRows;
+  static constexpr int kThreads = kRowGroups * P;
+  static_assert(P == 1 || kThreads % 32 == 0, "the row sums shuffle over whole warps");
+  // Row r of row group i in block part g.
+  __device__ static int row(int g, int i, int r) { return g * kBlockRows + i + r * kRowGroups; }
   __device__ static int column(int p, int c) { return 4 * ((c / 4) * P + p) + c % 4; }
   // The thread's kSlice entries of a length-N vector in shared memory.
   __device__ static void read(const float* vector, int p, float (&out)[kSlice]) {
@@ -127,23 +137,26 @@ constexpr size_t forward_shared_bytes() {
   return sizeof(float) * (kForwardVectors + 2) * kChunk * N;  // tile, y and sa of the chunk
 }
 
-template <class T, int N>
-__global__ void __launch_bounds__(RowSplit<N>::kThreads) forward_kernel(Wkv7Shape s, Inputs<T> in, const float* s0,
-                                                                        T* y, float* s_final, float* chunk_states,
-                                                                        float* sa_out) {
-  using Split = RowSplit<N>;
+template <class T, int N, int Blocks>
+__global__ void __launch_bounds__(RowSplit<N, Blocks>::kThreads)
+    forward_kernel(Wkv7Shape s, Inputs<T> in, const float* s0, T* y, float* s_final, float* chunk_states,
+                   float* sa_out) {
+  using Split = RowSplit<N, Blocks>;
   extern __shared__ float4 shared4[];
   float* tile = reinterpret_cast<float*>(shared4);
   float* y_tile = tile + kForwardVectors * kChunk * N;
   float* sa_tile = y_tile + kChunk * N;
-  const int tid = threadIdx.x, i = tid / Split::P, p = tid % Split::P;
-  const int64_t bh = blockIdx.x, chunks = (s.T + kChunk - 1) / kChunk;
+  const int tid = threadIdx.x, i = tid / Split::P, p = tid % Split::P, g = blockIdx.x % Blocks;
+  const int64_t bh = blockIdx.x / Blocks, chunks = (s.T + kChunk - 1) / kChunk;
   const HeadIndex head(s, bh);
   const ForwardRead<T> read{in};
 
-  float S[kSlice];
+  constexpr int R = Split::kRows;
+  float S[R][kSlice];
 #pragma unroll
-  for (int c = 0; c < kSlice; ++c) S[c] = s0[(bh * N + i) * N + Split::column(p, c)];
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int c = 0; c < kSlice; ++c) S[r][c] = s0[(bh * N + Split::row(g, i, r)) * N + Split::column(p, c)];
   TileStage<N, Split::kThreads, kForwardVectors> stage;
   stage.fetch(read, head, 0, s.T, tid);
   stage.store_to(read, tile, tid);
@@ -153,43 +166,62 @@ __global__ void __launch_bounds__(RowSplit<N>::kThreads) forward_kernel(Wkv7Shap
     const int steps = static_cast<int>(s.T - t0 < kChunk ? s.T - t0 : kChunk);
     if (chunk + 1 < chunks) stage.fetch(read, head, t0 + kChunk, s.T, tid);
     if (chunk_states) {
-      float* out = chunk_states + ((bh * chunks + chunk) * N + i) * N;
 #pragma unroll
-      for (int c = 0; c < kSlice; ++c) out[Split::column(p, c)] = S[c];
+      for (int r = 0; r < R; ++r) {
+        float* out = chunk_states + ((bh * chunks + chunk) * N + Split::row(g, i, r)) * N;
+#pragma unroll
+        for (int c = 0; c < kSlice; ++c) out[Split::column(p, c)] = S[r][c];
+      }
     }
     for (int step = 0; step < steps; ++step) {
       auto vector = [&](int which) { return tile + (which * kChunk + step) * N; };
-      float a[kSlice], x[kSlice];
-      Split::read(vector(kFwA), p, a);
-      const float sa = Split::row_sum(dot(S, a));
-      const float vi = vector(kFwV)[i];
+      float x[kSlice], sa[R], vi[R], yi[R];
+      Split::read(vector(kFwA), p, x);
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        sa[r] = Split::row_sum(dot(S[r], x));
+        vi[r] = vector(kFwV)[Split::row(g, i, r)];
+      }
       Split::read(vector(kFwD), p, x);
 #pragma unroll
-      for (int c = 0; c < kSlice; ++c) S[c] *= x[c];
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int c = 0; c < kSlice; ++c) S[r][c] *= x[c];
       Split::read(vector(kFwB), p, x);
 #pragma unroll
-      for (int c = 0; c < kSlice; ++c) S[c] = fmaf(sa, x[c], S[c]);
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int c = 0; c < kSlice; ++c) S[r][c] = fmaf(sa[r], x[c], S[r][c]);
       Split::read(vector(kFwK), p, x);
 #pragma unroll
-      for (int c = 0; c < kSlice; ++c) S[c] = fmaf(vi, x[c], S[c]);
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int c = 0; c < kSlice; ++c) S[r][c] = fmaf(vi[r], x[c], S[r][c]);
       Split::read(vector(kFwR), p, x);
-      const float yi = Split::row_sum(dot(S, x));
+#pragma unroll
+      for (int r = 0; r < R; ++r) yi[r] = Split::row_sum(dot(S[r], x));
       if (p == 0) {
-        y_tile[step * N + i] = yi;
-        sa_tile[step * N + i] = sa;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          y_tile[step * N + Split::row(g, i, r)] = yi[r];
+          sa_tile[step * N + Split::row(g, i, r)] = sa[r];
+        }
       }
     }
     __syncthreads();
-    for (int e = tid; e < steps * N; e += Split::kThreads) {
-      const int64_t o = head.at(t0 + e / N) + e % N;
-      store(y, o, y_tile[e]);
-      if (sa_out) sa_out[o] = sa_tile[e];
+    for (int e = tid; e < steps * Split::kBlockRows; e += Split::kThreads) {
+      const int n = g * Split::kBlockRows + e % Split::kBlockRows, at = e / Split::kBlockRows * N + n;
+      const int64_t o = head.at(t0 + e / Split::kBlockRows) + n;
+      store(y, o, y_tile[at]);
+      if (sa_out) sa_out[o] = sa_tile[at];
     }
     if (chunk + 1 < chunks) stage.store_to(read, tile, tid);
     __syncthreads();
   }
 #pragma unroll
-  for (int c = 0; c < kSlice; ++c) s_final[(bh * N + i) * N + Split::column(p, c)] = S[c];
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int c = 0; c < kSlice; ++c) s_final[(bh * N + Split::row(g, i, r)) * N + Split::column(p, c)] = S[r][c];
 }
 
 // ---- backward (1): the state gradient, one reverse pass per (batch, head) ----
@@ -221,23 +253,27 @@ constexpr size_t state_grad_shared_bytes() {
 // With g = dS_t + dy_t r_t^T (the gradient reaching S_t): dsa_t = g b_t, dv_t = g k_t and
 // dS_{t-1} = g diag(d_t) + dsa_t a_t^T. chunk_grads[c] is dS at the end of chunk c, before the
 // chunk's own outputs add to it.
-template <class T, int N>
-__global__ void __launch_bounds__(RowSplit<N>::kThreads)
+template <class T, int N, int Blocks>
+__global__ void __launch_bounds__(RowSplit<N, Blocks>::kThreads)
     state_grad_kernel(Wkv7Shape s, Inputs<T> in, const float* dy, const float* ds_final, float* ds0,
                       float* chunk_grads, float* dsa_out, float* dv_out) {
-  using Split = RowSplit<N>;
+  using Split = RowSplit<N, Blocks>;
   extern __shared__ float4 shared4[];
   float* tile = reinterpret_cast<float*>(shared4);
   float* dsa_tile = tile + kStateGradVectors * kChunk * N;
   float* dv_tile = dsa_tile + kChunk * N;
-  const int tid = threadIdx.x, i = tid / Split::P, p = tid % Split::P;
-  const int64_t bh = blockIdx.x, chunks = (s.T + kChunk - 1) / kChunk;
+  const int tid = threadIdx.x, i = tid / Split::P, p = tid % Split::P, g = blockIdx.x % Blocks;
+  const int64_t bh = blockIdx.x / Blocks, chunks = (s.T + kChunk - 1) / kChunk;
   const HeadIndex head(s, bh);
   const StateGradRead<T> read{in, dy};
 
-  float dS[kSlice];
+  constexpr int R = Split::kRows;
+  float dS[R][kSlice];
 #pragma unroll
-  for (int c = 0; c < kSlice; ++c) dS[c] = ds_final ? ds_final[(bh * N + i) * N + Split::column(p, c)] : 0.0f;
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int c = 0; c < kSlice; ++c)
+      dS[r][c] = ds_final ? ds_final[(bh * N + Split::row(g, i, r)) * N + Split::column(p, c)] : 0.0f;
   TileStage<N, Split::kThreads, kStateGradVectors> stage;
   stage.fetch(read, head, (chunks - 1) * kChunk, s.T, tid);
   stage.store_to(read, tile, tid);
@@ -246,42 +282,60 @@ __global__ void __launch_bounds__(RowSplit<N>::kThreads)
     const int64_t t0 = chunk * kChunk;
     const int steps = static_cast<int>(s.T - t0 < kChunk ? s.T - t0 : kChunk);
     if (chunk > 0) stage.fetch(read, head, t0 - kChunk, s.T, tid);
-    float* out = chunk_grads + ((bh * chunks + chunk) * N + i) * N;
 #pragma unroll
-    for (int c = 0; c < kSlice; ++c) out[Split::column(p, c)] = dS[c];
+    for (int r = 0; r < R; ++r) {
+      float* out = chunk_grads + ((bh * chunks + chunk) * N + Split::row(g, i, r)) * N;
+#pragma unroll
+      for (int c = 0; c < kSlice; ++c) out[Split::column(p, c)] = dS[r][c];
+    }
     for (int step = steps - 1; step >= 0; --step) {
       auto vector = [&](int which) { return tile + (which * kChunk + step) * N; };
-      float x[kSlice];
-      const float dyi = vector(kSgDy)[i];
+      float x[kSlice], dsa[R], dv[R];
       Split::read(vector(kSgR), p, x);
 #pragma unroll
-      for (int c = 0; c < kSlice; ++c) dS[c] = fmaf(dyi, x[c], dS[c]);
+      for (int r = 0; r < R; ++r) {
+        const float dyi = vector(kSgDy)[Split::row(g, i, r)];
+#pragma unroll
+        for (int c = 0; c < kSlice; ++c) dS[r][c] = fmaf(dyi, x[c], dS[r][c]);
+      }
       Split::read(vector(kSgB), p, x);
-      const float dsa = Split::row_sum(dot(dS, x));
+#pragma unroll
+      for (int r = 0; r < R; ++r) dsa[r] = Split::row_sum(dot(dS[r], x));
       Split::read(vector(kSgK), p, x);
-      const float dv = Split::row_sum(dot(dS, x));
+#pragma unroll
+      for (int r = 0; r < R; ++r) dv[r] = Split::row_sum(dot(dS[r], x));
       Split::read(vector(kSgD), p, x);
 #pragma unroll
-      for (int c = 0; c < kSlice; ++c) dS[c] *= x[c];
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int c = 0; c < kSlice; ++c) dS[r][c] *= x[c];
       Split::read(vector(kSgA), p, x);
 #pragma unroll
-      for (int c = 0; c < kSlice; ++c) dS[c] = fmaf(dsa, x[c], dS[c]);
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int c = 0; c < kSlice; ++c) dS[r][c] = fmaf(dsa[r], x[c], dS[r][c]);
       if (p == 0) {
-        dsa_tile[step * N + i] = dsa;
-        dv_tile[step * N + i] = dv;
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          dsa_tile[step * N + Split::row(g, i, r)] = dsa[r];
+          dv_tile[step * N + Split::row(g, i, r)] = dv[r];
+        }
       }
     }
     __syncthreads();
-    for (int e = tid; e < steps * N; e += Split::kThreads) {
-      const int64_t o = head.at(t0 + e / N) + e % N;
-      dsa_out[o] = dsa_tile[e];
-      dv_out[o] = dv_tile[e];
+    for (int e = tid; e < steps * Split::kBlockRows; e += Split::kThreads) {
+      const int n = g * Split::kBlockRows + e % Split::kBlockRows, at = e / Split::kBlockRows * N + n;
+      const int64_t o = head.at(t0 + e / Split::kBlockRows) + n;
+      dsa_out[o] = dsa_tile[at];
+      dv_out[o] = dv_tile[at];
     }
     if (chunk > 0) stage.store_to(read, tile, tid);
     __syncthreads();
   }
 #pragma unroll
-  for (int c = 0; c < kSlice; ++c) ds0[(bh * N + i) * N + Split::column(p, c)] = dS[c];
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int c = 0; c < kSlice; ++c) ds0[(bh * N + Split::row(g, i, r)) * N + Split::column(p, c)] = dS[r][c];
 }
 
 // ---- backward (2): every chunk in parallel, column sums over the rows ----
@@ -454,29 +508,56 @@ Inputs<T> inputs(const void* r, const void* z, const void* k, const void* v, con
           static_cast<const T*>(v), static_cast<const T*>(a), static_cast<const T*>(b)};
 }
 
-template <class T, int N>
-std::string forward_n(const Wkv7Shape& s, const Inputs<T>& in, const float* s0, void* y, float* s_final,
-                      float* chunk_states, float* sa) {
-  constexpr size_t bytes = forward_shared_bytes<N>();
-  if (!allow_shared(forward_kernel<T, N>, bytes)) return status("wkv7_forward shared memory");
-  forward_kernel<T, N><<<static_cast<unsigned>(s.B * s.H), RowSplit<N>::kThreads, bytes>>>(
-      s, in, s0, static_cast<T*>(y), s_final, chunk_states, sa);
-  return status("wkv7_forward");
+// Blocks per (batch, head) of the passes over time: two when even twice the heads fit on the SMs
+// one block each (from N = 64; smaller heads have too few rows to split). Measured on an H200:
+// B*H = 12 and 32 gain, 96 and 128 (which would then share SMs) lose.
+template <int N>
+int row_blocks(Place place, const Wkv7Shape& s) {
+  if (N < 64) return 1;
+  int sms = 0;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, place.device) != cudaSuccess) return 1;
+  return 2 * s.B * s.H <= sms ? 2 : 1;
+}
+
+// Calls run(integral_constant<int, Blocks>) for the row split chosen for this shape.
+template <int N, class Run>
+std::string with_row_blocks(Place place, const Wkv7Shape& s, const Run& run) {
+  if constexpr (N >= 64) {
+    if (row_blocks<N>(place, s) == 2) return run(std::integral_constant<int, 2>{});
+  }
+  return run(std::integral_constant<int, 1>{});
 }
 
 template <class T, int N>
-std::string backward_n(const Wkv7Shape& s, const Inputs<T>& in, const float* chunk_states, const float* sa,
+std::string forward_n(Place place, const Wkv7Shape& s, const Inputs<T>& in, const float* s0, void* y, float* s_final,
+                      float* chunk_states, float* sa) {
+  constexpr size_t bytes = forward_shared_bytes<N>();
+  return with_row_blocks<N>(place, s, [&](auto blocks) {
+    constexpr int Blocks = decltype(blocks)::value;
+    if (!allow_shared(forward_kernel<T, N, Blocks>, bytes)) return status("wkv7_forward shared memory");
+    forward_kernel<T, N, Blocks><<<static_cast<unsigned>(s.B * s.H * Blocks), RowSplit<N, Blocks>::kThreads, bytes,
+                                   stream_of(place)>>>(s, in, s0, static_cast<T*>(y), s_final, chunk_states, sa);
+    return status("wkv7_forward");
+  });
+}
+
+template <class T, int N>
+std::string backward_n(Place place, const Wkv7Shape& s, const Inputs<T>& in, const float* chunk_states, const float* sa,
                        const float* dy, const float* ds_final, float* dr, float* dz, float* dk, float* dv, float* da,
                        float* db, float* ds0, float* scratch) {
   float* chunk_grads = scratch;
   float* dsa = scratch + wkv7_chunk_state_floats(s);
   constexpr size_t state_bytes = state_grad_shared_bytes<N>(), chunk_bytes = chunk_shared_bytes<N>();
-  if (!allow_shared(state_grad_kernel<T, N>, state_bytes) || !allow_shared(chunk_grad_kernel<T, N>, chunk_bytes))
-    return status("wkv7_backward shared memory");
-  state_grad_kernel<T, N><<<static_cast<unsigned>(s.B * s.H), RowSplit<N>::kThreads, state_bytes>>>(
-      s, in, dy, ds_final, ds0, chunk_grads, dsa, dv);
-  if (std::string e = status("wkv7_backward state gradient"); !e.empty()) return e;
-  chunk_grad_kernel<T, N><<<static_cast<unsigned>(s.B * s.H * wkv7_chunks(s)), ColumnSplit<N>::kThreads, chunk_bytes>>>(
+  if (!allow_shared(chunk_grad_kernel<T, N>, chunk_bytes)) return status("wkv7_backward shared memory");
+  const std::string state_pass = with_row_blocks<N>(place, s, [&](auto blocks) {
+    constexpr int Blocks = decltype(blocks)::value;
+    if (!allow_shared(state_grad_kernel<T, N, Blocks>, state_bytes)) return status("wkv7_backward shared memory");
+    state_grad_kernel<T, N, Blocks><<<static_cast<unsigned>(s.B * s.H * Blocks), RowSplit<N, Blocks>::kThreads,
+                                      state_bytes, stream_of(place)>>>(s, in, dy, ds_final, ds0, chunk_grads, dsa, dv);
+    return status("wkv7_backward state gradient");
+  });
+  if (!state_pass.empty()) return state_pass;
+  chunk_grad_kernel<T, N><<<static_cast<unsigned>(s.B * s.H * wkv7_chunks(s)), ColumnSplit<N>::kThreads, chunk_bytes, stream_of(place)>>>(
       s, in, dy, sa, dsa, chunk_states, chunk_grads, dr, dz, dk, da, db);
   return status("wkv7_backward chunk gradients");
 }
@@ -496,30 +577,30 @@ std::string dispatch_n(int64_t n, const Run& run) {
 
 bool wkv7_supports(int64_t n) { return n == 16 || n == 32 || n == 64 || n == 128; }
 
-std::string wkv7_forward(int device, InputType type, const Wkv7Shape& s, const void* r, const void* z, const void* k,
+std::string wkv7_forward(Place place, InputType type, const Wkv7Shape& s, const void* r, const void* z, const void* k,
                          const void* v, const void* a, const void* b, const float* s0, void* y, float* s_final,
                          float* chunk_states, float* sa) {
   if (s.B * s.H == 0) return {};
-  if (cudaSetDevice(device) != cudaSuccess) return status("cudaSetDevice");
+  if (cudaSetDevice(place.device) != cudaSuccess) return status("cudaSetDevice");
   auto typed = [&](auto tag) {
     using T = decltype(tag);
     const Inputs<T> in = inputs<T>(r, z, k, v, a, b);
-    return dispatch_n(s.N, [&](auto n) { return forward_n<T, decltype(n)::value>(s, in, s0, y, s_final, chunk_states, sa); });
+    return dispatch_n(s.N, [&](auto n) { return forward_n<T, decltype(n)::value>(place, s, in, s0, y, s_final, chunk_states, sa); });
   };
   return type == InputType::kBFloat16 ? typed(__nv_bfloat16{}) : typed(float{});
 }
 
-std::string wkv7_backward(int device, InputType type, const Wkv7Shape& s, const void* r, const void* z, const void* k,
+std::string wkv7_backward(Place place, InputType type, const Wkv7Shape& s, const void* r, const void* z, const void* k,
                           const void* v, const void* a, const void* b, const float* chunk_states, const float* sa,
                           const float* dy, const float* ds_final, float* dr, float* dz, float* dk, float* dv,
                           float* da, float* db, float* ds0, float* scratch) {
   if (s.B * s.H == 0) return {};
-  if (cudaSetDevice(device) != cudaSuccess) return status("cudaSetDevice");
+  if (cudaSetDevice(place.device) != cudaSuccess) return status("cudaSetDevice");
   auto typed = [&](auto tag) {
     using T = decltype(tag);
     const Inputs<T> in = inputs<T>(r, z, k, v, a, b);
     return dispatch_n(s.N, [&](auto n) {
-      return backward_n<T, decltype(n)::value>(s, in, chunk_states, sa, dy, ds_final, dr, dz, dk, dv, da, db, ds0,
+      return backward_n<T, decltype(n)::value>(place, s, in, chunk_states, sa, dy, ds_final, dr, dz, dk, dv, da, db, ds0,
                                                scratch);
     });
   };

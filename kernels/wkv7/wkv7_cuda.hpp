@@ -1,9 +1,10 @@
 // wkv7_cuda.hpp: the WKV7 recurrence on CUDA, on raw device pointers (no LibTorch here), run on
-// the legacy default stream of `device`.
+// `place`'s stream.
 //
 // The chunked design (chunk = kWkv7Chunk steps), all arithmetic in fp32:
-//   forward   one pass over time per (batch, head), each state row split over N/16 threads; writes
-//             y, the state entering every chunk, and sa_t = S_{t-1} a_t (needed by the backward).
+//   forward   one pass over time per (batch, head), each state row split over N/16 threads (a
+//             thread holds two rows from N = 64); writes y, the state entering every chunk, and
+//             sa_t = S_{t-1} a_t (needed by the backward).
 //   backward  (1) one reverse pass per (batch, head) for the state gradient alone (it needs no
 //             state): dS entering every chunk from the end, dsa_t = dS_t b_t, dv, and ds0;
 //             (2) every chunk of every head in parallel: its states recomputed from the stored
@@ -19,6 +20,8 @@
 
 #include <cstdint>
 #include <string>
+
+#include "cuda_place.hpp"
 
 namespace peftkit::kernels::cuda {
 
@@ -41,12 +44,12 @@ inline int64_t wkv7_backward_scratch_floats(const Wkv7Shape& s) {
 }
 
 // chunk_states and sa may be null when no backward follows (inference).
-std::string wkv7_forward(int device, InputType type, const Wkv7Shape& shape, const void* r, const void* z,
+std::string wkv7_forward(Place place, InputType type, const Wkv7Shape& shape, const void* r, const void* z,
                          const void* k, const void* v, const void* a, const void* b, const float* s0, void* y,
                          float* s_final, float* chunk_states, float* sa);
 
 // dy and ds_final may be null (no gradient).
-std::string wkv7_backward(int device, InputType type, const Wkv7Shape& shape, const void* r, const void* z,
+std::string wkv7_backward(Place place, InputType type, const Wkv7Shape& shape, const void* r, const void* z,
                           const void* k, const void* v, const void* a, const void* b, const float* chunk_states,
                           const float* sa, const float* dy, const float* ds_final, float* dr, float* dz, float* dk,
                           float* dv, float* da, float* db, float* ds0, float* scratch);

@@ -30,8 +30,12 @@ LowRankAdapter::LowRankAdapter(const ModelView& model, at::Tensor a, at::Tensor 
 
 at::Tensor LowRankAdapter::forward(const at::Tensor& x, const FrozenLinear& base) {
   const at::Tensor dropped = dropout_ > 0 && model_.training() ? at::dropout(x, dropout_, true) : x;
-  const at::Tensor low_rank = at::linear(at::linear(dropped, a_.to(x.scalar_type())), b_.to(x.scalar_type()));
-  return base.forward(x) + low_rank * scale_;
+  const at::Tensor down = at::linear(dropped, a_.to(x.scalar_type()));
+  const at::Tensor out = base.forward(x);
+  // The scale goes into the small B and the sum into the up-projection's GEMM (beta = 1): no
+  // elementwise pass over the [tokens, out] activations, forward or backward.
+  const at::Tensor up = (b_ * scale_).to(x.scalar_type());
+  return at::addmm(out.reshape({-1, out.size(-1)}), down.reshape({-1, down.size(-1)}), up.t()).view(out.sizes());
 }
 
 void add_to_weight(at::Tensor& weight, const at::Tensor& delta) {

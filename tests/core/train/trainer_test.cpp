@@ -97,6 +97,41 @@ TEST_F(TrainerTest, TheChunkedKernelIsRefusedOffTheGpuNamingTheKey) {
   EXPECT_NE(result.output.find("CUDA"), std::string::npos) << result.output;
 }
 
+// GPU only: a step replayed from its CUDA graph computes what the eager step computes. LoRA on
+// every site plus state tuning, checkpointed blocks, two micro-batches per step, bf16.
+TEST_F(TrainerTest, CudaGraphStepsTrainLikeEagerStepsOnTheGpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  const std::string methods = "[peft]\nmethod = [\"state\", \"lora\"]\n[peft.lora]\nr = 4\nalpha = 8\n";
+  const std::string train = "grad_cp = true\naccumulate_grad_batches = 2\n";
+  auto train_with = [&](const std::string& graphs) {
+    testing::remove_tree(dir_ / "out");
+    auto result = run_command(peftkit_command("train " + recipe(methods, train).string() +
+                                              " --set run.device=cuda --set train.precision=bf16 --set train.cuda_graphs=" + graphs));
+    EXPECT_EQ(result.exit_code, 0) << result.output;
+    return std::make_pair(metrics(), result.output);
+  };
+  const auto [graphed, graphed_output] = train_with("true");
+  const auto [eager, eager_output] = train_with("false");
+  ASSERT_EQ(graphed.size(), 12u);
+  ASSERT_EQ(eager.size(), 12u);
+  for (size_t i = 0; i < graphed.size(); ++i) {
+    // Step 1's first micro-batch runs eagerly, its second is captured and replayed; then replays.
+    EXPECT_TRUE(graphed[i]["cuda_graph"].get<bool>()) << "step " << i + 1;
+    EXPECT_FALSE(eager[i]["cuda_graph"].get<bool>());
+    EXPECT_NEAR(graphed[i]["loss"].get<double>(), eager[i]["loss"].get<double>(), 1e-4) << "step " << i + 1;
+    EXPECT_NEAR(graphed[i]["grad_norm"].get<double>(), eager[i]["grad_norm"].get<double>(),
+                1e-3 * eager[i]["grad_norm"].get<double>()) << "step " << i + 1;
+  }
+  EXPECT_NE(graphed_output.find("micro-steps replayed as CUDA graphs"), std::string::npos) << graphed_output;
+  // Dropout would repeat its mask in a replay: graphs switch themselves off.
+  testing::remove_tree(dir_ / "out");
+  auto dropout = run_command(peftkit_command("train " + recipe(methods + "dropout = 0.1\n", train).string() +
+                                             " --set run.device=cuda"));
+  ASSERT_EQ(dropout.exit_code, 0) << dropout.output;
+  for (const auto& line : metrics()) EXPECT_FALSE(line["cuda_graph"].get<bool>());
+  EXPECT_NE(dropout.output.find("CUDA graphs off: the step draws random numbers"), std::string::npos) << dropout.output;
+}
+
 TEST_F(TrainerTest, InterruptedRunResumesExactly) {
   ASSERT_EQ(run_command(peftkit_command("train " + recipe().string())).exit_code, 0);
   const auto uninterrupted = metrics();

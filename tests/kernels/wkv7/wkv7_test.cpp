@@ -138,8 +138,9 @@ TEST(Wkv7Cpu, TensorOpReferenceAgreesWithTheKernelIncludingGradients) {
 // GPU machine only: the CUDA kernels against the CPU kernel in float64 from the same inputs
 // (rounded to the kernel's input dtype first): outputs, final state and every gradient including
 // dh0, with a weighted loss on y and the final state (so ds_final flows in). Shapes cover T not a
-// multiple of 16, B*H from 1 to 512, T up to 16384, an initial state shared by the batch; outputs
-// are poisoned with NaN first (an unwritten element fails), and a second run must be bit-identical.
+// multiple of 16, B*H from 1 to 512, T up to 16384, both row splits of the passes over time, an
+// initial state shared by the batch; outputs are poisoned with NaN first (an unwritten element
+// fails), and a second run must be bit-identical.
 TEST(Wkv7Cuda, MatchesTheFloat64CpuKernelIncludingGradients) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   struct Case {
@@ -153,7 +154,10 @@ TEST(Wkv7Cuda, MatchesTheFloat64CpuKernelIncludingGradients) {
                         {3, 100, 2, 32, at::kBFloat16, 2e-3},  {1, 300, 1, 128, at::kFloat, 1e-5},
                         {1, 257, 2, 128, at::kBFloat16, 2e-3}, {4, 17, 4, 16, at::kBFloat16, 2e-3},
                         {8, 33, 64, 64, at::kBFloat16, 2e-3},  {4, 70, 3, 64, at::kBFloat16, 2e-3, true},
-                        {1, 16384, 1, 64, at::kBFloat16, 2e-3}, {1, 16383, 1, 64, at::kFloat, 1e-5}};
+                        {1, 16384, 1, 64, at::kBFloat16, 2e-3}, {1, 16383, 1, 64, at::kFloat, 1e-5},
+                        // Enough heads that the passes over time keep a (batch, head) in one block
+                        // (two rows per thread) on a GPU of up to 160 SMs; fewer split its rows.
+                        {3, 50, 30, 64, at::kFloat, 1e-5},     {2, 40, 40, 128, at::kFloat, 1e-5}};
   wkv7_poison_outputs_for_testing(true);
   for (const auto& c : cases) {
     Inputs in = random_inputs(c.B, c.T, c.H, c.N, c.dtype, 21 + c.T);
