@@ -92,10 +92,10 @@ std::string tensor_text(const at::Tensor& t) {
   return std::string(reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>()), bytes.numel());
 }
 
-// A view of a dataset restricted to some of its indices (the train or eval part of a split).
 // The positions of a host batch that count in the loss.
 int64_t counted_targets(const at::Tensor& targets) { return (targets != kIgnoreIndex).sum().item<int64_t>(); }
 
+// A view of a dataset restricted to some of its indices (the train or eval part of a split).
 struct IndexRange {
   int64_t begin = 0, end = 0;
   int64_t size() const { return end - begin; }
