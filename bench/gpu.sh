@@ -6,7 +6,7 @@
 # check    kernels_test's GPU parts (WKV7 and every fused op vs float64, gradients, determinism)
 # kernels  WKV7 forward and forward + backward at the milestone's shapes (bench/wkv7_bench)
 # train    peftkit train, 0.1B geometry, ctx 1024 (every method) and 4096 (state, LoRA), micro_bsz 1
-#          and 8 (train_gpu.sh)
+#          and 8, and ctx 16384 in segments of 4096 (train_gpu.sh)
 # mfu      LoRA r32 on the 1.5B geometry, ctx 1024, micro_bsz 8, and its model FLOPs utilisation:
 #          tokens/s x (4 x matmul parameters + WKV flops per token) / the measured bf16 matmul rate
 set -euo pipefail
@@ -31,6 +31,8 @@ for part in $parts; do
       "$here/train_gpu.sh" "$build" 0.1b "state lora pissa miss full" none "1 8" 1024 8
       echo "## peftkit train, 0.1B, ctx 4096"
       "$here/train_gpu.sh" "$build" 0.1b "state lora" none "1 8" 4096 6
+      echo "## peftkit train, 0.1B, ctx 16384 in segments of 4096 (chunk_ctx)"
+      CHUNK_CTX=4096 "$here/train_gpu.sh" "$build" 0.1b "state lora" none 1 16384 4
       ;;
     mfu)
       echo "## MFU, LoRA r32, 1.5B, ctx 1024, micro_bsz 8"

@@ -4,9 +4,10 @@
 #   e.g. bench/train_gpu.sh build-gpu "0.1b" "full state lora pissa miss" "none" "1 8" 1024 6
 # SIZES: peftkit init-model --size values; METHODS: full (no PEFT), state, lora (r 32 alpha 32, or
 # r 64 when LORA_R=64), pissa (r 32), miss (r 64, balance); BASES: none, int8, nf4. Random tokens,
-# bf16, grad_cp on, CUDA graphs on unless CUDA_GRAPHS=false. Reports tokens/s and step time (median over the steps after the first two),
-# the CUDA allocator's peak, the peak of nvidia-smi's memory.used sampled every 100 ms, and the
-# time from starting the command to the first optimizer step's metrics line.
+# bf16, grad_cp on, CUDA graphs on unless CUDA_GRAPHS=false, segments of CHUNK_CTX tokens when set
+# (the ctx column then reads CTX/CHUNK_CTX). Reports tokens/s and step time (median over the steps
+# after the first two), the CUDA allocator's peak, the peak of nvidia-smi's memory.used sampled
+# every 100 ms, and the time from starting the command to the first optimizer step's metrics line.
 set -euo pipefail
 build=$1 sizes=$2 methods=$3 bases=$4 batches=$5 ctx=$6 steps=$7
 peftkit="$build/bin/peftkit"
@@ -38,7 +39,7 @@ for size in $sizes; do
           esac
           printf '[quant]\nmethod = "%s"\n' "$base"
           printf '[train]\nctx_len = %s\nmicro_bsz = %s\nepoch_steps = %s\nepoch_count = 1\nepoch_save = 0\n' "$ctx" "$bsz" "$steps"
-          printf 'lr_init = 1e-5\nlr_final = 1e-5\nprecision = "bf16"\ngrad_cp = true\ncuda_graphs = %s\n[output]\ndir = "%s"\n' "${CUDA_GRAPHS:-true}" "$run/out"
+          printf 'lr_init = 1e-5\nlr_final = 1e-5\nprecision = "bf16"\ngrad_cp = true\ncuda_graphs = %s\nchunk_ctx = %s\n[output]\ndir = "%s"\n' "${CUDA_GRAPHS:-true}" "${CHUNK_CTX:-0}" "$run/out"
         } >"$run/recipe.toml"
         nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$run/smi.log" &
         sampler=$!
@@ -53,7 +54,7 @@ for size in $sizes; do
         wait $trainer || { cat "$run/train.log"; kill $sampler; exit 1; }
         kill $sampler
         [[ -n $first ]] || first=$(date +%s.%N)
-        python3 - "$run" "$size" "$method" "$base" "$bsz" "$ctx" "$start" "$first" <<'PY'
+        python3 - "$run" "$size" "$method" "$base" "$bsz" "$ctx${CHUNK_CTX:+/$CHUNK_CTX}" "$start" "$first" <<'PY'
 import json, statistics, sys
 run, size, method, base, bsz, ctx, start, first = sys.argv[1:]
 lines = [json.loads(l) for l in open(f"{run}/out/metrics.jsonl")]

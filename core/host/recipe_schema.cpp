@@ -51,6 +51,11 @@ OptionSchema train_schema() {
   constexpr int64_t kMaxInt = std::numeric_limits<int32_t>::max();
   return OptionSchema()
       .add_int("ctx_len", 1024, "tokens per training sample", 1, 1 << 20)
+      .add_int("chunk_ctx", 0,
+               "train samples longer than this in segments of this many tokens that carry the state, with "
+               "the exact gradient through it and one segment's activations in memory (RWKV-PEFT "
+               "--train_type infctx --chunk_ctx, which cuts the gradient at segment boundaries); 0: off",
+               0, 1 << 20)
       .add_int("micro_bsz", 12, "samples per micro-batch", 1, 1 << 16)
       .add_int("epoch_steps", 1000, "optimizer steps per epoch", 1, kMaxInt)
       .add_int("epoch_count", 500, "number of epochs", 1, kMaxInt)

@@ -17,16 +17,28 @@
 
 namespace peftkit {
 
+// The loss of a piece of a longer batch (a segment of its positions) scaled as part of the whole:
+// the cross-entropy sum divided by the whole's counted targets, L2Wrap by the whole's positions,
+// so that the pieces' losses and gradients add up to the whole's.
+struct WholeBatch {
+  at::Tensor counted;  // 0-dim int64 on the device: the whole's targets that count
+  int64_t positions;   // B * T of the whole
+};
+// A batch's WholeBatch (targets [B, T], moved to `device`).
+WholeBatch whole_batch(const at::Tensor& targets, const at::Device& device);
+
 // Returns the loss, a 0-dim fp32 tensor with autograd to `logits`; with no target that counts (all
 // ignored) the loss is 0 and only L2Wrap acts. Nothing here waits for the device (no host copies),
-// so the loss and its backward can be captured in a CUDA graph.
-at::Tensor cross_entropy_l2wrap(const at::Tensor& logits, const at::Tensor& targets);
+// so the loss and its backward can be captured in a CUDA graph. `whole`: the batch these logits
+// are a piece of (null: they are the whole batch).
+at::Tensor cross_entropy_l2wrap(const at::Tensor& logits, const at::Tensor& targets,
+                                const WholeBatch* whole = nullptr);
 
 // The same loss of logits = hidden head_weightᵀ, fused with the head: the [B, T, V] logits never
 // exist, only one chunk of rows at a time, recomputed in the backward. hidden [B, T, C] and
 // head_weight [V, C] (same dtype) get gradients when they require them.
-at::Tensor head_cross_entropy_l2wrap(const at::Tensor& hidden, const at::Tensor& head_weight,
-                                                         const at::Tensor& targets);
+at::Tensor head_cross_entropy_l2wrap(const at::Tensor& hidden, const at::Tensor& head_weight, const at::Tensor& targets,
+                                     const WholeBatch* whole = nullptr);
 
 inline constexpr double kL2WrapFactor = 1e-4;
 

@@ -5,6 +5,7 @@
 #include <ATen/core/grad_mode.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -33,6 +34,7 @@
 #include "peftkit/log.hpp"
 #include "peftkit/tensor_io.hpp"
 #include "tokenizer/world_tokenizer.hpp"
+#include "cuda_place_of.hpp"
 #include "train/graphed_step.hpp"
 #include "train/loss.hpp"
 #include "train/optimizer.hpp"
@@ -129,7 +131,7 @@ struct Trainer::Impl {
   std::unique_ptr<Adam> adam;
   ScheduleSettings schedule;
 
-  int64_t ctx_len = 0, micro_bsz = 0, accumulate = 0, epoch_steps = 0, epoch_count = 0, epoch_begin = 0,
+  int64_t ctx_len = 0, chunk_ctx = 0, micro_bsz = 0, accumulate = 0, epoch_steps = 0, epoch_count = 0, epoch_begin = 0,
           epoch_save = 0, keep_checkpoints = 0, max_bad_steps = 0, eval_every = 0;
   uint64_t seed = 0;
   double grad_clip = 0;
@@ -157,8 +159,21 @@ struct Trainer::Impl {
   std::pair<at::Tensor, at::Tensor> batch(int64_t epoch, int64_t first_slot, int64_t count, const Dataset& data,
                                           const IndexRange& range, bool ordered);
   double evaluate();
-  // Cross-entropy + L2Wrap, fused with the head unless the head is quantized.
-  at::Tensor loss_of(const at::Tensor& inputs, const at::Tensor& targets);
+  // Cross-entropy + L2Wrap, fused with the head unless the head is quantized; from `state` (null:
+  // the initial state), which the forward advances; scaled as a piece of `whole` when given.
+  at::Tensor loss_of(const at::Tensor& inputs, const at::Tensor& targets, Rwkv7State* state = nullptr,
+                     const WholeBatch* whole = nullptr);
+  // Forward and backward of one micro-batch (the loss divided by `accumulate` for the backward);
+  // returns its loss. Longer than chunk_ctx: through segments that carry the state.
+  at::Tensor micro_step(const at::Tensor& inputs, const at::Tensor& targets);
+  at::Tensor segmented_micro_step(const at::Tensor& inputs, const at::Tensor& targets);
+  // The segment k of a [B, T] batch.
+  at::Tensor segment(const at::Tensor& x, int64_t k) const {
+    return chunk_ctx > 0 ? x.slice(1, k * chunk_ctx, std::min(x.size(1), (k + 1) * chunk_ctx)) : x;
+  }
+  int64_t segments(const at::Tensor& x) const {
+    return chunk_ctx > 0 ? (x.size(1) + chunk_ctx - 1) / chunk_ctx : 1;
+  }
   std::string fingerprint() const;
   int run();
 };
@@ -171,6 +186,7 @@ int Trainer::run() { return impl_->run(); }
 void Trainer::Impl::setup() {
   const Options& train = recipe.train;
   ctx_len = train.get_int("ctx_len");
+  chunk_ctx = train.get_int("chunk_ctx");
   micro_bsz = train.get_int("micro_bsz");
   accumulate = train.get_int("accumulate_grad_batches");
   epoch_steps = train.get_int("epoch_steps");
@@ -349,10 +365,87 @@ std::pair<at::Tensor, at::Tensor> Trainer::Impl::batch(int64_t epoch, int64_t fi
   return {at::tensor(inputs).view({count, length}), at::tensor(targets).view({count, length})};
 }
 
-at::Tensor Trainer::Impl::loss_of(const at::Tensor& inputs, const at::Tensor& targets) {
+at::Tensor Trainer::Impl::loss_of(const at::Tensor& inputs, const at::Tensor& targets, Rwkv7State* state,
+                                  const WholeBatch* whole) {
   const at::Tensor head = model->trainable_head_weight();
-  if (!head.defined()) return cross_entropy_l2wrap(model->forward(inputs), targets);
-  return head_cross_entropy_l2wrap(model->forward_hidden(inputs), head, targets);
+  if (!head.defined()) return cross_entropy_l2wrap(model->forward(inputs, state), targets, whole);
+  return head_cross_entropy_l2wrap(model->forward_hidden(inputs, state), head, targets, whole);
+}
+
+at::Tensor Trainer::Impl::micro_step(const at::Tensor& inputs, const at::Tensor& targets) {
+  if (segments(inputs) > 1) return segmented_micro_step(inputs, targets);
+  const at::Tensor loss = loss_of(inputs, targets);
+  (loss / static_cast<double>(accumulate)).backward();
+  return loss.detach();
+}
+
+namespace {
+
+// The tensors of a state, in a fixed order.
+std::vector<at::Tensor*> state_tensors(Rwkv7State& state) {
+  std::vector<at::Tensor*> out;
+  for (auto* kind : {&state.att_shift, &state.wkv, &state.ffn_shift})
+    for (auto& t : *kind) out.push_back(&t);
+  return out;
+}
+
+}  // namespace
+
+// Exact backpropagation through a sample longer than chunk_ctx, with the activations of one
+// segment at a time: a pass without autograd keeps only the state entering each segment; then,
+// last segment first, each segment runs again with autograd from its entry state, and its backward
+// takes the gradient of its exit state from the segment after it (the kernels' final-state
+// gradient) and hands its entry state's gradient to the segment before. The pieces' losses are
+// scaled as parts of the whole batch, so loss and gradients are those of the unsegmented batch.
+// (RWKV-PEFT's infctx cuts the gradient at every segment boundary.)
+at::Tensor Trainer::Impl::segmented_micro_step(const at::Tensor& inputs, const at::Tensor& targets) {
+  const int64_t count = segments(inputs);
+  const WholeBatch whole = whole_batch(targets, device);
+  // The second pass must draw the random numbers (dropout) of the first; a graph capture cannot
+  // read the generator, and the trainer captures only steps that draw none.
+  at::Generator generator = at::globalContext().defaultGenerator(device);
+  const bool replay_rng = !kernels::cuda::capturing_graph(whole.counted);
+  std::vector<Rwkv7State> entries(static_cast<size_t>(count));
+  std::vector<at::Tensor> rng(static_cast<size_t>(count));
+  {
+    at::NoGradGuard no_grad;
+    Rwkv7State state = model->initial_state(inputs.size(0));
+    for (int64_t k = 0; k < count; ++k) {
+      entries[k] = state;  // the forward replaces the state's tensors, never writes into them
+      if (replay_rng) rng[k] = generator.get_state();
+      if (k + 1 < count) model->forward_hidden(segment(inputs, k), &state);
+    }
+  }
+  at::Tensor total = at::zeros({}, whole.counted.options().dtype(at::kFloat));
+  at::Tensor rng_after;
+  std::vector<at::Tensor> exit_grads;  // of the state leaving segment k, from segment k + 1
+  for (int64_t k = count - 1; k >= 0; --k) {
+    if (replay_rng) generator.set_state(rng[k]);
+    Rwkv7State state = model->initial_state(inputs.size(0));
+    std::vector<at::Tensor> entry_leaves;
+    if (k > 0) {
+      state = entries[k];
+      for (at::Tensor* t : state_tensors(state)) {
+        *t = t->detach().requires_grad_(true);
+        entry_leaves.push_back(*t);
+      }
+    }
+    const at::Tensor loss = loss_of(segment(inputs, k), segment(targets, k), &state, &whole);
+    if (k == count - 1 && replay_rng) rng_after = generator.get_state();
+    std::vector<at::Tensor> roots{loss / static_cast<double>(accumulate)}, root_grads{at::ones_like(loss)};
+    const std::vector<at::Tensor*> exits = state_tensors(state);
+    for (size_t i = 0; i < exit_grads.size(); ++i)
+      if (exit_grads[i].defined() && exits[i]->requires_grad()) {
+        roots.push_back(*exits[i]);
+        root_grads.push_back(exit_grads[i]);
+      }
+    torch::autograd::backward(roots, root_grads);
+    exit_grads.clear();
+    for (const at::Tensor& leaf : entry_leaves) exit_grads.push_back(leaf.grad());
+    total += loss.detach();
+  }
+  if (replay_rng) generator.set_state(rng_after);
+  return total;
 }
 
 double Trainer::Impl::evaluate() {
@@ -363,7 +456,13 @@ double Trainer::Impl::evaluate() {
   for (int64_t first = 0; first < eval_range.size(); first += micro_bsz) {
     auto [inputs, targets] = batch(0, first, std::min(micro_bsz, eval_range.size() - first), *eval_dataset, eval_range, true);
     const int64_t tokens = counted_targets(targets);
-    loss_sum += loss_of(inputs, targets).item<double>() * static_cast<double>(tokens);
+    // Long samples: through segments that carry the state, as in training.
+    const WholeBatch whole = whole_batch(targets, device);
+    Rwkv7State state = model->initial_state(inputs.size(0));
+    at::Tensor loss = at::zeros({}, at::kFloat);
+    for (int64_t k = 0; k < segments(inputs); ++k)
+      loss += loss_of(segment(inputs, k), segment(targets, k), &state, &whole).cpu();
+    loss_sum += loss.item<double>() * static_cast<double>(tokens);
     count += tokens;
   }
   model->set_training(true);
@@ -475,11 +574,7 @@ int Trainer::Impl::run() {
   std::optional<c10::cuda::CUDAStreamGuard> side_stream;
   if (device.is_cuda()) side_stream.emplace(c10::cuda::getStreamFromPool(false, device.index()));
   GraphedStep graphed_step(
-      [&](const at::Tensor& inputs, const at::Tensor& targets) {
-        const at::Tensor loss = loss_of(inputs, targets);
-        (loss / static_cast<double>(accumulate)).backward();
-        return loss.detach();
-      },
+      [&](const at::Tensor& inputs, const at::Tensor& targets) { return micro_step(inputs, targets); },
       device, recipe.train.get_bool("cuda_graphs"));
   const auto started = Clock::now();
   const int64_t first_step = step;

@@ -53,6 +53,33 @@ TEST(CrossEntropyL2Wrap, MatchesPyTorchCrossEntropyOnLargerInputs) {
   EXPECT_TRUE(at::allclose(logits.grad().view({-1, 50}), reference.grad().view({-1, 50}) + wrap, 1e-5, 1e-7));
 }
 
+TEST(CrossEntropyL2Wrap, PiecesOfABatchAddUpToTheWholeLossAndGradient) {
+  // Segments along time, each scaled as part of the whole (as the trainer's chunk_ctx uses them).
+  at::manual_seed(3);
+  const at::Tensor logits0 = 3 * at::randn({2, 300, 50}, at::kDouble);
+  const at::Tensor head = at::eye(50, at::kDouble);  // the fused head with identity weights
+  at::Tensor targets = at::randint(50, {2, 300});
+  targets.slice(1, 100, 130).fill_(-100);
+  for (bool fused : {false, true}) {
+    auto loss_of = [&](const at::Tensor& x, const at::Tensor& t, const WholeBatch* whole) {
+      return fused ? head_cross_entropy_l2wrap(x, head, t, whole) : cross_entropy_l2wrap(x, t, whole);
+    };
+    at::Tensor all = logits0.clone().requires_grad_(true);
+    at::Tensor whole_loss = loss_of(all, targets, nullptr);
+    (whole_loss * 2).backward();
+    at::Tensor pieces = logits0.clone().requires_grad_(true);
+    const WholeBatch whole = whole_batch(targets, at::kCPU);
+    at::Tensor sum = at::zeros({}, at::kFloat);
+    for (auto [begin, end] : {std::pair<int64_t, int64_t>{0, 120}, {120, 257}, {257, 300}}) {
+      at::Tensor piece = loss_of(pieces.slice(1, begin, end), targets.slice(1, begin, end), &whole);
+      (piece * 2).backward();
+      sum += piece.detach();
+    }
+    EXPECT_NEAR(sum.item<double>(), whole_loss.item<double>(), 1e-6 * whole_loss.item<double>()) << fused;
+    EXPECT_TRUE(at::allclose(pieces.grad(), all.grad(), 1e-6, 1e-9)) << fused;
+  }
+}
+
 TEST(CrossEntropyL2Wrap, GradientKeepsTheLogitsDtype) {
   at::Tensor logits = at::randn({1, 4, 8}).to(at::kBFloat16).requires_grad_(true);
   at::Tensor loss = cross_entropy_l2wrap(logits, at::randint(8, {1, 4}));
