@@ -162,6 +162,30 @@ TEST_F(TrainerTest, ChunkedContextTrainsLikeTheWholeContext) {
   EXPECT_TRUE(whole.back().contains("eval_loss"));
 }
 
+// GPU only: chunk_ctx on the CUDA kernels (final-state gradient in, initial-state gradient out)
+// inside captured steps, against the unsegmented batch; fp32 (TF32 off), state tuning + LoRA.
+TEST_F(TrainerTest, ChunkedContextOnTheGpuTrainsLikeTheWholeContext) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  const std::string methods = "[peft]\nmethod = [\"state\", \"lora\"]\n[peft.lora]\nr = 4\nalpha = 8\n";
+  auto train_with = [&](const std::string& chunk) {
+    testing::remove_tree(dir_ / "out");
+    auto result = run_command(peftkit_command("train " + recipe(methods, "grad_cp = true\n").string() +
+                                              " --set run.device=cuda --set train.chunk_ctx=" + chunk));
+    EXPECT_EQ(result.exit_code, 0) << result.output;
+    return metrics();
+  };
+  const auto whole = train_with("0");
+  const auto segmented = train_with("12");
+  ASSERT_EQ(whole.size(), 12u);
+  ASSERT_EQ(segmented.size(), 12u);
+  for (size_t i = 0; i < whole.size(); ++i) {
+    const double loss = whole[i]["loss"].get<double>(), norm = whole[i]["grad_norm"].get<double>();
+    EXPECT_NEAR(segmented[i]["loss"].get<double>(), loss, 1e-5 * loss) << "step " << i + 1;
+    EXPECT_NEAR(segmented[i]["grad_norm"].get<double>(), norm, 1e-4 * norm) << "step " << i + 1;
+    EXPECT_EQ(segmented[i]["cuda_graph"].get<bool>(), i >= 1) << "step " << i + 1;
+  }
+}
+
 TEST_F(TrainerTest, InterruptedRunResumesExactly) {
   ASSERT_EQ(run_command(peftkit_command("train " + recipe().string())).exit_code, 0);
   const auto uninterrupted = metrics();
