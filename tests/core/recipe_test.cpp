@@ -1,6 +1,10 @@
 #include "host/recipe.hpp"
 
+#include <ATen/Context.h>
 #include <gtest/gtest.h>
+
+#include "host/device.hpp"
+#include "peftkit/error.hpp"
 
 #include "test_util.hpp"
 
@@ -230,6 +234,29 @@ TEST_F(RecipeTest, ShowPrintsEveryKeyWithItsOriginAndReadsBack) {
 TEST(ClosestMatch, SuggestsOnlyLikelyTypos) {
   EXPECT_EQ(closest_match("micro_bs", {"ctx_len", "micro_bsz"}), "micro_bsz");
   EXPECT_EQ(closest_match("zzzz", {"ctx_len", "micro_bsz"}), "");
+}
+
+// [run] device as training resolves it: always an explicit index (per-device CUDA calls refuse
+// index -1), or an error saying why not.
+TEST(ResolveDevice, GivesAnIndexedDeviceOrSaysWhyNot) {
+  auto error_of = [](const std::string& name) {
+    try {
+      resolve_device(name);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_EQ(resolve_device("cpu"), c10::Device(c10::kCPU));
+  if (!at::hasCUDA()) {
+    EXPECT_EQ(resolve_device("auto"), c10::Device(c10::kCPU));
+    EXPECT_EQ(error_of("cuda"), "cuda: no CUDA device is available on this machine");
+    return;
+  }
+  EXPECT_EQ(resolve_device("auto"), c10::Device(c10::kCUDA, 0));
+  EXPECT_EQ(resolve_device("cuda"), c10::Device(c10::kCUDA, 0));
+  const std::string beyond = "cuda:" + std::to_string(at::getNumGPUs());
+  EXPECT_NE(error_of(beyond).find(beyond + ": this machine has"), std::string::npos) << error_of(beyond);
 }
 
 }  // namespace
