@@ -20,17 +20,14 @@ GraphedStep::~GraphedStep() = default;
 
 void GraphedStep::disable(const std::string& reason) {
   enabled_ = false;
-  disabled_reason_ = reason;
   graphs_.clear();
   log::info("CUDA graphs off: " + reason + "; training steps run eagerly");
 }
 
-// Host tensors as they are: the model and the loss move them, and the model checks the token ids
-// on the host without waiting for the device.
-at::Tensor GraphedStep::eager(const at::Tensor& inputs, const at::Tensor& targets) { return body_(inputs, targets); }
-
+// Eager steps get the host tensors as they are: the model and the loss move them, and the model
+// checks the token ids on the host without waiting for the device.
 at::Tensor GraphedStep::run(const at::Tensor& inputs, const at::Tensor& targets) {
-  if (!enabled_) return eager(inputs, targets);
+  if (!enabled_) return body_(inputs, targets);
   const std::vector<int64_t> shape = inputs.sizes().vec();
   if (auto it = graphs_.find(shape); it != graphs_.end()) {
     Captured& c = *it->second;
@@ -44,7 +41,7 @@ at::Tensor GraphedStep::run(const at::Tensor& inputs, const at::Tensor& targets)
     // Dropout draws from the CUDA generator: its offset moves.
     at::Generator generator = at::globalContext().defaultGenerator(device_);
     const uint64_t offset = generator.get_offset();
-    at::Tensor loss = eager(inputs, targets);
+    at::Tensor loss = body_(inputs, targets);
     if (generator.get_offset() != offset) disable("the step draws random numbers (dropout), which a graph would repeat");
     seen_.insert(shape);
     return loss;
@@ -71,7 +68,7 @@ at::Tensor GraphedStep::run(const at::Tensor& inputs, const at::Tensor& targets)
   } catch (const std::exception& e) {
     // Nothing ran while capturing (the gradients are untouched): run this step eagerly.
     disable(std::string("capturing the training step failed (") + e.what() + ")");
-    return eager(inputs, targets);
+    return body_(inputs, targets);
   }
   c->graph.replay();
   ++replays_;

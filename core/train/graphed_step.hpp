@@ -38,20 +38,16 @@ class GraphedStep {
   ~GraphedStep();
 
   at::Tensor run(const at::Tensor& inputs, const at::Tensor& targets);
-  // Whether steps are still graphed, and why not once they are not.
-  bool enabled() const { return enabled_; }
-  const std::string& disabled_reason() const { return disabled_reason_; }
+  // Micro-steps replayed so far.
   int64_t replays() const { return replays_; }
 
  private:
   struct Captured;
-  at::Tensor eager(const at::Tensor& inputs, const at::Tensor& targets);
   void disable(const std::string& reason);
 
   Body body_;
   at::Device device_;
   bool enabled_;
-  std::string disabled_reason_;
   std::set<std::vector<int64_t>> seen_;
   std::map<std::vector<int64_t>, std::unique_ptr<Captured>> graphs_;
   int64_t replays_ = 0;

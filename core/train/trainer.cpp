@@ -421,10 +421,10 @@ at::Tensor Trainer::Impl::segmented_micro_step(const at::Tensor& inputs, const a
   std::vector<at::Tensor> exit_grads;  // of the state leaving segment k, from segment k + 1
   for (int64_t k = count - 1; k >= 0; --k) {
     if (replay_rng) generator.set_state(rng[k]);
-    Rwkv7State state = model->initial_state(inputs.size(0));
+    // Segment 0 starts from the initial state itself (with autograd to a trained one).
+    Rwkv7State state = k == 0 ? model->initial_state(inputs.size(0)) : entries[k];
     std::vector<at::Tensor> entry_leaves;
     if (k > 0) {
-      state = entries[k];
       for (at::Tensor* t : state_tensors(state)) {
         *t = t->detach().requires_grad_(true);
         entry_leaves.push_back(*t);
