@@ -213,11 +213,12 @@ CudaForward cuda_forward(const at::Tensor& r, const at::Tensor& z, const at::Ten
     f.chunk_states = output({shape.B * shape.H, cuda::wkv7_chunks(shape), shape.N, shape.N}, f32);
     f.sa = output(f.r.sizes(), f32);
   }
+  at::Tensor scratch = at::empty({cuda::wkv7_forward_scratch_floats(cuda_type(f.r), shape)}, f32);
   check_cuda(cuda::wkv7_forward(cuda::place_of(r), cuda_type(f.r), shape, f.r.data_ptr(), f.z.data_ptr(),
                                 f.k.data_ptr(), f.v.data_ptr(), f.a.data_ptr(), f.b.data_ptr(),
                                 initial.data_ptr<float>(), f.y.data_ptr(), f.s_final.data_ptr<float>(),
                                 for_backward ? f.chunk_states.data_ptr<float>() : nullptr,
-                                for_backward ? f.sa.data_ptr<float>() : nullptr));
+                                for_backward ? f.sa.data_ptr<float>() : nullptr, scratch.data_ptr<float>()));
   return f;
 }
 #endif

@@ -1,15 +1,21 @@
 // wkv7_cuda.hpp: the WKV7 recurrence on CUDA, on raw device pointers (no LibTorch here), run on
 // `place`'s stream.
 //
-// The chunked design (chunk = kWkv7Chunk steps), all arithmetic in fp32:
-//   forward   one pass over time per (batch, head), each state row split over N/16 threads (a
-//             thread holds two rows from N = 64); writes y, the state entering every chunk, and
-//             sa_t = S_{t-1} a_t (needed by the backward).
-//   backward  (1) one reverse pass per (batch, head) for the state gradient alone (it needs no
-//             state): dS entering every chunk from the end, dsa_t = dS_t b_t, dv, and ds0;
-//             (2) every chunk of every head in parallel: its states recomputed from the stored
-//             chunk state (anchors every few steps in shared memory), then dr, dz, dk, da, db
-//             as column sums over the rows.
+// The chunked design (chunk = kWkv7Chunk steps):
+//   forward, bf16 inputs: (1) every chunk in parallel: the chunk's decays, step-pair matrices and
+//             the WY form of sa (W, U by forward substitution); (2) one pass over chunks per
+//             (batch, head), a warp per 16 state rows holding them in registers: sa = W S^T + U,
+//             y and the state update as TF32 tensor-core products with fp32 accumulation.
+//   forward, fp32 inputs: one pass over time per (batch, head) in fp32 on CUDA cores (a state row
+//             split over N/16 threads, two rows per thread from N = 64); TF32 would miss the fp32
+//             accuracy bound.
+//   Both write the state entering every chunk and sa_t = S_{t-1} a_t when a backward follows.
+//   backward  (1) one reverse pass over time per (batch, head) for the state gradient alone, in
+//             fp32 (it needs no state; dh0 keeps fp32 accuracy): dS entering every chunk from the
+//             end, dsa_t = dS_t b_t, dv, and ds0;
+//             (2) every chunk of every head in parallel: dr, dz, dk, da, db from the chunk's entry
+//             state and end gradient; bf16 as tensor-core products (no per-step states), fp32 by
+//             recomputing the chunk's states on CUDA cores.
 // No atomics: results are bit-identical run to run.
 //
 // Layouts: inputs [B, T, H, N] contiguous in `type` (z is the raw decay logit; the kernels apply
@@ -43,10 +49,13 @@ inline int64_t wkv7_backward_scratch_floats(const Wkv7Shape& s) {
   return wkv7_chunk_state_floats(s) + s.B * s.T * s.H * s.N;
 }
 
+// Floats of the forward's scratch: the chunked path's per-chunk tiles (bf16), else 0.
+int64_t wkv7_forward_scratch_floats(InputType type, const Wkv7Shape& s);
+
 // chunk_states and sa may be null when no backward follows (inference).
 std::string wkv7_forward(Place place, InputType type, const Wkv7Shape& shape, const void* r, const void* z,
                          const void* k, const void* v, const void* a, const void* b, const float* s0, void* y,
-                         float* s_final, float* chunk_states, float* sa);
+                         float* s_final, float* chunk_states, float* sa, float* scratch);
 
 // dy and ds_final may be null (no gradient).
 std::string wkv7_backward(Place place, InputType type, const Wkv7Shape& shape, const void* r, const void* z,

@@ -137,10 +137,11 @@ TEST(Wkv7Cpu, TensorOpReferenceAgreesWithTheKernelIncludingGradients) {
 
 // GPU machine only: the CUDA kernels against the CPU kernel in float64 from the same inputs
 // (rounded to the kernel's input dtype first): outputs, final state and every gradient including
-// dh0, with a weighted loss on y and the final state (so ds_final flows in). Shapes cover T not a
-// multiple of 16, B*H from 1 to 512, T up to 16384, both row splits of the passes over time, an
-// initial state shared by the batch; outputs are poisoned with NaN first (an unwritten element
-// fails), and a second run must be bit-identical.
+// dh0, with a weighted loss on y and the final state (so ds_final flows in). bf16 cases run the
+// chunked tensor-core paths (TF32 dots), fp32 cases the fp32 passes over time. Shapes cover T not
+// a multiple of 16 (chunk tails), every head size, B*H from 1 to 512, T up to 16384, both row
+// splits of the passes over time, an initial state shared by the batch; outputs are poisoned with
+// NaN first (an unwritten element fails), and a second run must be bit-identical.
 TEST(Wkv7Cuda, MatchesTheFloat64CpuKernelIncludingGradients) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   struct Case {
