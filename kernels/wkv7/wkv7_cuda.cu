@@ -502,9 +502,9 @@ __global__ void __launch_bounds__(ColumnSplit<N>::kThreads)
 // Inside a chunk, with Λ_t = Σ_{s≤t} log d_s per key (Λ⁻_t = Λ_{t-1}), the step's decays become
 // column scalings by e^{±Λ}, and a chunk's 16 steps become products of [16, N] tiles (rows are
 // steps), N×N states and [16, 16] step-pair matrices. |Λ| ≤ 16 · 0.61 keeps e^{±Λ} well inside
-// fp32. The dots run as TF32 with fp32 accumulation: bf16 inputs are exact in TF32, and fp32
-// intermediates (states, sa, dsa) keep two bits more than bf16; carried states are accumulated,
-// never rounded. Tails: steps past T read as zero with decay 1 and are never written.
+// fp32. The dots run as TF32 with fp32 accumulation: bf16 inputs are exact in TF32, fp32
+// intermediates (states, sa, dsa) keep three mantissa bits more than bf16, and carried states are
+// accumulated, never rounded. Tails: steps past T read as zero with decay 1 and are never written.
 namespace wmma = nvcuda::wmma;
 using TF32A = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major>;
 using TF32AT = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::col_major>;
