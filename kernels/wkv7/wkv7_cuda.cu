@@ -39,6 +39,12 @@ struct HeadIndex {
   __device__ int64_t at(int64_t t) const { return base + t * stride; }
 };
 
+__device__ inline int64_t chunk_count(const Wkv7Shape& s) { return (s.T + kChunk - 1) / kChunk; }
+// Steps of the chunk starting at t0 (the last one may be short).
+__device__ inline int chunk_steps(const Wkv7Shape& s, int64_t t0) {
+  return static_cast<int>(s.T - t0 < kChunk ? s.T - t0 : kChunk);
+}
+
 // A tile holds `Vectors` per-step vectors for the kChunk steps of one chunk, as floats in shared
 // memory: tile[(vector * kChunk + step) * N + n]; steps past T read as zero. A Read functor gives
 // the raw value of a vector's element (`load`) and what the tile keeps of it (`finish`, e.g. the
@@ -153,7 +159,7 @@ __global__ void __launch_bounds__(RowSplit<N, Blocks>::kThreads)
   float* y_tile = tile + kForwardVectors * kChunk * N;
   float* sa_tile = y_tile + kChunk * N;
   const int tid = threadIdx.x, i = tid / Split::P, p = tid % Split::P, g = blockIdx.x % Blocks;
-  const int64_t bh = blockIdx.x / Blocks, chunks = (s.T + kChunk - 1) / kChunk;
+  const int64_t bh = blockIdx.x / Blocks, chunks = chunk_count(s);
   const HeadIndex head(s, bh);
   const ForwardRead<float> read{in};
 
@@ -169,7 +175,7 @@ __global__ void __launch_bounds__(RowSplit<N, Blocks>::kThreads)
   __syncthreads();
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
     const int64_t t0 = chunk * kChunk;
-    const int steps = static_cast<int>(s.T - t0 < kChunk ? s.T - t0 : kChunk);
+    const int steps = chunk_steps(s, t0);
     if (chunk + 1 < chunks) stage.fetch(read, head, t0 + kChunk, s.T, tid);
     if (chunk_states) {
 #pragma unroll
@@ -269,7 +275,7 @@ __global__ void __launch_bounds__(RowSplit<N, Blocks>::kThreads)
   float* dsa_tile = tile + kStateGradVectors * kChunk * N;
   float* dv_tile = dsa_tile + kChunk * N;
   const int tid = threadIdx.x, i = tid / Split::P, p = tid % Split::P, g = blockIdx.x % Blocks;
-  const int64_t bh = blockIdx.x / Blocks, chunks = (s.T + kChunk - 1) / kChunk;
+  const int64_t bh = blockIdx.x / Blocks, chunks = chunk_count(s);
   const HeadIndex head(s, bh);
   const StateGradRead<T> read{in, dy};
 
@@ -286,7 +292,7 @@ __global__ void __launch_bounds__(RowSplit<N, Blocks>::kThreads)
   __syncthreads();
   for (int64_t chunk = chunks - 1; chunk >= 0; --chunk) {
     const int64_t t0 = chunk * kChunk;
-    const int steps = static_cast<int>(s.T - t0 < kChunk ? s.T - t0 : kChunk);
+    const int steps = chunk_steps(s, t0);
     if (chunk > 0) stage.fetch(read, head, t0 - kChunk, s.T, tid);
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -366,9 +372,8 @@ struct ColumnSplit {
 
 enum ChunkVector { kCkR, kCkD, kCkSig, kCkK, kCkA, kCkB, kCkV, kCkDy, kCkSa, kCkDsa, kChunkVectors };
 
-template <class T>
 struct ChunkRead {
-  Inputs<T> in;
+  Inputs<float> in;
   const float *dy, *sa, *dsa;
   __device__ float load(int vector, int64_t i) const {
     switch (vector) {
@@ -405,20 +410,21 @@ __device__ inline void read_rows(const float* vector, int q, float (&out)[kSlice
   }
 }
 
-template <class T, int N>
+// fp32 inputs only (bf16 takes the tensor-core kernel below).
+template <int N>
 __global__ void __launch_bounds__(ColumnSplit<N>::kThreads)
-    chunk_grad_kernel(Wkv7Shape s, Inputs<T> in, const float* dy, const float* sa, const float* dsa,
+    chunk_grad_kernel(Wkv7Shape s, Inputs<float> in, const float* dy, const float* sa, const float* dsa,
                       const float* chunk_states, const float* chunk_grads, float* dr, float* dz, float* dk, float* da,
                       float* db) {
   using Split = ColumnSplit<N>;
   extern __shared__ float4 shared4[];
   float* tile = reinterpret_cast<float*>(shared4);
   const int tid = threadIdx.x, j = tid / Split::Q, q = tid % Split::Q;
-  const int64_t chunks = (s.T + kChunk - 1) / kChunk, bh = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
+  const int64_t chunks = chunk_count(s), bh = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
   const int64_t t0 = chunk * kChunk;
-  const int steps = static_cast<int>(s.T - t0 < kChunk ? s.T - t0 : kChunk);
+  const int steps = chunk_steps(s, t0);
   const HeadIndex head(s, bh);
-  const ChunkRead<T> read{in, dy, sa, dsa};
+  const ChunkRead read{in, dy, sa, dsa};
   {
     TileStage<N, Split::kThreads, kChunkVectors> stage;
     stage.fetch(read, head, t0, s.T, tid);
@@ -633,40 +639,51 @@ struct ForwardChunk {
 // solved here by forward substitution in fp32, one column per thread; and
 //   Y = (R e^Λ) S0^T + Mrb SA + Mrk V,  Mrb = tril((R e^Λ)(B e^-Λ)^T), Mrk = tril((R e^Λ)(K e^-Λ)^T).
 template <int N>
+struct PrepareChunk {
+  using C = ChunkTiles<N>;
+  enum Tile { kLambda, kB, kK, kV, kR, kTiles };
+  enum Pair { kMab, kMak, kMrb, kMrk, kPairs };
+  static constexpr int kRhsLd = 2 * N + 4;  // [16, 2N] after the pairs: A e^Λ⁻, then Mak V beside it
+  static constexpr size_t shared_bytes() {
+    return sizeof(float) * (kTiles * C::kTileFloats + kPairs * C::kPairFloats + kChunk * kRhsLd);
+  }
+};
+
+template <int N>
 __global__ void __launch_bounds__(ChunkTiles<N>::kThreads)
     forward_prepare_kernel(Wkv7Shape s, Inputs<__nv_bfloat16> in, float* chunk_out) {
   using C = ChunkTiles<N>;
   using F = ForwardChunk<N>;
-  enum { kLambda, kB, kK, kV, kR, kTiles };
-  enum { kMab, kMak, kMrb, kMrk, kPairs };
+  using P = PrepareChunk<N>;
   extern __shared__ __align__(32) float prepare_shared[];
   auto tile = [&](int which) { return prepare_shared + which * C::kTileFloats; };
-  auto pair = [&](int which) { return prepare_shared + kTiles * C::kTileFloats + which * C::kPairFloats; };
-  float* rhs = pair(kPairs);  // [16, 2N]: A e^Λ⁻, then Mak V beside it
-  constexpr int kRhsLd = 2 * N + 4;
+  auto pair = [&](int which) { return prepare_shared + P::kTiles * C::kTileFloats + which * C::kPairFloats; };
+  float* rhs = pair(P::kPairs);
+  constexpr int kRhsLd = P::kRhsLd;
   const int tid = threadIdx.x, warp = tid / 32;
-  const int64_t chunks = (s.T + kChunk - 1) / kChunk, bh = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
+  const int64_t chunks = chunk_count(s), bh = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
   const int64_t t0 = chunk * kChunk;
-  const int steps = static_cast<int>(s.T - t0 < kChunk ? s.T - t0 : kChunk);
+  const int steps = chunk_steps(s, t0);
   const HeadIndex head(s, bh);
   float* out = chunk_out + (bh * chunks + chunk) * F::kFloats;
 
-  const float* lambda = tile(kLambda);
-  C::log_decay(tile(kLambda), in.z, head, t0, steps);
+  const float* lambda = tile(P::kLambda);
+  C::log_decay(tile(P::kLambda), in.z, head, t0, steps);
   __syncthreads();
   C::load(head, t0, steps, lambda, C::template tile_of<Scale::kUpBefore>(rhs, in.a, kRhsLd),
-          C::template tile_of<Scale::kDown>(tile(kB), in.b), C::template tile_of<Scale::kDown>(tile(kK), in.k),
-          C::template tile_of<Scale::kNone>(tile(kV), in.v), C::template tile_of<Scale::kUp>(tile(kR), in.r));
+          C::template tile_of<Scale::kDown>(tile(P::kB), in.b), C::template tile_of<Scale::kDown>(tile(P::kK), in.k),
+          C::template tile_of<Scale::kNone>(tile(P::kV), in.v), C::template tile_of<Scale::kUp>(tile(P::kR), in.r));
   __syncthreads();
-  for (int which = warp; which < kPairs; which += C::kWarps) {
-    const bool from_a = which == kMab || which == kMak, with_b = which == kMab || which == kMrb;
-    C::step_pairs(from_a ? rhs : tile(kR), tile(with_b ? kB : kK), pair(which), from_a, from_a ? kRhsLd : C::kLd);
+  for (int which = warp; which < P::kPairs; which += C::kWarps) {
+    const bool from_a = which == P::kMab || which == P::kMak, with_b = which == P::kMab || which == P::kMrb;
+    C::step_pairs(from_a ? rhs : tile(P::kR), tile(with_b ? P::kB : P::kK), pair(which), from_a,
+                  from_a ? kRhsLd : C::kLd);
   }
   __syncthreads();
   {
     Acc16 acc;
     wmma::fill_fragment(acc, 0.0f);
-    multiply_add<16>(acc, pair(kMak), C::kPairLd, tile(kV) + 16 * warp, C::kLd);
+    multiply_add<16>(acc, pair(P::kMak), C::kPairLd, tile(P::kV) + 16 * warp, C::kLd);
     wmma::store_matrix_sync(rhs + N + 16 * warp, acc, kRhsLd, wmma::mem_row_major);
   }
   {
@@ -674,19 +691,19 @@ __global__ void __launch_bounds__(ChunkTiles<N>::kThreads)
     const float decay_end = expf(lambda[(kChunk - 1) * C::kLd + n]);  // (b e^-Λ) e^Λ_end = b e^(Λ_end-Λ)
 #pragma unroll
     for (int t = tid / N; t < kChunk; t += 2) {
-      F::tile(out, F::kBToEnd)[t * N + n] = tile(kB)[t * C::kLd + n] * decay_end;
-      F::tile(out, F::kKToEnd)[t * N + n] = tile(kK)[t * C::kLd + n] * decay_end;
-      F::tile(out, F::kRUp)[t * N + n] = tile(kR)[t * C::kLd + n];
+      F::tile(out, F::kBToEnd)[t * N + n] = tile(P::kB)[t * C::kLd + n] * decay_end;
+      F::tile(out, F::kKToEnd)[t * N + n] = tile(P::kK)[t * C::kLd + n] * decay_end;
+      F::tile(out, F::kRUp)[t * N + n] = tile(P::kR)[t * C::kLd + n];
     }
     if (tid < N) F::decay_end(out)[n] = decay_end;
   }
   for (int e = tid; e < 2 * 256; e += C::kThreads)
-    F::pair(out, e / 256)[e % 256] = pair(e < 256 ? kMrb : kMrk)[e % 256 / 16 * C::kPairLd + e % 16];
+    F::pair(out, e / 256)[e % 256] = pair(e < 256 ? P::kMrb : P::kMrk)[e % 256 / 16 * C::kPairLd + e % 16];
   __syncthreads();
   // kThreads = 2N: thread `col` solves column col of [W | U].
   const int col = tid;
   float x[kChunk];
-  const float* mab = pair(kMab);
+  const float* mab = pair(P::kMab);
 #pragma unroll
   for (int t = 0; t < kChunk; ++t) {
     x[t] = rhs[t * kRhsLd + col];
@@ -744,7 +761,7 @@ __global__ void __launch_bounds__(ChunkPass<N>::kThreads)
   extern __shared__ __align__(32) float pass_shared[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4, i0 = 16 * warp;
   float* sa_tile = pass_shared + 2 * P::kBufferFloats + warp * 16 * kSaLd;  // [t][i] of the warp's rows
-  const int64_t bh = blockIdx.x, chunks = (s.T + kChunk - 1) / kChunk;
+  const int64_t bh = blockIdx.x, chunks = chunk_count(s);
   const HeadIndex head(s, bh);
   auto buffer = [&](int64_t chunk) { return pass_shared + (chunk % 2) * P::kBufferFloats; };
   auto fetch = [&](int64_t chunk) {
@@ -768,7 +785,7 @@ __global__ void __launch_bounds__(ChunkPass<N>::kThreads)
   fetch(0);
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
     const int64_t t0 = chunk * kChunk;
-    const int steps = static_cast<int>(s.T - t0 < kChunk ? s.T - t0 : kChunk);
+    const int steps = chunk_steps(s, t0);
     if (chunk + 1 < chunks) {
       fetch(chunk + 1);
       __pipeline_wait_prior(1);
@@ -921,9 +938,9 @@ __global__ void __launch_bounds__(ChunkTiles<N>::kThreads)
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   float* products = region + K::kPairs * C::kPairFloats + warp * K::kProducts * 256;
   auto product = [&](int which) { return products + which * 256; };
-  const int64_t chunks = (s.T + kChunk - 1) / kChunk, bh = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
+  const int64_t chunks = chunk_count(s), bh = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
   const int64_t t0 = chunk * kChunk;
-  const int steps = static_cast<int>(s.T - t0 < kChunk ? s.T - t0 : kChunk);
+  const int steps = chunk_steps(s, t0);
   const HeadIndex head(s, bh);
 
   // The chunk's entry state and end gradient arrive asynchronously while the tiles load.
@@ -1059,7 +1076,7 @@ template <int N>
 std::string forward_tensor_core(Place place, const Wkv7Shape& s, const Inputs<__nv_bfloat16>& in, const float* s0,
                                 __nv_bfloat16* y, float* s_final, float* chunk_states, float* sa, float* scratch) {
   using C = ChunkTiles<N>;
-  constexpr size_t prepare_bytes = sizeof(float) * (5 * C::kTileFloats + 4 * C::kPairFloats + kChunk * (2 * N + 4));
+  constexpr size_t prepare_bytes = PrepareChunk<N>::shared_bytes();
   if (!allow_shared(forward_prepare_kernel<N>, prepare_bytes) ||
       !allow_shared(forward_chunk_pass_kernel<N>, ChunkPass<N>::shared_bytes()))
     return status("wkv7_forward shared memory");
@@ -1112,8 +1129,8 @@ std::string backward_n(Place place, const Wkv7Shape& s, const Inputs<T>& in, con
     chunk_grad_tensor_core_kernel<N><<<blocks, ChunkTiles<N>::kThreads, bytes, stream_of(place)>>>(
         s, in, dy, sa, dsa, chunk_states, chunk_grads, dr, dz, dk, da, db);
   } else {
-    if (!allow_shared(chunk_grad_kernel<T, N>, chunk_bytes)) return status("wkv7_backward shared memory");
-    chunk_grad_kernel<T, N><<<blocks, ColumnSplit<N>::kThreads, chunk_bytes, stream_of(place)>>>(
+    if (!allow_shared(chunk_grad_kernel<N>, chunk_bytes)) return status("wkv7_backward shared memory");
+    chunk_grad_kernel<N><<<blocks, ColumnSplit<N>::kThreads, chunk_bytes, stream_of(place)>>>(
         s, in, dy, sa, dsa, chunk_states, chunk_grads, dr, dz, dk, da, db);
   }
   return status("wkv7_backward chunk gradients");
