@@ -2,7 +2,7 @@
 # Installs what peftkit builds and tests with, on Debian 12 or a derivative. Idempotent, and quick
 # when everything is already there:
 #   - Debian packages: compiler, CMake, Ninja, ccache, Boost 1.74 (DLL, Program_options), toml++,
-#     spdlog, GoogleTest, nlohmann-json;
+#     spdlog, GoogleTest, nlohmann-json; Clang with libFuzzer and the sanitizers for the fuzz targets;
 #   - LibTorch from the PyPI wheel torch==$PEFTKIT_TORCH_VERSION, with NumPy and safetensors for the
 #     tests' fixtures and checks, in
 #     the project-local virtual environment .venv (no system Python changes).
@@ -16,7 +16,8 @@ packaging_version=25.0
 venv="$root/.venv"
 
 debs=(g++ cmake ninja-build ccache pkg-config libboost1.74-dev libboost-program-options1.74-dev
-      libtomlplusplus-dev libspdlog-dev libgtest-dev nlohmann-json3-dev)
+      libtomlplusplus-dev libspdlog-dev libgtest-dev nlohmann-json3-dev
+      clang libclang-rt-14-dev llvm-14)  # Clang, libFuzzer and the sanitizers' symbolizer: scripts/fuzz.sh
 
 if [[ "${PEFTKIT_SKIP_APT:-0}" != 1 ]]; then
   missing=()

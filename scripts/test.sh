@@ -4,4 +4,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$root/scripts/setup.sh"
 "$root/scripts/build.sh"
+# Every parser under libFuzzer with ASan + UBSan, seeded by the corpora the fuzz script writes
+# (PEFTKIT_FUZZ_SECONDS per target; PEFTKIT_SKIP_FUZZ=1 skips it on a machine without Clang).
+[[ "${PEFTKIT_SKIP_FUZZ:-0}" == 1 ]] || "$root/scripts/fuzz.sh"
 ctest --test-dir "${PEFTKIT_BUILD_DIR:-$root/build}" --output-on-failure -j "$(nproc)"

@@ -25,7 +25,10 @@ void add_adapter_options(po::options_description& options) {
       "lora", po::value<std::vector<std::string>>()->composing(),
       "a LoRA adapter (repeatable): HF PEFT folder or .pth; the same as --adapter")(
       "state", po::value<std::string>(), "a state file (RWKV-PEFT blocks.{i}.att.time_state layout)")(
-      "recipe", po::value<std::string>(), "the recipe the --adapter was trained with (default: its folder's recipe.toml)");
+      "recipe", po::value<std::string>(), "the recipe the --adapter was trained with (default: its folder's recipe.toml)")(
+      "state-layout", po::value<std::string>()->default_value("auto"),
+      "layout of a state file's WKV states: auto (as the file records; a .pth is RWKV-PEFT's), rwkv-peft "
+      "(value-major) or ai00 (Ai00/web-rwkv: the last two dimensions transposed)");
   add_set_option(options);
 }
 
@@ -41,8 +44,9 @@ std::vector<host::SavedAdapter> adapters_from(const po::variables_map& vm, const
   }
   const std::vector<host::Override> overrides = set_overrides(vm);
   std::vector<host::SavedAdapter> adapters;
-  for (const auto& path : paths) adapters.push_back(host::read_adapter(path, recipe, overrides, plugins));
-  if (vm.count("state")) adapters.push_back(host::read_state_adapter(vm["state"].as<std::string>(), plugins));
+  const host::StateLayout layout = host::parse_state_layout(vm["state-layout"].as<std::string>());
+  for (const auto& path : paths) adapters.push_back(host::read_adapter(path, recipe, overrides, plugins, layout));
+  if (vm.count("state")) adapters.push_back(host::read_state_adapter(vm["state"].as<std::string>(), plugins, layout));
   return adapters;
 }
 
@@ -67,8 +71,9 @@ Mounted mount_on_base(const fs::path& base_path, const std::vector<host::SavedAd
   ModelOptions options{at::kFloat, at::kCPU};
   if (quantization) quantization->apply(options);
   m.model = std::make_unique<Rwkv7Model>(m.weights, options, base_path.string());
+  const std::set<std::string> base_names = host::tensor_names(m.weights);
   for (const auto& a : adapters)
-    for (auto& method : host::mount(a, *m.model, plugins)) m.methods.push_back(method);
+    for (auto& method : host::mount(a, *m.model, plugins, base_names)) m.methods.push_back(method);
   return m;
 }
 
@@ -114,6 +119,9 @@ Command merge_command() {
     if (requantize) {
       for (const auto& a : adapters)
         if (a.recipe && a.recipe->quantizer) quantization = host::quantized_base(*a.recipe, registry, base);
+      // A merge reads the training run's pre-quantized cache when it fits but never writes into a
+      // training folder.
+      if (quantization) quantization->cache_file.clear();
       if (!quantization)
         throw Error("--requantize-aware: no adapter was trained on a quantized base (its recipe has [quant] method = "
                     "\"none\", or no recipe came with it)");
@@ -191,6 +199,24 @@ Command export_command() {
     if (candidates.empty()) throw Error("--format: no format '" + format + "'; available:" + available);
     if (candidates.size() > 1)
       throw Error("--format " + format + " exists for several methods of this adapter; pick one with --method");
+    // What the chosen method does not write is never dropped silently: trained base weights
+    // (train_parts) are refused; another method's tensors are named (export them with --method).
+    std::set<std::string> exported;
+    for (const auto& [name, tensor] : candidates[0].second->state_dict()) exported.insert(name);
+    std::vector<std::string> base_weights, other_methods;
+    for (const auto& [name, tensor] : adapters[0].tensors)
+      if (!exported.count(name)) (m.weights.count(name) ? base_weights : other_methods).push_back(name);
+    if (!base_weights.empty()) {
+      std::string names;
+      for (size_t i = 0; i < base_weights.size() && i < 8; ++i) names += (i ? ", " : "") + base_weights[i];
+      throw Error("--format " + format + ": the adapter also trained " + std::to_string(base_weights.size()) +
+                  " base weight(s) (train_parts: " + names + (base_weights.size() > 8 ? ", ..." : "") +
+                  "), which this format cannot carry and the export would lose; merge the adapter into a model "
+                  "instead (peftkit merge), or mount the rwkv-N.pth itself");
+    }
+    if (!other_methods.empty())
+      log::warn(std::to_string(other_methods.size()) + " tensor(s) of the adapter's other method(s) are not part of "
+                "this export (e.g. " + other_methods.front() + "); export them with their own --method");
     candidates[0].second->export_to(format, vm["output"].as<std::string>());
     std::cout << "exported " << candidates[0].first << " as " << format << " to " << vm["output"].as<std::string>()
               << "\n";

@@ -2,6 +2,7 @@
 // Reads the documents of any dataset plugin (jsonl, numpy 2-D, binidx pad) and writes them as
 // json2binidx does: PREFIX.bin and PREFIX.idx, uint16 tokens when the vocabulary fits (int32 otherwise),
 // each document ending with the end-of-document token 0.
+#include <algorithm>
 #include <cstring>
 #include <iostream>
 #include <limits>
@@ -20,13 +21,15 @@ namespace peftkit::cli {
 Command convert_command() {
   Command command;
   command.name = "convert";
-  command.usage = "peftkit convert --from FORMAT --to binidx --input FILE --output PREFIX";
+  command.usage = "peftkit convert --from FORMAT --to binidx --input FILE --output PREFIX [--drop-loss-mask]";
   command.summary = "turn a dataset (e.g. jsonl) into json2binidx-compatible PREFIX.bin/.idx";
   command.describe = [](po::options_description& options, po::positional_options_description&) {
     options.add_options()("from", po::value<std::string>()->required(), "dataset plugin that reads the input: jsonl, ...")(
         "to", po::value<std::string>()->required(), "output format: binidx")(
         "input", po::value<std::string>()->required(), "input file")(
-        "output", po::value<std::string>()->required(), "output prefix (writes PREFIX.bin and PREFIX.idx)");
+        "output", po::value<std::string>()->required(), "output prefix (writes PREFIX.bin and PREFIX.idx)")(
+        "drop-loss-mask", "convert documents whose tokens are partly outside the loss (prompts, user turns) "
+                          "although binidx cannot say so: training on the result learns every token");
   };
   command.run = [](const po::variables_map& vm, const CommonOptions& common) {
     if (vm["to"].as<std::string>() != "binidx")
@@ -43,7 +46,8 @@ Command convert_command() {
 
     std::vector<int32_t> sizes;
     std::vector<int64_t> pointers;
-    int64_t skipped = 0, tokens = 0;
+    int64_t skipped = 0, tokens = 0, masked_tokens = 0;
+    const bool drop_loss_mask = vm.count("drop-loss-mask") > 0;
     const std::string prefix = vm["output"].as<std::string>();
     io::write_file_atomically(prefix + ".bin", [&](std::FILE* out) {
       for (int64_t i = 0; i < dataset->size(); ++i) {
@@ -58,13 +62,20 @@ Command convert_command() {
           throw Error(source.path.string() + ": document " + std::to_string(i) + " ends in tokens without loss; "
                                              "binidx cannot store its last token");
         ids.push_back(sample.targets.back());
+        const auto masked = std::count(sample.targets.begin(), sample.targets.end(), kIgnoreIndex);
+        if (masked > 0 && !drop_loss_mask)
+          throw Error(source.path.string() + ": document " + std::to_string(i) + " has " + std::to_string(masked) +
+                      " tokens outside the loss (a prompt or user turns); binidx stores no loss mask, so a run on "
+                      "the converted file would learn them too. Train on the " + format + " file itself, or pass "
+                      "--drop-loss-mask to convert anyway");
+        masked_tokens += masked;
         if (ids.back() != 0) ids.push_back(0);  // end of document
         std::string bytes;
         for (int32_t id : ids) {
           if (narrow) io::append_le<uint16_t>(bytes, static_cast<uint16_t>(id));
           else io::append_le<int32_t>(bytes, id);
         }
-        if (std::fwrite(bytes.data(), 1, bytes.size(), out) != bytes.size()) throw Error(prefix + ".bin: write failed");
+        io::write_all(out, bytes.data(), bytes.size(), prefix + ".bin");
         pointers.push_back(tokens * item_size);
         sizes.push_back(static_cast<int32_t>(ids.size()));
         tokens += static_cast<int64_t>(ids.size());
@@ -79,10 +90,12 @@ Command convert_command() {
       for (int32_t s : sizes) io::append_le<int32_t>(header, s);
       for (int64_t p : pointers) io::append_le<int64_t>(header, p);
       for (uint64_t d = 0; d <= sizes.size(); ++d) io::append_le<int64_t>(header, static_cast<int64_t>(d));
-      if (std::fwrite(header.data(), 1, header.size(), out) != header.size()) throw Error(prefix + ".idx: write failed");
+      io::write_all(out, header.data(), header.size(), prefix + ".idx");
     });
     std::cout << "wrote " << prefix << ".bin and " << prefix << ".idx: " << sizes.size() << " documents, " << tokens
               << " tokens (" << (narrow ? "uint16" : "int32") << ")" << (skipped ? ", " + std::to_string(skipped) + " empty documents skipped" : "")
+              << (masked_tokens ? ", loss mask of " + std::to_string(masked_tokens) + " tokens dropped (--drop-loss-mask)"
+                                : std::string())
               << "\n";
     return 0;
   };

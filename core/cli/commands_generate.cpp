@@ -74,10 +74,11 @@ Command generate_command() {
     for (const auto& a : adapters) host::overlay_trained_weights(a, weights);
     auto model = std::make_unique<Rwkv7Model>(
         weights, ModelOptions{dtype_text == "bf16" ? at::kBFloat16 : at::kFloat, device}, model_path);
+    const std::set<std::string> base_names = host::tensor_names(weights);
     weights.clear();
     std::vector<std::shared_ptr<PeftMethod>> methods;
     for (const auto& a : adapters)
-      for (auto& m : host::mount(a, *model, registry)) methods.push_back(m);
+      for (auto& m : host::mount(a, *model, registry, base_names)) methods.push_back(m);
     auto tokenizer = WorldTokenizer::load(find_world_vocab());
     SamplerSettings settings;
     settings.temperature = vm["temperature"].as<double>();

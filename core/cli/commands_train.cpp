@@ -5,6 +5,19 @@
 #include "train/trainer.hpp"
 
 namespace peftkit::cli {
+namespace {
+
+// Single-quoted for a POSIX shell unless the text needs no quoting.
+std::string shell_quote(const std::string& text) {
+  if (!text.empty() && text.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                                              "_-./=:,+@%") == std::string::npos)
+    return text;
+  std::string quoted = "'";
+  for (char c : text) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return quoted + "'";
+}
+
+}  // namespace
 
 Command train_command() {
   Command command;
@@ -21,7 +34,13 @@ Command train_command() {
     const std::vector<host::Override> overrides = set_overrides(vm);
     const auto registry = host::PluginRegistry::discover(host::plugin_search_path(common.plugin_dirs));
     const host::Recipe recipe = host::load_recipe(vm["recipe"].as<std::string>(), overrides, registry);
-    Trainer trainer(recipe, registry, TrainFlags{vm.count("resume") > 0});
+    // The command that continues the run: the same recipe and overrides, plus --resume.
+    std::string resume_command = "peftkit train " + shell_quote(vm["recipe"].as<std::string>());
+    if (vm.count("set"))
+      for (const auto& text : vm["set"].as<std::vector<std::string>>()) resume_command += " --set " + shell_quote(text);
+    for (const auto& dir : common.plugin_dirs) resume_command += " --plugin-dir " + shell_quote(dir);
+    resume_command += " --resume";
+    Trainer trainer(recipe, registry, TrainFlags{vm.count("resume") > 0, resume_command});
     return trainer.run();
   };
   return command;

@@ -1,5 +1,6 @@
 // peftkit: the command-line host.
 //   peftkit <command> [options]      peftkit --help | --version
+#include <filesystem>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -99,6 +100,12 @@ int main(int argc, char** argv) {
     return peftkit::cli::main_impl(argc, argv);
   } catch (const peftkit::Error& e) {
     std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  } catch (const std::filesystem::filesystem_error& e) {
+    // A folder or file the system refused (permissions, a file where a folder should be, a full
+    // disk): the user's to fix, named with the system's reason.
+    std::cerr << "error: " << e.path1().string() << (e.path2().empty() ? "" : " -> " + e.path2().string()) << ": "
+              << e.code().message() << "\n";
     return 1;
   } catch (const std::exception& e) {
     std::cerr << "internal error: " << e.what() << "\n";

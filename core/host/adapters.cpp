@@ -2,11 +2,12 @@
 
 #include <ATen/ATen.h>
 
-#include <fstream>
 #include <regex>
 
 #include <nlohmann/json.hpp>
 
+#include "io/mapped_file.hpp"
+#include "io/strict_json.hpp"
 #include "peftkit/error.hpp"
 #include "peftkit/log.hpp"
 #include "peftkit/tensor_io.hpp"
@@ -14,6 +15,10 @@
 namespace peftkit::host {
 namespace fs = std::filesystem;
 namespace {
+
+// Limits on adapter_config.json (README, "Limits").
+constexpr size_t kMaxConfigBytes = 1 << 20;
+constexpr int kMaxConfigNesting = 16;
 
 bool ends_with(const std::string& text, std::string_view suffix) {
   return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -51,18 +56,26 @@ T json_value(const nlohmann::json& config, const char* key, T fallback, const fs
 SavedAdapter read_hf_folder(const fs::path& folder, const PluginRegistry& plugins) {
   const fs::path config_file = folder / "adapter_config.json";
   const fs::path weights_file = folder / "adapter_model.safetensors";
-  nlohmann::json config;
-  {
-    std::ifstream in(config_file);
-    config = nlohmann::json::parse(in, nullptr, false);
-  }
-  if (config.is_discarded() || !config.is_object()) throw Error(config_file.string() + ": not a JSON object");
+  const std::string config_text = io::read_small_file(config_file, kMaxConfigBytes, "adapter config");
+  const nlohmann::json config = io::parse_strict_json(config_text, kMaxConfigNesting, config_file.string());
+  if (!config.is_object()) throw Error(config_file.string() + ": not a JSON object");
   if (!fs::exists(weights_file))
     throw Error(folder.string() + ": no adapter_model.safetensors (the legacy adapter_model.bin is not read)");
   const std::string type = json_value<std::string>(config, "peft_type", "", config_file);
   const std::string where = config_file.string();
   std::vector<std::pair<std::string, OptionValue>> values;
   std::string plugin;
+  // Settings HF PEFT honours that change what the tensors mean: refused unless empty, never ignored.
+  for (const char* key : {"alpha_pattern", "rank_pattern", "modules_to_save", "layers_to_transform",
+                          "layers_pattern"})
+    if (config.contains(key) && !config[key].is_null() && !config[key].empty())
+      throw Error(where + ": '" + key + "' = " + config[key].dump().substr(0, 200) +
+                  " is not supported (peftkit applies one r and alpha to every site and trains no whole modules "
+                  "beside an HF adapter); it would change what the tensors mean, so the folder is refused");
+  // r and alpha decide the scale: a missing one is never guessed.
+  for (const char* key : {"r", type == "LORA" ? "lora_alpha" : "r"})
+    if (!config.contains(key) || config[key].is_null())
+      throw Error(where + ": has no '" + key + "'; it decides how the adapter is scaled, so it is never guessed");
   if (type == "LORA") {
     plugin = "lora";
     if (json_value<bool>(config, "use_dora", false, config_file))
@@ -93,21 +106,60 @@ SavedAdapter read_hf_folder(const fs::path& folder, const PluginRegistry& plugin
   for (auto& [name, tensor] : read_safetensors(weights_file).tensors) {
     std::string key = name.rfind(prefix, 0) == 0 ? name.substr(prefix.size()) : name;
     if (ends_with(key, ".lora_A.weight") || ends_with(key, ".lora_B.weight")) key.resize(key.size() - 7);
+    // Each tensor kind belongs to one peft_type; anything else would be dropped by the plugin.
+    const bool known = type == "LORA" ? ends_with(key, ".lora_A") || ends_with(key, ".lora_B")
+                                      : ends_with(key, ".miss_block");
+    if (!known)
+      throw Error(weights_file.string() + ": tensor '" + name + "' is not a " + type +
+                  " tensor peftkit reads (expected " +
+                  (type == "LORA" ? "<site>.lora_A.weight / .lora_B.weight" : "<site>.miss_block") + ")");
     adapter.tensors[key] = tensor;
   }
   return adapter;
 }
 
 bool is_state_key(const std::string& name) {
-  static const std::regex kState(R"(blocks\.\d+\.(att\.time_state|att\.time_shift|ffn\.time_shift))");
+  static const std::regex kState(R"(blocks\.\d{1,9}\.(att\.time_state|att\.time_shift|ffn\.time_shift))");
   return std::regex_match(name, kState);
 }
 
 }  // namespace
 
-SavedAdapter read_state_adapter(const fs::path& path, const PluginRegistry& plugins) {
+SavedAdapter read_adapter_unchecked(const fs::path& path, const std::optional<fs::path>& recipe,
+                                    const std::vector<Override>& overrides, const PluginRegistry& plugins,
+                                    StateLayout layout);
+
+StateLayout parse_state_layout(const std::string& text) {
+  if (text == "auto") return StateLayout::kAuto;
+  if (text == "rwkv-peft") return StateLayout::kRwkvPeft;
+  if (text == "ai00") return StateLayout::kAi00;
+  throw Error("--state-layout: expected auto, rwkv-peft or ai00, found '" + text + "'");
+}
+
+SavedAdapter read_state_adapter(const fs::path& path, const PluginRegistry& plugins, StateLayout layout) {
   SavedAdapter adapter;
-  adapter.tensors = read_tensor_file(path).tensors;
+  TensorFile file = read_tensor_file(path, Checksums::kVerify);
+  adapter.tensors = std::move(file.tensors);
+  require_finite(adapter.tensors, path.string());
+  if (layout == StateLayout::kAuto) {
+    auto recorded = file.metadata.find(kStateLayoutKey);
+    if (recorded != file.metadata.end() && recorded->second == "ai00")
+      layout = StateLayout::kAi00;
+    else if (recorded != file.metadata.end() && recorded->second == "rwkv-peft")
+      layout = StateLayout::kRwkvPeft;
+    else if (recorded != file.metadata.end())
+      throw Error(path.string() + ": records the state layout '" + recorded->second + "', which peftkit does not "
+                  "know; pass --state-layout rwkv-peft or ai00");
+    else if (!file.metadata.empty() || path.extension() == ".safetensors")
+      throw Error(path.string() + ": a safetensors state file may hold RWKV-PEFT's value-major states or Ai00/"
+                  "web-rwkv's transposed ones, and this one does not record which; pass --state-layout ai00 or "
+                  "--state-layout rwkv-peft");
+    else
+      layout = StateLayout::kRwkvPeft;  // a .pth: RWKV-PEFT's own file
+  }
+  if (layout == StateLayout::kAi00)
+    for (auto& [name, tensor] : adapter.tensors)
+      if (name.find("time_state") != std::string::npos) tensor = tensor.transpose(-1, -2).contiguous();
   bool shift = false;
   for (const auto& [name, tensor] : adapter.tensors) {
     if (!is_state_key(name))
@@ -122,7 +174,15 @@ SavedAdapter read_state_adapter(const fs::path& path, const PluginRegistry& plug
 }
 
 SavedAdapter read_adapter(const fs::path& path, const std::optional<fs::path>& recipe,
-                          const std::vector<Override>& overrides, const PluginRegistry& plugins) {
+                          const std::vector<Override>& overrides, const PluginRegistry& plugins, StateLayout layout) {
+  SavedAdapter adapter = read_adapter_unchecked(path, recipe, overrides, plugins, layout);
+  require_finite(adapter.tensors, adapter.description);
+  return adapter;
+}
+
+SavedAdapter read_adapter_unchecked(const fs::path& path, const std::optional<fs::path>& recipe,
+                                    const std::vector<Override>& overrides, const PluginRegistry& plugins,
+                                    StateLayout layout) {
   if (fs::is_directory(path)) {
     if (!fs::exists(path / "adapter_config.json"))
       throw Error(path.string() + ": a folder without adapter_config.json is not an HF PEFT adapter");
@@ -139,7 +199,7 @@ SavedAdapter read_adapter(const fs::path& path, const std::optional<fs::path>& r
   if (!recipe_file.empty()) {
     const Recipe loaded = load_recipe(recipe_file, overrides, plugins);
     SavedAdapter adapter;
-    adapter.tensors = read_tensor_file(path).tensors;
+    adapter.tensors = read_tensor_file(path, Checksums::kVerify).tensors;
     adapter.methods = loaded.peft_methods;
     adapter.recipe = std::make_shared<const Recipe>(loaded);
     std::string names;
@@ -151,10 +211,10 @@ SavedAdapter read_adapter(const fs::path& path, const std::optional<fs::path>& r
   if (!overrides.empty()) throw Error("--set needs a recipe: none is beside " + path.string() + "; pass --recipe");
 
   // No recipe: only files that describe themselves.
-  TensorMap tensors = read_tensor_file(path).tensors;
+  TensorMap tensors = read_tensor_file(path, Checksums::kVerify).tensors;
   bool all_states = !tensors.empty();
   for (const auto& [name, tensor] : tensors) all_states = all_states && is_state_key(name);
-  if (all_states) return read_state_adapter(path, plugins);
+  if (all_states) return read_state_adapter(path, plugins, layout);
   if (tensors.count("lora.r") && tensors.count("lora.alpha")) {
     std::vector<std::string> sites;
     for (const auto& [name, tensor] : tensors)
@@ -188,8 +248,15 @@ int overlay_trained_weights(const SavedAdapter& adapter, TensorMap& base) {
   return replaced;
 }
 
+std::set<std::string> tensor_names(const TensorMap& tensors) {
+  std::set<std::string> names;
+  for (const auto& [name, tensor] : tensors) names.insert(name);
+  return names;
+}
+
 std::vector<std::shared_ptr<PeftMethod>> mount(const SavedAdapter& adapter, ModelView& model,
-                                               const PluginRegistry& plugins) {
+                                               const PluginRegistry& plugins,
+                                               const std::set<std::string>& base_weights) {
   std::vector<std::shared_ptr<PeftMethod>> methods;
   for (const auto& table : adapter.methods) {
     auto plugin = plugins.get<PeftPlugin>(table.plugin);
@@ -201,6 +268,20 @@ std::vector<std::shared_ptr<PeftMethod>> mount(const SavedAdapter& adapter, Mode
       throw Error(adapter.description + ": " + e.what());
     }
     methods.push_back(method);
+  }
+  std::set<std::string> used = base_weights;
+  for (const auto& method : methods)
+    for (const auto& [name, tensor] : method->state_dict()) used.insert(name);
+  std::vector<std::string> unused;
+  for (const auto& [name, tensor] : adapter.tensors)
+    if (!used.count(name)) unused.push_back(name);
+  if (!unused.empty()) {
+    std::string names;
+    for (size_t i = 0; i < unused.size() && i < 8; ++i) names += (i ? ", " : "") + unused[i];
+    throw Error(adapter.description + ": " + std::to_string(unused.size()) + " tensor(s) match no tensor of the "
+                "mounted method(s) and no weight of the base model, and would be dropped: " + names +
+                (unused.size() > 8 ? ", ..." : "") + " (trained on another model, a site the settings do not target, "
+                "or a kind of tensor no installed plugin reads)");
   }
   log::info("mounted " + adapter.description);
   return methods;

@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -33,19 +34,37 @@ struct SavedAdapter {
   std::shared_ptr<const Recipe> recipe;  // the recipe it was trained with, when known
 };
 
-// `recipe`: the recipe the adapter was trained with; empty to use the one beside it, if any.
-SavedAdapter read_adapter(const std::filesystem::path& path, const std::optional<std::filesystem::path>& recipe,
-                          const std::vector<Override>& overrides, const PluginRegistry& plugins);
+// How a state file lays out its WKV states: RWKV-PEFT's value-major [H, N, N] (.pth files, and
+// what peftkit trains), or Ai00/web-rwkv's with the last two dimensions transposed (what
+// `export --format ai00` writes, recording it in the safetensors metadata). kAuto reads the
+// record, takes a .pth as RWKV-PEFT's and refuses a safetensors state that records nothing.
+enum class StateLayout { kAuto, kRwkvPeft, kAi00 };
+// "auto", "rwkv-peft" or "ai00" (the --state-layout option); throws naming the option otherwise.
+StateLayout parse_state_layout(const std::string& text);
 
-// A state file (RWKV-PEFT time_state layout) as an adapter of the state plugin.
-SavedAdapter read_state_adapter(const std::filesystem::path& path, const PluginRegistry& plugins);
+// `recipe`: the recipe the adapter was trained with; empty to use the one beside it, if any.
+// `layout`: for a file that turns out to be a state file.
+SavedAdapter read_adapter(const std::filesystem::path& path, const std::optional<std::filesystem::path>& recipe,
+                          const std::vector<Override>& overrides, const PluginRegistry& plugins,
+                          StateLayout layout = StateLayout::kAuto);
+
+// A state file as an adapter of the state plugin, its states in RWKV-PEFT's layout.
+SavedAdapter read_state_adapter(const std::filesystem::path& path, const PluginRegistry& plugins,
+                                StateLayout layout = StateLayout::kAuto);
 
 // Tensors of the adapter that are base-model weights (trained with train_parts) replace the base's,
 // keeping the base's dtype. Returns how many were replaced.
 int overlay_trained_weights(const SavedAdapter& adapter, TensorMap& base);
 
-// Creates each method, attaches it to the model and loads its tensors.
+// Creates each method, attaches it to the model and loads its tensors. Every tensor of the adapter
+// must be used: held by a mounted method, or one of `base_weights` (laid over the base). One that
+// nothing takes (a site the model lacks, a site the config does not target, an unknown kind) is
+// refused by name, never silently dropped.
 std::vector<std::shared_ptr<PeftMethod>> mount(const SavedAdapter& adapter, ModelView& model,
-                                               const PluginRegistry& plugins);
+                                               const PluginRegistry& plugins,
+                                               const std::set<std::string>& base_weights);
+
+// The names of a tensor map's tensors.
+std::set<std::string> tensor_names(const TensorMap& tensors);
 
 }  // namespace peftkit::host

@@ -1,6 +1,7 @@
 #include "host/quantization.hpp"
 
 #include <ATen/ATen.h>
+#include <sys/stat.h>
 
 #include <sstream>
 
@@ -25,8 +26,12 @@ QuantizedBase quantized_base(const Recipe& recipe, const PluginRegistry& plugins
   q.head = recipe.quant.get_bool("head");
   std::ostringstream signature;
   std::error_code ec;
+  struct stat info {};
+  const int64_t mtime_ns = ::stat(model.c_str(), &info) == 0
+                               ? static_cast<int64_t>(info.st_mtim.tv_sec) * 1'000'000'000 + info.st_mtim.tv_nsec
+                               : 0;  // nanoseconds since the Unix epoch, as `stat` shows them
   signature << fs::absolute(model).lexically_normal().string() << ";size=" << fs::file_size(model, ec)
-            << ";mtime=" << fs::last_write_time(model, ec).time_since_epoch().count() << ";method=" << q.method
+            << ";mtime_ns=" << mtime_ns << ";method=" << q.method
             << ";targets=" << format_option_value(q.targets) << ";head=" << q.head;
   for (const auto& name : recipe.quantizer->options.names())
     signature << ";" << name << "=" << format_option_value(recipe.quantizer->options.get(name));

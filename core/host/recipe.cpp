@@ -11,10 +11,73 @@
 #include <toml++/toml.h>
 
 #include "host/device.hpp"
+#include "io/mapped_file.hpp"
 
 namespace peftkit::host {
 namespace fs = std::filesystem;
 namespace {
+
+// Limits checked before the TOML parser sees a text (README, "Limits"): its recursion follows the
+// nesting of dotted keys, arrays and inline tables, so a hostile recipe could exhaust the stack.
+constexpr size_t kMaxRecipeBytes = 1 << 20;
+constexpr int kMaxTomlNesting = 32;
+constexpr int kMaxTomlKeyParts = 32;
+
+// Throws naming `where` when arrays/inline tables nest deeper than kMaxTomlNesting or a dotted key
+// (or table name) has more than kMaxTomlKeyParts parts. A linear scan that skips strings and
+// comments and counts dots only where a key stands (not in values such as 1.5); anything
+// malformed is left to the parser.
+void check_toml_limits(std::string_view text, const std::string& where) {
+  std::vector<char> open;  // the brackets around the current position: '[' arrays and headers, '{'
+  bool in_key = true;      // at a key (line start, after '{' or a ',' inside '{') or in a header
+  bool line_start = true;
+  int dots = 0;
+  int64_t line = 1;
+  auto fail = [&](const std::string& what) {
+    throw Error(where + ":" + std::to_string(line) + ": " + what + "; peftkit refuses such recipes before parsing");
+  };
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    const bool was_line_start = line_start;
+    if (c != ' ' && c != '\t') line_start = false;
+    if (c == '"' || c == '\'') {
+      const bool multi = text.substr(i, 3) == std::string(3, c);
+      const std::string_view close = multi ? std::string_view(c == '"' ? "\"\"\"" : "'''") : text.substr(i, 1);
+      size_t j = i + (multi ? 3 : 1);
+      while (j < text.size() && text.substr(j, close.size()) != close) {
+        if (c == '"' && text[j] == '\\') ++j;  // an escaped character never closes a basic string
+        if (j < text.size() && text[j] == '\n') ++line;
+        ++j;
+      }
+      i = std::min(text.size(), j + close.size()) - 1;
+    } else if (c == '#') {
+      while (i + 1 < text.size() && text[i + 1] != '\n') ++i;
+    } else if (c == '\n') {
+      ++line;
+      line_start = true;
+      dots = 0;
+      in_key = open.empty() || open.back() == '{';
+    } else if (c == '[' || c == '{') {
+      if (open.size() >= static_cast<size_t>(kMaxTomlNesting))
+        fail("arrays or tables nest deeper than " + std::to_string(kMaxTomlNesting) + " levels");
+      in_key = c == '{' || (was_line_start && open.empty()) || (!open.empty() && open.back() == '[' && in_key);
+      open.push_back(c);
+      dots = 0;
+    } else if (c == ']' || c == '}') {
+      if (!open.empty()) open.pop_back();
+      in_key = false;
+      dots = 0;
+    } else if (c == '=') {
+      in_key = false;
+      dots = 0;
+    } else if (c == ',') {
+      in_key = !open.empty() && open.back() == '{';
+      dots = 0;
+    } else if (c == '.' && in_key && ++dots >= kMaxTomlKeyParts) {
+      fail("a key or table name has more than " + std::to_string(kMaxTomlKeyParts) + " dotted parts");
+    }
+  }
+}
 
 std::string location_of(const fs::path& file, const toml::source_region& source) {
   std::string where = file.string();
@@ -170,6 +233,7 @@ void apply_override(toml::table& root, const Override& override_arg) {
     table = node->as_table();
   }
   const std::string& leaf = override_arg.key_path.back();
+  check_toml_limits("value = " + override_arg.value_text, override_arg.text);
   toml::parse_result parsed = [&]() -> toml::parse_result {
     try {
       return toml::parse("value = " + override_arg.value_text);
@@ -256,6 +320,9 @@ Override parse_override(std::string_view text) {
     if (dot == std::string_view::npos) break;
     path.remove_prefix(dot + 1);
   }
+  if (result.key_path.size() > static_cast<size_t>(kMaxTomlKeyParts))
+    throw Error("--set " + whole.substr(0, 200) + "...: the key has more than " + std::to_string(kMaxTomlKeyParts) +
+                " dotted parts");
   if (result.key_path.size() < 2)
     throw Error("--set " + whole + ": expected SECTION.KEY=VALUE (a key inside a section such as "
                 "[train]), found no section");
@@ -281,15 +348,15 @@ fs::path Recipe::resolve_path(const std::string& path) const {
 
 Recipe load_recipe(const fs::path& file, const std::vector<Override>& overrides,
                    const PluginRegistry& plugins) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw Error(file.string() + ": cannot open the recipe file");
-  std::stringstream text;
-  text << in.rdbuf();
-  return parse_recipe(text.str(), file, overrides, plugins);
+  return parse_recipe(io::read_small_file(file, kMaxRecipeBytes, "recipe file"), file, overrides, plugins);
 }
 
 Recipe parse_recipe(std::string_view toml_text, const fs::path& file,
                     const std::vector<Override>& overrides, const PluginRegistry& plugins) {
+  if (toml_text.size() > kMaxRecipeBytes)
+    throw Error(file.string() + ": the recipe is " + std::to_string(toml_text.size()) + " bytes long; at most " +
+                std::to_string(kMaxRecipeBytes) + " are read");
+  check_toml_limits(toml_text, file.string());
   toml::table root;
   try {
     root = toml::parse(toml_text, file.string());

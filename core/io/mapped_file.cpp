@@ -13,8 +13,29 @@
 
 namespace peftkit::io {
 
+void require_regular_file(const std::filesystem::path& path, const std::string& what) {
+  struct stat info {};
+  if (::stat(path.c_str(), &info) != 0)
+    throw Error(path.string() + ": cannot open" + (what.empty() ? "" : " the " + what) + " (" + std::strerror(errno) +
+                ")");
+  if (!S_ISREG(info.st_mode))
+    throw Error(path.string() + ": not a regular file (" +
+                (S_ISDIR(info.st_mode) ? "a folder" : S_ISFIFO(info.st_mode) ? "a FIFO" : "a device or socket") +
+                "); expected a file");
+}
+
+std::string read_small_file(const std::filesystem::path& path, size_t max_bytes, const std::string& what) {
+  require_regular_file(path, what);
+  auto file = MappedFile::open(path);
+  if (file->size() > max_bytes)
+    throw Error(path.string() + ": the " + what + " is " + std::to_string(file->size()) +
+                " bytes long; at most " + std::to_string(max_bytes) + " are read");
+  return std::string(reinterpret_cast<const char*>(file->data()), file->size());
+}
+
 std::shared_ptr<MappedFile> MappedFile::open(const std::filesystem::path& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  require_regular_file(path);
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) throw Error(path.string() + ": cannot open (" + std::strerror(errno) + ")");
   struct stat info {};
   if (::fstat(fd, &info) != 0) {
@@ -50,7 +71,7 @@ void write_file_atomically(const std::filesystem::path& path,
                         std::strerror(errno) + ")");
   try {
     write(out);
-    if (std::fflush(out) != 0 || ::fsync(::fileno(out)) != 0)
+    if (std::ferror(out) || std::fflush(out) != 0 || ::fsync(::fileno(out)) != 0)
       throw Error(path.string() + ": writing failed (" + std::strerror(errno) + ")");
     if (std::fclose(out) != 0) {
       out = nullptr;
@@ -66,6 +87,29 @@ void write_file_atomically(const std::filesystem::path& path,
     std::filesystem::remove(temporary, ec);
     throw;
   }
+}
+
+void write_all(std::FILE* out, const void* data, size_t size, const std::filesystem::path& path) {
+  if (size == 0) return;
+  errno = 0;
+  const size_t written = std::fwrite(data, 1, size, out);
+  if (written != size)
+    throw Error(path.string() + ": writing failed after " + std::to_string(written) + " of " +
+                std::to_string(size) + " bytes (" + (errno ? std::strerror(errno) : "unknown reason") + ")");
+}
+
+AppendFile::AppendFile(std::filesystem::path path) : path_(std::move(path)) {
+  out_ = std::fopen(path_.c_str(), "ab");
+  if (!out_) throw Error(path_.string() + ": cannot open for appending (" + std::strerror(errno) + ")");
+}
+
+AppendFile::~AppendFile() {
+  if (out_) std::fclose(out_);
+}
+
+void AppendFile::append(const std::string& text) {
+  write_all(out_, text.data(), text.size(), path_);
+  if (std::fflush(out_) != 0) throw Error(path_.string() + ": writing failed (" + std::strerror(errno) + ")");
 }
 
 }  // namespace peftkit::io

@@ -31,9 +31,36 @@ class MappedFile {
   size_t size_ = 0;
 };
 
+// Throws peftkit::Error naming `path` (and `what` it should be, e.g. "recipe file") unless it is a
+// regular file or a link to one: a FIFO or a device would block a reader forever or never end.
+void require_regular_file(const std::filesystem::path& path, const std::string& what = "");
+
+// The whole content of a small regular file (a recipe, a JSON config, a vocabulary), refusing one
+// larger than `max_bytes`; `what` names it in messages ("recipe", "adapter config").
+std::string read_small_file(const std::filesystem::path& path, size_t max_bytes, const std::string& what);
+
 // Writes a file atomically: `write` fills a temporary file beside `path`, which is then fsynced
 // and renamed over `path`. On any error the temporary file is removed and `path` is untouched.
 void write_file_atomically(const std::filesystem::path& path,
                            const std::function<void(std::FILE*)>& write);
+
+// Writes all `size` bytes or throws peftkit::Error naming `path`, how far it got and the system's
+// reason (e.g. "No space left on device").
+void write_all(std::FILE* out, const void* data, size_t size, const std::filesystem::path& path);
+
+// A text file that grows by whole, flushed lines (metrics.jsonl, train_log.txt); every append is
+// checked and a failure names the file and the system's reason.
+class AppendFile {
+ public:
+  explicit AppendFile(std::filesystem::path path);
+  ~AppendFile();
+  AppendFile(const AppendFile&) = delete;
+  AppendFile& operator=(const AppendFile&) = delete;
+  void append(const std::string& text);
+
+ private:
+  std::filesystem::path path_;
+  std::FILE* out_ = nullptr;
+};
 
 }  // namespace peftkit::io

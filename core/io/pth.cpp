@@ -5,7 +5,9 @@
 
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <map>
+#include <unordered_set>
 #include <memory>
 #include <variant>
 
@@ -20,9 +22,10 @@ namespace {
 using io::MappedFile;
 
 // ---------------------------------------------------------------------------------------------
-// Pickle values: just what state dicts are made of.
+// Pickle values: just what state dicts are made of. They live in an arena owned by the unpickler
+// and refer to each other by plain pointers, so a self-referential pickle cannot leak and a deeply
+// nested one is destroyed without recursion.
 struct Value;
-using ValuePtr = std::shared_ptr<Value>;
 struct Global {
   std::string module, name;
 };
@@ -33,13 +36,13 @@ struct StorageRef {
 };
 struct Mark {};
 struct Dict {
-  std::vector<std::pair<ValuePtr, ValuePtr>> items;
+  std::vector<std::pair<Value*, Value*>> items;
 };
 struct List {
-  std::vector<ValuePtr> items;
+  std::vector<Value*> items;
 };
 struct Tuple {
-  std::vector<ValuePtr> items;
+  std::vector<Value*> items;
 };
 struct Value {
   std::variant<std::monostate, bool, int64_t, double, std::string, Tuple, List, Dict, Global,
@@ -47,11 +50,11 @@ struct Value {
       v;
 };
 
-ValuePtr make(auto&& x) {
-  auto p = std::make_shared<Value>();
-  p->v = std::forward<decltype(x)>(x);
-  return p;
-}
+// Bounds on what a data.pkl may build (README, "Limits"): a state dict holds a few values per
+// tensor, so a pickle that builds far more than one value per four of its bytes, or nests dicts
+// deeper than this, is not one.
+constexpr int64_t kMaxDictDepth = 64;
+int64_t max_pickle_values(size_t pickle_bytes) { return 65536 + static_cast<int64_t>(pickle_bytes / 4); }
 
 const std::map<std::string, at::ScalarType>& storage_types() {
   static const std::map<std::string, at::ScalarType> types = {
@@ -67,9 +70,11 @@ class Unpickler {
  public:
   Unpickler(const std::string& where, const uint8_t* data, size_t size,
             std::function<at::Tensor(const StorageRef&)> load_storage)
-      : where_(where), data_(data), size_(size), load_storage_(std::move(load_storage)) {}
+      : where_(where), data_(data), size_(size), max_values_(max_pickle_values(size)),
+        load_storage_(std::move(load_storage)) {}
 
-  ValuePtr run() {
+  // The root value; it lives as long as this unpickler.
+  Value* run() {
     while (true) {
       const size_t at_opcode = pos_;
       const uint8_t op = byte();
@@ -101,7 +106,7 @@ class Unpickler {
         case 0x8d: stack_.push_back(make(text(fixed<uint64_t>()))); break;    // BINUNICODE8
         case 't': stack_.push_back(make(Tuple{pop_to_mark(at_opcode)})); break;
         case 0x85: case 0x86: case 0x87: {  // TUPLE1..3
-          std::vector<ValuePtr> items(op - 0x84);
+          std::vector<Value*> items(op - 0x84);
           for (size_t i = items.size(); i-- > 0;) items[i] = pop(at_opcode);
           stack_.push_back(make(Tuple{std::move(items)}));
           break;
@@ -124,13 +129,14 @@ class Unpickler {
         }
         case 'Q': stack_.push_back(persistent_load(pop(at_opcode), at_opcode)); break;  // BINPERSID
         case 'R': {  // REDUCE
-          ValuePtr args = pop(at_opcode);
-          ValuePtr callable = pop(at_opcode);
+          Value* args = pop(at_opcode);
+          Value* callable = pop(at_opcode);
           stack_.push_back(reduce(callable, args, at_opcode));
           break;
         }
         case 's': {  // SETITEM
-          ValuePtr value = pop(at_opcode), key = pop(at_opcode);
+          Value* value = pop(at_opcode);
+          Value* key = pop(at_opcode);
           as<Dict>(top(at_opcode), "SETITEM on a non-dict", at_opcode).items.emplace_back(key, value);
           break;
         }
@@ -142,7 +148,7 @@ class Unpickler {
           break;
         }
         case 'a': {  // APPEND
-          ValuePtr value = pop(at_opcode);
+          Value* value = pop(at_opcode);
           as<List>(top(at_opcode), "APPEND to a non-list", at_opcode).items.push_back(value);
           break;
         }
@@ -164,6 +170,14 @@ class Unpickler {
   }
 
  private:
+  Value* make(auto&& x) {
+    if (static_cast<int64_t>(values_.size()) >= max_values_)
+      fail(pos_, "the pickle builds more than " + std::to_string(max_values_) + " values for its " +
+                     std::to_string(size_) + " bytes; a state dict needs far fewer (not a tensor file)");
+    values_.emplace_back();
+    values_.back().v = std::forward<decltype(x)>(x);
+    return &values_.back();
+  }
   [[noreturn]] void fail(size_t at, const std::string& message) const {
     throw Error(where_ + " at byte " + std::to_string(at) + ": " + message);
   }
@@ -198,38 +212,38 @@ class Unpickler {
     if (n > 0 && n < 8 && (v >> (8 * n - 1)) & 1) v |= ~uint64_t{0} << (8 * n);  // sign-extend
     return static_cast<int64_t>(v);
   }
-  ValuePtr pop(size_t at) {
+  Value* pop(size_t at) {
     if (stack_.empty()) fail(at, "pickle stack underflow");
-    ValuePtr v = stack_.back();
+    Value* v = stack_.back();
     stack_.pop_back();
     return v;
   }
-  const ValuePtr& top(size_t at) {
+  Value* top(size_t at) {
     if (stack_.empty()) fail(at, "pickle stack underflow");
     return stack_.back();
   }
-  std::vector<ValuePtr> pop_to_mark(size_t at) {
-    std::vector<ValuePtr> items;
+  std::vector<Value*> pop_to_mark(size_t at) {
+    std::vector<Value*> items;
     while (true) {
-      ValuePtr v = pop(at);
+      Value* v = pop(at);
       if (std::holds_alternative<Mark>(v->v)) break;
       items.push_back(v);
     }
     return {items.rbegin(), items.rend()};
   }
-  ValuePtr memo(uint64_t index, size_t at) {
+  Value* memo(uint64_t index, size_t at) {
     auto it = memo_.find(index);
     if (it == memo_.end()) fail(at, "pickle memo entry " + std::to_string(index) + " is not defined");
     return it->second;
   }
   template <class T>
-  T& as(const ValuePtr& v, const char* what, size_t at) {
+  T& as(Value* v, const char* what, size_t at) {
     if (auto* p = std::get_if<T>(&v->v)) return *p;
     fail(at, what);
   }
-  std::string as_string(const ValuePtr& v, size_t at) { return as<std::string>(v, "expected a string", at); }
-  int64_t as_int(const ValuePtr& v, size_t at) { return as<int64_t>(v, "expected an integer", at); }
-  std::vector<int64_t> as_ints(const ValuePtr& v, size_t at) {
+  std::string as_string(Value* v, size_t at) { return as<std::string>(v, "expected a string", at); }
+  int64_t as_int(Value* v, size_t at) { return as<int64_t>(v, "expected an integer", at); }
+  std::vector<int64_t> as_ints(Value* v, size_t at) {
     std::vector<int64_t> out;
     for (const auto& item : as<Tuple>(v, "expected a tuple of integers", at).items) out.push_back(as_int(item, at));
     return out;
@@ -246,15 +260,18 @@ class Unpickler {
     return {module, name};
   }
 
-  ValuePtr persistent_load(const ValuePtr& id, size_t at) {
+  Value* persistent_load(Value* id, size_t at) {
     const auto& items = as<Tuple>(id, "persistent id is not a tuple", at).items;
     if (items.size() != 5 || as_string(items[0], at) != "storage")
       fail(at, "persistent id is not ('storage', type, key, location, numel)");
     const Global& type = as<Global>(items[1], "storage type is not a torch storage class", at);
-    return make(StorageRef{storage_types().at(type.name), as_string(items[2], at), as_int(items[4], at)});
+    auto dtype = storage_types().find(type.name);
+    if (type.module != "torch" || dtype == storage_types().end())
+      fail(at, "'" + type.module + "." + type.name + "' is not a torch storage class");
+    return make(StorageRef{dtype->second, as_string(items[2], at), as_int(items[4], at)});
   }
 
-  ValuePtr reduce(const ValuePtr& callable, const ValuePtr& args_value, size_t at) {
+  Value* reduce(Value* callable, Value* args_value, size_t at) {
     const Global& f = as<Global>(callable, "REDUCE of something that is not a known function", at);
     const auto& args = as<Tuple>(args_value, "REDUCE arguments are not a tuple", at).items;
     if (f.name == "OrderedDict") {
@@ -274,13 +291,21 @@ class Unpickler {
       const auto strides = as_ints(args[3], at);
       if (sizes.size() != strides.size()) fail(at, "tensor size and stride have different ranks");
       at::Tensor storage = storage_for(ref);
-      // The furthest element the view reaches must lie inside the storage.
-      int64_t last = offset;
+      // The furthest element the view reaches must lie inside the storage; every product is
+      // overflow-checked, since sizes and strides come from the file.
+      int64_t last = offset, numel = 1;  // numel: of the non-zero sizes (strides must fit)
       bool empty = false;
       for (size_t d = 0; d < sizes.size(); ++d) {
         if (sizes[d] < 0 || strides[d] < 0) fail(at, "negative tensor size or stride");
         if (sizes[d] == 0) empty = true;
-        else last += (sizes[d] - 1) * strides[d];
+      }
+      for (size_t d = 0; d < sizes.size(); ++d) {
+        int64_t reach = 0;
+        if (__builtin_mul_overflow(numel, std::max<int64_t>(1, sizes[d]), &numel) ||
+            (!empty && (__builtin_mul_overflow(sizes[d] - 1, strides[d], &reach) ||
+                        __builtin_add_overflow(last, reach, &last))))
+          fail(at, "tensor with shape " + c10::str(at::IntArrayRef(sizes)) + " and stride " +
+                       c10::str(at::IntArrayRef(strides)) + " overflows 64-bit sizes");
       }
       if (!empty && (offset < 0 || last >= storage.numel()))
         fail(at, "tensor with shape " + c10::str(at::IntArrayRef(sizes)) + " needs element " +
@@ -304,26 +329,49 @@ class Unpickler {
   const uint8_t* data_;
   size_t size_;
   size_t pos_ = 0;
-  std::vector<ValuePtr> stack_;
-  std::map<uint64_t, ValuePtr> memo_;
+  int64_t max_values_;
+  std::deque<Value> values_;  // the arena: stable addresses, destroyed without recursion
+  std::vector<Value*> stack_;
+  std::map<uint64_t, Value*> memo_;
   std::map<std::string, at::Tensor> storages_;
   std::function<at::Tensor(const StorageRef&)> load_storage_;
 };
 
 // Flattens nested dicts into dotted names: {"model": {"emb.weight": t}} -> "model.emb.weight".
-void flatten(const Value& value, const std::string& prefix, TensorMap& out, const std::string& where) {
-  const auto* dict = std::get_if<Dict>(&value.v);
-  if (!dict) throw Error(where + ": data.pkl does not hold a dict of tensors");
-  for (const auto& [key_value, item] : dict->items) {
-    const auto* key = std::get_if<std::string>(&key_value->v);
-    if (!key) throw Error(where + ": a key of the state dict is not a string");
-    const std::string name = prefix.empty() ? *key : prefix + "." + *key;
-    if (const auto* tensor = std::get_if<at::Tensor>(&item->v)) {
-      if (!out.emplace(name, *tensor).second) throw Error(where + ": tensor '" + name + "' appears twice");
-    } else if (std::holds_alternative<Dict>(item->v)) {
-      flatten(*item, name, out, where);
-    } else {
-      throw Error(where + ": '" + name + "' is not a tensor or a dict of tensors");
+// Iterative, with the depth bounded and every dict visited once: a pickle whose dicts refer to
+// themselves or share a sub-dict is refused instead of looping or multiplying.
+void flatten(const Value& root, TensorMap& out, const std::string& where) {
+  if (!std::holds_alternative<Dict>(root.v)) throw Error(where + ": data.pkl does not hold a dict of tensors");
+  struct Pending {
+    const Dict* dict;
+    std::string prefix;
+    int64_t depth;
+  };
+  std::vector<Pending> pending{{&std::get<Dict>(root.v), "", 1}};
+  std::unordered_set<const Dict*> seen{pending.front().dict};
+  while (!pending.empty()) {
+    Pending current = std::move(pending.back());
+    pending.pop_back();
+    for (const auto& [key_value, item] : current.dict->items) {
+      const auto* key = std::get_if<std::string>(&key_value->v);
+      if (!key) throw Error(where + ": a key of the state dict is not a string");
+      const std::string name = current.prefix.empty() ? *key : current.prefix + "." + *key;
+      if (name.size() > kMaxTensorNameBytes)
+        throw Error(where + ": a tensor name of " + std::to_string(name.size()) + " bytes ('" + name.substr(0, 64) +
+                    "...'); names of at most " + std::to_string(kMaxTensorNameBytes) + " bytes are read");
+      if (const auto* tensor = std::get_if<at::Tensor>(&item->v)) {
+        if (!out.emplace(name, *tensor).second) throw Error(where + ": tensor '" + name + "' appears twice");
+      } else if (const auto* dict = std::get_if<Dict>(&item->v)) {
+        if (!seen.insert(dict).second)
+          throw Error(where + ": '" + name + "' is a dict that already appears elsewhere in data.pkl (a cycle "
+                      "or a shared sub-dict); a state dict is a tree of dicts of tensors");
+        if (current.depth + 1 > kMaxDictDepth)
+          throw Error(where + ": dicts nest deeper than " + std::to_string(kMaxDictDepth) + " levels at '" +
+                      name.substr(0, 200) + "...'");
+        pending.push_back({dict, name, current.depth + 1});
+      } else {
+        throw Error(where + ": '" + name + "' is not a tensor or a dict of tensors");
+      }
     }
   }
 }
@@ -414,7 +462,7 @@ void write_pth(const std::filesystem::path& path, const TensorMap& tensors) {
   pickle.op('u');
   pickle.op('.');
   io::write_file_atomically(path, [&](std::FILE* out) {
-    io::ZipWriter zip(out);
+    io::ZipWriter zip(out, path);
     zip.add("archive/data.pkl", pickle.bytes().data(), pickle.bytes().size());
     zip.add("archive/byteorder", "little", 6);
     for (size_t i = 0; i < storages.size(); ++i)
@@ -424,7 +472,9 @@ void write_pth(const std::filesystem::path& path, const TensorMap& tensors) {
   });
 }
 
-TensorMap read_pth(const std::filesystem::path& path) {
+TensorMap read_pth(const std::filesystem::path& path) { return read_pth(path, Checksums::kSkip); }
+
+TensorMap read_pth(const std::filesystem::path& path, Checksums checksums) {
   const std::string where = path.string();
   auto file = MappedFile::open(path);
   if (file->size() < 4 || std::memcmp(file->data(), "PK\x03\x04", 4) != 0)
@@ -455,7 +505,7 @@ TensorMap read_pth(const std::filesystem::path& path) {
     auto it = by_name.find(prefix + "data/" + ref.key);
     if (it == by_name.end()) throw Error(where + ": storage '" + ref.key + "' has no data record");
     const int64_t element_size = static_cast<int64_t>(c10::elementSize(ref.dtype));
-    if (ref.numel < 0 || static_cast<uint64_t>(ref.numel * element_size) > it->second->size)
+    if (ref.numel < 0 || static_cast<uint64_t>(ref.numel) > it->second->size / static_cast<uint64_t>(element_size))
       throw Error(where + ": storage '" + ref.key + "' claims " + std::to_string(ref.numel) +
                   " elements of " + std::to_string(element_size) + " bytes but its record holds " +
                   std::to_string(it->second->size) + " bytes");
@@ -463,10 +513,13 @@ TensorMap read_pth(const std::filesystem::path& path) {
     void* data = file->data() + it->second->data_offset;
     return at::from_blob(data, {ref.numel}, [file](void*) {}, at::TensorOptions().dtype(ref.dtype));
   };
+  io::verify_crc(*file, *pickle);
+  if (checksums == Checksums::kVerify)
+    for (const auto& e : entries) io::verify_crc(*file, e);
   Unpickler unpickler(where + ": data.pkl", file->data() + pickle->data_offset, pickle->size, load_storage);
-  ValuePtr root = unpickler.run();
+  const Value* root = unpickler.run();
   TensorMap tensors;
-  flatten(*root, "", tensors, where);
+  flatten(*root, tensors, where);
   return tensors;
 }
 

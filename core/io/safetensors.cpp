@@ -4,12 +4,12 @@
 
 #include <algorithm>
 #include <cstring>
-#include <fstream>
 #include <set>
 
 #include <nlohmann/json.hpp>
 
 #include "io/mapped_file.hpp"
+#include "io/strict_json.hpp"
 #include "peftkit/error.hpp"
 #include "peftkit/tensor_io.hpp"
 
@@ -42,25 +42,12 @@ TensorFile read_safetensors(const std::filesystem::path& path) {
   if (header_size > file->size() - 8)
     throw Error(where + ": safetensors header length " + std::to_string(header_size) +
                 " runs past the end of the " + std::to_string(file->size()) + "-byte file");
-  const std::string header(reinterpret_cast<const char*>(file->data() + 8), header_size);
+  const std::string_view header(reinterpret_cast<const char*>(file->data() + 8), header_size);
   if (header.empty() || header[0] != '{')
     throw Error(where + ": safetensors header must start with '{'");
 
-  std::string duplicate;
-  std::set<std::string> keys;
-  nlohmann::json json;
-  try {
-    json = nlohmann::json::parse(header, [&](int depth, nlohmann::json::parse_event_t event,
-                                             nlohmann::json& parsed) {
-      if (depth == 1 && event == nlohmann::json::parse_event_t::key &&
-          !keys.insert(parsed.get<std::string>()).second)
-        duplicate = parsed.get<std::string>();
-      return true;
-    });
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(where + ": safetensors header is not valid JSON (" + e.what() + ")");
-  }
-  if (!duplicate.empty()) throw Error(where + ": safetensors header names '" + duplicate + "' twice");
+  // A header is an object of objects holding short arrays: three levels.
+  const nlohmann::json json = io::parse_strict_json(header, 3, where + ": safetensors header");
   if (!json.is_object()) throw Error(where + ": safetensors header is not a JSON object");
 
   const uint64_t buffer_start = 8 + header_size;
@@ -80,6 +67,9 @@ TensorFile read_safetensors(const std::filesystem::path& path) {
       }
       continue;
     }
+    if (name.size() > kMaxTensorNameBytes)
+      throw Error(where + ": a tensor name of " + std::to_string(name.size()) + " bytes ('" + name.substr(0, 64) +
+                  "...'); names of at most " + std::to_string(kMaxTensorNameBytes) + " bytes are read");
     const std::string what = where + ": tensor '" + name + "'";
     if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") ||
         !entry.contains("data_offsets"))
@@ -90,19 +80,25 @@ TensorFile read_safetensors(const std::filesystem::path& path) {
     if (dtype_it == dtype_names().end())
       throw Error(what + " has dtype '" + dtype_name + "', which is not supported");
     std::vector<int64_t> shape;
-    uint64_t numel = 1;
+    uint64_t numel = 1, extent = 1;  // extent skips zero dimensions: strides must fit too
     if (!entry["shape"].is_array()) throw Error(what + ": shape is not a list");
     for (const auto& d : entry["shape"]) {
-      if (!d.is_number_unsigned()) throw Error(what + ": shape entries must be non-negative integers");
+      if (!d.is_number_unsigned() || d.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX))
+        throw Error(what + ": shape entries must be non-negative 64-bit integers");
       shape.push_back(d.get<int64_t>());
-      numel *= d.get<uint64_t>();
+      if (__builtin_mul_overflow(numel, d.get<uint64_t>(), &numel) ||
+          __builtin_mul_overflow(extent, std::max<uint64_t>(1, d.get<uint64_t>()), &extent) ||
+          extent > static_cast<uint64_t>(INT64_MAX))
+        throw Error(what + ": shape " + entry["shape"].dump() + " holds more than 2^63 elements");
     }
     const auto& offsets = entry["data_offsets"];
     if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() ||
         !offsets[1].is_number_unsigned())
       throw Error(what + ": data_offsets must be [begin, end]");
     const uint64_t begin = offsets[0].get<uint64_t>(), end = offsets[1].get<uint64_t>();
-    const uint64_t bytes = numel * c10::elementSize(dtype_it->second);
+    uint64_t bytes = 0;
+    if (__builtin_mul_overflow(numel, c10::elementSize(dtype_it->second), &bytes))
+      throw Error(what + ": shape " + entry["shape"].dump() + " needs more than 2^64 bytes");
     if (end < begin || end - begin != bytes)
       throw Error(what + ": data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
                   "] hold " + std::to_string(end < begin ? 0 : end - begin) + " bytes but shape and dtype need " +
@@ -150,8 +146,9 @@ void write_safetensors(const std::filesystem::path& path, const TensorMap& tenso
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
   for (const auto& [name, tensor] : ordered) {
+    const at::ScalarType dtype = tensor.scalar_type();
     auto it = std::find_if(dtype_names().begin(), dtype_names().end(),
-                           [&](const auto& p) { return p.second == tensor.scalar_type(); });
+                           [dtype](const auto& p) { return p.second == dtype; });
     if (it == dtype_names().end())
       throw Error(path.string() + ": cannot store tensor '" + name + "' of dtype " +
                   std::string(c10::toString(tensor.scalar_type())) + " in safetensors");
@@ -163,20 +160,19 @@ void write_safetensors(const std::filesystem::path& path, const TensorMap& tenso
   text.append((8 - text.size() % 8) % 8, ' ');  // keeps the data buffer 8-byte aligned
   io::write_file_atomically(path, [&](std::FILE* out) {
     const uint64_t size = text.size();
-    bool ok = std::fwrite(&size, 8, 1, out) == 1 && std::fwrite(text.data(), 1, text.size(), out) == text.size();
-    for (const auto& [name, tensor] : ordered)
-      ok = ok && (tensor.nbytes() == 0 || std::fwrite(tensor.data_ptr(), 1, tensor.nbytes(), out) == tensor.nbytes());
-    if (!ok) throw Error(path.string() + ": write failed");
+    io::write_all(out, &size, 8, path);
+    io::write_all(out, text.data(), text.size(), path);
+    for (const auto& [name, tensor] : ordered) io::write_all(out, tensor.data_ptr(), tensor.nbytes(), path);
   });
 }
 
-TensorFile read_tensor_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(path.string() + ": cannot open");
-  char head[9] = {0};
-  in.read(head, 9);
-  if (in.gcount() >= 4 && std::memcmp(head, "PK\x03\x04", 4) == 0) return {read_pth(path), {}};
-  if (in.gcount() == 9 && head[8] == '{') return read_safetensors(path);
+TensorFile read_tensor_file(const std::filesystem::path& path) { return read_tensor_file(path, Checksums::kSkip); }
+
+TensorFile read_tensor_file(const std::filesystem::path& path, Checksums checksums) {
+  const auto file = io::MappedFile::open(path);
+  const uint8_t* head = file->data();
+  if (file->size() >= 4 && std::memcmp(head, "PK\x03\x04", 4) == 0) return {read_pth(path, checksums), {}};
+  if (file->size() >= 9 && head[8] == '{') return read_safetensors(path);
   throw Error(path.string() + ": neither a PyTorch .pth (zip) file nor a safetensors file");
 }
 

@@ -2,6 +2,7 @@
 
 #include <array>
 #include <cstring>
+#include <set>
 
 #include "io/little_endian.hpp"
 #include "peftkit/error.hpp"
@@ -108,6 +109,7 @@ std::vector<ZipEntry> read_zip_directory(const MappedFile& file) {
   }
 
   std::vector<ZipEntry> entries;
+  std::set<std::string> names;
   uint64_t p = directory_offset;
   for (uint64_t i = 0; i < count; ++i) {
     if (cursor.read<uint32_t>(p, "central directory entry") != kCentralHeader)
@@ -115,6 +117,7 @@ std::vector<ZipEntry> read_zip_directory(const MappedFile& file) {
                   " at byte " + std::to_string(p) + ")");
     ZipEntry entry;
     entry.method = cursor.read<uint16_t>(p + 10, "compression method");
+    entry.crc = cursor.read<uint32_t>(p + 16, "CRC-32");
     uint64_t compressed = cursor.read<uint32_t>(p + 20, "compressed size");
     uint64_t size = cursor.read<uint32_t>(p + 24, "size");
     const uint16_t name_length = cursor.read<uint16_t>(p + 28, "name length");
@@ -145,15 +148,26 @@ std::vector<ZipEntry> read_zip_directory(const MappedFile& file) {
       throw Error(where + ": truncated zip archive ('" + entry.name + "' needs " +
                   std::to_string(entry.size) + " bytes at byte " + std::to_string(entry.data_offset) +
                   ", the file has " + std::to_string(file.size()) + ")");
+    if (!names.insert(entry.name).second)
+      throw Error(where + ": malformed zip archive (entry '" + entry.name + "' appears twice)");
     entries.push_back(std::move(entry));
     p += 46 + name_length + extra_length + comment_length;
   }
   return entries;
 }
 
+void verify_crc(const MappedFile& file, const ZipEntry& entry) {
+  const uint32_t actual = crc32(file.data() + entry.data_offset, entry.size);
+  if (actual != entry.crc) {
+    char text[96];
+    std::snprintf(text, sizeof text, "CRC-32 %08x, the archive records %08x", actual, entry.crc);
+    throw Error(file.path().string() + ": entry '" + entry.name + "' is damaged (its bytes give " + text +
+                "): the file was corrupted after it was written");
+  }
+}
+
 void ZipWriter::put(const void* data, size_t size) {
-  if (size && std::fwrite(data, 1, size, out_) != size)
-    throw Error("zip writer: write failed after " + std::to_string(offset_) + " bytes");
+  write_all(out_, data, size, path_);
   offset_ += size;
 }
 

@@ -25,7 +25,7 @@ int64_t round_to_32(double x) {
 }  // namespace
 
 std::optional<std::vector<int64_t>> merged_state_shape(const Rwkv7Config& config, const std::string& name) {
-  static const std::regex kName(R"(blocks\.(\d+)\.(att\.time_state|att\.time_shift|ffn\.time_shift))");
+  static const std::regex kName(R"(blocks\.(\d{1,9})\.(att\.time_state|att\.time_shift|ffn\.time_shift))");
   std::smatch match;
   if (!std::regex_match(name, match, kName) || std::stoll(match[1]) >= config.n_layer) return std::nullopt;
   if (match[2] == "att.time_state") return std::vector<int64_t>{config.n_head, config.head_size, config.head_size};

@@ -47,6 +47,7 @@ Rwkv7Model::Rwkv7Model(const TensorMap& weights, const ModelOptions& options, co
     : config_(Rwkv7Config::from_tensors(weights, where)), options_(options) {
   if (!at::isFloatingType(options.dtype))
     throw Error("model dtype must be a floating-point type, not " + std::string(c10::toString(options.dtype)));
+  require_finite(weights, where);
   auto quantized = [&](const std::string& name) {
     if (!options.quantizer) return false;
     if (name == "head.weight") return options.quantize_head;
@@ -88,7 +89,14 @@ std::unique_ptr<FrozenLinear> Rwkv7Model::make_base(const std::string& name, con
     for (auto it = options_.prequantized->lower_bound(prefix);
          it != options_.prequantized->end() && it->first.compare(0, prefix.size(), prefix) == 0; ++it)
       packed[it->first.substr(prefix.size())] = it->second.to(options_.device);
-    if (!packed.empty()) return options_.quantizer->load(packed);
+    if (!packed.empty()) {
+      auto loaded = options_.quantizer->load(packed);
+      if (loaded->out_features() != weight.size(0) || loaded->in_features() != weight.size(1))
+        throw Error("the pre-quantized " + name + " is [" + std::to_string(loaded->out_features()) + ", " +
+                    std::to_string(loaded->in_features()) + "] but the model's weight is " + c10::str(weight.sizes()) +
+                    " (a cache of another model)");
+      return loaded;
+    }
   }
   return options_.quantizer->quantize(weight.to(options_.device));
 }

@@ -12,7 +12,7 @@ namespace peftkit {
 std::vector<at::Tensor> read_state_file(const std::filesystem::path& path, const Rwkv7Config& config) {
   const std::string where = path.string();
   TensorMap tensors = read_tensor_file(path).tensors;
-  static const std::regex kName(R"(blocks\.(\d+)\.att\.time_state)");
+  static const std::regex kName(R"(blocks\.(\d{1,9})\.att\.time_state)");
   std::vector<at::Tensor> states(static_cast<size_t>(config.n_layer));
   int64_t layers_in_file = 0;
   for (const auto& [name, tensor] : tensors) {

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <sstream>
 
 namespace peftkit {
@@ -52,8 +53,11 @@ std::string quote(std::string_view text) {
 }
 
 std::string format_bound(const OptionSpec& spec, double value) {
-  return spec.type == OptionType::kInt ? std::to_string(static_cast<int64_t>(value))
-                                       : format_number(value);
+  if (spec.type != OptionType::kInt) return format_number(value);
+  // Bounds are doubles: INT64_MAX is stored as 2^63, which no int64 holds (found by fuzz_recipe).
+  if (value >= 0x1p63) return std::to_string(std::numeric_limits<int64_t>::max());
+  if (value < -0x1p63) return std::to_string(std::numeric_limits<int64_t>::min());
+  return std::to_string(static_cast<int64_t>(value));
 }
 
 std::string join_choices(const std::vector<std::string>& choices) {

@@ -6,6 +6,7 @@
 
 #include <boost/dll/runtime_symbol_info.hpp>
 
+#include "io/mapped_file.hpp"
 #include "peftkit/error.hpp"
 
 namespace peftkit {
@@ -102,6 +103,7 @@ std::string parse_python_literal(std::string_view literal, const std::string& wh
 }  // namespace
 
 std::unique_ptr<WorldTokenizer> WorldTokenizer::load(const std::filesystem::path& vocab_file) {
+  io::require_regular_file(vocab_file, "tokenizer vocabulary");
   std::ifstream in(vocab_file, std::ios::binary);
   if (!in) throw Error(vocab_file.string() + ": cannot open the tokenizer vocabulary");
   auto tokenizer = std::unique_ptr<WorldTokenizer>(new WorldTokenizer());

@@ -19,8 +19,9 @@ at::Tensor nll_sum(const at::Tensor& logits, const at::Tensor& labels) {
 }
 
 // d loss / d logits for fp32 logit rows [n, V]: ce_scale (softmax - onehot(label)) on the rows that
-// count, plus L2Wrap: every row pushes its largest logit towards zero with wrap_scale. The scales
-// are 0-dim fp32 tensors on the logits' device, so nothing waits for the GPU.
+// count, plus L2Wrap: every row that counts pushes its largest logit towards zero with wrap_scale
+// (padding and masked prompt rows get no gradient at all). The scales are 0-dim fp32 tensors on
+// the logits' device, so nothing waits for the GPU.
 at::Tensor logits_gradient(const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& ce_scale,
                            const at::Tensor& wrap_scale) {
   const at::Tensor mask = labels != kIgnoreIndex;
@@ -29,7 +30,7 @@ at::Tensor logits_gradient(const at::Tensor& logits, const at::Tensor& labels, c
   const at::Tensor safe = at::where(mask, labels, at::zeros_like(labels));
   g.scatter_add_(1, safe.unsqueeze(1), row_scale.neg().unsqueeze(1));
   auto [max_value, max_index] = logits.max(-1);
-  g.scatter_add_(1, max_index.unsqueeze(1), (max_value * wrap_scale).unsqueeze(1));
+  g.scatter_add_(1, max_index.unsqueeze(1), (max_value * mask.to(at::kFloat) * wrap_scale).unsqueeze(1));
   return g;
 }
 

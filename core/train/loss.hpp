@@ -2,10 +2,12 @@
 // fp32 logits exists at a time, whatever the dtype of the [B, T, V] logits.
 //
 // Forward: the mean cross-entropy over positions whose target is not kIgnoreIndex (-100).
-// Backward: the cross-entropy gradient, plus for every position n (all B*T rows) the L2Wrap term
-//   1e-4 * max_j(logit_nj) / (B*T) added at the arg-max logit, times the incoming gradient
+// Backward: the cross-entropy gradient, plus for every position n whose target counts the L2Wrap
+// term 1e-4 * max_j(logit_nj) / (B*T) added at the arg-max logit, times the incoming gradient
 // (spec rwkv-model §1.7: equivalent to the extra loss 1e-4/(2 B T) * sum_n max_j(logit_nj)^2,
-// which keeps logits from drifting up; RWKV-PEFT forgets the incoming gradient, we do not).
+// which keeps logits from drifting up). Two deliberate differences from RWKV-PEFT: it forgets the
+// incoming gradient, and it applies L2Wrap to padding and masked positions too, so a batch with
+// no target would still move the weights; here such positions get no gradient.
 //
 //   at::Tensor loss = cross_entropy_l2wrap(logits, targets);   // targets [B, T] int64
 //   loss.backward();
@@ -28,7 +30,7 @@ struct WholeBatch {
 WholeBatch whole_batch(const at::Tensor& targets, const at::Device& device);
 
 // Returns the loss, a 0-dim fp32 tensor with autograd to `logits`; with no target that counts (all
-// ignored) the loss is 0 and only L2Wrap acts. Nothing here waits for the device (no host copies),
+// ignored) the loss is 0 and so is its gradient. Nothing here waits for the device (no host copies),
 // so the loss and its backward can be captured in a CUDA graph. `whole`: the batch these logits
 // are a piece of (null: they are the whole batch).
 at::Tensor cross_entropy_l2wrap(const at::Tensor& logits, const at::Tensor& targets,

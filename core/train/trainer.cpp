@@ -149,6 +149,8 @@ struct Trainer::Impl {
   Impl(const host::Recipe& r, const host::PluginRegistry& p, TrainFlags f) : recipe(r), plugins(p), flags(f) {}
 
   void setup();
+  // Throws naming the [output] dir when a file the run would write (or prune) is one of its inputs.
+  void refuse_writing_over_inputs() const;
   void select_trainable();
   void open_data();
   bool load_checkpoint();
@@ -201,12 +203,16 @@ void Trainer::Impl::setup() {
 
   out_dir = recipe.resolve_path(recipe.output.get_string("dir"));
   checkpoint_dir = out_dir / "checkpoints";
+  refuse_writing_over_inputs();
   fs::create_directories(checkpoint_dir);
   // Temporary files of a write that was killed midway are never a checkpoint; remove them.
   for (const auto& entry : fs::directory_iterator(checkpoint_dir))
     if (entry.path().filename().string().find(".tmp-") != std::string::npos) fs::remove(entry.path());
   log::add_file(out_dir / "peftkit.log");
-  std::ofstream(out_dir / "recipe.toml") << host::format_recipe(recipe);
+  const std::string resolved_recipe = host::format_recipe(recipe);
+  io::write_file_atomically(out_dir / "recipe.toml", [&](std::FILE* out) {
+    io::write_all(out, resolved_recipe.data(), resolved_recipe.size(), out_dir / "recipe.toml");
+  });
 
   try {
     device = host::resolve_device(recipe.run.get_string("device"));
@@ -254,6 +260,37 @@ void Trainer::Impl::setup() {
               train.get_int("warmup_steps"), epoch_steps * (epoch_begin + epoch_count)};
   adam = std::make_unique<Adam>(trained, AdamSettings{train.get_float("beta1"), train.get_float("beta2"),
                                                       train.get_float("adam_eps"), train.get_float("weight_decay")});
+}
+
+void Trainer::Impl::refuse_writing_over_inputs() const {
+  // Every file the run reads, and every file it may write (or delete, in the checkpoint folder).
+  std::vector<std::pair<std::string, fs::path>> inputs = {{"the recipe", recipe.file},
+                                                          {"[model] path", recipe.resolve_path(recipe.model.get_string("path"))}};
+  for (const char* key : {"path", "eval_file"}) {
+    const std::string& value = recipe.data.get_string(key);
+    if (value.empty()) continue;
+    const fs::path path = recipe.resolve_path(value);
+    for (const char* extension : {"", ".bin", ".idx"})
+      inputs.push_back({std::string("[data] ") + key, path.string() + extension});
+  }
+  std::vector<fs::path> outputs;
+  for (const char* name : {"recipe.toml", "peftkit.log", "train_log.txt", "metrics.jsonl"}) outputs.push_back(out_dir / name);
+  for (int64_t e = epoch_begin; e < epoch_begin + epoch_count; ++e)
+    outputs.push_back(out_dir / ("rwkv-" + std::to_string(e) + ".pth"));
+  if (const std::string& cache = recipe.quant.get_string("cache_file"); !cache.empty())
+    outputs.push_back(recipe.resolve_path(cache));
+  std::error_code ec;
+  for (const auto& [what, input] : inputs) {
+    if (!fs::exists(input, ec)) continue;
+    if (fs::equivalent(input.parent_path().empty() ? "." : input.parent_path(), checkpoint_dir, ec))
+      throw recipe.output.error("dir", what + " " + input.string() + " lies in the run's checkpoint folder, which "
+                                       "the run prunes; move it or choose another [output] dir");
+    for (const auto& output : outputs)
+      if (fs::exists(output, ec) && fs::equivalent(input, output, ec))
+        throw recipe.output.error("dir", "the run would write " + output.string() + ", which is " + what +
+                                             "; training never writes over its inputs: move the file or choose "
+                                             "another [output] dir");
+  }
 }
 
 void Trainer::Impl::open_data() {
@@ -505,8 +542,26 @@ void Trainer::Impl::save_checkpoint() {
 bool Trainer::Impl::load_checkpoint() {
   const std::vector<fs::path> all = list_checkpoints(checkpoint_dir);
   if (all.empty()) return false;
-  const fs::path path = all.back();
-  TensorMap state = read_pth(path);
+  // The newest checkpoint whose every record matches its CRC-32; damaged ones are named and skipped.
+  fs::path path;
+  TensorMap state;
+  std::string damaged;
+  for (auto it = all.rbegin(); it != all.rend() && path.empty(); ++it) {
+    try {
+      state = read_pth(*it, Checksums::kVerify);
+      path = *it;
+    } catch (const Error& e) {
+      // Set aside (kept, never deleted) so that later saves and pruning never count it again.
+      const fs::path aside = it->string() + ".damaged";
+      std::error_code ec;
+      fs::rename(*it, aside, ec);
+      log::warn(std::string("cannot use checkpoint ") + e.what() + (ec ? "" : "; kept as " + aside.string()) +
+                (std::next(it) != all.rend() ? "; falling back to " + std::next(it)->filename().string() : ""));
+      damaged += std::string("\n  ") + e.what();
+    }
+  }
+  if (path.empty())
+    throw Error("no intact checkpoint in " + checkpoint_dir.string() + " to resume from:" + damaged);
   auto get = [&](const std::string& name) -> const at::Tensor& {
     auto it = state.find(name);
     if (it == state.end()) throw Error(path.string() + ": not a peftkit checkpoint (no '" + name + "')");
@@ -543,7 +598,8 @@ bool Trainer::Impl::load_checkpoint() {
       if (!parsed.is_discarded() && parsed.value("step", int64_t{0}) <= step) kept += line + "\n";
     }
     in.close();
-    io::write_file_atomically(metrics_path, [&](std::FILE* out) { std::fwrite(kept.data(), 1, kept.size(), out); });
+    io::write_file_atomically(metrics_path,
+                              [&](std::FILE* out) { io::write_all(out, kept.data(), kept.size(), metrics_path); });
   }
   log::info("resumed from " + path.string() + " at step " + std::to_string(step));
   return true;
@@ -560,11 +616,9 @@ int Trainer::Impl::run() {
         throw Error(checkpoint_dir.string() + " already holds checkpoints of an earlier run: continue it with "
                     "--resume (or [train] resume = \"auto\"), or choose another [output] dir");
   }
-  {
-    std::ofstream log_file(out_dir / "train_log.txt", std::ios::app);
-    log_file << "NEW RUN " << now_text("%Y-%m-%d-%H-%M-%S") << "\n" << host::format_recipe(recipe) << "\n";
-  }
-  std::ofstream metrics(out_dir / "metrics.jsonl", std::ios::app);
+  io::AppendFile train_log(out_dir / "train_log.txt");
+  train_log.append("NEW RUN " + now_text("%Y-%m-%d-%H-%M-%S") + "\n" + host::format_recipe(recipe) + "\n");
+  io::AppendFile metrics(out_dir / "metrics.jsonl");
   const bool terminal = ::isatty(STDERR_FILENO);
   const int64_t total_steps = epoch_steps * epoch_count;
   const int64_t report_every = std::max<int64_t>(1, total_steps / 20);
@@ -578,6 +632,7 @@ int Trainer::Impl::run() {
       device, recipe.train.get_bool("cuda_graphs"));
   const auto started = Clock::now();
   const int64_t first_step = step;
+  int64_t applied_steps = 0;  // optimizer updates made by this invocation
   double smoothed = std::nan("");
   int exit_code = 0;
 
@@ -596,15 +651,23 @@ int Trainer::Impl::run() {
       step_tokens += counted_targets(targets);
     }
     const double loss_value = loss_sum / static_cast<double>(accumulate);
-    const double grad_norm = adam->clip_grad_norm(grad_clip);
-    const bool bad = !std::isfinite(loss_value) || !std::isfinite(grad_norm);
-    if (bad) {
+    // A step whose batches have no target that counts (prompts longer than ctx_len, empty
+    // documents) has nothing to learn from: it updates nothing.
+    const bool no_targets = step_tokens == 0;
+    const double grad_norm = no_targets ? 0.0 : adam->clip_grad_norm(grad_clip);
+    const bool bad = !no_targets && (!std::isfinite(loss_value) || !std::isfinite(grad_norm));
+    if (no_targets) {
+      ++skipped_steps;
+      log::warn("step " + std::to_string(step + 1) + ": no target token counts in its batches (every position is "
+                "padding or masked); step skipped, nothing updated");
+    } else if (bad) {
       ++bad_steps_in_a_row;
       ++skipped_steps;
       log::warn("step " + std::to_string(step + 1) + ": non-finite loss or gradient (loss " + std::to_string(loss_value) +
                 ", gradient norm " + std::to_string(grad_norm) + "); step skipped");
     } else {
       adam->step(lr);
+      ++applied_steps;
       bad_steps_in_a_row = 0;
       epoch_loss_sum += loss_value;
       ++epoch_loss_count;
@@ -620,9 +683,9 @@ int Trainer::Impl::run() {
     const double peak_gib = device.is_cuda() ? static_cast<double>(c10::cuda::CUDACachingAllocator::getDeviceStats(
                                                    device.index()).allocated_bytes[0].peak) / (1 << 30)
                                              : 0.0;
-    nlohmann::json line = {{"step", step}, {"epoch", epoch_begin + epoch}, {"loss", bad ? nullptr : nlohmann::json(loss_value)},
+    nlohmann::json line = {{"step", step}, {"epoch", epoch_begin + epoch}, {"loss", bad || no_targets ? nullptr : nlohmann::json(loss_value)},
                            {"lr", lr}, {"grad_norm", std::isfinite(grad_norm) ? nlohmann::json(grad_norm) : nullptr},
-                           {"tokens", tokens_seen}, {"tokens_per_s", rate}, {"skipped", bad}};
+                           {"tokens", tokens_seen}, {"tokens_per_s", rate}, {"skipped", bad || no_targets}};
     if (device.is_cuda()) {
       line["peak_gpu_gib"] = peak_gib;
       line["cuda_graph"] = graphed_step.replays() > replays_before;
@@ -635,7 +698,7 @@ int Trainer::Impl::run() {
       log::info("step " + std::to_string(step) + ": eval loss " + std::to_string(eval_loss) + ", perplexity " +
                 std::to_string(std::exp(eval_loss)));
     }
-    metrics << line.dump() << "\n" << std::flush;
+    metrics.append(line.dump() + "\n");
 
     char progress[256];
     std::snprintf(progress, sizeof progress, "epoch %lld/%lld step %lld/%lld loss %.4f (avg %.4f) lr %.2e %.0f tok/s ETA %s%s",
@@ -653,10 +716,11 @@ int Trainer::Impl::run() {
     if (epoch_end) {
       if (terminal) std::fprintf(stderr, "\n");
       const double mean = epoch_loss_count ? epoch_loss_sum / static_cast<double>(epoch_loss_count) : std::nan("");
-      std::ofstream log_file(out_dir / "train_log.txt", std::ios::app);
-      log_file << (epoch_begin + epoch) << " " << std::fixed << std::setprecision(6) << mean << " "
+      std::ostringstream log_line;
+      log_line << (epoch_begin + epoch) << " " << std::fixed << std::setprecision(6) << mean << " "
                << std::setprecision(4) << std::exp(mean) << " " << std::setprecision(8) << lr << " "
                << now_text("%Y-%m-%d %H:%M:%S") << " " << epoch << "\n";
+      train_log.append(log_line.str());
       epoch_loss_sum = 0;
       epoch_loss_count = 0;
       // RWKV-PEFT saves at epochs 0, epoch_save, 2 * epoch_save, ... and at the last one.
@@ -676,10 +740,19 @@ int Trainer::Impl::run() {
     if (g_stop_signal) {
       save_checkpoint();
       std::cerr << "\ninterrupted by signal " << g_stop_signal << " after step " << step << "; checkpoint written to "
-                << checkpoint_dir.string() << ". Resume with: peftkit train " << recipe.file.string() << " --resume\n";
+                << checkpoint_dir.string() << ". Resume with: "
+                << (flags.resume_command.empty() ? "peftkit train " + recipe.file.string() + " --resume"
+                                                 : flags.resume_command)
+                << "\n";
       exit_code = kExitInterrupted;
       break;
     }
+  }
+  if (exit_code == 0 && step > first_step && applied_steps == 0) {
+    std::cerr << "\nfailed: all " << step - first_step << " steps of this run were skipped (non-finite losses or "
+              << "gradients, or batches without a target that counts); nothing was learned. Check the model and "
+              << "the data (peftkit inspect), lr_init and precision\n";
+    return kExitTooManyBadSteps;
   }
   if (exit_code == 0) {
     log::info("done: " + std::to_string(step) + " steps, " + std::to_string(tokens_seen) + " tokens, " +

@@ -15,6 +15,9 @@ namespace peftkit {
 
 struct TrainFlags {
   bool resume = false;  // --resume: continue from the latest checkpoint, which must exist
+  // The command that continues this run, printed when it is interrupted; empty: built from the
+  // recipe's path alone.
+  std::string resume_command;
 };
 
 // Exit codes of `peftkit train` beyond 0 (done) and 1 (an input error).

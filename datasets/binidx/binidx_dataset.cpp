@@ -4,6 +4,7 @@
 //   pad     one item (document) per sample, truncated to ctx_len + 1 tokens; the trainer pads.
 //           (RWKV-PEFT reads on into the next documents and masks their targets: the same loss.)
 //   stream  the .bin as one token stream, windows as in token_windows.hpp (`order`).
+#include <algorithm>
 #include <cstring>
 #include <optional>
 
@@ -65,24 +66,49 @@ class BinidxDataset final : public Dataset {
       throw Error(where + ": dtype code " + std::to_string(code) + (code == 6 || code == 7 ? " is a float type" : " is unknown") +
                   "; token ids need an integer type (8 = uint16 or 4 = int32 as json2binidx and make_data.py write)");
     type_ = *type;
-    count_ = static_cast<int64_t>(read_at<uint64_t>(p + 18));
+    // Every size and pointer comes from the file: each is checked once here, overflow-safe, so
+    // sample() can trust them.
+    const uint64_t count = read_at<uint64_t>(p + 18);
     const uint64_t documents = read_at<uint64_t>(p + 26);
-    const uint64_t needed = kHeaderSize + 12 * static_cast<uint64_t>(count_) + 8 * documents;
-    if (idx_.size() < needed)
-      throw Error(where + ": truncated index: " + std::to_string(count_) + " items and " + std::to_string(documents) +
-                  " document entries need " + std::to_string(needed) + " bytes, the file has " + std::to_string(idx_.size()));
+    const uint64_t room = idx_.size() - kHeaderSize;
+    if (count > room / 12 || documents > (room - 12 * count) / 8)
+      throw Error(where + ": truncated index: the header announces " + std::to_string(count) + " items and " +
+                  std::to_string(documents) + " document entries, which need more than the " +
+                  std::to_string(idx_.size()) + " bytes of the file");
+    count_ = static_cast<int64_t>(count);
     sizes_ = p + kHeaderSize;
     pointers_ = sizes_ + 4 * count_;
     if (bin_.size() % type_.size != 0)
       throw Error(bin_.path().string() + ": " + std::to_string(bin_.size()) + " bytes is not a whole number of " +
                   type_.name + " tokens");
     tokens_ = static_cast<int64_t>(bin_.size()) / type_.size;
-    if (count_ > 0) {
-      const int64_t last_end = item_pointer(count_ - 1) / type_.size + item_size(count_ - 1);
-      if (last_end > tokens_)
-        throw Error(where + ": the last item ends at token " + std::to_string(last_end) + " but " +
-                    bin_.path().string() + " holds " + std::to_string(tokens_) + " tokens");
+    int64_t longest = 0;
+    for (int64_t i = 0; i < count_; ++i) {
+      const int64_t size = item_size(i), pointer = item_pointer(i);
+      const std::string item = where + ": item " + std::to_string(i);
+      if (size < 0) throw Error(item + " has the negative size " + std::to_string(size));
+      if (pointer < 0 || pointer % type_.size != 0)
+        throw Error(item + " has the byte pointer " + std::to_string(pointer) + ", which is " +
+                    (pointer < 0 ? "negative" : "not a multiple of the " + std::to_string(type_.size) + "-byte token size"));
+      if (pointer / type_.size > tokens_ - size)
+        throw Error(item + " covers tokens " + std::to_string(pointer / type_.size) + " to " +
+                    std::to_string(pointer / type_.size + size) + " but " + bin_.path().string() + " holds " +
+                    std::to_string(tokens_) + " tokens");
+      longest = std::max(longest, size);
     }
+    // The document index: non-decreasing item numbers from 0 up to the item count.
+    const uint8_t* document_index = pointers_ + 8 * count_;
+    for (uint64_t d = 0; d < documents; ++d) {
+      const int64_t value = read_at<int64_t>(document_index + 8 * d);
+      const int64_t previous = d == 0 ? 0 : read_at<int64_t>(document_index + 8 * (d - 1));
+      if (value < previous || value > count_ || (d == 0 && value != 0) || (d + 1 == documents && value != count_))
+        throw Error(where + ": document index entry " + std::to_string(d) + " is " + std::to_string(value) +
+                    "; expected non-decreasing item numbers from 0 to the item count " + std::to_string(count_));
+    }
+    datasets::check_token_ids(bin_.data(), tokens_, type_.size, type_.is_signed, vocab_size_, bin_.path().string());
+    if (!stream && count_ > 0 && longest < 2)
+      throw Error(where + ": no item holds two tokens or more, so no sample has a target to learn (mode = \"pad\" "
+                          "takes one item per sample)");
     if (stream) windows_.emplace(tokens_, ctx_len_, order, source.seed, bin_.path().string());
     size_ = stream ? windows_->size() : count_;
     if (size_ == 0) throw Error(where + ": the dataset holds no items");
@@ -99,9 +125,7 @@ class BinidxDataset final : public Dataset {
       length = ctx_len_ + 1;
     } else {
       begin = item_pointer(index) / type_.size;
-      length = std::min(item_size(index), ctx_len_ + 1);
-      if (begin + length > tokens_)
-        throw Error(idx_.path().string() + ": item " + std::to_string(index) + " points past the end of the .bin file");
+      length = std::min(item_size(index), ctx_len_ + 1);  // checked at open
     }
     return datasets::tokens_to_sample([this](int64_t e) { return token(e); }, begin, length, vocab_size_,
                                       bin_.path().string());

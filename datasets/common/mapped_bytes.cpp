@@ -14,10 +14,15 @@ namespace peftkit::datasets {
 
 MappedBytes::MappedBytes(const std::filesystem::path& path) : path_(path) {
   const std::string where = path.string();
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) throw Error(where + ": cannot open (" + std::strerror(errno) + ")");
   struct stat info {};
-  if (::fstat(fd, &info) != 0 || info.st_size == 0) {
+  if (::fstat(fd, &info) != 0 || !S_ISREG(info.st_mode)) {
+    ::close(fd);
+    throw Error(where + ": not a regular file (a folder, FIFO or device); expected a data file");
+  }
+  if (info.st_size == 0) {
     ::close(fd);
     throw Error(where + ": the file is empty");
   }

@@ -1,6 +1,8 @@
 #include "token_windows.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "peftkit/error.hpp"
 #include "peftkit/random.hpp"
@@ -80,6 +82,48 @@ int64_t TokenWindows::offset(int64_t index) const {
 std::string TokenWindows::describe() const {
   return std::to_string(size_) + " windows of " + std::to_string(ctx_len_ + 1) + " tokens in " +
          kOrderNames[static_cast<int>(order_)] + " order";
+}
+
+namespace {
+
+template <class T>
+void check_ids_of(const uint8_t* data, int64_t count, int64_t vocab_size, const std::string& where) {
+  const uint64_t limit = vocab_size > 0 ? static_cast<uint64_t>(vocab_size) : uint64_t{1} << 63;
+  // Blocks without a branch per id; the first bad id is looked for only in a block that has one.
+  constexpr int64_t kBlock = 4096;
+  for (int64_t begin = 0; begin < count; begin += kBlock) {
+    const int64_t end = std::min(count, begin + kBlock);
+    bool bad = false;
+    for (int64_t i = begin; i < end; ++i) {
+      T v;
+      std::memcpy(&v, data + i * static_cast<int64_t>(sizeof(T)), sizeof(T));
+      bad |= static_cast<uint64_t>(static_cast<int64_t>(v)) >= limit;  // negatives wrap to huge
+    }
+    if (!bad) continue;
+    for (int64_t i = begin; i < end; ++i) {
+      T v;
+      std::memcpy(&v, data + i * static_cast<int64_t>(sizeof(T)), sizeof(T));
+      if (static_cast<uint64_t>(static_cast<int64_t>(v)) >= limit)
+        throw Error(where + ": token id " + std::to_string(static_cast<int64_t>(v)) + " at element " +
+                    std::to_string(i) + " is outside the model's vocabulary [0, " + std::to_string(vocab_size) + ")");
+    }
+  }
+}
+
+}  // namespace
+
+void check_token_ids(const uint8_t* data, int64_t count, int element_size, bool is_signed, int64_t vocab_size,
+                     const std::string& where) {
+  switch (element_size * (is_signed ? -1 : 1)) {
+    case 1: return check_ids_of<uint8_t>(data, count, vocab_size, where);
+    case -1: return check_ids_of<int8_t>(data, count, vocab_size, where);
+    case 2: return check_ids_of<uint16_t>(data, count, vocab_size, where);
+    case -2: return check_ids_of<int16_t>(data, count, vocab_size, where);
+    case 4: return check_ids_of<uint32_t>(data, count, vocab_size, where);
+    case -4: return check_ids_of<int32_t>(data, count, vocab_size, where);
+    case -8: return check_ids_of<int64_t>(data, count, vocab_size, where);
+    default: throw Error(where + ": token ids of " + std::to_string(element_size) + " bytes are not supported");
+  }
 }
 
 Sample tokens_to_sample(const std::function<int64_t(int64_t)>& token_at, int64_t begin, int64_t length,

@@ -35,6 +35,13 @@ class TokenWindows {
   int64_t size_ = 0, prime_ = 0, golden_ = 0;
 };
 
+// Scans `count` little-endian token ids of `element_size` bytes (1, 2, 4 or 8; signed or not) at
+// `data`, all of them, once at open; throws naming `where` and the index of the first id outside
+// [0, vocab_size) (vocab_size 0: only negative ids are refused). A memory-mapped scan runs at
+// disk or page-cache speed, so a bad id is found before training, not when its window is drawn.
+void check_token_ids(const uint8_t* data, int64_t count, int element_size, bool is_signed, int64_t vocab_size,
+                     const std::string& where);
+
 // Tokens [begin, begin + length) as a sample: inputs are all but the last, targets all but the
 // first. Every id is checked against the vocabulary; an error names the file and the position.
 Sample tokens_to_sample(const std::function<int64_t(int64_t)>& token_at, int64_t begin, int64_t length,

@@ -7,10 +7,13 @@
 // followed by the end-of-document token 0 (append_eod) so the model learns to stop. One document per
 // sample, truncated to ctx_len + 1 tokens; the trainer pads on the right with ignored targets.
 // Every line is checked when the file is opened; tokenisation happens per sample.
+#include <cstring>
+
 #include <nlohmann/json.hpp>
 
 #include "mapped_bytes.hpp"
 #include "peftkit/dataset.hpp"
+#include "peftkit/json_limits.hpp"
 #include "peftkit/log.hpp"
 #include "peftkit/plugin.hpp"
 
@@ -71,6 +74,10 @@ std::vector<Piece> render(const nlohmann::json& line, std::string& problem) {
   return {};
 }
 
+// Limits on a line (README, "Limits"): valid lines nest three levels ({"messages": [{...}]}).
+constexpr int kMaxLineNesting = 32;
+constexpr size_t kMaxLineBytes = 16 << 20;
+
 class JsonlDataset final : public Dataset {
  public:
   JsonlDataset(const DatasetSource& source, bool skip_bad_lines, bool append_eod)
@@ -79,24 +86,35 @@ class JsonlDataset final : public Dataset {
     const std::string where = source.path.string();
     const char* data = reinterpret_cast<const char*>(bytes_.data());
     size_t begin = 0;
+    bool any_target = false;
     for (int64_t number = 1; begin < bytes_.size(); ++number) {
-      size_t end = begin;
-      while (end < bytes_.size() && data[end] != '\n') ++end;
+      const char* newline = static_cast<const char*>(std::memchr(data + begin, '\n', bytes_.size() - begin));
+      const size_t end = newline ? static_cast<size_t>(newline - data) : bytes_.size();
       std::string_view text(data + begin, end - begin);
       if (!text.empty() && text.back() == '\r') text.remove_suffix(1);
       if (text.find_first_not_of(" \t") != std::string_view::npos) {
+        const std::string line_where = where + ":" + std::to_string(number);
         std::string problem;
         try {
+          if (text.size() > kMaxLineBytes)
+            throw Error(line_where + ": the line is " + std::to_string(text.size()) + " bytes long; lines of at most " +
+                        std::to_string(kMaxLineBytes) + " bytes are read");
+          check_json_nesting(text, kMaxLineNesting, line_where);
           render(nlohmann::json::parse(text), problem);
         } catch (const nlohmann::json::exception& e) {
           problem = std::string("not valid JSON (") + e.what() + ")";
+        } catch (const Error& e) {
+          problem = e.what();
         }
         if (problem.empty()) {
           lines_.push_back({begin, text.size(), number});
+          // Every line is tokenised once here: ids outside the model's vocabulary are found now,
+          // not when the line is drawn, and a file without any target to learn is refused.
+          any_target = sample(static_cast<int64_t>(lines_.size()) - 1).has_target() || any_target;
         } else if (skip_bad_lines) {
           ++skipped_;
         } else {
-          throw Error(where + ":" + std::to_string(number) + ": " + problem +
+          throw Error((problem.rfind(line_where, 0) == 0 ? problem : line_where + ": " + problem) +
                       " (set skip_bad_lines = true in [data.jsonl] to skip such lines)");
         }
       }
@@ -104,6 +122,9 @@ class JsonlDataset final : public Dataset {
     }
     if (skipped_) log::warn(where + ": skipped " + std::to_string(skipped_) + " bad lines");
     if (lines_.empty()) throw Error(where + ": contains no usable lines");
+    if (!any_target)
+      throw Error(where + ": no line has a token to learn within ctx_len = " + std::to_string(ctx_len_) +
+                  " (empty texts, or prompts that fill the whole context); every step would be skipped");
   }
 
   int64_t size() const override { return static_cast<int64_t>(lines_.size()); }
@@ -129,10 +150,11 @@ class JsonlDataset final : public Dataset {
     }
     const size_t length = std::min(ids.size(), static_cast<size_t>(ctx_len_ + 1));
     Sample sample;
-    for (size_t t = 0; t + 1 < length; ++t) {
-      if (vocab_size_ > 0 && ids[t + 1] >= vocab_size_)
-        throw Error(where + ": token id " + std::to_string(ids[t + 1]) + " is outside the model's vocabulary [0, " +
+    for (size_t t = 0; t < length; ++t)
+      if (vocab_size_ > 0 && ids[t] >= vocab_size_)
+        throw Error(where + ": token id " + std::to_string(ids[t]) + " is outside the model's vocabulary [0, " +
                     std::to_string(vocab_size_) + ")");
+    for (size_t t = 0; t + 1 < length; ++t) {
       sample.input_ids.push_back(ids[t]);
       sample.targets.push_back(in_loss[t + 1] ? ids[t + 1] : kIgnoreIndex);
     }

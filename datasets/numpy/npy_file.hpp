@@ -28,6 +28,9 @@ class NpyFile {
   int version() const { return version_; }
   // Element `index` (flat, C order) as a 64-bit integer.
   int64_t at(int64_t index) const;
+  // The raw little-endian elements and their size in bytes.
+  const unsigned char* data() const { return data_; }
+  int element_bytes() const;
 
  private:
   datasets::MappedBytes bytes_;

@@ -17,6 +17,8 @@ class NumpyDataset final : public Dataset {
   NumpyDataset(std::unique_ptr<NpyFile> file, const DatasetSource& source, datasets::WindowOrder order)
       : file_(std::move(file)), ctx_len_(source.ctx_len), vocab_size_(source.vocab_size) {
     const std::string where = file_->path().string();
+    datasets::check_token_ids(file_->data(), file_->element_count(), file_->element_bytes(),
+                              file_->type() != TokenType::kUint16, vocab_size_, where);
     if (file_->shape().size() == 2) {
       if (file_->shape()[1] < 2)
         throw Error(where + ": rows of length " + std::to_string(file_->shape()[1]) +

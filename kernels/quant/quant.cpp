@@ -190,4 +190,34 @@ at::Tensor linear_dequantized(const at::Tensor& x, std::function<at::Tensor(at::
   return LinearDequantized::apply(x, c10::make_intrusive<DequantizeHolder>(std::move(dequantize)));
 }
 
+const at::Tensor& packed_part(const std::map<std::string, at::Tensor>& packed, const std::string& key,
+                              at::ScalarType dtype, at::IntArrayRef sizes, const std::string& format) {
+  auto it = packed.find(key);
+  if (it == packed.end()) throw Error(format + ": the pre-quantized weight has no '" + key + "'");
+  const at::Tensor& t = it->second;
+  if (t.scalar_type() != dtype || t.sizes() != sizes)
+    throw Error(format + ": the pre-quantized '" + key + "' is " + std::string(c10::toString(t.scalar_type())) + " " +
+                c10::str(t.sizes()) + "; its other parts need " + std::string(c10::toString(dtype)) + " " +
+                c10::str(sizes) + " (a damaged or foreign cache file)");
+  return t;
+}
+
+std::vector<int64_t> packed_shape(const std::map<std::string, at::Tensor>& packed, const std::string& format) {
+  const at::Tensor t = packed_part(packed, "shape", at::kLong, {2}, format).contiguous();
+  const int64_t rows = t[0].item<int64_t>(), columns = t[1].item<int64_t>();
+  int64_t numel = 0;
+  if (rows <= 0 || columns <= 0 || __builtin_mul_overflow(rows, columns, &numel))
+    throw Error(format + ": the pre-quantized shape [" + std::to_string(rows) + ", " + std::to_string(columns) +
+                "] is not a weight's shape");
+  return {rows, columns};
+}
+
+at::ScalarType packed_dtype(const std::map<std::string, at::Tensor>& packed, const std::string& format) {
+  const int64_t code = packed_part(packed, "dtype", at::kLong, {}, format).item<int64_t>();
+  for (at::ScalarType t : {at::kFloat, at::kHalf, at::kBFloat16, at::kDouble})
+    if (code == static_cast<int64_t>(t)) return t;
+  throw Error(format + ": the pre-quantized dtype code " + std::to_string(code) +
+              " names no floating-point dtype a weight can have");
+}
+
 }  // namespace peftkit::kernels

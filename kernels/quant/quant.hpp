@@ -9,6 +9,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <string>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -58,6 +60,16 @@ struct PackedInt8 {
 };
 PackedInt8 quantize_int8_rows(const at::Tensor& weight);
 at::Tensor dequantize_int8_rows(const PackedInt8& p, at::ScalarType dtype);
+
+// Checks on the parts of a pre-quantized weight read back from a file (the cache a run writes, or
+// a hostile copy of it): every size is checked against the others before a kernel reads them.
+// `format` names the quantizer in messages; each throws peftkit::Error naming the part.
+const at::Tensor& packed_part(const std::map<std::string, at::Tensor>& packed, const std::string& key,
+                              at::ScalarType dtype, at::IntArrayRef sizes, const std::string& format);
+// The [out, in] shape stored as an int64 tensor of 2 positive entries.
+std::vector<int64_t> packed_shape(const std::map<std::string, at::Tensor>& packed, const std::string& format);
+// A stored dtype code (int64 scalar) that must name fp32, fp16, bf16 or fp64.
+at::ScalarType packed_dtype(const std::map<std::string, at::Tensor>& packed, const std::string& format);
 
 // y = x Wᵀ with W = dequantize(x's dtype), dequantized again in the backward rather than saved,
 // so a layer holds only its packed weight between forward and backward. Gradient for x only.

@@ -12,6 +12,12 @@
 #include "peftkit/tensor_io.hpp"
 
 namespace peftkit::plugins {
+namespace {
+
+// The largest |alpha / r| (or alpha / sqrt(r)) an adapter may carry.
+constexpr double kMaxPlausibleScale = 1e4;
+
+}  // namespace
 
 bool matches_any_suffix(const std::string& site, const std::vector<std::string>& patterns) {
   for (const auto& p : patterns)
@@ -96,6 +102,20 @@ void LowRankPairs::store(TensorMap& out) const {
 
 void LowRankPairs::load(const TensorMap& tensors) {
   const std::string table = "[peft." + method_ + "] ";
+  // A stored hyper-parameter is checked against sense before it is used: a damaged alpha would
+  // merge to finite garbage.
+  for (const char* key : {".r", ".alpha", ".rslora"}) {
+    auto it = tensors.find(method_ + key);
+    if (it != tensors.end() && (it->second.numel() != 1 || !std::isfinite(it->second.item<double>())))
+      throw Error(method_ + ": the stored " + method_ + key + " is not one finite number (found " +
+                  c10::str(it->second.sizes()) + " holding " + c10::str(it->second.flatten().slice(0, 0, 4)) +
+                  "); the file is damaged");
+  }
+  if (!std::isfinite(scale()) || std::abs(scale()) > kMaxPlausibleScale)
+    throw Error(method_ + ": alpha = " + c10::str(alpha_) + " with r = " + std::to_string(r_) +
+                " gives the update scale " + c10::str(scale()) + "; scales beyond " + c10::str(kMaxPlausibleScale) +
+                " are refused as implausible (published adapters use 0.01 to 100): check the file's " + method_ +
+                ".alpha or the recipe");
   check_stored_scalar(tensors, method_ + ".r", static_cast<double>(r_), table + "r");
   check_stored_scalar(tensors, method_ + ".alpha", alpha_, table + "alpha");
   check_stored_scalar(tensors, method_ + ".rslora", rslora_ ? 1 : 0, table + "use_rslora");

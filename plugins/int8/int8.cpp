@@ -4,6 +4,8 @@
 // The weight is dequantized on use, on the GPU by a CUDA kernel, and again in the backward.
 #include <ATen/ATen.h>
 
+#include <algorithm>
+
 #include "peftkit/error.hpp"
 #include "peftkit/quantizer.hpp"
 #include "quant/quant.hpp"
@@ -64,13 +66,24 @@ class Int8Quantizer final : public Quantizer {
   }
 
   std::unique_ptr<QuantizedLinear> load(const TensorMap& packed) const override {
-    auto get = [&](const char* key) -> const at::Tensor& {
-      auto it = packed.find(key);
-      if (it == packed.end()) throw Error(std::string("int8: the pre-quantized weight has no '") + key + "'");
-      return it->second;
+    // Every part is checked against q's shape before a kernel reads it.
+    auto q_it = packed.find("q");
+    if (q_it == packed.end() || q_it->second.dim() != 2)
+      throw Error("int8: the pre-quantized weight has no 2-D 'q'");
+    const int64_t rows = q_it->second.size(0), columns = q_it->second.size(1);
+    auto part = [&](const char* key, at::ScalarType dtype, at::IntArrayRef sizes) -> const at::Tensor& {
+      return kernels::packed_part(packed, key, dtype, sizes, "int8");
     };
-    return std::make_unique<Int8Linear>(PackedInt8{get("q"), get("scale")}, get("outlier_columns"), get("outliers"),
-                                        static_cast<at::ScalarType>(get("dtype").item<int64_t>()));
+    const at::Tensor& q = part("q", at::kChar, {rows, columns});
+    auto k_it = packed.find("outlier_columns");
+    const int64_t k = k_it == packed.end() || k_it->second.dim() != 1 ? -1 : k_it->second.size(0);
+    const at::Tensor& outlier_columns = part("outlier_columns", at::kLong, {std::max<int64_t>(k, 0)});
+    if (outlier_columns.numel() > 0 &&
+        (outlier_columns.min().item<int64_t>() < 0 || outlier_columns.max().item<int64_t>() >= columns))
+      throw Error("int8: the pre-quantized outlier_columns name columns outside [0, " + std::to_string(columns) + ")");
+    return std::make_unique<Int8Linear>(PackedInt8{q, part("scale", at::kFloat, {rows})}, outlier_columns,
+                                        part("outliers", at::kBFloat16, {rows, outlier_columns.numel()}),
+                                        kernels::packed_dtype(packed, "int8"));
   }
 
  private:

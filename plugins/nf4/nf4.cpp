@@ -79,32 +79,34 @@ class Nf4Quantizer final : public Quantizer {
   }
 
   std::unique_ptr<QuantizedLinear> load(const TensorMap& packed) const override {
-    auto get = [&](const char* key) -> const at::Tensor& {
-      auto it = packed.find(key);
-      if (it == packed.end()) throw Error(std::string("nf4: the pre-quantized weight has no '") + key + "'");
-      return it->second;
+    // Every part is checked against the shape before a kernel reads it (a damaged cache would
+    // otherwise be read past its ends).
+    auto part = [&](const char* key, at::ScalarType dtype, at::IntArrayRef sizes) -> const at::Tensor& {
+      return kernels::packed_part(packed, key, dtype, sizes, "nf4");
     };
     Packed4bit p;
-    p.packed = get("packed");
-    p.codebook = get("codebook").to(at::kFloat);
-    const at::Tensor shape = get("shape").to(at::kCPU).contiguous();  // read on the host
-    p.shape = std::vector<int64_t>(shape.data_ptr<int64_t>(), shape.data_ptr<int64_t>() + shape.numel());
-    p.blocksize = get("blocksize").item<int64_t>();
+    p.shape = kernels::packed_shape(packed, "nf4");
+    const int64_t numel = p.shape[0] * p.shape[1];
+    p.blocksize = part("blocksize", at::kLong, {}).item<int64_t>();
+    p.codebook = part("codebook", at::kFloat, {16});
     if (p.blocksize != blocksize_ || !at::equal(p.codebook.cpu(), type_ == "fp4" ? kernels::fp4_codebook() : kernels::nf4_codebook()))
       throw Error("nf4: the pre-quantized weight was made with other settings (blocksize " +
                   std::to_string(p.blocksize) + ") than [quant.nf4] (" + type_ + ", blocksize " +
                   std::to_string(blocksize_) + ")");
+    p.packed = part("packed", at::kByte, {(numel + 1) / 2});
+    const int64_t blocks = (numel + p.blocksize - 1) / p.blocksize;
     std::optional<PackedAbsmax> nested;
     if (packed.count("absmax_codes")) {
-      nested = PackedAbsmax{get("absmax_codes"), get("absmax_absmax"), get("absmax_offset").item<double>()};
+      const double offset = part("absmax_offset", at::kDouble, {}).item<double>();
+      nested = PackedAbsmax{part("absmax_codes", at::kByte, {blocks}),
+                            part("absmax_absmax", at::kFloat, {(blocks + 255) / 256}), offset};
     } else {
-      p.absmax = get("absmax");
+      p.absmax = part("absmax", at::kFloat, {blocks});
     }
     if (nested.has_value() != double_quant_)
       throw Error(std::string("nf4: the pre-quantized weight was made with double_quant = ") +
                   (nested ? "true" : "false") + " but [quant.nf4] says otherwise");
-    return std::make_unique<Packed4bitLinear>(std::move(p), std::move(nested),
-                                              static_cast<at::ScalarType>(get("dtype").item<int64_t>()));
+    return std::make_unique<Packed4bitLinear>(std::move(p), std::move(nested), kernels::packed_dtype(packed, "nf4"));
   }
 
  private:

@@ -47,7 +47,17 @@ class StateTuning final : public PeftMethod {
     }
     model.set_state_adapter(states_);
     if (!init_file_.empty()) {
-      load_state_dict(read_tensor_file(init_file_).tensors, {});
+      TensorFile file = read_tensor_file(init_file_, Checksums::kVerify);
+      auto layout = file.metadata.find(kStateLayoutKey);
+      if (layout != file.metadata.end() && layout->second == "ai00") {
+        for (auto& [name, tensor] : file.tensors)
+          if (name.find("time_state") != std::string::npos) tensor = tensor.transpose(-1, -2).contiguous();
+      } else if (!file.metadata.empty() && layout == file.metadata.end()) {
+        throw Error("state: init_file " + init_file_ + " is a safetensors state that does not record its layout "
+                    "(RWKV-PEFT's value-major or Ai00's transposed); give a .pth state file");
+      }
+      require_finite(file.tensors, init_file_);
+      load_state_dict(file.tensors, {});
       log::info("state: continuing from " + init_file_);
     }
   }
@@ -96,11 +106,15 @@ class StateTuning final : public PeftMethod {
   void export_to(std::string_view format, const std::filesystem::path& destination) const override {
     if (format == "rwkv-pth") return write_pth(destination, state_dict());
     if (format == "ai00") {
+      if (tune_shift_)
+        throw Error("state: the ai00 format holds only the WKV states (blocks.{i}.att.time_state); this adapter also "
+                    "tuned the token-shift states (blocks.{i}.att.time_shift, blocks.{i}.ffn.time_shift), which it "
+                    "would lose: export rwkv-pth instead");
       TensorMap out;
       for (size_t l = 0; l < states_->wkv.size(); ++l)
         out[wkv_name(static_cast<int>(l))] =
             states_->wkv[l].detach().to(at::kCPU, at::kHalf).transpose(-1, -2).contiguous();
-      return write_safetensors(destination, out, {{"format", "pt"}});
+      return write_safetensors(destination, out, {{"format", "pt"}, {kStateLayoutKey, "ai00"}});
     }
     throw Error("state: no export format '" + std::string(format) + "' (formats: rwkv-pth, ai00)");
   }
@@ -122,7 +136,7 @@ class StateTuning final : public PeftMethod {
   // The tensor a state key names; nullptr for keys that are not states; throws for a state this
   // model or this configuration has no place for.
   at::Tensor* find(const std::string& name) {
-    static const std::regex kName(R"(blocks\.(\d+)\.(att\.time_state|att\.time_shift|ffn\.time_shift))");
+    static const std::regex kName(R"(blocks\.(\d{1,9})\.(att\.time_state|att\.time_shift|ffn\.time_shift))");
     std::smatch match;
     if (!std::regex_match(name, match, kName)) return nullptr;
     const size_t layer = std::stoul(match[1]);

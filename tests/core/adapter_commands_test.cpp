@@ -41,8 +41,22 @@ TEST(AdapterCommandsTest, ATrainedLoraMergesExportsAndGeneratesFromTheSavedFile)
       "print('ok')"));
   EXPECT_EQ(check.exit_code, 0) << check.output;
 
-  auto exported = run_command(peftkit("export --base " + base + " --adapter " + adapter + " --format hf-peft --output " +
-                                       (dir / "hf").string()));
+  // Issue 14 item 17: HF PEFT cannot carry the trained ln_out; the export refuses to lose it ...
+  auto lossy = run_command(peftkit("export --base " + base + " --adapter " + adapter + " --format hf-peft --output " +
+                                   (dir / "lossy").string()));
+  EXPECT_EQ(lossy.exit_code, 1) << lossy.output;
+  EXPECT_NE(lossy.output.find("--format hf-peft: the adapter also trained 2 base weight(s) (train_parts: ln_out.bias, "
+                              "ln_out.weight), which this format cannot carry"),
+            std::string::npos)
+      << lossy.output;
+  EXPECT_FALSE(std::filesystem::exists(dir / "lossy"));
+  // ... and exports the LoRA part alone when that is what it is given.
+  TensorMap lora_only = read_pth(adapter);
+  lora_only.erase("ln_out.weight");
+  lora_only.erase("ln_out.bias");
+  write_pth(dir / "out" / "lora-only.pth", lora_only);
+  auto exported = run_command(peftkit("export --base " + base + " --adapter " + (dir / "out" / "lora-only.pth").string() +
+                                       " --format hf-peft --output " + (dir / "hf").string()));
   ASSERT_EQ(exported.exit_code, 0) << exported.output;
   // The merged model, the adapter file and the HF folder (+ the trained ln_out) generate alike.
   const std::string from_merged = generate("--model " + merged);
@@ -167,6 +181,206 @@ TEST(AdapterCommandsTest, AdaptersThatDoNotDescribeThemselvesAskForTheirRecipe) 
   auto adalora = run_command(peftkit("generate --model " + base + " --lora " + (dir / "hf").string() + " --prompt a"));
   EXPECT_NE(adalora.exit_code, 0);
   EXPECT_NE(adalora.output.find("adapter_config.json: peft_type \"ADALORA\""), std::string::npos) << adalora.output;
+}
+
+// The "trainable parameters: N in M tensors" line of a training run.
+std::string trainable_parameters(const std::string& train_output) {
+  const size_t at = train_output.find("trainable parameters: ");
+  if (at == std::string::npos) return "?";
+  const size_t begin = at + 22;
+  return train_output.substr(begin, train_output.find(' ', begin) - begin);
+}
+
+// Issue 14 item 18: inspect describes every file peftkit writes, for every method and combination
+// (it used to fail on train_parts adapters, call checkpoints LoRA adapters, miss tune_shift states,
+// show state + LoRA as LoRA only, refuse HF folders and count stored settings as parameters).
+TEST(AdapterCommandsTest, InspectDescribesEveryOutputOfEveryMethod) {
+  struct Case {
+    const char* name;
+    const char* peft;
+    std::vector<std::string> expected;
+  };
+  const std::vector<Case> cases = {
+      {"state", "[peft]\nmethod = \"state\"\n",
+       {"kind:          state file (RWKV-PEFT time_state layout, value-major)", "layers:        2"}},
+      {"shift", "[peft]\nmethod = \"state\"\n[peft.state]\ntune_shift = true\n",
+       {"kind:          state file (RWKV-PEFT time_state layout, value-major)\n",
+        "shift states:  yes (tune_shift)", "layers:        2"}},
+      {"lora-parts", "[peft]\nmethod = \"lora\"\ntrain_parts = [\"ln_out\"]\n[peft.lora]\nr = 4\nalpha = 8\n",
+       {"kind:          adapter: LoRA + trained base weights", "(3 stored settings besides)", "  rank:        4",
+        "  alpha:       8", "  tensors:     2: ln_out.bias ln_out.weight"}},
+      {"pissa", "[peft]\nmethod = \"pissa\"\n[peft.pissa]\nr = 4\n",
+       {"kind:          PiSSA adapter (with its init pair)", "sites:         12", "rank:          4"}},
+      {"miss", "[peft]\nmethod = \"miss\"\n[peft.miss]\nr = 8\nmode = \"bat\"\n",
+       {"kind:          MiSS adapter", "mode:          bat", "r:             8"}},
+      {"state-lora", "[peft]\nmethod = [\"state\", \"lora\"]\n[peft.lora]\nr = 4\nalpha = 8\n",
+       {"kind:          adapter: state + LoRA", "part:          state file (RWKV-PEFT time_state layout",
+        "part:          LoRA adapter\n  sites:       12\n  rank:        4"}},
+  };
+  for (const auto& c : cases) {
+    testing::TempDir dir;
+    auto run = testing::train_small_model(dir.path(), c.peft, 5e-2);
+    ASSERT_EQ(run.command.exit_code, 0) << c.name << run.command.output;
+    auto inspect = run_command(peftkit("inspect " + (dir / "out" / "rwkv-0.pth").string()));
+    ASSERT_EQ(inspect.exit_code, 0) << c.name << inspect.output;
+    for (const auto& line : c.expected) EXPECT_NE(inspect.output.find(line), std::string::npos) << c.name << ": " << line << "\n" << inspect.output;
+    EXPECT_NE(inspect.output.find("parameters:    " + trainable_parameters(run.command.output) + " trained"),
+              std::string::npos)
+        << c.name << "\n" << inspect.output << run.command.output;
+    EXPECT_EQ(inspect.output.find("unrecognised"), std::string::npos) << c.name << inspect.output;
+    // The run's checkpoint.
+    std::filesystem::path checkpoint;
+    for (const auto& e : std::filesystem::directory_iterator(dir / "out" / "checkpoints")) checkpoint = e.path();
+    auto ckpt = run_command(peftkit("inspect " + checkpoint.string()));
+    ASSERT_EQ(ckpt.exit_code, 0) << ckpt.output;
+    EXPECT_NE(ckpt.output.find("kind:          training checkpoint (peftkit train; continue with --resume)\nstep:"
+                               "          10\n"),
+              std::string::npos)
+        << c.name << ckpt.output;
+    // Its merge: a model, with the states it carries named.
+    const std::string base = (dir / "model.pth").string(), adapter = (dir / "out" / "rwkv-0.pth").string();
+    ASSERT_EQ(run_command(peftkit("merge --base " + base + " --adapter " + adapter + " --output " +
+                                  (dir / "merged.pth").string())).exit_code, 0);
+    auto merged = run_command(peftkit("inspect " + (dir / "merged.pth").string()));
+    ASSERT_EQ(merged.exit_code, 0) << merged.output;
+    EXPECT_NE(merged.output.find("kind:          model\n"), std::string::npos) << merged.output;
+    EXPECT_EQ(merged.output.find("merged states: 2 layers") != std::string::npos, std::string(c.peft).find("state") != std::string::npos)
+        << c.name << merged.output;
+    // Every export format it offers.
+    for (const char* format : {"rwkv-pth", "hf-peft", "ai00"}) {
+      const auto out = dir / (std::string("export-") + format + (std::string(format) == "ai00" ? ".safetensors" : ""));
+      std::string method;
+      if (std::string(c.name) == "state-lora") method = std::string(" --method ") + (std::string(format) == "ai00" ? "state" : "lora");
+      auto exported = run_command(peftkit("export --base " + base + " --adapter " + adapter + " --format " + format +
+                                          " --output " + out.string() + method));
+      if (exported.exit_code != 0) continue;  // not offered, or refused with a reason (tested elsewhere)
+      auto described = run_command(peftkit("inspect " + out.string()));
+      EXPECT_EQ(described.exit_code, 0) << c.name << " " << format << described.output;
+      EXPECT_EQ(described.output.find("unknown tensor file"), std::string::npos) << c.name << " " << format << described.output;
+      EXPECT_EQ(described.output.find("unrecognised"), std::string::npos) << c.name << " " << format << described.output;
+    }
+  }
+}
+
+// Issue 14 item 16: a state exported for Ai00 (F16, last two dimensions transposed) used to be read
+// back as an RWKV-PEFT state: inspect called it value-major and generate mounted it untransposed.
+// item 17: the ai00 format cannot hold tune_shift states, so such an export is refused.
+TEST(AdapterCommandsTest, AnAi00StateIsRecognisedAndMountedInItsOwnLayout) {
+  testing::TempDir dir;
+  const Rwkv7Config& c = testing::small_config();
+  // Output projections of ordinary size and a random, unsymmetric state: a transposed mount shows.
+  TensorMap weights = testing::small_model_weights();
+  for (int64_t l = 0; l < c.n_layer; ++l)
+    weights["blocks." + std::to_string(l) + ".att.output.weight"] = at::randn({c.n_embd, c.n_embd}) * 0.3;
+  write_pth(dir / "model.pth", weights);
+  TensorMap state;
+  for (int64_t l = 0; l < c.n_layer; ++l)
+    state["blocks." + std::to_string(l) + ".att.time_state"] =
+        (at::randn({c.n_head, c.head_size, c.head_size}) * 3).to(at::kBFloat16);
+  write_pth(dir / "state.pth", state);
+  const std::string base = (dir / "model.pth").string(), pth = (dir / "state.pth").string();
+  const std::string ai00 = (dir / "state.safetensors").string();
+  ASSERT_EQ(run_command(peftkit("export --base " + base + " --state " + pth + " --format ai00 --output " + ai00))
+                .exit_code, 0);
+  auto inspect = run_command(peftkit("inspect " + ai00));
+  EXPECT_NE(inspect.output.find("kind:          state file (Ai00/web-rwkv layout: RWKV-PEFT's time_state with the "
+                                "last two dimensions transposed)"),
+            std::string::npos)
+      << inspect.output;
+  const std::string from_pth = generate("--model " + base + " --state " + pth);
+  EXPECT_NE(from_pth, generate("--model " + base));
+  EXPECT_EQ(generate("--model " + base + " --state " + ai00), from_pth);
+  // Mounted without the transpose, the text differs: the layout matters for this state.
+  EXPECT_NE(generate("--model " + base + " --state " + ai00 + " --state-layout rwkv-peft"), from_pth);
+  // A safetensors state that records no layout is refused, naming the option that chooses it.
+  TensorMap plain = read_safetensors(ai00).tensors;
+  write_safetensors(dir / "plain.safetensors", plain, {{"format", "pt"}});
+  auto refused = run_command(peftkit("generate --model " + base + " --state " + (dir / "plain.safetensors").string() +
+                                     " --prompt a"));
+  EXPECT_EQ(refused.exit_code, 1) << refused.output;
+  EXPECT_NE(refused.output.find("does not record which; pass --state-layout ai00 or --state-layout rwkv-peft"),
+            std::string::npos)
+      << refused.output;
+  EXPECT_EQ(generate("--model " + base + " --state " + (dir / "plain.safetensors").string() + " --state-layout ai00"),
+            from_pth);
+
+  testing::TempDir shift_dir;
+  auto shift = testing::train_small_model(shift_dir.path(), "[peft]\nmethod = \"state\"\n[peft.state]\ntune_shift = true\n");
+  ASSERT_EQ(shift.command.exit_code, 0) << shift.command.output;
+  auto lossy = run_command(peftkit("export --base " + (shift_dir / "model.pth").string() + " --adapter " +
+                                   (shift_dir / "out" / "rwkv-0.pth").string() + " --format ai00 --output " +
+                                   (shift_dir / "x.safetensors").string()));
+  EXPECT_EQ(lossy.exit_code, 1) << lossy.output;
+  EXPECT_NE(lossy.output.find("the ai00 format holds only the WKV states"), std::string::npos) << lossy.output;
+  EXPECT_FALSE(std::filesystem::exists(shift_dir / "x.safetensors"));
+}
+
+// Issue 14 items 13 and 14: HF PEFT settings that change what the tensors mean are refused by name,
+// tensors nothing would use are refused, a missing r is never guessed, an absurd alpha is refused.
+TEST(AdapterCommandsTest, HfFoldersAndStoredSettingsAreHonouredOrRefusedByName) {
+  testing::TempDir dir;
+  write_pth(dir / "model.pth", testing::small_model_weights());
+  const std::string base = (dir / "model.pth").string();
+  // A pair for each att.key site (the sites target_modules ["att.key"] selects), plus `extra`.
+  auto folder = [&](const std::string& name, const std::string& config, const TensorMap& extra = {}) {
+    std::filesystem::create_directories(dir / name);
+    testing::write_file(dir / name / "adapter_config.json", config);
+    TensorMap tensors = extra;
+    for (int layer : {0, 1}) {
+      const std::string site = "base_model.model.blocks." + std::to_string(layer) + ".att.key";
+      tensors[site + ".lora_A.weight"] = at::randn({2, 64});
+      tensors[site + ".lora_B.weight"] = at::randn({64, 2});
+    }
+    write_safetensors(dir / name / "adapter_model.safetensors", tensors, {{"format", "pt"}});
+    return (dir / name).string();
+  };
+  auto error = [&](const std::string& path) {
+    auto result = run_command(peftkit("generate --model " + base + " --adapter " + path + " --prompt a --max-tokens 2"));
+    return result.exit_code == 0 ? std::string("(accepted)") : result.output;
+  };
+  const std::string good = R"({"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["att.key"]})";
+  EXPECT_EQ(error(folder("good", good)), "(accepted)");
+  EXPECT_NE(error(folder("alpha-pattern", R"({"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["att.key"],
+                                             "alpha_pattern": {"key": 16}})"))
+                .find("'alpha_pattern' = {\"key\":16} is not supported"),
+            std::string::npos);
+  EXPECT_NE(error(folder("rank-pattern", R"({"peft_type": "LORA", "r": 2, "lora_alpha": 4, "rank_pattern": {"key": 4}})"))
+                .find("'rank_pattern'"),
+            std::string::npos);
+  EXPECT_NE(error(folder("modules", R"({"peft_type": "LORA", "r": 2, "lora_alpha": 4, "modules_to_save": ["ln_out"]})"))
+                .find("'modules_to_save' = [\"ln_out\"] is not supported"),
+            std::string::npos);
+  EXPECT_NE(error(folder("no-r", R"({"peft_type": "LORA", "lora_alpha": 4})")).find("has no 'r'; it decides how the "
+                                                                                   "adapter is scaled"),
+            std::string::npos);
+  EXPECT_NE(error(folder("no-alpha", R"({"peft_type": "LORA", "r": 2})")).find("has no 'lora_alpha'"), std::string::npos);
+  EXPECT_NE(error(folder("twice", R"({"peft_type": "LORA", "r": 2, "r": 64, "lora_alpha": 4})"))
+                .find("the key 'r' appears twice in one object"),
+            std::string::npos);
+  // A site the config does not target, a site the model lacks, a tensor kind LoRA does not have.
+  EXPECT_NE(error(folder("subset", good, {{"base_model.model.blocks.0.att.value.lora_A.weight", at::randn({2, 64})},
+                                          {"base_model.model.blocks.0.att.value.lora_B.weight", at::randn({64, 2})}}))
+                .find("would be dropped: blocks.0.att.value.lora_A, blocks.0.att.value.lora_B"),
+            std::string::npos);
+  EXPECT_NE(error(folder("no-site", good, {{"base_model.model.blocks.9.att.key.lora_A.weight", at::randn({2, 64})},
+                                           {"base_model.model.blocks.9.att.key.lora_B.weight", at::randn({64, 2})}}))
+                .find("would be dropped: blocks.9.att.key.lora_A"),
+            std::string::npos);
+  EXPECT_NE(error(folder("kind", good, {{"base_model.model.blocks.0.att.key.lora_magnitude_vector", at::randn({64})}}))
+                .find("tensor 'base_model.model.blocks.0.att.key.lora_magnitude_vector' is not a LORA tensor"),
+            std::string::npos);
+  // A self-describing LoRA file with an absurd stored alpha, and one with a NaN.
+  TensorMap lora{{"blocks.0.att.key.lora_A", at::randn({2, 64})}, {"blocks.0.att.key.lora_B", at::randn({64, 2})},
+                 {"lora.r", at::scalar_tensor(2, at::kLong)}, {"lora.alpha", at::scalar_tensor(1e30, at::kDouble)}};
+  write_pth(dir / "absurd.pth", lora);
+  EXPECT_NE(error((dir / "absurd.pth").string()).find("are refused as implausible"), std::string::npos)
+      << error((dir / "absurd.pth").string());
+  lora["lora.alpha"] = at::scalar_tensor(4.0, at::kDouble);
+  lora["blocks.0.att.key.lora_B"][3][1] = std::nan("");
+  write_pth(dir / "nan.pth", lora);
+  EXPECT_NE(error((dir / "nan.pth").string()).find("tensor 'blocks.0.att.key.lora_B' holds 1 non-finite value(s)"),
+            std::string::npos)
+      << error((dir / "nan.pth").string());
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <cstring>
+
 #include "peftkit/tensor_io.hpp"
 #include "test_util.hpp"
 
@@ -103,6 +105,50 @@ TEST_F(ModelCommands, GenerateRejectsBadSettings) {
   EXPECT_NE(result.output.find("top-p must be in (0, 1]"), std::string::npos) << result.output;
   result = run_command(peftkit_command("generate --model " + model().string() + " --prompt ''"));
   EXPECT_NE(result.output.find("the prompt is empty"), std::string::npos) << result.output;
+}
+
+// Issue 14 (memory): a 98 MB safetensors header of nested arrays took 4 GB and a 50 MB jsonl line
+// 2.6 GB before they were refused. Both are refused now without allocating much more than the
+// file: the peak resident memory of the whole process (LibTorch included) stays within a bound.
+TEST_F(ModelCommands, SizeBombsAreRefusedInBoundedMemory) {
+  auto peak_mib = [&](const std::string& args, std::string& output) {
+    // Python runs the command and reports the largest resident set of its children (in KiB).
+    const auto script = testing::write_file(
+        dir_->path() / "peak.py",
+        "import resource, subprocess, sys\n"
+        "r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)\n"
+        "print(r.stdout + r.stderr)\n");
+    auto result = run_command(std::string(PEFTKIT_PYTHON) + " " + script.string() + " " + PEFTKIT_BINARY + " " + args);
+    output = result.output;
+    int code = -1;
+    long mib = -1;
+    std::sscanf(result.output.c_str(), "%d %ld", &code, &mib);
+    EXPECT_EQ(code, 1) << result.output;
+    return mib;
+  };
+  const size_t depth = 49'000'000;  // a 98 MB header: [[[[...]]]]
+  std::string header = "{\"a\":" + std::string(depth, '[') + std::string(depth, ']') + "}";
+  std::string bytes(8, '\0');
+  const uint64_t n = header.size();
+  std::memcpy(bytes.data(), &n, 8);
+  testing::write_file(dir_->path() / "bomb.safetensors", bytes + header);
+  header.clear();
+  header.shrink_to_fit();
+  std::string output;
+  const long safetensors_peak = peak_mib("inspect " + (dir_->path() / "bomb.safetensors").string(), output);
+  EXPECT_NE(output.find("JSON nests deeper than 3 levels"), std::string::npos) << output;
+  EXPECT_LT(safetensors_peak, 800) << output;  // was over 4,000
+
+  testing::write_file(dir_->path() / "bomb.jsonl", "{\"text\": \"" + std::string(50'000'000, 'a') + "\"}\n");
+  const auto recipe = testing::write_file(
+      dir_->path() / "bomb.toml", "[model]\npath = \"" + model().string() + "\"\n[data]\nformat = \"jsonl\"\npath = \"" +
+                                     (dir_->path() / "bomb.jsonl").string() + "\"\n[output]\ndir = \"bomb-out\"\n");
+  const long jsonl_peak = peak_mib("train " + recipe.string(), output);
+  EXPECT_NE(output.find("bomb.jsonl:1: the line is 50000012 bytes long; lines of at most 16777216 bytes are read"),
+            std::string::npos)
+      << output;
+  EXPECT_LT(jsonl_peak, 800) << output;  // was 2,600
 }
 
 }  // namespace

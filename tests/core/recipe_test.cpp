@@ -261,3 +261,50 @@ TEST(ResolveDevice, GivesAnIndexedDeviceOrSaysWhyNot) {
 
 }  // namespace
 }  // namespace peftkit::host
+
+namespace peftkit::host {
+namespace {
+
+// Issue 14 item 6: a 100,000-part dotted key or table header (200 KB) overflowed the stack inside
+// the TOML parser; such recipes are refused by a linear scan before parsing.
+TEST_F(RecipeTest, OverDeepKeysAndNestingAreRefusedBeforeParsing) {
+  std::string header = "[a";
+  for (int i = 0; i < 100000; ++i) header += ".b";
+  EXPECT_EQ(error(header + "]\n"), "recipes/test.toml:1: a key or table name has more than 32 dotted parts; peftkit "
+                                   "refuses such recipes before parsing");
+  std::string dotted = std::string(kValidRecipe) + "\n[train]\nx";
+  for (int i = 0; i < 100000; ++i) dotted += ".y";
+  EXPECT_NE(error(dotted + " = 1\n").find("a key or table name has more than 32 dotted parts"), std::string::npos);
+  EXPECT_EQ(error("x = " + std::string(100000, '[') + std::string(100000, ']') + "\n"),
+            "recipes/test.toml:1: arrays or tables nest deeper than 32 levels; peftkit refuses such recipes before "
+            "parsing");
+  EXPECT_EQ(error("x = " + std::string(100000, '{') + "\n"),
+            "recipes/test.toml:1: arrays or tables nest deeper than 32 levels; peftkit refuses such recipes before "
+            "parsing");
+  // Dots and brackets inside strings and comments, and floats, count for nothing.
+  EXPECT_EQ(error(std::string(kValidRecipe) + "# " + std::string(100, '.') + std::string(100, '[') + "\n"), "(valid)");
+  EXPECT_EQ(error(kValidRecipe, {"model.path=" + std::string(100, '.')}), "(valid)");
+  EXPECT_EQ(error(kValidRecipe, {"model.path=\"a" + std::string(50, '[') + "\""}), "(valid)");
+  EXPECT_EQ(error(kValidRecipe, {"model.path=" + std::string(100, '[')}),
+            "--set model.path=" + std::string(100, '[') +
+                ":1: arrays or tables nest deeper than 32 levels; peftkit refuses such recipes before parsing");
+  std::string set_key = "a";
+  for (int i = 0; i < 100; ++i) set_key += ".b";
+  EXPECT_THROW(parse_override(set_key + "=1"), Error);
+}
+
+}  // namespace
+}  // namespace peftkit::host
+
+namespace peftkit::host {
+namespace {
+
+// Found by fuzz_recipe (UBSan): the bound INT64_MAX is stored as the double 2^63, which was cast
+// back to int64 (undefined) whenever a message described it.
+TEST_F(RecipeTest, AnIntegerBoundAtTheInt64LimitIsDescribedExactly) {
+  EXPECT_NE(error(kValidRecipe, {"train.seed=-1"}).find("[0, 9223372036854775807]"), std::string::npos)
+      << error(kValidRecipe, {"train.seed=-1"});
+}
+
+}  // namespace
+}  // namespace peftkit::host

@@ -34,6 +34,13 @@ inline constexpr int32_t kIgnoreIndex = -100;
 struct Sample {
   std::vector<int32_t> input_ids;  // at most ctx_len tokens
   std::vector<int32_t> targets;    // same length; targets[t] is the token expected after input_ids[t]
+
+  // Whether any target counts in the loss (is not kIgnoreIndex).
+  bool has_target() const {
+    for (int32_t t : targets)
+      if (t != kIgnoreIndex) return true;
+    return false;
+  }
 };
 
 // What the host knows when it opens a dataset.

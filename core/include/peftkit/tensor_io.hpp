@@ -28,11 +28,30 @@ struct TensorFile {
   std::map<std::string, std::string> metadata;  // safetensors __metadata__; empty for .pth
 };
 
+// Tensor names longer than this are refused when a file is read (real names are a few dozen bytes).
+inline constexpr size_t kMaxTensorNameBytes = 1024;
+
+// The safetensors metadata key that records how a state file lays out its WKV states: "ai00"
+// (Ai00/web-rwkv: the last two dimensions of RWKV-PEFT's time_state transposed) or "rwkv-peft".
+inline constexpr const char* kStateLayoutKey = "peftkit.state_layout";
+
+// Whether reading a .pth also checks every record's CRC-32 against its bytes. data.pkl is always
+// checked; kVerify reads the whole file (for checkpoints and adapters, where a flipped bit must be
+// found), kSkip keeps a large model's load lazy.
+enum class Checksums { kSkip, kVerify };
+
 // Chooses the format by content (zip magic or safetensors header); throws peftkit::Error naming
 // the file and the problem.
 TensorFile read_tensor_file(const std::filesystem::path& path);
+TensorFile read_tensor_file(const std::filesystem::path& path, Checksums checksums);
 TensorMap read_pth(const std::filesystem::path& path);
+TensorMap read_pth(const std::filesystem::path& path, Checksums checksums);
 TensorFile read_safetensors(const std::filesystem::path& path);
+
+// Throws peftkit::Error naming `where` and the first floating-point tensor that holds NaN or
+// infinity (checked when models, adapters and states are loaded: such a file would train or
+// generate garbage without a word).
+void require_finite(const TensorMap& tensors, const std::string& where);
 
 // Writes atomically (a temporary file in the same folder, fsync, rename): an interrupted write
 // never leaves a half-written file under the final name. Tensors may live on any device.

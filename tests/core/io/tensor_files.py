@@ -40,6 +40,10 @@ def write(d):
               metadata={"format": "pt"})
     # A pickle that names a global other than tensors and dicts: must be refused unread.
     torch.save({"a": torch.ones(1), "payload": os.system}, f"{d}/evil.pth")
+    # Issue 14 item 1: a dict that contains itself, with a real tensor inside the loop.
+    cycle = {"w": torch.ones(3)}
+    cycle["self"] = cycle
+    torch.save(cycle, f"{d}/cycle.pth")
     # A storage record shorter than its tensor needs.
     with zipfile.ZipFile(f"{d}/dict.pth") as src, zipfile.ZipFile(f"{d}/short.pth", "w") as dst:
         for info in src.infolist():

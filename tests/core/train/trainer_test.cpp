@@ -3,6 +3,7 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -318,6 +319,187 @@ TEST_F(TrainerTest, EvaluationReportsLossAndPerplexity) {
   EXPECT_NEAR(lines[1]["eval_ppl"].get<double>(), std::exp(lines[1]["eval_loss"].get<double>()), 1e-9);
   auto bad = run_command(peftkit_command("train " + recipe().string() + " --set data.eval_every=2"));
   EXPECT_NE(bad.output.find("eval_every: needs eval_file or eval_fraction"), std::string::npos) << bad.output;
+}
+
+// Issue 14 item 7: a batch without a counted target updates nothing and is reported as skipped;
+// a data file without any target is refused at open; item 11: a run whose every step was skipped
+// does not exit 0.
+TEST_F(TrainerTest, BatchesWithoutTargetsUpdateNothingAndAllSkippedIsAFailure) {
+  std::string lines = "{\"text\": \"a b c d e f g h\"}\n";
+  for (int i = 0; i < 7; ++i) lines += "{\"text\": \"\"}\n";
+  const auto data = testing::write_file(dir_ / "mixed.jsonl", lines);
+  const std::string jsonl = " --set data.format=jsonl --set data.path=" + data.string() + " --set train.micro_bsz=1";
+  auto mixed = run_command(peftkit_command("train " + recipe("[peft]\ntrain_parts = [\"ln_out\"]\n").string() + jsonl));
+  ASSERT_EQ(mixed.exit_code, 0) << mixed.output;
+  int64_t tokens = 0, skipped = 0;
+  for (const auto& line : metrics()) {
+    const bool counted = line["tokens"].get<int64_t>() > tokens;
+    tokens = line["tokens"].get<int64_t>();
+    EXPECT_EQ(line["skipped"].get<bool>(), !counted) << line.dump();
+    EXPECT_EQ(line["loss"].is_null(), !counted) << line.dump();
+    skipped += !counted;
+  }
+  EXPECT_GT(skipped, 0);
+  EXPECT_NE(mixed.output.find("no target token counts in its batches"), std::string::npos) << mixed.output;
+
+  // Only empty documents: refused before training, nothing written but the folder.
+  const auto empty = testing::write_file(dir_ / "empty.jsonl", "{\"text\": \"\"}\n{\"text\": \"\"}\n");
+  testing::remove_tree(dir_ / "out");
+  auto refused = run_command(peftkit_command("train " + recipe().string() + " --set data.format=jsonl --set data.path=" +
+                                             empty.string()));
+  EXPECT_EQ(refused.exit_code, 1) << refused.output;
+  EXPECT_NE(refused.output.find(empty.string() + ": no line has a token to learn"), std::string::npos) << refused.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "out" / "rwkv-0.pth"));
+
+  // One step that draws an empty document (seed 3 draws index 1 first): nothing learned, exit 4.
+  const auto pair = testing::write_file(dir_ / "pair.jsonl", "{\"text\": \"a b c d\"}\n{\"text\": \"\"}\n");
+  testing::remove_tree(dir_ / "out");
+  auto all_skipped = run_command(peftkit_command(
+      "train " + recipe().string() + " --set data.format=jsonl --set data.path=" + pair.string() +
+      " --set train.micro_bsz=1 --set train.epoch_steps=1 --set train.epoch_count=1 --set train.seed=3"));
+  ASSERT_EQ(metrics().size(), 1u) << all_skipped.output;
+  ASSERT_EQ(metrics()[0]["tokens"].get<int64_t>(), 0) << "seed 3 drew the non-empty line; pick another seed";
+  EXPECT_EQ(all_skipped.exit_code, 4) << all_skipped.output;
+  EXPECT_NE(all_skipped.output.find("all 1 steps of this run were skipped"), std::string::npos) << all_skipped.output;
+}
+
+// Issue 14 item 8: a base model named like an output inside the output folder, or a recipe named
+// recipe.toml in its own output folder, used to be overwritten.
+TEST_F(TrainerTest, TrainingNeverWritesOverItsInputs) {
+  std::filesystem::create_directories(dir_ / "out");
+  std::filesystem::copy_file(shared_->path() / "model.pth", dir_ / "out" / "rwkv-0.pth");
+  const std::string model_before = testing::read_file(dir_ / "out" / "rwkv-0.pth");
+  auto result = run_command(peftkit_command("train " + recipe().string() + " --set model.path=out/rwkv-0.pth"));
+  EXPECT_EQ(result.exit_code, 1) << result.output;
+  EXPECT_NE(result.output.find("[output] dir: the run would write " + (dir_ / "out" / "rwkv-0.pth").string() +
+                               ", which is [model] path; training never writes over its inputs"),
+            std::string::npos)
+      << result.output;
+  EXPECT_EQ(testing::read_file(dir_ / "out" / "rwkv-0.pth"), model_before);
+
+  // A recipe in its own output folder, named recipe.toml: refused, its comments kept.
+  const std::string text = "# my notes\n" + testing::read_file(recipe()) ;
+  std::string own = text;
+  own.replace(own.find("dir = \"out\""), 11, "dir = \".\"");
+  const auto inside = testing::write_file(dir_ / "own" / "recipe.toml", own);
+  result = run_command(peftkit_command("train " + inside.string()));
+  EXPECT_EQ(result.exit_code, 1) << result.output;
+  EXPECT_NE(result.output.find("which is the recipe; training never writes over its inputs"), std::string::npos)
+      << result.output;
+  EXPECT_EQ(testing::read_file(inside), own);
+}
+
+// Issue 14 item 10: a damaged newest checkpoint is named and set aside, and the run resumes from
+// the newest intact one (a one-bit flip used to load and silently diverge).
+TEST_F(TrainerTest, ADamagedCheckpointIsReportedAndTheNewestIntactOneIsUsed) {
+  ASSERT_EQ(run_command(peftkit_command("train " + recipe().string())).exit_code, 0);
+  const auto uninterrupted = metrics();
+  const auto newest = dir_ / "out" / "checkpoints" / "step-000000012.ckpt";
+  std::string bytes = testing::read_file(newest);
+  bytes[bytes.size() / 2] ^= 0x04;
+  testing::write_file(newest, bytes);
+  auto resumed = run_command(peftkit_command("train " + recipe().string() + " --resume"));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  EXPECT_NE(resumed.output.find("cannot use checkpoint " + newest.string() + ": entry "), std::string::npos)
+      << resumed.output;
+  EXPECT_NE(resumed.output.find("is damaged"), std::string::npos) << resumed.output;
+  EXPECT_NE(resumed.output.find("falling back to step-000000008.ckpt"), std::string::npos) << resumed.output;
+  EXPECT_NE(resumed.output.find("resumed from"), std::string::npos) << resumed.output;
+  EXPECT_TRUE(std::filesystem::exists(newest.string() + ".damaged"));
+  const auto again = metrics();
+  ASSERT_EQ(again.size(), uninterrupted.size());
+  for (size_t i = 0; i < again.size(); ++i)
+    EXPECT_EQ(again[i]["loss"].get<double>(), uninterrupted[i]["loss"].get<double>()) << "step " << i + 1;
+}
+
+// Issue 14 item 11: non-finite weights are reported at load with the tensor's name (a NaN model
+// used to train two skipped steps, exit 0 and save NaN weights).
+TEST_F(TrainerTest, NonFiniteWeightsAreReportedAtLoad) {
+  const auto nan_model = dir_ / "nan.pth";
+  auto make = run_command(std::string(PEFTKIT_PYTHON) + " -c \"import torch; m = torch.load('" +
+                          (shared_->path() / "model.pth").string() + "', weights_only=True); "
+                          "m['blocks.1.att.key.weight'][3, 5] = float('nan'); torch.save(m, '" + nan_model.string() + "')\"");
+  ASSERT_EQ(make.exit_code, 0) << make.output;
+  auto result = run_command(peftkit_command("train " + recipe().string() + " --set model.path=" + nan_model.string()));
+  EXPECT_EQ(result.exit_code, 1) << result.output;
+  EXPECT_NE(result.output.find(nan_model.string() + ": tensor 'blocks.1.att.key.weight' holds 1 non-finite value(s)"),
+            std::string::npos)
+      << result.output;
+  auto generate = run_command(peftkit_command("generate --model " + nan_model.string() + " --prompt hi --temperature 0"));
+  EXPECT_EQ(generate.exit_code, 1) << generate.output;
+  EXPECT_NE(generate.output.find("'blocks.1.att.key.weight' holds 1 non-finite value(s)"), std::string::npos)
+      << generate.output;
+}
+
+// Issue 14 item 21: the printed resume command keeps the run's --set overrides.
+TEST_F(TrainerTest, TheResumeHintKeepsTheOverrides) {
+  const std::string binary = PEFTKIT_BINARY, file = recipe().string(), log = (dir_ / "child.log").string();
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    freopen(log.c_str(), "w", stderr);
+    freopen(log.c_str(), "a", stdout);
+    execl(binary.c_str(), binary.c_str(), "train", file.c_str(), "--set", "train.lr_init=2e-3", "--set",
+          "train.warmup_steps=1", static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  for (int i = 0; i < 600 && metrics().size() < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  kill(child, SIGINT);
+  int status = 0;
+  waitpid(child, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_EQ(WEXITSTATUS(status), 130) << testing::read_file(log);
+  const std::string message = testing::read_file(log);
+  const std::string hint = "peftkit train " + file + " --set train.lr_init=2e-3 --set train.warmup_steps=1 --resume";
+  ASSERT_NE(message.find("Resume with: " + hint), std::string::npos) << message;
+  // Run as printed, it continues the same run (the settings' fingerprint matches).
+  auto resumed = run_command(peftkit_command(hint.substr(std::string("peftkit ").size())));
+  EXPECT_EQ(resumed.exit_code, 0) << resumed.output;
+}
+
+// Issue 14 item 9: resuming on a full disk rewrote metrics.jsonl with an unchecked write and
+// renamed the truncated file into place. The file-size limit (`ulimit -f`, SIGXFSZ ignored) makes
+// the rewrite fail like a full disk: the error names the file and the reason, and the complete
+// metrics.jsonl stays as it was.
+TEST_F(TrainerTest, AFailedMetricsRewriteOnResumeLosesNothing) {
+  const std::string file = recipe().string(), longer = " --set train.epoch_steps=20 --set train.ctx_len=8";
+  ASSERT_EQ(run_command(peftkit_command("train " + file + longer)).exit_code, 0);
+  const std::string metrics_before = testing::read_file(dir_ / "out" / "metrics.jsonl");
+  ASSERT_GT(metrics_before.size(), 9000u);  // 60 lines; resuming at step 40 rewrites 40 of them
+  ASSERT_LT(testing::read_file(dir_ / "out" / "recipe.toml").size(), 5000u);  // written before, must fit
+  const auto newest = dir_ / "out" / "checkpoints" / "step-000000060.ckpt";
+  ASSERT_TRUE(std::filesystem::exists(newest));
+  std::filesystem::rename(newest, dir_ / "step-60.kept");
+  auto result = run_command("bash -c 'trap \"\" XFSZ; ulimit -f 6; exec " + peftkit_command("train " + file + longer) +
+                            " --resume'");
+  EXPECT_EQ(result.exit_code, 1) << result.output;
+  EXPECT_NE(result.output.find((dir_ / "out" / "metrics.jsonl").string() + ": writing failed"), std::string::npos)
+      << result.output;
+  EXPECT_NE(result.output.find("File too large"), std::string::npos) << result.output;
+  EXPECT_EQ(testing::read_file(dir_ / "out" / "metrics.jsonl"), metrics_before);
+  for (const auto& entry : std::filesystem::directory_iterator(dir_ / "out"))
+    EXPECT_EQ(entry.path().filename().string().find(".tmp-"), std::string::npos) << entry.path();
+}
+
+// Issue 14 item 22: a FIFO given as a path hung forever; a file where the output folder should be
+// ended in "internal error". Both are input errors (exit 1) naming the path.
+TEST_F(TrainerTest, FifosAndFilesInTheWayAreInputErrors) {
+  const auto fifo = dir_ / "fifo.npy";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  auto data = run_command("timeout 60 " + peftkit_command("train " + recipe().string() + " --set data.path=" + fifo.string()));
+  EXPECT_EQ(data.exit_code, 1) << data.output;
+  EXPECT_NE(data.output.find(fifo.string() + ": not a regular file"), std::string::npos) << data.output;
+  auto inspect = run_command("timeout 60 " + peftkit_command("inspect " + fifo.string()));
+  EXPECT_EQ(inspect.exit_code, 1) << inspect.output;
+  EXPECT_NE(inspect.output.find(fifo.string() + ": not a regular file (a FIFO)"), std::string::npos) << inspect.output;
+  auto recipe_fifo = run_command("timeout 60 " + peftkit_command("recipe check " + fifo.string()));
+  EXPECT_EQ(recipe_fifo.exit_code, 1) << recipe_fifo.output;
+
+  testing::write_file(dir_ / "taken", "a file, not a folder");
+  auto taken = run_command(peftkit_command("train " + recipe().string() + " --set output.dir=taken"));
+  EXPECT_EQ(taken.exit_code, 1) << taken.output;
+  EXPECT_NE(taken.output.find("taken"), std::string::npos) << taken.output;
+  EXPECT_EQ(taken.output.find("internal error"), std::string::npos) << taken.output;
 }
 
 }  // namespace

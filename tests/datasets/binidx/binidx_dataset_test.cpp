@@ -82,17 +82,62 @@ TEST_F(BinidxTest, BadFilesGetPreciseErrors) {
   EXPECT_NE(error("legacy").find("legacy fairseq \"cached\" index (TNTIDX) is not supported"), std::string::npos);
   EXPECT_NE(error("short").find("truncated index"), std::string::npos) << error("short");
   EXPECT_EQ(error("missing"), path("missing") + ".idx: cannot open (No such file or directory)");
-  auto big = open("big", 8);
-  try {
-    big->sample(0);
-    FAIL();
-  } catch (const Error& e) {
-    EXPECT_EQ(std::string(e.what()), path("big") + ".bin: token id 70000 at element 2 is outside the model's vocabulary [0, 65536)");
-  }
+  // Issue 14 item 12: found when the file is opened, not when the item is drawn.
+  EXPECT_EQ(error("big"), path("big") + ".bin: token id 70000 at element 2 is outside the model's vocabulary [0, 65536)");
   auto plugin = registry_->get<DatasetPlugin>("binidx");
   Options options = host::default_options(plugin->options(), "data.binidx");
   options.set("order", std::string("sequential"), OptionSource::kRecipe, "r.toml:4:9");
   EXPECT_THROW(plugin->validate(options), Error);  // order without mode = "stream"
+}
+
+// Issue 14 item 5: every item's size and pointer is checked once at open (only the last item's
+// used to be, and sample() read before the mapping); item 7: a file without a target is refused.
+TEST_F(BinidxTest, EveryItemIsValidatedWhenTheIndexIsOpened) {
+  testing::TempDir dir;
+  // Three uint16 items of 4 tokens in a 12-token .bin; `pointers` and `sizes` are what the index says.
+  auto write = [&](const std::string& name, std::vector<int32_t> sizes, std::vector<int64_t> pointers,
+                   std::vector<int64_t> documents = {0, 1, 2, 3}, uint64_t count = 3) {
+    std::string idx("MMIDIDX\0\0", 9);
+    auto put = [&](const void* p, size_t n) { idx.append(static_cast<const char*>(p), n); };
+    const uint64_t version = 1, document_count = documents.size();
+    put(&version, 8);
+    idx += '\x08';
+    put(&count, 8);
+    put(&document_count, 8);
+    for (int32_t v : sizes) put(&v, 4);
+    for (int64_t v : pointers) put(&v, 8);
+    for (int64_t v : documents) put(&v, 8);
+    testing::write_file(dir / (name + ".idx"), idx);
+    testing::write_file(dir / (name + ".bin"), std::string(24, '\x01'));
+    return (dir / name).string();
+  };
+  auto opened = [&](const std::string& prefix) -> std::string {
+    auto plugin = registry_->get<DatasetPlugin>("binidx");
+    try {
+      return std::to_string(
+          plugin->open({prefix, 8, 65536, 0, nullptr}, host::default_options(plugin->options(), "data.binidx"))->size());
+    } catch (const Error& e) {
+      return e.what();
+    }
+  };
+  EXPECT_EQ(opened(write("good", {4, 4, 4}, {0, 8, 16})), "3");
+  const std::string negative = write("negative", {4, 4, 4}, {0, -64, 16});
+  EXPECT_EQ(opened(negative), negative + ".idx: item 1 has the byte pointer -64, which is negative");
+  const std::string odd = write("odd", {4, 4, 4}, {0, 7, 16});
+  EXPECT_EQ(opened(odd), odd + ".idx: item 1 has the byte pointer 7, which is not a multiple of the 2-byte token size");
+  const std::string past = write("past", {4, 9, 4}, {0, 8, 16});
+  EXPECT_EQ(opened(past), past + ".idx: item 1 covers tokens 4 to 13 but " + past + ".bin holds 12 tokens");
+  const std::string negative_size = write("negative-size", {4, -4, 4}, {0, 8, 16});
+  EXPECT_EQ(opened(negative_size), negative_size + ".idx: item 1 has the negative size -4");
+  const std::string documents = write("documents", {4, 4, 4}, {0, 8, 16}, {0, 2, 1, 3});
+  EXPECT_EQ(opened(documents), documents + ".idx: document index entry 2 is 1; expected non-decreasing item "
+                                           "numbers from 0 to the item count 3");
+  const std::string count = write("count", {4, 4, 4}, {0, 8, 16}, {0, 1, 2, 3}, uint64_t{1} << 62);
+  EXPECT_NE(opened(count).find("truncated index: the header announces 4611686018427387904 items"), std::string::npos)
+      << opened(count);
+  const std::string empty = write("empty", {0, 1, 0}, {0, 0, 2});
+  EXPECT_EQ(opened(empty), empty + ".idx: no item holds two tokens or more, so no sample has a target to learn "
+                                   "(mode = \"pad\" takes one item per sample)");
 }
 
 TEST_F(BinidxTest, ConvertWritesJson2binidxFilesFromJsonl) {
@@ -100,9 +145,19 @@ TEST_F(BinidxTest, ConvertWritesJson2binidxFilesFromJsonl) {
   auto jsonl = testing::write_file(dir / "docs.jsonl",
                                    "{\"text\": \"Hello world!\\n\\n\"}\n"
                                    "{\"prompt\": \"User: hi\\n\\nAssistant:\", \"response\": \" Hello!\\n\\n\"}\n");
-  auto result = testing::run_command(std::string(PEFTKIT_BINARY) + " convert --from jsonl --to binidx --input " +
-                                     jsonl.string() + " --output " + (dir / "out").string());
+  const std::string convert = std::string(PEFTKIT_BINARY) + " convert --from jsonl --to binidx --input " +
+                              jsonl.string() + " --output " + (dir / "out").string();
+  // Issue 14 item 19: binidx cannot store the prompt's loss mask; losing it takes an explicit flag.
+  auto refused = testing::run_command(convert);
+  EXPECT_EQ(refused.exit_code, 1) << refused.output;
+  EXPECT_NE(refused.output.find(jsonl.string() + ": document 1 has "), std::string::npos) << refused.output;
+  EXPECT_NE(refused.output.find(" tokens outside the loss (a prompt or user turns); binidx stores no loss mask"),
+            std::string::npos)
+      << refused.output;
+  EXPECT_FALSE(std::filesystem::exists(dir / "out.idx"));
+  auto result = testing::run_command(convert + " --drop-loss-mask");
   ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_NE(result.output.find("tokens dropped (--drop-loss-mask)"), std::string::npos) << result.output;
   EXPECT_NE(result.output.find("2 documents"), std::string::npos) << result.output;
   // Python reads what we wrote, independently.
   auto check = testing::run_command(std::string(PEFTKIT_PYTHON) + " " MAKE_BINIDX_SCRIPT " check " + (dir / "out").string());

@@ -106,5 +106,38 @@ TEST_F(JsonlTest, MalformedLinesNameFileAndLineOrAreSkipped) {
   EXPECT_NE(dataset->describe().find("(1 bad lines skipped)"), std::string::npos);
 }
 
+// Issue 14 item 7: a file that yields no counted target is refused when it is opened (a run used
+// to end "0 tokens", rc 0, with the weights changed by L2Wrap on padding).
+TEST_F(JsonlTest, AFileWithoutAnyTargetIsRefusedAtOpen) {
+  const std::string why = ": no line has a token to learn within ctx_len = 100 (empty texts, or prompts that fill the "
+                          "whole context); every step would be skipped";
+  EXPECT_EQ(error("{\"text\": \"\"}\n"), why);
+  std::string long_prompt;
+  for (int i = 0; i < 300; ++i) long_prompt += " hello";  // 300 tokens: no response token fits in 100
+  EXPECT_EQ(error("{\"prompt\": \"" + long_prompt + "\", \"response\": \"ok\"}\n"), why);
+  // One line with a target is enough; the others are samples without loss.
+  EXPECT_EQ(open("{\"text\": \"\"}\n{\"text\": \"hello\"}\n")->size(), 2);
+}
+
+// Issue 14 item 12: ids outside a (small) model's vocabulary are found when the file is opened.
+TEST_F(JsonlTest, TokenIdsOutsideTheVocabularyAreFoundAtOpen) {
+  auto plugin = registry_->get<DatasetPlugin>("jsonl");
+  auto file = testing::write_file(dir_ / "data.jsonl", "{\"text\": \"a\"}\n{\"text\": \"Hello world\"}\n");
+  try {
+    plugin->open({file, 100, 1000, 0, tokenizer_}, host::default_options(plugin->options(), "data.jsonl"));
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(file.string() + ":2: token id "), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("is outside the model's vocabulary [0, 1000)"), std::string::npos) << e.what();
+  }
+}
+
+// Issue 14 (memory): a line nesting JSON deeply is refused before it is parsed.
+TEST_F(JsonlTest, DeeplyNestedLinesAreRefusedBeforeParsing) {
+  const std::string deep = "{\"text\": \"a\", \"extra\": " + std::string(100000, '[') + std::string(100000, ']') + "}\n";
+  EXPECT_EQ(error(deep).substr(0, 43), ":1: JSON nests deeper than 32 levels (at ch") << error(deep);
+  EXPECT_EQ(open("{\"text\": \"a\"}\n" + deep, 100, true)->size(), 1);
+}
+
 }  // namespace
 }  // namespace peftkit

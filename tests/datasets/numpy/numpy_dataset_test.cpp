@@ -164,16 +164,70 @@ TEST_F(NumpyDatasetTest, MalformedBytesGetPreciseErrors) {
   EXPECT_NE(error(future).find("format version 4.0 is not supported"), std::string::npos);
 }
 
-TEST_F(NumpyDatasetTest, TokenOutsideTheVocabularyIsReportedWithItsPosition) {
-  auto dataset = open("large-ids.npy", 2, "sequential", 0, 65536);
-  EXPECT_EQ(dataset->sample(0).input_ids, (std::vector<int32_t>{1, 2}));
+// Issue 14 item 12: every id is checked when the file is opened, not when its window is drawn
+// (a run used to fail at step 141, and a file whose bad id was never drawn trained with rc 0).
+TEST_F(NumpyDatasetTest, TokenOutsideTheVocabularyIsReportedAtOpenWithItsPosition) {
   try {
-    dataset->sample(1);
+    open("large-ids.npy", 2, "sequential", 0, 65536);
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_STREQ(e.what(), (path("large-ids.npy") + ": token id 70000 at element 3 is outside the "
                                                     "model's vocabulary [0, 65536)").c_str());
   }
+  EXPECT_EQ(open("large-ids.npy", 2, "sequential", 0, 70001)->sample(1).input_ids[1], 70000);
+}
+
+// Issue 14 items 3 and 4: a padded header is read without backtracking, and a shape whose size
+// overflows 64 bits is refused instead of reading past the mapping.
+TEST_F(NumpyDatasetTest, HostileHeadersAreRefusedOrReadInLinearTime) {
+  testing::TempDir dir;
+  auto npy = [&](const std::string& name, int version, const std::string& header, const std::string& data) {
+    std::string bytes("\x93NUMPY", 6);
+    bytes += static_cast<char>(version);
+    bytes += '\0';
+    const size_t length = header.size();
+    for (int b = 0; b < (version == 1 ? 2 : 4); ++b) bytes += static_cast<char>((length >> (8 * b)) & 0xFF);
+    return testing::write_file(dir / name, bytes + header + data).string();
+  };
+  auto opened = [&](const std::string& file) -> std::string {
+    auto plugin = registry_->get<DatasetPlugin>("numpy");
+    Options options("data.numpy");
+    options.set("order", std::string("sequential"), OptionSource::kDefault);
+    try {
+      return std::to_string(plugin->open(DatasetSource{file, 4, 1000, 0, nullptr}, options)->size());
+    } catch (const Error& e) {
+      return e.what();
+    }
+  };
+  const std::string tokens(20, '\x01');  // ten uint16 tokens of id 257
+  const std::string dict = "{'descr': '<u2', 'fortran_order': False, 'shape': (10,), }";
+  // Valid headers padded with spaces to 60 KB (v1) and 200 KB (v2), as NumPy pads to alignment.
+  EXPECT_EQ(opened(npy("v1-padded.npy", 1, dict + std::string(60000, ' ') + "\n", tokens)), "2");
+  EXPECT_EQ(opened(npy("v2-padded.npy", 2, dict + std::string(200000, ' ') + "\n", tokens)), "2");
+  const std::string huge = npy("v2-huge.npy", 2, dict + std::string(2 << 20, ' '), tokens);
+  EXPECT_EQ(opened(huge), huge + ": the header is " + std::to_string(dict.size() + (2 << 20)) +
+                             " bytes long; peftkit reads .npy headers of at most 1048576 bytes");
+  // The issue's reproducer: (4, 2^60 + 2) with 32 bytes of data.
+  const std::string beyond =
+      npy("beyond.npy", 1, "{'descr': '<u2', 'fortran_order': False, 'shape': (4, 1152921504606846978), }",
+          std::string(32, '\0'));
+  EXPECT_EQ(opened(beyond),
+            beyond + ": shape (4, 1152921504606846978) needs 9223372036854775824 bytes of data but the file holds 32");
+  const std::string overflow =
+      npy("overflow.npy", 1, "{'descr': '<u2', 'fortran_order': False, 'shape': (8, 1152921504606846978), }",
+          std::string(32, '\0'));
+  EXPECT_EQ(opened(overflow), overflow + ": shape (8, 1152921504606846978) holds more than 2^63 elements");
+  const std::string bytes_overflow =
+      npy("bytes.npy", 1, "{'descr': '<i8', 'fortran_order': False, 'shape': (2305843009213693953,), }",
+          std::string(32, '\0'));
+  EXPECT_EQ(opened(bytes_overflow),
+            bytes_overflow + ": shape (2305843009213693953,) needs more than 2^64 bytes of data but the file holds 32");
+  const std::string twice = npy("twice.npy", 1, "{'descr': '<u2', 'descr': '<i8', 'fortran_order': False, "
+                                                "'shape': (10,), }", tokens);
+  EXPECT_NE(opened(twice).find("names 'descr' twice"), std::string::npos) << opened(twice);
+  const std::string digits = npy("digits.npy", 1, "{'descr': '<u2', 'fortran_order': False, 'shape': (" +
+                                                      std::string(30, '9') + ",), }", tokens);
+  EXPECT_NE(opened(digits).find("shape entry beyond 64 bits"), std::string::npos) << opened(digits);
 }
 
 TEST_F(NumpyDatasetTest, DescribeNamesFileTypeAndLayout) {

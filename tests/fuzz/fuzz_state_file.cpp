@@ -1,0 +1,23 @@
+// State files (RWKV-PEFT's blocks.{i}.att.time_state layout) read against a small model's
+// geometry, in .pth or safetensors, as `generate --state` does.
+#include <ATen/ATen.h>
+
+#include "fuzz_input.hpp"
+#include "model/rwkv7_config.hpp"
+#include "model/state_file.hpp"
+#include "peftkit/tensor_io.hpp"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static const peftkit::Rwkv7Config config = [] {
+    peftkit::Rwkv7Config c;
+    c.n_layer = 2;
+    c.n_embd = 64;
+    c.head_size = 32;
+    c.n_head = 2;
+    return c;
+  }();
+  const auto path = peftkit::fuzz::write_input("state.pth", data, size);
+  return peftkit::fuzz::expect_ok_or_error([&] {
+    for (const auto& state : peftkit::read_state_file(path, config)) (void)state.contiguous();
+  });
+}
