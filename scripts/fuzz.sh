@@ -20,10 +20,34 @@ if ! CC=clang CXX=clang++ cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TY
 fi
 cmake --build "$build" --target fuzz_targets -j "$(nproc)"
 
+# Seeds peftkit itself writes (a model, a trained state + LoRA adapter, its checkpoint, nf4 and int8
+# pre-quantized caches, HF PEFT and Ai00 exports), when the main build is there.
+peftkit="${PEFTKIT_BUILD_DIR:-$root/build}/bin/peftkit"
+written="$build/peftkit-written"
+rm -rf "$written" && mkdir -p "$written"
+if [[ -x "$peftkit" ]]; then
+  (
+    cd "$written"
+    "$peftkit" init-model --layers 2 --embd 64 --head-size 32 --vocab 100 --seed 1 --out model.pth
+    "$peftkit" init-model --layers 1 --embd 32 --head-size 16 --vocab 50 --out small.safetensors
+    "$root/.venv/bin/python" -c "import numpy as np; np.save('tokens.npy', (np.arange(400) * 7 % 90).astype('<u2'))"
+    for quant in nf4 int8; do
+      printf '[model]\npath = "model.pth"\n[data]\nformat = "numpy"\npath = "tokens.npy"\n[peft]\nmethod = ["state", "lora"]\n[peft.lora]\nr = 4\n[quant]\nmethod = "%s"\ncache_file = "cache-%s.safetensors"\n[train]\nctx_len = 8\nmicro_bsz = 1\nepoch_steps = 2\nepoch_count = 1\nprecision = "fp32"\n[output]\ndir = "run-%s"\n' \
+        "$quant" "$quant" "$quant" >"$quant.toml"
+      "$peftkit" train "$quant.toml"
+    done
+    "$peftkit" export --base model.pth --adapter run-nf4/rwkv-0.pth --method lora --format hf-peft --output hf
+    "$peftkit" export --base model.pth --adapter run-nf4/rwkv-0.pth --method state --format ai00 --output ai00.safetensors
+    "$peftkit" export --base model.pth --adapter run-nf4/rwkv-0.pth --method state --format rwkv-pth --output state.pth
+  ) >"$build/peftkit-written.log" 2>&1 || { cat "$build/peftkit-written.log"; echo "fuzz: writing peftkit's seeds failed" >&2; exit 1; }
+else
+  echo "fuzz: no $peftkit (run scripts/build.sh first for seeds peftkit writes); using the others"
+fi
+
 corpus="$build/corpus"
 rm -rf "$corpus"
 "$root/.venv/bin/python" "$root/tests/fuzz/make_corpus.py" "$corpus" "$root/data/rwkv_vocab_v20230424.txt" \
-  "$root/recipes" >/dev/null
+  "$root/recipes" "$written" >/dev/null
 
 targets=("$@")
 ((${#targets[@]})) || targets=(pth safetensors npy binidx jsonl recipe vocab adapter_config state_file

@@ -1,6 +1,7 @@
 // peftkit init-model: a new RWKV-7 model as RWKV-LM initialises one.
 // peftkit inspect: what a tensor file is (model, state file, adapter) and its geometry.
 #include <ATen/ATen.h>
+#include <unistd.h>
 
 #include <functional>
 #include <iostream>
@@ -118,6 +119,15 @@ Command init_model_command() {
     const auto config = Rwkv7Config::for_size(layers, embd, vm["vocab"].as<int64_t>(), vm["head-size"].as<int64_t>());
     const at::ScalarType dtype = parse_dtype(vm["dtype"].as<std::string>());
     const std::filesystem::path out = vm["out"].as<std::string>();
+    // The initializer holds the model in fp32 and then in the output dtype: refuse what cannot fit
+    // in this machine's memory before allocating any of it.
+    const double need = static_cast<double>(config.parameter_count()) * (4.0 + c10::elementSize(dtype));
+    const double memory = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
+    if (memory > 0 && need > memory)
+      throw Error("init-model: " + config.describe() + " has " + human(double(config.parameter_count())) +
+                  " parameters and needs about " + std::to_string(static_cast<int64_t>(need / (1 << 30))) +
+                  " GiB while it is initialised; this machine has " +
+                  std::to_string(static_cast<int64_t>(memory / (1 << 30))) + " GiB");
     log::info("initialising RWKV-7 " + config.describe() + ", " + human(double(config.parameter_count())) +
               " parameters, seed " + std::to_string(vm["seed"].as<uint64_t>()));
     TensorMap tensors = init_rwkv7(config, vm["seed"].as<uint64_t>());

@@ -3,7 +3,6 @@
 #include "host/recipe.hpp"
 
 #include <algorithm>
-#include <fstream>
 #include <regex>
 #include <set>
 #include <sstream>

@@ -125,6 +125,11 @@ Rwkv7Config Rwkv7Config::from_tensors(const TensorMap& tensors, const std::strin
 Rwkv7Config Rwkv7Config::for_size(int64_t n_layer, int64_t n_embd, int64_t vocab, int64_t head_size) {
   if (n_layer < 1 || n_embd < 1 || vocab < 1 || head_size < 1)
     throw Error("model geometry: layers, embd, vocab and head size must be positive");
+  // Far beyond any RWKV model, and small enough that every count below fits in 64 bits.
+  if (n_layer > (1 << 16) || n_embd > (1 << 20) || vocab > (1 << 26) || head_size > (1 << 12))
+    throw Error("model geometry: layers " + std::to_string(n_layer) + ", embd " + std::to_string(n_embd) + ", vocab " +
+                std::to_string(vocab) + ", head size " + std::to_string(head_size) +
+                " exceed the limits 65536, 1048576, 67108864 and 4096");
   if (n_embd % head_size != 0)
     throw Error("model geometry: embd " + std::to_string(n_embd) + " is not a multiple of the head size " +
                 std::to_string(head_size));

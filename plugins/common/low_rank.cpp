@@ -4,7 +4,6 @@
 #include <ATen/core/grad_mode.h>
 
 #include <cmath>
-#include <fstream>
 
 #include <nlohmann/json.hpp>
 
@@ -153,7 +152,7 @@ void LowRankPairs::write_hf_folder(const std::filesystem::path& folder, double d
       {"lora_dropout", dropout}, {"use_rslora", rslora_}, {"target_modules", modules},
       {"bias", "none"}, {"fan_in_fan_out", false}, {"init_lora_weights", true}, {"inference_mode", false},
       {"base_model_name_or_path", nullptr}, {"use_dora", false}, {"modules_to_save", nullptr}};
-  std::ofstream(folder / "adapter_config.json") << json.dump(2) << "\n";
+  write_text_file(folder / "adapter_config.json", json.dump(2) + "\n");
 }
 
 }  // namespace peftkit::plugins

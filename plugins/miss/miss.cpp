@@ -14,7 +14,6 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
-#include <fstream>
 
 #include <nlohmann/json.hpp>
 
@@ -208,7 +207,7 @@ class Miss final : public PeftMethod {
         {"init_weights", init_weights}, {"miss_dropout", settings_.dropout}, {"target_modules", modules},
         {"bias", "none"}, {"inference_mode", false}, {"base_model_name_or_path", nullptr},
         {"modules_to_save", nullptr}, {"exclude_modules", nullptr}};
-    std::ofstream(destination / "adapter_config.json") << config.dump(2) << "\n";
+    write_text_file(destination / "adapter_config.json", config.dump(2) + "\n");
   }
 
  private:

@@ -50,6 +50,10 @@ TEST(AdapterCommandsTest, ATrainedLoraMergesExportsAndGeneratesFromTheSavedFile)
             std::string::npos)
       << lossy.output;
   EXPECT_FALSE(std::filesystem::exists(dir / "lossy"));
+  auto lossy_pth = run_command(peftkit("export --base " + base + " --adapter " + adapter + " --format rwkv-pth --output " +
+                                       (dir / "lossy.pth").string()));
+  EXPECT_EQ(lossy_pth.exit_code, 1) << lossy_pth.output;
+  EXPECT_NE(lossy_pth.output.find("which this format cannot carry"), std::string::npos) << lossy_pth.output;
   // ... and exports the LoRA part alone when that is what it is given.
   TensorMap lora_only = read_pth(adapter);
   lora_only.erase("ln_out.weight");
@@ -82,10 +86,11 @@ TEST(AdapterCommandsTest, ATrainedLoraMergesExportsAndGeneratesFromTheSavedFile)
   for (const auto& [name, t] : original) EXPECT_TRUE(at::allclose(recovered.at(name), t, 1e-5, 1e-6)) << name;
 }
 
-TEST(AdapterCommandsTest, AStateMergesIntoTheModelFileAndRefusesAnotherBase) {
-  testing::TempDir dir;
+// dir/model.pth, the small model with output projections of ordinary size (the perturbed init's are
+// tiny and would hide a state), and dir/state.pth, a large random state for it; returns the state.
+TensorMap write_model_and_visible_state(const std::filesystem::path& dir) {
+  at::manual_seed(11);  // whatever ran before in this process, the same weights and state
   const Rwkv7Config& c = testing::small_config();
-  // Output projections of ordinary size: the perturbed init's are tiny and would hide the state.
   TensorMap weights = testing::small_model_weights();
   for (int64_t l = 0; l < c.n_layer; ++l)
     weights["blocks." + std::to_string(l) + ".att.output.weight"] = at::randn({c.n_embd, c.n_embd}) * 0.3;
@@ -95,6 +100,12 @@ TEST(AdapterCommandsTest, AStateMergesIntoTheModelFileAndRefusesAnotherBase) {
     state["blocks." + std::to_string(l) + ".att.time_state"] =
         (at::randn({c.n_head, c.head_size, c.head_size}) * 3).to(at::kBFloat16);
   write_pth(dir / "state.pth", state);
+  return state;
+}
+
+TEST(AdapterCommandsTest, AStateMergesIntoTheModelFileAndRefusesAnotherBase) {
+  testing::TempDir dir;
+  TensorMap state = write_model_and_visible_state(dir.path());
   const std::string base = (dir / "model.pth").string(), merged = (dir / "merged.pth").string();
   auto merge = run_command(peftkit("merge --base " + base + " --state " + (dir / "state.pth").string() + " --output " + merged));
   ASSERT_EQ(merge.exit_code, 0) << merge.output;
@@ -267,17 +278,7 @@ TEST(AdapterCommandsTest, InspectDescribesEveryOutputOfEveryMethod) {
 // item 17: the ai00 format cannot hold tune_shift states, so such an export is refused.
 TEST(AdapterCommandsTest, AnAi00StateIsRecognisedAndMountedInItsOwnLayout) {
   testing::TempDir dir;
-  const Rwkv7Config& c = testing::small_config();
-  // Output projections of ordinary size and a random, unsymmetric state: a transposed mount shows.
-  TensorMap weights = testing::small_model_weights();
-  for (int64_t l = 0; l < c.n_layer; ++l)
-    weights["blocks." + std::to_string(l) + ".att.output.weight"] = at::randn({c.n_embd, c.n_embd}) * 0.3;
-  write_pth(dir / "model.pth", weights);
-  TensorMap state;
-  for (int64_t l = 0; l < c.n_layer; ++l)
-    state["blocks." + std::to_string(l) + ".att.time_state"] =
-        (at::randn({c.n_head, c.head_size, c.head_size}) * 3).to(at::kBFloat16);
-  write_pth(dir / "state.pth", state);
+  write_model_and_visible_state(dir.path());  // a random, unsymmetric state: a transposed mount shows
   const std::string base = (dir / "model.pth").string(), pth = (dir / "state.pth").string();
   const std::string ai00 = (dir / "state.safetensors").string();
   ASSERT_EQ(run_command(peftkit("export --base " + base + " --state " + pth + " --format ai00 --output " + ai00))

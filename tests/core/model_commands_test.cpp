@@ -51,6 +51,13 @@ TEST_F(ModelCommands, InitModelChecksItsArguments) {
   EXPECT_NE(result.output.find("embd 100 is not a multiple of the head size 64"), std::string::npos);
   result = run_command(peftkit_command("init-model --layers 2 --embd 128 --out x.bin"));
   EXPECT_NE(result.output.find("expected a .pth or .safetensors file name"), std::string::npos);
+  // Issue 14 item 22: an absurd geometry used to allocate until the machine ran out of memory.
+  result = run_command(peftkit_command("init-model --layers 60000 --embd 65536 --out x.pth"));
+  EXPECT_EQ(result.exit_code, 1) << result.output;
+  EXPECT_NE(result.output.find("GiB while it is initialised; this machine has"), std::string::npos) << result.output;
+  result = run_command(peftkit_command("init-model --layers 100000000 --embd 64 --out x.pth"));
+  EXPECT_EQ(result.exit_code, 1) << result.output;
+  EXPECT_NE(result.output.find("exceed the limits"), std::string::npos) << result.output;
 }
 
 TEST_F(ModelCommands, InspectDescribesModelsStatesAndUnknownFiles) {

@@ -1,7 +1,8 @@
 """Seed corpora for the fuzz targets, written by PyTorch, NumPy and safetensors (independently of
-the C++ readers), plus the reproducers of issue 14's crashes, one folder per target.
+the C++ readers), by peftkit itself (scripts/fuzz.sh runs it into PEFTKIT_WRITTEN), plus the
+reproducers of issue 14's crashes, one folder per target.
 
-  make_corpus.py OUT_DIR VOCAB_FILE RECIPES_DIR
+  make_corpus.py OUT_DIR VOCAB_FILE RECIPES_DIR [PEFTKIT_WRITTEN]
 """
 import collections
 import io
@@ -16,6 +17,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 out, vocab_file, recipes = sys.argv[1], sys.argv[2], sys.argv[3]
+written = sys.argv[4] if len(sys.argv) > 4 else None
 
 
 def put(target, name, data):
@@ -159,4 +161,34 @@ put("prequantized_int8", "site.safetensors", safetensors_bytes({
 put("prequantized_int8", "column-outside.safetensors", safetensors_bytes({
     "q": torch.randint(-127, 128, (rows, columns), dtype=torch.int8), "scale": torch.rand(rows),
     "outlier_columns": torch.tensor([99]), "outliers": torch.randn(rows, 1).bfloat16(), "dtype": torch.tensor(15)}))
+# What peftkit wrote: its model files, adapters, checkpoints, exports and pre-quantized caches.
+if written and os.path.isdir(written):
+    def read(path):
+        with open(path, "rb") as f:
+            return f.read()
+
+    for folder, _, files in os.walk(written):
+        for name in files:
+            path = os.path.join(folder, name)
+            seed = os.path.relpath(path, written).replace(os.sep, "-")
+            if name.endswith((".pth", ".ckpt")):
+                put("pth", seed, read(path))
+            if name in ("rwkv-0.pth", "state.pth"):
+                put("state_file", seed, read(path))
+            if name.endswith(".safetensors"):
+                put("safetensors", seed, read(path))
+            if name == "ai00.safetensors":
+                put("state_file", seed, read(path))
+            if name == "adapter_config.json":
+                put("adapter_config", seed, read(path))
+            if name.endswith(".toml"):
+                put("recipe", seed, read(path))
+            if name.startswith("cache-"):
+                # One site's parts, under the names the quantizer's load() sees.
+                from safetensors.torch import load_file
+                quant = name[len("cache-"):-len(".safetensors")]
+                tensors = load_file(path)
+                site = "blocks.0.att.key.weight."
+                parts = {k[len(site):]: v for k, v in tensors.items() if k.startswith(site)}
+                put(f"prequantized_{quant}", "site-" + quant + ".safetensors", safetensors_bytes(parts))
 print("corpora written to", out)

@@ -58,5 +58,8 @@ void require_finite(const TensorMap& tensors, const std::string& where);
 void write_pth(const std::filesystem::path& path, const TensorMap& tensors);
 void write_safetensors(const std::filesystem::path& path, const TensorMap& tensors,
                        const std::map<std::string, std::string>& metadata = {});
+// A text file (an adapter_config.json beside the tensors), written atomically the same way; a
+// failed write names the file and the system's reason.
+void write_text_file(const std::filesystem::path& path, const std::string& text);
 
 }  // namespace peftkit

@@ -49,6 +49,29 @@ class TrainerTest : public ::testing::Test {
                                    train + "[run]\nthreads = 1\n[output]\ndir = \"out\"\n" + extra);
   }
   std::vector<nlohmann::json> metrics() { return testing::read_metrics(dir_ / "out" / "metrics.jsonl"); }
+
+  // Runs `peftkit train ARGS...` in a child (output to `log`), sends SIGINT once `steps` steps are
+  // in metrics.jsonl, and returns the child's exit code (-1 when it did not exit normally).
+  int train_until_interrupted(const std::vector<std::string>& args, size_t steps, const std::string& log) {
+    std::vector<std::string> argv_text = {PEFTKIT_BINARY, "train"};
+    argv_text.insert(argv_text.end(), args.begin(), args.end());
+    std::vector<char*> argv;
+    for (auto& a : argv_text) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    pid_t child = fork();
+    if (child < 0) return -1;
+    if (child == 0) {
+      freopen(log.c_str(), "w", stderr);
+      freopen(log.c_str(), "a", stdout);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    for (int i = 0; i < 600 && metrics().size() < steps; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    kill(child, SIGINT);
+    int status = 0;
+    waitpid(child, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
   static inline testing::TempDir* shared_ = nullptr;
   testing::TempDir dir_;
 };
@@ -192,21 +215,8 @@ TEST_F(TrainerTest, InterruptedRunResumesExactly) {
   const auto uninterrupted = metrics();
   testing::remove_tree(dir_ / "out");
   // Run in a child process and send SIGINT once a few steps are done.
-  const std::string binary = PEFTKIT_BINARY, file = recipe().string(), log = (dir_ / "child.log").string();
-  pid_t child = fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    freopen(log.c_str(), "w", stderr);
-    freopen(log.c_str(), "a", stdout);
-    execl(binary.c_str(), binary.c_str(), "train", file.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  for (int i = 0; i < 600 && metrics().size() < 3; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  kill(child, SIGINT);
-  int status = 0;
-  waitpid(child, &status, 0);
-  ASSERT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), 130) << testing::read_file(log);
+  const std::string file = recipe().string(), log = (dir_ / "child.log").string();
+  EXPECT_EQ(train_until_interrupted({file}, 3, log), 130) << testing::read_file(log);
   const std::string message = testing::read_file(log);
   EXPECT_NE(message.find("Resume with: peftkit train " + file + " --resume"), std::string::npos) << message;
   const size_t done = metrics().size();
@@ -433,22 +443,9 @@ TEST_F(TrainerTest, NonFiniteWeightsAreReportedAtLoad) {
 
 // Issue 14 item 21: the printed resume command keeps the run's --set overrides.
 TEST_F(TrainerTest, TheResumeHintKeepsTheOverrides) {
-  const std::string binary = PEFTKIT_BINARY, file = recipe().string(), log = (dir_ / "child.log").string();
-  pid_t child = fork();
-  ASSERT_GE(child, 0);
-  if (child == 0) {
-    freopen(log.c_str(), "w", stderr);
-    freopen(log.c_str(), "a", stdout);
-    execl(binary.c_str(), binary.c_str(), "train", file.c_str(), "--set", "train.lr_init=2e-3", "--set",
-          "train.warmup_steps=1", static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  for (int i = 0; i < 600 && metrics().size() < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  kill(child, SIGINT);
-  int status = 0;
-  waitpid(child, &status, 0);
-  ASSERT_TRUE(WIFEXITED(status));
-  ASSERT_EQ(WEXITSTATUS(status), 130) << testing::read_file(log);
+  const std::string file = recipe().string(), log = (dir_ / "child.log").string();
+  ASSERT_EQ(train_until_interrupted({file, "--set", "train.lr_init=2e-3", "--set", "train.warmup_steps=1"}, 2, log), 130)
+      << testing::read_file(log);
   const std::string message = testing::read_file(log);
   const std::string hint = "peftkit train " + file + " --set train.lr_init=2e-3 --set train.warmup_steps=1 --resume";
   ASSERT_NE(message.find("Resume with: " + hint), std::string::npos) << message;

@@ -181,5 +181,32 @@ TEST(Quantizers, RequantizeAwareMergeGivesTheWeightsTrainingUsed) {
   EXPECT_NE(refused.exit_code, 0);
 }
 
+// Issue 14 item 20: a merge re-quantized and overwrote the training run's pre-quantized cache (a
+// merge must not write into a training folder), and the cache's stored mtime read as a negative
+// number.
+TEST(Quantizers, ARequantizeAwareMergeNeverWritesTheTrainingCache) {
+  testing::TempDir dir;
+  auto run = testing::train_small_model(dir.path(), "[peft]\nmethod = \"lora\"\n[peft.lora]\nr = 4\nalpha = 8\n"
+                                                    "[quant]\nmethod = \"nf4\"\ncache_file = \"cache.safetensors\"\n",
+                                        5e-2);
+  ASSERT_EQ(run.command.exit_code, 0) << run.command.output;
+  const auto cache = dir / "cache.safetensors";
+  ASSERT_TRUE(std::filesystem::exists(cache));
+  const std::string signature = read_safetensors(cache).metadata.at("peftkit.quantized_from");
+  const size_t at = signature.find(";mtime_ns=");
+  ASSERT_NE(at, std::string::npos) << signature;
+  EXPECT_GT(std::stoll(signature.substr(at + 10)), 1'600'000'000'000'000'000LL) << signature;  // after 2020
+  const std::string before = testing::read_file(cache);
+  const auto written = std::filesystem::last_write_time(cache);
+  // Another path to the same weights: the cache does not match it, so the merge quantizes anew.
+  std::filesystem::copy_file(dir / "model.pth", dir / "copy.pth");
+  auto merge = testing::run_command(testing::peftkit_command(
+      "merge --requantize-aware --base " + (dir / "copy.pth").string() + " --adapter " +
+      (dir / "out" / "rwkv-0.pth").string() + " --output " + (dir / "merged.pth").string() + " --plugin-dir " PLUGIN_DIR));
+  ASSERT_EQ(merge.exit_code, 0) << merge.output;
+  EXPECT_EQ(testing::read_file(cache), before);
+  EXPECT_EQ(std::filesystem::last_write_time(cache), written);
+}
+
 }  // namespace
 }  // namespace peftkit
