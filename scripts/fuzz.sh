@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets (Clang, AddressSanitizer + UndefinedBehaviorSanitizer) into
-# build-fuzz/ (or $PEFTKIT_FUZZ_BUILD_DIR), writes their seed corpora (PyTorch-, NumPy- and
-# safetensors-written files plus the reproducers of known crashes), and runs every target for
+# build-fuzz/ (or $PEFTKIT_FUZZ_BUILD_DIR), writes their seed corpora (files PyTorch, NumPy,
+# safetensors and peftkit itself write, plus the reproducers of known crashes), and runs every target for
 # $PEFTKIT_FUZZ_SECONDS seconds (default 20). A crash, sanitizer report, leak, timeout (10 s per
-# input) or an input that makes the process exceed 2 GiB of memory (or one allocation of 512 MiB)
-# fails the run; what the fuzzer found is kept in build-fuzz/findings/<target>/.
+# input), or an input (at most 1.1 MB) that makes the process exceed 2 GiB of memory or make one
+# allocation over 64 MiB fails the run; what the fuzzer found is kept in build-fuzz/findings/<target>/.
 # Usage: scripts/fuzz.sh [TARGET...]   (default: every target)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -62,7 +62,7 @@ for t in "${targets[@]}"; do
   findings="$build/findings/$t"
   rm -rf "$findings" && mkdir -p "$findings" "$corpus/$t"
   log="$build/findings/$t.log"
-  if "$build/fuzz/fuzz_$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 \
+  if "$build/fuzz/fuzz_$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=64 \
        -max_len=1100000 -artifact_prefix="$findings/" -print_final_stats=1 "$corpus/$t" >"$log" 2>&1; then
     runs=$(grep -Eo 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -Eo '[0-9]+$' || echo "?")
     echo "fuzz_$t: ok ($runs inputs in ${seconds}s)"
