@@ -198,7 +198,7 @@ void field(const std::string& indent, const std::string& label, const std::strin
 std::string state_kind(const std::string& layout) { return "state file (" + layout + ")"; }
 std::string pairs_kind(bool pissa) { return pissa ? "PiSSA adapter (with its init pair)" : "LoRA adapter"; }
 
-void describe_states(const TensorMap& states, const std::string& indent, const std::string& layout) {
+void describe_states(const TensorMap& states, const std::string& indent) {
   field(indent, "layers", std::to_string(count_suffix(states, ".att.time_state")));
   for (const auto& [name, t] : states)
     if (name.find("time_state") != std::string::npos) {
@@ -252,7 +252,7 @@ void describe_adapter(const FileParts& parts, const std::string& layout) {
   std::vector<Part> list;
   if (!parts.states.empty())
     list.push_back({state_kind(layout), trained(parts.states),
-                    [&](const std::string& i) { describe_states(parts.states, i, layout); }});
+                    [&](const std::string& i) { describe_states(parts.states, i); }});
   if (!parts.lora.empty())
     list.push_back({pairs_kind(false), trained(parts.lora),
                     [&](const std::string& i) { describe_pairs(parts.lora, parts.settings, false, i); }});
