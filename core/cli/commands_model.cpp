@@ -9,6 +9,7 @@
 #include <regex>
 
 #include "cli/command.hpp"
+#include "host/adapters.hpp"
 #include "io/mapped_file.hpp"
 #include "io/strict_json.hpp"
 #include "model/rwkv7_model.hpp"
@@ -300,17 +301,16 @@ void describe_unknown(const TensorMap& unknown) {
   std::cout << (unknown.size() > 6 ? " ..." : "") << "\n";
 }
 
-// How the file's WKV states are laid out, as far as it says.
+// How the file's WKV states are laid out, as far as it says (host::recorded_state_layout).
 std::string state_layout(const TensorFile& contents, const std::string& file) {
-  auto recorded = contents.metadata.find(kStateLayoutKey);
-  if (recorded != contents.metadata.end() && recorded->second == "ai00")
-    return "Ai00/web-rwkv layout: RWKV-PEFT's time_state with the last two dimensions transposed";
-  if (recorded != contents.metadata.end() && recorded->second == "rwkv-peft")
-    return "RWKV-PEFT time_state layout, value-major";
-  if (recorded != contents.metadata.end()) return "unknown recorded layout '" + recorded->second + "'";
-  if (!contents.metadata.empty() || std::filesystem::path(file).extension() == ".safetensors")
-    return "layout not recorded: RWKV-PEFT's value-major or Ai00's transposed; --state-layout decides when mounted";
-  return "RWKV-PEFT time_state layout, value-major";
+  switch (host::recorded_state_layout(contents, file)) {
+    case host::StateLayout::kAi00:
+      return "Ai00/web-rwkv layout: RWKV-PEFT's time_state with the last two dimensions transposed";
+    case host::StateLayout::kRwkvPeft:
+      return "RWKV-PEFT time_state layout, value-major";
+    default:
+      return "layout not recorded: RWKV-PEFT's value-major or Ai00's transposed; --state-layout decides when mounted";
+  }
 }
 
 // A file peftkit's trainer wrote as a resumable checkpoint.

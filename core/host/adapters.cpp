@@ -136,27 +136,26 @@ StateLayout parse_state_layout(const std::string& text) {
   throw Error("--state-layout: expected auto, rwkv-peft or ai00, found '" + text + "'");
 }
 
+StateLayout recorded_state_layout(const TensorFile& file, const fs::path& path) {
+  auto recorded = file.metadata.find(kStateLayoutKey);
+  if (recorded == file.metadata.end())
+    return file.metadata.empty() && path.extension() != ".safetensors" ? StateLayout::kRwkvPeft : StateLayout::kAuto;
+  if (recorded->second == "ai00") return StateLayout::kAi00;
+  if (recorded->second == "rwkv-peft") return StateLayout::kRwkvPeft;
+  throw Error(path.string() + ": records the state layout '" + recorded->second + "', which peftkit does not "
+              "know; pass --state-layout rwkv-peft or ai00");
+}
+
 SavedAdapter read_state_adapter(const fs::path& path, const PluginRegistry& plugins, StateLayout layout) {
   SavedAdapter adapter;
   TensorFile file = read_tensor_file(path, Checksums::kVerify);
   adapter.tensors = std::move(file.tensors);
   require_finite(adapter.tensors, path.string());
-  if (layout == StateLayout::kAuto) {
-    auto recorded = file.metadata.find(kStateLayoutKey);
-    if (recorded != file.metadata.end() && recorded->second == "ai00")
-      layout = StateLayout::kAi00;
-    else if (recorded != file.metadata.end() && recorded->second == "rwkv-peft")
-      layout = StateLayout::kRwkvPeft;
-    else if (recorded != file.metadata.end())
-      throw Error(path.string() + ": records the state layout '" + recorded->second + "', which peftkit does not "
-                  "know; pass --state-layout rwkv-peft or ai00");
-    else if (!file.metadata.empty() || path.extension() == ".safetensors")
-      throw Error(path.string() + ": a safetensors state file may hold RWKV-PEFT's value-major states or Ai00/"
-                  "web-rwkv's transposed ones, and this one does not record which; pass --state-layout ai00 or "
-                  "--state-layout rwkv-peft");
-    else
-      layout = StateLayout::kRwkvPeft;  // a .pth: RWKV-PEFT's own file
-  }
+  if (layout == StateLayout::kAuto) layout = recorded_state_layout(file, path);
+  if (layout == StateLayout::kAuto)
+    throw Error(path.string() + ": a safetensors state file may hold RWKV-PEFT's value-major states or Ai00/"
+                "web-rwkv's transposed ones, and this one does not record which; pass --state-layout ai00 or "
+                "--state-layout rwkv-peft");
   if (layout == StateLayout::kAi00)
     for (auto& [name, tensor] : adapter.tensors)
       if (name.find("time_state") != std::string::npos) tensor = tensor.transpose(-1, -2).contiguous();

@@ -24,6 +24,7 @@
 #include "host/plugin_registry.hpp"
 #include "host/recipe.hpp"
 #include "peftkit/peft_method.hpp"
+#include "peftkit/tensor_io.hpp"
 
 namespace peftkit::host {
 
@@ -41,6 +42,11 @@ struct SavedAdapter {
 enum class StateLayout { kAuto, kRwkvPeft, kAi00 };
 // "auto", "rwkv-peft" or "ai00" (the --state-layout option); throws naming the option otherwise.
 StateLayout parse_state_layout(const std::string& text);
+
+// What a state file itself says of its layout: the recorded one, kRwkvPeft for a .pth (RWKV-PEFT's
+// own file), kAuto when it cannot be told (a safetensors file recording nothing); throws for a
+// recorded layout peftkit does not know.
+StateLayout recorded_state_layout(const TensorFile& file, const std::filesystem::path& path);
 
 // `recipe`: the recipe the adapter was trained with; empty to use the one beside it, if any.
 // `layout`: for a file that turns out to be a state file.
