@@ -3,6 +3,7 @@
 # when everything is already there:
 #   - Debian packages: compiler, CMake, Ninja, ccache, Boost 1.74 (DLL, Program_options), toml++,
 #     spdlog, GoogleTest, nlohmann-json; Clang with libFuzzer and the sanitizers for the fuzz targets;
+#     Chromium (optional) to render the compare report in a browser test;
 #   - LibTorch from the PyPI wheel torch==$PEFTKIT_TORCH_VERSION, with NumPy and safetensors for the
 #     tests' fixtures and checks, in
 #     the project-local virtual environment .venv (no system Python changes).
@@ -18,6 +19,9 @@ venv="$root/.venv"
 debs=(g++ cmake ninja-build ccache pkg-config libboost1.74-dev libboost-program-options1.74-dev
       libtomlplusplus-dev libspdlog-dev libgtest-dev nlohmann-json3-dev
       clang libclang-rt-14-dev llvm-14)  # Clang, libFuzzer and the sanitizers' symbolizer: scripts/fuzz.sh
+# Wanted by one test only (the compare report rendered in a real browser, which skips with a message
+# without it): a failed install is a warning, not an error.
+optional_debs=(chromium)
 
 if [[ "${PEFTKIT_SKIP_APT:-0}" != 1 ]]; then
   missing=()
@@ -30,6 +34,13 @@ if [[ "${PEFTKIT_SKIP_APT:-0}" != 1 ]]; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
   fi
+  for deb in "${optional_debs[@]}"; do
+    dpkg-query -W -f='${db:Status-Status}' "$deb" 2>/dev/null | grep -qx installed && continue
+    echo "setup: installing $deb (optional: the browser test of the compare report)"
+    sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+    { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$deb"; } ||
+      echo "setup: warning: $deb could not be installed; that test will skip and say so"
+  done
 fi
 
 stamp="$venv/.peftkit-torch-$torch_version-numpy-$numpy_version-safetensors-$safetensors_version-packaging-$packaging_version"

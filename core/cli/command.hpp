@@ -9,6 +9,7 @@
 
 #include <boost/program_options.hpp>
 
+#include "generate/generation.hpp"
 #include "host/adapters.hpp"
 #include "host/recipe.hpp"
 
@@ -40,6 +41,18 @@ std::vector<host::Override> set_overrides(const po::variables_map& vm);
 // and the adapters they name (defined in commands_adapter.cpp).
 void add_adapter_options(po::options_description& options);
 std::vector<host::SavedAdapter> adapters_from(const po::variables_map& vm, const host::PluginRegistry& plugins);
+// The same with the --set overrides for the adapters' recipes given (commands whose --set also
+// sets other things).
+std::vector<host::SavedAdapter> adapters_from(const po::variables_map& vm, const host::PluginRegistry& plugins,
+                                              const std::vector<host::Override>& overrides);
+
+// The model options of generate, chat and eval (--model, --dtype, --device and the adapter
+// options), and the ModelOptions they give (defined in commands_generate.cpp).
+void add_model_options(po::options_description& options, const char* default_dtype);
+ModelOptions model_options_from(const po::variables_map& vm);
+// RWKV's sampling options of generate and chat, and their settings.
+void add_sampling_options(po::options_description& options, int64_t max_tokens, bool stop_at_blank_line);
+GenerationSettings generation_settings_from(const po::variables_map& vm);
 
 Command plugins_command();
 Command recipe_command();
@@ -50,5 +63,8 @@ Command train_command();
 Command convert_command();
 Command merge_command();
 Command export_command();
+Command eval_command();
+Command chat_command();
+Command compare_command();
 
 }  // namespace peftkit::cli

@@ -33,6 +33,11 @@ void add_adapter_options(po::options_description& options) {
 }
 
 std::vector<host::SavedAdapter> adapters_from(const po::variables_map& vm, const host::PluginRegistry& plugins) {
+  return adapters_from(vm, plugins, set_overrides(vm));
+}
+
+std::vector<host::SavedAdapter> adapters_from(const po::variables_map& vm, const host::PluginRegistry& plugins,
+                                              const std::vector<host::Override>& overrides) {
   std::vector<std::string> paths;
   for (const char* key : {"adapter", "lora"})
     if (vm.count(key))
@@ -42,7 +47,6 @@ std::vector<host::SavedAdapter> adapters_from(const po::variables_map& vm, const
     if (paths.size() != 1) throw Error("--recipe describes one --adapter; found " + std::to_string(paths.size()));
     recipe = vm["recipe"].as<std::string>();
   }
-  const std::vector<host::Override> overrides = set_overrides(vm);
   std::vector<host::SavedAdapter> adapters;
   const host::StateLayout layout = host::parse_state_layout(vm["state-layout"].as<std::string>());
   for (const auto& path : paths) adapters.push_back(host::read_adapter(path, recipe, overrides, plugins, layout));

@@ -19,9 +19,9 @@ namespace {
 constexpr int kUsageError = 2;
 
 std::vector<Command> all_commands() {
-  return {plugins_command(), recipe_command(),   init_model_command(),
-          inspect_command(), generate_command(), train_command(), convert_command(),
-          merge_command(),   export_command()};
+  return {plugins_command(), recipe_command(),  init_model_command(), inspect_command(),
+          generate_command(), chat_command(),   eval_command(),       train_command(),
+          compare_command(),  convert_command(), merge_command(),     export_command()};
 }
 
 void print_help(const std::vector<Command>& commands) {

@@ -1,6 +1,7 @@
 // Recipe parsing and validation. toml++ is used only in this file: plugins and the rest of the host
 // see resolved peftkit::Options.
 #include "host/recipe.hpp"
+#include "host/recipe_toml.hpp"
 
 #include <algorithm>
 #include <regex>
@@ -14,6 +15,14 @@
 
 namespace peftkit::host {
 namespace fs = std::filesystem;
+
+std::string location_of(const fs::path& file, const toml::source_region& source) {
+  std::string where = file.string();
+  if (source.begin.line > 0)
+    where += ":" + std::to_string(source.begin.line) + ":" + std::to_string(source.begin.column);
+  return where;
+}
+
 namespace {
 
 // Limits checked before the TOML parser sees a text (README, "Limits"): its recursion follows the
@@ -76,13 +85,6 @@ void check_toml_limits(std::string_view text, const std::string& where) {
       fail("a key or table name has more than " + std::to_string(kMaxTomlKeyParts) + " dotted parts");
     }
   }
-}
-
-std::string location_of(const fs::path& file, const toml::source_region& source) {
-  std::string where = file.string();
-  if (source.begin.line > 0)
-    where += ":" + std::to_string(source.begin.line) + ":" + std::to_string(source.begin.column);
-  return where;
 }
 
 std::string describe_found(const toml::node& node) {
@@ -267,7 +269,13 @@ PluginTable plugin_table(const Validator& validator, PluginKind kind, std::strin
     throw owner.error(owner_key, e.what());
   }
   const std::string table_name = std::string(section) + "." + plugin_name;
-  Options options = validator.validate(table, table_name, plugin->options());
+  OptionSchema schema = plugin->options();
+  if (kind == PluginKind::kPeft && !schema.find(kMethodLrScaleKey))
+    schema.add_float(kMethodLrScaleKey, 1.0,
+                     "multiplies the learning rate of this method's tensors (the schedule's lr_init/lr_final); "
+                     "e.g. 100 for state tuning beside LoRA in one run",
+                     Bound{0, true});
+  Options options = validator.validate(table, table_name, schema);
   plugin->validate(options);
   return {plugin_name, std::move(options)};
 }
@@ -350,19 +358,35 @@ Recipe load_recipe(const fs::path& file, const std::vector<Override>& overrides,
   return parse_recipe(io::read_small_file(file, kMaxRecipeBytes, "recipe file"), file, overrides, plugins);
 }
 
-Recipe parse_recipe(std::string_view toml_text, const fs::path& file,
-                    const std::vector<Override>& overrides, const PluginRegistry& plugins) {
+toml::table parse_toml_file(std::string_view toml_text, const fs::path& file) {
   if (toml_text.size() > kMaxRecipeBytes)
-    throw Error(file.string() + ": the recipe is " + std::to_string(toml_text.size()) + " bytes long; at most " +
+    throw Error(file.string() + ": the file is " + std::to_string(toml_text.size()) + " bytes long; at most " +
                 std::to_string(kMaxRecipeBytes) + " are read");
   check_toml_limits(toml_text, file.string());
-  toml::table root;
   try {
-    root = toml::parse(toml_text, file.string());
+    return toml::parse(toml_text, file.string());
   } catch (const toml::parse_error& e) {
-    throw Error(location_of(file, e.source()) + ": TOML syntax error: " +
-                std::string(e.description()));
+    throw Error(location_of(file, e.source()) + ": TOML syntax error: " + std::string(e.description()));
   }
+}
+
+Options validate_table(const toml::table* table, std::string_view table_name, const OptionSchema& schema,
+                       const fs::path& file) {
+  const OverrideSet none;
+  Validator validator{file, none};
+  return validator.validate(table, table_name, schema, [&](const toml::key& key, const toml::table&) {
+    throw Error(location_of(file, key.source()) + ": [" + std::string(table_name) + "." + std::string(key.str()) +
+                "]: [" + std::string(table_name) + "] has no sub-tables");
+  });
+}
+
+Recipe parse_recipe(std::string_view toml_text, const fs::path& file,
+                    const std::vector<Override>& overrides, const PluginRegistry& plugins) {
+  return recipe_from_tree(parse_toml_file(toml_text, file), file, overrides, plugins);
+}
+
+Recipe recipe_from_tree(toml::table root, const fs::path& file, const std::vector<Override>& overrides,
+                        const PluginRegistry& plugins) {
   OverrideSet override_origins;
   for (const auto& o : overrides) {
     apply_override(root, o);

@@ -40,6 +40,10 @@ struct Override {
 };
 Override parse_override(std::string_view text);
 
+// A key the host adds to every [peft.<method>] table: the factor on the scheduled learning rate for
+// that method's tensors (e.g. [peft.state] lr_scale = 100 beside LoRA in one run).
+inline constexpr const char* kMethodLrScaleKey = "lr_scale";
+
 struct PluginTable {
   std::string plugin;  // "lora"
   Options options;     // [peft.lora] resolved

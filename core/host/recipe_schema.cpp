@@ -22,7 +22,9 @@ OptionSchema data_schema() {
       .add_float("eval_fraction", 0.0, "hold out this fraction of the training samples for evaluation",
                  Bound{0}, Bound{1, true})
       .add_int("eval_every", 0, "evaluate every N optimizer steps (0: only at each epoch end)", 0,
-               std::numeric_limits<int32_t>::max());
+               std::numeric_limits<int32_t>::max())
+      .add_bool("eval_at_start", true,
+                "with eval data, evaluate once before the first step (metrics.jsonl line of step 0)");
 }
 
 OptionSchema peft_schema() {

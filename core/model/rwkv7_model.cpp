@@ -258,8 +258,11 @@ at::Tensor Rwkv7Model::channel_mix(int64_t l, const at::Tensor& x, Rwkv7State& s
 }
 
 at::Tensor Rwkv7Model::forward(const at::Tensor& tokens, Rwkv7State* state) {
-  const at::Tensor normed = forward_hidden(tokens, state);
-  return head_ ? head_->forward(normed) : at::linear(normed, weight("head.weight"));
+  return head(forward_hidden(tokens, state));
+}
+
+at::Tensor Rwkv7Model::head(const at::Tensor& hidden) const {
+  return head_ ? head_->forward(hidden) : at::linear(hidden, weight("head.weight"));
 }
 
 at::Tensor Rwkv7Model::forward_hidden(const at::Tensor& tokens, Rwkv7State* state) {

@@ -64,6 +64,8 @@ class Rwkv7Model final : public ModelView {
   at::Tensor forward(const at::Tensor& tokens, Rwkv7State* state = nullptr);
   // The same without the head: ln_out's output [B, T, C], for a loss fused with the head.
   at::Tensor forward_hidden(const at::Tensor& tokens, Rwkv7State* state = nullptr);
+  // The output head: logits [..., V] of forward_hidden's output [..., C].
+  at::Tensor head(const at::Tensor& hidden) const;
   // The head weight [V, C] with autograd when it is trained; undefined when the head is quantized.
   at::Tensor trainable_head_weight() const { return head_ ? at::Tensor() : weight("head.weight"); }
 

@@ -6,6 +6,7 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/csrc/autograd/autograd.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -35,6 +36,9 @@
 #include "peftkit/tensor_io.hpp"
 #include "tokenizer/world_tokenizer.hpp"
 #include "cuda_place_of.hpp"
+#include "eval/data_split.hpp"
+#include "eval/evaluator.hpp"
+#include "train/batch.hpp"
 #include "train/graphed_step.hpp"
 #include "train/loss.hpp"
 #include "train/optimizer.hpp"
@@ -97,11 +101,12 @@ std::string tensor_text(const at::Tensor& t) {
 // The positions of a host batch that count in the loss.
 int64_t counted_targets(const at::Tensor& targets) { return (targets != kIgnoreIndex).sum().item<int64_t>(); }
 
-// A view of a dataset restricted to some of its indices (the train or eval part of a split).
-struct IndexRange {
-  int64_t begin = 0, end = 0;
-  int64_t size() const { return end - begin; }
-};
+// The peak resident set of this process, in bytes.
+int64_t peak_resident_bytes() {
+  struct rusage usage {};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<int64_t>(usage.ru_maxrss) * 1024;  // Linux reports KiB
+}
 
 }  // namespace
 
@@ -124,7 +129,7 @@ struct Trainer::Impl {
   std::unique_ptr<Rwkv7Model> model;
   std::unique_ptr<WorldTokenizer> tokenizer;
   std::shared_ptr<Dataset> dataset, eval_dataset;
-  IndexRange train_range, eval_range;
+  SampleRange train_range, eval_range;
   std::vector<std::shared_ptr<PeftMethod>> methods;
   std::vector<OptimizedTensor> trained;
   std::map<std::string, at::ScalarType> base_dtypes;  // dtype of each tensor in the base file
@@ -139,6 +144,9 @@ struct Trainer::Impl {
   // Run state that checkpoints carry.
   int64_t step = 0;  // optimizer steps done
   int64_t bad_steps_in_a_row = 0, skipped_steps = 0, tokens_seen = 0;
+  // Over every invocation of the run: seconds in optimizer steps, seconds in all, peak memory.
+  double train_seconds = 0, wall_seconds = 0;
+  int64_t peak_rss = 0, peak_gpu_allocated = 0, peak_gpu_reserved = 0;
   double epoch_loss_sum = 0;
   int64_t epoch_loss_count = 0;
 
@@ -157,10 +165,12 @@ struct Trainer::Impl {
   void save_checkpoint();
   void save_trained(int64_t epoch_number);
   int64_t sample_index(int64_t epoch, int64_t slot);
-  // Host tensors: the model checks the token ids there, and a graphed step copies them in.
-  std::pair<at::Tensor, at::Tensor> batch(int64_t epoch, int64_t first_slot, int64_t count, const Dataset& data,
-                                          const IndexRange& range, bool ordered);
-  double evaluate();
+  // The training batch of `count` samples from slot `first_slot` of `epoch` (host tensors).
+  std::pair<at::Tensor, at::Tensor> batch(int64_t epoch, int64_t first_slot, int64_t count);
+  EvalResult evaluate();
+  // An evaluation's numbers as they go into a metrics.jsonl line, and into the log.
+  void report_evaluation(nlohmann::json& line);
+  void write_summary(double seconds) const;
   // Cross-entropy + L2Wrap, fused with the head unless the head is quantized; from `state` (null:
   // the initial state), which the forward advances; scaled as a piece of `whole` when given.
   at::Tensor loss_of(const at::Tensor& inputs, const at::Tensor& targets, Rwkv7State* state = nullptr,
@@ -274,7 +284,7 @@ void Trainer::Impl::refuse_writing_over_inputs() const {
       inputs.push_back({std::string("[data] ") + key, path.string() + extension});
   }
   std::vector<fs::path> outputs;
-  for (const char* name : {"recipe.toml", "peftkit.log", "train_log.txt", "metrics.jsonl"}) outputs.push_back(out_dir / name);
+  for (const char* name : {"recipe.toml", "peftkit.log", "train_log.txt", "metrics.jsonl", "summary.json"}) outputs.push_back(out_dir / name);
   for (int64_t e = epoch_begin; e < epoch_begin + epoch_count; ++e)
     outputs.push_back(out_dir / ("rwkv-" + std::to_string(e) + ".pth"));
   if (const std::string& cache = recipe.quant.get_string("cache_file"); !cache.empty())
@@ -294,29 +304,11 @@ void Trainer::Impl::refuse_writing_over_inputs() const {
 }
 
 void Trainer::Impl::open_data() {
-  const auto plugin = plugins.get<DatasetPlugin>(recipe.dataset->plugin);
-  auto open = [&](const fs::path& path) {
-    DatasetSource source{path, ctx_len, model->config().vocab, seed, tokenizer.get()};
-    return host::keep_loaded(plugin->open(source, recipe.dataset->options), plugin);
-  };
-  dataset = open(recipe.resolve_path(recipe.data.get_string("path")));
-  train_range = {0, dataset->size()};
-  const std::string& eval_file = recipe.data.get_string("eval_file");
-  const double eval_fraction = recipe.data.get_float("eval_fraction");
-  if (!eval_file.empty() && eval_fraction > 0)
-    throw recipe.data.error("eval_fraction", "give either eval_file or eval_fraction, not both");
-  if (!eval_file.empty()) {
-    eval_dataset = open(recipe.resolve_path(eval_file));
-    eval_range = {0, eval_dataset->size()};
-  } else if (eval_fraction > 0) {
-    // The last samples are held out.
-    const int64_t held_out = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(eval_fraction * dataset->size())));
-    if (held_out >= dataset->size())
-      throw recipe.data.error("eval_fraction", "leaves no training samples (" + std::to_string(dataset->size()) + " in all)");
-    eval_dataset = dataset;
-    train_range = {0, dataset->size() - held_out};
-    eval_range = {dataset->size() - held_out, dataset->size()};
-  }
+  DataSplit split = open_data_split(recipe, plugins, model->config().vocab, tokenizer.get());
+  dataset = split.train;
+  eval_dataset = split.eval;
+  train_range = split.train_range;
+  eval_range = split.eval_range;
   if (eval_every > 0 && !eval_dataset)
     throw recipe.data.error("eval_every", "needs eval_file or eval_fraction");
   log::info("data " + dataset->describe() + "; training on " + std::to_string(train_range.size()) + " samples" +
@@ -329,7 +321,10 @@ void Trainer::Impl::select_trainable() {
     auto plugin = plugins.get<PeftPlugin>(table.plugin);
     auto method = host::keep_loaded(plugin->create(table.options), plugin);
     method->attach(*model);
-    for (auto& t : method->trainable_tensors()) trained.push_back({t.name, t.tensor, t.lr_scale, t.weight_decay});
+    // [peft.<method>] lr_scale: state tuning wants ~100x LoRA's learning rate in a mixed run.
+    const double method_scale = table.options.get_float(host::kMethodLrScaleKey);
+    for (auto& t : method->trainable_tensors())
+      trained.push_back({t.name, t.tensor, t.lr_scale * method_scale, t.weight_decay});
     methods.push_back(method);
   }
   // No method and no train_parts: a full fine-tune, as RWKV-PEFT's --peft none.
@@ -380,26 +375,10 @@ int64_t Trainer::Impl::sample_index(int64_t epoch, int64_t slot) {
   return train_range.begin + permutation[slot % n];
 }
 
-std::pair<at::Tensor, at::Tensor> Trainer::Impl::batch(int64_t epoch, int64_t first_slot, int64_t count,
-                                                       const Dataset& data, const IndexRange& range, bool ordered) {
+std::pair<at::Tensor, at::Tensor> Trainer::Impl::batch(int64_t epoch, int64_t first_slot, int64_t count) {
   std::vector<Sample> samples;
-  int64_t length = 1;
-  for (int64_t b = 0; b < count; ++b) {
-    const int64_t index = ordered ? range.begin + first_slot + b : sample_index(epoch, first_slot + b);
-    samples.push_back(data.sample(index));
-    length = std::max<int64_t>(length, static_cast<int64_t>(samples.back().input_ids.size()));
-  }
-  length = std::min(length, ctx_len);
-  // Right padding: input 0, target ignored.
-  std::vector<int64_t> inputs(static_cast<size_t>(count * length), 0);
-  std::vector<int64_t> targets(static_cast<size_t>(count * length), kIgnoreIndex);
-  for (int64_t b = 0; b < count; ++b) {
-    const auto& s = samples[b];
-    const size_t n = std::min<size_t>(static_cast<size_t>(length), s.input_ids.size());
-    std::copy_n(s.input_ids.begin(), n, inputs.begin() + b * length);
-    std::copy_n(s.targets.begin(), n, targets.begin() + b * length);
-  }
-  return {at::tensor(inputs).view({count, length}), at::tensor(targets).view({count, length})};
+  for (int64_t b = 0; b < count; ++b) samples.push_back(dataset->sample(sample_index(epoch, first_slot + b)));
+  return pad_batch(samples, ctx_len);
 }
 
 at::Tensor Trainer::Impl::loss_of(const at::Tensor& inputs, const at::Tensor& targets, Rwkv7State* state,
@@ -485,25 +464,46 @@ at::Tensor Trainer::Impl::segmented_micro_step(const at::Tensor& inputs, const a
   return total;
 }
 
-double Trainer::Impl::evaluate() {
-  at::NoGradGuard no_grad;
-  model->set_training(false);
-  double loss_sum = 0;
-  int64_t count = 0;
-  for (int64_t first = 0; first < eval_range.size(); first += micro_bsz) {
-    auto [inputs, targets] = batch(0, first, std::min(micro_bsz, eval_range.size() - first), *eval_dataset, eval_range, true);
-    const int64_t tokens = counted_targets(targets);
-    // Long samples: through segments that carry the state, as in training.
-    const WholeBatch whole = whole_batch(targets, device);
-    Rwkv7State state = model->initial_state(inputs.size(0));
-    at::Tensor loss = at::zeros({}, at::kFloat);
-    for (int64_t k = 0; k < segments(inputs); ++k)
-      loss += loss_of(segment(inputs, k), segment(targets, k), &state, &whole).cpu();
-    loss_sum += loss.item<double>() * static_cast<double>(tokens);
-    count += tokens;
-  }
-  model->set_training(true);
-  return count > 0 ? loss_sum / static_cast<double>(count) : 0.0;
+EvalResult Trainer::Impl::evaluate() {
+  return peftkit::evaluate(*model, *eval_dataset, {eval_range.begin, eval_range.end}, {micro_bsz, ctx_len, chunk_ctx});
+}
+
+void Trainer::Impl::report_evaluation(nlohmann::json& line) {
+  const EvalResult result = evaluate();
+  auto number = [](double x) { return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(nullptr); };
+  line["eval_loss"] = number(result.loss());
+  line["eval_ppl"] = number(result.perplexity());
+  line["eval_accuracy"] = number(result.accuracy());
+  line["eval_tokens"] = result.total.tokens;
+  log::info("step " + std::to_string(step) + ": eval loss " + std::to_string(result.loss()) + ", perplexity " +
+            std::to_string(result.perplexity()) + ", token accuracy " + std::to_string(result.accuracy()));
+}
+
+void Trainer::Impl::write_summary(double seconds) const {
+  int64_t parameters = 0;
+  for (const auto& t : trained) parameters += t.param.numel();
+  nlohmann::json methods = nlohmann::json::array();
+  for (const auto& table : recipe.peft_methods) methods.push_back(table.plugin);
+  const fs::path adapter = out_dir / ("rwkv-" + std::to_string(epoch_begin + epoch_count - 1) + ".pth");
+  std::error_code ec;
+  const auto adapter_bytes = fs::file_size(adapter, ec);
+  const nlohmann::json summary = {
+      {"steps", step},
+      {"skipped_steps", skipped_steps},
+      {"tokens", tokens_seen},
+      {"methods", methods},
+      {"trainable_parameters", parameters},
+      {"adapter_file", adapter.filename().string()},
+      {"adapter_bytes", ec ? nlohmann::json(nullptr) : nlohmann::json(adapter_bytes)},
+      {"train_seconds", train_seconds},
+      {"wall_seconds", seconds},
+      {"tokens_per_s", train_seconds > 0 ? static_cast<double>(tokens_seen) / train_seconds : 0.0},
+      {"device", device.str()},
+      {"precision", recipe.train.get_string("precision")},
+      {"peak_rss_bytes", peak_rss},
+      {"peak_gpu_allocated_bytes", device.is_cuda() ? nlohmann::json(peak_gpu_allocated) : nlohmann::json(nullptr)},
+      {"peak_gpu_reserved_bytes", device.is_cuda() ? nlohmann::json(peak_gpu_reserved) : nlohmann::json(nullptr)}};
+  write_text_file(out_dir / "summary.json", summary.dump(2) + "\n");
 }
 
 void Trainer::Impl::save_trained(int64_t epoch_number) {
@@ -527,6 +527,9 @@ void Trainer::Impl::save_checkpoint() {
   state["trainer.tokens_seen"] = at::scalar_tensor(tokens_seen, at::kLong);
   state["trainer.epoch_loss_sum"] = at::scalar_tensor(epoch_loss_sum, at::kDouble);
   state["trainer.epoch_loss_count"] = at::scalar_tensor(epoch_loss_count, at::kLong);
+  state["trainer.train_seconds"] = at::scalar_tensor(train_seconds, at::kDouble);
+  state["trainer.wall_seconds"] = at::scalar_tensor(wall_seconds, at::kDouble);
+  state["trainer.peak_memory"] = at::tensor(std::vector<int64_t>{peak_rss, peak_gpu_allocated, peak_gpu_reserved});
   state["trainer.rng"] = at::detail::getDefaultCPUGenerator().get_state();
   state["trainer.fingerprint"] = text_tensor(fingerprint());
   char name[64];
@@ -586,6 +589,15 @@ bool Trainer::Impl::load_checkpoint() {
   tokens_seen = get("trainer.tokens_seen").item<int64_t>();
   epoch_loss_sum = get("trainer.epoch_loss_sum").item<double>();
   epoch_loss_count = get("trainer.epoch_loss_count").item<int64_t>();
+  // Absent from checkpoints of older peftkit versions: the totals then count from here.
+  if (state.count("trainer.train_seconds")) train_seconds = state.at("trainer.train_seconds").item<double>();
+  if (state.count("trainer.wall_seconds")) wall_seconds = state.at("trainer.wall_seconds").item<double>();
+  if (auto it = state.find("trainer.peak_memory"); it != state.end() && it->second.numel() == 3) {
+    const at::Tensor peaks = it->second.to(at::kLong);
+    peak_rss = peaks[0].item<int64_t>();
+    peak_gpu_allocated = peaks[1].item<int64_t>();
+    peak_gpu_reserved = peaks[2].item<int64_t>();
+  }
   at::Generator generator = at::detail::getDefaultCPUGenerator();
   generator.set_state(get("trainer.rng").clone());
   // After a hard kill the metrics may run past the checkpoint; those steps will be redone.
@@ -608,8 +620,10 @@ bool Trainer::Impl::load_checkpoint() {
 int Trainer::Impl::run() {
   setup();
   const bool auto_resume = recipe.train.get_string("resume") == "auto";
+  bool resumed = false;
   if (flags.resume || auto_resume) {
-    if (!load_checkpoint() && flags.resume)
+    resumed = load_checkpoint();
+    if (!resumed && flags.resume)
       throw Error("--resume: no checkpoint in " + checkpoint_dir.string() + " to resume from");
   } else {
     if (!list_checkpoints(checkpoint_dir).empty())
@@ -618,6 +632,8 @@ int Trainer::Impl::run() {
   }
   io::AppendFile train_log(out_dir / "train_log.txt");
   train_log.append("NEW RUN " + now_text("%Y-%m-%d-%H-%M-%S") + "\n" + host::format_recipe(recipe) + "\n");
+  // Metrics without a checkpoint are of a run killed before its first one; this run redoes them.
+  if (!resumed) fs::remove(out_dir / "metrics.jsonl");
   io::AppendFile metrics(out_dir / "metrics.jsonl");
   const bool terminal = ::isatty(STDERR_FILENO);
   const int64_t total_steps = epoch_steps * epoch_count;
@@ -631,6 +647,13 @@ int Trainer::Impl::run() {
       [&](const at::Tensor& inputs, const at::Tensor& targets) { return micro_step(inputs, targets); },
       device, recipe.train.get_bool("cuda_graphs"));
   const auto started = Clock::now();
+  const double wall_before = wall_seconds;
+  // Every run's metrics start from the model as it was before training.
+  if (eval_dataset && step == 0 && recipe.data.get_bool("eval_at_start")) {
+    nlohmann::json line = {{"step", 0}, {"epoch", epoch_begin}, {"tokens", 0}};
+    report_evaluation(line);
+    metrics.append(line.dump() + "\n");
+  }
   const int64_t first_step = step;
   int64_t applied_steps = 0;  // optimizer updates made by this invocation
   double smoothed = std::nan("");
@@ -645,8 +668,7 @@ int Trainer::Impl::run() {
     int64_t step_tokens = 0;
     const int64_t replays_before = graphed_step.replays();
     for (int64_t micro = 0; micro < accumulate; ++micro) {
-      auto [inputs, targets] =
-          batch(epoch, (in_epoch * accumulate + micro) * micro_bsz, micro_bsz, *dataset, train_range, false);
+      auto [inputs, targets] = batch(epoch, (in_epoch * accumulate + micro) * micro_bsz, micro_bsz);
       loss_sum += graphed_step.run(inputs, targets).item<double>();
       step_tokens += counted_targets(targets);
     }
@@ -680,9 +702,15 @@ int Trainer::Impl::run() {
     const double rate = static_cast<double>(step_tokens) / std::max(step_seconds, 1e-9);
     const double eta = elapsed / static_cast<double>(step - first_step) * static_cast<double>(total_steps - step);
 
-    const double peak_gib = device.is_cuda() ? static_cast<double>(c10::cuda::CUDACachingAllocator::getDeviceStats(
-                                                   device.index()).allocated_bytes[0].peak) / (1 << 30)
-                                             : 0.0;
+    train_seconds += step_seconds;
+    wall_seconds = wall_before + elapsed;
+    peak_rss = std::max(peak_rss, peak_resident_bytes());
+    if (device.is_cuda()) {
+      const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index());
+      peak_gpu_allocated = std::max<int64_t>(peak_gpu_allocated, stats.allocated_bytes[0].peak);
+      peak_gpu_reserved = std::max<int64_t>(peak_gpu_reserved, stats.reserved_bytes[0].peak);
+    }
+    const double peak_gib = static_cast<double>(peak_gpu_allocated) / (1 << 30);
     nlohmann::json line = {{"step", step}, {"epoch", epoch_begin + epoch}, {"loss", bad || no_targets ? nullptr : nlohmann::json(loss_value)},
                            {"lr", lr}, {"grad_norm", std::isfinite(grad_norm) ? nlohmann::json(grad_norm) : nullptr},
                            {"tokens", tokens_seen}, {"tokens_per_s", rate}, {"skipped", bad || no_targets}};
@@ -691,13 +719,7 @@ int Trainer::Impl::run() {
       line["cuda_graph"] = graphed_step.replays() > replays_before;
     }
     const bool epoch_end = step % epoch_steps == 0;
-    if (eval_dataset && ((eval_every > 0 && step % eval_every == 0) || epoch_end)) {
-      const double eval_loss = evaluate();
-      line["eval_loss"] = eval_loss;
-      line["eval_ppl"] = std::exp(eval_loss);
-      log::info("step " + std::to_string(step) + ": eval loss " + std::to_string(eval_loss) + ", perplexity " +
-                std::to_string(std::exp(eval_loss)));
-    }
+    if (eval_dataset && ((eval_every > 0 && step % eval_every == 0) || epoch_end)) report_evaluation(line);
     metrics.append(line.dump() + "\n");
 
     char progress[256];
@@ -755,6 +777,8 @@ int Trainer::Impl::run() {
     return kExitTooManyBadSteps;
   }
   if (exit_code == 0) {
+    wall_seconds = wall_before + std::chrono::duration<double>(Clock::now() - started).count();
+    write_summary(wall_seconds);
     log::info("done: " + std::to_string(step) + " steps, " + std::to_string(tokens_seen) + " tokens, " +
               std::to_string(skipped_steps) + " skipped, in " +
               duration_text(std::chrono::duration<double>(Clock::now() - started).count()) +

@@ -35,6 +35,30 @@ TEST_P(ShippedRecipes, TrainsOnTheBuiltInSmallModel) {
   EXPECT_TRUE(std::filesystem::exists(out / "rwkv-0.pth"));
 }
 
+// recipes/compare.toml as shipped, on the built-in small model with a budget of two steps: every
+// run trains, the report is written with every run in it.
+TEST_F(ShippedRecipes, TheShippedCompareRunsOnTheBuiltInSmallModel) {
+  std::string text = testing::read_file(std::filesystem::path(RECIPES_DIR) / "compare.toml");
+  auto replace = [&](const std::string& from, const std::string& to) {
+    const size_t at = text.find(from);
+    ASSERT_NE(at, std::string::npos) << from;
+    text.replace(at, from.size(), to);
+  };
+  replace("\"../out/quickstart/rwkv-2.pth\"", "\"" + (dir_->path() / "model.pth").string() + "\"");
+  replace("\"../out/compare\"", "\"" + (dir_->path() / "compare").string() + "\"");
+  replace("steps = 40", "steps = 2");
+  replace("\"data/quickstart.jsonl\"", "\"" RECIPES_DIR "/data/quickstart.jsonl\"");
+  replace("\"data/compare-eval.jsonl\"", "\"" RECIPES_DIR "/data/compare-eval.jsonl\"");
+  replace("max_tokens = 40", "max_tokens = 4");
+  testing::write_file(dir_->path() / "compare.toml", text);
+  auto run = testing::run_command(testing::peftkit_command("compare " + (dir_->path() / "compare.toml").string()));
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const std::string report = testing::read_file(dir_->path() / "compare" / "report.md");
+  for (const char* name : {"| state | state |", "| lora | lora |", "| pissa | pissa |", "| miss | miss |"})
+    EXPECT_NE(report.find(name), std::string::npos) << name << "\n" << report;
+  EXPECT_TRUE(std::filesystem::exists(dir_->path() / "compare" / "report.html"));
+}
+
 INSTANTIATE_TEST_SUITE_P(Recipes, ShippedRecipes,
                          ::testing::Values("quickstart", "state", "lora", "pissa", "miss", "qlora-nf4", "state-int8"));
 

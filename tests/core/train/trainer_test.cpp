@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "model_fixtures.hpp"
 #include "peftkit/tensor_io.hpp"
 #include "test_util.hpp"
 #include "train_fixtures.hpp"
@@ -171,14 +172,16 @@ TEST_F(TrainerTest, ChunkedContextTrainsLikeTheWholeContext) {
     return metrics();
   };
   const auto whole = train_with("0", false);
-  ASSERT_EQ(whole.size(), 12u);
+  ASSERT_EQ(whole.size(), 13u);  // the evaluation before the first step, and 12 steps
   for (bool grad_cp : {false, true}) {
     const auto segmented = train_with("12", grad_cp);
     ASSERT_EQ(segmented.size(), whole.size());
-    for (size_t i = 0; i < whole.size(); ++i) {
+    EXPECT_NEAR(segmented[0]["eval_loss"].get<double>(), whole[0]["eval_loss"].get<double>(),
+                1e-5 * whole[0]["eval_loss"].get<double>());
+    for (size_t i = 1; i < whole.size(); ++i) {
       const double loss = whole[i]["loss"].get<double>(), norm = whole[i]["grad_norm"].get<double>();
-      EXPECT_NEAR(segmented[i]["loss"].get<double>(), loss, 1e-5 * loss) << "step " << i + 1 << " grad_cp " << grad_cp;
-      EXPECT_NEAR(segmented[i]["grad_norm"].get<double>(), norm, 1e-4 * norm) << "step " << i + 1;
+      EXPECT_NEAR(segmented[i]["loss"].get<double>(), loss, 1e-5 * loss) << "step " << i << " grad_cp " << grad_cp;
+      EXPECT_NEAR(segmented[i]["grad_norm"].get<double>(), norm, 1e-4 * norm) << "step " << i;
       if (whole[i].contains("eval_loss"))
         EXPECT_NEAR(segmented[i]["eval_loss"].get<double>(), whole[i]["eval_loss"].get<double>(), 1e-5 * loss);
     }
@@ -309,13 +312,53 @@ TEST_F(TrainerTest, Bfloat16TrainingKeepsFp32MastersAndLearns) {
   EXPECT_EQ(read_pth(dir_ / "out" / "rwkv-2.pth").at("head.weight").scalar_type(), at::kBFloat16);
 }
 
+// [peft.<method>] lr_scale multiplies that method's learning rate: Adam's first step moves every
+// parameter with a gradient by lr (times its scale), so after one step from zero the state (scaled
+// 100x) moved 100 times as far as LoRA's B (scaled 1x), and each by exactly its learning rate. (A
+// perturbed model: RWKV-LM's init has zero output projections, through which the state gets its
+// gradient.)
+TEST_F(TrainerTest, PerMethodLearningRateScales) {
+  write_pth(dir_ / "perturbed.pth", testing::perturbed_model(Rwkv7Config::for_size(2, 64, 1000, 32), 6));
+  const std::string methods =
+      "[peft]\nmethod = [\"state\", \"lora\"]\n[peft.state]\nlr_scale = 100\n[peft.lora]\nr = 4\nalpha = 8\n";
+  auto result = run_command(peftkit_command("train " + recipe(methods).string() + " --set model.path=" +
+                                            (dir_ / "perturbed.pth").string() +
+                                            " --set train.epoch_steps=1 --set train.epoch_count=1 --set train.warmup_steps=0"
+                                            " --set train.lr_init=1e-3 --set train.lr_final=1e-3"));
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  double state = 0, lora_b = 0;
+  for (const auto& [name, t] : read_pth(dir_ / "out" / "rwkv-0.pth")) {
+    const double largest = t.abs().max().item<double>();
+    if (name.find("time_state") != std::string::npos) state = std::max(state, largest);
+    if (name.find("lora_B") != std::string::npos) lora_b = std::max(lora_b, largest);
+  }
+  EXPECT_NEAR(state, 0.1, 0.1 * 0.01);     // 1e-3 x 100 (bf16 in the file)
+  EXPECT_NEAR(lora_b, 1e-3, 1e-3 * 0.01);  // 1e-3 x 1
+  // The key is checked like any other: a scale must be positive.
+  auto bad = run_command(peftkit_command("train " + recipe(methods).string() + " --set peft.state.lr_scale=0"));
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.output.find("[peft.state] lr_scale: expected"), std::string::npos) << bad.output;
+}
+
 TEST_F(TrainerTest, EvaluationOnASeparateFile) {
   auto result = run_command(peftkit_command("train " + recipe().string() + " --set data.eval_file=" +
                                     (shared_->path() / "tokens.npy").string()));
   ASSERT_EQ(result.exit_code, 0) << result.output;
   auto lines = metrics();
-  EXPECT_TRUE(lines[3].contains("eval_loss"));  // at the end of each epoch
-  EXPECT_FALSE(lines[2].contains("eval_loss"));
+  ASSERT_EQ(lines.size(), 13u);
+  EXPECT_EQ(lines[0]["step"], 0);  // before the first step
+  EXPECT_EQ(lines[0]["tokens"], 0);
+  EXPECT_TRUE(lines[0].contains("eval_loss"));
+  EXPECT_FALSE(lines[0].contains("loss"));
+  EXPECT_TRUE(lines[4].contains("eval_loss"));  // at the end of each epoch
+  EXPECT_FALSE(lines[3].contains("eval_loss"));
+  auto without = run_command(peftkit_command("train " + recipe().string() + " --set data.eval_file=" +
+                                             (shared_->path() / "tokens.npy").string() +
+                                             " --set data.eval_at_start=false --set output.dir=out-no-start"));
+  ASSERT_EQ(without.exit_code, 0) << without.output;
+  const auto no_start = testing::read_metrics(dir_ / "out-no-start" / "metrics.jsonl");
+  ASSERT_EQ(no_start.size(), 12u);
+  EXPECT_EQ(no_start[0]["step"], 1);
   auto both = run_command(peftkit_command("train " + recipe().string() + " --set data.eval_file=x.npy --set data.eval_fraction=0.1"));
   EXPECT_NE(both.output.find("give either eval_file or eval_fraction, not both"), std::string::npos) << both.output;
 }
@@ -324,9 +367,15 @@ TEST_F(TrainerTest, EvaluationReportsLossAndPerplexity) {
   auto result = run_command(peftkit_command("train " + recipe().string() + " --set data.eval_fraction=0.1 --set data.eval_every=2"));
   ASSERT_EQ(result.exit_code, 0) << result.output;
   auto lines = metrics();
-  EXPECT_FALSE(lines[0].contains("eval_loss"));
-  ASSERT_TRUE(lines[1].contains("eval_loss"));
-  EXPECT_NEAR(lines[1]["eval_ppl"].get<double>(), std::exp(lines[1]["eval_loss"].get<double>()), 1e-9);
+  ASSERT_EQ(lines[0]["step"], 0);
+  ASSERT_TRUE(lines[0].contains("eval_loss"));
+  EXPECT_FALSE(lines[1].contains("eval_loss"));
+  ASSERT_TRUE(lines[2].contains("eval_loss"));
+  EXPECT_NEAR(lines[2]["eval_ppl"].get<double>(), std::exp(lines[2]["eval_loss"].get<double>()), 1e-9);
+  const double accuracy = lines[2]["eval_accuracy"].get<double>();
+  EXPECT_GE(accuracy, 0.0);
+  EXPECT_LE(accuracy, 1.0);
+  EXPECT_GT(lines[2]["eval_tokens"].get<int64_t>(), 0);
   auto bad = run_command(peftkit_command("train " + recipe().string() + " --set data.eval_every=2"));
   EXPECT_NE(bad.output.find("eval_every: needs eval_file or eval_fraction"), std::string::npos) << bad.output;
 }

@@ -1,0 +1,286 @@
+// peftkit compare COMPARE.toml: trains several variants of one job, one after another, each a
+// normal training run in its own folder (a child `peftkit` process, so that its peak memory is its
+// own); evaluates the base and every run on the same held-out samples; generates from fixed prompts;
+// and writes report.json, report.md and report.html. Re-running skips finished runs and resumes an
+// interrupted one.
+#include <ATen/ATen.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <csignal>
+#include <ctime>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/command.hpp"
+#include "compare/compare_file.hpp"
+#include "compare/report.hpp"
+#include "eval/data_split.hpp"
+#include "eval/variants.hpp"
+#include "generate/generation.hpp"
+#include "host/device.hpp"
+#include "host/loaded_model.hpp"
+#include "host/plugin_registry.hpp"
+#include "peftkit/error.hpp"
+#include "peftkit/log.hpp"
+#include "peftkit/tensor_io.hpp"
+#include "tokenizer/world_tokenizer.hpp"
+#include "train/trainer.hpp"
+
+namespace peftkit::cli {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+volatile std::sig_atomic_t g_child = 0;
+volatile std::sig_atomic_t g_signal = 0;
+extern "C" void forward_signal(int signal) {
+  g_signal = signal;
+  if (g_child > 0) ::kill(static_cast<pid_t>(g_child), signal);
+}
+
+// Runs `peftkit compare FILE --train-run NAME` and waits for it, handing SIGINT/SIGTERM on to it
+// (it checkpoints and stops). Returns its exit code (128 + signal when a signal ended it).
+int run_child(const std::vector<std::string>& arguments) {
+  std::vector<char*> argv;
+  for (const auto& a : arguments) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  struct sigaction action {}, old_int {}, old_term {};
+  action.sa_handler = forward_signal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, &old_int);
+  sigaction(SIGTERM, &action, &old_term);
+  std::cout.flush();
+  std::cerr.flush();
+  const pid_t pid = ::fork();
+  if (pid < 0) throw Error(std::string("cannot start a training process: ") + std::strerror(errno));
+  if (pid == 0) {
+    ::execv("/proc/self/exe", argv.data());
+    std::perror("peftkit compare: cannot run /proc/self/exe");
+    ::_exit(127);
+  }
+  g_child = pid;
+  if (g_signal) ::kill(pid, g_signal);  // a signal that came before the child's pid was known
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  g_child = 0;
+  sigaction(SIGINT, &old_int, nullptr);
+  sigaction(SIGTERM, &old_term, nullptr);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+// The recipe text without its comment lines (which name where the file was read from).
+std::string recipe_settings(const std::string& formatted) {
+  std::istringstream in(formatted);
+  std::string out;
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty() && line[0] != '#') out += line + "\n";
+  return out;
+}
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+json read_json(const fs::path& path) {
+  const json parsed = json::parse(read_text(path), nullptr, false);
+  if (parsed.is_discarded()) throw Error(path.string() + ": not valid JSON (written by an interrupted run?)");
+  return parsed;
+}
+
+// A finished run has its summary and was trained with exactly these settings.
+bool finished(const host::CompareRun& run, const fs::path& folder) {
+  if (!fs::exists(folder / "summary.json")) return false;
+  if (recipe_settings(read_text(folder / "recipe.toml")) != recipe_settings(host::format_recipe(run.recipe)))
+    throw Error(folder.string() + " holds a finished run '" + run.name + "' trained with other settings than the "
+                "compare file now gives it; delete that folder to train it again, or choose another [compare] output");
+  const json summary = read_json(folder / "summary.json");
+  return summary.value("steps", int64_t{-1}) == run.steps;
+}
+
+json number(double x) { return std::isfinite(x) ? json(x) : json(nullptr); }
+
+json eval_json(const EvalResult& r) {
+  return {{"loss", number(r.loss())},        {"perplexity", number(r.perplexity())},
+          {"accuracy", number(r.accuracy())}, {"tokens", r.total.tokens},
+          {"documents", r.documents},         {"samples", r.samples},
+          {"seconds", r.seconds}};
+}
+
+// The run's numbers from its own files: summary.json and metrics.jsonl.
+json run_json(const host::CompareRun& run, const fs::path& folder) {
+  const json summary = read_json(folder / "summary.json");
+  json out = {{"name", run.name}, {"kind", "run"}, {"folder", folder.string()}};
+  for (const char* key : {"methods", "trainable_parameters", "adapter_file", "adapter_bytes", "steps", "tokens",
+                          "skipped_steps", "tokens_per_s", "train_seconds", "wall_seconds", "peak_rss_bytes",
+                          "peak_gpu_allocated_bytes", "peak_gpu_reserved_bytes"})
+    out[key] = summary.contains(key) ? summary[key] : json(nullptr);
+  out["peak_memory_bytes"] = summary.value("peak_gpu_allocated_bytes", json(nullptr)).is_null()
+                                 ? out["peak_rss_bytes"]
+                                 : out["peak_gpu_allocated_bytes"];
+  json train = json::array(), eval = json::array();
+  std::vector<double> losses;
+  std::ifstream in(folder / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const json m = json::parse(line, nullptr, false);
+    if (m.is_discarded()) continue;
+    const json tokens = m.value("tokens", json(0));
+    if (m.contains("loss") && m["loss"].is_number()) {
+      train.push_back({tokens, m["loss"]});
+      losses.push_back(m["loss"].get<double>());
+    }
+    if (m.contains("eval_loss") && m["eval_loss"].is_number()) eval.push_back({tokens, m["eval_loss"]});
+  }
+  out["curves"] = {{"train", train}, {"eval", eval}};
+  // The mean of the last tenth of the steps: one step's loss is noisy.
+  const size_t last = std::max<size_t>(1, (losses.size() + 9) / 10);
+  double sum = 0;
+  for (size_t i = losses.size() - std::min(last, losses.size()); i < losses.size(); ++i) sum += losses[i];
+  out["final_train_loss"] = losses.empty() ? json(nullptr) : json(sum / static_cast<double>(std::min(last, losses.size())));
+  out["final_train_loss_steps"] = std::min(last, losses.size());
+  return out;
+}
+
+std::string now_text() {
+  const std::time_t t = std::time(nullptr);
+  std::tm utc{};
+  gmtime_r(&t, &utc);
+  char buffer[64];
+  std::strftime(buffer, sizeof buffer, "%Y-%m-%d %H:%M UTC", &utc);
+  return buffer;
+}
+
+}  // namespace
+
+Command compare_command() {
+  Command command;
+  command.name = "compare";
+  command.usage = "peftkit compare COMPARE.toml";
+  command.summary = "train several variants of one job under one budget, evaluate them, write a report";
+  command.describe = [](po::options_description& options, po::positional_options_description& positionals) {
+    options.add_options()("file", po::value<std::string>()->required(), "the compare file (TOML)")(
+        "train-run", po::value<std::string>(), "(used by compare itself) train only this run, in this process");
+    positionals.add("file", 1);
+  };
+  command.run = [](const po::variables_map& vm, const CommonOptions& common) {
+    const fs::path file = vm["file"].as<std::string>();
+    const auto registry = host::PluginRegistry::discover(host::plugin_search_path(common.plugin_dirs));
+    const host::CompareFile compare = host::load_compare_file(file, registry);
+    const std::string resume_command = "peftkit compare " + file.string();
+
+    if (vm.count("train-run")) {
+      const std::string name = vm["train-run"].as<std::string>();
+      for (const auto& run : compare.runs)
+        if (run.name == name) return Trainer(run.recipe, registry, TrainFlags{false, resume_command}).run();
+      throw Error("--train-run: " + file.string() + " has no run '" + name + "'");
+    }
+
+    fs::create_directories(compare.output_dir);
+    for (const auto& run : compare.runs) {
+      const fs::path folder = host::run_folder(compare, run.name);
+      if (finished(run, folder)) {
+        log::info("run '" + run.name + "': finished earlier (" + folder.string() + "), skipped");
+        continue;
+      }
+      log::info("run '" + run.name + "': " + std::to_string(run.steps) + " steps in " + folder.string());
+      std::vector<std::string> arguments = {"peftkit", "compare", file.string(), "--train-run", run.name,
+                                            "--log-level", common.log_level};
+      for (const auto& dir : common.plugin_dirs) arguments.insert(arguments.end(), {"--plugin-dir", dir.string()});
+      const int code = run_child(arguments);
+      if (code == kExitInterrupted || code == 128 + SIGINT || code == 128 + SIGTERM) {
+        std::cerr << "compare interrupted during run '" << run.name << "'; finished runs are kept. Continue with: "
+                  << resume_command << "\n";
+        return kExitInterrupted;
+      }
+      if (code != 0)
+        throw Error("run '" + run.name + "' failed (exit code " + std::to_string(code) + "); its log is " +
+                    (folder / "peftkit.log").string());
+      if (!fs::exists(folder / "summary.json"))
+        throw Error("run '" + run.name + "' ended without " + (folder / "summary.json").string());
+    }
+
+    // Every variant on the same held-out samples, then greedy generations from the same prompts.
+    const std::string& precision = compare.base.train.get_string("precision");
+    ModelOptions options{precision == "bf16" ? at::kBFloat16 : at::kFloat,
+                         host::resolve_device(compare.base.run.get_string("device"))};
+    at::globalContext().setAllowTF32CuBLAS(precision == "tf32");
+    const EvalSettings settings{compare.base.train.get_int("micro_bsz"), compare.base.train.get_int("ctx_len"),
+                                compare.base.train.get_int("chunk_ctx")};
+    std::unique_ptr<WorldTokenizer> tokenizer = WorldTokenizer::load(find_world_vocab());
+    std::vector<ModelVariant> variants = {{"base", {}}};
+    for (const auto& run : compare.runs) {
+      const fs::path folder = host::run_folder(compare, run.name);
+      const std::string adapter_file = read_json(folder / "summary.json").value("adapter_file", "rwkv-0.pth");
+      variants.push_back({run.name, {host::read_adapter(folder / adapter_file, folder / "recipe.toml", {}, registry)}});
+    }
+    GenerationSettings greedy;
+    greedy.sampling.temperature = 0;
+    greedy.sampling.presence_penalty = 0;
+    greedy.sampling.frequency_penalty = 0;
+    greedy.max_tokens = compare.max_tokens;
+    greedy.stop_at_blank_line = true;
+    std::shared_ptr<Dataset> eval_data;
+    SampleRange eval_range;
+    json report = {{"title", file.filename().string()},
+                   {"compare_file", fs::absolute(file).lexically_normal().string()},
+                   {"created", now_text()},
+                   {"model", compare.base.resolve_path(compare.base.model.get_string("path")).string()},
+                   {"data", compare.base.resolve_path(compare.base.data.get_string("path")).string()},
+                   {"format", compare.base.data.get_string("format")},
+                   {"device", options.device.str()},
+                   {"precision", precision},
+                   {"budget", {{"steps", compare.budget_steps}, {"tokens", compare.budget_tokens}}},
+                   {"budget_text", compare.budget_steps > 0 ? std::to_string(compare.budget_steps) + " optimizer steps per run"
+                                                            : std::to_string(compare.budget_tokens) + " positions per run"},
+                   {"prompts", compare.prompts},
+                   {"variants", json::array()}};
+    const VariantProgress progress = terminal_progress("evaluating");
+    for (size_t v = 0; v < variants.size(); ++v) {
+      const ModelVariant& variant = variants[v];
+      host::LoadedModel loaded = host::load_model(compare.base.resolve_path(compare.base.model.get_string("path")),
+                                                  variant.adapters, registry, options);
+      if (!eval_data) {
+        DataSplit split = open_data_split(compare.base, registry, loaded.model->config().vocab, tokenizer.get());
+        eval_data = split.eval;
+        eval_range = split.eval_range;
+      }
+      EvalProgress on_batch;
+      if (progress) on_batch = [&](int64_t done, int64_t all) { progress(variant.name, done, all); };
+      const EvalResult result = evaluate(*loaded.model, *eval_data, eval_range, settings, false, on_batch);
+      // Variant 0 is the base, variant v the run v - 1.
+      json entry = v == 0 ? json{{"name", "base"}, {"kind", "base"}}
+                          : run_json(compare.runs[v - 1], host::run_folder(compare, variant.name));
+      entry["eval"] = eval_json(result);
+      entry["generations"] = json::array();
+      for (const auto& prompt : compare.prompts) {
+        Rwkv7State state = loaded.model->initial_state(1);
+        entry["generations"].push_back(continue_text(*loaded.model, *tokenizer, state, tokenizer->encode(prompt), greedy));
+      }
+      log::info(variant.name + ": eval loss " + std::to_string(result.loss()) + ", token accuracy " +
+                std::to_string(result.accuracy()));
+      report["variants"].push_back(entry);
+    }
+    report["eval_text"] = std::to_string(eval_range.size()) + " held-out samples (" +
+                          std::to_string(report["variants"][0]["eval"]["tokens"].get<int64_t>()) +
+                          " counted tokens), ctx_len " + std::to_string(settings.ctx_len) + ", " + precision;
+    write_text_file(compare.output_dir / "report.json", report.dump(2) + "\n");
+    write_text_file(compare.output_dir / "report.md", host::report_markdown(report));
+    write_text_file(compare.output_dir / "report.html", host::report_html(report));
+    std::cout << host::report_markdown(report).substr(0, host::report_markdown(report).find("\nCharts:")) << "\n"
+              << "report: " << (compare.output_dir / "report.html").string() << " (also report.md, report.json)\n";
+    return 0;
+  };
+  return command;
+}
+
+}  // namespace peftkit::cli
