@@ -11,6 +11,7 @@
 
 #include "generate/generation.hpp"
 #include "host/adapters.hpp"
+#include "host/loaded_model.hpp"
 #include "host/recipe.hpp"
 
 namespace peftkit::cli {
@@ -50,6 +51,8 @@ std::vector<host::SavedAdapter> adapters_from(const po::variables_map& vm, const
 // options), and the ModelOptions they give (defined in commands_generate.cpp).
 void add_model_options(po::options_description& options, const char* default_dtype);
 ModelOptions model_options_from(const po::variables_map& vm);
+// The --model with the adapter options' adapters mounted, as those options say.
+host::LoadedModel load_model_from(const po::variables_map& vm, const host::PluginRegistry& plugins);
 // RWKV's sampling options of generate and chat, and their settings.
 void add_sampling_options(po::options_description& options, int64_t max_tokens, bool stop_at_blank_line);
 GenerationSettings generation_settings_from(const po::variables_map& vm);

@@ -118,11 +118,9 @@ Command chat_command() {
     add_sampling_options(options, 500, true);
   };
   command.run = [](const po::variables_map& vm, const CommonOptions& common) {
-    const ModelOptions model_options = model_options_from(vm);
     const GenerationSettings settings = generation_settings_from(vm);
     const auto registry = host::PluginRegistry::discover(host::plugin_search_path(common.plugin_dirs));
-    host::LoadedModel loaded =
-        host::load_model(vm["model"].as<std::string>(), adapters_from(vm, registry), registry, model_options);
+    host::LoadedModel loaded = load_model_from(vm, registry);
     Rwkv7Model& model = *loaded.model;
     auto tokenizer = WorldTokenizer::load(find_world_vocab());
     const bool terminal = ::isatty(STDIN_FILENO);

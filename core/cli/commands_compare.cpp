@@ -229,7 +229,6 @@ Command compare_command() {
     greedy.sampling.frequency_penalty = 0;
     greedy.max_tokens = compare.max_tokens;
     greedy.stop_at_blank_line = true;
-    std::shared_ptr<Dataset> eval_data;
     SampleRange eval_range;
     json report = {{"title", file.filename().string()},
                    {"compare_file", fs::absolute(file).lexically_normal().string()},
@@ -244,30 +243,27 @@ Command compare_command() {
                                                             : std::to_string(compare.budget_tokens) + " positions per run"},
                    {"prompts", compare.prompts},
                    {"variants", json::array()}};
-    const VariantProgress progress = terminal_progress("evaluating");
+    const fs::path base_model = compare.base.resolve_path(compare.base.model.get_string("path"));
+    const OpenEvalData open_eval = [&](int64_t vocab) -> std::pair<std::shared_ptr<Dataset>, SampleRange> {
+      DataSplit split = open_data_split(compare.base, registry, vocab, tokenizer.get());
+      eval_range = split.eval_range;
+      return {split.eval, split.eval_range};
+    };
+    std::vector<json> generations(variants.size(), json::array());
+    const std::vector<VariantEvaluation> evaluations = evaluate_variants(
+        base_model, variants, registry, options, open_eval, settings, false, terminal_progress("evaluating"),
+        [&](size_t v, Rwkv7Model& model) {
+          for (const auto& prompt : compare.prompts) {
+            Rwkv7State state = model.initial_state(1);
+            generations[v].push_back(continue_text(model, *tokenizer, state, tokenizer->encode(prompt), greedy));
+          }
+        });
     for (size_t v = 0; v < variants.size(); ++v) {
-      const ModelVariant& variant = variants[v];
-      host::LoadedModel loaded = host::load_model(compare.base.resolve_path(compare.base.model.get_string("path")),
-                                                  variant.adapters, registry, options);
-      if (!eval_data) {
-        DataSplit split = open_data_split(compare.base, registry, loaded.model->config().vocab, tokenizer.get());
-        eval_data = split.eval;
-        eval_range = split.eval_range;
-      }
-      EvalProgress on_batch;
-      if (progress) on_batch = [&](int64_t done, int64_t all) { progress(variant.name, done, all); };
-      const EvalResult result = evaluate(*loaded.model, *eval_data, eval_range, settings, false, on_batch);
       // Variant 0 is the base, variant v the run v - 1.
       json entry = v == 0 ? json{{"name", "base"}, {"kind", "base"}}
-                          : run_json(compare.runs[v - 1], host::run_folder(compare, variant.name));
-      entry["eval"] = eval_json(result);
-      entry["generations"] = json::array();
-      for (const auto& prompt : compare.prompts) {
-        Rwkv7State state = loaded.model->initial_state(1);
-        entry["generations"].push_back(continue_text(*loaded.model, *tokenizer, state, tokenizer->encode(prompt), greedy));
-      }
-      log::info(variant.name + ": eval loss " + std::to_string(result.loss()) + ", token accuracy " +
-                std::to_string(result.accuracy()));
+                          : run_json(compare.runs[v - 1], host::run_folder(compare, variants[v].name));
+      entry["eval"] = eval_json(evaluations[v].result);
+      entry["generations"] = generations[v];
       report["variants"].push_back(entry);
     }
     report["eval_text"] = std::to_string(eval_range.size()) + " held-out samples (" +

@@ -36,6 +36,10 @@ ModelOptions model_options_from(const po::variables_map& vm) {
   return ModelOptions{dtype_text == "bf16" ? at::kBFloat16 : at::kFloat, device};
 }
 
+host::LoadedModel load_model_from(const po::variables_map& vm, const host::PluginRegistry& plugins) {
+  return host::load_model(vm["model"].as<std::string>(), adapters_from(vm, plugins), plugins, model_options_from(vm));
+}
+
 void add_sampling_options(po::options_description& options, int64_t max_tokens, bool stop_at_blank_line) {
   options.add_options()("max-tokens", po::value<int64_t>()->default_value(max_tokens), "tokens to generate at most")(
       "temperature", po::value<double>()->default_value(1.0), "sampling temperature (0: greedy)")(
@@ -79,11 +83,9 @@ Command generate_command() {
     add_sampling_options(options, 200, false);
   };
   command.run = [](const po::variables_map& vm, const CommonOptions& common) {
-    const ModelOptions model_options = model_options_from(vm);
     const GenerationSettings settings = generation_settings_from(vm);
     const auto registry = host::PluginRegistry::discover(host::plugin_search_path(common.plugin_dirs));
-    host::LoadedModel loaded =
-        host::load_model(vm["model"].as<std::string>(), adapters_from(vm, registry), registry, model_options);
+    host::LoadedModel loaded = load_model_from(vm, registry);
     auto tokenizer = WorldTokenizer::load(find_world_vocab());
     if (vm.count("prompt") == vm.count("prompt-file"))
       throw Error("give the text to continue as --prompt TEXT or --prompt-file FILE (one of them)");

@@ -11,16 +11,19 @@ namespace peftkit {
 std::vector<VariantEvaluation> evaluate_variants(const std::filesystem::path& base, const std::vector<ModelVariant>& variants,
                                                  const host::PluginRegistry& plugins, const ModelOptions& options,
                                                  const OpenEvalData& open_data, const EvalSettings& settings,
-                                                 bool keep_per_sample, const VariantProgress& progress) {
+                                                 bool keep_per_sample, const VariantProgress& progress,
+                                                 const WithLoadedVariant& then) {
   std::vector<VariantEvaluation> out;
   std::shared_ptr<Dataset> data;
   SampleRange range;
-  for (const auto& variant : variants) {
+  for (size_t v = 0; v < variants.size(); ++v) {
+    const ModelVariant& variant = variants[v];
     host::LoadedModel loaded = host::load_model(base, variant.adapters, plugins, options);
     if (!data) std::tie(data, range) = open_data(loaded.model->config().vocab);
     EvalProgress on_batch;
     if (progress) on_batch = [&](int64_t done, int64_t all) { progress(variant.name, done, all); };
     out.push_back({variant.name, evaluate(*loaded.model, *data, range, settings, keep_per_sample, on_batch)});
+    if (then) then(v, *loaded.model);
   }
   return out;
 }

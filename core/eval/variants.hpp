@@ -29,10 +29,14 @@ using OpenEvalData = std::function<std::pair<std::shared_ptr<Dataset>, SampleRan
 // Progress: variant name, samples done, samples in all.
 using VariantProgress = std::function<void(const std::string&, int64_t, int64_t)>;
 
+// Called with each variant's model once it is evaluated (compare generates from it).
+using WithLoadedVariant = std::function<void(size_t variant, Rwkv7Model& model)>;
+
 std::vector<VariantEvaluation> evaluate_variants(const std::filesystem::path& base, const std::vector<ModelVariant>& variants,
                                                  const host::PluginRegistry& plugins, const ModelOptions& options,
                                                  const OpenEvalData& open_data, const EvalSettings& settings,
-                                                 bool keep_per_sample, const VariantProgress& progress = {});
+                                                 bool keep_per_sample, const VariantProgress& progress = {},
+                                                 const WithLoadedVariant& then = {});
 
 // A progress callback that redraws one line on stderr when it is a terminal (else does nothing).
 VariantProgress terminal_progress(const std::string& what);
