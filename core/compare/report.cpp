@@ -80,6 +80,7 @@ std::string count_text(double n) {
 }
 
 std::string seconds_text(double s) {
+  if (s < 60) return fixed(s, s < 10 ? 2 : 1) + " s";
   const auto total = static_cast<int64_t>(std::llround(s));
   char buffer[32];
   if (total >= 3600)
@@ -201,7 +202,9 @@ struct ChartSeries {
   std::vector<std::pair<double, double>> points;  // dots with the run's name
 };
 
-constexpr double kWidth = 720, kPlotLeft = 78, kPlotRight = 700, kPlotTop = 40, kPlotBottom = 330;
+// A narrow canvas with large type: scaled to a phone's width, the text stays readable.
+constexpr double kWidth = 600, kPlotLeft = 84, kPlotRight = 564, kPlotTop = 44, kPlotBottom = 330;
+constexpr int kLegendColumns = 3;
 
 std::string chart_svg(const std::string& id, const std::string& title, const std::string& x_label,
                       const std::string& y_label, const std::vector<ChartSeries>& series, bool log_x,
@@ -228,8 +231,8 @@ std::string chart_svg(const std::string& id, const std::string& title, const std
   }
   if (!std::isfinite(x_lo)) x_lo = 0, x_hi = 1, y_lo = 0, y_hi = 1;
   const Axis x_axis = make_axis(x_lo, x_hi, log_x), y_axis = make_axis(y_lo, y_hi, false);
-  const size_t legend_rows = (series.size() + style_legend.size() + 3) / 4;
-  const double height = kPlotBottom + 60 + 24 * static_cast<double>(legend_rows);
+  const size_t legend_rows = (series.size() + style_legend.size() + kLegendColumns - 1) / kLegendColumns;
+  const double height = kPlotBottom + 70 + 30 * static_cast<double>(legend_rows);
   auto X = [&](double x) { return x_axis.map(x, kPlotLeft, kPlotRight); };
   auto Y = [&](double y) { return y_axis.map(y, kPlotBottom, kPlotTop); };
   auto polyline = [&](const std::vector<std::pair<double, double>>& pts) {
@@ -242,24 +245,24 @@ std::string chart_svg(const std::string& id, const std::string& title, const std
   svg << "<svg id=\"" << id << "\" class=\"chart\" viewBox=\"0 0 " << kWidth << " " << height
       << "\" xmlns=\"http://www.w3.org/2000/svg\" role=\"img\" aria-label=\"" << escape_html(title) << "\">\n"
       << "<rect width=\"100%\" height=\"100%\" fill=\"#fff\"/>\n"
-      << "<text x=\"" << kWidth / 2 << "\" y=\"24\" class=\"title\" text-anchor=\"middle\">" << escape_html(title) << "</text>\n";
+      << "<text x=\"" << kWidth / 2 << "\" y=\"28\" class=\"title\" text-anchor=\"middle\">" << escape_html(title) << "</text>\n";
   for (double t : ticks(x_axis)) {
     svg << "<line class=\"grid\" x1=\"" << fixed(X(t), 1) << "\" x2=\"" << fixed(X(t), 1) << "\" y1=\"" << kPlotTop
         << "\" y2=\"" << kPlotBottom << "\"/>"
-        << "<text x=\"" << fixed(X(t), 1) << "\" y=\"" << kPlotBottom + 18 << "\" text-anchor=\"middle\">"
+        << "<text x=\"" << fixed(X(t), 1) << "\" y=\"" << kPlotBottom + 22 << "\" text-anchor=\"middle\">"
         << tick_text(t, true) << "</text>\n";
   }
   for (double t : ticks(y_axis)) {
     svg << "<line class=\"grid\" x1=\"" << kPlotLeft << "\" x2=\"" << kPlotRight << "\" y1=\"" << fixed(Y(t), 1)
         << "\" y2=\"" << fixed(Y(t), 1) << "\"/>"
-        << "<text x=\"" << kPlotLeft - 6 << "\" y=\"" << fixed(Y(t) + 4, 1) << "\" text-anchor=\"end\">" << tick_text(t, false)
+        << "<text x=\"" << kPlotLeft - 6 << "\" y=\"" << fixed(Y(t) + 6, 1) << "\" text-anchor=\"end\">" << tick_text(t, false)
         << "</text>\n";
   }
   svg << "<rect class=\"frame\" x=\"" << kPlotLeft << "\" y=\"" << kPlotTop << "\" width=\"" << kPlotRight - kPlotLeft
       << "\" height=\"" << kPlotBottom - kPlotTop << "\"/>\n"
-      << "<text x=\"" << (kPlotLeft + kPlotRight) / 2 << "\" y=\"" << kPlotBottom + 40 << "\" text-anchor=\"middle\" class=\"label\">"
+      << "<text x=\"" << (kPlotLeft + kPlotRight) / 2 << "\" y=\"" << kPlotBottom + 48 << "\" text-anchor=\"middle\" class=\"label\">"
       << escape_html(x_label) << "</text>\n"
-      << "<text transform=\"translate(18 " << (kPlotTop + kPlotBottom) / 2 << ") rotate(-90)\" text-anchor=\"middle\" class=\"label\">"
+      << "<text transform=\"translate(20 " << (kPlotTop + kPlotBottom) / 2 << ") rotate(-90)\" text-anchor=\"middle\" class=\"label\">"
       << escape_html(y_label) << "</text>\n";
   if (reference && std::isfinite(*reference))
     svg << "<g class=\"reference\"><line x1=\"" << kPlotLeft << "\" x2=\"" << kPlotRight << "\" y1=\"" << fixed(Y(*reference), 1)
@@ -284,13 +287,14 @@ std::string chart_svg(const std::string& id, const std::string& title, const std
             << escape_html(s.run) << "</text>";
     svg << "</g>\n";
   }
-  // Legend: one entry per run, then what the line styles mean, four to a row.
+  // Legend: one entry per run, then what the line styles mean, three to a row.
   svg << "<g class=\"legend\">";
   size_t slot = 0;
   auto legend_entry = [&](const std::string& swatch, const std::string& label) {
-    const double x = 20 + 175 * static_cast<double>(slot % 4), y = kPlotBottom + 64 + 24 * static_cast<double>(slot / 4);
+    const double x = 16 + 195 * static_cast<double>(slot % kLegendColumns),
+                 y = kPlotBottom + 72 + 30 * static_cast<double>(slot / kLegendColumns);
     svg << "<g transform=\"translate(" << x << " " << y << ")\">" << swatch << "<text x=\"30\" y=\"5\">"
-        << escape_html(label.size() > 18 ? label.substr(0, 17) + "…" : label) << "</text></g>";
+        << escape_html(label.size() > 14 ? label.substr(0, 13) + "…" : label) << "</text></g>";
     ++slot;
   };
   for (const auto& s : series)
@@ -385,9 +389,9 @@ std::string report_html(const json& report) {
           "th{background:#f3f3f3}td.num{text-align:right;white-space:nowrap}\n"
           "td.best{background:#e3f4e8;font-weight:600}tr.base td{color:#555;font-style:italic}\n"
           ".swatch{display:inline-block;width:12px;height:12px;margin-right:6px;vertical-align:-1px}\n"
-          "svg.chart{width:100%;height:auto;max-width:900px;display:block;margin:12px 0;font-size:14px}\n"
-          "svg .grid{stroke:#e4e4e4}svg .frame{fill:none;stroke:#888}svg .title{font-size:17px;font-weight:600}\n"
-          "svg .label{font-size:15px}\n"
+          "svg.chart{width:100%;height:auto;max-width:680px;display:block;margin:12px 0;font-size:18px}\n"
+          "svg .grid{stroke:#e4e4e4}svg .frame{fill:none;stroke:#888}svg .title{font-size:21px;font-weight:600}\n"
+          "svg .label{font-size:19px}\n"
           "pre{white-space:pre-wrap;word-break:break-word;margin:0;font-size:13px}\n"
           "</style></head><body>\n";
   html << "<h1>peftkit compare: " << escape_html(report.value("title", "")) << "</h1>\n<p class=\"meta\">Base model <code>"

@@ -67,4 +67,51 @@ PY
 with_adapter=$(peftkit generate --model model.pth --adapter out/rwkv-0.pth --prompt a --max-tokens 12 --temperature 0 --log-level warn)
 from_merged=$(peftkit generate --model merged.pth --prompt a --max-tokens 12 --temperature 0 --log-level warn)
 [[ "$with_adapter" == "$from_merged" ]] || fail "generation with the adapter ($with_adapter) differs from the merged model ($from_merged)"
+
+# A third-party method in `peftkit eval` and `peftkit compare`, beside an in-tree one.
+peftkit eval --model model.pth --adapter out/rwkv-0.pth --data tokens.npy --format numpy --ctx-len 16 \
+  --compare-with base --device cpu --json eval.json >eval.log 2>&1 || { cat eval.log; fail "eval with the DoRA adapter"; }
+"$python" -c "import json; v = json.load(open('eval.json'))['variants']; assert len(v) == 2 and v[1]['loss'] < v[0]['loss'], v" ||
+  fail "the DoRA adapter does not evaluate better than its base"
+cat >compare.toml <<'TOML'
+[compare]
+output = "compare"
+device = "cpu"
+[budget]
+steps = 3
+evaluations = 1
+[model]
+path = "model.pth"
+[data]
+format = "numpy"
+path = "tokens.npy"
+eval_fraction = 0.2
+[train]
+ctx_len = 16
+micro_bsz = 2
+lr_init = 2e-2
+lr_final = 2e-3
+precision = "fp32"
+[[run]]
+name = "dora"
+[run.peft]
+method = "dora"
+[run.peft.dora]
+r = 4
+alpha = 8
+[[run]]
+name = "lora"
+[run.peft]
+method = "lora"
+[run.peft.lora]
+r = 4
+alpha = 8
+TOML
+peftkit compare compare.toml >compare.log 2>&1 || { cat compare.log; fail "compare with the DoRA plugin"; }
+"$python" -c "
+import json
+r = json.load(open('compare/report.json'))
+assert [v['name'] for v in r['variants']] == ['base', 'dora', 'lora'], r['variants']
+assert r['variants'][1]['methods'] == ['dora'] and r['variants'][1]['trainable_parameters'] == 10368, r['variants'][1]
+" || fail "the compare report lacks the DoRA run"
 echo "1 passed, 0 failed"

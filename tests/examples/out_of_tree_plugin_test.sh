@@ -27,4 +27,14 @@ if "$peftkit" recipe check "$work/recipe.toml" --plugin-dir "$work/build" --set 
 fi
 grep -q "unknown key 'skip_empty_line' in \[data.token-lines\]; did you mean 'skip_empty_lines'?" "$work/err" ||
   { cat "$work/err"; fail "wrong message for an unknown plugin key"; }
+
+# A third-party dataset plugin serves `peftkit eval` as it serves training: 3 lines of 4 ids are
+# 3 documents with 3 counted targets each (an untrained model's loss is about ln(vocab)).
+"$peftkit" init-model --layers 1 --embd 64 --vocab 300 --head-size 16 --seed 1 --out "$work/model.pth" >/dev/null
+printf '1 2 3 4\n\n5 6 7 8\n9 10 11 12\n' >"$work/ids.txt"
+"$peftkit" eval --model "$work/model.pth" --data "$work/ids.txt" --format token-lines --plugin-dir "$work/build" \
+  --set data.token-lines.skip_empty_lines=true --device cpu --json "$work/eval.json" >"$work/eval.log" 2>&1 ||
+  { cat "$work/eval.log"; fail "eval with the third-party dataset plugin"; }
+grep -q '"tokens": 9' "$work/eval.json" && grep -q '"documents": 3' "$work/eval.json" ||
+  { cat "$work/eval.json"; fail "eval counted the wrong targets"; }
 echo "1 passed, 0 failed"

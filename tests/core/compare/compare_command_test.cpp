@@ -151,6 +151,26 @@ TEST_F(CompareCommand, ABadCompareFileIsRefusedBeforeTraining) {
   refuse(replaced("[run.peft.miss]\nr = 16", "[run.peft.miss]\nr = 16\n[run.quant]\nmethod = \"nf5\""), "nf5");
 }
 
+// A budget in tokens becomes whole steps of each run's own batch: 100 positions at 2 x 16 per step
+// are 4 steps (rounded up); a run that doubles its micro-batch gets 2.
+TEST_F(CompareCommand, ATokenBudgetBecomesWholeStepsOfEachRunsBatch) {
+  for (const char* file : {"model.pth", "tokens.npy"}) fs::copy_file(shared_->path() / file, local_ / file);
+  std::string text = compare_text(4);
+  text.replace(text.find("steps = 4"), 9, "tokens = 100");
+  text.replace(text.find("[run.train]\n"), 12, "[run.train]\nmicro_bsz = 4\n");
+  const size_t prompts = text.find("prompts = [");
+  text.replace(prompts, text.find("]\nmax_tokens") + 1 - prompts, "prompts = []");  // no generations
+  testing::write_file(local_ / "c.toml", text);
+  auto result = run_command(peftkit_command("compare " + (local_ / "c.toml").string()));
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  const json report = read_json(local_ / "out" / "report.json");
+  EXPECT_EQ(report["budget"]["tokens"], 100);
+  EXPECT_EQ(report["variants"][1]["steps"], 2);  // state: micro_bsz 4
+  EXPECT_EQ(report["variants"][2]["steps"], 4);  // lora
+  EXPECT_EQ(report["variants"][3]["steps"], 4);  // miss
+  EXPECT_EQ(report["variants"][0]["generations"].size(), 0u);
+}
+
 // SIGINT while the second run trains: the compare stops (130) with a checkpoint; the next call skips
 // the finished first run and resumes the second where it stopped.
 TEST_F(CompareCommand, AnInterruptedCompareContinuesWithoutRedoingFinishedRuns) {
