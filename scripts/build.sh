@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Configures and builds peftkit into build/ (or $PEFTKIT_BUILD_DIR). Extra arguments go to the
-# CMake configure step, e.g. scripts/build.sh -DPEFTKIT_CUDA=OFF.
+# CMake configure step, e.g. scripts/build.sh -DPEFTKIT_CUDA=OFF. PEFTKIT_BUILD_TARGETS="a b" builds
+# only those targets (default: everything, the test suite included).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${PEFTKIT_BUILD_DIR:-$root/build}
@@ -14,4 +15,6 @@ if ! cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=${PEFTKIT_BUILD_TY
   echo "build: CMake configure failed (log: $build/configure.log)" >&2
   exit 1
 fi
-cmake --build "$build" -j "$(nproc)"
+targets=()
+for target in ${PEFTKIT_BUILD_TARGETS:-}; do targets+=(--target "$target"); done
+cmake --build "$build" -j "$(nproc)" "${targets[@]}"

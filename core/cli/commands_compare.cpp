@@ -210,9 +210,9 @@ Command compare_command() {
     }
 
     // Every variant on the same held-out samples, then greedy generations from the same prompts.
-    const std::string& precision = compare.base.train.get_string("precision");
-    ModelOptions options{precision == "bf16" ? at::kBFloat16 : at::kFloat,
-                         host::resolve_device(compare.base.run.get_string("device"))};
+    const at::Device device = host::resolve_device(compare.base.run.get_string("device"));
+    const std::string precision = host::resolve_precision(compare.base.train.get_string("precision"), device);
+    ModelOptions options{precision == "bf16" ? at::kBFloat16 : at::kFloat, device};
     at::globalContext().setAllowTF32CuBLAS(precision == "tf32");
     const EvalSettings settings{compare.base.train.get_int("micro_bsz"), compare.base.train.get_int("ctx_len"),
                                 compare.base.train.get_int("chunk_ctx")};

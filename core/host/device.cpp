@@ -30,4 +30,9 @@ c10::Device resolve_device(std::string_view text) {
   return device;
 }
 
+std::string resolve_precision(const std::string& precision, const c10::Device& device) {
+  if (precision != "auto") return precision;
+  return device.is_cuda() ? "bf16" : "fp32";
+}
+
 }  // namespace peftkit::host

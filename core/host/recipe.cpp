@@ -149,9 +149,109 @@ std::string join_path(std::string_view table, std::string_view key) {
   return std::string(table) + "." + std::string(key);
 }
 
+// Every problem of a recipe, so that one run reports them all, in file order (a recipe made from
+// a pasted RWKV-PEFT script would otherwise take a run per problem).
+class Problems {
+ public:
+  explicit Problems(const fs::path& file) : file_(file.string()) {}
+  void add(std::string message) { messages_.push_back(std::move(message)); }
+  // Runs a check, recording its error instead of stopping; returns whether it passed.
+  template <typename Check>
+  bool check(Check&& run) {
+    try {
+      run();
+      return true;
+    } catch (const Error& e) {
+      add(e.what());
+      return false;
+    }
+  }
+  bool empty() const { return messages_.empty(); }
+  // Throws them all, one per line, ordered by the file position each names ("file:line:column";
+  // problems of --set arguments and whole-file ones first).
+  void raise() const {
+    if (messages_.empty()) return;
+    std::vector<std::pair<std::pair<int64_t, int64_t>, std::string>> ordered;
+    for (const auto& m : messages_) ordered.push_back({position(m), m});
+    std::stable_sort(ordered.begin(), ordered.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    std::string text;
+    for (const auto& [where, m] : ordered) text += (text.empty() ? "" : "\n") + m;
+    if (ordered.size() > 1) text += "\n(" + std::to_string(ordered.size()) + " problems)";
+    throw Error(text);
+  }
+
+ private:
+  std::pair<int64_t, int64_t> position(const std::string& message) const {
+    if (message.compare(0, file_.size() + 1, file_ + ":") != 0) return {0, 0};
+    int64_t line = 0, column = 0;
+    size_t i = file_.size() + 1;
+    for (; i < message.size() && std::isdigit(static_cast<unsigned char>(message[i])); ++i) line = line * 10 + (message[i] - '0');
+    if (i < message.size() && message[i] == ':')
+      for (++i; i < message.size() && std::isdigit(static_cast<unsigned char>(message[i])); ++i)
+        column = column * 10 + (message[i] - '0');
+    return {line, column};
+  }
+  std::string file_;
+  std::vector<std::string> messages_;
+};
+
+// RWKV-PEFT flags that people paste and that peftkit does not take, and where each one went.
+const std::map<std::string, std::string, std::less<>>& rwkv_peft_flags() {
+  static const std::map<std::string, std::string, std::less<>> flags = {
+      {"n_layer", "the model's shape is read from the model file"},
+      {"n_embd", "the model's shape is read from the model file"},
+      {"vocab_size", "the vocabulary size is read from the model file"},
+      {"dim_att", "the model's shape is read from the model file"},
+      {"dim_ffn", "the model's shape is read from the model file"},
+      {"head_size_a", "the head size is read from the model file"},
+      {"head_size", "the head size is read from the model file"},
+      {"my_testing", "the architecture (x070) is read from the model file"},
+      {"strategy", "peftkit runs one process on one device: [run] device"},
+      {"accelerator", "the device is [run] device (\"auto\": the GPU when there is one)"},
+      {"devices", "the device is [run] device"},
+      {"num_nodes", "peftkit runs one process on one device: [run] device"},
+      {"precision_mode", "[train] precision"},
+      {"op", "the WKV kernels are chosen automatically ([train] kernel)"},
+      {"fla", "the WKV kernels are chosen automatically ([train] kernel)"},
+      {"wandb", "metrics go to <[output] dir>/metrics.jsonl"},
+      {"data_type", "the data format is [data] format (a dataset plugin: jsonl, binidx, numpy, ...)"},
+      {"data_file", "the training data is [data] path"},
+      {"load_model", "the base model is [model] path"},
+      {"proj_dir", "the output folder is [output] dir"},
+      {"train_type", "long samples train in state-carrying segments with [train] chunk_ctx"},
+      {"dataload", "the sample order is [data.<format>] order (\"random\", \"magic_prime\", \"sequential\")"},
+      {"magic_prime", "[data.numpy] order = \"magic_prime\" computes it from the data"},
+      {"my_exit_tokens", "the length of a run is [train] epoch_steps x epoch_count"},
+      {"random_seed", "the seed is [train] seed"},
+      {"peft", "PEFT methods are [peft] method = \"lora\" (or [\"state\", \"lora\"])"},
+      {"lora_config", "LoRA's settings go in [peft.lora] (r, alpha, dropout)"},
+      {"pissa_config", "PiSSA's settings go in [peft.pissa]"},
+      {"miss_config", "MiSS's settings go in [peft.miss]"},
+      {"quant", "quantization is [quant] method = \"nf4\" or \"int8\""},
+      {"loss_mask", "the jsonl plugin masks prompts itself (prompt/response and chat lines)"},
+      {"ctx_len_max", "samples are cut at [train] ctx_len"},
+      {"pre_ffn", "not part of RWKV-7"},
+      {"head_qk", "not part of RWKV-7"},
+      {"tiny_att_dim", "not part of RWKV-7"},
+      {"tiny_att_layer", "not part of RWKV-7"},
+  };
+  return flags;
+}
+
+// The core section other than `section` that has a key `key`, or "".
+std::string section_holding(std::string_view key, std::string_view section) {
+  for (std::string_view other : kRecipeSections)
+    if (other != section && section_schema(other).find(key)) return std::string(other);
+  return "";
+}
+
 struct Validator {
   const fs::path& file;
   const OverrideSet& overrides;
+  Problems& problems;
+  // "section.key" of the keys with a problem: checks that depend on them are skipped.
+  std::set<std::string> bad_keys;
 
   // Where a key came from: its --set argument, else the given source (the value's for a bad value,
   // the key's for an unknown key).
@@ -164,8 +264,7 @@ struct Validator {
 
   // Validates `table` against `schema`; nested tables are allowed only where `subtable_ok` says.
   Options validate(const toml::table* table, std::string_view table_name, const OptionSchema& schema,
-                   const std::function<void(const toml::key&, const toml::table&)>& on_subtable = {})
-      const {
+                   const std::function<void(const toml::key&, const toml::table&)>& on_subtable = {}) {
     Options options{std::string(table_name)};
     if (table) {
       for (auto&& [key, node] : *table) {
@@ -178,19 +277,34 @@ struct Validator {
         if (!spec) {
           std::string message = where(table_name, name, key.source()) + ": unknown key '" +
                                 name + "' in [" + std::string(table_name) + "]";
-          std::string suggestion = closest_match(name, schema.names());
-          if (!suggestion.empty()) message += "; did you mean '" + suggestion + "'?";
+          const std::string suggestion = closest_match(name, schema.names());
+          std::string elsewhere = table_name.find('.') == std::string_view::npos ? section_holding(name, table_name) : "";
+          auto flag = rwkv_peft_flags().find(name);
+          if (!suggestion.empty()) {
+            message += "; did you mean '" + suggestion + "'?";
+            elsewhere.clear();
+            flag = rwkv_peft_flags().end();
+          } else if (!elsewhere.empty()) {
+            message += "; it belongs in [" + elsewhere + "]";
+          } else if (flag != rwkv_peft_flags().end()) {
+            message += ": RWKV-PEFT's --" + name + " is not needed here; " + flag->second;
+          }
           std::string valid;
           for (const auto& n : schema.names()) valid += (valid.empty() ? "" : ", ") + n;
-          message += " (valid keys: " + (valid.empty() ? std::string("none") : valid) + ")";
-          throw Error(message);
+          if (elsewhere.empty() && flag == rwkv_peft_flags().end())
+            message += " (valid keys: " + (valid.empty() ? std::string("none") : valid) + ")";
+          problems.add(message);
+          continue;
         }
         std::string location = where(table_name, name, node.source());
         auto value = convert(*spec, node);
         std::string problem = value ? check_option_value(*spec, *value) : describe_expected(*spec);
-        if (!problem.empty())
-          throw Error(location + ": [" + std::string(table_name) + "] " + name + ": expected " +
-                      problem + ", found " + describe_found(node));
+        if (!problem.empty()) {
+          problems.add(location + ": [" + std::string(table_name) + "] " + name + ": expected " + problem +
+                       ", found " + describe_found(node));
+          bad_keys.insert(join_path(table_name, name));
+          continue;  // the default stands in, so that the checks after this one still run
+        }
         // Paths in plugin tables are resolved here: the plugin does not know the recipe's folder.
         // They become absolute, so the resolved recipe a run writes elsewhere still names them.
         if (spec->is_path && !std::get<std::string>(*value).empty() &&
@@ -211,8 +325,10 @@ struct Validator {
         resolved.set(spec.name, *spec.default_value, OptionSource::kDefault);
       } else {
         std::string where_table = table ? location_of(file, table->source()) : file.string();
-        throw Error(where_table + ": [" + std::string(table_name) + "] is missing the required key '" +
-                    spec.name + "': " + spec.help);
+        problems.add(where_table + ": [" + std::string(table_name) + "] is missing the required key '" + spec.name +
+                     "': " + spec.help);
+        bad_keys.insert(join_path(table_name, spec.name));
+        resolved.set(spec.name, std::string(), OptionSource::kDefault);  // a stand-in; the recipe is refused
       }
     }
     return resolved;
@@ -259,7 +375,7 @@ void check_device(const Options& run) {
 }
 
 // Validates [<section>.<plugin>] with the plugin's own schema, then its cross-key checks.
-PluginTable plugin_table(const Validator& validator, PluginKind kind, std::string_view section,
+PluginTable plugin_table(Validator& validator, PluginKind kind, std::string_view section,
                          const std::string& plugin_name, const toml::table* table,
                          const PluginRegistry& plugins, const Options& owner, const char* owner_key) {
   std::shared_ptr<const Plugin> plugin;
@@ -275,8 +391,10 @@ PluginTable plugin_table(const Validator& validator, PluginKind kind, std::strin
                      "multiplies the learning rate of this method's tensors (the schedule's lr_init/lr_final); "
                      "e.g. 100 for state tuning beside LoRA in one run",
                      Bound{0, true});
+  const size_t problems_before = validator.bad_keys.size();
   Options options = validator.validate(table, table_name, schema);
-  plugin->validate(options);
+  // Cross-key checks only on values that passed their own.
+  if (validator.bad_keys.size() == problems_before) validator.problems.check([&] { plugin->validate(options); });
   return {plugin_name, std::move(options)};
 }
 
@@ -373,11 +491,14 @@ toml::table parse_toml_file(std::string_view toml_text, const fs::path& file) {
 Options validate_table(const toml::table* table, std::string_view table_name, const OptionSchema& schema,
                        const fs::path& file) {
   const OverrideSet none;
-  Validator validator{file, none};
-  return validator.validate(table, table_name, schema, [&](const toml::key& key, const toml::table&) {
-    throw Error(location_of(file, key.source()) + ": [" + std::string(table_name) + "." + std::string(key.str()) +
-                "]: [" + std::string(table_name) + "] has no sub-tables");
+  Problems problems(file);
+  Validator validator{file, none, problems, {}};
+  Options options = validator.validate(table, table_name, schema, [&](const toml::key& key, const toml::table&) {
+    problems.add(location_of(file, key.source()) + ": [" + std::string(table_name) + "." + std::string(key.str()) +
+                 "]: [" + std::string(table_name) + "] has no sub-tables");
   });
+  problems.raise();
+  return options;
 }
 
 Recipe parse_recipe(std::string_view toml_text, const fs::path& file,
@@ -395,6 +516,7 @@ Recipe recipe_from_tree(toml::table root, const fs::path& file, const std::vecto
     override_origins[path] = o.text;
   }
 
+  Problems problems(file);
   const std::vector<std::string> section_names(std::begin(kRecipeSections), std::end(kRecipeSections));
   for (auto&& [key, node] : root) {
     const std::string name(key.str());
@@ -402,14 +524,14 @@ Recipe recipe_from_tree(toml::table root, const fs::path& file, const std::vecto
       std::string message = location_of(file, key.source()) + ": unknown recipe section [" + name + "]";
       std::string suggestion = closest_match(name, section_names);
       if (!suggestion.empty()) message += "; did you mean [" + suggestion + "]?";
-      throw Error(message + " (sections: model, data, peft, quant, train, output, run)");
+      problems.add(message + " (sections: model, data, peft, quant, train, output, run)");
+    } else if (!node.is_table()) {
+      problems.add(location_of(file, key.source()) + ": '" + name + "' must be a table [" + name + "], found " +
+                   describe_found(node));
     }
-    if (!node.is_table())
-      throw Error(location_of(file, key.source()) + ": '" + name + "' must be a table [" + name +
-                  "], found " + describe_found(node));
   }
 
-  Validator validator{file, override_origins};
+  Validator validator{file, override_origins, problems, {}};
   Recipe recipe;
   recipe.file = file;
   // Sub-tables of a section belong to the plugin its selector names; others are errors.
@@ -422,8 +544,8 @@ Recipe recipe_from_tree(toml::table root, const fs::path& file, const std::vecto
   auto section_table = [&](std::string_view name) { return root.get_as<toml::table>(name); };
   auto reject_subtables = [&](std::string_view section) -> std::function<void(const toml::key&, const toml::table&)> {
     return [&, section = std::string(section)](const toml::key& key, const toml::table&) {
-      throw Error(location_of(file, key.source()) + ": [" + section + "." + std::string(key.str()) +
-                  "]: [" + section + "] has no sub-tables");
+      problems.add(location_of(file, key.source()) + ": [" + section + "." + std::string(key.str()) + "]: [" + section +
+                   "] has no sub-tables");
     };
   };
 
@@ -434,7 +556,7 @@ Recipe recipe_from_tree(toml::table root, const fs::path& file, const std::vecto
   recipe.train = validator.validate(section_table("train"), "train", section_schema("train"), reject_subtables("train"));
   recipe.output = validator.validate(section_table("output"), "output", section_schema("output"), reject_subtables("output"));
   recipe.run = validator.validate(section_table("run"), "run", section_schema("run"), reject_subtables("run"));
-  check_device(recipe.run);
+  if (!validator.bad_keys.count("run.device")) problems.check([&] { check_device(recipe.run); });
 
   auto take_subtable = [&](const std::string& section, const std::string& name) -> const toml::table* {
     auto& tables = subtables[section];
@@ -444,46 +566,65 @@ Recipe recipe_from_tree(toml::table root, const fs::path& file, const std::vecto
     tables.erase(it);
     return table;
   };
+  // Sections whose plugin tables cannot be matched to their plugins (a bad selector): a table
+  // there may belong to the misspelt plugin, so it is not reported as unselected.
+  std::set<std::string> unmatched;
+  auto add_plugin = [&](PluginKind kind, const std::string& section, const std::string& name, const Options& owner,
+                        const char* owner_key) -> std::optional<PluginTable> {
+    std::optional<PluginTable> table;
+    if (!problems.check([&] {
+          table = plugin_table(validator, kind, section, name, take_subtable(section, name), plugins, owner, owner_key);
+        }))
+      unmatched.insert(section);
+    return table;
+  };
 
   // [data]: the format's plugin and its table.
-  const std::string& format = recipe.data.get_string("format");
-  recipe.dataset = plugin_table(validator, PluginKind::kDataset, "data", format,
-                                take_subtable("data", format), plugins, recipe.data, "format");
+  if (validator.bad_keys.count("data.format")) {
+    unmatched.insert("data");
+  } else {
+    recipe.dataset = add_plugin(PluginKind::kDataset, "data", recipe.data.get_string("format"), recipe.data, "format");
+  }
 
   // [peft]: "none", or distinct plugin names.
   const auto& methods = recipe.peft.get_string_list("method");
-  if (methods.empty()) throw recipe.peft.error("method", "expected \"none\" or at least one method, found []");
+  if (validator.bad_keys.count("peft.method")) {
+    unmatched.insert("peft");
+  } else if (methods.empty()) {
+    problems.add(recipe.peft.error("method", "expected \"none\" or at least one method, found []").what());
+    unmatched.insert("peft");
+  }
   std::set<std::string> seen;
-  for (const auto& method : methods) {
-    if (!seen.insert(method).second)
-      throw recipe.peft.error("method", "'" + method + "' is listed twice");
-    if (method == "none") {
-      if (methods.size() > 1)
-        throw recipe.peft.error("method", "\"none\" cannot be combined with other methods");
+  for (const auto& method : validator.bad_keys.count("peft.method") ? std::vector<std::string>{} : methods) {
+    if (!seen.insert(method).second) {
+      problems.add(recipe.peft.error("method", "'" + method + "' is listed twice").what());
       continue;
     }
-    recipe.peft_methods.push_back(plugin_table(validator, PluginKind::kPeft, "peft", method,
-                                               take_subtable("peft", method), plugins,
-                                               recipe.peft, "method"));
+    if (method == "none") {
+      if (methods.size() > 1) problems.add(recipe.peft.error("method", "\"none\" cannot be combined with other methods").what());
+      continue;
+    }
+    if (auto table = add_plugin(PluginKind::kPeft, "peft", method, recipe.peft, "method")) recipe.peft_methods.push_back(*table);
   }
 
   // [quant]
   const std::string& quant_method = recipe.quant.get_string("method");
-  if (quant_method != "none")
-    recipe.quantizer = plugin_table(validator, PluginKind::kQuantizer, "quant", quant_method,
-                                    take_subtable("quant", quant_method), plugins, recipe.quant,
-                                    "method");
+  if (validator.bad_keys.count("quant.method"))
+    unmatched.insert("quant");
+  else if (quant_method != "none")
+    recipe.quantizer = add_plugin(PluginKind::kQuantizer, "quant", quant_method, recipe.quant, "method");
 
   // A plugin table whose plugin is not selected would be silently ignored: refuse it.
   for (const auto& [section, tables] : subtables) {
+    if (unmatched.count(section)) continue;
     for (const auto& [name, table] : tables) {
       const char* selector = section == "data" ? "format" : "method";
-      throw Error(location_of(file, table->source()) + ": table [" + section + "." + name +
-                  "] is given but [" + section + "] " + selector + " = " +
-                  format_option_value(recipe.section(section).get(selector)) +
-                  " does not select '" + name + "'");
+      problems.add(location_of(file, table->source()) + ": table [" + section + "." + name + "] is given but [" +
+                   section + "] " + selector + " = " + format_option_value(recipe.section(section).get(selector)) +
+                   " does not select '" + name + "'");
     }
   }
+  problems.raise();
   return recipe;
 }
 

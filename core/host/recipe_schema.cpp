@@ -80,8 +80,9 @@ OptionSchema train_schema() {
                   "(the CUDA kernels; an error off the GPU) or reference (tensor ops, WKV7 per time step: slow, "
                   "for checking the kernels)",
                   {"auto", "chunked", "reference"})
-      .add_string("precision", "bf16", "bf16: frozen weights and activations in bf16 with fp32 "
-                  "master copies; fp32; tf32: fp32 with TF32 matmuls", {"bf16", "fp32", "tf32"})
+      .add_string("precision", "auto", "auto: bf16 on a GPU, fp32 on the CPU; bf16: frozen weights and "
+                  "activations in bf16 with fp32 master copies; fp32; tf32: fp32 with TF32 matmuls",
+                  {"auto", "bf16", "fp32", "tf32"})
       .add_int("accumulate_grad_batches", 1, "micro-batches per optimizer step", 1, 1 << 16)
       .add_float("grad_clip", 1.0, "global gradient-norm clip (0: off)", Bound{0})
       .add_int("seed", 42, "random seed (RWKV-PEFT --random_seed)", 0,

@@ -140,6 +140,7 @@ struct Trainer::Impl {
           epoch_save = 0, keep_checkpoints = 0, max_bad_steps = 0, eval_every = 0;
   uint64_t seed = 0;
   double grad_clip = 0;
+  std::string precision;  // [train] precision resolved for the device: bf16, fp32 or tf32
 
   // Run state that checkpoints carry.
   int64_t step = 0;  // optimizer steps done
@@ -232,7 +233,7 @@ void Trainer::Impl::setup() {
   if (const int64_t threads = recipe.run.get_int("threads"); threads > 0) at::set_num_threads(static_cast<int>(threads));
   at::manual_seed(seed);
 
-  const std::string& precision = train.get_string("precision");
+  precision = host::resolve_precision(train.get_string("precision"), device);
   // tf32 differs from fp32 only in CUDA matmuls; fp32 turns TF32 off explicitly.
   at::globalContext().setAllowTF32CuBLAS(precision == "tf32");
   const at::ScalarType dtype = precision == "bf16" ? at::kBFloat16 : at::kFloat;
@@ -354,8 +355,10 @@ std::string Trainer::Impl::fingerprint() const {
       << recipe.data.get_string("path") << ";peft=" << format_option_value(recipe.peft.get("method"))
       << ";parts=" << format_option_value(recipe.peft.get("train_parts"))
       << ";quant=" << format_option_value(recipe.quant.get("method"));
-  for (const char* key : {"ctx_len", "micro_bsz", "accumulate_grad_batches", "epoch_steps", "seed", "precision"})
+  for (const char* key : {"ctx_len", "micro_bsz", "accumulate_grad_batches", "epoch_steps", "seed"})
     out << ";" << key << "=" << format_option_value(recipe.train.get(key));
+  // As resolved: "auto" must not resume in another precision on another device.
+  out << ";precision=" << format_option_value(OptionValue(precision));
   return out.str();
 }
 
@@ -499,7 +502,7 @@ void Trainer::Impl::write_summary(double seconds) const {
       {"wall_seconds", seconds},
       {"tokens_per_s", train_seconds > 0 ? static_cast<double>(tokens_seen) / train_seconds : 0.0},
       {"device", device.str()},
-      {"precision", recipe.train.get_string("precision")},
+      {"precision", precision},
       {"peak_rss_bytes", peak_rss},
       {"peak_gpu_allocated_bytes", device.is_cuda() ? nlohmann::json(peak_gpu_allocated) : nlohmann::json(nullptr)},
       {"peak_gpu_reserved_bytes", device.is_cuda() ? nlohmann::json(peak_gpu_reserved) : nlohmann::json(nullptr)}};

@@ -308,3 +308,66 @@ TEST_F(RecipeTest, AnIntegerBoundAtTheInt64LimitIsDescribedExactly) {
 
 }  // namespace
 }  // namespace peftkit::host
+
+namespace peftkit::host {
+namespace {
+
+// A recipe made from a pasted RWKV-PEFT training script: one run reports every problem, in file
+// order, each flag peftkit does not take with where it went.
+TEST_F(RecipeTest, APastedRwkvPeftScriptGetsEveryProblemInOneRun) {
+  std::string train_keys;
+  for (const auto& name : section_schema("train").names()) train_keys += (train_keys.empty() ? "" : ", ") + name;
+  const std::string message = error(R"([model]
+path = "model.pth"
+load_model = "rwkv7-0.1b.pth"
+[data]
+format = "token-lines"
+path = "ids.txt"
+data_type = "binidx"
+[peft]
+method = "fixture"
+[peft.fixture]
+r = 16
+[train]
+n_layer = 12
+n_embd = 768
+ctx_len = 512
+lr_int = 1e-4
+strategy = "deepspeed_stage_1"
+train_parts = ["ln"]
+grad_cp = 2
+my_testing = "x070"
+)");
+  const std::vector<std::string> expected = {
+      "recipes/test.toml:3:1: unknown key 'load_model' in [model]: RWKV-PEFT's --load_model is not needed here; the "
+      "base model is [model] path",
+      "recipes/test.toml:7:1: unknown key 'data_type' in [data]: RWKV-PEFT's --data_type is not needed here; the data "
+      "format is [data] format (a dataset plugin: jsonl, binidx, numpy, ...)",
+      "recipes/test.toml:13:1: unknown key 'n_layer' in [train]: RWKV-PEFT's --n_layer is not needed here; the "
+      "model's shape is read from the model file",
+      "recipes/test.toml:14:1: unknown key 'n_embd' in [train]: RWKV-PEFT's --n_embd is not needed here; the model's "
+      "shape is read from the model file",
+      "recipes/test.toml:16:1: unknown key 'lr_int' in [train]; did you mean 'lr_init'? (valid keys: " + train_keys + ")",
+      "recipes/test.toml:17:1: unknown key 'strategy' in [train]: RWKV-PEFT's --strategy is not needed here; peftkit "
+      "runs one process on one device: [run] device",
+      "recipes/test.toml:18:1: unknown key 'train_parts' in [train]; it belongs in [peft]",
+      "recipes/test.toml:19:11: [train] grad_cp: expected true or false, found integer 2",
+      "recipes/test.toml:20:1: unknown key 'my_testing' in [train]: RWKV-PEFT's --my_testing is not needed here; the "
+      "architecture (x070) is read from the model file",
+      "(9 problems)"};
+  std::string want;
+  for (const auto& line : expected) want += (want.empty() ? "" : "\n") + line;
+  EXPECT_EQ(message, want);
+}
+
+// precision = "auto" (the default): bf16 on a GPU, fp32 on the CPU.
+TEST_F(RecipeTest, PrecisionAutoIsBf16OnAGpuAndFp32OnTheCpu) {
+  EXPECT_EQ(parse(kValidRecipe).train.get_string("precision"), "auto");
+  EXPECT_EQ(resolve_precision("auto", c10::Device("cpu")), "fp32");
+  EXPECT_EQ(resolve_precision("auto", c10::Device("cuda:0")), "bf16");
+  EXPECT_EQ(resolve_precision("tf32", c10::Device("cuda:0")), "tf32");
+  EXPECT_EQ(resolve_precision("bf16", c10::Device("cpu")), "bf16");
+}
+
+}  // namespace
+}  // namespace peftkit::host
