@@ -26,6 +26,7 @@
 #include "host/device.hpp"
 #include "host/loaded_model.hpp"
 #include "host/plugin_registry.hpp"
+#include "model/rwkv7_config.hpp"
 #include "peftkit/error.hpp"
 #include "peftkit/log.hpp"
 #include "peftkit/tensor_io.hpp"
@@ -185,6 +186,19 @@ Command compare_command() {
       throw Error("--train-run: " + file.string() + " has no run '" + name + "'");
     }
 
+    // The prompts are checked against the base before anything trains, not after the last run.
+    std::unique_ptr<WorldTokenizer> tokenizer = WorldTokenizer::load(find_world_vocab());
+    const fs::path base_model = compare.base.resolve_path(compare.base.model.get_string("path"));
+    const int64_t vocab = Rwkv7Config::from_tensors(read_tensor_file(base_model).tensors, base_model.string()).vocab;
+    for (size_t p = 0; p < compare.prompts.size(); ++p) {
+      const std::string where = file.string() + ": [generation] prompts[" + std::to_string(p) + "]";
+      const std::vector<int32_t> ids = tokenizer->encode(compare.prompts[p]);
+      if (ids.empty()) throw Error(where + " is empty");
+      for (int32_t id : ids)
+        if (id >= vocab)
+          throw Error(where + " has token " + std::to_string(id) + ", outside the base model's vocabulary of " +
+                      std::to_string(vocab));
+    }
     fs::create_directories(compare.output_dir);
     for (const auto& run : compare.runs) {
       const fs::path folder = host::run_folder(compare, run.name);
@@ -216,7 +230,6 @@ Command compare_command() {
     at::globalContext().setAllowTF32CuBLAS(precision == "tf32");
     const EvalSettings settings{compare.base.train.get_int("micro_bsz"), compare.base.train.get_int("ctx_len"),
                                 compare.base.train.get_int("chunk_ctx")};
-    std::unique_ptr<WorldTokenizer> tokenizer = WorldTokenizer::load(find_world_vocab());
     std::vector<ModelVariant> variants = {{"base", {}}};
     for (const auto& run : compare.runs) {
       const fs::path folder = host::run_folder(compare, run.name);
@@ -243,7 +256,6 @@ Command compare_command() {
                                                             : std::to_string(compare.budget_tokens) + " positions per run"},
                    {"prompts", compare.prompts},
                    {"variants", json::array()}};
-    const fs::path base_model = compare.base.resolve_path(compare.base.model.get_string("path"));
     const OpenEvalData open_eval = [&](int64_t vocab) -> std::pair<std::shared_ptr<Dataset>, SampleRange> {
       DataSplit split = open_data_split(compare.base, registry, vocab, tokenizer.get());
       eval_range = split.eval_range;

@@ -125,6 +125,7 @@ TEST_F(CompareCommand, TheReportHoldsTheRunsOwnNumbers) {
 }
 
 TEST_F(CompareCommand, ABadCompareFileIsRefusedBeforeTraining) {
+  for (const char* file : {"model.pth", "tokens.npy"}) fs::copy_file(shared_->path() / file, local_ / file);
   auto refuse = [&](const std::string& text, const std::string& message) {
     testing::write_file(local_ / "c.toml", text);
     auto result = run_command(peftkit_command("compare " + (local_ / "c.toml").string()));
@@ -148,6 +149,7 @@ TEST_F(CompareCommand, ABadCompareFileIsRefusedBeforeTraining) {
   refuse(replaced("method = \"miss\"", "method = \"mis\""), "mis");
   refuse(replaced("[budget]\nsteps = 4", "[budget]\nsteps = 4\ntokens = 100"), "exactly one of steps");
   refuse(replaced("[generation]", "[generatoin]"), "did you mean [generation]?");
+  refuse(replaced("\"The sea is\"", "\"\""), "c.toml: [generation] prompts[1] is empty");
   refuse(replaced("[run.peft.miss]\nr = 16", "[run.peft.miss]\nr = 16\n[run.quant]\nmethod = \"nf5\""), "nf5");
 }
 
