@@ -241,8 +241,8 @@ const std::map<std::string, std::string, std::less<>>& rwkv_peft_flags() {
 
 // The core section other than `section` that has a key `key`, or "".
 std::string section_holding(std::string_view key, std::string_view section) {
-  for (std::string_view other : kRecipeSections)
-    if (other != section && section_schema(other).find(key)) return std::string(other);
+  for (const auto& other : recipe_sections())
+    if (other.name != section && other.schema->find(key)) return std::string(other.name);
   return "";
 }
 
@@ -455,13 +455,8 @@ Override parse_override(std::string_view text) {
 }
 
 const Options& Recipe::section(std::string_view name) const {
-  if (name == "model") return model;
-  if (name == "data") return data;
-  if (name == "peft") return peft;
-  if (name == "quant") return quant;
-  if (name == "train") return train;
-  if (name == "output") return output;
-  if (name == "run") return run;
+  for (const auto& s : recipe_sections())
+    if (s.name == name) return this->*s.options;
   throw Error("no recipe section [" + std::string(name) + "]");
 }
 
@@ -517,14 +512,19 @@ Recipe recipe_from_tree(toml::table root, const fs::path& file, const std::vecto
   }
 
   Problems problems(file);
-  const std::vector<std::string> section_names(std::begin(kRecipeSections), std::end(kRecipeSections));
+  std::vector<std::string> section_names;
+  std::string listed;
+  for (const auto& section : recipe_sections()) {
+    section_names.emplace_back(section.name);
+    listed += (listed.empty() ? "" : ", ") + std::string(section.name);
+  }
   for (auto&& [key, node] : root) {
     const std::string name(key.str());
     if (std::find(section_names.begin(), section_names.end(), name) == section_names.end()) {
       std::string message = location_of(file, key.source()) + ": unknown recipe section [" + name + "]";
       std::string suggestion = closest_match(name, section_names);
       if (!suggestion.empty()) message += "; did you mean [" + suggestion + "]?";
-      problems.add(message + " (sections: model, data, peft, quant, train, output, run)");
+      problems.add(message + " (sections: " + listed + ")");
     } else if (!node.is_table()) {
       problems.add(location_of(file, key.source()) + ": '" + name + "' must be a table [" + name + "], found " +
                    describe_found(node));
@@ -549,13 +549,11 @@ Recipe recipe_from_tree(toml::table root, const fs::path& file, const std::vecto
     };
   };
 
-  recipe.model = validator.validate(section_table("model"), "model", section_schema("model"), reject_subtables("model"));
-  recipe.data = validator.validate(section_table("data"), "data", section_schema("data"), collect("data"));
-  recipe.peft = validator.validate(section_table("peft"), "peft", section_schema("peft"), collect("peft"));
-  recipe.quant = validator.validate(section_table("quant"), "quant", section_schema("quant"), collect("quant"));
-  recipe.train = validator.validate(section_table("train"), "train", section_schema("train"), reject_subtables("train"));
-  recipe.output = validator.validate(section_table("output"), "output", section_schema("output"), reject_subtables("output"));
-  recipe.run = validator.validate(section_table("run"), "run", section_schema("run"), reject_subtables("run"));
+  for (const auto& section : recipe_sections())
+    recipe.*section.options =
+        validator.validate(section_table(section.name), section.name, *section.schema,
+                           section.plugin_selector.empty() ? reject_subtables(section.name)
+                                                           : collect(std::string(section.name)));
   if (!validator.bad_keys.count("run.device")) problems.check([&] { check_device(recipe.run); });
 
   auto take_subtable = [&](const std::string& section, const std::string& name) -> const toml::table* {
@@ -618,7 +616,9 @@ Recipe recipe_from_tree(toml::table root, const fs::path& file, const std::vecto
   for (const auto& [section, tables] : subtables) {
     if (unmatched.count(section)) continue;
     for (const auto& [name, table] : tables) {
-      const char* selector = section == "data" ? "format" : "method";
+      const std::string selector(std::find_if(recipe_sections().begin(), recipe_sections().end(), [&](const auto& s) {
+                                   return s.name == section;
+                                 })->plugin_selector);
       problems.add(location_of(file, table->source()) + ": table [" + section + "." + name + "] is given but [" +
                    section + "] " + selector + " = " + format_option_value(recipe.section(section).get(selector)) +
                    " does not select '" + name + "'");
@@ -664,16 +664,14 @@ std::string format_recipe(const Recipe& recipe) {
       out << line << std::string(width - line.size() + 2, ' ') << "# " << origin << "\n";
     }
   };
-  write_table(recipe.model);
-  write_table(recipe.data);
-  if (recipe.dataset) write_table(recipe.dataset->options);
-  write_table(recipe.peft);
-  for (const auto& method : recipe.peft_methods) write_table(method.options);
-  write_table(recipe.quant);
-  if (recipe.quantizer) write_table(recipe.quantizer->options);
-  write_table(recipe.train);
-  write_table(recipe.output);
-  write_table(recipe.run);
+  for (const auto& section : recipe_sections()) {
+    write_table(recipe.*section.options);
+    // The section's plugin tables follow it.
+    if (section.name == "data" && recipe.dataset) write_table(recipe.dataset->options);
+    if (section.name == "peft")
+      for (const auto& method : recipe.peft_methods) write_table(method.options);
+    if (section.name == "quant" && recipe.quantizer) write_table(recipe.quantizer->options);
+  }
   return out.str();
 }
 

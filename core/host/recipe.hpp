@@ -24,9 +24,18 @@
 
 namespace peftkit::host {
 
-// The core sections in the order recipes and `recipe show` use.
-inline constexpr std::string_view kRecipeSections[] = {"model", "data",   "peft", "quant",
-                                                       "train", "output", "run"};
+struct Recipe;
+
+// One entry per core section, in the order recipes and `recipe show` use: the one table that says
+// which sections a recipe has, their keys, where each goes in a Recipe, and which own plugin tables.
+struct RecipeSection {
+  std::string_view name;              // "data"
+  const OptionSchema* schema;
+  Options Recipe::*options;           // the resolved section in a Recipe
+  std::string_view plugin_selector;   // "format"/"method": [name.<plugin>] tables belong to the plugin
+                                      // the key selects; "": the section has no sub-tables
+};
+const std::vector<RecipeSection>& recipe_sections();
 
 // The schema of a core section ("train", ...); throws for an unknown section.
 const OptionSchema& section_schema(std::string_view section);

@@ -107,15 +107,23 @@ OptionSchema run_schema() {
 
 }  // namespace
 
-const OptionSchema& section_schema(std::string_view section) {
-  static const std::map<std::string, OptionSchema, std::less<>> schemas = {
-      {"model", model_schema()},   {"data", data_schema()},   {"peft", peft_schema()},
-      {"quant", quant_schema()},   {"train", train_schema()}, {"output", output_schema()},
-      {"run", run_schema()},
+const std::vector<RecipeSection>& recipe_sections() {
+  static const OptionSchema model = model_schema(), data = data_schema(), peft = peft_schema(),
+                            quant = quant_schema(), train = train_schema(), output = output_schema(),
+                            run = run_schema();
+  static const std::vector<RecipeSection> sections = {
+      {"model", &model, &Recipe::model, ""},         {"data", &data, &Recipe::data, "format"},
+      {"peft", &peft, &Recipe::peft, "method"},      {"quant", &quant, &Recipe::quant, "method"},
+      {"train", &train, &Recipe::train, ""},         {"output", &output, &Recipe::output, ""},
+      {"run", &run, &Recipe::run, ""},
   };
-  auto it = schemas.find(section);
-  if (it == schemas.end()) throw Error("no recipe section [" + std::string(section) + "]");
-  return it->second;
+  return sections;
+}
+
+const OptionSchema& section_schema(std::string_view section) {
+  for (const auto& s : recipe_sections())
+    if (s.name == section) return *s.schema;
+  throw Error("no recipe section [" + std::string(section) + "]");
 }
 
 }  // namespace peftkit::host

@@ -226,9 +226,9 @@ TEST_F(RecipeTest, ShowPrintsEveryKeyWithItsOriginAndReadsBack) {
   EXPECT_NE(text.find("alpha = 16.0"), std::string::npos) << text;
   // The resolved recipe is itself a valid recipe with the same values.
   Recipe again = parse(text);
-  for (std::string_view section : kRecipeSections)
-    for (const auto& name : recipe.section(section).names())
-      EXPECT_EQ(recipe.section(section).get(name), again.section(section).get(name)) << name;
+  for (const auto& section : recipe_sections())
+    for (const auto& name : recipe.section(section.name).names())
+      EXPECT_EQ(recipe.section(section.name).get(name), again.section(section.name).get(name)) << name;
 }
 
 TEST(ClosestMatch, SuggestsOnlyLikelyTypos) {
