@@ -613,12 +613,10 @@ Recipe recipe_from_tree(toml::table root, const fs::path& file, const std::vecto
     recipe.quantizer = add_plugin(PluginKind::kQuantizer, "quant", quant_method, recipe.quant, "method");
 
   // A plugin table whose plugin is not selected would be silently ignored: refuse it.
-  for (const auto& [section, tables] : subtables) {
-    if (unmatched.count(section)) continue;
-    for (const auto& [name, table] : tables) {
-      const std::string selector(std::find_if(recipe_sections().begin(), recipe_sections().end(), [&](const auto& s) {
-                                   return s.name == section;
-                                 })->plugin_selector);
+  for (const RecipeSection& owner : recipe_sections()) {
+    const std::string section(owner.name), selector(owner.plugin_selector);
+    if (unmatched.count(section) || !subtables.count(section)) continue;
+    for (const auto& [name, table] : subtables.at(section)) {
       problems.add(location_of(file, table->source()) + ": table [" + section + "." + name + "] is given but [" +
                    section + "] " + selector + " = " + format_option_value(recipe.section(section).get(selector)) +
                    " does not select '" + name + "'");
