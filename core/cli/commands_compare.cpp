@@ -26,6 +26,7 @@
 #include "host/device.hpp"
 #include "host/loaded_model.hpp"
 #include "host/plugin_registry.hpp"
+#include "io/mapped_file.hpp"
 #include "model/rwkv7_config.hpp"
 #include "peftkit/error.hpp"
 #include "peftkit/log.hpp"
@@ -86,12 +87,8 @@ std::string recipe_settings(const std::string& formatted) {
   return out;
 }
 
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
+// A run's own small files (recipe.toml, summary.json).
+std::string read_text(const fs::path& path) { return io::read_small_file(path, 16 << 20, "run file"); }
 
 json read_json(const fs::path& path) {
   const json parsed = json::parse(read_text(path), nullptr, false);

@@ -54,14 +54,11 @@ std::unique_ptr<Dataset> open_lambada(const std::filesystem::path& file, const T
     sample.input_ids.insert(sample.input_ids.end(), target.begin(), target.end() - 1);
     sample.targets.assign(context.size() - 1, kIgnoreIndex);
     sample.targets.insert(sample.targets.end(), target.begin(), target.end());
-    for (int32_t id : sample.input_ids)
-      if (vocab_size > 0 && id >= vocab_size)
-        throw Error(where + ": token " + std::to_string(id) + " is outside the model's vocabulary [0, " +
-                    std::to_string(vocab_size) + ")");
-    for (int32_t id : target)
-      if (vocab_size > 0 && id >= vocab_size)
-        throw Error(where + ": token " + std::to_string(id) + " is outside the model's vocabulary [0, " +
-                    std::to_string(vocab_size) + ")");
+    for (const std::vector<int32_t>* ids : std::initializer_list<const std::vector<int32_t>*>{&context, &target})
+      for (int32_t id : *ids)
+        if (vocab_size > 0 && id >= vocab_size)
+          throw Error(where + ": token " + std::to_string(id) + " is outside the model's vocabulary [0, " +
+                      std::to_string(vocab_size) + ")");
     samples.push_back(std::move(sample));
   }
   if (samples.empty()) throw Error(file.string() + ": no documents (expected one {\"text\": ...} per line)");

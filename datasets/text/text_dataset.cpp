@@ -15,6 +15,7 @@
 #include "peftkit/dataset.hpp"
 #include "peftkit/error.hpp"
 #include "peftkit/plugin.hpp"
+#include "peftkit/utf8.hpp"
 
 namespace peftkit::text {
 namespace {
@@ -58,24 +59,6 @@ std::string read_bytes(const fs::path& file) {
   in.read(bytes.data(), static_cast<std::streamsize>(size));
   if (static_cast<uintmax_t>(in.gcount()) != size) throw Error(file.string() + ": could not be read whole");
   return bytes;
-}
-
-void append_utf8(std::string& out, uint32_t code) {
-  if (code < 0x80) {
-    out += static_cast<char>(code);
-  } else if (code < 0x800) {
-    out += static_cast<char>(0xC0 | (code >> 6));
-    out += static_cast<char>(0x80 | (code & 0x3F));
-  } else if (code < 0x10000) {
-    out += static_cast<char>(0xE0 | (code >> 12));
-    out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (code & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (code >> 18));
-    out += static_cast<char>(0x80 | ((code >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (code & 0x3F));
-  }
 }
 
 // UTF-16LE bytes as UTF-8; throws naming the file and the byte offset of a broken surrogate pair.
