@@ -19,30 +19,38 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::vector<std::vector<int64_t>> shapes;
-  for (int i = 1; i + 2 < argc; i += 3) shapes.push_back({std::atoll(argv[i]), std::atoll(argv[i + 1]), std::atoll(argv[i + 2])});
+  for (int i = 1; i + 2 < argc; i += 3)
+    shapes.push_back({std::atoll(argv[i]), std::atoll(argv[i + 1]), std::atoll(argv[i + 2])});
   if (shapes.empty()) shapes = {{8, 1024, 12}, {4, 4096, 32}, {1, 16384, 32}};
   std::printf("| B, T, H (N = 64) | forward ms | forward + backward ms |\n|---|---|---|\n");
   for (const auto& shape : shapes) {
     const int64_t B = shape[0], T = shape[1], H = shape[2], N = 64;
     auto opts = at::TensorOptions().device(at::kCUDA);
-    auto input = [&](double lo, double hi) { return at::empty({B, T, H, N}, opts).uniform_(lo, hi).to(at::kBFloat16); };
+    auto input = [&](double lo, double hi) {
+      return at::empty({B, T, H, N}, opts).uniform_(lo, hi).to(at::kBFloat16);
+    };
     at::Tensor kk = at::empty({B, T, H, N}, opts).uniform_(-1, 1);
     kk = kk / kk.norm(2, {-1}, true);
     const at::Tensor r = input(-1, 1), z = input(-6, 2), k = input(-1, 1), v = input(-1, 1);
     const at::Tensor a = (-kk).to(at::kBFloat16), b = (kk * at::rand_like(kk)).to(at::kBFloat16);
     const at::Tensor h0 = at::randn({H, N, N}, opts).requires_grad_(true);
-    const double forward = peftkit::bench::time_ms([&] {
-      at::NoGradGuard no_grad;
-      peftkit::kernels::wkv7(r, z, k, v, a, b, h0.unsqueeze(0).expand({B, H, N, N}));
-    }, 10, 3);
+    const double forward = peftkit::bench::time_ms(
+        [&] {
+          at::NoGradGuard no_grad;
+          peftkit::kernels::wkv7(r, z, k, v, a, b, h0.unsqueeze(0).expand({B, H, N, N}));
+        },
+        10, 3);
     const at::Tensor dy = at::randn({B, T, H, N}, opts).to(at::kBFloat16);
-    const double both = peftkit::bench::time_ms([&] {
-      auto [y, s] = peftkit::kernels::wkv7(r, z, k, v, a, b, h0.unsqueeze(0).expand({B, H, N, N}));
-      at::Tensor grad = torch::autograd::grad({y}, {h0}, {dy})[0];
-      (void)s;
-    }, 10, 3);
-    std::printf("| %lld, %lld, %lld | %.3f | %.3f |\n", static_cast<long long>(B), static_cast<long long>(T),
-                static_cast<long long>(H), forward, both);
+    const double both = peftkit::bench::time_ms(
+        [&] {
+          auto [y, s] =
+              peftkit::kernels::wkv7(r, z, k, v, a, b, h0.unsqueeze(0).expand({B, H, N, N}));
+          at::Tensor grad = torch::autograd::grad({y}, {h0}, {dy})[0];
+          (void)s;
+        },
+        10, 3);
+    std::printf("| %lld, %lld, %lld | %.3f | %.3f |\n", static_cast<long long>(B),
+                static_cast<long long>(T), static_cast<long long>(H), forward, both);
   }
   return 0;
 }

@@ -6,12 +6,15 @@ namespace peftkit::kernels::cuda {
 struct Place {
   int device;
   // A cudaStream_t: LibTorch's current stream of `device` (cuda_place_of.hpp), so that kernels
-  // are ordered with the surrounding tensor ops and a CUDA graph capturing that stream records them.
+  // are ordered with the surrounding tensor ops and a CUDA graph capturing that stream records
+  // them.
   void* stream;
 };
 
 #ifdef __CUDACC__
-inline cudaStream_t stream_of(const Place& place) { return static_cast<cudaStream_t>(place.stream); }
+inline cudaStream_t stream_of(const Place& place) {
+  return static_cast<cudaStream_t>(place.stream);
+}
 #endif
 
 }  // namespace peftkit::kernels::cuda

@@ -2,7 +2,8 @@
 # Installs what peftkit builds and tests with, on Debian 12 or a derivative. Idempotent, and quick
 # when everything is already there:
 #   - Debian packages: compiler, CMake, Ninja, ccache, Boost 1.74 (DLL, Program_options), toml++,
-#     spdlog, GoogleTest, nlohmann-json; Clang with libFuzzer and the sanitizers for the fuzz targets;
+#     spdlog, GoogleTest, nlohmann-json; Clang with libFuzzer and the sanitizers for the fuzz targets,
+#     and clang-format for the format check;
 #     Chromium (optional) to render the compare report in a browser test;
 #   - LibTorch from the PyPI wheel torch==$PEFTKIT_TORCH_VERSION, with NumPy and safetensors for the
 #     tests' fixtures and checks, in
@@ -18,7 +19,8 @@ venv="$root/.venv"
 
 debs=(g++ cmake ninja-build ccache pkg-config libboost1.74-dev libboost-program-options1.74-dev
       libtomlplusplus-dev libspdlog-dev libgtest-dev nlohmann-json3-dev
-      clang libclang-rt-14-dev llvm-14)  # Clang, libFuzzer and the sanitizers' symbolizer: scripts/fuzz.sh
+      clang libclang-rt-14-dev llvm-14  # Clang, libFuzzer and the sanitizers' symbolizer: scripts/fuzz.sh
+      clang-format-14)                  # scripts/format.sh --check, run by scripts/test.sh
 # Wanted by one test only (the compare report rendered in a real browser, which skips with a message
 # without it): a failed install is a warning, not an error.
 optional_debs=(chromium)

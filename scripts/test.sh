@@ -3,6 +3,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 "$root/scripts/setup.sh"
+# The sources follow .clang-format (scripts/format.sh rewrites them).
+"$root/scripts/format.sh" --check
 # Everything, and device code whenever nvcc is there (a folder the quickstart configured without
 # it is switched back).
 "$root/scripts/build.sh" -DPEFTKIT_CUDA=AUTO

@@ -1,6 +1,7 @@
 // Helpers shared by the test programs: temporary folders, files, and running a command.
 #pragma once
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <array>
@@ -11,7 +12,6 @@
 #include <random>
 #include <string>
 #include <vector>
-#include <sys/wait.h>
 
 namespace peftkit::testing {
 
@@ -22,7 +22,8 @@ inline void remove_tree(const std::filesystem::path& path) {
   std::error_code ec;
   if (std::filesystem::is_directory(std::filesystem::symlink_status(path, ec))) {
     std::vector<std::filesystem::path> children;
-    for (const auto& entry : std::filesystem::directory_iterator(path, ec)) children.push_back(entry.path());
+    for (const auto& entry : std::filesystem::directory_iterator(path, ec))
+      children.push_back(entry.path());
     for (const auto& child : children) remove_tree(child);
   }
   std::filesystem::remove(path, ec);
@@ -47,7 +48,8 @@ class TempDir {
   std::filesystem::path path_;
 };
 
-inline std::filesystem::path write_file(const std::filesystem::path& path, const std::string& text) {
+inline std::filesystem::path write_file(const std::filesystem::path& path,
+                                        const std::string& text) {
   std::filesystem::create_directories(path.parent_path());
   std::ofstream(path, std::ios::binary) << text;
   return path;
@@ -70,7 +72,8 @@ inline CommandResult run_command(const std::string& command) {
   if (!pipe) return result;
   std::array<char, 4096> buffer;
   size_t n;
-  while ((n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0) result.output.append(buffer.data(), n);
+  while ((n = std::fread(buffer.data(), 1, buffer.size(), pipe)) > 0)
+    result.output.append(buffer.data(), n);
   int status = ::pclose(pipe);
   result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return result;
@@ -78,7 +81,9 @@ inline CommandResult run_command(const std::string& command) {
 
 #ifdef PEFTKIT_BINARY
 // A command line running the peftkit program under test.
-inline std::string peftkit_command(const std::string& args) { return std::string(PEFTKIT_BINARY) + " " + args; }
+inline std::string peftkit_command(const std::string& args) {
+  return std::string(PEFTKIT_BINARY) + " " + args;
+}
 #endif
 
 }  // namespace peftkit::testing

@@ -3,17 +3,17 @@
 
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "test_util.hpp"
 
 namespace peftkit::testing {
 
 // 400 uint16 tokens of a repeating pattern (k * 7 mod 40), written by NumPy; returns its exit code.
-inline CommandResult write_token_stream(const std::string& python, const std::filesystem::path& path) {
+inline CommandResult write_token_stream(const std::string& python,
+                                        const std::filesystem::path& path) {
   return run_command(python + " -c \"import numpy as np; np.save('" + path.string() +
                      "', (np.arange(400) * 7 % 40).astype('<u2'))\"");
 }

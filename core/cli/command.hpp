@@ -2,12 +2,11 @@
 // is listed in main.cpp.
 #pragma once
 
+#include <boost/program_options.hpp>
 #include <filesystem>
 #include <functional>
 #include <string>
 #include <vector>
-
-#include <boost/program_options.hpp>
 
 #include "generate/generation.hpp"
 #include "host/adapters.hpp"
@@ -32,19 +31,29 @@ struct Command {
   std::function<void(po::options_description&, po::positional_options_description&)> describe;
   // Runs it; returns the exit code. Errors are thrown as peftkit::Error.
   std::function<int(const po::variables_map&, const CommonOptions&)> run;
+  // Whether it reads saved adapters: main then finds the installed PEFT plugins before the options
+  // are described, so that every method name works as an alias of --adapter (--state, --lora).
+  bool takes_adapters = false;
 };
+
+// The PEFT plugins' names, which add_adapter_options offers as --NAME aliases of --adapter (set by
+// main for commands that take adapters).
+void set_method_aliases(std::vector<std::string> names);
 
 // The repeatable `--set SECTION.KEY=VALUE` option of commands that read a recipe, and its values.
 void add_set_option(po::options_description& options);
 std::vector<host::Override> set_overrides(const po::variables_map& vm);
 
-// The adapter options of generate, merge and export (--adapter, --lora, --state, --recipe, --set),
-// and the adapters they name (defined in commands_adapter.cpp).
+// The adapter options of generate, merge, export, eval and chat (--adapter, a --METHOD alias per
+// installed PEFT plugin, --recipe, --state-layout, --set), and the adapters they name (defined in
+// commands_adapter.cpp).
 void add_adapter_options(po::options_description& options);
-std::vector<host::SavedAdapter> adapters_from(const po::variables_map& vm, const host::PluginRegistry& plugins);
+std::vector<host::SavedAdapter> adapters_from(const po::variables_map& vm,
+                                              const host::PluginRegistry& plugins);
 // The same with the --set overrides for the adapters' recipes given (commands whose --set also
 // sets other things).
-std::vector<host::SavedAdapter> adapters_from(const po::variables_map& vm, const host::PluginRegistry& plugins,
+std::vector<host::SavedAdapter> adapters_from(const po::variables_map& vm,
+                                              const host::PluginRegistry& plugins,
                                               const std::vector<host::Override>& overrides);
 
 // The model options of generate, chat and eval (--model, --dtype, --device and the adapter
@@ -54,7 +63,8 @@ ModelOptions model_options_from(const po::variables_map& vm);
 // The --model with the adapter options' adapters mounted, as those options say.
 host::LoadedModel load_model_from(const po::variables_map& vm, const host::PluginRegistry& plugins);
 // RWKV's sampling options of generate and chat, and their settings.
-void add_sampling_options(po::options_description& options, int64_t max_tokens, bool stop_at_blank_line);
+void add_sampling_options(po::options_description& options, int64_t max_tokens,
+                          bool stop_at_blank_line);
 GenerationSettings generation_settings_from(const po::variables_map& vm);
 
 Command plugins_command();

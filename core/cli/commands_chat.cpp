@@ -35,8 +35,10 @@ void save_conversation(const fs::path& path, const Conversation& c, const Rwkv7M
     out["chat." + std::to_string(l) + ".wkv"] = c.state.wkv[l].to(at::kCPU);
     out["chat." + std::to_string(l) + ".ffn_shift"] = c.state.ffn_shift[l].to(at::kCPU);
   }
-  out["chat.transcript"] = at::tensor(std::vector<uint8_t>(c.transcript.begin(), c.transcript.end()), at::kByte);
-  out["chat.model"] = at::tensor(std::vector<int64_t>{model.config().n_layer, model.config().n_embd, model.config().vocab});
+  out["chat.transcript"] =
+      at::tensor(std::vector<uint8_t>(c.transcript.begin(), c.transcript.end()), at::kByte);
+  out["chat.model"] = at::tensor(
+      std::vector<int64_t>{model.config().n_layer, model.config().n_embd, model.config().vocab});
   write_pth(path, out);
 }
 
@@ -44,28 +46,33 @@ Conversation load_conversation(const fs::path& path, const Rwkv7Model& model) {
   const TensorMap in = read_pth(path, Checksums::kVerify);
   auto get = [&](const std::string& name) -> const at::Tensor& {
     auto it = in.find(name);
-    if (it == in.end()) throw Error(path.string() + ": not a conversation saved by peftkit chat (no '" + name + "')");
+    if (it == in.end())
+      throw Error(path.string() + ": not a conversation saved by peftkit chat (no '" + name + "')");
     return it->second;
   };
   const at::Tensor shape = get("chat.model").to(at::kLong);
-  const std::vector<int64_t> expected{model.config().n_layer, model.config().n_embd, model.config().vocab};
-  if (shape.numel() != 3 || std::vector<int64_t>(shape.data_ptr<int64_t>(), shape.data_ptr<int64_t>() + 3) != expected)
+  const std::vector<int64_t> expected{model.config().n_layer, model.config().n_embd,
+                                      model.config().vocab};
+  if (shape.numel() != 3 ||
+      std::vector<int64_t>(shape.data_ptr<int64_t>(), shape.data_ptr<int64_t>() + 3) != expected)
     throw Error(path.string() + ": the conversation is of a model of another shape (this one: " +
                 model.config().describe() + ")");
   Conversation c;
   c.state = model.initial_state(1);
   for (size_t l = 0; l < c.state.wkv.size(); ++l) {
-    for (auto [kind, target] : {std::pair{"att_shift", &c.state.att_shift[l]}, std::pair{"wkv", &c.state.wkv[l]},
-                                std::pair{"ffn_shift", &c.state.ffn_shift[l]}}) {
+    for (auto [kind, target] :
+         {std::pair{"att_shift", &c.state.att_shift[l]}, std::pair{"wkv", &c.state.wkv[l]},
+          std::pair{"ffn_shift", &c.state.ffn_shift[l]}}) {
       const at::Tensor& saved = get("chat." + std::to_string(l) + "." + kind);
       if (saved.sizes() != target->sizes())
-        throw Error(path.string() + ": chat." + std::to_string(l) + "." + kind + " has shape " + c10::str(saved.sizes()) +
-                    ", expected " + c10::str(target->sizes()));
+        throw Error(path.string() + ": chat." + std::to_string(l) + "." + kind + " has shape " +
+                    c10::str(saved.sizes()) + ", expected " + c10::str(target->sizes()));
       *target = saved.to(target->options());
     }
   }
   const at::Tensor text = get("chat.transcript").contiguous();
-  c.transcript.assign(reinterpret_cast<const char*>(text.data_ptr<uint8_t>()), static_cast<size_t>(text.numel()));
+  c.transcript.assign(reinterpret_cast<const char*>(text.data_ptr<uint8_t>()),
+                      static_cast<size_t>(text.numel()));
   return c;
 }
 
@@ -109,23 +116,29 @@ class AnswerPrinter {
 Command chat_command() {
   Command command;
   command.name = "chat";
-  command.usage = "peftkit chat --model FILE [--adapter PATH | --lora PATH | --state FILE]... [options]";
-  command.summary = "multi-turn chat (User:/Assistant:) with the state carried between turns; reads stdin";
+  command.takes_adapters = true;
+  command.usage =
+      "peftkit chat --model FILE [--adapter PATH | --lora PATH | --state FILE]... [options]";
+  command.summary =
+      "multi-turn chat (User:/Assistant:) with the state carried between turns; reads stdin";
   command.describe = [](po::options_description& options, po::positional_options_description&) {
-    options.add_options()("transcript", po::value<std::string>(),
-                          "after every turn, write the whole conversation the model has read to this file");
+    options.add_options()(
+        "transcript", po::value<std::string>(),
+        "after every turn, write the whole conversation the model has read to this file");
     add_model_options(options, "fp32");
     add_sampling_options(options, 500, true);
   };
   command.run = [](const po::variables_map& vm, const CommonOptions& common) {
     const GenerationSettings settings = generation_settings_from(vm);
-    const auto registry = host::PluginRegistry::discover(host::plugin_search_path(common.plugin_dirs));
+    const auto registry =
+        host::PluginRegistry::discover(host::plugin_search_path(common.plugin_dirs));
     host::LoadedModel loaded = load_model_from(vm, registry);
     Rwkv7Model& model = *loaded.model;
     auto tokenizer = WorldTokenizer::load(find_world_vocab());
     const bool terminal = ::isatty(STDIN_FILENO);
     const std::optional<fs::path> transcript_file =
-        vm.count("transcript") ? std::optional<fs::path>(vm["transcript"].as<std::string>()) : std::nullopt;
+        vm.count("transcript") ? std::optional<fs::path>(vm["transcript"].as<std::string>())
+                               : std::nullopt;
     Conversation conversation{model.initial_state(1), ""};
     if (terminal) std::cerr << kChatHelp << "\n";
     int64_t turn = 0;
@@ -137,7 +150,8 @@ Command chat_command() {
       if (message[0] == '/') {
         const size_t space = message.find(' ');
         const std::string name = message.substr(0, space);
-        const std::string argument = space == std::string::npos ? "" : clean_message(message.substr(space + 1));
+        const std::string argument =
+            space == std::string::npos ? "" : clean_message(message.substr(space + 1));
         try {
           if (name == "/quit") break;
           if (name == "/reset") {
@@ -162,15 +176,17 @@ Command chat_command() {
       }
       // The previous answer ends with its blank line; one cut short gets it here.
       const std::string& read = conversation.transcript;
-      const bool at_turn_start = read.empty() || (read.size() >= 2 && read.compare(read.size() - 2, 2, "\n\n") == 0);
+      const bool at_turn_start =
+          read.empty() || (read.size() >= 2 && read.compare(read.size() - 2, 2, "\n\n") == 0);
       std::string prompt = at_turn_start ? "" : "\n\n";
       prompt += "User: " + message + "\n\nAssistant:";
       std::cout << "Assistant:" << std::flush;
       AnswerPrinter printer;
       GenerationSettings turn_settings = settings;
       turn_settings.seed = settings.seed + static_cast<uint64_t>(turn++);
-      const std::string answer = continue_text(model, *tokenizer, conversation.state, tokenizer->encode(prompt),
-                                               turn_settings, std::ref(printer));
+      const std::string answer =
+          continue_text(model, *tokenizer, conversation.state, tokenizer->encode(prompt),
+                        turn_settings, std::ref(printer));
       printer.finish();
       conversation.transcript += prompt + answer;
       if (transcript_file) write_text_file(*transcript_file, conversation.transcript);

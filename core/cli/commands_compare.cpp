@@ -1,8 +1,8 @@
 // peftkit compare COMPARE.toml: trains several variants of one job, one after another, each a
 // normal training run in its own folder (a child `peftkit` process, so that its peak memory is its
-// own); evaluates the base and every run on the same held-out samples; generates from fixed prompts;
-// and writes report.json, report.md and report.html. Re-running skips finished runs and resumes an
-// interrupted one.
+// own); evaluates the base and every run on the same held-out samples; generates from fixed
+// prompts; and writes report.json, report.md and report.html. Re-running skips finished runs and
+// resumes an interrupted one.
 #include <ATen/ATen.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -13,9 +13,8 @@
 #include <ctime>
 #include <fstream>
 #include <iostream>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "cli/command.hpp"
 #include "compare/compare_file.hpp"
@@ -53,7 +52,8 @@ int run_child(const std::vector<std::string>& arguments) {
   std::vector<char*> argv;
   for (const auto& a : arguments) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
-  struct sigaction action {}, old_int {}, old_term {};
+  struct sigaction action {
+  }, old_int{}, old_term{};
   action.sa_handler = forward_signal;
   sigemptyset(&action.sa_mask);
   sigaction(SIGINT, &action, &old_int);
@@ -88,20 +88,26 @@ std::string recipe_settings(const std::string& formatted) {
 }
 
 // A run's own small files (recipe.toml, summary.json).
-std::string read_text(const fs::path& path) { return io::read_small_file(path, 16 << 20, "run file"); }
+std::string read_text(const fs::path& path) {
+  return io::read_small_file(path, 16 << 20, "run file");
+}
 
 json read_json(const fs::path& path) {
   const json parsed = json::parse(read_text(path), nullptr, false);
-  if (parsed.is_discarded()) throw Error(path.string() + ": not valid JSON (written by an interrupted run?)");
+  if (parsed.is_discarded())
+    throw Error(path.string() + ": not valid JSON (written by an interrupted run?)");
   return parsed;
 }
 
 // A finished run has its summary and was trained with exactly these settings.
 bool finished(const host::CompareRun& run, const fs::path& folder) {
   if (!fs::exists(folder / "summary.json")) return false;
-  if (recipe_settings(read_text(folder / "recipe.toml")) != recipe_settings(host::format_recipe(run.recipe)))
-    throw Error(folder.string() + " holds a finished run '" + run.name + "' trained with other settings than the "
-                "compare file now gives it; delete that folder to train it again, or choose another [compare] output");
+  if (recipe_settings(read_text(folder / "recipe.toml")) !=
+      recipe_settings(host::format_recipe(run.recipe)))
+    throw Error(folder.string() + " holds a finished run '" + run.name +
+                "' trained with other settings than the "
+                "compare file now gives it; delete that folder to train it again, or choose "
+                "another [compare] output");
   const json summary = read_json(folder / "summary.json");
   return summary.value("steps", int64_t{-1}) == run.steps;
 }
@@ -109,9 +115,12 @@ bool finished(const host::CompareRun& run, const fs::path& folder) {
 json number(double x) { return std::isfinite(x) ? json(x) : json(nullptr); }
 
 json eval_json(const EvalResult& r) {
-  return {{"loss", number(r.loss())},        {"perplexity", number(r.perplexity())},
-          {"accuracy", number(r.accuracy())}, {"tokens", r.total.tokens},
-          {"documents", r.documents},         {"samples", r.samples},
+  return {{"loss", number(r.loss())},
+          {"perplexity", number(r.perplexity())},
+          {"accuracy", number(r.accuracy())},
+          {"tokens", r.total.tokens},
+          {"documents", r.documents},
+          {"samples", r.samples},
           {"seconds", r.seconds}};
 }
 
@@ -119,9 +128,10 @@ json eval_json(const EvalResult& r) {
 json run_json(const host::CompareRun& run, const fs::path& folder) {
   const json summary = read_json(folder / "summary.json");
   json out = {{"name", run.name}, {"kind", "run"}, {"folder", folder.string()}};
-  for (const char* key : {"methods", "trainable_parameters", "adapter_file", "adapter_bytes", "steps", "tokens",
-                          "skipped_steps", "tokens_per_s", "train_seconds", "wall_seconds", "peak_rss_bytes",
-                          "peak_gpu_allocated_bytes", "peak_gpu_reserved_bytes"})
+  for (const char* key :
+       {"methods", "trainable_parameters", "adapter_file", "adapter_bytes", "steps", "tokens",
+        "skipped_steps", "tokens_per_s", "train_seconds", "wall_seconds", "peak_rss_bytes",
+        "peak_gpu_allocated_bytes", "peak_gpu_reserved_bytes"})
     out[key] = summary.contains(key) ? summary[key] : json(nullptr);
   out["peak_memory_bytes"] = summary.value("peak_gpu_allocated_bytes", json(nullptr)).is_null()
                                  ? out["peak_rss_bytes"]
@@ -137,14 +147,18 @@ json run_json(const host::CompareRun& run, const fs::path& folder) {
       train.push_back({tokens, m["loss"]});
       losses.push_back(m["loss"].get<double>());
     }
-    if (m.contains("eval_loss") && m["eval_loss"].is_number()) eval.push_back({tokens, m["eval_loss"]});
+    if (m.contains("eval_loss") && m["eval_loss"].is_number())
+      eval.push_back({tokens, m["eval_loss"]});
   }
   out["curves"] = {{"train", train}, {"eval", eval}};
   // The mean of the last tenth of the steps: one step's loss is noisy.
   const size_t last = std::max<size_t>(1, (losses.size() + 9) / 10);
   double sum = 0;
-  for (size_t i = losses.size() - std::min(last, losses.size()); i < losses.size(); ++i) sum += losses[i];
-  out["final_train_loss"] = losses.empty() ? json(nullptr) : json(sum / static_cast<double>(std::min(last, losses.size())));
+  for (size_t i = losses.size() - std::min(last, losses.size()); i < losses.size(); ++i)
+    sum += losses[i];
+  out["final_train_loss"] = losses.empty()
+                                ? json(nullptr)
+                                : json(sum / static_cast<double>(std::min(last, losses.size())));
   out["final_train_loss_steps"] = std::min(last, losses.size());
   return out;
 }
@@ -164,37 +178,43 @@ Command compare_command() {
   Command command;
   command.name = "compare";
   command.usage = "peftkit compare COMPARE.toml";
-  command.summary = "train several variants of one job under one budget, evaluate them, write a report";
-  command.describe = [](po::options_description& options, po::positional_options_description& positionals) {
+  command.summary =
+      "train several variants of one job under one budget, evaluate them, write a report";
+  command.describe = [](po::options_description& options,
+                        po::positional_options_description& positionals) {
     options.add_options()("file", po::value<std::string>()->required(), "the compare file (TOML)")(
-        "train-run", po::value<std::string>(), "(used by compare itself) train only this run, in this process");
+        "train-run", po::value<std::string>(),
+        "(used by compare itself) train only this run, in this process");
     positionals.add("file", 1);
   };
   command.run = [](const po::variables_map& vm, const CommonOptions& common) {
     const fs::path file = vm["file"].as<std::string>();
-    const auto registry = host::PluginRegistry::discover(host::plugin_search_path(common.plugin_dirs));
+    const auto registry =
+        host::PluginRegistry::discover(host::plugin_search_path(common.plugin_dirs));
     const host::CompareFile compare = host::load_compare_file(file, registry);
     const std::string resume_command = "peftkit compare " + file.string();
 
     if (vm.count("train-run")) {
       const std::string name = vm["train-run"].as<std::string>();
       for (const auto& run : compare.runs)
-        if (run.name == name) return Trainer(run.recipe, registry, TrainFlags{false, resume_command}).run();
+        if (run.name == name)
+          return Trainer(run.recipe, registry, TrainFlags{false, resume_command}).run();
       throw Error("--train-run: " + file.string() + " has no run '" + name + "'");
     }
 
     // The prompts are checked against the base before anything trains, not after the last run.
     std::unique_ptr<WorldTokenizer> tokenizer = WorldTokenizer::load(find_world_vocab());
     const fs::path base_model = compare.base.resolve_path(compare.base.model.get_string("path"));
-    const int64_t vocab = Rwkv7Config::from_tensors(read_tensor_file(base_model).tensors, base_model.string()).vocab;
+    const int64_t vocab =
+        Rwkv7Config::from_tensors(read_tensor_file(base_model).tensors, base_model.string()).vocab;
     for (size_t p = 0; p < compare.prompts.size(); ++p) {
       const std::string where = file.string() + ": [generation] prompts[" + std::to_string(p) + "]";
       const std::vector<int32_t> ids = tokenizer->encode(compare.prompts[p]);
       if (ids.empty()) throw Error(where + " is empty");
       for (int32_t id : ids)
         if (id >= vocab)
-          throw Error(where + " has token " + std::to_string(id) + ", outside the base model's vocabulary of " +
-                      std::to_string(vocab));
+          throw Error(where + " has token " + std::to_string(id) +
+                      ", outside the base model's vocabulary of " + std::to_string(vocab));
     }
     fs::create_directories(compare.output_dir);
     for (const auto& run : compare.runs) {
@@ -203,35 +223,43 @@ Command compare_command() {
         log::info("run '" + run.name + "': finished earlier (" + folder.string() + "), skipped");
         continue;
       }
-      log::info("run '" + run.name + "': " + std::to_string(run.steps) + " steps in " + folder.string());
-      std::vector<std::string> arguments = {"peftkit", "compare", file.string(), "--train-run", run.name,
-                                            "--log-level", common.log_level};
-      for (const auto& dir : common.plugin_dirs) arguments.insert(arguments.end(), {"--plugin-dir", dir.string()});
+      log::info("run '" + run.name + "': " + std::to_string(run.steps) + " steps in " +
+                folder.string());
+      std::vector<std::string> arguments = {"peftkit",       "compare", file.string(),
+                                            "--train-run",   run.name,  "--log-level",
+                                            common.log_level};
+      for (const auto& dir : common.plugin_dirs)
+        arguments.insert(arguments.end(), {"--plugin-dir", dir.string()});
       const int code = run_child(arguments);
       if (code == kExitInterrupted || code == 128 + SIGINT || code == 128 + SIGTERM) {
-        std::cerr << "compare interrupted during run '" << run.name << "'; finished runs are kept. Continue with: "
-                  << resume_command << "\n";
+        std::cerr << "compare interrupted during run '" << run.name
+                  << "'; finished runs are kept. Continue with: " << resume_command << "\n";
         return kExitInterrupted;
       }
       if (code != 0)
-        throw Error("run '" + run.name + "' failed (exit code " + std::to_string(code) + "); its log is " +
-                    (folder / "peftkit.log").string());
+        throw Error("run '" + run.name + "' failed (exit code " + std::to_string(code) +
+                    "); its log is " + (folder / "peftkit.log").string());
       if (!fs::exists(folder / "summary.json"))
         throw Error("run '" + run.name + "' ended without " + (folder / "summary.json").string());
     }
 
     // Every variant on the same held-out samples, then greedy generations from the same prompts.
     const at::Device device = host::resolve_device(compare.base.run.get_string("device"));
-    const std::string precision = host::resolve_precision(compare.base.train.get_string("precision"), device);
+    const std::string precision =
+        host::resolve_precision(compare.base.train.get_string("precision"), device);
     ModelOptions options{precision == "bf16" ? at::kBFloat16 : at::kFloat, device};
     at::globalContext().setAllowTF32CuBLAS(precision == "tf32");
-    const EvalSettings settings{compare.base.train.get_int("micro_bsz"), compare.base.train.get_int("ctx_len"),
+    const EvalSettings settings{compare.base.train.get_int("micro_bsz"),
+                                compare.base.train.get_int("ctx_len"),
                                 compare.base.train.get_int("chunk_ctx")};
     std::vector<ModelVariant> variants = {{"base", {}}};
     for (const auto& run : compare.runs) {
       const fs::path folder = host::run_folder(compare, run.name);
-      const std::string adapter_file = read_json(folder / "summary.json").value("adapter_file", "rwkv-0.pth");
-      variants.push_back({run.name, {host::read_adapter(folder / adapter_file, folder / "recipe.toml", {}, registry)}});
+      const std::string adapter_file =
+          read_json(folder / "summary.json").value("adapter_file", "rwkv-0.pth");
+      variants.push_back(
+          {run.name,
+           {host::read_adapter(folder / adapter_file, folder / "recipe.toml", {}, registry)}});
     }
     GenerationSettings greedy;
     greedy.sampling.temperature = 0;
@@ -240,49 +268,58 @@ Command compare_command() {
     greedy.max_tokens = compare.max_tokens;
     greedy.stop_at_blank_line = true;
     SampleRange eval_range;
-    json report = {{"title", file.filename().string()},
-                   {"compare_file", fs::absolute(file).lexically_normal().string()},
-                   {"created", now_text()},
-                   {"model", compare.base.resolve_path(compare.base.model.get_string("path")).string()},
-                   {"data", compare.base.resolve_path(compare.base.data.get_string("path")).string()},
-                   {"format", compare.base.data.get_string("format")},
-                   {"device", options.device.str()},
-                   {"precision", precision},
-                   {"budget", {{"steps", compare.budget_steps}, {"tokens", compare.budget_tokens}}},
-                   {"budget_text", compare.budget_steps > 0 ? std::to_string(compare.budget_steps) + " optimizer steps per run"
-                                                            : std::to_string(compare.budget_tokens) + " positions per run"},
-                   {"prompts", compare.prompts},
-                   {"variants", json::array()}};
-    const OpenEvalData open_eval = [&](int64_t vocab) -> std::pair<std::shared_ptr<Dataset>, SampleRange> {
+    json report = {
+        {"title", file.filename().string()},
+        {"compare_file", fs::absolute(file).lexically_normal().string()},
+        {"created", now_text()},
+        {"model", compare.base.resolve_path(compare.base.model.get_string("path")).string()},
+        {"data", compare.base.resolve_path(compare.base.data.get_string("path")).string()},
+        {"format", compare.base.data.get_string("format")},
+        {"device", options.device.str()},
+        {"precision", precision},
+        {"budget", {{"steps", compare.budget_steps}, {"tokens", compare.budget_tokens}}},
+        {"budget_text", compare.budget_steps > 0
+                            ? std::to_string(compare.budget_steps) + " optimizer steps per run"
+                            : std::to_string(compare.budget_tokens) + " positions per run"},
+        {"prompts", compare.prompts},
+        {"variants", json::array()}};
+    const OpenEvalData open_eval =
+        [&](int64_t vocab) -> std::pair<std::shared_ptr<Dataset>, SampleRange> {
       DataSplit split = open_data_split(compare.base, registry, vocab, tokenizer.get());
       eval_range = split.eval_range;
       return {split.eval, split.eval_range};
     };
     std::vector<json> generations(variants.size(), json::array());
-    const std::vector<VariantEvaluation> evaluations = evaluate_variants(
-        base_model, variants, registry, options, open_eval, settings, false, terminal_progress("evaluating"),
-        [&](size_t v, Rwkv7Model& model) {
-          for (const auto& prompt : compare.prompts) {
-            Rwkv7State state = model.initial_state(1);
-            generations[v].push_back(continue_text(model, *tokenizer, state, tokenizer->encode(prompt), greedy));
-          }
-        });
+    const std::vector<VariantEvaluation> evaluations =
+        evaluate_variants(base_model, variants, registry, options, open_eval, settings, false,
+                          terminal_progress("evaluating"), [&](size_t v, Rwkv7Model& model) {
+                            for (const auto& prompt : compare.prompts) {
+                              Rwkv7State state = model.initial_state(1);
+                              generations[v].push_back(continue_text(
+                                  model, *tokenizer, state, tokenizer->encode(prompt), greedy));
+                            }
+                          });
     for (size_t v = 0; v < variants.size(); ++v) {
       // Variant 0 is the base, variant v the run v - 1.
-      json entry = v == 0 ? json{{"name", "base"}, {"kind", "base"}}
-                          : run_json(compare.runs[v - 1], host::run_folder(compare, variants[v].name));
+      json entry = v == 0
+                       ? json{{"name", "base"}, {"kind", "base"}}
+                       : run_json(compare.runs[v - 1], host::run_folder(compare, variants[v].name));
       entry["eval"] = eval_json(evaluations[v].result);
       entry["generations"] = generations[v];
       report["variants"].push_back(entry);
     }
     report["eval_text"] = std::to_string(eval_range.size()) + " held-out samples (" +
                           std::to_string(report["variants"][0]["eval"]["tokens"].get<int64_t>()) +
-                          " counted tokens), ctx_len " + std::to_string(settings.ctx_len) + ", " + precision;
+                          " counted tokens), ctx_len " + std::to_string(settings.ctx_len) + ", " +
+                          precision;
     write_text_file(compare.output_dir / "report.json", report.dump(2) + "\n");
     write_text_file(compare.output_dir / "report.md", host::report_markdown(report));
     write_text_file(compare.output_dir / "report.html", host::report_html(report));
-    std::cout << host::report_markdown(report).substr(0, host::report_markdown(report).find("\nCharts:")) << "\n"
-              << "report: " << (compare.output_dir / "report.html").string() << " (also report.md, report.json)\n";
+    std::cout << host::report_markdown(report).substr(
+                     0, host::report_markdown(report).find("\nCharts:"))
+              << "\n"
+              << "report: " << (compare.output_dir / "report.html").string()
+              << " (also report.md, report.json)\n";
     return 0;
   };
   return command;

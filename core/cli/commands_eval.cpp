@@ -3,9 +3,8 @@
 #include <cmath>
 #include <cstdio>
 #include <iostream>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "cli/command.hpp"
 #include "eval/data_split.hpp"
@@ -42,9 +41,12 @@ std::string toml_string(const std::string& text) {
 
 // The [data] of a recipe for the file, so that the dataset plugin's options are validated and
 // reported exactly as in a recipe (with the --set that gave them).
-host::Recipe data_recipe(const std::string& model, const std::string& data, const std::string& format, int64_t ctx_len,
-                         const std::vector<host::Override>& overrides, const host::PluginRegistry& plugins) {
-  const std::string text = "[model]\npath = " + toml_string(model) + "\n[data]\nformat = " + toml_string(format) +
+host::Recipe data_recipe(const std::string& model, const std::string& data,
+                         const std::string& format, int64_t ctx_len,
+                         const std::vector<host::Override>& overrides,
+                         const host::PluginRegistry& plugins) {
+  const std::string text = "[model]\npath = " + toml_string(model) +
+                           "\n[data]\nformat = " + toml_string(format) +
                            "\npath = " + toml_string(fs::absolute(data).string()) +
                            "\n[train]\nctx_len = " + std::to_string(ctx_len) + "\n";
   return host::parse_recipe(text, fs::path("--data"), overrides, plugins);
@@ -59,9 +61,12 @@ std::string number(double x, int digits) {
   return out.str();
 }
 
-nlohmann::json json_number(double x) { return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(nullptr); }
+nlohmann::json json_number(double x) {
+  return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(nullptr);
+}
 
-void print_table(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows) {
+void print_table(const std::vector<std::string>& header,
+                 const std::vector<std::vector<std::string>>& rows) {
   std::vector<size_t> width(header.size());
   for (size_t c = 0; c < header.size(); ++c) width[c] = header[c].size();
   for (const auto& row : rows)
@@ -83,49 +88,64 @@ void print_table(const std::vector<std::string>& header, const std::vector<std::
 Command eval_command() {
   Command command;
   command.name = "eval";
-  command.usage = "peftkit eval --model FILE [--adapter PATH | --lora PATH | --state FILE]... --data FILE "
-                  "[--format F] [--task lambada] [--compare-with base] [--json OUT] [options]";
-  command.summary = "loss, perplexity and token accuracy on a data file (or LAMBADA), variants side by side";
+  command.takes_adapters = true;
+  command.usage =
+      "peftkit eval --model FILE [--adapter PATH | --lora PATH | --state FILE]... --data FILE "
+      "[--format F] [--task lambada] [--compare-with base] [--json OUT] [options]";
+  command.summary =
+      "loss, perplexity and token accuracy on a data file (or LAMBADA), variants side by side";
   command.describe = [](po::options_description& options, po::positional_options_description&) {
     options.add_options()("data", po::value<std::string>()->required(), "the data to evaluate on")(
         "format", po::value<std::string>()->default_value("jsonl"),
-        "dataset plugin that reads --data (jsonl, binidx, numpy, or an installed third-party one); its options "
-        "via --set data.<format>.KEY=VALUE")(
-        "task", po::value<std::string>()->default_value("lm"),
-        "lm: the loss over the targets training counts; lambada: RWKV-LM's last-word task on a jsonl of "
-        "{\"text\": ...} lines")(
-        "ctx-len", po::value<int64_t>()->default_value(4096), "samples are cut at this many tokens, as in training "
-                                                              "(the window length of token streams)")(
+        "dataset plugin that reads --data (jsonl, binidx, numpy, or an installed third-party one); "
+        "its options "
+        "via --set data.<format>.KEY=VALUE")("task", po::value<std::string>()->default_value("lm"),
+                                             "lm: the loss over the targets training counts; "
+                                             "lambada: RWKV-LM's last-word task on a jsonl of "
+                                             "{\"text\": ...} lines")(
+        "ctx-len", po::value<int64_t>()->default_value(4096),
+        "samples are cut at this many tokens, as in training "
+        "(the window length of token streams)")(
         "chunk-ctx", po::value<int64_t>()->default_value(1024),
-        "run samples longer than this in segments that carry the state (bounded memory; 0: whole samples)")(
-        "micro-bsz", po::value<int64_t>()->default_value(4), "samples per batch")(
-        "seed", po::value<uint64_t>()->default_value(42), "sampling seed of datasets that draw windows")(
+        "run samples longer than this in segments that carry the state (bounded memory; 0: whole "
+        "samples)")("micro-bsz", po::value<int64_t>()->default_value(4), "samples per batch")(
+        "seed", po::value<uint64_t>()->default_value(42),
+        "sampling seed of datasets that draw windows")(
         "compare-with", po::value<std::string>(),
-        "base: evaluate the base model too, and each adapter option as its own variant, side by side")(
-        "json", po::value<std::string>(), "also write every number to this JSON file");
+        "base: evaluate the base model too, and each adapter option as its own variant, side by "
+        "side")("json", po::value<std::string>(), "also write every number to this JSON file");
     add_model_options(options, "fp32");
   };
   command.run = [](const po::variables_map& vm, const CommonOptions& common) {
     const ModelOptions model_options = model_options_from(vm);
     const std::string task = vm["task"].as<std::string>();
-    if (task != "lm" && task != "lambada") throw Error("--task: expected lm or lambada, found '" + task + "'");
-    EvalSettings settings{vm["micro-bsz"].as<int64_t>(), vm["ctx-len"].as<int64_t>(), vm["chunk-ctx"].as<int64_t>()};
-    if (settings.micro_bsz < 1) throw Error("--micro-bsz: expected at least 1, found " + std::to_string(settings.micro_bsz));
-    if (settings.ctx_len < 1) throw Error("--ctx-len: expected at least 1, found " + std::to_string(settings.ctx_len));
-    if (settings.chunk_ctx < 0) throw Error("--chunk-ctx: expected 0 or more, found " + std::to_string(settings.chunk_ctx));
+    if (task != "lm" && task != "lambada")
+      throw Error("--task: expected lm or lambada, found '" + task + "'");
+    EvalSettings settings{vm["micro-bsz"].as<int64_t>(), vm["ctx-len"].as<int64_t>(),
+                          vm["chunk-ctx"].as<int64_t>()};
+    if (settings.micro_bsz < 1)
+      throw Error("--micro-bsz: expected at least 1, found " + std::to_string(settings.micro_bsz));
+    if (settings.ctx_len < 1)
+      throw Error("--ctx-len: expected at least 1, found " + std::to_string(settings.ctx_len));
+    if (settings.chunk_ctx < 0)
+      throw Error("--chunk-ctx: expected 0 or more, found " + std::to_string(settings.chunk_ctx));
     const std::string model = vm["model"].as<std::string>(), data = vm["data"].as<std::string>();
     const std::string format = vm["format"].as<std::string>();
 
     // --set data.* configures the dataset; every other --set, the adapters' recipes.
     std::vector<host::Override> data_overrides, adapter_overrides;
-    for (auto& o : set_overrides(vm)) (o.key_path[0] == "data" ? data_overrides : adapter_overrides).push_back(o);
+    for (auto& o : set_overrides(vm))
+      (o.key_path[0] == "data" ? data_overrides : adapter_overrides).push_back(o);
     for (const auto& o : data_overrides)
       if (o.key_path.size() != 3 || o.key_path[1] != format)
-        throw Error(o.text + ": eval takes the dataset's own options as data." + format + ".KEY=VALUE");
+        throw Error(o.text + ": eval takes the dataset's own options as data." + format +
+                    ".KEY=VALUE");
     if (task == "lambada" && (!data_overrides.empty() || !vm["format"].defaulted()))
-      throw Error("--task lambada reads its own jsonl format; --format and --set data.* do not apply");
+      throw Error(
+          "--task lambada reads its own jsonl format; --format and --set data.* do not apply");
 
-    const auto registry = host::PluginRegistry::discover(host::plugin_search_path(common.plugin_dirs));
+    const auto registry =
+        host::PluginRegistry::discover(host::plugin_search_path(common.plugin_dirs));
     if (task == "lm") {
       try {
         registry.find(PluginKind::kDataset, format);
@@ -137,8 +157,10 @@ Command eval_command() {
     std::vector<ModelVariant> variants;
     if (vm.count("compare-with")) {
       if (vm["compare-with"].as<std::string>() != "base")
-        throw Error("--compare-with: expected base, found '" + vm["compare-with"].as<std::string>() + "'");
-      if (adapters.empty()) throw Error("--compare-with base: name the adapters to compare with the base");
+        throw Error("--compare-with: expected base, found '" +
+                    vm["compare-with"].as<std::string>() + "'");
+      if (adapters.empty())
+        throw Error("--compare-with base: name the adapters to compare with the base");
       variants.push_back({"base", {}});
       for (auto& a : adapters) variants.push_back({a.description, {a}});
     } else {
@@ -155,13 +177,15 @@ Command eval_command() {
       log::warn(std::string("no tokenizer: ") + e.what());
     }
     std::string data_description;
-    const OpenEvalData open_data = [&](int64_t vocab) -> std::pair<std::shared_ptr<Dataset>, SampleRange> {
+    const OpenEvalData open_data =
+        [&](int64_t vocab) -> std::pair<std::shared_ptr<Dataset>, SampleRange> {
       std::shared_ptr<Dataset> dataset;
       if (task == "lambada") {
         dataset = open_lambada(data, *tokenizer, vocab);
         settings.ctx_len = longest_sample(*dataset);  // never cut a document
       } else {
-        host::Recipe recipe = data_recipe(model, data, format, settings.ctx_len, data_overrides, registry);
+        host::Recipe recipe =
+            data_recipe(model, data, format, settings.ctx_len, data_overrides, registry);
         dataset = open_data_split(recipe, registry, vocab, tokenizer.get()).train;
       }
       if (dataset->size() == 0) throw Error("--data " + data + ": no samples to evaluate");
@@ -169,13 +193,17 @@ Command eval_command() {
       log::info("data " + data_description);
       return {dataset, {0, dataset->size()}};
     };
-    const std::vector<VariantEvaluation> results = evaluate_variants(
-        model, variants, registry, model_options, open_data, settings, task == "lambada", terminal_progress("eval"));
+    const std::vector<VariantEvaluation> results =
+        evaluate_variants(model, variants, registry, model_options, open_data, settings,
+                          task == "lambada", terminal_progress("eval"));
 
-    nlohmann::json report = {{"model", model},     {"data", data},
+    nlohmann::json report = {{"model", model},
+                             {"data", data},
                              {"format", task == "lambada" ? "lambada" : format},
-                             {"task", task},       {"ctx_len", settings.ctx_len},
-                             {"chunk_ctx", settings.chunk_ctx}, {"dtype", vm["dtype"].as<std::string>()},
+                             {"task", task},
+                             {"ctx_len", settings.ctx_len},
+                             {"chunk_ctx", settings.chunk_ctx},
+                             {"dtype", vm["dtype"].as<std::string>()},
                              {"device", model_options.device.str()}};
     std::vector<std::vector<std::string>> rows;
     for (const auto& [name, r] : results) {
@@ -197,18 +225,21 @@ Command eval_command() {
         entry["perplexity"] = json_number(r.perplexity());
         entry["accuracy"] = json_number(r.accuracy());
         entry["tokens"] = r.total.tokens;
-        rows.push_back({name, number(r.loss(), 4), number(r.perplexity(), 3), number(r.accuracy(), 4),
-                        std::to_string(r.total.tokens), std::to_string(r.documents), number(r.tokens_per_second(), 0)});
+        rows.push_back({name, number(r.loss(), 4), number(r.perplexity(), 3),
+                        number(r.accuracy(), 4), std::to_string(r.total.tokens),
+                        std::to_string(r.documents), number(r.tokens_per_second(), 0)});
       }
       report["variants"].push_back(entry);
     }
     if (results.front().result.total.tokens == 0)
-      throw Error("--data " + data + ": no target token counts in any sample (every position is padding or masked)");
+      throw Error("--data " + data +
+                  ": no target token counts in any sample (every position is padding or masked)");
     std::cout << data_description << "\n";
     if (task == "lambada")
       print_table({"variant", "accuracy", "perplexity", "documents", "tokens/s"}, rows);
     else
-      print_table({"variant", "loss", "perplexity", "accuracy", "tokens", "documents", "tokens/s"}, rows);
+      print_table({"variant", "loss", "perplexity", "accuracy", "tokens", "documents", "tokens/s"},
+                  rows);
     if (vm.count("json")) write_text_file(vm["json"].as<std::string>(), report.dump(2) + "\n");
     return 0;
   };

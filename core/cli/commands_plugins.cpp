@@ -4,6 +4,8 @@
 
 #include "cli/command.hpp"
 #include "host/plugin_registry.hpp"
+#include "peftkit/dataset.hpp"
+#include "peftkit/peft_method.hpp"
 
 namespace peftkit::cli {
 
@@ -11,7 +13,9 @@ Command plugins_command() {
   Command command;
   command.name = "plugins";
   command.usage = "peftkit plugins [--plugin-dir DIR]...";
-  command.summary = "list the plugins found, with kind, version and ABI status";
+  command.summary =
+      "list the plugins found, with kind, version, ABI status, and the formats they import and "
+      "write";
   command.describe = [](po::options_description& options, po::positional_options_description&) {
     options.add_options()("paths", "also print the folders searched");
   };
@@ -29,7 +33,21 @@ Command plugins_command() {
       std::printf("%-10s %-16s %-9s %-8s %s\n", kind.c_str(), name.c_str(),
                   r.version.empty() ? "-" : r.version.c_str(), r.usable() ? "ok" : "refused",
                   r.description.c_str());
-      if (!r.usable()) std::printf("           %s: %s\n", r.file.c_str(), r.refusal.c_str());
+      if (!r.usable()) {
+        std::printf("           %s: %s\n", r.file.c_str(), r.refusal.c_str());
+        continue;
+      }
+      // What each plugin reads and writes besides its recipe table (SDK 2.2 plugins only).
+      if (r.api_minor < 2) continue;
+      if (r.kind == PluginKind::kPeft) {
+        const auto plugin = registry.get<PeftPlugin>(r.name);
+        for (const auto& format : plugin->import_formats())
+          std::printf("           imports %s: %s\n", format.name.c_str(),
+                      format.description.c_str());
+      } else if (r.kind == PluginKind::kDataset) {
+        const std::string writes = registry.get<DatasetPlugin>(r.name)->writer_description();
+        if (!writes.empty()) std::printf("           writes: %s\n", writes.c_str());
+      }
     }
     if (records.empty()) std::printf("(no plugins found)\n");
     std::printf("host ABI: %s\n", std::string(host::host_abi_tag()).c_str());

@@ -15,7 +15,8 @@ void add_set_option(po::options_description& options) {
 std::vector<host::Override> set_overrides(const po::variables_map& vm) {
   std::vector<host::Override> overrides;
   if (vm.count("set"))
-    for (const auto& text : vm["set"].as<std::vector<std::string>>()) overrides.push_back(host::parse_override(text));
+    for (const auto& text : vm["set"].as<std::vector<std::string>>())
+      overrides.push_back(host::parse_override(text));
   return overrides;
 }
 
@@ -36,7 +37,8 @@ Command recipe_command() {
     if (action != "show" && action != "check")
       throw Error("peftkit recipe: expected the action 'show' or 'check', found '" + action + "'");
     const std::vector<host::Override> overrides = set_overrides(vm);
-    const auto registry = host::PluginRegistry::discover(host::plugin_search_path(common.plugin_dirs));
+    const auto registry =
+        host::PluginRegistry::discover(host::plugin_search_path(common.plugin_dirs));
     const std::string file = vm["file"].as<std::string>();
     const host::Recipe recipe = host::load_recipe(file, overrides, registry);
     if (action == "show")

@@ -9,8 +9,9 @@ namespace {
 
 // Single-quoted for a POSIX shell unless the text needs no quoting.
 std::string shell_quote(const std::string& text) {
-  if (!text.empty() && text.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-                                              "_-./=:,+@%") == std::string::npos)
+  if (!text.empty() &&
+      text.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                             "_-./=:,+@%") == std::string::npos)
     return text;
   std::string quoted = "'";
   for (char c : text) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
@@ -24,7 +25,8 @@ Command train_command() {
   command.name = "train";
   command.usage = "peftkit train RECIPE [--set SECTION.KEY=VALUE]... [--resume]";
   command.summary = "train as the recipe says; Ctrl-C checkpoints, --resume continues";
-  command.describe = [](po::options_description& options, po::positional_options_description& positionals) {
+  command.describe = [](po::options_description& options,
+                        po::positional_options_description& positionals) {
     options.add_options()("recipe", po::value<std::string>()->required(), "the TOML recipe")(
         "resume", "continue from the latest checkpoint in the output dir (it must exist)");
     add_set_option(options);
@@ -32,13 +34,17 @@ Command train_command() {
   };
   command.run = [](const po::variables_map& vm, const CommonOptions& common) {
     const std::vector<host::Override> overrides = set_overrides(vm);
-    const auto registry = host::PluginRegistry::discover(host::plugin_search_path(common.plugin_dirs));
-    const host::Recipe recipe = host::load_recipe(vm["recipe"].as<std::string>(), overrides, registry);
+    const auto registry =
+        host::PluginRegistry::discover(host::plugin_search_path(common.plugin_dirs));
+    const host::Recipe recipe =
+        host::load_recipe(vm["recipe"].as<std::string>(), overrides, registry);
     // The command that continues the run: the same recipe and overrides, plus --resume.
     std::string resume_command = "peftkit train " + shell_quote(vm["recipe"].as<std::string>());
     if (vm.count("set"))
-      for (const auto& text : vm["set"].as<std::vector<std::string>>()) resume_command += " --set " + shell_quote(text);
-    for (const auto& dir : common.plugin_dirs) resume_command += " --plugin-dir " + shell_quote(dir);
+      for (const auto& text : vm["set"].as<std::vector<std::string>>())
+        resume_command += " --set " + shell_quote(text);
+    for (const auto& dir : common.plugin_dirs)
+      resume_command += " --plugin-dir " + shell_quote(dir);
     resume_command += " --resume";
     Trainer trainer(recipe, registry, TrainFlags{vm.count("resume") > 0, resume_command});
     return trainer.run();

@@ -1,11 +1,11 @@
 // peftkit: the command-line host.
 //   peftkit <command> [options]      peftkit --help | --version
+#include <torch/version.h>
+
 #include <filesystem>
 #include <iostream>
 #include <string>
 #include <vector>
-
-#include <torch/version.h>
 
 #include "cli/command.hpp"
 #include "host/plugin_registry.hpp"
@@ -19,9 +19,9 @@ namespace {
 constexpr int kUsageError = 2;
 
 std::vector<Command> all_commands() {
-  return {plugins_command(), recipe_command(),  init_model_command(), inspect_command(),
-          generate_command(), chat_command(),   eval_command(),       train_command(),
-          compare_command(),  convert_command(), merge_command(),     export_command()};
+  return {plugins_command(),  recipe_command(),  init_model_command(), inspect_command(),
+          generate_command(), chat_command(),    eval_command(),       train_command(),
+          compare_command(),  convert_command(), merge_command(),      export_command()};
 }
 
 void print_help(const std::vector<Command>& commands) {
@@ -31,9 +31,11 @@ void print_help(const std::vector<Command>& commands) {
                "       peftkit <command> --help\n"
                "       peftkit --version\n\nCommands:\n";
   for (const auto& command : commands)
-    std::cout << "  " << command.name << std::string(12 - std::min<size_t>(11, command.name.size()), ' ')
-              << command.summary << "\n";
-  std::cout << "\nCommon options: --log-level LEVEL, --plugin-dir DIR (see `peftkit <command> --help`)\n";
+    std::cout << "  " << command.name
+              << std::string(12 - std::min<size_t>(11, command.name.size()), ' ') << command.summary
+              << "\n";
+  std::cout
+      << "\nCommon options: --log-level LEVEL, --plugin-dir DIR (see `peftkit <command> --help`)\n";
 }
 
 void add_common_options(po::options_description& options, CommonOptions& common) {
@@ -44,7 +46,27 @@ void add_common_options(po::options_description& options, CommonOptions& common)
       "also load plugins from this folder (repeatable; PEFTKIT_PLUGIN_PATH adds more)");
 }
 
+// The --plugin-dir values of a command line, read before its options are described.
+std::vector<std::filesystem::path> plugin_dirs_of(int argc, char** argv) {
+  std::vector<std::filesystem::path> dirs;
+  for (int i = 0; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--plugin-dir" && i + 1 < argc)
+      dirs.emplace_back(argv[++i]);
+    else if (arg.rfind("--plugin-dir=", 0) == 0)
+      dirs.emplace_back(arg.substr(13));
+  }
+  return dirs;
+}
+
 int run_command(const Command& command, int argc, char** argv) {
+  if (command.takes_adapters) {
+    log::set_level(log::Level::kError);  // the command discovers the plugins again and reports them
+    set_method_aliases(
+        host::PluginRegistry::discover(host::plugin_search_path(plugin_dirs_of(argc, argv)))
+            .available(PluginKind::kPeft));
+    log::set_level(log::Level::kInfo);
+  }
   CommonOptions common;
   po::options_description options("Options");
   po::positional_options_description positionals;
@@ -52,7 +74,8 @@ int run_command(const Command& command, int argc, char** argv) {
   command.describe(options, positionals);
   po::variables_map vm;
   try {
-    po::store(po::command_line_parser(argc, argv).options(options).positional(positionals).run(), vm);
+    po::store(po::command_line_parser(argc, argv).options(options).positional(positionals).run(),
+              vm);
     if (vm.count("help")) {
       std::cout << "Usage: " << command.usage << "\n" << command.summary << "\n\n" << options;
       return 0;
@@ -104,7 +127,8 @@ int main(int argc, char** argv) {
   } catch (const std::filesystem::filesystem_error& e) {
     // A folder or file the system refused (permissions, a file where a folder should be, a full
     // disk): the user's to fix, named with the system's reason.
-    std::cerr << "error: " << e.path1().string() << (e.path2().empty() ? "" : " -> " + e.path2().string()) << ": "
+    std::cerr << "error: " << e.path1().string()
+              << (e.path2().empty() ? "" : " -> " + e.path2().string()) << ": "
               << e.code().message() << "\n";
     return 1;
   } catch (const std::exception& e) {

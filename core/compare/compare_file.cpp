@@ -14,41 +14,49 @@ namespace {
 
 constexpr size_t kMaxCompareFileBytes = 1 << 20;
 constexpr int64_t kMaxInt = std::numeric_limits<int32_t>::max();
-const std::vector<std::string> kSections = {"compare", "budget", "generation", "model", "data", "train", "run"};
+const std::vector<std::string> kSections = {"compare", "budget", "generation", "model",
+                                            "data",    "train",  "run"};
 const std::vector<std::string> kRunKeys = {"name", "peft", "quant", "train"};
 
 OptionSchema compare_schema() {
   return OptionSchema()
-      .add_path("output", "compare-out", "folder of the runs and the report (relative to this file)")
-      .add_string("device", "auto", "\"auto\" (CUDA when present), \"cpu\", \"cuda\" or \"cuda:N\", for every run")
+      .add_path("output", "compare-out",
+                "folder of the runs and the report (relative to this file)")
+      .add_string("device", "auto",
+                  "\"auto\" (CUDA when present), \"cpu\", \"cuda\" or \"cuda:N\", for every run")
       .add_int("threads", 0, "CPU threads for tensor math (0: all cores)", 0, 1024);
 }
 
 OptionSchema budget_schema() {
   return OptionSchema()
       .add_int("steps", 0, "optimizer steps of every run", 0, kMaxInt)
-      .add_int("tokens", 0, "or: positions every run is fed (micro_bsz x accumulate_grad_batches x ctx_len per step)",
-               0, std::numeric_limits<int64_t>::max())
-      .add_int("evaluations", 4, "evaluations of each run during training, besides the one before it", 1, 1000);
+      .add_int(
+          "tokens", 0,
+          "or: positions every run is fed (micro_bsz x accumulate_grad_batches x ctx_len per step)",
+          0, std::numeric_limits<int64_t>::max())
+      .add_int("evaluations", 4,
+               "evaluations of each run during training, besides the one before it", 1, 1000);
 }
 
 OptionSchema generation_schema() {
   return OptionSchema()
-      .add_string_list("prompts", {}, "texts every variant continues with greedy decoding, for the report")
+      .add_string_list("prompts", {},
+                       "texts every variant continues with greedy decoding, for the report")
       .add_int("max_tokens", 64, "tokens per sample generation at most", 1, 4096);
 }
 
 // Keys the budget sets in every run's recipe.
 const std::vector<std::pair<std::string, std::string>> kBudgetKeys = {
-    {"train", "epoch_steps"}, {"train", "epoch_count"}, {"train", "epoch_begin"}, {"train", "epoch_save"},
-    {"train", "resume"},      {"data", "eval_every"},   {"data", "eval_at_start"}};
+    {"train", "epoch_steps"}, {"train", "epoch_count"}, {"train", "epoch_begin"},
+    {"train", "epoch_save"},  {"train", "resume"},      {"data", "eval_every"},
+    {"data", "eval_at_start"}};
 
 const toml::table* table_at(const toml::table& root, std::string_view key, const fs::path& file) {
   const toml::node* node = root.get(key);
   if (!node) return nullptr;
   if (!node->is_table())
-    throw Error(location_of(file, node->source()) + ": '" + std::string(key) + "' must be a table [" +
-                std::string(key) + "]");
+    throw Error(location_of(file, node->source()) + ": '" + std::string(key) +
+                "' must be a table [" + std::string(key) + "]");
   return node->as_table();
 }
 
@@ -56,9 +64,12 @@ void check_sections(const toml::table& root, const fs::path& file) {
   for (auto&& [key, node] : root) {
     const std::string name(key.str());
     if (std::find(kSections.begin(), kSections.end(), name) == kSections.end()) {
-      std::string message = location_of(file, key.source()) + ": unknown section [" + name + "] in a compare file";
-      if (const std::string s = closest_match(name, kSections); !s.empty()) message += "; did you mean [" + s + "]?";
-      throw Error(message + " (sections: compare, budget, generation, model, data, train, [[run]])");
+      std::string message =
+          location_of(file, key.source()) + ": unknown section [" + name + "] in a compare file";
+      if (const std::string s = closest_match(name, kSections); !s.empty())
+        message += "; did you mean [" + s + "]?";
+      throw Error(message +
+                  " (sections: compare, budget, generation, model, data, train, [[run]])");
     }
   }
   for (const auto& [section, key] : kBudgetKeys)
@@ -67,10 +78,13 @@ void check_sections(const toml::table& root, const fs::path& file) {
                   " is set by [budget] in a compare file; remove it");
   const toml::node* runs = root.get("run");
   if (runs && runs->is_table())
-    throw Error(location_of(file, runs->source()) + ": in a compare file [[run]] lists the runs; device and threads "
+    throw Error(location_of(file, runs->source()) +
+                ": in a compare file [[run]] lists the runs; device and threads "
                 "go in [compare]");
   if (!runs || !runs->is_array_of_tables() || runs->as_array()->empty())
-    throw Error(file.string() + ": a compare file needs at least one [[run]] table (name = \"...\" and [run.peft])");
+    throw Error(
+        file.string() +
+        ": a compare file needs at least one [[run]] table (name = \"...\" and [run.peft])");
 }
 
 // The [[run]] tables, their keys checked.
@@ -82,8 +96,10 @@ std::vector<const toml::table*> run_tables(const toml::table& root, const fs::pa
     for (auto&& [key, value] : run) {
       const std::string name(key.str());
       if (std::find(kRunKeys.begin(), kRunKeys.end(), name) == kRunKeys.end()) {
-        std::string message = location_of(file, key.source()) + ": unknown key '" + name + "' in [[run]]";
-        if (const std::string s = closest_match(name, kRunKeys); !s.empty()) message += "; did you mean '" + s + "'?";
+        std::string message =
+            location_of(file, key.source()) + ": unknown key '" + name + "' in [[run]]";
+        if (const std::string s = closest_match(name, kRunKeys); !s.empty())
+          message += "; did you mean '" + s + "'?";
         throw Error(message + " (valid keys: name, peft, quant, train)");
       }
       if (name != "name" && !value.is_table())
@@ -94,15 +110,22 @@ std::vector<const toml::table*> run_tables(const toml::table& root, const fs::pa
     if (!name)
       throw Error(location_of(file, (name_node ? name_node : &run)->source()) +
                   ": every [[run]] needs name = \"...\" (a string)");
-    if (name->empty() || name->size() > 64 || name->find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") != std::string::npos ||
+    if (name->empty() || name->size() > 64 ||
+        name->find_first_not_of(
+            "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") !=
+            std::string::npos ||
         (*name)[0] == '.')
       throw Error(location_of(file, name_node->source()) + ": run name '" + *name +
-                  "' must be 1-64 letters, digits, '_', '-' or '.' (it names a folder), not starting with '.'");
-    if (*name == "base") throw Error(location_of(file, name_node->source()) + ": 'base' names the base model in the report; choose another run name");
+                  "' must be 1-64 letters, digits, '_', '-' or '.' (it names a folder), not "
+                  "starting with '.'");
+    if (*name == "base")
+      throw Error(location_of(file, name_node->source()) +
+                  ": 'base' names the base model in the report; choose another run name");
     if (!names.insert(*name).second)
       throw Error(location_of(file, name_node->source()) + ": a second run named '" + *name + "'");
     if (!run.get("peft"))
-      throw Error(location_of(file, run.source()) + ": run '" + *name + "' needs a [run.peft] table (method = ...)");
+      throw Error(location_of(file, run.source()) + ": run '" + *name +
+                  "' needs a [run.peft] table (method = ...)");
     out.push_back(&run);
   }
   return out;
@@ -147,13 +170,15 @@ toml::table recipe_tree(toml::table doc, int index, const Options& compare, cons
       toml::table& train = *tree.get_as<toml::table>("train");
       for (auto&& [key, value] : *overrides) {
         if (value.is_table())
-          throw Error(location_of(file, value.source()) + ": [run.train." + std::string(key.str()) + "]: [train] has no sub-tables");
+          throw Error(location_of(file, value.source()) + ": [run.train." + std::string(key.str()) +
+                      "]: [train] has no sub-tables");
         for (const auto& [section, budget_key] : kBudgetKeys)
           if (section == "train" && key.str() == budget_key)
             throw Error(location_of(file, value.source()) + ": [run.train] " + budget_key +
                         " is set by [budget] in a compare file; remove it");
       }
-      for (auto it = overrides->begin(); it != overrides->end(); ++it) train.insert_or_assign(it->first, std::move(it->second));
+      for (auto it = overrides->begin(); it != overrides->end(); ++it)
+        train.insert_or_assign(it->first, std::move(it->second));
     }
   } else {
     tree.insert("peft", toml::table{{"method", "none"}});
@@ -166,7 +191,8 @@ toml::table recipe_tree(toml::table doc, int index, const Options& compare, cons
   toml::table& data = *tree.get_as<toml::table>("data");
   data.insert_or_assign("eval_at_start", true);
   tree.insert("output", toml::table{{"dir", output.string()}});
-  tree.insert("run", toml::table{{"device", compare.get_string("device")}, {"threads", compare.get_int("threads")}});
+  tree.insert("run", toml::table{{"device", compare.get_string("device")},
+                                 {"threads", compare.get_int("threads")}});
   return tree;
 }
 
@@ -184,37 +210,51 @@ CompareFile load_compare_file(const fs::path& file, const PluginRegistry& plugin
   check_sections(root, file);
   CompareFile out;
   out.file = file;
-  const Options compare = validate_table(table_at(root, "compare", file), "compare", compare_schema(), file);
-  const Options budget = validate_table(table_at(root, "budget", file), "budget", budget_schema(), file);
-  const Options generation = validate_table(table_at(root, "generation", file), "generation", generation_schema(), file);
-  out.output_dir = fs::absolute(file.parent_path() / compare.get_string("output")).lexically_normal();
+  const Options compare =
+      validate_table(table_at(root, "compare", file), "compare", compare_schema(), file);
+  const Options budget =
+      validate_table(table_at(root, "budget", file), "budget", budget_schema(), file);
+  const Options generation =
+      validate_table(table_at(root, "generation", file), "generation", generation_schema(), file);
+  out.output_dir =
+      fs::absolute(file.parent_path() / compare.get_string("output")).lexically_normal();
   out.budget_steps = budget.get_int("steps");
   out.budget_tokens = budget.get_int("tokens");
   if ((out.budget_steps > 0) == (out.budget_tokens > 0))
-    throw Error(location_of(file, table_at(root, "budget", file) ? table_at(root, "budget", file)->source()
-                                                                 : root.source()) +
+    throw Error(location_of(file, table_at(root, "budget", file)
+                                      ? table_at(root, "budget", file)->source()
+                                      : root.source()) +
                 ": [budget] needs exactly one of steps = N or tokens = N");
   out.prompts = generation.get_string_list("prompts");
   out.max_tokens = generation.get_int("max_tokens");
   const std::vector<const toml::table*> runs = run_tables(root, file);
   const int64_t evaluations = budget.get_int("evaluations");
 
-  out.base = recipe_from_tree(recipe_tree(parse(), -1, compare, out.output_dir / "base", file), file, {}, plugins);
-  if (out.base.data.get_string("eval_file").empty() && out.base.data.get_float("eval_fraction") <= 0)
-    throw out.base.data.error("eval_file", "a compare evaluates every run on held-out data: set [data] eval_file "
-                                           "or eval_fraction");
+  out.base = recipe_from_tree(recipe_tree(parse(), -1, compare, out.output_dir / "base", file),
+                              file, {}, plugins);
+  if (out.base.data.get_string("eval_file").empty() &&
+      out.base.data.get_float("eval_fraction") <= 0)
+    throw out.base.data.error(
+        "eval_file",
+        "a compare evaluates every run on held-out data: set [data] eval_file "
+        "or eval_fraction");
   for (size_t i = 0; i < runs.size(); ++i) {
     const std::string name = *runs[i]->get("name")->value_exact<std::string>();
-    CompareRun run{name, recipe_from_tree(recipe_tree(parse(), static_cast<int>(i), compare, run_folder(out, name), file),
+    CompareRun run{name, recipe_from_tree(recipe_tree(parse(), static_cast<int>(i), compare,
+                                                      run_folder(out, name), file),
                                           file, {}, plugins)};
     if (run.recipe.peft_methods.empty() && run.recipe.peft.get_string_list("train_parts").empty())
-      throw run.recipe.peft.error("method", "run '" + name + "' trains no PEFT method (a full fine-tune is not "
-                                            "a parameter-efficient variant to compare)");
+      throw run.recipe.peft.error("method", "run '" + name +
+                                                "' trains no PEFT method (a full fine-tune is not "
+                                                "a parameter-efficient variant to compare)");
     const Options& train = run.recipe.train;
-    const int64_t per_step = train.get_int("micro_bsz") * train.get_int("accumulate_grad_batches") * train.get_int("ctx_len");
-    run.steps = out.budget_steps > 0 ? out.budget_steps : (out.budget_tokens + per_step - 1) / per_step;
+    const int64_t per_step = train.get_int("micro_bsz") * train.get_int("accumulate_grad_batches") *
+                             train.get_int("ctx_len");
+    run.steps =
+        out.budget_steps > 0 ? out.budget_steps : (out.budget_tokens + per_step - 1) / per_step;
     run.recipe.train.set("epoch_steps", run.steps, OptionSource::kRecipe, "[budget]");
-    run.recipe.data.set("eval_every", std::max<int64_t>(1, run.steps / evaluations), OptionSource::kRecipe, "[budget]");
+    run.recipe.data.set("eval_every", std::max<int64_t>(1, run.steps / evaluations),
+                        OptionSource::kRecipe, "[budget]");
     out.runs.push_back(std::move(run));
   }
   return out;

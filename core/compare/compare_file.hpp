@@ -5,7 +5,8 @@
 //   [budget]     steps = 40               # or tokens = 200000 (positions fed: micro_bsz x
 //                evaluations = 4          #  accumulate_grad_batches x ctx_len per step)
 //   [generation] prompts = ["User: Hi\n\nAssistant:"]   max_tokens = 48
-//   [model] / [data] / [train]            # as in a recipe ([data] needs eval_file or eval_fraction)
+//   [model] / [data] / [train]            # as in a recipe ([data] needs eval_file or
+//   eval_fraction)
 //   [[run]]      name = "state"
 //   [run.peft]   method = "state"         # [run.peft.state], [run.quant], [run.train] overrides
 //

@@ -4,12 +4,12 @@
 //
 // report.json: {"variants": [{"name": "base", "kind": "base", "eval": {...}, "generations": [...]},
 //               {"name": "lora", "kind": "run", "methods": [...], "trainable_parameters": N, ...,
-//                "curves": {"train": [[tokens, loss], ...], "eval": [[tokens, loss], ...]}}, ...], ...}
+//                "curves": {"train": [[tokens, loss], ...], "eval": [[tokens, loss], ...]}}, ...],
+//                ...}
 #pragma once
 
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 namespace peftkit::host {
 

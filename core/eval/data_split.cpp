@@ -4,8 +4,8 @@
 
 namespace peftkit {
 
-DataSplit open_data_split(const host::Recipe& recipe, const host::PluginRegistry& plugins, int64_t vocab_size,
-                          const Tokenizer* tokenizer) {
+DataSplit open_data_split(const host::Recipe& recipe, const host::PluginRegistry& plugins,
+                          int64_t vocab_size, const Tokenizer* tokenizer) {
   const auto plugin = plugins.get<DatasetPlugin>(recipe.dataset->plugin);
   auto open = [&](const std::filesystem::path& path) {
     DatasetSource source{path, recipe.train.get_int("ctx_len"), vocab_size,
@@ -25,9 +25,11 @@ DataSplit open_data_split(const host::Recipe& recipe, const host::PluginRegistry
   } else if (eval_fraction > 0) {
     // The last samples are held out.
     const int64_t size = split.train->size();
-    const int64_t held_out = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(eval_fraction * static_cast<double>(size))));
+    const int64_t held_out = std::max<int64_t>(
+        1, static_cast<int64_t>(std::ceil(eval_fraction * static_cast<double>(size))));
     if (held_out >= size)
-      throw recipe.data.error("eval_fraction", "leaves no training samples (" + std::to_string(size) + " in all)");
+      throw recipe.data.error("eval_fraction",
+                              "leaves no training samples (" + std::to_string(size) + " in all)");
     split.eval = split.train;
     split.train_range = {0, size - held_out};
     split.eval_range = {size - held_out, size};

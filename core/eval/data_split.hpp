@@ -20,7 +20,7 @@ struct DataSplit {
 
 // [data] path, and eval_file or the last eval_fraction of path's samples held out; with
 // [train] ctx_len and seed. Errors name the recipe key.
-DataSplit open_data_split(const host::Recipe& recipe, const host::PluginRegistry& plugins, int64_t vocab_size,
-                          const Tokenizer* tokenizer);
+DataSplit open_data_split(const host::Recipe& recipe, const host::PluginRegistry& plugins,
+                          int64_t vocab_size, const Tokenizer* tokenizer);
 
 }  // namespace peftkit

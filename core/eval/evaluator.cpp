@@ -29,7 +29,8 @@ class EvalModeScope {
 }  // namespace
 
 double EvalResult::loss() const {
-  return total.tokens > 0 ? total.nll_sum / static_cast<double>(total.tokens) : std::numeric_limits<double>::quiet_NaN();
+  return total.tokens > 0 ? total.nll_sum / static_cast<double>(total.tokens)
+                          : std::numeric_limits<double>::quiet_NaN();
 }
 double EvalResult::perplexity() const { return std::exp(loss()); }
 double EvalResult::accuracy() const {
@@ -40,8 +41,9 @@ double EvalResult::tokens_per_second() const {
   return seconds > 0 ? static_cast<double>(total.tokens) / seconds : 0.0;
 }
 
-EvalResult evaluate(Rwkv7Model& model, const Dataset& data, SampleRange range, const EvalSettings& settings,
-                    bool keep_per_sample, const EvalProgress& progress) {
+EvalResult evaluate(Rwkv7Model& model, const Dataset& data, SampleRange range,
+                    const EvalSettings& settings, bool keep_per_sample,
+                    const EvalProgress& progress) {
   at::NoGradGuard no_grad;
   EvalModeScope eval_mode(model);
   const auto started = std::chrono::steady_clock::now();
@@ -49,7 +51,8 @@ EvalResult evaluate(Rwkv7Model& model, const Dataset& data, SampleRange range, c
   EvalResult result;
   for (int64_t first = range.begin; first < range.end; first += settings.micro_bsz) {
     std::vector<Sample> samples;
-    for (int64_t i = first; i < std::min(range.end, first + settings.micro_bsz); ++i) samples.push_back(data.sample(i));
+    for (int64_t i = first; i < std::min(range.end, first + settings.micro_bsz); ++i)
+      samples.push_back(data.sample(i));
     const auto [inputs, targets] = pad_batch(samples, settings.ctx_len);
     const int64_t batch = inputs.size(0), length = inputs.size(1);
     const int64_t segment = settings.chunk_ctx > 0 ? settings.chunk_ctx : length;
@@ -66,13 +69,16 @@ EvalResult evaluate(Rwkv7Model& model, const Dataset& data, SampleRange range, c
       if (rows.numel() == 0) continue;
       const at::Tensor owner = at::floor_divide(rows, width);  // the sample of each row
       const at::Tensor labels = labels_all.index_select(0, rows).to(device);
-      const at::Tensor flat = hidden.reshape({-1, hidden.size(-1)}).index_select(0, rows.to(device));
+      const at::Tensor flat =
+          hidden.reshape({-1, hidden.size(-1)}).index_select(0, rows.to(device));
       std::vector<at::Tensor> row_nll, row_correct;
       for (int64_t r = 0; r < flat.size(0); r += kRowsPerChunk) {
         const int64_t end = std::min(flat.size(0), r + kRowsPerChunk);
         const at::Tensor logits = model.head(flat.slice(0, r, end)).to(at::kFloat);
         const at::Tensor label = labels.slice(0, r, end);
-        row_nll.push_back((at::logsumexp(logits, -1) - logits.gather(1, label.unsqueeze(1)).squeeze(1)).to(at::kDouble));
+        row_nll.push_back(
+            (at::logsumexp(logits, -1) - logits.gather(1, label.unsqueeze(1)).squeeze(1))
+                .to(at::kDouble));
         row_correct.push_back((logits.argmax(-1) == label).to(at::kLong));
       }
       nll.index_add_(0, owner, at::cat(row_nll).cpu());
@@ -93,7 +99,8 @@ EvalResult evaluate(Rwkv7Model& model, const Dataset& data, SampleRange range, c
     result.samples += batch;
     if (progress) progress(result.samples, range.size());
   }
-  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  result.seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   return result;
 }
 

@@ -1,6 +1,6 @@
 // evaluator.hpp: a model's loss, perplexity and token accuracy on dataset samples: the one
-// evaluation that `peftkit train` (eval_loss in metrics.jsonl), `peftkit eval` and `peftkit compare`
-// all report.
+// evaluation that `peftkit train` (eval_loss in metrics.jsonl), `peftkit eval` and `peftkit
+// compare` all report.
 //
 // The loss is the mean negative log-likelihood over the targets that count (the targets training
 // counts: padding, masked prompts and chat turns of other roles are left out); the perplexity is
@@ -58,7 +58,8 @@ struct EvalResult {
 using EvalProgress = std::function<void(int64_t, int64_t)>;
 
 // Runs without autograd and with the model out of training mode (dropout off), restoring the mode.
-EvalResult evaluate(Rwkv7Model& model, const Dataset& data, SampleRange range, const EvalSettings& settings,
-                    bool keep_per_sample = false, const EvalProgress& progress = {});
+EvalResult evaluate(Rwkv7Model& model, const Dataset& data, SampleRange range,
+                    const EvalSettings& settings, bool keep_per_sample = false,
+                    const EvalProgress& progress = {});
 
 }  // namespace peftkit

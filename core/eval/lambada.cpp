@@ -27,7 +27,8 @@ class LambadaDataset final : public Dataset {
 
 }  // namespace
 
-std::unique_ptr<Dataset> open_lambada(const std::filesystem::path& file, const Tokenizer& tokenizer, int64_t vocab_size) {
+std::unique_ptr<Dataset> open_lambada(const std::filesystem::path& file, const Tokenizer& tokenizer,
+                                      int64_t vocab_size) {
   io::require_regular_file(file, "LAMBADA file");
   const std::string text = io::read_small_file(file, size_t{1} << 30, "LAMBADA file");
   std::vector<Sample> samples;
@@ -41,7 +42,8 @@ std::unique_ptr<Dataset> open_lambada(const std::filesystem::path& file, const T
     if (line.find_first_not_of(" \t\r") == std::string_view::npos) continue;
     const nlohmann::json json = io::parse_strict_json(line, kMaxLineDepth, where);
     if (!json.is_object() || !json.contains("text") || !json["text"].is_string())
-      throw Error(where + ": expected {\"text\": \"...\"}, found " + std::string(line.substr(0, 80)));
+      throw Error(where + ": expected {\"text\": \"...\"}, found " +
+                  std::string(line.substr(0, 80)));
     const std::string& document = json["text"].get_ref<const std::string&>();
     const size_t space = document.rfind(' ');
     if (space == std::string::npos || space + 1 == document.size())
@@ -54,15 +56,18 @@ std::unique_ptr<Dataset> open_lambada(const std::filesystem::path& file, const T
     sample.input_ids.insert(sample.input_ids.end(), target.begin(), target.end() - 1);
     sample.targets.assign(context.size() - 1, kIgnoreIndex);
     sample.targets.insert(sample.targets.end(), target.begin(), target.end());
-    for (const std::vector<int32_t>* ids : std::initializer_list<const std::vector<int32_t>*>{&context, &target})
+    for (const std::vector<int32_t>* ids :
+         std::initializer_list<const std::vector<int32_t>*>{&context, &target})
       for (int32_t id : *ids)
         if (vocab_size > 0 && id >= vocab_size)
-          throw Error(where + ": token " + std::to_string(id) + " is outside the model's vocabulary [0, " +
-                      std::to_string(vocab_size) + ")");
+          throw Error(where + ": token " + std::to_string(id) +
+                      " is outside the model's vocabulary [0, " + std::to_string(vocab_size) + ")");
     samples.push_back(std::move(sample));
   }
-  if (samples.empty()) throw Error(file.string() + ": no documents (expected one {\"text\": ...} per line)");
-  const std::string description = file.string() + ": " + std::to_string(samples.size()) + " LAMBADA documents";
+  if (samples.empty())
+    throw Error(file.string() + ": no documents (expected one {\"text\": ...} per line)");
+  const std::string description =
+      file.string() + ": " + std::to_string(samples.size()) + " LAMBADA documents";
   return std::make_unique<LambadaDataset>(std::move(samples), description);
 }
 

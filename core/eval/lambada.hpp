@@ -6,7 +6,8 @@
 // only the target's tokens count. Per document, its log-probability is the sum over its target
 // tokens, and it is correct when every target token is the argmax of its logits. Over N documents:
 //   accuracy   = correct documents / N
-//   perplexity = exp(-(sum of the documents' log-probabilities) / N)   (per document, not per token)
+//   perplexity = exp(-(sum of the documents' log-probabilities) / N)   (per document, not per
+//   token)
 #pragma once
 
 #include <filesystem>
@@ -20,7 +21,8 @@ namespace peftkit {
 
 // The documents as samples (targets counted on the last word only). Throws naming file:line for a
 // line that is not {"text": string} or has no space to split at, and for an empty file.
-std::unique_ptr<Dataset> open_lambada(const std::filesystem::path& file, const Tokenizer& tokenizer, int64_t vocab_size);
+std::unique_ptr<Dataset> open_lambada(const std::filesystem::path& file, const Tokenizer& tokenizer,
+                                      int64_t vocab_size);
 
 // Length of the longest document (what the evaluation's ctx_len must hold).
 int64_t longest_sample(const Dataset& data);

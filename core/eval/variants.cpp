@@ -8,11 +8,11 @@
 
 namespace peftkit {
 
-std::vector<VariantEvaluation> evaluate_variants(const std::filesystem::path& base, const std::vector<ModelVariant>& variants,
-                                                 const host::PluginRegistry& plugins, const ModelOptions& options,
-                                                 const OpenEvalData& open_data, const EvalSettings& settings,
-                                                 bool keep_per_sample, const VariantProgress& progress,
-                                                 const WithLoadedVariant& then) {
+std::vector<VariantEvaluation> evaluate_variants(
+    const std::filesystem::path& base, const std::vector<ModelVariant>& variants,
+    const host::PluginRegistry& plugins, const ModelOptions& options, const OpenEvalData& open_data,
+    const EvalSettings& settings, bool keep_per_sample, const VariantProgress& progress,
+    const WithLoadedVariant& then) {
   std::vector<VariantEvaluation> out;
   std::shared_ptr<Dataset> data;
   SampleRange range;
@@ -22,7 +22,8 @@ std::vector<VariantEvaluation> evaluate_variants(const std::filesystem::path& ba
     if (!data) std::tie(data, range) = open_data(loaded.model->config().vocab);
     EvalProgress on_batch;
     if (progress) on_batch = [&](int64_t done, int64_t all) { progress(variant.name, done, all); };
-    out.push_back({variant.name, evaluate(*loaded.model, *data, range, settings, keep_per_sample, on_batch)});
+    out.push_back(
+        {variant.name, evaluate(*loaded.model, *data, range, settings, keep_per_sample, on_batch)});
     if (then) then(v, *loaded.model);
   }
   return out;
@@ -31,8 +32,8 @@ std::vector<VariantEvaluation> evaluate_variants(const std::filesystem::path& ba
 VariantProgress terminal_progress(const std::string& what) {
   if (!::isatty(STDERR_FILENO)) return {};
   return [what](const std::string& name, int64_t done, int64_t all) {
-    std::fprintf(stderr, "\r%s %s: %lld/%lld samples\033[K", what.c_str(), name.c_str(), static_cast<long long>(done),
-                 static_cast<long long>(all));
+    std::fprintf(stderr, "\r%s %s: %lld/%lld samples\033[K", what.c_str(), name.c_str(),
+                 static_cast<long long>(done), static_cast<long long>(all));
     if (done == all) std::fprintf(stderr, "\r\033[K");
     std::fflush(stderr);
   };

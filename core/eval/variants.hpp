@@ -15,7 +15,7 @@
 namespace peftkit {
 
 struct ModelVariant {
-  std::string name;                        // "base", "out/lora/rwkv-1.pth", a compare run's name
+  std::string name;                          // "base", "out/lora/rwkv-1.pth", a compare run's name
   std::vector<host::SavedAdapter> adapters;  // mounted together; none: the base alone
 };
 
@@ -25,18 +25,19 @@ struct VariantEvaluation {
 };
 
 // The samples to evaluate, opened once the first model says its vocabulary size.
-using OpenEvalData = std::function<std::pair<std::shared_ptr<Dataset>, SampleRange>(int64_t vocab_size)>;
+using OpenEvalData =
+    std::function<std::pair<std::shared_ptr<Dataset>, SampleRange>(int64_t vocab_size)>;
 // Progress: variant name, samples done, samples in all.
 using VariantProgress = std::function<void(const std::string&, int64_t, int64_t)>;
 
 // Called with each variant's model once it is evaluated (compare generates from it).
 using WithLoadedVariant = std::function<void(size_t variant, Rwkv7Model& model)>;
 
-std::vector<VariantEvaluation> evaluate_variants(const std::filesystem::path& base, const std::vector<ModelVariant>& variants,
-                                                 const host::PluginRegistry& plugins, const ModelOptions& options,
-                                                 const OpenEvalData& open_data, const EvalSettings& settings,
-                                                 bool keep_per_sample, const VariantProgress& progress = {},
-                                                 const WithLoadedVariant& then = {});
+std::vector<VariantEvaluation> evaluate_variants(
+    const std::filesystem::path& base, const std::vector<ModelVariant>& variants,
+    const host::PluginRegistry& plugins, const ModelOptions& options, const OpenEvalData& open_data,
+    const EvalSettings& settings, bool keep_per_sample, const VariantProgress& progress = {},
+    const WithLoadedVariant& then = {});
 
 // A progress callback that redraws one line on stderr when it is a terminal (else does nothing).
 VariantProgress terminal_progress(const std::string& what);

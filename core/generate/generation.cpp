@@ -13,7 +13,11 @@ size_t complete_utf8_prefix(const std::string& bytes) {
   size_t i = 0, complete = 0;
   while (i < bytes.size()) {
     const auto c = static_cast<unsigned char>(bytes[i]);
-    const size_t length = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 1;
+    const size_t length = c < 0x80           ? 1
+                          : (c >> 5) == 0x6  ? 2
+                          : (c >> 4) == 0xE  ? 3
+                          : (c >> 3) == 0x1E ? 4
+                                             : 1;
     if (i + length > bytes.size()) break;
     i += length;
     complete = i;
@@ -28,10 +32,11 @@ std::string continue_text(Rwkv7Model& model, const WorldTokenizer& tokenizer, Rw
   if (prompt.empty()) throw Error("the prompt is empty");
   for (int32_t id : prompt)
     if (id < 0 || id >= model.config().vocab)
-      throw Error("the prompt's token " + std::to_string(id) + " is outside the model's vocabulary of " +
-                  std::to_string(model.config().vocab));
+      throw Error("the prompt's token " + std::to_string(id) +
+                  " is outside the model's vocabulary of " + std::to_string(model.config().vocab));
   Sampler sampler(settings.sampling, settings.seed);
-  at::Tensor last = model.forward(at::tensor(std::vector<int64_t>(prompt.begin(), prompt.end())).view({1, -1}), &state)[0][-1];
+  at::Tensor last = model.forward(
+      at::tensor(std::vector<int64_t>(prompt.begin(), prompt.end())).view({1, -1}), &state)[0][-1];
   std::string pending, text;
   auto emit = [&](size_t ready) {
     const std::string piece = pending.substr(0, ready);

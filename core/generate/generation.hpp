@@ -3,7 +3,8 @@
 //
 //   Rwkv7State state = model.initial_state(1);
 //   std::string text = continue_text(model, tokenizer, state, tokenizer.encode(prompt), settings,
-//                                    [](const std::string& piece) { std::cout << piece << std::flush; });
+//                                    [](const std::string& piece) { std::cout << piece <<
+//                                    std::flush; });
 #pragma once
 
 #include <cstdint>
@@ -21,8 +22,8 @@ struct GenerationSettings {
   SamplerSettings sampling;
   uint64_t seed = 0;
   int64_t max_tokens = 200;
-  bool stop_at_eos = true;           // stop at the end-of-text token 0 (false: never draw it)
-  bool stop_at_blank_line = false;   // stop once the text holds "\n\n"
+  bool stop_at_eos = true;          // stop at the end-of-text token 0 (false: never draw it)
+  bool stop_at_blank_line = false;  // stop once the text holds "\n\n"
 };
 
 // Reads `prompt` into `state`, then draws up to max_tokens tokens (the sampler's penalties start

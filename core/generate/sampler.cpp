@@ -26,7 +26,8 @@ at::Tensor Sampler::probabilities(const at::Tensor& logits_in) const {
   }
   auto [sorted, order] = at::sort(probs, -1, /*descending=*/true);
   if (settings_.top_p < 1.0) {
-    // The cutoff is the probability of the first sorted token where the cumulative sum reaches top_p.
+    // The cutoff is the probability of the first sorted token where the cumulative sum reaches
+    // top_p.
     at::Tensor cumulative = at::cumsum(sorted, -1);
     const int64_t index = (cumulative >= settings_.top_p).to(at::kInt).argmax().item<int64_t>();
     probs.masked_fill_(probs < sorted[index], 0.0);

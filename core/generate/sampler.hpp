@@ -5,21 +5,21 @@
 //   sampler.accept(token);                    // updates the penalties
 #pragma once
 
-#include <cstdint>
-#include <unordered_map>
-
 #include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <unordered_map>
 
 namespace peftkit {
 
 struct SamplerSettings {
-  double temperature = 1.0;        // 0: greedy
-  double top_p = 0.7;              // keep the smallest set of tokens whose probability reaches top_p
-  int64_t top_k = 100;             // 0: off
-  double presence_penalty = 0.25;  // subtracted once a token has occurred
-  double frequency_penalty = 0.25; // subtracted per (decayed) occurrence
-  double penalty_decay = 0.996;    // occurrence counts decay by this each step
+  double temperature = 1.0;  // 0: greedy
+  double top_p = 0.7;        // keep the smallest set of tokens whose probability reaches top_p
+  int64_t top_k = 100;       // 0: off
+  double presence_penalty = 0.25;   // subtracted once a token has occurred
+  double frequency_penalty = 0.25;  // subtracted per (decayed) occurrence
+  double penalty_decay = 0.996;     // occurrence counts decay by this each step
 };
 
 class Sampler {

@@ -1,12 +1,13 @@
-// adapters.hpp (host-internal): saved adapters mounted on a model, for `peftkit generate`, `merge`
-// and `export`, without re-running training.
+// adapters.hpp (host-internal): saved adapters mounted on a model, for `peftkit generate`, `merge`,
+// `export`, `eval` and `chat`, without re-running training.
 //
-// What `read_adapter` accepts:
-//   - a file written by `peftkit train` (rwkv-N.pth): its methods and their settings come from the
-//     recipe that run wrote into the same folder (recipe.toml), or from an explicit recipe;
-//   - without a recipe, the self-describing files: a LoRA .pth that stores lora.r and lora.alpha
-//     (peftkit's, or a PiSSA export as plain LoRA), and a state file (blocks.{i}.att.time_state);
-//   - an HF PEFT folder (adapter_config.json + adapter_model.safetensors) of type LORA or MISS.
+// The host knows no method: it reads the file (or HF PEFT folder) and asks. In order,
+//   1. the recipe the adapter was trained with (--recipe, or the recipe.toml beside the file);
+//   2. the record peftkit writes into every adapter it saves (kAdapterRecordKey: the methods with
+//      their options and metadata), so a file alone is enough;
+//   3. every PEFT plugin's recognise(), the way a backend registry asks each backend: RWKV-PEFT
+//      .pth files, HF PEFT folders, Ai00 states and older peftkit files are read by the plugin
+//      whose format they are.
 //
 //   SavedAdapter adapter = read_adapter("out/lora/rwkv-2.pth", {}, {}, registry);
 //   overlay_trained_weights(adapter, base);          // train_parts saved with the adapter
@@ -15,6 +16,7 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
@@ -28,35 +30,61 @@
 
 namespace peftkit::host {
 
+// SDK minor version that brought PeftPlugin::recognise.
+inline constexpr int kImportApiMinor = 2;
+
 struct SavedAdapter {
   std::string description;           // "out/lora/rwkv-2.pth (lora, from out/lora/recipe.toml)"
   TensorMap tensors;                 // in the methods' own layout
   std::vector<PluginTable> methods;  // in the order they were attached in training
+  // Parallel to methods: what each method's metadata() recorded; empty maps when not recorded.
+  std::vector<std::map<std::string, std::string>> method_metadata;
   std::shared_ptr<const Recipe> recipe;  // the recipe it was trained with, when known
 };
 
-// How a state file lays out its WKV states: RWKV-PEFT's value-major [H, N, N] (.pth files, and
-// what peftkit trains), or Ai00/web-rwkv's with the last two dimensions transposed (what
-// `export --format ai00` writes, recording it in the safetensors metadata). kAuto reads the
-// record, takes a .pth as RWKV-PEFT's and refuses a safetensors state that records nothing.
-enum class StateLayout { kAuto, kRwkvPeft, kAi00 };
-// "auto", "rwkv-peft" or "ai00" (the --state-layout option); throws naming the option otherwise.
-StateLayout parse_state_layout(const std::string& text);
+// What the user may say about adapter files on the command line; handed to the plugins as
+// SavedFile::hints (e.g. {"state-layout", "ai00"}) and to read_adapter.
+struct AdapterRequest {
+  std::filesystem::path path;
+  std::string expected_method;  // set by a method alias (--state FILE): the file must be one
+};
 
-// What a state file itself says of its layout: the recorded one, kRwkvPeft for a .pth (RWKV-PEFT's
-// own file), kAuto when it cannot be told (a safetensors file recording nothing); throws for a
-// recorded layout peftkit does not know.
-StateLayout recorded_state_layout(const TensorFile& file, const std::filesystem::path& path);
+// A file or HF PEFT folder as the plugins see it (SavedFile); throws naming the path.
+SavedFile read_saved_file(const std::filesystem::path& path,
+                          const std::map<std::string, std::string>& hints);
+
+// One plugin's part of a saved file.
+struct RecognisedPart {
+  std::string plugin;
+  Recognition recognition;
+};
+
+// What the PEFT plugins recognise in `file`, overlaps decided (the surer claim wins; equal claims
+// are an error naming the candidates). Ordered as the file's record lists the methods, else by
+// name.
+std::vector<RecognisedPart> recognise(const SavedFile& file, const PluginRegistry& plugins);
 
 // `recipe`: the recipe the adapter was trained with; empty to use the one beside it, if any.
-// `layout`: for a file that turns out to be a state file.
-SavedAdapter read_adapter(const std::filesystem::path& path, const std::optional<std::filesystem::path>& recipe,
+SavedAdapter read_adapter(const AdapterRequest& request,
+                          const std::optional<std::filesystem::path>& recipe,
                           const std::vector<Override>& overrides, const PluginRegistry& plugins,
-                          StateLayout layout = StateLayout::kAuto);
+                          const std::map<std::string, std::string>& hints = {});
+SavedAdapter read_adapter(const std::filesystem::path& path,
+                          const std::optional<std::filesystem::path>& recipe,
+                          const std::vector<Override>& overrides, const PluginRegistry& plugins);
 
-// A state file as an adapter of the state plugin, its states in RWKV-PEFT's layout.
-SavedAdapter read_state_adapter(const std::filesystem::path& path, const PluginRegistry& plugins,
-                                StateLayout layout = StateLayout::kAuto);
+// The record that makes an adapter file self-describing: {kAdapterRecordKey: JSON of every method's
+// plugin name, options (paths left out: they name the run's inputs) and metadata()}.
+std::map<std::string, std::string> adapter_record(
+    const std::vector<PluginTable>& tables,
+    const std::vector<std::shared_ptr<PeftMethod>>& methods);
+// The methods a record names, their options checked against the installed plugins' schemas.
+struct RecordedMethods {
+  std::vector<PluginTable> methods;
+  std::vector<std::map<std::string, std::string>> metadata;
+};
+RecordedMethods parse_adapter_record(const std::string& json, const std::string& where,
+                                     const PluginRegistry& plugins);
 
 // Tensors of the adapter that are base-model weights (trained with train_parts) replace the base's,
 // keeping the base's dtype. Returns how many were replaced.

@@ -26,7 +26,8 @@ c10::Device resolve_device(std::string_view text) {
   const c10::Device device = name == "cuda" ? c10::Device(c10::kCUDA, 0) : c10::Device(name);
   const int64_t count = at::getNumGPUs();
   if (device.index() >= count)
-    throw Error(name + ": this machine has " + std::to_string(count) + " CUDA device" + (count == 1 ? "" : "s"));
+    throw Error(name + ": this machine has " + std::to_string(count) + " CUDA device" +
+                (count == 1 ? "" : "s"));
   return device;
 }
 

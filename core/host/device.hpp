@@ -1,10 +1,10 @@
 // device.hpp (host-internal): the device names recipes and commands accept.
 #pragma once
 
+#include <c10/core/Device.h>
+
 #include <string>
 #include <string_view>
-
-#include <c10/core/Device.h>
 
 namespace peftkit::host {
 

@@ -18,8 +18,9 @@ LoadedModel load_model(const std::filesystem::path& base, const std::vector<Save
     q.cache_file.clear();  // read the run's pre-quantized base when it fits; never write one here
     if (quantization && (q.method != quantization->method || q.targets != quantization->targets ||
                          q.head != quantization->head || q.signature != quantization->signature))
-      throw Error(a.description + " was trained on a base quantized with " + q.method + ", " + quantized_by +
-                  " on one quantized with " + quantization->method + "; mount them separately");
+      throw Error(a.description + " was trained on a base quantized with " + q.method + ", " +
+                  quantized_by + " on one quantized with " + quantization->method +
+                  "; mount them separately");
     if (!quantization) {
       quantization = std::move(q);
       quantized_by = a.description;

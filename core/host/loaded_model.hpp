@@ -1,8 +1,8 @@
 // loaded_model.hpp (host-internal): a base model with saved adapters mounted, as the commands that
 // run a model use it (generate, eval, chat, compare).
 //
-//   LoadedModel m = load_model("base.pth", adapters_from(vm, registry), registry, {at::kBFloat16, device});
-//   m.model->forward(tokens);
+//   LoadedModel m = load_model("base.pth", adapters_from(vm, registry), registry, {at::kBFloat16,
+//   device}); m.model->forward(tokens);
 #pragma once
 
 #include <filesystem>

@@ -1,13 +1,12 @@
 #include "host/plugin_registry.hpp"
 
 #include <algorithm>
+#include <boost/dll/runtime_symbol_info.hpp>
+#include <boost/dll/shared_library.hpp>
 #include <cstddef>
 #include <cstdlib>
 #include <map>
 #include <set>
-
-#include <boost/dll/runtime_symbol_info.hpp>
-#include <boost/dll/shared_library.hpp>
 
 #include "peftkit/log.hpp"
 
@@ -45,7 +44,8 @@ bool valid_plugin_name(std::string_view name) {
 }
 
 bool valid_kind(uint32_t kind) {
-  return kind == PEFTKIT_KIND_PEFT || kind == PEFTKIT_KIND_DATASET || kind == PEFTKIT_KIND_QUANTIZER;
+  return kind == PEFTKIT_KIND_PEFT || kind == PEFTKIT_KIND_DATASET ||
+         kind == PEFTKIT_KIND_QUANTIZER;
 }
 
 std::string text_or_empty(const char* text) { return text ? std::string(text) : std::string(); }
@@ -54,7 +54,8 @@ std::string text_or_empty(const char* text) { return text ? std::string(text) : 
 std::shared_ptr<const Plugin> load_plugin(PluginRecord& record) {
   auto library = std::make_shared<boost::dll::shared_library>();
   try {
-    library->load(record.file, boost::dll::load_mode::rtld_lazy | boost::dll::load_mode::rtld_local);
+    library->load(record.file,
+                  boost::dll::load_mode::rtld_lazy | boost::dll::load_mode::rtld_local);
   } catch (const std::exception& e) {
     record.refusal = std::string("cannot be loaded: ") + e.what();
     return nullptr;
@@ -126,10 +127,9 @@ std::shared_ptr<const Plugin> load_plugin(PluginRecord& record) {
   // The deleter owns the library: it is unloaded only after the plugin object is destroyed, and
   // objects the plugin creates hold the plugin (keep_loaded).
   auto destroy = h->destroy;
-  return std::shared_ptr<const Plugin>(static_cast<Plugin*>(object),
-                                       [library, destroy](const Plugin* p) {
-                                         destroy(const_cast<Plugin*>(p));
-                                       });
+  return std::shared_ptr<const Plugin>(
+      static_cast<Plugin*>(object),
+      [library, destroy](const Plugin* p) { destroy(const_cast<Plugin*>(p)); });
 }
 
 }  // namespace
@@ -191,8 +191,7 @@ PluginRegistry PluginRegistry::discover(const std::vector<fs::path>& dirs) {
       PluginRecord record;
       record.file = file;
       auto plugin = load_plugin(record);
-      if (!record.usable())
-        log::warn("plugin " + file.string() + " refused: " + record.refusal);
+      if (!record.usable()) log::warn("plugin " + file.string() + " refused: " + record.refusal);
       registry.records_.push_back(std::move(record));
       registry.plugins_.push_back(std::move(plugin));
     }
@@ -217,6 +216,13 @@ std::vector<std::string> PluginRegistry::available(PluginKind kind) const {
     if (plugins_[i] && records_[i].kind == kind) names.push_back(records_[i].name);
   std::sort(names.begin(), names.end());
   return names;
+}
+
+int PluginRegistry::api_minor(PluginKind kind, std::string_view name) const {
+  for (size_t i = 0; i < records_.size(); ++i)
+    if (plugins_[i] && records_[i].kind == kind && records_[i].name == name)
+      return records_[i].api_minor;
+  return -1;
 }
 
 std::shared_ptr<const Plugin> PluginRegistry::find(PluginKind kind, std::string_view name) const {

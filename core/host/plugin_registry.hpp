@@ -13,6 +13,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "peftkit/plugin.hpp"
@@ -33,8 +34,8 @@ struct PluginRecord {
   bool usable() const { return refusal.empty(); }
 };
 
-// The folders searched, in order: <binary>/../lib/peftkit/plugins (build tree and installed layout),
-// then each --plugin-dir, then each entry of PEFTKIT_PLUGIN_PATH (colon-separated).
+// The folders searched, in order: <binary>/../lib/peftkit/plugins (build tree and installed
+// layout), then each --plugin-dir, then each entry of PEFTKIT_PLUGIN_PATH (colon-separated).
 std::vector<std::filesystem::path> plugin_search_path(
     const std::vector<std::filesystem::path>& cli_dirs);
 
@@ -59,6 +60,18 @@ class PluginRegistry {
   template <class T>
   std::shared_ptr<const T> get(std::string_view name) const {
     return std::static_pointer_cast<const T>(find(T::kKind, name));
+  }
+  // The SDK minor version a usable plugin was built against: functions added to an interface in a
+  // later minor version must not be called on it (its vtable ends before them).
+  int api_minor(PluginKind kind, std::string_view name) const;
+
+  // Every usable plugin of T's kind built against SDK minor `min_api_minor` or later, by name.
+  template <class T>
+  std::vector<std::pair<std::string, std::shared_ptr<const T>>> all(int min_api_minor) const {
+    std::vector<std::pair<std::string, std::shared_ptr<const T>>> out;
+    for (const auto& name : available(T::kKind))
+      if (api_minor(T::kKind, name) >= min_api_minor) out.emplace_back(name, get<T>(name));
+    return out;
   }
 
  private:

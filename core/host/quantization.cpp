@@ -16,7 +16,8 @@ namespace {
 constexpr const char* kSignatureKey = "peftkit.quantized_from";
 }
 
-QuantizedBase quantized_base(const Recipe& recipe, const PluginRegistry& plugins, const fs::path& model) {
+QuantizedBase quantized_base(const Recipe& recipe, const PluginRegistry& plugins,
+                             const fs::path& model) {
   QuantizedBase q;
   if (!recipe.quantizer) return q;
   auto plugin = plugins.get<QuantizerPlugin>(recipe.quantizer->plugin);
@@ -27,12 +28,14 @@ QuantizedBase quantized_base(const Recipe& recipe, const PluginRegistry& plugins
   std::ostringstream signature;
   std::error_code ec;
   struct stat info {};
-  const int64_t mtime_ns = ::stat(model.c_str(), &info) == 0
-                               ? static_cast<int64_t>(info.st_mtim.tv_sec) * 1'000'000'000 + info.st_mtim.tv_nsec
-                               : 0;  // nanoseconds since the Unix epoch, as `stat` shows them
-  signature << fs::absolute(model).lexically_normal().string() << ";size=" << fs::file_size(model, ec)
-            << ";mtime_ns=" << mtime_ns << ";method=" << q.method
-            << ";targets=" << format_option_value(q.targets) << ";head=" << q.head;
+  const int64_t mtime_ns =
+      ::stat(model.c_str(), &info) == 0
+          ? static_cast<int64_t>(info.st_mtim.tv_sec) * 1'000'000'000 + info.st_mtim.tv_nsec
+          : 0;  // nanoseconds since the Unix epoch, as `stat` shows them
+  signature << fs::absolute(model).lexically_normal().string()
+            << ";size=" << fs::file_size(model, ec) << ";mtime_ns=" << mtime_ns
+            << ";method=" << q.method << ";targets=" << format_option_value(q.targets)
+            << ";head=" << q.head;
   for (const auto& name : recipe.quantizer->options.names())
     signature << ";" << name << "=" << format_option_value(recipe.quantizer->options.get(name));
   q.signature = signature.str();
@@ -43,7 +46,8 @@ QuantizedBase quantized_base(const Recipe& recipe, const PluginRegistry& plugins
   TensorFile file = read_safetensors(q.cache_file);
   auto it = file.metadata.find(kSignatureKey);
   if (it == file.metadata.end() || it->second != q.signature) {
-    log::warn(q.cache_file.string() + " was quantized from another model or with other settings; quantizing again "
+    log::warn(q.cache_file.string() +
+              " was quantized from another model or with other settings; quantizing again "
               "and replacing it");
     return q;
   }
@@ -63,7 +67,8 @@ void QuantizedBase::apply(ModelOptions& options) const {
 void QuantizedBase::save_cache(const Rwkv7Model& model) const {
   if (!quantizer || cache_file.empty() || cache_loaded) return;
   TensorMap packed;
-  for (const auto& [name, tensor] : model.quantized_weights()) packed[name] = tensor.to(at::kCPU).contiguous();
+  for (const auto& [name, tensor] : model.quantized_weights())
+    packed[name] = tensor.to(at::kCPU).contiguous();
   write_safetensors(cache_file, packed, {{kSignatureKey, signature}});
   log::info("wrote the pre-quantized base " + cache_file.string());
 }

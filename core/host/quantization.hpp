@@ -25,8 +25,8 @@ struct QuantizedBase {
   std::vector<std::string> targets;
   bool head = false;
   std::filesystem::path cache_file;
-  std::string signature;  // what the packed weights depend on: model file, method, its settings
-  TensorMap prequantized; // the cache's tensors when it matched
+  std::string signature;   // what the packed weights depend on: model file, method, its settings
+  TensorMap prequantized;  // the cache's tensors when it matched
   bool cache_loaded = false;
 
   void apply(ModelOptions& options) const;
@@ -34,6 +34,7 @@ struct QuantizedBase {
   void save_cache(const Rwkv7Model& model) const;
 };
 
-QuantizedBase quantized_base(const Recipe& recipe, const PluginRegistry& plugins, const std::filesystem::path& model);
+QuantizedBase quantized_base(const Recipe& recipe, const PluginRegistry& plugins,
+                             const std::filesystem::path& model);
 
 }  // namespace peftkit::host

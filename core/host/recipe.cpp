@@ -1,16 +1,16 @@
 // Recipe parsing and validation. toml++ is used only in this file: plugins and the rest of the host
 // see resolved peftkit::Options.
 #include "host/recipe.hpp"
-#include "host/recipe_toml.hpp"
+
+#include <toml++/toml.h>
 
 #include <algorithm>
 #include <regex>
 #include <set>
 #include <sstream>
 
-#include <toml++/toml.h>
-
 #include "host/device.hpp"
+#include "host/recipe_toml.hpp"
 #include "io/mapped_file.hpp"
 
 namespace peftkit::host {
@@ -42,7 +42,8 @@ void check_toml_limits(std::string_view text, const std::string& where) {
   int dots = 0;
   int64_t line = 1;
   auto fail = [&](const std::string& what) {
-    throw Error(where + ":" + std::to_string(line) + ": " + what + "; peftkit refuses such recipes before parsing");
+    throw Error(where + ":" + std::to_string(line) + ": " + what +
+                "; peftkit refuses such recipes before parsing");
   };
   for (size_t i = 0; i < text.size(); ++i) {
     const char c = text[i];
@@ -50,7 +51,8 @@ void check_toml_limits(std::string_view text, const std::string& where) {
     if (c != ' ' && c != '\t') line_start = false;
     if (c == '"' || c == '\'') {
       const bool multi = text.substr(i, 3) == std::string(3, c);
-      const std::string_view close = multi ? std::string_view(c == '"' ? "\"\"\"" : "'''") : text.substr(i, 1);
+      const std::string_view close =
+          multi ? std::string_view(c == '"' ? "\"\"\"" : "'''") : text.substr(i, 1);
       size_t j = i + (multi ? 3 : 1);
       while (j < text.size() && text.substr(j, close.size()) != close) {
         if (c == '"' && text[j] == '\\') ++j;  // an escaped character never closes a basic string
@@ -68,7 +70,8 @@ void check_toml_limits(std::string_view text, const std::string& where) {
     } else if (c == '[' || c == '{') {
       if (open.size() >= static_cast<size_t>(kMaxTomlNesting))
         fail("arrays or tables nest deeper than " + std::to_string(kMaxTomlNesting) + " levels");
-      in_key = c == '{' || (was_line_start && open.empty()) || (!open.empty() && open.back() == '[' && in_key);
+      in_key = c == '{' || (was_line_start && open.empty()) ||
+               (!open.empty() && open.back() == '[' && in_key);
       open.push_back(c);
       dots = 0;
     } else if (c == ']' || c == '}') {
@@ -82,7 +85,8 @@ void check_toml_limits(std::string_view text, const std::string& where) {
       in_key = !open.empty() && open.back() == '{';
       dots = 0;
     } else if (c == '.' && in_key && ++dots >= kMaxTomlKeyParts) {
-      fail("a key or table name has more than " + std::to_string(kMaxTomlKeyParts) + " dotted parts");
+      fail("a key or table name has more than " + std::to_string(kMaxTomlKeyParts) +
+           " dotted parts");
     }
   }
 }
@@ -143,7 +147,8 @@ std::optional<OptionValue> convert(const OptionSpec& spec, const toml::node& nod
 }
 
 // Key paths set by --set, to report their origin.
-using OverrideSet = std::map<std::string, std::string>;  // "train.lr_init" -> "--set train.lr_init=..."
+using OverrideSet =
+    std::map<std::string, std::string>;  // "train.lr_init" -> "--set train.lr_init=..."
 
 std::string join_path(std::string_view table, std::string_view key) {
   return std::string(table) + "." + std::string(key);
@@ -186,7 +191,8 @@ class Problems {
     if (message.compare(0, file_.size() + 1, file_ + ":") != 0) return {0, 0};
     int64_t line = 0, column = 0;
     size_t i = file_.size() + 1;
-    for (; i < message.size() && std::isdigit(static_cast<unsigned char>(message[i])); ++i) line = line * 10 + (message[i] - '0');
+    for (; i < message.size() && std::isdigit(static_cast<unsigned char>(message[i])); ++i)
+      line = line * 10 + (message[i] - '0');
     if (i < message.size() && message[i] == ':')
       for (++i; i < message.size() && std::isdigit(static_cast<unsigned char>(message[i])); ++i)
         column = column * 10 + (message[i] - '0');
@@ -215,12 +221,14 @@ const std::map<std::string, std::string, std::less<>>& rwkv_peft_flags() {
       {"op", "the WKV kernels are chosen automatically ([train] kernel)"},
       {"fla", "the WKV kernels are chosen automatically ([train] kernel)"},
       {"wandb", "metrics go to <[output] dir>/metrics.jsonl"},
-      {"data_type", "the data format is [data] format (a dataset plugin: jsonl, binidx, numpy, ...)"},
+      {"data_type",
+       "the data format is [data] format (a dataset plugin: jsonl, binidx, numpy, ...)"},
       {"data_file", "the training data is [data] path"},
       {"load_model", "the base model is [model] path"},
       {"proj_dir", "the output folder is [output] dir"},
       {"train_type", "long samples train in state-carrying segments with [train] chunk_ctx"},
-      {"dataload", "the sample order is [data.<format>] order (\"random\", \"magic_prime\", \"sequential\")"},
+      {"dataload",
+       "the sample order is [data.<format>] order (\"random\", \"magic_prime\", \"sequential\")"},
       {"magic_prime", "[data.numpy] order = \"magic_prime\" computes it from the data"},
       {"my_exit_tokens", "the length of a run is [train] epoch_steps x epoch_count"},
       {"random_seed", "the seed is [train] seed"},
@@ -263,8 +271,9 @@ struct Validator {
   }
 
   // Validates `table` against `schema`; nested tables are allowed only where `subtable_ok` says.
-  Options validate(const toml::table* table, std::string_view table_name, const OptionSchema& schema,
-                   const std::function<void(const toml::key&, const toml::table&)>& on_subtable = {}) {
+  Options validate(
+      const toml::table* table, std::string_view table_name, const OptionSchema& schema,
+      const std::function<void(const toml::key&, const toml::table&)>& on_subtable = {}) {
     Options options{std::string(table_name)};
     if (table) {
       for (auto&& [key, node] : *table) {
@@ -275,10 +284,12 @@ struct Validator {
         }
         const OptionSpec* spec = schema.find(name);
         if (!spec) {
-          std::string message = where(table_name, name, key.source()) + ": unknown key '" +
-                                name + "' in [" + std::string(table_name) + "]";
+          std::string message = where(table_name, name, key.source()) + ": unknown key '" + name +
+                                "' in [" + std::string(table_name) + "]";
           const std::string suggestion = closest_match(name, schema.names());
-          std::string elsewhere = table_name.find('.') == std::string_view::npos ? section_holding(name, table_name) : "";
+          std::string elsewhere = table_name.find('.') == std::string_view::npos
+                                      ? section_holding(name, table_name)
+                                      : "";
           auto flag = rwkv_peft_flags().find(name);
           if (!suggestion.empty()) {
             message += "; did you mean '" + suggestion + "'?";
@@ -300,8 +311,8 @@ struct Validator {
         auto value = convert(*spec, node);
         std::string problem = value ? check_option_value(*spec, *value) : describe_expected(*spec);
         if (!problem.empty()) {
-          problems.add(location + ": [" + std::string(table_name) + "] " + name + ": expected " + problem +
-                       ", found " + describe_found(node));
+          problems.add(location + ": [" + std::string(table_name) + "] " + name + ": expected " +
+                       problem + ", found " + describe_found(node));
           bad_keys.insert(join_path(table_name, name));
           continue;  // the default stands in, so that the checks after this one still run
         }
@@ -309,7 +320,9 @@ struct Validator {
         // They become absolute, so the resolved recipe a run writes elsewhere still names them.
         if (spec->is_path && !std::get<std::string>(*value).empty() &&
             fs::path(std::get<std::string>(*value)).is_relative())
-          *value = fs::absolute(file.parent_path() / std::get<std::string>(*value)).lexically_normal().string();
+          *value = fs::absolute(file.parent_path() / std::get<std::string>(*value))
+                       .lexically_normal()
+                       .string();
         const bool overridden = overrides.count(join_path(table_name, name)) != 0;
         options.set(name, std::move(*value),
                     overridden ? OptionSource::kOverride : OptionSource::kRecipe, location);
@@ -325,45 +338,16 @@ struct Validator {
         resolved.set(spec.name, *spec.default_value, OptionSource::kDefault);
       } else {
         std::string where_table = table ? location_of(file, table->source()) : file.string();
-        problems.add(where_table + ": [" + std::string(table_name) + "] is missing the required key '" + spec.name +
-                     "': " + spec.help);
+        problems.add(where_table + ": [" + std::string(table_name) +
+                     "] is missing the required key '" + spec.name + "': " + spec.help);
         bad_keys.insert(join_path(table_name, spec.name));
-        resolved.set(spec.name, std::string(), OptionSource::kDefault);  // a stand-in; the recipe is refused
+        resolved.set(spec.name, std::string(),
+                     OptionSource::kDefault);  // a stand-in; the recipe is refused
       }
     }
     return resolved;
   }
 };
-
-// Sets a --set override inside the TOML document, creating tables on the way.
-void apply_override(toml::table& root, const Override& override_arg) {
-  toml::table* table = &root;
-  for (size_t i = 0; i + 1 < override_arg.key_path.size(); ++i) {
-    const std::string& part = override_arg.key_path[i];
-    toml::node* node = table->get(part);
-    if (!node) {
-      table->insert(part, toml::table{});
-      node = table->get(part);
-    }
-    if (!node->is_table())
-      throw Error(override_arg.text + ": '" + part + "' is not a table in the recipe");
-    table = node->as_table();
-  }
-  const std::string& leaf = override_arg.key_path.back();
-  check_toml_limits("value = " + override_arg.value_text, override_arg.text);
-  toml::parse_result parsed = [&]() -> toml::parse_result {
-    try {
-      return toml::parse("value = " + override_arg.value_text);
-    } catch (const toml::parse_error&) {
-      toml::table fallback;
-      fallback.insert("value", override_arg.value_text);
-      return fallback;
-    }
-  }();
-  toml::node* value = parsed.get("value");
-  if (!value) throw Error(override_arg.text + ": empty value");
-  table->insert_or_assign(leaf, std::move(*value));
-}
 
 // Only the form is checked here: whether CUDA exists is the run's business, not the recipe's.
 void check_device(const Options& run) {
@@ -377,7 +361,8 @@ void check_device(const Options& run) {
 // Validates [<section>.<plugin>] with the plugin's own schema, then its cross-key checks.
 PluginTable plugin_table(Validator& validator, PluginKind kind, std::string_view section,
                          const std::string& plugin_name, const toml::table* table,
-                         const PluginRegistry& plugins, const Options& owner, const char* owner_key) {
+                         const PluginRegistry& plugins, const Options& owner,
+                         const char* owner_key) {
   std::shared_ptr<const Plugin> plugin;
   try {
     plugin = plugins.find(kind, plugin_name);
@@ -387,14 +372,16 @@ PluginTable plugin_table(Validator& validator, PluginKind kind, std::string_view
   const std::string table_name = std::string(section) + "." + plugin_name;
   OptionSchema schema = plugin->options();
   if (kind == PluginKind::kPeft && !schema.find(kMethodLrScaleKey))
-    schema.add_float(kMethodLrScaleKey, 1.0,
-                     "multiplies the learning rate of this method's tensors (the schedule's lr_init/lr_final); "
-                     "e.g. 100 for state tuning beside LoRA in one run",
-                     Bound{0, true});
+    schema.add_float(
+        kMethodLrScaleKey, 1.0,
+        "multiplies the learning rate of this method's tensors (the schedule's lr_init/lr_final); "
+        "e.g. 100 for state tuning beside LoRA in one run",
+        Bound{0, true});
   const size_t problems_before = validator.bad_keys.size();
   Options options = validator.validate(table, table_name, schema);
   // Cross-key checks only on values that passed their own.
-  if (validator.bad_keys.size() == problems_before) validator.problems.check([&] { plugin->validate(options); });
+  if (validator.bad_keys.size() == problems_before)
+    validator.problems.check([&] { plugin->validate(options); });
   return {plugin_name, std::move(options)};
 }
 
@@ -409,7 +396,8 @@ std::string closest_match(std::string_view word, const std::vector<std::string>&
       row[0] = i;
       for (size_t j = 1; j <= b.size(); ++j) {
         size_t up = row[j];
-        row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1] ? 1u : 0u)});
+        row[j] =
+            std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1] ? 1u : 0u)});
         diagonal = up;
       }
     }
@@ -440,16 +428,18 @@ Override parse_override(std::string_view text) {
     size_t dot = path.find('.');
     std::string_view part = path.substr(0, dot);
     if (part.empty())
-      throw Error("--set " + whole + ": empty key component in '" + std::string(text.substr(0, eq)) + "'");
+      throw Error("--set " + whole + ": empty key component in '" +
+                  std::string(text.substr(0, eq)) + "'");
     result.key_path.emplace_back(part);
     if (dot == std::string_view::npos) break;
     path.remove_prefix(dot + 1);
   }
   if (result.key_path.size() > static_cast<size_t>(kMaxTomlKeyParts))
-    throw Error("--set " + whole.substr(0, 200) + "...: the key has more than " + std::to_string(kMaxTomlKeyParts) +
-                " dotted parts");
+    throw Error("--set " + whole.substr(0, 200) + "...: the key has more than " +
+                std::to_string(kMaxTomlKeyParts) + " dotted parts");
   if (result.key_path.size() < 2)
-    throw Error("--set " + whole + ": expected SECTION.KEY=VALUE (a key inside a section such as "
+    throw Error("--set " + whole +
+                ": expected SECTION.KEY=VALUE (a key inside a section such as "
                 "[train]), found no section");
   return result;
 }
@@ -468,32 +458,65 @@ fs::path Recipe::resolve_path(const std::string& path) const {
 
 Recipe load_recipe(const fs::path& file, const std::vector<Override>& overrides,
                    const PluginRegistry& plugins) {
-  return parse_recipe(io::read_small_file(file, kMaxRecipeBytes, "recipe file"), file, overrides, plugins);
+  return parse_recipe(io::read_small_file(file, kMaxRecipeBytes, "recipe file"), file, overrides,
+                      plugins);
 }
 
 toml::table parse_toml_file(std::string_view toml_text, const fs::path& file) {
   if (toml_text.size() > kMaxRecipeBytes)
-    throw Error(file.string() + ": the file is " + std::to_string(toml_text.size()) + " bytes long; at most " +
-                std::to_string(kMaxRecipeBytes) + " are read");
+    throw Error(file.string() + ": the file is " + std::to_string(toml_text.size()) +
+                " bytes long; at most " + std::to_string(kMaxRecipeBytes) + " are read");
   check_toml_limits(toml_text, file.string());
   try {
     return toml::parse(toml_text, file.string());
   } catch (const toml::parse_error& e) {
-    throw Error(location_of(file, e.source()) + ": TOML syntax error: " + std::string(e.description()));
+    throw Error(location_of(file, e.source()) +
+                ": TOML syntax error: " + std::string(e.description()));
   }
 }
 
-Options validate_table(const toml::table* table, std::string_view table_name, const OptionSchema& schema,
-                       const fs::path& file) {
+Options validate_table(const toml::table* table, std::string_view table_name,
+                       const OptionSchema& schema, const fs::path& file) {
   const OverrideSet none;
   Problems problems(file);
   Validator validator{file, none, problems, {}};
-  Options options = validator.validate(table, table_name, schema, [&](const toml::key& key, const toml::table&) {
-    problems.add(location_of(file, key.source()) + ": [" + std::string(table_name) + "." + std::string(key.str()) +
-                 "]: [" + std::string(table_name) + "] has no sub-tables");
-  });
+  Options options =
+      validator.validate(table, table_name, schema, [&](const toml::key& key, const toml::table&) {
+        problems.add(location_of(file, key.source()) + ": [" + std::string(table_name) + "." +
+                     std::string(key.str()) + "]: [" + std::string(table_name) +
+                     "] has no sub-tables");
+      });
   problems.raise();
   return options;
+}
+
+void apply_override(toml::table& root, const Override& override_arg) {
+  toml::table* table = &root;
+  for (size_t i = 0; i + 1 < override_arg.key_path.size(); ++i) {
+    const std::string& part = override_arg.key_path[i];
+    toml::node* node = table->get(part);
+    if (!node) {
+      table->insert(part, toml::table{});
+      node = table->get(part);
+    }
+    if (!node->is_table())
+      throw Error(override_arg.text + ": '" + part + "' is not a table in the recipe");
+    table = node->as_table();
+  }
+  const std::string& leaf = override_arg.key_path.back();
+  check_toml_limits("value = " + override_arg.value_text, override_arg.text);
+  toml::parse_result parsed = [&]() -> toml::parse_result {
+    try {
+      return toml::parse("value = " + override_arg.value_text);
+    } catch (const toml::parse_error&) {
+      toml::table fallback;
+      fallback.insert("value", override_arg.value_text);
+      return fallback;
+    }
+  }();
+  toml::node* value = parsed.get("value");
+  if (!value) throw Error(override_arg.text + ": empty value");
+  table->insert_or_assign(leaf, std::move(*value));
 }
 
 Recipe parse_recipe(std::string_view toml_text, const fs::path& file,
@@ -501,8 +524,8 @@ Recipe parse_recipe(std::string_view toml_text, const fs::path& file,
   return recipe_from_tree(parse_toml_file(toml_text, file), file, overrides, plugins);
 }
 
-Recipe recipe_from_tree(toml::table root, const fs::path& file, const std::vector<Override>& overrides,
-                        const PluginRegistry& plugins) {
+Recipe recipe_from_tree(toml::table root, const fs::path& file,
+                        const std::vector<Override>& overrides, const PluginRegistry& plugins) {
   OverrideSet override_origins;
   for (const auto& o : overrides) {
     apply_override(root, o);
@@ -521,13 +544,14 @@ Recipe recipe_from_tree(toml::table root, const fs::path& file, const std::vecto
   for (auto&& [key, node] : root) {
     const std::string name(key.str());
     if (std::find(section_names.begin(), section_names.end(), name) == section_names.end()) {
-      std::string message = location_of(file, key.source()) + ": unknown recipe section [" + name + "]";
+      std::string message =
+          location_of(file, key.source()) + ": unknown recipe section [" + name + "]";
       std::string suggestion = closest_match(name, section_names);
       if (!suggestion.empty()) message += "; did you mean [" + suggestion + "]?";
       problems.add(message + " (sections: " + listed + ")");
     } else if (!node.is_table()) {
-      problems.add(location_of(file, key.source()) + ": '" + name + "' must be a table [" + name + "], found " +
-                   describe_found(node));
+      problems.add(location_of(file, key.source()) + ": '" + name + "' must be a table [" + name +
+                   "], found " + describe_found(node));
     }
   }
 
@@ -542,10 +566,11 @@ Recipe recipe_from_tree(toml::table root, const fs::path& file, const std::vecto
     };
   };
   auto section_table = [&](std::string_view name) { return root.get_as<toml::table>(name); };
-  auto reject_subtables = [&](std::string_view section) -> std::function<void(const toml::key&, const toml::table&)> {
+  auto reject_subtables =
+      [&](std::string_view section) -> std::function<void(const toml::key&, const toml::table&)> {
     return [&, section = std::string(section)](const toml::key& key, const toml::table&) {
-      problems.add(location_of(file, key.source()) + ": [" + section + "." + std::string(key.str()) + "]: [" + section +
-                   "] has no sub-tables");
+      problems.add(location_of(file, key.source()) + ": [" + section + "." +
+                   std::string(key.str()) + "]: [" + section + "] has no sub-tables");
     };
   };
 
@@ -556,7 +581,8 @@ Recipe recipe_from_tree(toml::table root, const fs::path& file, const std::vecto
                                                            : collect(std::string(section.name)));
   if (!validator.bad_keys.count("run.device")) problems.check([&] { check_device(recipe.run); });
 
-  auto take_subtable = [&](const std::string& section, const std::string& name) -> const toml::table* {
+  auto take_subtable = [&](const std::string& section,
+                           const std::string& name) -> const toml::table* {
     auto& tables = subtables[section];
     auto it = tables.find(name);
     if (it == tables.end()) return nullptr;
@@ -567,11 +593,12 @@ Recipe recipe_from_tree(toml::table root, const fs::path& file, const std::vecto
   // Sections whose plugin tables cannot be matched to their plugins (a bad selector): a table
   // there may belong to the misspelt plugin, so it is not reported as unselected.
   std::set<std::string> unmatched;
-  auto add_plugin = [&](PluginKind kind, const std::string& section, const std::string& name, const Options& owner,
-                        const char* owner_key) -> std::optional<PluginTable> {
+  auto add_plugin = [&](PluginKind kind, const std::string& section, const std::string& name,
+                        const Options& owner, const char* owner_key) -> std::optional<PluginTable> {
     std::optional<PluginTable> table;
     if (!problems.check([&] {
-          table = plugin_table(validator, kind, section, name, take_subtable(section, name), plugins, owner, owner_key);
+          table = plugin_table(validator, kind, section, name, take_subtable(section, name),
+                               plugins, owner, owner_key);
         }))
       unmatched.insert(section);
     return table;
@@ -581,7 +608,8 @@ Recipe recipe_from_tree(toml::table root, const fs::path& file, const std::vecto
   if (validator.bad_keys.count("data.format")) {
     unmatched.insert("data");
   } else {
-    recipe.dataset = add_plugin(PluginKind::kDataset, "data", recipe.data.get_string("format"), recipe.data, "format");
+    recipe.dataset = add_plugin(PluginKind::kDataset, "data", recipe.data.get_string("format"),
+                                recipe.data, "format");
   }
 
   // [peft]: "none", or distinct plugin names.
@@ -589,20 +617,25 @@ Recipe recipe_from_tree(toml::table root, const fs::path& file, const std::vecto
   if (validator.bad_keys.count("peft.method")) {
     unmatched.insert("peft");
   } else if (methods.empty()) {
-    problems.add(recipe.peft.error("method", "expected \"none\" or at least one method, found []").what());
+    problems.add(
+        recipe.peft.error("method", "expected \"none\" or at least one method, found []").what());
     unmatched.insert("peft");
   }
   std::set<std::string> seen;
-  for (const auto& method : validator.bad_keys.count("peft.method") ? std::vector<std::string>{} : methods) {
+  for (const auto& method :
+       validator.bad_keys.count("peft.method") ? std::vector<std::string>{} : methods) {
     if (!seen.insert(method).second) {
       problems.add(recipe.peft.error("method", "'" + method + "' is listed twice").what());
       continue;
     }
     if (method == "none") {
-      if (methods.size() > 1) problems.add(recipe.peft.error("method", "\"none\" cannot be combined with other methods").what());
+      if (methods.size() > 1)
+        problems.add(
+            recipe.peft.error("method", "\"none\" cannot be combined with other methods").what());
       continue;
     }
-    if (auto table = add_plugin(PluginKind::kPeft, "peft", method, recipe.peft, "method")) recipe.peft_methods.push_back(*table);
+    if (auto table = add_plugin(PluginKind::kPeft, "peft", method, recipe.peft, "method"))
+      recipe.peft_methods.push_back(*table);
   }
 
   // [quant]
@@ -610,15 +643,17 @@ Recipe recipe_from_tree(toml::table root, const fs::path& file, const std::vecto
   if (validator.bad_keys.count("quant.method"))
     unmatched.insert("quant");
   else if (quant_method != "none")
-    recipe.quantizer = add_plugin(PluginKind::kQuantizer, "quant", quant_method, recipe.quant, "method");
+    recipe.quantizer =
+        add_plugin(PluginKind::kQuantizer, "quant", quant_method, recipe.quant, "method");
 
   // A plugin table whose plugin is not selected would be silently ignored: refuse it.
   for (const RecipeSection& owner : recipe_sections()) {
     const std::string section(owner.name), selector(owner.plugin_selector);
     if (unmatched.count(section) || !subtables.count(section)) continue;
     for (const auto& [name, table] : subtables.at(section)) {
-      problems.add(location_of(file, table->source()) + ": table [" + section + "." + name + "] is given but [" +
-                   section + "] " + selector + " = " + format_option_value(recipe.section(section).get(selector)) +
+      problems.add(location_of(file, table->source()) + ": table [" + section + "." + name +
+                   "] is given but [" + section + "] " + selector + " = " +
+                   format_option_value(recipe.section(section).get(selector)) +
                    " does not select '" + name + "'");
     }
   }

@@ -27,13 +27,14 @@ namespace peftkit::host {
 struct Recipe;
 
 // One entry per core section, in the order recipes and `recipe show` use: the one table that says
-// which sections a recipe has, their keys, where each goes in a Recipe, and which own plugin tables.
+// which sections a recipe has, their keys, where each goes in a Recipe, and which own plugin
+// tables.
 struct RecipeSection {
-  std::string_view name;              // "data"
+  std::string_view name;  // "data"
   const OptionSchema* schema;
-  Options Recipe::*options;           // the resolved section in a Recipe
-  std::string_view plugin_selector;   // "format"/"method": [name.<plugin>] tables belong to the plugin
-                                      // the key selects; "": the section has no sub-tables
+  Options Recipe::*options;          // the resolved section in a Recipe
+  std::string_view plugin_selector;  // "format"/"method": [name.<plugin>] tables belong to the
+                                     // plugin the key selects; "": the section has no sub-tables
 };
 const std::vector<RecipeSection>& recipe_sections();
 

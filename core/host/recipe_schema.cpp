@@ -4,6 +4,7 @@
 #include <map>
 
 #include "host/recipe.hpp"
+#include "peftkit/sites.hpp"
 
 namespace peftkit::host {
 namespace {
@@ -19,12 +20,14 @@ OptionSchema data_schema() {
                   "dataset plugin that reads `path`; its own keys go in [data.<format>]")
       .add_required_string("path", "training data file (RWKV-PEFT --data_file)")
       .add_string("eval_file", "", "evaluation data in the same format (\"\": none)")
-      .add_float("eval_fraction", 0.0, "hold out this fraction of the training samples for evaluation",
-                 Bound{0}, Bound{1, true})
+      .add_float("eval_fraction", 0.0,
+                 "hold out this fraction of the training samples for evaluation", Bound{0},
+                 Bound{1, true})
       .add_int("eval_every", 0, "evaluate every N optimizer steps (0: only at each epoch end)", 0,
                std::numeric_limits<int32_t>::max())
-      .add_bool("eval_at_start", true,
-                "with eval data, evaluate once before the first step (metrics.jsonl line of step 0)");
+      .add_bool(
+          "eval_at_start", true,
+          "with eval data, evaluate once before the first step (metrics.jsonl line of step 0)");
 }
 
 OptionSchema peft_schema() {
@@ -41,23 +44,28 @@ OptionSchema peft_schema() {
 OptionSchema quant_schema() {
   return OptionSchema()
       .add_string("method", "none",
-                  "quantizer plugin for the frozen base weights, or \"none\"; its keys go in [quant.<method>]")
-      .add_string_list("targets", {"att.receptance", "att.key", "att.value", "att.output", "ffn.key", "ffn.value"},
-                       "quantized linear sites: suffixes of their names (embeddings and small vectors never are)")
+                  "quantizer plugin for the frozen base weights, or \"none\"; its keys go in "
+                  "[quant.<method>]")
+      .add_string_list("targets", default_linear_targets(),
+                       "quantized linear sites: suffixes of their names (embeddings and small "
+                       "vectors never are)")
       .add_bool("head", false, "also quantize the output head")
       .add_path("cache_file", "",
-                "pre-quantized base (safetensors): loaded when it matches the model and settings, else written");
+                "pre-quantized base (safetensors): loaded when it matches the model and settings, "
+                "else written");
 }
 
 OptionSchema train_schema() {
   constexpr int64_t kMaxInt = std::numeric_limits<int32_t>::max();
   return OptionSchema()
       .add_int("ctx_len", 1024, "tokens per training sample", 1, 1 << 20)
-      .add_int("chunk_ctx", 0,
-               "train samples longer than this in segments of this many tokens that carry the state, with "
-               "the exact gradient through it and one segment's activations in memory (RWKV-PEFT "
-               "--train_type infctx --chunk_ctx, which cuts the gradient at segment boundaries); 0: off",
-               0, 1 << 20)
+      .add_int(
+          "chunk_ctx", 0,
+          "train samples longer than this in segments of this many tokens that carry the state, "
+          "with "
+          "the exact gradient through it and one segment's activations in memory (RWKV-PEFT "
+          "--train_type infctx --chunk_ctx, which cuts the gradient at segment boundaries); 0: off",
+          0, 1 << 20)
       .add_int("micro_bsz", 12, "samples per micro-batch", 1, 1 << 16)
       .add_int("epoch_steps", 1000, "optimizer steps per epoch", 1, kMaxInt)
       .add_int("epoch_count", 500, "number of epochs", 1, kMaxInt)
@@ -73,25 +81,33 @@ OptionSchema train_schema() {
       .add_float("weight_decay", 0.0, "decoupled weight decay on 2-D weights (0: off)", Bound{0})
       .add_bool("grad_cp", false, "gradient checkpointing per block (RWKV-PEFT: 0/1)")
       .add_bool("cuda_graphs", true,
-                "on a GPU, capture each batch shape's forward and backward once as a CUDA graph and replay it "
+                "on a GPU, capture each batch shape's forward and backward once as a CUDA graph "
+                "and replay it "
                 "(off by itself when the step draws random numbers, e.g. LoRA dropout)")
       .add_string("kernel", "auto",
-                  "WKV7 and fused block ops: auto (CPU kernel on the CPU, chunked CUDA kernels on a GPU), chunked "
-                  "(the CUDA kernels; an error off the GPU) or reference (tensor ops, WKV7 per time step: slow, "
+                  "WKV7 and fused block ops: auto (CPU kernel on the CPU, chunked CUDA kernels on "
+                  "a GPU), chunked "
+                  "(the CUDA kernels; an error off the GPU) or reference (tensor ops, WKV7 per "
+                  "time step: slow, "
                   "for checking the kernels)",
                   {"auto", "chunked", "reference"})
-      .add_string("precision", "auto", "auto: bf16 on a GPU, fp32 on the CPU; bf16: frozen weights and "
+      .add_string("precision", "auto",
+                  "auto: bf16 on a GPU, fp32 on the CPU; bf16: frozen weights and "
                   "activations in bf16 with fp32 master copies; fp32; tf32: fp32 with TF32 matmuls",
                   {"auto", "bf16", "fp32", "tf32"})
       .add_int("accumulate_grad_batches", 1, "micro-batches per optimizer step", 1, 1 << 16)
       .add_float("grad_clip", 1.0, "global gradient-norm clip (0: off)", Bound{0})
       .add_int("seed", 42, "random seed (RWKV-PEFT --random_seed)", 0,
                std::numeric_limits<int64_t>::max())
-      .add_string("resume", "off", "\"auto\": continue from the latest checkpoint in the output dir "
-                  "when there is one", {"off", "auto"})
+      .add_string("resume", "off",
+                  "\"auto\": continue from the latest checkpoint in the output dir "
+                  "when there is one",
+                  {"off", "auto"})
       .add_int("keep_checkpoints", 2, "resumable checkpoints to keep", 1, 1000)
-      .add_int("max_bad_steps", 5, "stop after this many steps in a row with a non-finite loss or "
-               "gradient", 1, 1000000);
+      .add_int("max_bad_steps", 5,
+               "stop after this many steps in a row with a non-finite loss or "
+               "gradient",
+               1, 1000000);
 }
 
 OptionSchema output_schema() {
@@ -109,12 +125,12 @@ OptionSchema run_schema() {
 
 const std::vector<RecipeSection>& recipe_sections() {
   static const OptionSchema model = model_schema(), data = data_schema(), peft = peft_schema(),
-                            quant = quant_schema(), train = train_schema(), output = output_schema(),
-                            run = run_schema();
+                            quant = quant_schema(), train = train_schema(),
+                            output = output_schema(), run = run_schema();
   static const std::vector<RecipeSection> sections = {
-      {"model", &model, &Recipe::model, ""},         {"data", &data, &Recipe::data, "format"},
-      {"peft", &peft, &Recipe::peft, "method"},      {"quant", &quant, &Recipe::quant, "method"},
-      {"train", &train, &Recipe::train, ""},         {"output", &output, &Recipe::output, ""},
+      {"model", &model, &Recipe::model, ""},    {"data", &data, &Recipe::data, "format"},
+      {"peft", &peft, &Recipe::peft, "method"}, {"quant", &quant, &Recipe::quant, "method"},
+      {"train", &train, &Recipe::train, ""},    {"output", &output, &Recipe::output, ""},
       {"run", &run, &Recipe::run, ""},
   };
   return sections;

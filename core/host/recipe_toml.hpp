@@ -3,11 +3,11 @@
 // so every error names the line of the file that holds them.
 #pragma once
 
+#include <toml++/toml.h>
+
 #include <filesystem>
 #include <string>
 #include <string_view>
-
-#include <toml++/toml.h>
 
 #include "host/recipe.hpp"
 
@@ -20,10 +20,13 @@ std::string location_of(const std::filesystem::path& file, const toml::source_re
 // name the file and line.
 toml::table parse_toml_file(std::string_view text, const std::filesystem::path& file);
 
+// Sets a --set override inside a TOML document, creating tables on the way.
+void apply_override(toml::table& root, const Override& override_arg);
+
 // A table validated against a schema as a recipe section is (unknown keys with the closest valid
 // name, wrong types, defaults filled in); it has no sub-tables. Null: every key at its default.
-Options validate_table(const toml::table* table, std::string_view table_name, const OptionSchema& schema,
-                       const std::filesystem::path& file);
+Options validate_table(const toml::table* table, std::string_view table_name,
+                       const OptionSchema& schema, const std::filesystem::path& file);
 
 // A recipe from a tree; relative paths are resolved against `file`'s folder. Move the tree in:
 // toml++ copies nodes without their source positions.

@@ -10,7 +10,8 @@ namespace peftkit::io {
 template <class T>
 void append_le(std::string& out, T value) {
   static_assert(std::is_trivially_copyable_v<T>);
-  out.append(reinterpret_cast<const char*>(&value), sizeof(T));  // x86-64 and ARM64 are little-endian
+  out.append(reinterpret_cast<const char*>(&value),
+             sizeof(T));  // x86-64 and ARM64 are little-endian
 }
 
 }  // namespace peftkit::io

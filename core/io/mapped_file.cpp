@@ -16,15 +16,18 @@ namespace peftkit::io {
 void require_regular_file(const std::filesystem::path& path, const std::string& what) {
   struct stat info {};
   if (::stat(path.c_str(), &info) != 0)
-    throw Error(path.string() + ": cannot open" + (what.empty() ? "" : " the " + what) + " (" + std::strerror(errno) +
-                ")");
+    throw Error(path.string() + ": cannot open" + (what.empty() ? "" : " the " + what) + " (" +
+                std::strerror(errno) + ")");
   if (!S_ISREG(info.st_mode))
     throw Error(path.string() + ": not a regular file (" +
-                (S_ISDIR(info.st_mode) ? "a folder" : S_ISFIFO(info.st_mode) ? "a FIFO" : "a device or socket") +
+                (S_ISDIR(info.st_mode)    ? "a folder"
+                 : S_ISFIFO(info.st_mode) ? "a FIFO"
+                                          : "a device or socket") +
                 "); expected a file");
 }
 
-std::string read_small_file(const std::filesystem::path& path, size_t max_bytes, const std::string& what) {
+std::string read_small_file(const std::filesystem::path& path, size_t max_bytes,
+                            const std::string& what) {
   require_regular_file(path, what);
   auto file = MappedFile::open(path);
   if (file->size() > max_bytes)
@@ -67,8 +70,9 @@ void write_file_atomically(const std::filesystem::path& path,
   const std::filesystem::path temporary =
       path.string() + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(random());
   std::FILE* out = std::fopen(temporary.c_str(), "wb");
-  if (!out) throw Error(path.string() + ": cannot create " + temporary.string() + " (" +
-                        std::strerror(errno) + ")");
+  if (!out)
+    throw Error(path.string() + ": cannot create " + temporary.string() + " (" +
+                std::strerror(errno) + ")");
   try {
     write(out);
     if (std::ferror(out) || std::fflush(out) != 0 || ::fsync(::fileno(out)) != 0)
@@ -80,7 +84,9 @@ void write_file_atomically(const std::filesystem::path& path,
     out = nullptr;
     std::error_code ec;
     std::filesystem::rename(temporary, path, ec);
-    if (ec) throw Error(path.string() + ": cannot rename the finished file into place (" + ec.message() + ")");
+    if (ec)
+      throw Error(path.string() + ": cannot rename the finished file into place (" + ec.message() +
+                  ")");
   } catch (...) {
     if (out) std::fclose(out);
     std::error_code ec;
@@ -95,12 +101,14 @@ void write_all(std::FILE* out, const void* data, size_t size, const std::filesys
   const size_t written = std::fwrite(data, 1, size, out);
   if (written != size)
     throw Error(path.string() + ": writing failed after " + std::to_string(written) + " of " +
-                std::to_string(size) + " bytes (" + (errno ? std::strerror(errno) : "unknown reason") + ")");
+                std::to_string(size) + " bytes (" +
+                (errno ? std::strerror(errno) : "unknown reason") + ")");
 }
 
 AppendFile::AppendFile(std::filesystem::path path) : path_(std::move(path)) {
   out_ = std::fopen(path_.c_str(), "ab");
-  if (!out_) throw Error(path_.string() + ": cannot open for appending (" + std::strerror(errno) + ")");
+  if (!out_)
+    throw Error(path_.string() + ": cannot open for appending (" + std::strerror(errno) + ")");
 }
 
 AppendFile::~AppendFile() {
@@ -109,7 +117,8 @@ AppendFile::~AppendFile() {
 
 void AppendFile::append(const std::string& text) {
   write_all(out_, text.data(), text.size(), path_);
-  if (std::fflush(out_) != 0) throw Error(path_.string() + ": writing failed (" + std::strerror(errno) + ")");
+  if (std::fflush(out_) != 0)
+    throw Error(path_.string() + ": writing failed (" + std::strerror(errno) + ")");
 }
 
 }  // namespace peftkit::io

@@ -37,7 +37,8 @@ void require_regular_file(const std::filesystem::path& path, const std::string& 
 
 // The whole content of a small regular file (a recipe, a JSON config, a vocabulary), refusing one
 // larger than `max_bytes`; `what` names it in messages ("recipe", "adapter config").
-std::string read_small_file(const std::filesystem::path& path, size_t max_bytes, const std::string& what);
+std::string read_small_file(const std::filesystem::path& path, size_t max_bytes,
+                            const std::string& what);
 
 // Writes a file atomically: `write` fills a temporary file beside `path`, which is then fsynced
 // and renamed over `path`. On any error the temporary file is removed and `path` is untouched.

@@ -7,11 +7,13 @@
 #include <cstring>
 #include <deque>
 #include <map>
-#include <unordered_set>
 #include <memory>
+#include <unordered_set>
 #include <variant>
 
 #include "io/mapped_file.hpp"
+#include "io/pth_file.hpp"
+#include "io/strict_json.hpp"
 #include "io/zip_archive.hpp"
 #include "peftkit/error.hpp"
 #include "peftkit/tensor_io.hpp"
@@ -54,14 +56,17 @@ struct Value {
 // tensor, so a pickle that builds far more than one value per four of its bytes, or nests dicts
 // deeper than this, is not one.
 constexpr int64_t kMaxDictDepth = 64;
-int64_t max_pickle_values(size_t pickle_bytes) { return 65536 + static_cast<int64_t>(pickle_bytes / 4); }
+int64_t max_pickle_values(size_t pickle_bytes) {
+  return 65536 + static_cast<int64_t>(pickle_bytes / 4);
+}
 
 const std::map<std::string, at::ScalarType>& storage_types() {
   static const std::map<std::string, at::ScalarType> types = {
-      {"FloatStorage", at::kFloat},   {"HalfStorage", at::kHalf},   {"BFloat16Storage", at::kBFloat16},
-      {"DoubleStorage", at::kDouble}, {"LongStorage", at::kLong},   {"IntStorage", at::kInt},
-      {"ShortStorage", at::kShort},   {"CharStorage", at::kChar},   {"ByteStorage", at::kByte},
-      {"BoolStorage", at::kBool},
+      {"FloatStorage", at::kFloat},       {"HalfStorage", at::kHalf},
+      {"BFloat16Storage", at::kBFloat16}, {"DoubleStorage", at::kDouble},
+      {"LongStorage", at::kLong},         {"IntStorage", at::kInt},
+      {"ShortStorage", at::kShort},       {"CharStorage", at::kChar},
+      {"ByteStorage", at::kByte},         {"BoolStorage", at::kBool},
   };
   return types;
 }
@@ -70,7 +75,10 @@ class Unpickler {
  public:
   Unpickler(const std::string& where, const uint8_t* data, size_t size,
             std::function<at::Tensor(const StorageRef&)> load_storage)
-      : where_(where), data_(data), size_(size), max_values_(max_pickle_values(size)),
+      : where_(where),
+        data_(data),
+        size_(size),
+        max_values_(max_pickle_values(size)),
         load_storage_(std::move(load_storage)) {}
 
   // The root value; it lives as long as this unpickler.
@@ -79,21 +87,48 @@ class Unpickler {
       const size_t at_opcode = pos_;
       const uint8_t op = byte();
       switch (op) {
-        case 0x80: byte(); break;                    // PROTO
-        case 0x95: fixed<uint64_t>(); break;         // FRAME
-        case '.': return pop(at_opcode);             // STOP
-        case '(': stack_.push_back(make(Mark{})); break;
-        case '}': stack_.push_back(make(Dict{})); break;
-        case ']': stack_.push_back(make(List{})); break;
-        case ')': stack_.push_back(make(Tuple{})); break;
-        case 'N': stack_.push_back(make(std::monostate{})); break;
-        case 0x88: stack_.push_back(make(true)); break;   // NEWTRUE
-        case 0x89: stack_.push_back(make(false)); break;  // NEWFALSE
-        case 'K': stack_.push_back(make(int64_t{byte()})); break;
-        case 'M': stack_.push_back(make(int64_t{fixed<uint16_t>()})); break;
-        case 'J': stack_.push_back(make(int64_t{fixed<int32_t>()})); break;
-        case 0x8a: stack_.push_back(make(long1(at_opcode))); break;  // LONG1
-        case 'G': {                                                  // BINFLOAT, big-endian
+        case 0x80:
+          byte();
+          break;  // PROTO
+        case 0x95:
+          fixed<uint64_t>();
+          break;  // FRAME
+        case '.':
+          return pop(at_opcode);  // STOP
+        case '(':
+          stack_.push_back(make(Mark{}));
+          break;
+        case '}':
+          stack_.push_back(make(Dict{}));
+          break;
+        case ']':
+          stack_.push_back(make(List{}));
+          break;
+        case ')':
+          stack_.push_back(make(Tuple{}));
+          break;
+        case 'N':
+          stack_.push_back(make(std::monostate{}));
+          break;
+        case 0x88:
+          stack_.push_back(make(true));
+          break;  // NEWTRUE
+        case 0x89:
+          stack_.push_back(make(false));
+          break;  // NEWFALSE
+        case 'K':
+          stack_.push_back(make(int64_t{byte()}));
+          break;
+        case 'M':
+          stack_.push_back(make(int64_t{fixed<uint16_t>()}));
+          break;
+        case 'J':
+          stack_.push_back(make(int64_t{fixed<int32_t>()}));
+          break;
+        case 0x8a:
+          stack_.push_back(make(long1(at_opcode)));
+          break;     // LONG1
+        case 'G': {  // BINFLOAT, big-endian
           uint64_t bits = 0;
           for (int i = 0; i < 8; ++i) bits = (bits << 8) | byte();
           double d;
@@ -101,21 +136,41 @@ class Unpickler {
           stack_.push_back(make(d));
           break;
         }
-        case 'X': stack_.push_back(make(text(fixed<uint32_t>()))); break;
-        case 0x8c: stack_.push_back(make(text(byte()))); break;               // SHORT_BINUNICODE
-        case 0x8d: stack_.push_back(make(text(fixed<uint64_t>()))); break;    // BINUNICODE8
-        case 't': stack_.push_back(make(Tuple{pop_to_mark(at_opcode)})); break;
-        case 0x85: case 0x86: case 0x87: {  // TUPLE1..3
+        case 'X':
+          stack_.push_back(make(text(fixed<uint32_t>())));
+          break;
+        case 0x8c:
+          stack_.push_back(make(text(byte())));
+          break;  // SHORT_BINUNICODE
+        case 0x8d:
+          stack_.push_back(make(text(fixed<uint64_t>())));
+          break;  // BINUNICODE8
+        case 't':
+          stack_.push_back(make(Tuple{pop_to_mark(at_opcode)}));
+          break;
+        case 0x85:
+        case 0x86:
+        case 0x87: {  // TUPLE1..3
           std::vector<Value*> items(op - 0x84);
           for (size_t i = items.size(); i-- > 0;) items[i] = pop(at_opcode);
           stack_.push_back(make(Tuple{std::move(items)}));
           break;
         }
-        case 'q': memo_[byte()] = top(at_opcode); break;                 // BINPUT
-        case 'r': memo_[fixed<uint32_t>()] = top(at_opcode); break;      // LONG_BINPUT
-        case 0x94: memo_[memo_.size()] = top(at_opcode); break;         // MEMOIZE
-        case 'h': stack_.push_back(memo(byte(), at_opcode)); break;      // BINGET
-        case 'j': stack_.push_back(memo(fixed<uint32_t>(), at_opcode)); break;
+        case 'q':
+          memo_[byte()] = top(at_opcode);
+          break;  // BINPUT
+        case 'r':
+          memo_[fixed<uint32_t>()] = top(at_opcode);
+          break;  // LONG_BINPUT
+        case 0x94:
+          memo_[memo_.size()] = top(at_opcode);
+          break;  // MEMOIZE
+        case 'h':
+          stack_.push_back(memo(byte(), at_opcode));
+          break;  // BINGET
+        case 'j':
+          stack_.push_back(memo(fixed<uint32_t>(), at_opcode));
+          break;
         case 'c': {  // GLOBAL "module\nname\n"
           std::string module = line(), name = line();
           stack_.push_back(make(allowed_global(module, name, at_opcode)));
@@ -127,7 +182,9 @@ class Unpickler {
           stack_.push_back(make(allowed_global(module, name, at_opcode)));
           break;
         }
-        case 'Q': stack_.push_back(persistent_load(pop(at_opcode), at_opcode)); break;  // BINPERSID
+        case 'Q':
+          stack_.push_back(persistent_load(pop(at_opcode), at_opcode));
+          break;     // BINPERSID
         case 'R': {  // REDUCE
           Value* args = pop(at_opcode);
           Value* callable = pop(at_opcode);
@@ -137,14 +194,16 @@ class Unpickler {
         case 's': {  // SETITEM
           Value* value = pop(at_opcode);
           Value* key = pop(at_opcode);
-          as<Dict>(top(at_opcode), "SETITEM on a non-dict", at_opcode).items.emplace_back(key, value);
+          as<Dict>(top(at_opcode), "SETITEM on a non-dict", at_opcode)
+              .items.emplace_back(key, value);
           break;
         }
         case 'u': {  // SETITEMS
           auto items = pop_to_mark(at_opcode);
           if (items.size() % 2) fail(at_opcode, "SETITEMS with an odd number of items");
           auto& dict = as<Dict>(top(at_opcode), "SETITEMS on a non-dict", at_opcode);
-          for (size_t i = 0; i < items.size(); i += 2) dict.items.emplace_back(items[i], items[i + 1]);
+          for (size_t i = 0; i < items.size(); i += 2)
+            dict.items.emplace_back(items[i], items[i + 1]);
           break;
         }
         case 'a': {  // APPEND
@@ -173,7 +232,8 @@ class Unpickler {
   Value* make(auto&& x) {
     if (static_cast<int64_t>(values_.size()) >= max_values_)
       fail(pos_, "the pickle builds more than " + std::to_string(max_values_) + " values for its " +
-                     std::to_string(size_) + " bytes; a state dict needs far fewer (not a tensor file)");
+                     std::to_string(size_) +
+                     " bytes; a state dict needs far fewer (not a tensor file)");
     values_.emplace_back();
     values_.back().v = std::forward<decltype(x)>(x);
     return &values_.back();
@@ -187,7 +247,8 @@ class Unpickler {
   }
   template <class T>
   T fixed() {
-    if (size_ - pos_ < sizeof(T)) fail(pos_, "pickle data ends inside an argument (truncated data.pkl)");
+    if (size_ - pos_ < sizeof(T))
+      fail(pos_, "pickle data ends inside an argument (truncated data.pkl)");
     T value;
     std::memcpy(&value, data_ + pos_, sizeof(T));
     pos_ += sizeof(T);
@@ -233,7 +294,8 @@ class Unpickler {
   }
   Value* memo(uint64_t index, size_t at) {
     auto it = memo_.find(index);
-    if (it == memo_.end()) fail(at, "pickle memo entry " + std::to_string(index) + " is not defined");
+    if (it == memo_.end())
+      fail(at, "pickle memo entry " + std::to_string(index) + " is not defined");
     return it->second;
   }
   template <class T>
@@ -245,17 +307,19 @@ class Unpickler {
   int64_t as_int(Value* v, size_t at) { return as<int64_t>(v, "expected an integer", at); }
   std::vector<int64_t> as_ints(Value* v, size_t at) {
     std::vector<int64_t> out;
-    for (const auto& item : as<Tuple>(v, "expected a tuple of integers", at).items) out.push_back(as_int(item, at));
+    for (const auto& item : as<Tuple>(v, "expected a tuple of integers", at).items)
+      out.push_back(as_int(item, at));
     return out;
   }
 
   Global allowed_global(const std::string& module, const std::string& name, size_t at) {
-    const bool allowed =
-        (module == "collections" && name == "OrderedDict") ||
-        (module == "torch._utils" && (name == "_rebuild_tensor_v2" || name == "_rebuild_parameter")) ||
-        (module == "torch" && storage_types().count(name));
+    const bool allowed = (module == "collections" && name == "OrderedDict") ||
+                         (module == "torch._utils" &&
+                          (name == "_rebuild_tensor_v2" || name == "_rebuild_parameter")) ||
+                         (module == "torch" && storage_types().count(name));
     if (!allowed)
-      fail(at, "global '" + module + "." + name + "' is not allowed: only tensors, dicts and "
+      fail(at, "global '" + module + "." + name +
+                   "' is not allowed: only tensors, dicts and "
                    "OrderedDicts are loaded (nothing from the file is executed)");
     return {module, name};
   }
@@ -284,7 +348,8 @@ class Unpickler {
       return args[0];
     }
     if (f.name == "_rebuild_tensor_v2") {
-      if (args.size() < 4) fail(at, "_rebuild_tensor_v2 needs (storage, offset, size, stride, ...)");
+      if (args.size() < 4)
+        fail(at, "_rebuild_tensor_v2 needs (storage, offset, size, stride, ...)");
       const StorageRef& ref = as<StorageRef>(args[0], "tensor without a storage", at);
       const int64_t offset = as_int(args[1], at);
       const auto sizes = as_ints(args[2], at);
@@ -341,7 +406,8 @@ class Unpickler {
 // Iterative, with the depth bounded and every dict visited once: a pickle whose dicts refer to
 // themselves or share a sub-dict is refused instead of looping or multiplying.
 void flatten(const Value& root, TensorMap& out, const std::string& where) {
-  if (!std::holds_alternative<Dict>(root.v)) throw Error(where + ": data.pkl does not hold a dict of tensors");
+  if (!std::holds_alternative<Dict>(root.v))
+    throw Error(where + ": data.pkl does not hold a dict of tensors");
   struct Pending {
     const Dict* dict;
     std::string prefix;
@@ -357,17 +423,20 @@ void flatten(const Value& root, TensorMap& out, const std::string& where) {
       if (!key) throw Error(where + ": a key of the state dict is not a string");
       const std::string name = current.prefix.empty() ? *key : current.prefix + "." + *key;
       if (name.size() > kMaxTensorNameBytes)
-        throw Error(where + ": a tensor name of " + std::to_string(name.size()) + " bytes ('" + name.substr(0, 64) +
-                    "...'); names of at most " + std::to_string(kMaxTensorNameBytes) + " bytes are read");
+        throw Error(where + ": a tensor name of " + std::to_string(name.size()) + " bytes ('" +
+                    name.substr(0, 64) + "...'); names of at most " +
+                    std::to_string(kMaxTensorNameBytes) + " bytes are read");
       if (const auto* tensor = std::get_if<at::Tensor>(&item->v)) {
-        if (!out.emplace(name, *tensor).second) throw Error(where + ": tensor '" + name + "' appears twice");
+        if (!out.emplace(name, *tensor).second)
+          throw Error(where + ": tensor '" + name + "' appears twice");
       } else if (const auto* dict = std::get_if<Dict>(&item->v)) {
         if (!seen.insert(dict).second)
-          throw Error(where + ": '" + name + "' is a dict that already appears elsewhere in data.pkl (a cycle "
+          throw Error(where + ": '" + name +
+                      "' is a dict that already appears elsewhere in data.pkl (a cycle "
                       "or a shared sub-dict); a state dict is a tree of dicts of tensors");
         if (current.depth + 1 > kMaxDictDepth)
-          throw Error(where + ": dicts nest deeper than " + std::to_string(kMaxDictDepth) + " levels at '" +
-                      name.substr(0, 200) + "...'");
+          throw Error(where + ": dicts nest deeper than " + std::to_string(kMaxDictDepth) +
+                      " levels at '" + name.substr(0, 200) + "...'");
         pending.push_back({dict, name, current.depth + 1});
       } else {
         throw Error(where + ": '" + name + "' is not a tensor or a dict of tensors");
@@ -421,13 +490,44 @@ class PickleWriter {
 std::string storage_name(at::ScalarType dtype, const std::string& tensor_name) {
   for (const auto& [name, type] : storage_types())
     if (type == dtype) return name;
-  throw Error("cannot save tensor '" + tensor_name + "' of dtype " + std::string(c10::toString(dtype)) +
-              " in a .pth file");
+  throw Error("cannot save tensor '" + tensor_name + "' of dtype " +
+              std::string(c10::toString(dtype)) + " in a .pth file");
+}
+
+// The archive record that holds a .pth's metadata (torch.load reads only the records it knows).
+constexpr const char* kMetadataRecord = "peftkit.json";
+constexpr size_t kMaxMetadataBytes = 1 << 20;
+
+std::string metadata_json(const std::map<std::string, std::string>& metadata) {
+  nlohmann::json object = nlohmann::json::object();
+  for (const auto& [key, value] : metadata) object[key] = value;
+  return object.dump();
+}
+
+std::map<std::string, std::string> parse_metadata(const uint8_t* data, uint64_t size,
+                                                  const std::string& where) {
+  if (size > kMaxMetadataBytes)
+    throw Error(where + ": " + std::to_string(size) + " bytes of metadata, more than the " +
+                std::to_string(kMaxMetadataBytes) + " peftkit writes at most");
+  const nlohmann::json json =
+      io::parse_strict_json(std::string_view(reinterpret_cast<const char*>(data), size), 2, where);
+  if (!json.is_object()) throw Error(where + ": expected a JSON object of strings");
+  std::map<std::string, std::string> out;
+  for (const auto& [key, value] : json.items()) {
+    if (!value.is_string()) throw Error(where + ": the value of '" + key + "' is not a string");
+    out[key] = value.get<std::string>();
+  }
+  return out;
 }
 
 }  // namespace
 
 void write_pth(const std::filesystem::path& path, const TensorMap& tensors) {
+  write_pth(path, tensors, {});
+}
+
+void write_pth(const std::filesystem::path& path, const TensorMap& tensors,
+               const std::map<std::string, std::string>& metadata) {
   std::vector<at::Tensor> storages;
   PickleWriter pickle;
   pickle.op(0x80);  // PROTO 2
@@ -468,6 +568,10 @@ void write_pth(const std::filesystem::path& path, const TensorMap& tensors) {
     for (size_t i = 0; i < storages.size(); ++i)
       zip.add("archive/data/" + std::to_string(i), storages[i].data_ptr(), storages[i].nbytes());
     zip.add("archive/version", "3\n", 2);
+    if (!metadata.empty()) {
+      const std::string json = metadata_json(metadata);
+      zip.add(std::string("archive/") + kMetadataRecord, json.data(), json.size());
+    }
     zip.finish();
   });
 }
@@ -475,10 +579,15 @@ void write_pth(const std::filesystem::path& path, const TensorMap& tensors) {
 TensorMap read_pth(const std::filesystem::path& path) { return read_pth(path, Checksums::kSkip); }
 
 TensorMap read_pth(const std::filesystem::path& path, Checksums checksums) {
+  return io::read_pth_file(path, checksums).tensors;
+}
+
+TensorFile io::read_pth_file(const std::filesystem::path& path, Checksums checksums) {
   const std::string where = path.string();
   auto file = MappedFile::open(path);
   if (file->size() < 4 || std::memcmp(file->data(), "PK\x03\x04", 4) != 0)
-    throw Error(where + ": not a PyTorch .pth file (expected a zip archive, found other bytes; "
+    throw Error(where +
+                ": not a PyTorch .pth file (expected a zip archive, found other bytes; "
                 "legacy non-zip torch.save files are not supported)");
   const auto entries = io::read_zip_directory(*file);
   const io::ZipEntry* pickle = nullptr;
@@ -493,34 +602,42 @@ TensorMap read_pth(const std::filesystem::path& path, Checksums checksums) {
   std::map<std::string, const io::ZipEntry*> by_name;
   for (const auto& e : entries) {
     if (e.method != 0)
-      throw Error(where + ": record '" + e.name + "' is compressed (method " + std::to_string(e.method) +
-                  "); PyTorch writes stored records only");
+      throw Error(where + ": record '" + e.name + "' is compressed (method " +
+                  std::to_string(e.method) + "); PyTorch writes stored records only");
     by_name[e.name] = &e;
   }
   if (auto it = by_name.find(prefix + "byteorder"); it != by_name.end()) {
-    std::string order(reinterpret_cast<const char*>(file->data() + it->second->data_offset), it->second->size);
-    if (order != "little") throw Error(where + ": byte order '" + order + "' is not supported (expected little)");
+    std::string order(reinterpret_cast<const char*>(file->data() + it->second->data_offset),
+                      it->second->size);
+    if (order != "little")
+      throw Error(where + ": byte order '" + order + "' is not supported (expected little)");
   }
   auto load_storage = [&](const StorageRef& ref) {
     auto it = by_name.find(prefix + "data/" + ref.key);
     if (it == by_name.end()) throw Error(where + ": storage '" + ref.key + "' has no data record");
     const int64_t element_size = static_cast<int64_t>(c10::elementSize(ref.dtype));
-    if (ref.numel < 0 || static_cast<uint64_t>(ref.numel) > it->second->size / static_cast<uint64_t>(element_size))
+    if (ref.numel < 0 ||
+        static_cast<uint64_t>(ref.numel) > it->second->size / static_cast<uint64_t>(element_size))
       throw Error(where + ": storage '" + ref.key + "' claims " + std::to_string(ref.numel) +
                   " elements of " + std::to_string(element_size) + " bytes but its record holds " +
                   std::to_string(it->second->size) + " bytes");
     // A view of the mapping; the deleter keeps the mapping alive as long as any tensor uses it.
     void* data = file->data() + it->second->data_offset;
-    return at::from_blob(data, {ref.numel}, [file](void*) {}, at::TensorOptions().dtype(ref.dtype));
+    return at::from_blob(
+        data, {ref.numel}, [file](void*) {}, at::TensorOptions().dtype(ref.dtype));
   };
   io::verify_crc(*file, *pickle);
   if (checksums == Checksums::kVerify)
     for (const auto& e : entries) io::verify_crc(*file, e);
-  Unpickler unpickler(where + ": data.pkl", file->data() + pickle->data_offset, pickle->size, load_storage);
+  Unpickler unpickler(where + ": data.pkl", file->data() + pickle->data_offset, pickle->size,
+                      load_storage);
   const Value* root = unpickler.run();
-  TensorMap tensors;
-  flatten(*root, tensors, where);
-  return tensors;
+  TensorFile out;
+  flatten(*root, out.tensors, where);
+  if (auto it = by_name.find(prefix + kMetadataRecord); it != by_name.end())
+    out.metadata = parse_metadata(file->data() + it->second->data_offset, it->second->size,
+                                  where + ": " + kMetadataRecord);
+  return out;
 }
 
 }  // namespace peftkit

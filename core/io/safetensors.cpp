@@ -4,11 +4,11 @@
 
 #include <algorithm>
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <set>
 
-#include <nlohmann/json.hpp>
-
 #include "io/mapped_file.hpp"
+#include "io/pth_file.hpp"
 #include "io/strict_json.hpp"
 #include "peftkit/error.hpp"
 #include "peftkit/tensor_io.hpp"
@@ -20,10 +20,21 @@ constexpr uint64_t kMaxHeaderSize = 100'000'000;
 
 const std::vector<std::pair<std::string, at::ScalarType>>& dtype_names() {
   static const std::vector<std::pair<std::string, at::ScalarType>> names = {
-      {"BOOL", at::kBool},   {"U8", at::kByte},        {"I8", at::kChar},       {"I16", at::kShort},
-      {"U16", at::kUInt16},  {"F16", at::kHalf},       {"BF16", at::kBFloat16}, {"I32", at::kInt},
-      {"U32", at::kUInt32},  {"F32", at::kFloat},      {"F64", at::kDouble},    {"I64", at::kLong},
-      {"U64", at::kUInt64},  {"F8_E5M2", at::kFloat8_e5m2}, {"F8_E4M3", at::kFloat8_e4m3fn},
+      {"BOOL", at::kBool},
+      {"U8", at::kByte},
+      {"I8", at::kChar},
+      {"I16", at::kShort},
+      {"U16", at::kUInt16},
+      {"F16", at::kHalf},
+      {"BF16", at::kBFloat16},
+      {"I32", at::kInt},
+      {"U32", at::kUInt32},
+      {"F32", at::kFloat},
+      {"F64", at::kDouble},
+      {"I64", at::kLong},
+      {"U64", at::kUInt64},
+      {"F8_E5M2", at::kFloat8_e5m2},
+      {"F8_E4M3", at::kFloat8_e4m3fn},
   };
   return names;
 }
@@ -62,19 +73,22 @@ TensorFile read_safetensors(const std::filesystem::path& path) {
     if (name == "__metadata__") {
       if (!entry.is_object()) throw Error(where + ": __metadata__ must be an object of strings");
       for (const auto& [k, v] : entry.items()) {
-        if (!v.is_string()) throw Error(where + ": __metadata__ value of '" + k + "' is not a string");
+        if (!v.is_string())
+          throw Error(where + ": __metadata__ value of '" + k + "' is not a string");
         result.metadata[k] = v.get<std::string>();
       }
       continue;
     }
     if (name.size() > kMaxTensorNameBytes)
-      throw Error(where + ": a tensor name of " + std::to_string(name.size()) + " bytes ('" + name.substr(0, 64) +
-                  "...'); names of at most " + std::to_string(kMaxTensorNameBytes) + " bytes are read");
+      throw Error(where + ": a tensor name of " + std::to_string(name.size()) + " bytes ('" +
+                  name.substr(0, 64) + "...'); names of at most " +
+                  std::to_string(kMaxTensorNameBytes) + " bytes are read");
     const std::string what = where + ": tensor '" + name + "'";
     if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") ||
         !entry.contains("data_offsets"))
       throw Error(what + " needs dtype, shape and data_offsets");
-    const std::string dtype_name = entry["dtype"].is_string() ? entry["dtype"].get<std::string>() : "";
+    const std::string dtype_name =
+        entry["dtype"].is_string() ? entry["dtype"].get<std::string>() : "";
     auto dtype_it = std::find_if(dtype_names().begin(), dtype_names().end(),
                                  [&](const auto& p) { return p.first == dtype_name; });
     if (dtype_it == dtype_names().end())
@@ -101,16 +115,19 @@ TensorFile read_safetensors(const std::filesystem::path& path) {
       throw Error(what + ": shape " + entry["shape"].dump() + " needs more than 2^64 bytes");
     if (end < begin || end - begin != bytes)
       throw Error(what + ": data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
-                  "] hold " + std::to_string(end < begin ? 0 : end - begin) + " bytes but shape and dtype need " +
-                  std::to_string(bytes));
+                  "] hold " + std::to_string(end < begin ? 0 : end - begin) +
+                  " bytes but shape and dtype need " + std::to_string(bytes));
     if (end > buffer_size)
-      throw Error(what + ": data_offsets end " + std::to_string(end) + " lies past the data buffer (" +
-                  std::to_string(buffer_size) + " bytes; the file is truncated)");
+      throw Error(what + ": data_offsets end " + std::to_string(end) +
+                  " lies past the data buffer (" + std::to_string(buffer_size) +
+                  " bytes; the file is truncated)");
     spans.push_back({begin, end, name});
     void* data = file->data() + buffer_start + begin;
     result.tensors[name] =
-        bytes == 0 ? at::empty(shape, at::TensorOptions().dtype(dtype_it->second))
-                   : at::from_blob(data, shape, [file](void*) {}, at::TensorOptions().dtype(dtype_it->second));
+        bytes == 0
+            ? at::empty(shape, at::TensorOptions().dtype(dtype_it->second))
+            : at::from_blob(
+                  data, shape, [file](void*) {}, at::TensorOptions().dtype(dtype_it->second));
   }
   // The tensors must tile the buffer exactly: no overlaps, no holes, nothing after the last one.
   std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {
@@ -123,8 +140,9 @@ TensorFile read_safetensors(const std::filesystem::path& path) {
       throw Error(where + ": tensor '" + span.name + "' overlaps the tensor before it (bytes " +
                   std::to_string(span.begin) + " to " + std::to_string(expected) + ")");
     if (span.begin > expected)
-      throw Error(where + ": the data buffer has a hole of " + std::to_string(span.begin - expected) +
-                  " bytes before tensor '" + span.name + "'");
+      throw Error(where + ": the data buffer has a hole of " +
+                  std::to_string(span.begin - expected) + " bytes before tensor '" + span.name +
+                  "'");
     expected = span.end;
   }
   if (expected != buffer_size)
@@ -153,7 +171,9 @@ void write_safetensors(const std::filesystem::path& path, const TensorMap& tenso
       throw Error(path.string() + ": cannot store tensor '" + name + "' of dtype " +
                   std::string(c10::toString(tensor.scalar_type())) + " in safetensors");
     const uint64_t bytes = tensor.nbytes();
-    header[name] = {{"dtype", it->first}, {"shape", tensor.sizes().vec()}, {"data_offsets", {offset, offset + bytes}}};
+    header[name] = {{"dtype", it->first},
+                    {"shape", tensor.sizes().vec()},
+                    {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
   }
   std::string text = header.dump();
@@ -162,16 +182,20 @@ void write_safetensors(const std::filesystem::path& path, const TensorMap& tenso
     const uint64_t size = text.size();
     io::write_all(out, &size, 8, path);
     io::write_all(out, text.data(), text.size(), path);
-    for (const auto& [name, tensor] : ordered) io::write_all(out, tensor.data_ptr(), tensor.nbytes(), path);
+    for (const auto& [name, tensor] : ordered)
+      io::write_all(out, tensor.data_ptr(), tensor.nbytes(), path);
   });
 }
 
-TensorFile read_tensor_file(const std::filesystem::path& path) { return read_tensor_file(path, Checksums::kSkip); }
+TensorFile read_tensor_file(const std::filesystem::path& path) {
+  return read_tensor_file(path, Checksums::kSkip);
+}
 
 TensorFile read_tensor_file(const std::filesystem::path& path, Checksums checksums) {
   const auto file = io::MappedFile::open(path);
   const uint8_t* head = file->data();
-  if (file->size() >= 4 && std::memcmp(head, "PK\x03\x04", 4) == 0) return {read_pth(path, checksums), {}};
+  if (file->size() >= 4 && std::memcmp(head, "PK\x03\x04", 4) == 0)
+    return io::read_pth_file(path, checksums);
   if (file->size() >= 9 && head[8] == '{') return read_safetensors(path);
   throw Error(path.string() + ": neither a PyTorch .pth (zip) file nor a safetensors file");
 }

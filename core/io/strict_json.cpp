@@ -26,7 +26,8 @@ nlohmann::json parse_strict_json(std::string_view text, int max_depth, const std
         if (!open.empty()) open.pop_back();
         break;
       case Event::key:
-        if (!open.empty() && !open.back().insert(parsed.get<std::string>()).second && duplicate.empty())
+        if (!open.empty() && !open.back().insert(parsed.get<std::string>()).second &&
+            duplicate.empty())
           duplicate = parsed.get<std::string>();
         break;
       default:
@@ -41,7 +42,8 @@ nlohmann::json parse_strict_json(std::string_view text, int max_depth, const std
     throw Error(where + ": not valid JSON (" + e.what() + ")");
   }
   if (!duplicate.empty())
-    throw Error(where + ": the key '" + duplicate + "' appears twice in one object; which value counts would be "
+    throw Error(where + ": the key '" + duplicate +
+                "' appears twice in one object; which value counts would be "
                 "a guess, so the file is refused");
   return json;
 }

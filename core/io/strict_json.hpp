@@ -3,10 +3,9 @@
 // for a key named twice, at every level (nlohmann keeps the last one silently).
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
-
-#include <nlohmann/json.hpp>
 
 namespace peftkit::io {
 

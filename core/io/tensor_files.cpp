@@ -12,13 +12,16 @@ void require_finite(const TensorMap& tensors, const std::string& where) {
     const at::Tensor bad = at::logical_not(at::isfinite(tensor));
     const int64_t count = bad.sum().item<int64_t>();
     if (count > 0)
-      throw Error(where + ": tensor '" + name + "' holds " + std::to_string(count) + " non-finite value(s) (NaN or "
-                  "infinity) of " + std::to_string(tensor.numel()) + "; a damaged or diverged file cannot be used");
+      throw Error(where + ": tensor '" + name + "' holds " + std::to_string(count) +
+                  " non-finite value(s) (NaN or "
+                  "infinity) of " +
+                  std::to_string(tensor.numel()) + "; a damaged or diverged file cannot be used");
   }
 }
 
 void write_text_file(const std::filesystem::path& path, const std::string& text) {
-  io::write_file_atomically(path, [&](std::FILE* out) { io::write_all(out, text.data(), text.size(), path); });
+  io::write_file_atomically(
+      path, [&](std::FILE* out) { io::write_all(out, text.data(), text.size(), path); });
 }
 
 }  // namespace peftkit

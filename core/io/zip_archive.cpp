@@ -141,13 +141,15 @@ std::vector<ZipEntry> read_zip_directory(const MappedFile& file) {
     }
     if (cursor.read<uint32_t>(header_offset, "local header") != kLocalHeader)
       throw Error(where + ": malformed zip archive (bad local header of '" + entry.name + "')");
-    entry.data_offset = header_offset + 30 + cursor.read<uint16_t>(header_offset + 26, "name length") +
+    entry.data_offset = header_offset + 30 +
+                        cursor.read<uint16_t>(header_offset + 26, "name length") +
                         cursor.read<uint16_t>(header_offset + 28, "extra length");
     entry.size = entry.method == 0 ? size : compressed;
     if (entry.data_offset > file.size() || file.size() - entry.data_offset < entry.size)
       throw Error(where + ": truncated zip archive ('" + entry.name + "' needs " +
-                  std::to_string(entry.size) + " bytes at byte " + std::to_string(entry.data_offset) +
-                  ", the file has " + std::to_string(file.size()) + ")");
+                  std::to_string(entry.size) + " bytes at byte " +
+                  std::to_string(entry.data_offset) + ", the file has " +
+                  std::to_string(file.size()) + ")");
     if (!names.insert(entry.name).second)
       throw Error(where + ": malformed zip archive (entry '" + entry.name + "' appears twice)");
     entries.push_back(std::move(entry));
@@ -161,8 +163,8 @@ void verify_crc(const MappedFile& file, const ZipEntry& entry) {
   if (actual != entry.crc) {
     char text[96];
     std::snprintf(text, sizeof text, "CRC-32 %08x, the archive records %08x", actual, entry.crc);
-    throw Error(file.path().string() + ": entry '" + entry.name + "' is damaged (its bytes give " + text +
-                "): the file was corrupted after it was written");
+    throw Error(file.path().string() + ": entry '" + entry.name + "' is damaged (its bytes give " +
+                text + "): the file was corrupted after it was written");
   }
 }
 

@@ -2,12 +2,12 @@
 // include folder carries a newer fmt than the one Debian's spdlog was built with.
 #include "peftkit/log.hpp"
 
-#include <memory>
-#include <mutex>
-
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+
+#include <memory>
+#include <mutex>
 
 #include "peftkit/error.hpp"
 

@@ -2,11 +2,10 @@
 
 #include <cmath>
 #include <map>
+#include <regex>
 #include <set>
 
 #include "peftkit/error.hpp"
-
-#include <regex>
 
 namespace peftkit {
 namespace {
@@ -24,11 +23,26 @@ int64_t round_to_32(double x) {
 
 }  // namespace
 
-std::optional<std::vector<int64_t>> merged_state_shape(const Rwkv7Config& config, const std::string& name) {
-  static const std::regex kName(R"(blocks\.(\d{1,9})\.(att\.time_state|att\.time_shift|ffn\.time_shift))");
+namespace {
+const std::regex& merged_state_pattern() {
+  static const std::regex kName(
+      R"(blocks\.(\d{1,9})\.(att\.time_state|att\.time_shift|ffn\.time_shift))");
+  return kName;
+}
+}  // namespace
+
+bool is_merged_state_name(const std::string& name) {
+  return std::regex_match(name, merged_state_pattern());
+}
+
+std::optional<std::vector<int64_t>> merged_state_shape(const Rwkv7Config& config,
+                                                       const std::string& name) {
+  const std::regex& kName = merged_state_pattern();
   std::smatch match;
-  if (!std::regex_match(name, match, kName) || std::stoll(match[1]) >= config.n_layer) return std::nullopt;
-  if (match[2] == "att.time_state") return std::vector<int64_t>{config.n_head, config.head_size, config.head_size};
+  if (!std::regex_match(name, match, kName) || std::stoll(match[1]) >= config.n_layer)
+    return std::nullopt;
+  if (match[2] == "att.time_state")
+    return std::vector<int64_t>{config.n_head, config.head_size, config.head_size};
   return std::vector<int64_t>{config.n_embd};
 }
 
@@ -38,26 +52,32 @@ Rwkv7Config Rwkv7Config::from_tensors(const TensorMap& tensors, const std::strin
       throw Error(where + ": RWKV-6 (x060) checkpoints are not supported yet");
   auto get = [&](const std::string& name) -> const at::Tensor& {
     auto it = tensors.find(name);
-    if (it == tensors.end()) throw Error(where + ": missing tensor '" + name + "' (not an RWKV-7 x070 model?)");
+    if (it == tensors.end())
+      throw Error(where + ": missing tensor '" + name + "' (not an RWKV-7 x070 model?)");
     return it->second;
   };
   Rwkv7Config c;
   const at::Tensor& emb = get("emb.weight");
-  if (emb.dim() != 2) throw Error(where + ": emb.weight must be [V, C], found " + shape_text(emb.sizes()));
+  if (emb.dim() != 2)
+    throw Error(where + ": emb.weight must be [V, C], found " + shape_text(emb.sizes()));
   c.vocab = emb.size(0);
   c.n_embd = emb.size(1);
   while (tensors.count("blocks." + std::to_string(c.n_layer) + ".ln1.weight")) ++c.n_layer;
   if (c.n_layer == 0) throw Error(where + ": no blocks.0.ln1.weight: not an RWKV model");
   const at::Tensor& r_k = get("blocks.0.att.r_k");
-  if (r_k.dim() != 2) throw Error(where + ": blocks.0.att.r_k must be [H, N], found " + shape_text(r_k.sizes()));
+  if (r_k.dim() != 2)
+    throw Error(where + ": blocks.0.att.r_k must be [H, N], found " + shape_text(r_k.sizes()));
   c.n_head = r_k.size(0);
   c.head_size = r_k.size(1);
   if (c.n_head * c.head_size != c.n_embd)
-    throw Error(where + ": r_k says H*N = " + std::to_string(c.n_head * c.head_size) + " but C = " + std::to_string(c.n_embd));
+    throw Error(where + ": r_k says H*N = " + std::to_string(c.n_head * c.head_size) +
+                " but C = " + std::to_string(c.n_embd));
   c.dim_w = get("blocks.0.att.w1").size(-1);
   c.dim_a = get("blocks.0.att.a1").size(-1);
   c.dim_g = get("blocks.0.att.g1").size(-1);
-  c.dim_v = c.n_layer > 1 ? get("blocks.1.att.v1").size(-1) : (tensors.count("blocks.0.att.v1") ? get("blocks.0.att.v1").size(-1) : 32);
+  c.dim_v = c.n_layer > 1
+                ? get("blocks.1.att.v1").size(-1)
+                : (tensors.count("blocks.0.att.v1") ? get("blocks.0.att.v1").size(-1) : 32);
   c.ffn = get("blocks.0.ffn.key.weight").size(0);
   c.layer0_value_lora = tensors.count("blocks.0.att.v0") != 0;
 
@@ -87,7 +107,8 @@ Rwkv7Config Rwkv7Config::from_tensors(const TensorMap& tensors, const std::strin
       expected[p + "att.v2"] = {c.dim_v, C};
     }
     expected[p + "att.r_k"] = {c.n_head, c.head_size};
-    for (const char* lin : {"receptance", "key", "value", "output"}) expected[p + "att." + lin + ".weight"] = {C, C};
+    for (const char* lin : {"receptance", "key", "value", "output"})
+      expected[p + "att." + lin + ".weight"] = {C, C};
     expected[p + "att.ln_x.weight"] = {C};
     expected[p + "att.ln_x.bias"] = {C};
     expected[p + "ffn.x_k"] = {1, 1, C};
@@ -100,8 +121,8 @@ Rwkv7Config Rwkv7Config::from_tensors(const TensorMap& tensors, const std::strin
       throw Error(where + ": " + name + " has shape " + shape_text(t.sizes()) + ", expected " +
                   shape_text(shape) + " for " + c.describe());
     if (!at::isFloatingType(t.scalar_type()))
-      throw Error(where + ": " + name + " has dtype " + std::string(c10::toString(t.scalar_type())) +
-                  ", expected a floating-point type");
+      throw Error(where + ": " + name + " has dtype " +
+                  std::string(c10::toString(t.scalar_type())) + ", expected a floating-point type");
   }
   std::string unknown;
   int unknown_count = 0;
@@ -109,30 +130,33 @@ Rwkv7Config Rwkv7Config::from_tensors(const TensorMap& tensors, const std::strin
     if (expected.count(name)) continue;
     if (const auto shape = merged_state_shape(c, name)) {  // a state merged into the model file
       if (tensor.sizes() != at::IntArrayRef(*shape))
-        throw Error(where + ": " + name + " has shape " + shape_text(tensor.sizes()) + ", expected " +
-                    shape_text(*shape) + " for " + c.describe() + " (a state trained on another base?)");
+        throw Error(where + ": " + name + " has shape " + shape_text(tensor.sizes()) +
+                    ", expected " + shape_text(*shape) + " for " + c.describe() +
+                    " (a state trained on another base?)");
       continue;
     }
     if (++unknown_count <= 8) unknown += (unknown.empty() ? "" : ", ") + name;
   }
   if (unknown_count)
-    throw Error(where + ": " + std::to_string(unknown_count) + " unexpected tensor(s) for an RWKV-7 x070 model: " +
-                unknown + (unknown_count > 8 ? ", ..." : "") +
+    throw Error(where + ": " + std::to_string(unknown_count) +
+                " unexpected tensor(s) for an RWKV-7 x070 model: " + unknown +
+                (unknown_count > 8 ? ", ..." : "") +
                 " (DeepEmbed and other variants are not supported)");
   return c;
 }
 
-Rwkv7Config Rwkv7Config::for_size(int64_t n_layer, int64_t n_embd, int64_t vocab, int64_t head_size) {
+Rwkv7Config Rwkv7Config::for_size(int64_t n_layer, int64_t n_embd, int64_t vocab,
+                                  int64_t head_size) {
   if (n_layer < 1 || n_embd < 1 || vocab < 1 || head_size < 1)
     throw Error("model geometry: layers, embd, vocab and head size must be positive");
   // Far beyond any RWKV model, and small enough that every count below fits in 64 bits.
   if (n_layer > (1 << 16) || n_embd > (1 << 20) || vocab > (1 << 26) || head_size > (1 << 12))
-    throw Error("model geometry: layers " + std::to_string(n_layer) + ", embd " + std::to_string(n_embd) + ", vocab " +
-                std::to_string(vocab) + ", head size " + std::to_string(head_size) +
-                " exceed the limits 65536, 1048576, 67108864 and 4096");
+    throw Error("model geometry: layers " + std::to_string(n_layer) + ", embd " +
+                std::to_string(n_embd) + ", vocab " + std::to_string(vocab) + ", head size " +
+                std::to_string(head_size) + " exceed the limits 65536, 1048576, 67108864 and 4096");
   if (n_embd % head_size != 0)
-    throw Error("model geometry: embd " + std::to_string(n_embd) + " is not a multiple of the head size " +
-                std::to_string(head_size));
+    throw Error("model geometry: embd " + std::to_string(n_embd) +
+                " is not a multiple of the head size " + std::to_string(head_size));
   Rwkv7Config c;
   c.n_layer = n_layer;
   c.n_embd = n_embd;
@@ -157,9 +181,10 @@ int64_t Rwkv7Config::parameter_count() const {
 }
 
 std::string Rwkv7Config::describe() const {
-  return "L" + std::to_string(n_layer) + " C" + std::to_string(n_embd) + " H" + std::to_string(n_head) + " N" +
-         std::to_string(head_size) + " V" + std::to_string(vocab) + " F" + std::to_string(ffn) + " lora " +
-         std::to_string(dim_w) + "/" + std::to_string(dim_a) + "/" + std::to_string(dim_v) + "/" + std::to_string(dim_g);
+  return "L" + std::to_string(n_layer) + " C" + std::to_string(n_embd) + " H" +
+         std::to_string(n_head) + " N" + std::to_string(head_size) + " V" + std::to_string(vocab) +
+         " F" + std::to_string(ffn) + " lora " + std::to_string(dim_w) + "/" +
+         std::to_string(dim_a) + "/" + std::to_string(dim_v) + "/" + std::to_string(dim_g);
 }
 
 }  // namespace peftkit

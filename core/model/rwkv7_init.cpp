@@ -29,7 +29,8 @@ TensorMap init_rwkv7(const Rwkv7Config& c, uint64_t seed) {
   const at::Tensor n = at::arange(C, f64);
   const at::Tensor ddd = n / static_cast<double>(C);
   const at::Tensor linear = n / static_cast<double>(C - 1) - 0.5;
-  const at::Tensor zig = (at::remainder(n, static_cast<double>(N)) - (N - 1) / 2.0) / ((N - 1) / 2.0);
+  const at::Tensor zig =
+      (at::remainder(n, static_cast<double>(N)) - (N - 1) / 2.0) / ((N - 1) / 2.0);
   const at::Tensor zigzag = zig * zig.abs();
   auto vec = [&](const at::Tensor& v) { return v.to(at::kFloat).view({1, 1, C}); };
   auto full = [&](double value) { return at::full({1, 1, C}, value, at::kFloat); };
@@ -42,7 +43,8 @@ TensorMap init_rwkv7(const Rwkv7Config& c, uint64_t seed) {
     const std::string p = "blocks." + std::to_string(l) + ".";
     const double r01 = L > 1 ? static_cast<double>(l) / (L - 1) : 0.0;
     const double r1 = 1.0 - static_cast<double>(l) / L;
-    const at::Tensor www = -6.0 + 6.0 * at::pow(n / static_cast<double>(C - 1), 1.0 + std::pow(r01, 0.3));
+    const at::Tensor www =
+        -6.0 + 6.0 * at::pow(n / static_cast<double>(C - 1), 1.0 + std::pow(r01, 0.3));
     for (const char* ln : {"ln1", "ln2"}) {
       t[p + ln + ".weight"] = at::ones({C});
       t[p + ln + ".bias"] = at::zeros({C});

@@ -2,13 +2,14 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
-#include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/autograd.h>
+#include <torch/csrc/autograd/custom_function.h>
 
-#include "peftkit/error.hpp"
-#include "peftkit/tensor_io.hpp"
 #include "cuda_place_of.hpp"
 #include "fused/fused.hpp"
+#include "peftkit/error.hpp"
+#include "peftkit/sites.hpp"
+#include "peftkit/tensor_io.hpp"
 #include "wkv7/wkv7.hpp"
 
 namespace peftkit {
@@ -16,7 +17,8 @@ namespace {
 
 constexpr double kLayerNormEps = 1e-5;   // spec §1.5
 constexpr double kGroupNormEps = 64e-5;  // ln_x: 1e-5 * head_size_divisor^2
-constexpr const char* kSlotNames[] = {"att.receptance", "att.key", "att.value", "att.output", "ffn.key", "ffn.value"};
+constexpr const char* kSlotNames[] = {"att.receptance", "att.key", "att.value",
+                                      "att.output",     "ffn.key", "ffn.value"};
 enum Slot { kReceptance, kKey, kValue, kOutput, kFfnKey, kFfnValue, kSlots };
 
 std::string block_prefix(int64_t layer) { return "blocks." + std::to_string(layer) + "."; }
@@ -24,8 +26,11 @@ std::string block_prefix(int64_t layer) { return "blocks." + std::to_string(laye
 // A dense weight; a trained one is an fp32 master that is cast to the compute dtype per use.
 class DenseLinear final : public FrozenLinear {
  public:
-  DenseLinear(at::Tensor weight, at::ScalarType compute) : weight_(std::move(weight)), compute_(compute) {}
-  at::Tensor forward(const at::Tensor& x) const override { return at::linear(x, weight_.to(compute_)); }
+  DenseLinear(at::Tensor weight, at::ScalarType compute)
+      : weight_(std::move(weight)), compute_(compute) {}
+  at::Tensor forward(const at::Tensor& x) const override {
+    return at::linear(x, weight_.to(compute_));
+  }
   at::Tensor dense_weight() const override { return weight_.detach().to(compute_); }
   int64_t in_features() const override { return weight_.size(1); }
   int64_t out_features() const override { return weight_.size(0); }
@@ -43,19 +48,18 @@ struct Rwkv7Model::Site {
   std::shared_ptr<LinearAdapter> adapter;
 };
 
-Rwkv7Model::Rwkv7Model(const TensorMap& weights, const ModelOptions& options, const std::string& where)
+Rwkv7Model::Rwkv7Model(const TensorMap& weights, const ModelOptions& options,
+                       const std::string& where)
     : config_(Rwkv7Config::from_tensors(weights, where)), options_(options) {
   if (!at::isFloatingType(options.dtype))
-    throw Error("model dtype must be a floating-point type, not " + std::string(c10::toString(options.dtype)));
+    throw Error("model dtype must be a floating-point type, not " +
+                std::string(c10::toString(options.dtype)));
   require_finite(weights, where);
   auto quantized = [&](const std::string& name) {
     if (!options.quantizer) return false;
     if (name == "head.weight") return options.quantize_head;
-    for (const auto& target : options.quantize_targets)
-      if (name.size() >= target.size() + 7 && name.compare(name.size() - 7, 7, ".weight") == 0 &&
-          name.compare(name.size() - 7 - target.size(), target.size(), target) == 0)
-        return true;
-    return false;
+    const std::string_view site = std::string_view(name).substr(0, name.size() - 7);
+    return name.ends_with(".weight") && site_matches_any(site, options.quantize_targets);
   };
   std::vector<std::string> site_names;
   for (int64_t l = 0; l < config_.n_layer; ++l)
@@ -72,29 +76,31 @@ Rwkv7Model::Rwkv7Model(const TensorMap& weights, const ModelOptions& options, co
     checkpoint_weights_[name] = w;
     auto site = std::make_shared<Site>();
     site->name = name;
-    site->base = make_base(name + ".weight", quantized(name + ".weight") ? w : weights_.at(name + ".weight"),
-                           quantized(name + ".weight"));
+    site->base =
+        make_base(name + ".weight", quantized(name + ".weight") ? w : weights_.at(name + ".weight"),
+                  quantized(name + ".weight"));
     sites_.push_back(std::move(site));
   }
   if (quantized("head.weight")) head_ = make_base("head.weight", weights.at("head.weight"), true);
   options_.prequantized = nullptr;  // the caller's map was only needed here
 }
 
-std::unique_ptr<FrozenLinear> Rwkv7Model::make_base(const std::string& name, const at::Tensor& weight,
-                                                    bool quantize) const {
+std::unique_ptr<FrozenLinear> Rwkv7Model::make_base(const std::string& name,
+                                                    const at::Tensor& weight, bool quantize) const {
   if (!quantize) return std::make_unique<DenseLinear>(weight, options_.dtype);
   if (options_.prequantized) {
     TensorMap packed;
     const std::string prefix = name + ".";
     for (auto it = options_.prequantized->lower_bound(prefix);
-         it != options_.prequantized->end() && it->first.compare(0, prefix.size(), prefix) == 0; ++it)
+         it != options_.prequantized->end() && it->first.compare(0, prefix.size(), prefix) == 0;
+         ++it)
       packed[it->first.substr(prefix.size())] = it->second.to(options_.device);
     if (!packed.empty()) {
       auto loaded = options_.quantizer->load(packed);
       if (loaded->out_features() != weight.size(0) || loaded->in_features() != weight.size(1))
-        throw Error("the pre-quantized " + name + " is [" + std::to_string(loaded->out_features()) + ", " +
-                    std::to_string(loaded->in_features()) + "] but the model's weight is " + c10::str(weight.sizes()) +
-                    " (a cache of another model)");
+        throw Error("the pre-quantized " + name + " is [" + std::to_string(loaded->out_features()) +
+                    ", " + std::to_string(loaded->in_features()) + "] but the model's weight is " +
+                    c10::str(weight.sizes()) + " (a cache of another model)");
       return loaded;
     }
   }
@@ -118,7 +124,8 @@ int64_t Rwkv7Model::linear_weight_bytes() const {
     if (const auto* q = dynamic_cast<const QuantizedLinear*>(site->base.get()))
       bytes += q->nbytes();
     else
-      bytes += site->base->in_features() * site->base->out_features() * c10::elementSize(options_.dtype);
+      bytes +=
+          site->base->in_features() * site->base->out_features() * c10::elementSize(options_.dtype);
   }
   return bytes;
 }
@@ -127,18 +134,24 @@ at::Tensor Rwkv7Model::effective_weight(std::string_view name) {
   const size_t index = site_index(name);
   const Site& site = *sites_[index];
   const at::Tensor identity = at::eye(site.base->in_features(), activation_options());
-  return apply_linear(static_cast<int64_t>(index) / kSlots, static_cast<int>(index % kSlots), identity).t();
+  return apply_linear(static_cast<int64_t>(index) / kSlots, static_cast<int>(index % kSlots),
+                      identity)
+      .t();
 }
 
-at::Tensor Rwkv7Model::head_weight() const { return head_ ? head_->dense_weight() : weight("head.weight"); }
+at::Tensor Rwkv7Model::head_weight() const {
+  return head_ ? head_->dense_weight() : weight("head.weight");
+}
 
 at::Tensor Rwkv7Model::checkpoint_weight(std::string_view site) const {
   auto it = checkpoint_weights_.find(std::string(site));
-  if (it == checkpoint_weights_.end()) throw Error("checkpoint_weight: no linear site '" + std::string(site) + "'");
+  if (it == checkpoint_weights_.end())
+    throw Error("checkpoint_weight: no linear site '" + std::string(site) + "'");
   return it->second;
 }
 
-std::unique_ptr<Rwkv7Model> Rwkv7Model::load(const std::filesystem::path& path, const ModelOptions& options) {
+std::unique_ptr<Rwkv7Model> Rwkv7Model::load(const std::filesystem::path& path,
+                                             const ModelOptions& options) {
   return std::make_unique<Rwkv7Model>(read_tensor_file(path).tensors, options, path.string());
 }
 
@@ -153,14 +166,16 @@ TensorMap Rwkv7Model::weights() const {
   return out;
 }
 
-std::vector<TrainableTensor> Rwkv7Model::make_trainable(const std::function<bool(const std::string&)>& select) {
+std::vector<TrainableTensor> Rwkv7Model::make_trainable(
+    const std::function<bool(const std::string&)>& select) {
   std::vector<TrainableTensor> trainable;
   for (const auto& [name, tensor] : weights_) {
     if (!select(name) || masters_.count(name)) continue;
     at::Tensor master = tensor.detach().to(at::kFloat).clone().requires_grad_(true);
     masters_[name] = master;
     for (auto& site : sites_)
-      if (site->name + ".weight" == name) site->base = std::make_unique<DenseLinear>(master, options_.dtype);
+      if (site->name + ".weight" == name)
+        site->base = std::make_unique<DenseLinear>(master, options_.dtype);
     // RWKV-PEFT's decay group: tensors with at least two non-trivial dimensions.
     trainable.push_back({name, master, 1.0, tensor.squeeze().dim() >= 2});
   }
@@ -208,41 +223,50 @@ at::Tensor Rwkv7Model::apply_linear(int64_t layer, int slot, const at::Tensor& x
 }
 
 // spec §1.2
-at::Tensor Rwkv7Model::time_mix(int64_t l, const at::Tensor& x, at::Tensor& v_first, Rwkv7State& state) {
+at::Tensor Rwkv7Model::time_mix(int64_t l, const at::Tensor& x, at::Tensor& v_first,
+                                Rwkv7State& state) {
   const std::string p = block_prefix(l) + "att.";
-  const int64_t B = x.size(0), T = x.size(1), C = config_.n_embd, H = config_.n_head, N = config_.head_size;
+  const int64_t B = x.size(0), T = x.size(1), C = config_.n_embd, H = config_.n_head,
+                N = config_.head_size;
   auto vec = [&](const char* name) { return weight(p + name).view({C}); };
   const bool reference = options_.reference_kernels;
-  const at::Tensor mixes = at::stack({vec("x_r"), vec("x_w"), vec("x_k"), vec("x_v"), vec("x_a"), vec("x_g")});
-  const at::Tensor mixed = (reference ? kernels::token_shift_mix_reference : kernels::token_shift_mix)(
-      x, state.att_shift[l], mixes);
+  const at::Tensor mixes =
+      at::stack({vec("x_r"), vec("x_w"), vec("x_k"), vec("x_v"), vec("x_a"), vec("x_g")});
+  const at::Tensor mixed = (reference ? kernels::token_shift_mix_reference
+                                      : kernels::token_shift_mix)(x, state.att_shift[l], mixes);
   state.att_shift[l] = x.select(1, T - 1);
-  const at::Tensor xr = mixed[0], xw = mixed[1], xk = mixed[2], xv = mixed[3], xa = mixed[4], xg = mixed[5];
+  const at::Tensor xr = mixed[0], xw = mixed[1], xk = mixed[2], xv = mixed[3], xa = mixed[4],
+                   xg = mixed[5];
 
   at::Tensor r = apply_linear(l, kReceptance, xr);
-  at::Tensor z = vec("w0") + at::matmul(at::tanh(at::matmul(xw, weight(p + "w1"))), weight(p + "w2"));
+  at::Tensor z =
+      vec("w0") + at::matmul(at::tanh(at::matmul(xw, weight(p + "w1"))), weight(p + "w2"));
   at::Tensor k = apply_linear(l, kKey, xk);
   at::Tensor v = apply_linear(l, kValue, xv);
   if (l == 0) {
     v_first = v;
   } else {
-    at::Tensor gate = at::sigmoid(vec("v0") + at::matmul(at::matmul(xv, weight(p + "v1")), weight(p + "v2")));
+    at::Tensor gate =
+        at::sigmoid(vec("v0") + at::matmul(at::matmul(xv, weight(p + "v1")), weight(p + "v2")));
     v = v + (v_first - v) * gate;
   }
-  at::Tensor a = at::sigmoid(vec("a0") + at::matmul(at::matmul(xa, weight(p + "a1")), weight(p + "a2")));
+  at::Tensor a =
+      at::sigmoid(vec("a0") + at::matmul(at::matmul(xa, weight(p + "a1")), weight(p + "a2")));
   at::Tensor g = at::matmul(at::sigmoid(at::matmul(xg, weight(p + "g1"))), weight(p + "g2"));
 
   // kk from the original k; the WKV and the bonus use the modified k (pitfall §7.2).
-  const kernels::KkAb kab = (reference ? kernels::kk_ab_reference : kernels::kk_ab)(k, a, vec("k_k"), vec("k_a"), H);
+  const kernels::KkAb kab =
+      (reference ? kernels::kk_ab_reference : kernels::kk_ab)(k, a, vec("k_k"), vec("k_a"), H);
   k = kab.k;
 
   auto heads = [&](const at::Tensor& t) { return t.reshape({B, T, H, N}); };
   auto wkv = reference ? kernels::wkv7_reference : kernels::wkv7;
-  auto [y, s_final] = wkv(heads(r), z.reshape({B, T, H, N}), heads(k), heads(v), heads(kab.a), heads(kab.b), state.wkv[l]);
+  auto [y, s_final] = wkv(heads(r), z.reshape({B, T, H, N}), heads(k), heads(v), heads(kab.a),
+                          heads(kab.b), state.wkv[l]);
   state.wkv[l] = s_final;
   y = (reference ? kernels::norm_bonus_gate_reference : kernels::norm_bonus_gate)(
-      y.reshape({B, T, C}), r, k, v, g, weight(p + "ln_x.weight"), weight(p + "ln_x.bias"), weight(p + "r_k"), H,
-      kGroupNormEps);
+      y.reshape({B, T, C}), r, k, v, g, weight(p + "ln_x.weight"), weight(p + "ln_x.bias"),
+      weight(p + "r_k"), H, kGroupNormEps);
   return apply_linear(l, kOutput, y);
 }
 
@@ -253,7 +277,8 @@ at::Tensor Rwkv7Model::channel_mix(int64_t l, const at::Tensor& x, Rwkv7State& s
   const at::Tensor kx = (reference ? kernels::token_shift_mix_reference : kernels::token_shift_mix)(
       x, state.ffn_shift[l], weight(p + "x_k").view({1, config_.n_embd}))[0];
   state.ffn_shift[l] = x.select(1, x.size(1) - 1);
-  const at::Tensor h = (reference ? kernels::relu_square_reference : kernels::relu_square)(apply_linear(l, kFfnKey, kx));
+  const at::Tensor h = (reference ? kernels::relu_square_reference
+                                  : kernels::relu_square)(apply_linear(l, kFfnKey, kx));
   return apply_linear(l, kFfnValue, h);
 }
 
@@ -267,8 +292,9 @@ at::Tensor Rwkv7Model::head(const at::Tensor& hidden) const {
 
 at::Tensor Rwkv7Model::forward_hidden(const at::Tensor& tokens, Rwkv7State* state) {
   if (tokens.dim() != 2 || tokens.scalar_type() != at::kLong)
-    throw Error("model input must be int64 tokens [B, T], got " + std::string(c10::toString(tokens.scalar_type())) +
-                " with " + std::to_string(tokens.dim()) + " dimensions");
+    throw Error("model input must be int64 tokens [B, T], got " +
+                std::string(c10::toString(tokens.scalar_type())) + " with " +
+                std::to_string(tokens.dim()) + " dimensions");
   // Checked on the host; device tokens cost a wait for the device, and a graph capture cannot wait.
   if (tokens.numel() > 0 && !kernels::cuda::capturing_graph(tokens) &&
       (tokens.min().item<int64_t>() < 0 || tokens.max().item<int64_t>() >= config_.vocab))
@@ -279,7 +305,8 @@ at::Tensor Rwkv7Model::forward_hidden(const at::Tensor& tokens, Rwkv7State* stat
     state = &local;
   }
   auto ln = [&](const at::Tensor& x, const std::string& name) {
-    return at::layer_norm(x, {config_.n_embd}, weight(name + ".weight"), weight(name + ".bias"), kLayerNormEps);
+    return at::layer_norm(x, {config_.n_embd}, weight(name + ".weight"), weight(name + ".bias"),
+                          kLayerNormEps);
   };
   at::Tensor x = at::embedding(weight("emb.weight"), tokens.to(options_.device));
   x = ln(x, "blocks.0.ln0");
@@ -290,9 +317,11 @@ at::Tensor Rwkv7Model::forward_hidden(const at::Tensor& tokens, Rwkv7State* stat
   return ln(x, "ln_out");
 }
 
-at::Tensor Rwkv7Model::block(int64_t l, const at::Tensor& x_in, at::Tensor& v_first, Rwkv7State& state) {
+at::Tensor Rwkv7Model::block(int64_t l, const at::Tensor& x_in, at::Tensor& v_first,
+                             Rwkv7State& state) {
   auto ln = [&](const at::Tensor& x, const std::string& name) {
-    return at::layer_norm(x, {config_.n_embd}, weight(name + ".weight"), weight(name + ".bias"), kLayerNormEps);
+    return at::layer_norm(x, {config_.n_embd}, weight(name + ".weight"), weight(name + ".bias"),
+                          kLayerNormEps);
   };
   at::Tensor x = x_in + time_mix(l, ln(x_in, block_prefix(l) + "ln1"), v_first, state);
   return x + channel_mix(l, ln(x, block_prefix(l) + "ln2"), state);
@@ -303,7 +332,8 @@ namespace {
 // Runs one block without keeping its activations, and again with autograd in the backward
 // (reentrant checkpointing: the recomputation's backward also fills the parameters' gradients).
 // Inputs: x, v_first (empty for layer 0), att_shift, wkv, ffn_shift; outputs: the same, updated.
-using BlockFn = std::function<torch::autograd::variable_list(const torch::autograd::variable_list&)>;
+using BlockFn =
+    std::function<torch::autograd::variable_list(const torch::autograd::variable_list&)>;
 
 struct FnHolder : torch::CustomClassHolder {
   explicit FnHolder(BlockFn f) : fn(std::move(f)) {}
@@ -311,7 +341,8 @@ struct FnHolder : torch::CustomClassHolder {
 };
 
 at::Generator default_generator(const at::Device& device) {
-  return device.is_cuda() ? at::globalContext().defaultGenerator(device) : at::detail::getDefaultCPUGenerator();
+  return device.is_cuda() ? at::globalContext().defaultGenerator(device)
+                          : at::detail::getDefaultCPUGenerator();
 }
 at::Tensor rng_state(const at::Device& device) { return default_generator(device).get_state(); }
 void set_rng_state(const at::Device& device, const at::Tensor& state) {
@@ -344,8 +375,10 @@ class BlockCheckpoint : public torch::autograd::Function<BlockCheckpoint> {
     auto inputs = ctx->get_saved_variables();
     torch::autograd::variable_list leaves;
     for (const auto& input : inputs)
-      leaves.push_back(input.numel() ? input.detach().requires_grad_(input.requires_grad() || at::isFloatingType(input.scalar_type()))
-                                     : input);
+      leaves.push_back(input.numel()
+                           ? input.detach().requires_grad_(input.requires_grad() ||
+                                                           at::isFloatingType(input.scalar_type()))
+                           : input);
     torch::autograd::variable_list outputs;
     {
       at::AutoGradMode enable(true);
@@ -363,15 +396,16 @@ class BlockCheckpoint : public torch::autograd::Function<BlockCheckpoint> {
       }
     if (!roots.empty()) torch::autograd::backward(roots, root_grads);
     torch::autograd::variable_list result = {at::Tensor(), at::Tensor()};  // none for fn and anchor
-    for (const auto& leaf : leaves) result.push_back(leaf.numel() && leaf.grad().defined() ? leaf.grad() : at::Tensor());
+    for (const auto& leaf : leaves)
+      result.push_back(leaf.numel() && leaf.grad().defined() ? leaf.grad() : at::Tensor());
     return result;
   }
-
 };
 
 }  // namespace
 
-at::Tensor Rwkv7Model::checkpointed_block(int64_t l, const at::Tensor& x, at::Tensor& v_first, Rwkv7State& state) {
+at::Tensor Rwkv7Model::checkpointed_block(int64_t l, const at::Tensor& x, at::Tensor& v_first,
+                                          Rwkv7State& state) {
   auto fn = [this, l](const torch::autograd::variable_list& in) {
     Rwkv7State layer_state;
     layer_state.att_shift.assign(config_.n_layer, at::Tensor());
@@ -382,11 +416,13 @@ at::Tensor Rwkv7Model::checkpointed_block(int64_t l, const at::Tensor& x, at::Te
     layer_state.ffn_shift[l] = in[4];
     at::Tensor v = in[1].numel() ? in[1] : at::Tensor();
     at::Tensor out = block(l, in[0], v, layer_state);
-    return torch::autograd::variable_list{out, v, layer_state.att_shift[l], layer_state.wkv[l], layer_state.ffn_shift[l]};
+    return torch::autograd::variable_list{out, v, layer_state.att_shift[l], layer_state.wkv[l],
+                                          layer_state.ffn_shift[l]};
   };
   at::Tensor v_in = v_first.defined() ? v_first : at::empty({0}, x.options());
   const at::Tensor anchor = at::zeros({}, x.options().dtype(at::kFloat)).requires_grad_(true);
-  auto out = BlockCheckpoint::apply(std::move(fn), anchor, x, v_in, state.att_shift[l], state.wkv[l], state.ffn_shift[l]);
+  auto out = BlockCheckpoint::apply(std::move(fn), anchor, x, v_in, state.att_shift[l],
+                                    state.wkv[l], state.ffn_shift[l]);
   v_first = out[1];
   state.att_shift[l] = out[2];
   state.wkv[l] = out[3];
@@ -405,7 +441,8 @@ std::vector<LinearSite> Rwkv7Model::linear_sites() const {
 std::vector<StateSite> Rwkv7Model::state_sites() const {
   std::vector<StateSite> sites;
   for (int64_t l = 0; l < config_.n_layer; ++l)
-    sites.push_back({block_prefix(l) + "att", static_cast<int>(l), config_.n_head, config_.head_size, config_.n_embd});
+    sites.push_back({block_prefix(l) + "att", static_cast<int>(l), config_.n_head,
+                     config_.head_size, config_.n_embd});
   return sites;
 }
 
@@ -413,15 +450,19 @@ size_t Rwkv7Model::site_index(std::string_view name) const {
   for (size_t i = 0; i < sites_.size(); ++i)
     if (sites_[i]->name == name) return i;
   throw Error("no linear site '" + std::string(name) + "'; RWKV-7 sites are blocks.{0.." +
-              std::to_string(config_.n_layer - 1) + "}.att.receptance|key|value|output and blocks.{i}.ffn.key|value");
+              std::to_string(config_.n_layer - 1) +
+              "}.att.receptance|key|value|output and blocks.{i}.ffn.key|value");
 }
 
-const FrozenLinear& Rwkv7Model::linear(std::string_view site) const { return *sites_[site_index(site)]->base; }
+const FrozenLinear& Rwkv7Model::linear(std::string_view site) const {
+  return *sites_[site_index(site)]->base;
+}
 
 void Rwkv7Model::set_base_weight(std::string_view site, const at::Tensor& weight) {
   Site& s = *sites_[site_index(site)];
   if (weight.sizes() != at::IntArrayRef({s.base->out_features(), s.base->in_features()}))
-    throw Error("set_base_weight(" + s.name + "): expected shape [" + std::to_string(s.base->out_features()) + ", " +
+    throw Error("set_base_weight(" + s.name + "): expected shape [" +
+                std::to_string(s.base->out_features()) + ", " +
                 std::to_string(s.base->in_features()) + "], got " + c10::str(weight.sizes()));
   // A quantized site is quantized again (QPiSSA quantizes the residual).
   if (dynamic_cast<const QuantizedLinear*>(s.base.get())) {
@@ -437,6 +478,8 @@ void Rwkv7Model::set_linear_adapter(std::string_view site, std::shared_ptr<Linea
   sites_[site_index(site)]->adapter = std::move(adapter);
 }
 
-void Rwkv7Model::set_state_adapter(std::shared_ptr<StateAdapter> adapter) { state_adapter_ = std::move(adapter); }
+void Rwkv7Model::set_state_adapter(std::shared_ptr<StateAdapter> adapter) {
+  state_adapter_ = std::move(adapter);
+}
 
 }  // namespace peftkit

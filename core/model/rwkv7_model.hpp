@@ -26,7 +26,8 @@
 namespace peftkit {
 
 struct ModelOptions {
-  ModelOptions(at::ScalarType dtype_ = at::kFloat, at::Device device_ = at::kCPU) : dtype(dtype_), device(device_) {}
+  ModelOptions(at::ScalarType dtype_ = at::kFloat, at::Device device_ = at::kCPU)
+      : dtype(dtype_), device(device_) {}
   at::ScalarType dtype;  // weights and activations; the WKV state is always fp32
   at::Device device;
   // Quantizes the frozen weights of the linear sites whose names end with one of quantize_targets
@@ -52,7 +53,8 @@ class Rwkv7Model final : public ModelView {
  public:
   // weights: checkpoint names -> tensors; `where` names their source in error messages.
   Rwkv7Model(const TensorMap& weights, const ModelOptions& options, const std::string& where);
-  static std::unique_ptr<Rwkv7Model> load(const std::filesystem::path& path, const ModelOptions& options);
+  static std::unique_ptr<Rwkv7Model> load(const std::filesystem::path& path,
+                                          const ModelOptions& options);
 
   const Rwkv7Config& config() const { return config_; }
   const ModelOptions& options() const { return options_; }
@@ -86,7 +88,8 @@ class Rwkv7Model final : public ModelView {
 
   // Makes the selected base tensors trainable: each gets an fp32 master copy (a leaf with
   // requires_grad) that the forward casts to the model dtype. Returns them for the optimizer.
-  std::vector<TrainableTensor> make_trainable(const std::function<bool(const std::string&)>& select);
+  std::vector<TrainableTensor> make_trainable(
+      const std::function<bool(const std::string&)>& select);
 
   // Recompute each block in the backward instead of storing its activations (grad_cp).
   void set_gradient_checkpointing(bool enabled) { gradient_checkpointing_ = enabled; }
@@ -108,7 +111,8 @@ class Rwkv7Model final : public ModelView {
   struct Site;
   // One block: x and v_first in, the layer's state updated in place.
   at::Tensor block(int64_t layer, const at::Tensor& x, at::Tensor& v_first, Rwkv7State& state);
-  at::Tensor checkpointed_block(int64_t layer, const at::Tensor& x, at::Tensor& v_first, Rwkv7State& state);
+  at::Tensor checkpointed_block(int64_t layer, const at::Tensor& x, at::Tensor& v_first,
+                                Rwkv7State& state);
   at::Tensor time_mix(int64_t layer, const at::Tensor& x, at::Tensor& v_first, Rwkv7State& state);
   at::Tensor channel_mix(int64_t layer, const at::Tensor& x, Rwkv7State& state);
   at::Tensor apply_linear(int64_t layer, int slot, const at::Tensor& x);
@@ -121,7 +125,9 @@ class Rwkv7Model final : public ModelView {
   TensorMap merged_states_;
   TensorMap checkpoint_weights_;  // the linear sites' weights as given, for checkpoint_weight()
   std::unique_ptr<FrozenLinear> head_;  // set when the head is quantized
-  std::unique_ptr<FrozenLinear> make_base(const std::string& name, const at::Tensor& weight, bool quantize) const;  // initial states stored in the model file (merge --state), fp32
+  std::unique_ptr<FrozenLinear> make_base(
+      const std::string& name, const at::Tensor& weight,
+      bool quantize) const;  // initial states stored in the model file (merge --state), fp32
   std::vector<std::shared_ptr<Site>> sites_;  // L * 6, in linear_sites() order
   std::shared_ptr<StateAdapter> state_adapter_;
   TensorMap masters_;  // fp32 masters of trainable base tensors

@@ -15,7 +15,8 @@ namespace peftkit {
 
 // Reads and checks a state file against the model's geometry: every layer present, each state
 // [H, N, N]; a file for another base is refused naming both shapes.
-std::vector<at::Tensor> read_state_file(const std::filesystem::path& path, const Rwkv7Config& config);
+std::vector<at::Tensor> read_state_file(const std::filesystem::path& path,
+                                        const Rwkv7Config& config);
 
 // Fixed initial WKV states, e.g. a mounted state file.
 class FixedStates final : public StateAdapter {

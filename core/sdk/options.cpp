@@ -121,16 +121,23 @@ OptionSchema& OptionSchema::add_float(std::string name, double default_value, st
 
 OptionSchema& OptionSchema::add_string(std::string name, std::string default_value,
                                        std::string help, std::vector<std::string> choices) {
-  return add({std::move(name), OptionType::kString, std::move(default_value), std::move(help), {},
-              {}, std::move(choices)});
+  return add({std::move(name),
+              OptionType::kString,
+              std::move(default_value),
+              std::move(help),
+              {},
+              {},
+              std::move(choices)});
 }
 
 OptionSchema& OptionSchema::add_required_string(std::string name, std::string help) {
   return add({std::move(name), OptionType::kString, std::nullopt, std::move(help), {}, {}, {}});
 }
 
-OptionSchema& OptionSchema::add_path(std::string name, std::string default_value, std::string help) {
-  OptionSpec spec{std::move(name), OptionType::kString, std::move(default_value), std::move(help), {}, {}, {}};
+OptionSchema& OptionSchema::add_path(std::string name, std::string default_value,
+                                     std::string help) {
+  OptionSpec spec{
+      std::move(name), OptionType::kString, std::move(default_value), std::move(help), {}, {}, {}};
   spec.is_path = true;
   return add(std::move(spec));
 }
@@ -138,8 +145,13 @@ OptionSchema& OptionSchema::add_path(std::string name, std::string default_value
 OptionSchema& OptionSchema::add_string_list(std::string name,
                                             std::vector<std::string> default_value,
                                             std::string help, std::vector<std::string> choices) {
-  return add({std::move(name), OptionType::kStringList, std::move(default_value), std::move(help),
-              {}, {}, std::move(choices)});
+  return add({std::move(name),
+              OptionType::kStringList,
+              std::move(default_value),
+              std::move(help),
+              {},
+              {},
+              std::move(choices)});
 }
 
 const OptionSpec* OptionSchema::find(std::string_view name) const {
@@ -172,8 +184,10 @@ std::string describe_expected(const OptionSpec& spec) {
     return what + " in " + (spec.min->exclusive ? "(" : "[") + format_bound(spec, spec.min->value) +
            ", " + format_bound(spec, spec.max->value) + (spec.max->exclusive ? ")" : "]");
   }
-  if (spec.min) return what + (spec.min->exclusive ? " > " : " >= ") + format_bound(spec, spec.min->value);
-  if (spec.max) return what + (spec.max->exclusive ? " < " : " <= ") + format_bound(spec, spec.max->value);
+  if (spec.min)
+    return what + (spec.min->exclusive ? " > " : " >= ") + format_bound(spec, spec.min->value);
+  if (spec.max)
+    return what + (spec.max->exclusive ? " < " : " <= ") + format_bound(spec, spec.max->value);
   return what;
 }
 
@@ -181,21 +195,25 @@ std::string check_option_value(const OptionSpec& spec, const OptionValue& value)
   const std::string expected = describe_expected(spec);
   auto numeric_ok = [&](double v) {
     if (!std::isfinite(v)) return false;
-    if (spec.min && (spec.min->exclusive ? v <= spec.min->value : v < spec.min->value)) return false;
-    if (spec.max && (spec.max->exclusive ? v >= spec.max->value : v > spec.max->value)) return false;
+    if (spec.min && (spec.min->exclusive ? v <= spec.min->value : v < spec.min->value))
+      return false;
+    if (spec.max && (spec.max->exclusive ? v >= spec.max->value : v > spec.max->value))
+      return false;
     return true;
   };
   switch (spec.type) {
     case OptionType::kBool:
       return std::holds_alternative<bool>(value) ? "" : expected;
     case OptionType::kInt:
-      if (auto* v = std::get_if<int64_t>(&value)) return numeric_ok(static_cast<double>(*v)) ? "" : expected;
+      if (auto* v = std::get_if<int64_t>(&value))
+        return numeric_ok(static_cast<double>(*v)) ? "" : expected;
       return expected;
     case OptionType::kFloat:
       if (auto* v = std::get_if<double>(&value)) return numeric_ok(*v) ? "" : expected;
       return expected;
     case OptionType::kString:
-      if (auto* v = std::get_if<std::string>(&value)) return in_choices(spec.choices, *v) ? "" : expected;
+      if (auto* v = std::get_if<std::string>(&value))
+        return in_choices(spec.choices, *v) ? "" : expected;
       return expected;
     case OptionType::kStringList:
       if (auto* v = std::get_if<std::vector<std::string>>(&value)) {

@@ -1,10 +1,9 @@
 #include "tokenizer/world_tokenizer.hpp"
 
 #include <algorithm>
+#include <boost/dll/runtime_symbol_info.hpp>
 #include <cstdlib>
 #include <fstream>
-
-#include <boost/dll/runtime_symbol_info.hpp>
 
 #include "io/mapped_file.hpp"
 #include "peftkit/error.hpp"
@@ -28,8 +27,10 @@ std::string parse_python_literal(std::string_view literal, const std::string& wh
     is_bytes = true;
     literal.remove_prefix(1);
   }
-  if (literal.size() < 2 || (literal[0] != '\'' && literal[0] != '"') || literal.back() != literal[0])
-    throw Error(where + ": expected a Python string or bytes literal, found " + std::string(literal));
+  if (literal.size() < 2 || (literal[0] != '\'' && literal[0] != '"') ||
+      literal.back() != literal[0])
+    throw Error(where + ": expected a Python string or bytes literal, found " +
+                std::string(literal));
   std::string_view body = literal.substr(1, literal.size() - 2);
   std::string out;
   for (size_t i = 0; i < body.size(); ++i) {
@@ -43,27 +44,51 @@ std::string parse_python_literal(std::string_view literal, const std::string& wh
       uint32_t v = 0;
       for (size_t k = 1; k <= digits; ++k) {
         const int h = i + k < body.size() ? hex_value(body[i + k]) : -1;
-        if (h < 0) throw Error(where + ": bad \\" + std::string(1, c) + " escape in " + std::string(literal));
+        if (h < 0)
+          throw Error(where + ": bad \\" + std::string(1, c) + " escape in " +
+                      std::string(literal));
         v = v * 16 + static_cast<uint32_t>(h);
       }
       i += digits;
       return v;
     };
     switch (c) {
-      case 'n': out += '\n'; break;
-      case 't': out += '\t'; break;
-      case 'r': out += '\r'; break;
-      case 'a': out += '\a'; break;
-      case 'b': out += '\b'; break;
-      case 'f': out += '\f'; break;
-      case 'v': out += '\v'; break;
-      case '\\': out += '\\'; break;
-      case '\'': out += '\''; break;
-      case '"': out += '"'; break;
+      case 'n':
+        out += '\n';
+        break;
+      case 't':
+        out += '\t';
+        break;
+      case 'r':
+        out += '\r';
+        break;
+      case 'a':
+        out += '\a';
+        break;
+      case 'b':
+        out += '\b';
+        break;
+      case 'f':
+        out += '\f';
+        break;
+      case 'v':
+        out += '\v';
+        break;
+      case '\\':
+        out += '\\';
+        break;
+      case '\'':
+        out += '\'';
+        break;
+      case '"':
+        out += '"';
+        break;
       case 'x': {
         const uint32_t v = read_hex(2);
-        if (is_bytes) out += static_cast<char>(v);
-        else append_utf8(out, v);
+        if (is_bytes)
+          out += static_cast<char>(v);
+        else
+          append_utf8(out, v);
         break;
       }
       case 'u':
@@ -112,9 +137,10 @@ std::unique_ptr<WorldTokenizer> WorldTokenizer::load(const std::filesystem::path
       throw Error(where + ": expected '<id> <literal> <byte length>', found '" + line + "'");
     }
     if (id != static_cast<int64_t>(tokenizer->tokens_.size()))
-      throw Error(where + ": expected id " + std::to_string(tokenizer->tokens_.size()) + ", found " +
-                  std::to_string(id) + " (ids must count up from 1)");
-    std::string bytes = parse_python_literal(std::string_view(line).substr(first + 1, last - first - 1), where);
+      throw Error(where + ": expected id " + std::to_string(tokenizer->tokens_.size()) +
+                  ", found " + std::to_string(id) + " (ids must count up from 1)");
+    std::string bytes =
+        parse_python_literal(std::string_view(line).substr(first + 1, last - first - 1), where);
     if (static_cast<int64_t>(bytes.size()) != length)
       throw Error(where + ": the literal holds " + std::to_string(bytes.size()) +
                   " bytes but the line says " + std::to_string(length));
@@ -126,21 +152,24 @@ std::unique_ptr<WorldTokenizer> WorldTokenizer::load(const std::filesystem::path
       if (next < 0) {
         next = static_cast<int32_t>(tokenizer->nodes_.size());
         auto& children = tokenizer->nodes_[node].children;
-        children.insert(std::lower_bound(children.begin(), children.end(), std::make_pair(b, int32_t{0})),
-                        {b, next});
+        children.insert(
+            std::lower_bound(children.begin(), children.end(), std::make_pair(b, int32_t{0})),
+            {b, next});
         tokenizer->nodes_.emplace_back();
       }
       node = next;
     }
     if (tokenizer->nodes_[node].token >= 0)
-      throw Error(where + ": duplicate token (same bytes as id " + std::to_string(tokenizer->nodes_[node].token) + ")");
+      throw Error(where + ": duplicate token (same bytes as id " +
+                  std::to_string(tokenizer->nodes_[node].token) + ")");
     tokenizer->nodes_[node].token = static_cast<int32_t>(id);
     tokenizer->tokens_.push_back(std::move(bytes));
   }
   for (int b = 0; b < 256; ++b) {
     const int32_t node = tokenizer->child(0, static_cast<uint8_t>(b));
     if (node < 0 || tokenizer->nodes_[node].token < 0)
-      throw Error(vocab_file.string() + ": the vocabulary has no token for the single byte " + std::to_string(b));
+      throw Error(vocab_file.string() + ": the vocabulary has no token for the single byte " +
+                  std::to_string(b));
   }
   return tokenizer;
 }
@@ -173,7 +202,8 @@ std::vector<int32_t> WorldTokenizer::encode(std::string_view bytes) const {
 
 const std::string& WorldTokenizer::token(int32_t id) const {
   if (id < 0 || id >= static_cast<int32_t>(tokens_.size()))
-    throw Error("tokenizer: id " + std::to_string(id) + " is outside [0, " + std::to_string(tokens_.size()) + ")");
+    throw Error("tokenizer: id " + std::to_string(id) + " is outside [0, " +
+                std::to_string(tokens_.size()) + ")");
   return tokens_[id];
 }
 
@@ -191,10 +221,12 @@ std::filesystem::path find_world_vocab() {
   }
   std::error_code ec;
   const std::filesystem::path exe = boost::dll::program_location(ec);
-  const auto candidate = exe.parent_path().parent_path() / "share" / "peftkit" / "rwkv_vocab_v20230424.txt";
+  const auto candidate =
+      exe.parent_path().parent_path() / "share" / "peftkit" / "rwkv_vocab_v20230424.txt";
   if (!ec && std::filesystem::exists(candidate)) return candidate;
-  throw Error("the RWKV World vocabulary rwkv_vocab_v20230424.txt was not found at " + candidate.string() +
-              "; run scripts/setup.sh (it fetches it) and rebuild, or set PEFTKIT_VOCAB to its path");
+  throw Error(
+      "the RWKV World vocabulary rwkv_vocab_v20230424.txt was not found at " + candidate.string() +
+      "; run scripts/setup.sh (it fetches it) and rebuild, or set PEFTKIT_VOCAB to its path");
 }
 
 }  // namespace peftkit

@@ -9,7 +9,8 @@ namespace peftkit {
 std::pair<at::Tensor, at::Tensor> pad_batch(const std::vector<Sample>& samples, int64_t ctx_len) {
   const auto count = static_cast<int64_t>(samples.size());
   int64_t length = 1;
-  for (const auto& s : samples) length = std::max<int64_t>(length, static_cast<int64_t>(s.input_ids.size()));
+  for (const auto& s : samples)
+    length = std::max<int64_t>(length, static_cast<int64_t>(s.input_ids.size()));
   length = std::min(length, ctx_len);
   std::vector<int64_t> inputs(static_cast<size_t>(count * length), 0);
   std::vector<int64_t> targets(static_cast<size_t>(count * length), kIgnoreIndex);

@@ -4,10 +4,10 @@
 //   auto [inputs, targets] = pad_batch(samples, ctx_len);   // [B, T] int64 each
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include <utility>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 #include "peftkit/dataset.hpp"
 

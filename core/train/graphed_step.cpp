@@ -42,7 +42,8 @@ at::Tensor GraphedStep::run(const at::Tensor& inputs, const at::Tensor& targets)
     at::Generator generator = at::globalContext().defaultGenerator(device_);
     const uint64_t offset = generator.get_offset();
     at::Tensor loss = body_(inputs, targets);
-    if (generator.get_offset() != offset) disable("the step draws random numbers (dropout), which a graph would repeat");
+    if (generator.get_offset() != offset)
+      disable("the step draws random numbers (dropout), which a graph would repeat");
     seen_.insert(shape);
     return loss;
   }
@@ -54,7 +55,8 @@ at::Tensor GraphedStep::run(const at::Tensor& inputs, const at::Tensor& targets)
   try {
     // Graphs of different shapes share one pool: they never run at once, and only their losses
     // outlive a replay, read before the next one.
-    c->graph.capture_begin(graphs_.empty() ? c10::MempoolId_t{0, 0} : graphs_.begin()->second->graph.pool());
+    c->graph.capture_begin(graphs_.empty() ? c10::MempoolId_t{0, 0}
+                                           : graphs_.begin()->second->graph.pool());
     try {
       c->loss = body_(c->inputs, c->targets);
     } catch (...) {

@@ -11,6 +11,8 @@
 //   at::Tensor loss = step.run(inputs, targets);   // CPU int64 [B, T]; loss on the device
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -18,8 +20,6 @@
 #include <set>
 #include <string>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 namespace at::cuda {
 struct CUDAGraph;

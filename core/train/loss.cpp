@@ -22,15 +22,16 @@ at::Tensor nll_sum(const at::Tensor& logits, const at::Tensor& labels) {
 // count, plus L2Wrap: every row that counts pushes its largest logit towards zero with wrap_scale
 // (padding and masked prompt rows get no gradient at all). The scales are 0-dim fp32 tensors on
 // the logits' device, so nothing waits for the GPU.
-at::Tensor logits_gradient(const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& ce_scale,
-                           const at::Tensor& wrap_scale) {
+at::Tensor logits_gradient(const at::Tensor& logits, const at::Tensor& labels,
+                           const at::Tensor& ce_scale, const at::Tensor& wrap_scale) {
   const at::Tensor mask = labels != kIgnoreIndex;
   const at::Tensor row_scale = mask.to(at::kFloat) * ce_scale;
   at::Tensor g = at::softmax(logits, -1) * row_scale.unsqueeze(1);
   const at::Tensor safe = at::where(mask, labels, at::zeros_like(labels));
   g.scatter_add_(1, safe.unsqueeze(1), row_scale.neg().unsqueeze(1));
   auto [max_value, max_index] = logits.max(-1);
-  g.scatter_add_(1, max_index.unsqueeze(1), (max_value * mask.to(at::kFloat) * wrap_scale).unsqueeze(1));
+  g.scatter_add_(1, max_index.unsqueeze(1),
+                 (max_value * mask.to(at::kFloat) * wrap_scale).unsqueeze(1));
   return g;
 }
 
@@ -44,23 +45,26 @@ at::Tensor mean_over(const at::Tensor& total, const at::Tensor& count) {
 
 // The scales of logits_gradient for an incoming gradient `upstream` (0-dim) in a whole batch of
 // `count` counted targets and `positions` positions.
-std::pair<at::Tensor, at::Tensor> gradient_scales(const at::Tensor& upstream, const at::Tensor& count,
-                                                  int64_t positions) {
+std::pair<at::Tensor, at::Tensor> gradient_scales(const at::Tensor& upstream,
+                                                  const at::Tensor& count, int64_t positions) {
   const at::Tensor g = upstream.to(at::kFloat);
-  return {g / count.clamp_min(1).to(at::kFloat), g * (kL2WrapFactor / static_cast<double>(positions))};
+  return {g / count.clamp_min(1).to(at::kFloat),
+          g * (kL2WrapFactor / static_cast<double>(positions))};
 }
 
 class CrossEntropyL2Wrap : public torch::autograd::Function<CrossEntropyL2Wrap> {
  public:
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& targets,
-                            const at::Tensor& whole_counted, int64_t whole_positions) {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& logits,
+                            const at::Tensor& targets, const at::Tensor& whole_counted,
+                            int64_t whole_positions) {
     const int64_t V = logits.size(-1);
     const at::Tensor rows = logits.detach().reshape({-1, V});
     const at::Tensor labels = targets.reshape({-1}).to(rows.device());
     at::Tensor total = at::zeros({}, rows.options().dtype(at::kDouble));
     for (int64_t begin = 0; begin < rows.size(0); begin += kRowsPerChunk) {
       const int64_t end = std::min(rows.size(0), begin + kRowsPerChunk);
-      total += nll_sum(rows.slice(0, begin, end).to(at::kFloat), labels.slice(0, begin, end)).to(at::kDouble);
+      total += nll_sum(rows.slice(0, begin, end).to(at::kFloat), labels.slice(0, begin, end))
+                   .to(at::kDouble);
     }
     ctx->save_for_backward({logits, labels, whole_counted});
     ctx->saved_data["positions"] = whole_positions;
@@ -74,13 +78,14 @@ class CrossEntropyL2Wrap : public torch::autograd::Function<CrossEntropyL2Wrap> 
     const int64_t V = logits.size(-1);
     const at::Tensor rows = logits.reshape({-1, V});
     const at::Tensor& labels = saved[1];
-    const auto [ce_scale, wrap_scale] = gradient_scales(grads[0], saved[2], ctx->saved_data["positions"].toInt());
+    const auto [ce_scale, wrap_scale] =
+        gradient_scales(grads[0], saved[2], ctx->saved_data["positions"].toInt());
     at::Tensor grad = at::empty_like(rows);
     for (int64_t begin = 0; begin < rows.size(0); begin += kRowsPerChunk) {
       const int64_t end = std::min(rows.size(0), begin + kRowsPerChunk);
       grad.slice(0, begin, end)
-          .copy_(logits_gradient(rows.slice(0, begin, end).to(at::kFloat), labels.slice(0, begin, end), ce_scale,
-                                 wrap_scale));
+          .copy_(logits_gradient(rows.slice(0, begin, end).to(at::kFloat),
+                                 labels.slice(0, begin, end), ce_scale, wrap_scale));
     }
     return {grad.view(logits.sizes()), at::Tensor(), at::Tensor(), at::Tensor()};
   }
@@ -90,21 +95,24 @@ class CrossEntropyL2Wrap : public torch::autograd::Function<CrossEntropyL2Wrap> 
 constexpr int64_t kFusedRowsPerChunk = 256;
 
 // Per chunk of rows: the fp32 logits of hidden_chunk W^T.
-at::Tensor chunk_logits(const at::Tensor& hidden_rows, const at::Tensor& weight, int64_t begin, int64_t end) {
+at::Tensor chunk_logits(const at::Tensor& hidden_rows, const at::Tensor& weight, int64_t begin,
+                        int64_t end) {
   return at::matmul(hidden_rows.slice(0, begin, end), weight.t()).to(at::kFloat);
 }
 
 class HeadCrossEntropyL2Wrap : public torch::autograd::Function<HeadCrossEntropyL2Wrap> {
  public:
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
-                            const at::Tensor& targets, const at::Tensor& whole_counted, int64_t whole_positions) {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& hidden,
+                            const at::Tensor& weight, const at::Tensor& targets,
+                            const at::Tensor& whole_counted, int64_t whole_positions) {
     const at::Tensor rows = hidden.detach().reshape({-1, hidden.size(-1)});
     const at::Tensor w = weight.detach();
     const at::Tensor labels = targets.reshape({-1}).to(rows.device());
     at::Tensor total = at::zeros({}, rows.options().dtype(at::kDouble));
     for (int64_t begin = 0; begin < rows.size(0); begin += kFusedRowsPerChunk) {
       const int64_t end = std::min(rows.size(0), begin + kFusedRowsPerChunk);
-      total += nll_sum(chunk_logits(rows, w, begin, end), labels.slice(0, begin, end)).to(at::kDouble);
+      total +=
+          nll_sum(chunk_logits(rows, w, begin, end), labels.slice(0, begin, end)).to(at::kDouble);
     }
     ctx->save_for_backward({hidden, weight, labels, whole_counted});
     ctx->saved_data["positions"] = whole_positions;
@@ -117,20 +125,24 @@ class HeadCrossEntropyL2Wrap : public torch::autograd::Function<HeadCrossEntropy
     const at::Tensor rows = saved[0].reshape({-1, saved[0].size(-1)});
     const at::Tensor& w = saved[1];
     const at::Tensor& labels = saved[2];
-    const auto [ce_scale, wrap_scale] = gradient_scales(grads[0], saved[3], ctx->saved_data["positions"].toInt());
+    const auto [ce_scale, wrap_scale] =
+        gradient_scales(grads[0], saved[3], ctx->saved_data["positions"].toInt());
     const bool want_hidden = ctx->needs_input_grad(0), want_weight = ctx->needs_input_grad(1);
     at::Tensor grad_rows = want_hidden ? at::empty_like(rows) : at::Tensor();
-    at::Tensor grad_weight = want_weight ? at::zeros(w.sizes(), w.options().dtype(at::kFloat)) : at::Tensor();
+    at::Tensor grad_weight =
+        want_weight ? at::zeros(w.sizes(), w.options().dtype(at::kFloat)) : at::Tensor();
     for (int64_t begin = 0; begin < rows.size(0); begin += kFusedRowsPerChunk) {
       const int64_t end = std::min(rows.size(0), begin + kFusedRowsPerChunk);
-      const at::Tensor g_cast =
-          logits_gradient(chunk_logits(rows, w, begin, end), labels.slice(0, begin, end), ce_scale, wrap_scale)
-              .to(w.scalar_type());
+      const at::Tensor g_cast = logits_gradient(chunk_logits(rows, w, begin, end),
+                                                labels.slice(0, begin, end), ce_scale, wrap_scale)
+                                    .to(w.scalar_type());
       if (want_hidden) grad_rows.slice(0, begin, end).copy_(at::matmul(g_cast, w));
-      if (want_weight) grad_weight.add_(at::matmul(g_cast.t(), rows.slice(0, begin, end)).to(at::kFloat));
+      if (want_weight)
+        grad_weight.add_(at::matmul(g_cast.t(), rows.slice(0, begin, end)).to(at::kFloat));
     }
     return {want_hidden ? grad_rows.view(saved[0].sizes()) : at::Tensor(),
-            want_weight ? grad_weight.to(w.scalar_type()) : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+            want_weight ? grad_weight.to(w.scalar_type()) : at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor()};
   }
 };
 
@@ -140,22 +152,25 @@ WholeBatch whole_batch(const at::Tensor& targets, const at::Device& device) {
   return {counted(targets.to(device)), targets.numel()};
 }
 
-at::Tensor head_cross_entropy_l2wrap(const at::Tensor& hidden, const at::Tensor& head_weight, const at::Tensor& targets,
-                                     const WholeBatch* whole) {
-  TORCH_CHECK(hidden.dim() == 3 && targets.dim() == 2 && hidden.size(0) == targets.size(0) &&
-                  hidden.size(1) == targets.size(1) && head_weight.dim() == 2 && head_weight.size(1) == hidden.size(2),
-              "head_cross_entropy_l2wrap: hidden [B, T, C], head [V, C] and targets [B, T] expected, got ",
-              hidden.sizes(), ", ", head_weight.sizes(), " and ", targets.sizes());
+at::Tensor head_cross_entropy_l2wrap(const at::Tensor& hidden, const at::Tensor& head_weight,
+                                     const at::Tensor& targets, const WholeBatch* whole) {
+  TORCH_CHECK(
+      hidden.dim() == 3 && targets.dim() == 2 && hidden.size(0) == targets.size(0) &&
+          hidden.size(1) == targets.size(1) && head_weight.dim() == 2 &&
+          head_weight.size(1) == hidden.size(2),
+      "head_cross_entropy_l2wrap: hidden [B, T, C], head [V, C] and targets [B, T] expected, got ",
+      hidden.sizes(), ", ", head_weight.sizes(), " and ", targets.sizes());
   const WholeBatch self = whole ? *whole : whole_batch(targets, hidden.device());
-  return HeadCrossEntropyL2Wrap::apply(hidden, head_weight.to(hidden.scalar_type()), targets, self.counted,
-                                       self.positions);
+  return HeadCrossEntropyL2Wrap::apply(hidden, head_weight.to(hidden.scalar_type()), targets,
+                                       self.counted, self.positions);
 }
 
-at::Tensor cross_entropy_l2wrap(const at::Tensor& logits, const at::Tensor& targets, const WholeBatch* whole) {
+at::Tensor cross_entropy_l2wrap(const at::Tensor& logits, const at::Tensor& targets,
+                                const WholeBatch* whole) {
   TORCH_CHECK(logits.dim() == 3 && targets.dim() == 2 && logits.size(0) == targets.size(0) &&
                   logits.size(1) == targets.size(1),
-              "cross_entropy_l2wrap: logits [B, T, V] and targets [B, T] expected, got ", logits.sizes(), " and ",
-              targets.sizes());
+              "cross_entropy_l2wrap: logits [B, T, V] and targets [B, T] expected, got ",
+              logits.sizes(), " and ", targets.sizes());
   const WholeBatch self = whole ? *whole : whole_batch(targets, logits.device());
   return CrossEntropyL2Wrap::apply(logits, targets, self.counted, self.positions);
 }

@@ -13,9 +13,9 @@
 //   loss.backward();
 #pragma once
 
-#include <cstdint>
-
 #include <ATen/core/Tensor.h>
+
+#include <cstdint>
 
 namespace peftkit {
 
@@ -30,17 +30,17 @@ struct WholeBatch {
 WholeBatch whole_batch(const at::Tensor& targets, const at::Device& device);
 
 // Returns the loss, a 0-dim fp32 tensor with autograd to `logits`; with no target that counts (all
-// ignored) the loss is 0 and so is its gradient. Nothing here waits for the device (no host copies),
-// so the loss and its backward can be captured in a CUDA graph. `whole`: the batch these logits
-// are a piece of (null: they are the whole batch).
+// ignored) the loss is 0 and so is its gradient. Nothing here waits for the device (no host
+// copies), so the loss and its backward can be captured in a CUDA graph. `whole`: the batch these
+// logits are a piece of (null: they are the whole batch).
 at::Tensor cross_entropy_l2wrap(const at::Tensor& logits, const at::Tensor& targets,
                                 const WholeBatch* whole = nullptr);
 
 // The same loss of logits = hidden head_weightᵀ, fused with the head: the [B, T, V] logits never
 // exist, only one chunk of rows at a time, recomputed in the backward. hidden [B, T, C] and
 // head_weight [V, C] (same dtype) get gradients when they require them.
-at::Tensor head_cross_entropy_l2wrap(const at::Tensor& hidden, const at::Tensor& head_weight, const at::Tensor& targets,
-                                     const WholeBatch* whole = nullptr);
+at::Tensor head_cross_entropy_l2wrap(const at::Tensor& hidden, const at::Tensor& head_weight,
+                                     const at::Tensor& targets, const WholeBatch* whole = nullptr);
 
 inline constexpr double kL2WrapFactor = 1e-4;
 

@@ -22,7 +22,8 @@ Adam::Adam(std::vector<OptimizedTensor> tensors, const AdamSettings& settings)
 namespace {
 
 // The gradients that exist, with their tensors' indices.
-std::pair<std::vector<at::Tensor>, std::vector<size_t>> defined_grads(const std::vector<OptimizedTensor>& tensors) {
+std::pair<std::vector<at::Tensor>, std::vector<size_t>> defined_grads(
+    const std::vector<OptimizedTensor>& tensors) {
   std::vector<at::Tensor> grads;
   std::vector<size_t> indices;
   for (size_t i = 0; i < tensors.size(); ++i)
@@ -41,8 +42,10 @@ double Adam::clip_grad_norm(double max_norm) {
   at::NoGradGuard no_grad;
   const auto grads = defined_grads(tensors_).first;
   if (grads.empty()) return 0.0;
-  const double norm = at::stack(at::_foreach_norm(grads, 2)).to(at::kDouble).square().sum().sqrt().item<double>();
-  if (max_norm > 0 && norm > max_norm && std::isfinite(norm)) at::_foreach_mul_(grads, max_norm / (norm + 1e-6));
+  const double norm =
+      at::stack(at::_foreach_norm(grads, 2)).to(at::kDouble).square().sum().sqrt().item<double>();
+  if (max_norm > 0 && norm > max_norm && std::isfinite(norm))
+    at::_foreach_mul_(grads, max_norm / (norm + 1e-6));
   return norm;
 }
 
@@ -65,7 +68,8 @@ void Adam::step(double lr) {
       v.push_back(v_[indices[j]]);
     }
     const double rate = lr * key.first;
-    if (key.second && settings_.weight_decay > 0) at::_foreach_mul_(params, 1.0 - rate * settings_.weight_decay);
+    if (key.second && settings_.weight_decay > 0)
+      at::_foreach_mul_(params, 1.0 - rate * settings_.weight_decay);
     at::_foreach_mul_(m, settings_.beta1);
     at::_foreach_add_(m, g, 1.0 - settings_.beta1);
     at::_foreach_mul_(v, settings_.beta2);
@@ -97,8 +101,9 @@ void Adam::load_state_dict(const TensorMap& state) {
     auto it = state.find(name);
     if (it == state.end()) throw Error("checkpoint: optimizer state '" + name + "' is missing");
     if (it->second.sizes() != like.sizes())
-      throw Error("checkpoint: optimizer state '" + name + "' has shape " + c10::str(it->second.sizes()) +
-                  ", the tensor being trained has " + c10::str(like.sizes()));
+      throw Error("checkpoint: optimizer state '" + name + "' has shape " +
+                  c10::str(it->second.sizes()) + ", the tensor being trained has " +
+                  c10::str(like.sizes()));
     return it->second.to(like.device(), like.scalar_type());
   };
   for (size_t i = 0; i < tensors_.size(); ++i) {

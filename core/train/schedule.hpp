@@ -6,7 +6,8 @@
 //        lr_final over the remaining steps. (RWKV-PEFT's wsd ignores lr_final and decays to 0,
 //        and forces a 100-step warmup; we honour lr_final and warmup_steps.)
 // s counts optimizer steps from the start of epoch 0 (epoch_begin * epoch_steps is added, as
-// RWKV-PEFT V1 does, so a continued run resumes the curve); S = epoch_steps * (epoch_begin + epoch_count).
+// RWKV-PEFT V1 does, so a continued run resumes the curve); S = epoch_steps * (epoch_begin +
+// epoch_count).
 #pragma once
 
 #include <cstdint>

@@ -23,7 +23,8 @@ WindowOrder window_order(const Options& options);
 class TokenWindows {
  public:
   // where: the file, for messages. Throws when the stream is shorter than one window.
-  TokenWindows(int64_t tokens, int64_t ctx_len, WindowOrder order, uint64_t seed, const std::string& where);
+  TokenWindows(int64_t tokens, int64_t ctx_len, WindowOrder order, uint64_t seed,
+               const std::string& where);
   int64_t size() const { return size_; }
   int64_t offset(int64_t index) const;
   std::string describe() const;  // "99 windows of 11 tokens in sequential order"
@@ -39,12 +40,12 @@ class TokenWindows {
 // `data`, all of them, once at open; throws naming `where` and the index of the first id outside
 // [0, vocab_size) (vocab_size 0: only negative ids are refused). A memory-mapped scan runs at
 // disk or page-cache speed, so a bad id is found before training, not when its window is drawn.
-void check_token_ids(const uint8_t* data, int64_t count, int element_size, bool is_signed, int64_t vocab_size,
-                     const std::string& where);
+void check_token_ids(const uint8_t* data, int64_t count, int element_size, bool is_signed,
+                     int64_t vocab_size, const std::string& where);
 
 // Tokens [begin, begin + length) as a sample: inputs are all but the last, targets all but the
 // first. Every id is checked against the vocabulary; an error names the file and the position.
-Sample tokens_to_sample(const std::function<int64_t(int64_t)>& token_at, int64_t begin, int64_t length,
-                        int64_t vocab_size, const std::string& where);
+Sample tokens_to_sample(const std::function<int64_t(int64_t)>& token_at, int64_t begin,
+                        int64_t length, int64_t vocab_size, const std::string& where);
 
 }  // namespace peftkit::datasets

@@ -4,11 +4,10 @@
 //   {"messages": [{"role": "user", "content": "..."}, {"role": "assistant", ...}, ...]}
 //        rendered in the RWKV World chat format "User: ...\n\nAssistant: ...\n\n", with the loss on
 //        the assistant replies only (roles: system, user, assistant)
-// followed by the end-of-document token 0 (append_eod) so the model learns to stop. One document per
-// sample, truncated to ctx_len + 1 tokens; the trainer pads on the right with ignored targets.
+// followed by the end-of-document token 0 (append_eod) so the model learns to stop. One document
+// per sample, truncated to ctx_len + 1 tokens; the trainer pads on the right with ignored targets.
 // Every line is checked when the file is opened; tokenisation happens per sample.
 #include <cstring>
-
 #include <nlohmann/json.hpp>
 
 #include "mapped_bytes.hpp"
@@ -42,7 +41,8 @@ std::vector<Piece> render(const nlohmann::json& line, std::string& problem) {
     return {};
   }
   if (line.contains("prompt") || line.contains("response")) {
-    const std::string *prompt = string_field(line, "prompt"), *response = string_field(line, "response");
+    const std::string *prompt = string_field(line, "prompt"),
+                      *response = string_field(line, "response");
     if (prompt && response) return {{*prompt, false}, {*response, true}};
     problem = "\"prompt\" and \"response\" must both be strings";
     return {};
@@ -81,14 +81,18 @@ constexpr size_t kMaxLineBytes = 16 << 20;
 class JsonlDataset final : public Dataset {
  public:
   JsonlDataset(const DatasetSource& source, bool skip_bad_lines, bool append_eod)
-      : bytes_(source.path), tokenizer_(*source.tokenizer), ctx_len_(source.ctx_len),
-        vocab_size_(source.vocab_size), append_eod_(append_eod) {
+      : bytes_(source.path),
+        tokenizer_(*source.tokenizer),
+        ctx_len_(source.ctx_len),
+        vocab_size_(source.vocab_size),
+        append_eod_(append_eod) {
     const std::string where = source.path.string();
     const char* data = reinterpret_cast<const char*>(bytes_.data());
     size_t begin = 0;
     bool any_target = false;
     for (int64_t number = 1; begin < bytes_.size(); ++number) {
-      const char* newline = static_cast<const char*>(std::memchr(data + begin, '\n', bytes_.size() - begin));
+      const char* newline =
+          static_cast<const char*>(std::memchr(data + begin, '\n', bytes_.size() - begin));
       const size_t end = newline ? static_cast<size_t>(newline - data) : bytes_.size();
       std::string_view text(data + begin, end - begin);
       if (!text.empty() && text.back() == '\r') text.remove_suffix(1);
@@ -97,8 +101,9 @@ class JsonlDataset final : public Dataset {
         std::string problem;
         try {
           if (text.size() > kMaxLineBytes)
-            throw Error(line_where + ": the line is " + std::to_string(text.size()) + " bytes long; lines of at most " +
-                        std::to_string(kMaxLineBytes) + " bytes are read");
+            throw Error(line_where + ": the line is " + std::to_string(text.size()) +
+                        " bytes long; lines of at most " + std::to_string(kMaxLineBytes) +
+                        " bytes are read");
           check_json_nesting(text, kMaxLineNesting, line_where);
           render(nlohmann::json::parse(text), problem);
         } catch (const nlohmann::json::exception& e) {
@@ -123,8 +128,9 @@ class JsonlDataset final : public Dataset {
     if (skipped_) log::warn(where + ": skipped " + std::to_string(skipped_) + " bad lines");
     if (lines_.empty()) throw Error(where + ": contains no usable lines");
     if (!any_target)
-      throw Error(where + ": no line has a token to learn within ctx_len = " + std::to_string(ctx_len_) +
-                  " (empty texts, or prompts that fill the whole context); every step would be skipped");
+      throw Error(
+          where + ": no line has a token to learn within ctx_len = " + std::to_string(ctx_len_) +
+          " (empty texts, or prompts that fill the whole context); every step would be skipped");
   }
 
   int64_t size() const override { return static_cast<int64_t>(lines_.size()); }
@@ -133,9 +139,10 @@ class JsonlDataset final : public Dataset {
     const Line& line = lines_.at(static_cast<size_t>(index));
     const std::string where = bytes_.path().string() + ":" + std::to_string(line.number);
     std::string problem;
-    const auto pieces = render(
-        nlohmann::json::parse(std::string_view(reinterpret_cast<const char*>(bytes_.data()) + line.begin, line.length)),
-        problem);
+    const auto pieces =
+        render(nlohmann::json::parse(std::string_view(
+                   reinterpret_cast<const char*>(bytes_.data()) + line.begin, line.length)),
+               problem);
     std::vector<int32_t> ids;
     std::vector<bool> in_loss;
     for (const auto& piece : pieces) {
@@ -152,8 +159,8 @@ class JsonlDataset final : public Dataset {
     Sample sample;
     for (size_t t = 0; t < length; ++t)
       if (vocab_size_ > 0 && ids[t] >= vocab_size_)
-        throw Error(where + ": token id " + std::to_string(ids[t]) + " is outside the model's vocabulary [0, " +
-                    std::to_string(vocab_size_) + ")");
+        throw Error(where + ": token id " + std::to_string(ids[t]) +
+                    " is outside the model's vocabulary [0, " + std::to_string(vocab_size_) + ")");
     for (size_t t = 0; t + 1 < length; ++t) {
       sample.input_ids.push_back(ids[t]);
       sample.targets.push_back(in_loss[t + 1] ? ids[t + 1] : kIgnoreIndex);
@@ -183,14 +190,19 @@ class JsonlPlugin final : public DatasetPlugin {
  public:
   OptionSchema options() const override {
     return OptionSchema()
-        .add_bool("skip_bad_lines", false, "skip and count lines that do not parse instead of stopping")
-        .add_bool("append_eod", true, "end every document with the end-of-text token 0 (in the loss)");
+        .add_bool("skip_bad_lines", false,
+                  "skip and count lines that do not parse instead of stopping")
+        .add_bool("append_eod", true,
+                  "end every document with the end-of-text token 0 (in the loss)");
   }
-  std::unique_ptr<Dataset> open(const DatasetSource& source, const Options& options) const override {
+  std::unique_ptr<Dataset> open(const DatasetSource& source,
+                                const Options& options) const override {
     if (!source.tokenizer)
-      throw Error(source.path.string() + ": jsonl data needs the RWKV World tokenizer; run scripts/setup.sh "
-                                         "or set PEFTKIT_VOCAB");
-    return std::make_unique<JsonlDataset>(source, options.get_bool("skip_bad_lines"), options.get_bool("append_eod"));
+      throw Error(source.path.string() +
+                  ": jsonl data needs the RWKV World tokenizer; run scripts/setup.sh "
+                  "or set PEFTKIT_VOCAB");
+    return std::make_unique<JsonlDataset>(source, options.get_bool("skip_bad_lines"),
+                                          options.get_bool("append_eod"));
   }
 };
 

@@ -55,7 +55,8 @@ class HeaderScanner {
       } else if (key == "shape") {
         entries.shape = tuple();
       } else {
-        fail("has the unexpected key '" + key + "' (a .npy header holds descr, fortran_order and shape)");
+        fail("has the unexpected key '" + key +
+             "' (a .npy header holds descr, fortran_order and shape)");
       }
       if (!accept(',')) {
         expect('}');
@@ -72,10 +73,13 @@ class HeaderScanner {
 
  private:
   [[noreturn]] void fail(const std::string& what) const {
-    throw Error(where_ + ": the .npy header " + what + " (at character " + std::to_string(pos_) + ")");
+    throw Error(where_ + ": the .npy header " + what + " (at character " + std::to_string(pos_) +
+                ")");
   }
   void skip_space() {
-    while (pos_ < text_.size() && (text_[pos_] == ' ' || text_[pos_] == '\t' || text_[pos_] == '\n')) ++pos_;
+    while (pos_ < text_.size() &&
+           (text_[pos_] == ' ' || text_[pos_] == '\t' || text_[pos_] == '\n'))
+      ++pos_;
   }
   bool accept(char c) {
     skip_space();
@@ -90,7 +94,8 @@ class HeaderScanner {
   }
   std::string quoted() {
     skip_space();
-    if (pos_ >= text_.size() || (text_[pos_] != '\'' && text_[pos_] != '"')) fail("lacks an expected quoted string");
+    if (pos_ >= text_.size() || (text_[pos_] != '\'' && text_[pos_] != '"'))
+      fail("lacks an expected quoted string");
     const char quote = text_[pos_++];
     const size_t end = text_.find(quote, pos_);
     if (end == std::string_view::npos) fail("has an unterminated string");
@@ -100,7 +105,8 @@ class HeaderScanner {
   }
   bool boolean() {
     skip_space();
-    for (const auto& [word, value] : {std::pair<std::string_view, bool>{"True", true}, {"False", false}})
+    for (const auto& [word, value] :
+         {std::pair<std::string_view, bool>{"True", true}, {"False", false}})
       if (text_.substr(pos_, word.size()) == word) {
         pos_ += word.size();
         return value;
@@ -112,7 +118,8 @@ class HeaderScanner {
     expect('(');
     while (!accept(')')) {
       skip_space();
-      if (pos_ >= text_.size() || text_[pos_] < '0' || text_[pos_] > '9') fail("has a shape entry that is not a number");
+      if (pos_ >= text_.size() || text_[pos_] < '0' || text_[pos_] > '9')
+        fail("has a shape entry that is not a number");
       int64_t v = 0;
       while (pos_ < text_.size() && text_[pos_] >= '0' && text_[pos_] <= '9')
         if (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, text_[pos_++] - '0', &v))
@@ -165,9 +172,12 @@ NpyFile::NpyFile(const std::filesystem::path& path) : bytes_(path) {
       throw Error(where + ": the header length " + std::to_string(header_length) +
                   " runs past the end of the file (" + std::to_string(file_size) + " bytes)");
     if (header_length > kMaxHeaderBytes)
-      throw Error(where + ": the header is " + std::to_string(header_length) + " bytes long; peftkit reads "
-                  ".npy headers of at most " + std::to_string(kMaxHeaderBytes) + " bytes");
-    const std::string_view header(reinterpret_cast<const char*>(bytes + header_start), header_length);
+      throw Error(where + ": the header is " + std::to_string(header_length) +
+                  " bytes long; peftkit reads "
+                  ".npy headers of at most " +
+                  std::to_string(kMaxHeaderBytes) + " bytes");
+    const std::string_view header(reinterpret_cast<const char*>(bytes + header_start),
+                                  header_length);
     const HeaderScanner::Entries entries = HeaderScanner(header, where).read();
 
     const std::string& descr = entries.descr;
@@ -178,14 +188,17 @@ NpyFile::NpyFile(const std::filesystem::path& path) : bytes_(path) {
     } else if (descr == "<i8") {
       type_ = TokenType::kInt64;
     } else if (!descr.empty() && descr[0] == '>') {
-      throw Error(where + ": dtype '" + descr + "' is big-endian; expected little-endian token ids "
+      throw Error(where + ": dtype '" + descr +
+                  "' is big-endian; expected little-endian token ids "
                   "('<u2', '<i4' or '<i8'), e.g. arr.astype('<u2')");
     } else {
-      throw Error(where + ": dtype '" + descr + "' is not a token-id type; expected '<u2' "
+      throw Error(where + ": dtype '" + descr +
+                  "' is not a token-id type; expected '<u2' "
                   "(uint16), '<i4' (int32) or '<i8' (int64)");
     }
     if (*entries.fortran_order)
-      throw Error(where + ": the array is in Fortran order; expected C order "
+      throw Error(where +
+                  ": the array is in Fortran order; expected C order "
                   "(np.ascontiguousarray before saving)");
 
     shape_ = *entries.shape;
@@ -197,12 +210,14 @@ NpyFile::NpyFile(const std::filesystem::path& path) : bytes_(path) {
     for (int64_t d : shape_)
       if (__builtin_mul_overflow(element_count_, d, &element_count_))
         throw Error(where + ": shape " + shape_string + " holds more than 2^63 elements");
-    if (element_count_ == 0) throw Error(where + ": the array " + shape_string + " holds no tokens");
+    if (element_count_ == 0)
+      throw Error(where + ": the array " + shape_string + " holds no tokens");
 
     const size_t data_offset = header_start + header_length;
     const uint64_t available = file_size - data_offset;
     uint64_t needed = 0;
-    const bool overflow = __builtin_mul_overflow(static_cast<uint64_t>(element_count_), element_size(type_), &needed);
+    const bool overflow =
+        __builtin_mul_overflow(static_cast<uint64_t>(element_count_), element_size(type_), &needed);
     if (overflow || needed > available)
       throw Error(where + ": shape " + shape_string + " needs " +
                   (overflow ? std::string("more than 2^64") : std::to_string(needed)) +

@@ -14,7 +14,8 @@ namespace {
 
 class NumpyDataset final : public Dataset {
  public:
-  NumpyDataset(std::unique_ptr<NpyFile> file, const DatasetSource& source, datasets::WindowOrder order)
+  NumpyDataset(std::unique_ptr<NpyFile> file, const DatasetSource& source,
+               datasets::WindowOrder order)
       : file_(std::move(file)), ctx_len_(source.ctx_len), vocab_size_(source.vocab_size) {
     const std::string where = file_->path().string();
     datasets::check_token_ids(file_->data(), file_->element_count(), file_->element_bytes(),
@@ -34,8 +35,8 @@ class NumpyDataset final : public Dataset {
 
   Sample sample(int64_t index) const override {
     if (index < 0 || index >= size_)
-      throw Error(file_->path().string() + ": sample " + std::to_string(index) + " is outside [0, " +
-                  std::to_string(size_) + ")");
+      throw Error(file_->path().string() + ": sample " + std::to_string(index) +
+                  " is outside [0, " + std::to_string(size_) + ")");
     int64_t begin, length;
     if (windows_) {
       begin = windows_->offset(index);
@@ -45,15 +46,16 @@ class NumpyDataset final : public Dataset {
       begin = index * row_length;
       length = std::min(row_length, ctx_len_ + 1);
     }
-    return datasets::tokens_to_sample([this](int64_t e) { return file_->at(e); }, begin, length, vocab_size_,
-                                      file_->path().string());
+    return datasets::tokens_to_sample([this](int64_t e) { return file_->at(e); }, begin, length,
+                                      vocab_size_, file_->path().string());
   }
 
   std::string describe() const override {
     const auto& shape = file_->shape();
     std::string text = file_->path().string() + ": " + file_->type_name() + " .npy v" +
                        std::to_string(file_->version()) + ", ";
-    if (!windows_) return text + std::to_string(shape[0]) + " rows of " + std::to_string(shape[1]) + " tokens";
+    if (!windows_)
+      return text + std::to_string(shape[0]) + " rows of " + std::to_string(shape[1]) + " tokens";
     return text + std::to_string(shape[0]) + " tokens, " + windows_->describe();
   }
 
@@ -72,11 +74,14 @@ class NumpyPlugin final : public DatasetPlugin {
     return schema;
   }
 
-  std::unique_ptr<Dataset> open(const DatasetSource& source, const Options& options) const override {
+  std::unique_ptr<Dataset> open(const DatasetSource& source,
+                                const Options& options) const override {
     auto file = std::make_unique<NpyFile>(source.path);
     if (file->shape().size() == 2 && options.source("order") != OptionSource::kDefault)
-      throw options.error("order", source.path.string() + " is a 2-D [samples, length] array, "
-                                   "whose rows are the samples; order applies to 1-D streams only");
+      throw options.error("order",
+                          source.path.string() +
+                              " is a 2-D [samples, length] array, "
+                              "whose rows are the samples; order applies to 1-D streams only");
     return std::make_unique<NumpyDataset>(std::move(file), source, datasets::window_order(options));
   }
 };

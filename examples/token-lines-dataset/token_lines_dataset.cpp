@@ -2,15 +2,16 @@
 // separated by spaces ("33155 40213 34 261"). The model learns to predict every next token.
 //
 // It shows all a dataset plugin needs: an option schema, strict input checking with file:line
-// errors, and a pure sample(i).
+// errors, and a pure sample(i); and the optional writer, which lets `peftkit convert --to
+// token-lines` turn any readable dataset into this format.
 #include <algorithm>
 #include <charconv>
 #include <fstream>
-#include <string>
-#include <vector>
-
+#include <peftkit/atomic_file.hpp>
 #include <peftkit/dataset.hpp>
 #include <peftkit/plugin.hpp>
+#include <string>
+#include <vector>
 
 namespace {
 
@@ -37,11 +38,40 @@ class TokenLinesDataset final : public peftkit::Dataset {
   std::string description_;
 };
 
+// One line per document, its ids separated by spaces; the file appears only when complete.
+class TokenLinesWriter final : public peftkit::DatasetWriter {
+ public:
+  explicit TokenLinesWriter(const std::filesystem::path& path) : file_(path) {}
+
+  void add(const peftkit::Sample& document) override {
+    const std::vector<int32_t> ids = peftkit::document_tokens(document);
+    if (ids.size() < 2)  // the reader needs a token to predict
+      throw peftkit::Error(file_.path().string() + ": document " + std::to_string(lines_) +
+                           " has " + std::to_string(ids.size()) +
+                           " token(s); a token-lines sample needs at least 2");
+    std::string line;
+    for (int32_t id : ids) line += (line.empty() ? "" : " ") + std::to_string(id);
+    line += '\n';
+    file_.write(line.data(), line.size());
+    ++lines_;
+  }
+
+  std::string finish() override {
+    file_.commit();
+    return "wrote " + file_.path().string() + ": " + std::to_string(lines_) +
+           " documents, one line of token ids each";
+  }
+
+ private:
+  peftkit::AtomicFile file_;
+  int64_t lines_ = 0;
+};
+
 class TokenLinesPlugin final : public peftkit::DatasetPlugin {
  public:
   peftkit::OptionSchema options() const override {
-    return peftkit::OptionSchema().add_bool(
-        "skip_empty_lines", true, "ignore blank lines instead of rejecting them");
+    return peftkit::OptionSchema().add_bool("skip_empty_lines", true,
+                                            "ignore blank lines instead of rejecting them");
   }
 
   std::unique_ptr<peftkit::Dataset> open(const peftkit::DatasetSource& source,
@@ -64,9 +94,17 @@ class TokenLinesPlugin final : public peftkit::DatasetPlugin {
       lines.push_back(std::move(ids));
     }
     if (lines.empty()) throw peftkit::Error(source.path.string() + ": contains no samples");
-    std::string description = source.path.string() + ": " + std::to_string(lines.size()) +
-                              " lines of token ids";
+    std::string description =
+        source.path.string() + ": " + std::to_string(lines.size()) + " lines of token ids";
     return std::make_unique<TokenLinesDataset>(std::move(lines), std::move(description));
+  }
+
+  std::string writer_description() const override {
+    return "one line of space-separated token ids per document";
+  }
+  std::unique_ptr<peftkit::DatasetWriter> create_writer(const peftkit::DatasetTarget& target,
+                                                        const peftkit::Options&) const override {
+    return std::make_unique<TokenLinesWriter>(target.path);
   }
 
  private:

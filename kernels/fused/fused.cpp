@@ -11,15 +11,17 @@
 
 namespace peftkit::kernels {
 
-at::Tensor token_shift_mix_reference(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& mixes) {
+at::Tensor token_shift_mix_reference(const at::Tensor& x, const at::Tensor& shift,
+                                     const at::Tensor& mixes) {
   const int64_t T = x.size(1), C = x.size(2);
-  const at::Tensor previous = at::cat({shift.unsqueeze(1).to(x.scalar_type()), x.slice(1, 0, T - 1)}, 1);
+  const at::Tensor previous =
+      at::cat({shift.unsqueeze(1).to(x.scalar_type()), x.slice(1, 0, T - 1)}, 1);
   const at::Tensor delta = previous - x;
   return (x.unsqueeze(0) + delta.unsqueeze(0) * mixes.reshape({-1, 1, 1, C})).to(x.scalar_type());
 }
 
-KkAb kk_ab_reference(const at::Tensor& k, const at::Tensor& a, const at::Tensor& k_k, const at::Tensor& k_a,
-                     int64_t heads) {
+KkAb kk_ab_reference(const at::Tensor& k, const at::Tensor& a, const at::Tensor& k_k,
+                     const at::Tensor& k_a, int64_t heads) {
   const int64_t B = k.size(0), T = k.size(1), C = k.size(2);
   const auto per_head = std::vector<int64_t>{B, T, heads, C / heads};
   at::Tensor kk = (k * k_k.reshape({C})).view(per_head);
@@ -30,13 +32,16 @@ KkAb kk_ab_reference(const at::Tensor& k, const at::Tensor& a, const at::Tensor&
 }
 
 at::Tensor norm_bonus_gate_reference(const at::Tensor& y, const at::Tensor& r, const at::Tensor& k,
-                                     const at::Tensor& v, const at::Tensor& g, const at::Tensor& ln_w,
-                                     const at::Tensor& ln_b, const at::Tensor& r_k, int64_t heads, double eps) {
+                                     const at::Tensor& v, const at::Tensor& g,
+                                     const at::Tensor& ln_w, const at::Tensor& ln_b,
+                                     const at::Tensor& r_k, int64_t heads, double eps) {
   const int64_t B = r.size(0), T = r.size(1), C = r.size(2);
   const auto per_head = std::vector<int64_t>{B, T, heads, C / heads};
   const at::Tensor normed =
-      at::group_norm(y.reshape({B * T, C}), heads, ln_w.reshape({C}), ln_b.reshape({C}), eps).view({B, T, C});
-  const at::Tensor bonus = (r * k * r_k.reshape({C})).view(per_head).sum(-1, true) * v.view(per_head);
+      at::group_norm(y.reshape({B * T, C}), heads, ln_w.reshape({C}), ln_b.reshape({C}), eps)
+          .view({B, T, C});
+  const at::Tensor bonus =
+      (r * k * r_k.reshape({C})).view(per_head).sum(-1, true) * v.view(per_head);
   return ((normed + bonus.reshape({B, T, C})) * g).to(r.scalar_type());
 }
 
@@ -51,9 +56,13 @@ using torch::autograd::variable_list;
 cuda::FusedType fused_type(const at::Tensor& x) {
   return x.scalar_type() == at::kBFloat16 ? cuda::FusedType::kBFloat16 : cuda::FusedType::kFloat32;
 }
-void check(const std::string& status) { TORCH_CHECK(status.empty(), "fused CUDA kernel: ", status); }
+void check(const std::string& status) {
+  TORCH_CHECK(status.empty(), "fused CUDA kernel: ", status);
+}
 // Activations as the kernels read them (x's dtype, contiguous); parameters as fp32.
-at::Tensor like(const at::Tensor& t, const at::Tensor& x) { return t.to(x.scalar_type()).contiguous(); }
+at::Tensor like(const at::Tensor& t, const at::Tensor& x) {
+  return t.to(x.scalar_type()).contiguous();
+}
 at::Tensor fp32(const at::Tensor& t) { return t.to(at::kFloat).contiguous().view({-1}); }
 const void* ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 at::Tensor grad_like(const at::Tensor& grad, const at::Tensor& x) {
@@ -65,12 +74,13 @@ at::Tensor fp32_buffer(at::IntArrayRef sizes, const at::Tensor& x) {
 
 class TokenShiftMix : public torch::autograd::Function<TokenShiftMix> {
  public:
-  static variable_list forward(AutogradContext* ctx, at::Tensor x, at::Tensor shift, at::Tensor mixes) {
+  static variable_list forward(AutogradContext* ctx, at::Tensor x, at::Tensor shift,
+                               at::Tensor mixes) {
     const int64_t B = x.size(0), T = x.size(1), C = x.size(2), M = mixes.numel() / C;
     at::Tensor xc = x.contiguous(), sc = like(shift, x), mc = fp32(mixes);
     at::Tensor out = at::empty({M, B, T, C}, x.options());
-    check(cuda::token_shift_mix_forward(cuda::place_of(x), fused_type(x), B, T, C, M, xc.data_ptr(), sc.data_ptr(),
-                                        mc.data_ptr<float>(), out.data_ptr()));
+    check(cuda::token_shift_mix_forward(cuda::place_of(x), fused_type(x), B, T, C, M, xc.data_ptr(),
+                                        sc.data_ptr(), mc.data_ptr<float>(), out.data_ptr()));
     ctx->save_for_backward({xc, sc, mc});
     ctx->saved_data["shift_dtype"] = static_cast<int64_t>(shift.scalar_type());
     ctx->saved_data["mix_dtype"] = static_cast<int64_t>(mixes.scalar_type());
@@ -82,26 +92,30 @@ class TokenShiftMix : public torch::autograd::Function<TokenShiftMix> {
     const at::Tensor &x = saved[0], &shift = saved[1], &mixes = saved[2];
     const int64_t B = x.size(0), T = x.size(1), C = x.size(2), M = mixes.numel() / C;
     const at::Tensor dout = like(grads[0], x);
-    at::Tensor dx = fp32_buffer(x.sizes(), x), dshift = at::zeros({B, C}, x.options().dtype(at::kFloat));
+    at::Tensor dx = fp32_buffer(x.sizes(), x),
+               dshift = at::zeros({B, C}, x.options().dtype(at::kFloat));
     at::Tensor partials = fp32_buffer({cuda::fused_partials(B * T), M, C}, x);
-    check(cuda::token_shift_mix_backward(cuda::place_of(x), fused_type(x), B, T, C, M, x.data_ptr(), shift.data_ptr(),
-                                         mixes.data_ptr<float>(), dout.data_ptr(), dx.data_ptr<float>(),
-                                         dshift.data_ptr<float>(), partials.data_ptr<float>()));
+    check(cuda::token_shift_mix_backward(cuda::place_of(x), fused_type(x), B, T, C, M, x.data_ptr(),
+                                         shift.data_ptr(), mixes.data_ptr<float>(), dout.data_ptr(),
+                                         dx.data_ptr<float>(), dshift.data_ptr<float>(),
+                                         partials.data_ptr<float>()));
     const auto mix_dtype = static_cast<at::ScalarType>(ctx->saved_data["mix_dtype"].toInt());
-    return {dx.to(x.scalar_type()), dshift.to(static_cast<at::ScalarType>(ctx->saved_data["shift_dtype"].toInt())),
+    return {dx.to(x.scalar_type()),
+            dshift.to(static_cast<at::ScalarType>(ctx->saved_data["shift_dtype"].toInt())),
             partials.sum(0).view(ctx->saved_data["mix_sizes"].toIntVector()).to(mix_dtype)};
   }
 };
 
 class KkAbFunction : public torch::autograd::Function<KkAbFunction> {
  public:
-  static variable_list forward(AutogradContext* ctx, at::Tensor k, at::Tensor a, at::Tensor k_k, at::Tensor k_a,
-                               int64_t heads) {
+  static variable_list forward(AutogradContext* ctx, at::Tensor k, at::Tensor a, at::Tensor k_k,
+                               at::Tensor k_a, int64_t heads) {
     const int64_t rows = k.size(0) * k.size(1), C = k.size(2);
     at::Tensor kc = k.contiguous(), ac = like(a, k), kkc = fp32(k_k), kac = fp32(k_a);
     at::Tensor k_out = at::empty_like(kc), a_out = at::empty_like(kc), b_out = at::empty_like(kc);
-    check(cuda::kk_ab_forward(cuda::place_of(k), fused_type(k), rows, heads, C / heads, kc.data_ptr(), ac.data_ptr(),
-                              kkc.data_ptr<float>(), kac.data_ptr<float>(), k_out.data_ptr(), a_out.data_ptr(),
+    check(cuda::kk_ab_forward(cuda::place_of(k), fused_type(k), rows, heads, C / heads,
+                              kc.data_ptr(), ac.data_ptr(), kkc.data_ptr<float>(),
+                              kac.data_ptr<float>(), k_out.data_ptr(), a_out.data_ptr(),
                               b_out.data_ptr()));
     ctx->save_for_backward({kc, ac, kkc, kac});
     ctx->saved_data["heads"] = heads;
@@ -115,41 +129,47 @@ class KkAbFunction : public torch::autograd::Function<KkAbFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &k = saved[0], &a = saved[1], &k_k = saved[2], &k_a = saved[3];
-    const int64_t heads = ctx->saved_data["heads"].toInt(), rows = k.size(0) * k.size(1), C = k.size(2);
-    const at::Tensor dk_out = grad_like(grads[0], k), da_out = grad_like(grads[1], k), db_out = grad_like(grads[2], k);
+    const int64_t heads = ctx->saved_data["heads"].toInt(), rows = k.size(0) * k.size(1),
+                  C = k.size(2);
+    const at::Tensor dk_out = grad_like(grads[0], k), da_out = grad_like(grads[1], k),
+                     db_out = grad_like(grads[2], k);
     at::Tensor dk = fp32_buffer(k.sizes(), k), da = fp32_buffer(k.sizes(), k);
     const int64_t partials = cuda::fused_head_partials(rows);
     at::Tensor dk_k = fp32_buffer({partials, C}, k), dk_a = fp32_buffer({partials, C}, k);
-    check(cuda::kk_ab_backward(cuda::place_of(k), fused_type(k), rows, heads, C / heads, k.data_ptr(), a.data_ptr(),
-                               k_k.data_ptr<float>(), k_a.data_ptr<float>(), ptr_or_null(dk_out), ptr_or_null(da_out),
+    check(cuda::kk_ab_backward(cuda::place_of(k), fused_type(k), rows, heads, C / heads,
+                               k.data_ptr(), a.data_ptr(), k_k.data_ptr<float>(),
+                               k_a.data_ptr<float>(), ptr_or_null(dk_out), ptr_or_null(da_out),
                                ptr_or_null(db_out), dk.data_ptr<float>(), da.data_ptr<float>(),
                                dk_k.data_ptr<float>(), dk_a.data_ptr<float>()));
     const auto dtypes = ctx->saved_data["dtypes"].toIntVector();
     auto dtype = [&](int i) { return static_cast<at::ScalarType>(dtypes[i]); };
     return {dk.to(k.scalar_type()), da.to(dtype(0)),
             dk_k.sum(0).view(ctx->saved_data["param_sizes"].toIntVector()).to(dtype(1)),
-            dk_a.sum(0).view(ctx->saved_data["k_a_sizes"].toIntVector()).to(dtype(2)), at::Tensor()};
+            dk_a.sum(0).view(ctx->saved_data["k_a_sizes"].toIntVector()).to(dtype(2)),
+            at::Tensor()};
   }
 };
 
 class NormBonusGate : public torch::autograd::Function<NormBonusGate> {
  public:
-  static variable_list forward(AutogradContext* ctx, at::Tensor y, at::Tensor r, at::Tensor k, at::Tensor v,
-                               at::Tensor g, at::Tensor ln_w, at::Tensor ln_b, at::Tensor r_k, int64_t heads,
-                               double eps) {
+  static variable_list forward(AutogradContext* ctx, at::Tensor y, at::Tensor r, at::Tensor k,
+                               at::Tensor v, at::Tensor g, at::Tensor ln_w, at::Tensor ln_b,
+                               at::Tensor r_k, int64_t heads, double eps) {
     const int64_t rows = r.size(0) * r.size(1), C = r.size(2);
-    at::Tensor rc = r.contiguous(), yc = like(y, r).view(r.sizes()), kc = like(k, r), vc = like(v, r), gc = like(g, r);
+    at::Tensor rc = r.contiguous(), yc = like(y, r).view(r.sizes()), kc = like(k, r),
+               vc = like(v, r), gc = like(g, r);
     at::Tensor wc = fp32(ln_w), bc = fp32(ln_b), rkc = fp32(r_k);
     at::Tensor out = at::empty_like(rc);
-    check(cuda::norm_bonus_gate_forward(cuda::place_of(r), fused_type(r), rows, heads, C / heads, eps, yc.data_ptr(),
-                                        rc.data_ptr(), kc.data_ptr(), vc.data_ptr(), gc.data_ptr(),
-                                        wc.data_ptr<float>(), bc.data_ptr<float>(), rkc.data_ptr<float>(),
-                                        out.data_ptr()));
+    check(cuda::norm_bonus_gate_forward(
+        cuda::place_of(r), fused_type(r), rows, heads, C / heads, eps, yc.data_ptr(), rc.data_ptr(),
+        kc.data_ptr(), vc.data_ptr(), gc.data_ptr(), wc.data_ptr<float>(), bc.data_ptr<float>(),
+        rkc.data_ptr<float>(), out.data_ptr()));
     ctx->save_for_backward({yc, rc, kc, vc, gc, wc, bc, rkc});
     ctx->saved_data["heads"] = heads;
     ctx->saved_data["eps"] = eps;
     std::vector<int64_t> dtypes;
-    for (const at::Tensor* t : {&y, &k, &v, &g, &ln_w, &ln_b, &r_k}) dtypes.push_back(static_cast<int64_t>(t->scalar_type()));
+    for (const at::Tensor* t : {&y, &k, &v, &g, &ln_w, &ln_b, &r_k})
+      dtypes.push_back(static_cast<int64_t>(t->scalar_type()));
     ctx->saved_data["dtypes"] = dtypes;
     ctx->saved_data["y_sizes"] = y.sizes().vec();
     ctx->saved_data["w_sizes"] = ln_w.sizes().vec();
@@ -159,27 +179,36 @@ class NormBonusGate : public torch::autograd::Function<NormBonusGate> {
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto s = ctx->get_saved_variables();
-    const at::Tensor &y = s[0], &r = s[1], &k = s[2], &v = s[3], &g = s[4], &w = s[5], &b = s[6], &r_k = s[7];
-    const int64_t heads = ctx->saved_data["heads"].toInt(), rows = r.size(0) * r.size(1), C = r.size(2);
+    const at::Tensor &y = s[0], &r = s[1], &k = s[2], &v = s[3], &g = s[4], &w = s[5], &b = s[6],
+                     &r_k = s[7];
+    const int64_t heads = ctx->saved_data["heads"].toInt(), rows = r.size(0) * r.size(1),
+                  C = r.size(2);
     const at::Tensor dout = like(grads[0], r);
-    at::Tensor dy = fp32_buffer(r.sizes(), r), dr = fp32_buffer(r.sizes(), r), dk = fp32_buffer(r.sizes(), r),
-               dv = fp32_buffer(r.sizes(), r), dg = fp32_buffer(r.sizes(), r);
+    at::Tensor dy = fp32_buffer(r.sizes(), r), dr = fp32_buffer(r.sizes(), r),
+               dk = fp32_buffer(r.sizes(), r), dv = fp32_buffer(r.sizes(), r),
+               dg = fp32_buffer(r.sizes(), r);
     const int64_t partials = cuda::fused_head_partials(rows);
-    at::Tensor dw = fp32_buffer({partials, C}, r), db = fp32_buffer({partials, C}, r), drk = fp32_buffer({partials, C}, r);
-    check(cuda::norm_bonus_gate_backward(cuda::place_of(r), fused_type(r), rows, heads, C / heads,
-                                         ctx->saved_data["eps"].toDouble(), y.data_ptr(), r.data_ptr(), k.data_ptr(),
-                                         v.data_ptr(), g.data_ptr(), w.data_ptr<float>(), b.data_ptr<float>(),
-                                         r_k.data_ptr<float>(), dout.data_ptr(), dy.data_ptr<float>(),
-                                         dr.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(),
-                                         dg.data_ptr<float>(), dw.data_ptr<float>(), db.data_ptr<float>(),
-                                         drk.data_ptr<float>()));
+    at::Tensor dw = fp32_buffer({partials, C}, r), db = fp32_buffer({partials, C}, r),
+               drk = fp32_buffer({partials, C}, r);
+    check(cuda::norm_bonus_gate_backward(
+        cuda::place_of(r), fused_type(r), rows, heads, C / heads, ctx->saved_data["eps"].toDouble(),
+        y.data_ptr(), r.data_ptr(), k.data_ptr(), v.data_ptr(), g.data_ptr(), w.data_ptr<float>(),
+        b.data_ptr<float>(), r_k.data_ptr<float>(), dout.data_ptr(), dy.data_ptr<float>(),
+        dr.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(), dg.data_ptr<float>(),
+        dw.data_ptr<float>(), db.data_ptr<float>(), drk.data_ptr<float>()));
     const auto dtypes = ctx->saved_data["dtypes"].toIntVector();
     auto dtype = [&](int i) { return static_cast<at::ScalarType>(dtypes[i]); };
     auto sizes = [&](const char* key) { return ctx->saved_data[key].toIntVector(); };
-    return {dy.view(sizes("y_sizes")).to(dtype(0)), dr.to(r.scalar_type()), dk.to(dtype(1)), dv.to(dtype(2)),
-            dg.to(dtype(3)), dw.sum(0).view(sizes("w_sizes")).to(dtype(4)),
-            db.sum(0).view(sizes("b_sizes")).to(dtype(5)), drk.sum(0).view(sizes("r_k_sizes")).to(dtype(6)),
-            at::Tensor(), at::Tensor()};
+    return {dy.view(sizes("y_sizes")).to(dtype(0)),
+            dr.to(r.scalar_type()),
+            dk.to(dtype(1)),
+            dv.to(dtype(2)),
+            dg.to(dtype(3)),
+            dw.sum(0).view(sizes("w_sizes")).to(dtype(4)),
+            db.sum(0).view(sizes("b_sizes")).to(dtype(5)),
+            drk.sum(0).view(sizes("r_k_sizes")).to(dtype(6)),
+            at::Tensor(),
+            at::Tensor()};
   }
 };
 
@@ -187,7 +216,8 @@ class ReluSquare : public torch::autograd::Function<ReluSquare> {
  public:
   static variable_list forward(AutogradContext* ctx, at::Tensor x) {
     at::Tensor xc = x.contiguous(), out = at::empty_like(xc);
-    check(cuda::relu_square_forward(cuda::place_of(x), fused_type(x), x.numel(), xc.data_ptr(), out.data_ptr()));
+    check(cuda::relu_square_forward(cuda::place_of(x), fused_type(x), x.numel(), xc.data_ptr(),
+                                    out.data_ptr()));
     ctx->save_for_backward({xc});
     return {out};
   }
@@ -195,8 +225,8 @@ class ReluSquare : public torch::autograd::Function<ReluSquare> {
     const at::Tensor x = ctx->get_saved_variables()[0];
     const at::Tensor dout = like(grads[0], x);
     at::Tensor dx = at::empty_like(x);
-    check(cuda::relu_square_backward(cuda::place_of(x), fused_type(x), x.numel(), x.data_ptr(), dout.data_ptr(),
-                                     dx.data_ptr()));
+    check(cuda::relu_square_backward(cuda::place_of(x), fused_type(x), x.numel(), x.data_ptr(),
+                                     dout.data_ptr(), dx.data_ptr()));
     return {dx};
   }
 };
@@ -210,17 +240,21 @@ bool kernel_head_size(int64_t n) { return n == 32 || n == 64 || n == 128 || n ==
 #endif
 
 at::Tensor token_shift_mix(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& mixes) {
-  TORCH_CHECK(x.dim() == 3 && x.size(1) > 0, "token_shift_mix: x must be [B, T>0, C], got ", x.sizes());
-  TORCH_CHECK(shift.numel() == x.size(0) * x.size(2), "token_shift_mix: shift must be [B, C], got ", shift.sizes());
+  TORCH_CHECK(x.dim() == 3 && x.size(1) > 0, "token_shift_mix: x must be [B, T>0, C], got ",
+              x.sizes());
+  TORCH_CHECK(shift.numel() == x.size(0) * x.size(2), "token_shift_mix: shift must be [B, C], got ",
+              shift.sizes());
   TORCH_CHECK(mixes.numel() % x.size(2) == 0 && mixes.numel() / x.size(2) <= 8,
               "token_shift_mix: mixes must be [M <= 8, C], got ", mixes.sizes());
 #ifdef PEFTKIT_FUSED_CUDA
-  if (kernel_dtype(x)) return TokenShiftMix::apply(x, shift.reshape({x.size(0), x.size(2)}), mixes)[0];
+  if (kernel_dtype(x))
+    return TokenShiftMix::apply(x, shift.reshape({x.size(0), x.size(2)}), mixes)[0];
 #endif
   return token_shift_mix_reference(x, shift, mixes);
 }
 
-KkAb kk_ab(const at::Tensor& k, const at::Tensor& a, const at::Tensor& k_k, const at::Tensor& k_a, int64_t heads) {
+KkAb kk_ab(const at::Tensor& k, const at::Tensor& a, const at::Tensor& k_k, const at::Tensor& k_a,
+           int64_t heads) {
   TORCH_CHECK(k.dim() == 3 && k.size(2) % heads == 0 && a.sizes() == k.sizes(),
               "kk_ab: k and a must be [B, T, H*N], got ", k.sizes(), " and ", a.sizes());
 #ifdef PEFTKIT_FUSED_CUDA
@@ -232,11 +266,12 @@ KkAb kk_ab(const at::Tensor& k, const at::Tensor& a, const at::Tensor& k_k, cons
   return kk_ab_reference(k, a, k_k, k_a, heads);
 }
 
-at::Tensor norm_bonus_gate(const at::Tensor& y, const at::Tensor& r, const at::Tensor& k, const at::Tensor& v,
-                           const at::Tensor& g, const at::Tensor& ln_w, const at::Tensor& ln_b, const at::Tensor& r_k,
-                           int64_t heads, double eps) {
-  TORCH_CHECK(r.dim() == 3 && r.size(2) % heads == 0 && y.numel() == r.numel() && k.sizes() == r.sizes() &&
-                  v.sizes() == r.sizes() && g.sizes() == r.sizes(),
+at::Tensor norm_bonus_gate(const at::Tensor& y, const at::Tensor& r, const at::Tensor& k,
+                           const at::Tensor& v, const at::Tensor& g, const at::Tensor& ln_w,
+                           const at::Tensor& ln_b, const at::Tensor& r_k, int64_t heads,
+                           double eps) {
+  TORCH_CHECK(r.dim() == 3 && r.size(2) % heads == 0 && y.numel() == r.numel() &&
+                  k.sizes() == r.sizes() && v.sizes() == r.sizes() && g.sizes() == r.sizes(),
               "norm_bonus_gate: y, r, k, v, g must be [B, T, H*N], got r ", r.sizes());
 #ifdef PEFTKIT_FUSED_CUDA
   if (kernel_dtype(r) && kernel_head_size(r.size(2) / heads))

@@ -23,18 +23,22 @@ struct KkAb {
 };
 
 at::Tensor token_shift_mix(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& mixes);
-KkAb kk_ab(const at::Tensor& k, const at::Tensor& a, const at::Tensor& k_k, const at::Tensor& k_a, int64_t heads);
-at::Tensor norm_bonus_gate(const at::Tensor& y, const at::Tensor& r, const at::Tensor& k, const at::Tensor& v,
-                           const at::Tensor& g, const at::Tensor& ln_w, const at::Tensor& ln_b, const at::Tensor& r_k,
-                           int64_t heads, double eps);
+KkAb kk_ab(const at::Tensor& k, const at::Tensor& a, const at::Tensor& k_k, const at::Tensor& k_a,
+           int64_t heads);
+at::Tensor norm_bonus_gate(const at::Tensor& y, const at::Tensor& r, const at::Tensor& k,
+                           const at::Tensor& v, const at::Tensor& g, const at::Tensor& ln_w,
+                           const at::Tensor& ln_b, const at::Tensor& r_k, int64_t heads,
+                           double eps);
 at::Tensor relu_square(const at::Tensor& x);
 
-at::Tensor token_shift_mix_reference(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& mixes);
-KkAb kk_ab_reference(const at::Tensor& k, const at::Tensor& a, const at::Tensor& k_k, const at::Tensor& k_a,
-                     int64_t heads);
+at::Tensor token_shift_mix_reference(const at::Tensor& x, const at::Tensor& shift,
+                                     const at::Tensor& mixes);
+KkAb kk_ab_reference(const at::Tensor& k, const at::Tensor& a, const at::Tensor& k_k,
+                     const at::Tensor& k_a, int64_t heads);
 at::Tensor norm_bonus_gate_reference(const at::Tensor& y, const at::Tensor& r, const at::Tensor& k,
-                                     const at::Tensor& v, const at::Tensor& g, const at::Tensor& ln_w,
-                                     const at::Tensor& ln_b, const at::Tensor& r_k, int64_t heads, double eps);
+                                     const at::Tensor& v, const at::Tensor& g,
+                                     const at::Tensor& ln_w, const at::Tensor& ln_b,
+                                     const at::Tensor& r_k, int64_t heads, double eps);
 at::Tensor relu_square_reference(const at::Tensor& x);
 
 }  // namespace peftkit::kernels

@@ -1,10 +1,10 @@
-#include "fused/fused_cuda.hpp"
-
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <type_traits>
+
+#include "fused/fused_cuda.hpp"
 
 namespace peftkit::kernels::cuda {
 namespace {
@@ -14,9 +14,13 @@ constexpr int kRows = static_cast<int>(kFusedRowsPerPartial);
 __device__ inline float load(const float* p, int64_t i) { return p[i]; }
 __device__ inline float load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
 template <class T>
-__device__ inline float load_or_zero(const T* p, int64_t i) { return p ? load(p, i) : 0.0f; }
+__device__ inline float load_or_zero(const T* p, int64_t i) {
+  return p ? load(p, i) : 0.0f;
+}
 __device__ inline void store(float* p, int64_t i, float v) { p[i] = v; }
-__device__ inline void store(__nv_bfloat16* p, int64_t i, float v) { p[i] = __float2bfloat16_rn(v); }
+__device__ inline void store(__nv_bfloat16* p, int64_t i, float v) {
+  p[i] = __float2bfloat16_rn(v);
+}
 
 __device__ inline float warp_sum(float x) {
 #pragma unroll
@@ -42,29 +46,34 @@ std::string typed(Place place, FusedType type, const Run& run) {
 // ---- token shift + mixes: thread = channel, block row = kRows rows of (b, t) ----
 
 template <class T>
-__global__ void token_shift_mix_forward_kernel(int64_t B, int64_t T_, int64_t C, int64_t M, const T* x,
-                                               const T* shift, const float* mix, T* out) {
+__global__ void token_shift_mix_forward_kernel(int64_t B, int64_t T_, int64_t C, int64_t M,
+                                               const T* x, const T* shift, const float* mix,
+                                               T* out) {
   const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (c >= C) return;
   const int64_t rows = B * T_, plane = rows * C;
-  for (int64_t row = blockIdx.y * kRows; row < min(rows, (blockIdx.y + 1) * static_cast<int64_t>(kRows)); ++row) {
+  for (int64_t row = blockIdx.y * kRows;
+       row < min(rows, (blockIdx.y + 1) * static_cast<int64_t>(kRows)); ++row) {
     const int64_t t = row % T_;
     const float xv = load(x, row * C + c);
     const float delta = (t > 0 ? load(x, (row - 1) * C + c) : load(shift, (row / T_) * C + c)) - xv;
-    for (int64_t m = 0; m < M; ++m) store(out, m * plane + row * C + c, fmaf(delta, mix[m * C + c], xv));
+    for (int64_t m = 0; m < M; ++m)
+      store(out, m * plane + row * C + c, fmaf(delta, mix[m * C + c], xv));
   }
 }
 
 template <class T>
-__global__ void token_shift_mix_backward_kernel(int64_t B, int64_t T_, int64_t C, int64_t M, const T* x,
-                                                const T* shift, const float* mix, const T* dout, float* dx,
-                                                float* dshift, float* dmix_partials) {
+__global__ void token_shift_mix_backward_kernel(int64_t B, int64_t T_, int64_t C, int64_t M,
+                                                const T* x, const T* shift, const float* mix,
+                                                const T* dout, float* dx, float* dshift,
+                                                float* dmix_partials) {
   constexpr int kMaxMixes = 8;
   const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (c >= C) return;
   const int64_t rows = B * T_, plane = rows * C;
   float dmix[kMaxMixes] = {};
-  for (int64_t row = blockIdx.y * kRows; row < min(rows, (blockIdx.y + 1) * static_cast<int64_t>(kRows)); ++row) {
+  for (int64_t row = blockIdx.y * kRows;
+       row < min(rows, (blockIdx.y + 1) * static_cast<int64_t>(kRows)); ++row) {
     const int64_t t = row % T_;
     const float xv = load(x, row * C + c);
     const float delta = (t > 0 ? load(x, (row - 1) * C + c) : load(shift, (row / T_) * C + c)) - xv;
@@ -98,8 +107,9 @@ struct HeadRows {
 };
 
 template <class T, int E>
-__global__ void kk_ab_forward_kernel(int64_t rows, int64_t H, const T* k, const T* a, const float* k_k,
-                                     const float* k_a, T* k_out, T* a_out, T* b_out) {
+__global__ void kk_ab_forward_kernel(int64_t rows, int64_t H, const T* k, const T* a,
+                                     const float* k_k, const float* k_a, T* k_out, T* a_out,
+                                     T* b_out) {
   constexpr int N = E * 32;
   const HeadRows hr(rows);
   const int lane = threadIdx.x % 32;
@@ -126,9 +136,10 @@ __global__ void kk_ab_forward_kernel(int64_t rows, int64_t H, const T* k, const 
 }
 
 template <class T, int E>
-__global__ void kk_ab_backward_kernel(int64_t rows, int64_t H, const T* k, const T* a, const float* k_k,
-                                      const float* k_a, const T* dk_out, const T* da_out, const T* db_out, float* dk,
-                                      float* da, float* dk_k_partials, float* dk_a_partials) {
+__global__ void kk_ab_backward_kernel(int64_t rows, int64_t H, const T* k, const T* a,
+                                      const float* k_k, const float* k_a, const T* dk_out,
+                                      const T* da_out, const T* db_out, float* dk, float* da,
+                                      float* dk_k_partials, float* dk_a_partials) {
   constexpr int N = E * 32;
   const HeadRows hr(rows);
   const int lane = threadIdx.x % 32;
@@ -176,9 +187,10 @@ __global__ void kk_ab_backward_kernel(int64_t rows, int64_t H, const T* k, const
 }
 
 template <class T, int E>
-__global__ void norm_bonus_gate_forward_kernel(int64_t rows, int64_t H, float eps, const T* y, const T* r,
-                                               const T* k, const T* v, const T* g, const float* w,
-                                               const float* bias, const float* r_k, T* out) {
+__global__ void norm_bonus_gate_forward_kernel(int64_t rows, int64_t H, float eps, const T* y,
+                                               const T* r, const T* k, const T* v, const T* g,
+                                               const float* w, const float* bias, const float* r_k,
+                                               T* out) {
   constexpr int N = E * 32;
   const HeadRows hr(rows);
   const int lane = threadIdx.x % 32;
@@ -207,10 +219,11 @@ __global__ void norm_bonus_gate_forward_kernel(int64_t rows, int64_t H, float ep
 }
 
 template <class T, int E>
-__global__ void norm_bonus_gate_backward_kernel(int64_t rows, int64_t H, float eps, const T* y, const T* r,
-                                                const T* k, const T* v, const T* g, const float* w,
-                                                const float* bias, const float* r_k, const T* dout, float* dy,
-                                                float* dr, float* dk, float* dv, float* dg, float* dw_partials,
+__global__ void norm_bonus_gate_backward_kernel(int64_t rows, int64_t H, float eps, const T* y,
+                                                const T* r, const T* k, const T* v, const T* g,
+                                                const float* w, const float* bias, const float* r_k,
+                                                const T* dout, float* dy, float* dr, float* dk,
+                                                float* dv, float* dg, float* dw_partials,
                                                 float* dbias_partials, float* dr_k_partials) {
   constexpr int N = E * 32;
   const HeadRows hr(rows);
@@ -291,94 +304,120 @@ dim3 channel_grid(int64_t rows, int64_t C) {
   return dim3(static_cast<unsigned>((C + 255) / 256), static_cast<unsigned>(fused_partials(rows)));
 }
 dim3 head_grid(int64_t rows, int64_t H) {
-  return dim3(static_cast<unsigned>(H), static_cast<unsigned>((fused_partials(rows) + kWarps - 1) / kWarps));
+  return dim3(static_cast<unsigned>(H),
+              static_cast<unsigned>((fused_partials(rows) + kWarps - 1) / kWarps));
 }
 // The per-head kernels: launch(element tag, lanes-per-head constant) for a supported head size.
 template <class Launch>
 std::string per_head(Place place, FusedType type, int64_t rows, int64_t N, const Launch& launch) {
-  if (N != 32 && N != 64 && N != 128 && N != 256) return "fused: unsupported head size " + std::to_string(N);
+  if (N != 32 && N != 64 && N != 128 && N != 256)
+    return "fused: unsupported head size " + std::to_string(N);
   if (rows == 0) return {};
   return typed(place, type, [&](auto tag) {
     switch (N) {
-      case 32: launch(tag, std::integral_constant<int, 1>{}); break;
-      case 64: launch(tag, std::integral_constant<int, 2>{}); break;
-      case 128: launch(tag, std::integral_constant<int, 4>{}); break;
-      default: launch(tag, std::integral_constant<int, 8>{}); break;
+      case 32:
+        launch(tag, std::integral_constant<int, 1>{});
+        break;
+      case 64:
+        launch(tag, std::integral_constant<int, 2>{});
+        break;
+      case 128:
+        launch(tag, std::integral_constant<int, 4>{});
+        break;
+      default:
+        launch(tag, std::integral_constant<int, 8>{});
+        break;
     }
   });
 }
 
 }  // namespace
 
-int64_t fused_head_partials(int64_t rows) { return (fused_partials(rows) + kWarps - 1) / kWarps * kWarps; }
+int64_t fused_head_partials(int64_t rows) {
+  return (fused_partials(rows) + kWarps - 1) / kWarps * kWarps;
+}
 
-std::string token_shift_mix_forward(Place place, FusedType type, int64_t B, int64_t T, int64_t C, int64_t M,
-                                    const void* x, const void* shift, const float* mix, void* out) {
+std::string token_shift_mix_forward(Place place, FusedType type, int64_t B, int64_t T, int64_t C,
+                                    int64_t M, const void* x, const void* shift, const float* mix,
+                                    void* out) {
   if (B * T * C == 0) return {};
   return typed(place, type, [&](auto tag) {
     using E = decltype(tag);
     token_shift_mix_forward_kernel<E><<<channel_grid(B * T, C), 256, 0, stream_of(place)>>>(
-        B, T, C, M, static_cast<const E*>(x), static_cast<const E*>(shift), mix, static_cast<E*>(out));
+        B, T, C, M, static_cast<const E*>(x), static_cast<const E*>(shift), mix,
+        static_cast<E*>(out));
   });
 }
 
-std::string token_shift_mix_backward(Place place, FusedType type, int64_t B, int64_t T, int64_t C, int64_t M,
-                                     const void* x, const void* shift, const float* mix, const void* dout, float* dx,
-                                     float* dshift, float* dmix_partials) {
+std::string token_shift_mix_backward(Place place, FusedType type, int64_t B, int64_t T, int64_t C,
+                                     int64_t M, const void* x, const void* shift, const float* mix,
+                                     const void* dout, float* dx, float* dshift,
+                                     float* dmix_partials) {
   if (M > 8) return "token_shift_mix: at most 8 mixes";
   if (B * T * C == 0) return {};
   return typed(place, type, [&](auto tag) {
     using E = decltype(tag);
     token_shift_mix_backward_kernel<E><<<channel_grid(B * T, C), 256, 0, stream_of(place)>>>(
-        B, T, C, M, static_cast<const E*>(x), static_cast<const E*>(shift), mix, static_cast<const E*>(dout), dx,
-        dshift, dmix_partials);
+        B, T, C, M, static_cast<const E*>(x), static_cast<const E*>(shift), mix,
+        static_cast<const E*>(dout), dx, dshift, dmix_partials);
   });
 }
 
-std::string kk_ab_forward(Place place, FusedType type, int64_t rows, int64_t H, int64_t N, const void* k,
-                          const void* a, const float* k_k, const float* k_a, void* k_out, void* a_out, void* b_out) {
+std::string kk_ab_forward(Place place, FusedType type, int64_t rows, int64_t H, int64_t N,
+                          const void* k, const void* a, const float* k_k, const float* k_a,
+                          void* k_out, void* a_out, void* b_out) {
   return per_head(place, type, rows, N, [&](auto tag, auto lanes) {
     using E = decltype(tag);
-    kk_ab_forward_kernel<E, decltype(lanes)::value><<<head_grid(rows, H), 32 * kWarps, 0, stream_of(place)>>>(
-        rows, H, static_cast<const E*>(k), static_cast<const E*>(a), k_k, k_a, static_cast<E*>(k_out),
-        static_cast<E*>(a_out), static_cast<E*>(b_out));
+    kk_ab_forward_kernel<E, decltype(lanes)::value>
+        <<<head_grid(rows, H), 32 * kWarps, 0, stream_of(place)>>>(
+            rows, H, static_cast<const E*>(k), static_cast<const E*>(a), k_k, k_a,
+            static_cast<E*>(k_out), static_cast<E*>(a_out), static_cast<E*>(b_out));
   });
 }
 
-std::string kk_ab_backward(Place place, FusedType type, int64_t rows, int64_t H, int64_t N, const void* k,
-                           const void* a, const float* k_k, const float* k_a, const void* dk_out, const void* da_out,
-                           const void* db_out, float* dk, float* da, float* dk_k_partials, float* dk_a_partials) {
+std::string kk_ab_backward(Place place, FusedType type, int64_t rows, int64_t H, int64_t N,
+                           const void* k, const void* a, const float* k_k, const float* k_a,
+                           const void* dk_out, const void* da_out, const void* db_out, float* dk,
+                           float* da, float* dk_k_partials, float* dk_a_partials) {
   return per_head(place, type, rows, N, [&](auto tag, auto lanes) {
     using E = decltype(tag);
-    kk_ab_backward_kernel<E, decltype(lanes)::value><<<head_grid(rows, H), 32 * kWarps, 0, stream_of(place)>>>(
-        rows, H, static_cast<const E*>(k), static_cast<const E*>(a), k_k, k_a, static_cast<const E*>(dk_out),
-        static_cast<const E*>(da_out), static_cast<const E*>(db_out), dk, da, dk_k_partials, dk_a_partials);
+    kk_ab_backward_kernel<E, decltype(lanes)::value>
+        <<<head_grid(rows, H), 32 * kWarps, 0, stream_of(place)>>>(
+            rows, H, static_cast<const E*>(k), static_cast<const E*>(a), k_k, k_a,
+            static_cast<const E*>(dk_out), static_cast<const E*>(da_out),
+            static_cast<const E*>(db_out), dk, da, dk_k_partials, dk_a_partials);
   });
 }
 
-std::string norm_bonus_gate_forward(Place place, FusedType type, int64_t rows, int64_t H, int64_t N, double eps,
-                                    const void* y, const void* r, const void* k, const void* v, const void* g,
-                                    const float* w, const float* bias, const float* r_k, void* out) {
+std::string norm_bonus_gate_forward(Place place, FusedType type, int64_t rows, int64_t H, int64_t N,
+                                    double eps, const void* y, const void* r, const void* k,
+                                    const void* v, const void* g, const float* w, const float* bias,
+                                    const float* r_k, void* out) {
   return per_head(place, type, rows, N, [&](auto tag, auto lanes) {
     using E = decltype(tag);
-    norm_bonus_gate_forward_kernel<E, decltype(lanes)::value><<<head_grid(rows, H), 32 * kWarps, 0, stream_of(place)>>>(
-        rows, H, static_cast<float>(eps), static_cast<const E*>(y), static_cast<const E*>(r),
-        static_cast<const E*>(k), static_cast<const E*>(v), static_cast<const E*>(g), w, bias, r_k,
-        static_cast<E*>(out));
+    norm_bonus_gate_forward_kernel<E, decltype(lanes)::value>
+        <<<head_grid(rows, H), 32 * kWarps, 0, stream_of(place)>>>(
+            rows, H, static_cast<float>(eps), static_cast<const E*>(y), static_cast<const E*>(r),
+            static_cast<const E*>(k), static_cast<const E*>(v), static_cast<const E*>(g), w, bias,
+            r_k, static_cast<E*>(out));
   });
 }
 
-std::string norm_bonus_gate_backward(Place place, FusedType type, int64_t rows, int64_t H, int64_t N, double eps,
-                                     const void* y, const void* r, const void* k, const void* v, const void* g,
-                                     const float* w, const float* bias, const float* r_k, const void* dout, float* dy,
-                                     float* dr, float* dk, float* dv, float* dg, float* dw_partials,
-                                     float* dbias_partials, float* dr_k_partials) {
+std::string norm_bonus_gate_backward(Place place, FusedType type, int64_t rows, int64_t H,
+                                     int64_t N, double eps, const void* y, const void* r,
+                                     const void* k, const void* v, const void* g, const float* w,
+                                     const float* bias, const float* r_k, const void* dout,
+                                     float* dy, float* dr, float* dk, float* dv, float* dg,
+                                     float* dw_partials, float* dbias_partials,
+                                     float* dr_k_partials) {
   return per_head(place, type, rows, N, [&](auto tag, auto lanes) {
     using E = decltype(tag);
-    norm_bonus_gate_backward_kernel<E, decltype(lanes)::value><<<head_grid(rows, H), 32 * kWarps, 0, stream_of(place)>>>(
-        rows, H, static_cast<float>(eps), static_cast<const E*>(y), static_cast<const E*>(r),
-        static_cast<const E*>(k), static_cast<const E*>(v), static_cast<const E*>(g), w, bias, r_k,
-        static_cast<const E*>(dout), dy, dr, dk, dv, dg, dw_partials, dbias_partials, dr_k_partials);
+    norm_bonus_gate_backward_kernel<E, decltype(lanes)::value>
+        <<<head_grid(rows, H), 32 * kWarps, 0, stream_of(place)>>>(
+            rows, H, static_cast<float>(eps), static_cast<const E*>(y), static_cast<const E*>(r),
+            static_cast<const E*>(k), static_cast<const E*>(v), static_cast<const E*>(g), w, bias,
+            r_k, static_cast<const E*>(dout), dy, dr, dk, dv, dg, dw_partials, dbias_partials,
+            dr_k_partials);
   });
 }
 
@@ -386,17 +425,21 @@ std::string relu_square_forward(Place place, FusedType type, int64_t n, const vo
   if (n == 0) return {};
   return typed(place, type, [&](auto tag) {
     using E = decltype(tag);
-    relu_square_forward_kernel<E><<<static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65536)), 256, 0, stream_of(place)>>>(
-        n, static_cast<const E*>(x), static_cast<E*>(out));
+    relu_square_forward_kernel<E>
+        <<<static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65536)), 256, 0,
+           stream_of(place)>>>(n, static_cast<const E*>(x), static_cast<E*>(out));
   });
 }
 
-std::string relu_square_backward(Place place, FusedType type, int64_t n, const void* x, const void* dout, void* dx) {
+std::string relu_square_backward(Place place, FusedType type, int64_t n, const void* x,
+                                 const void* dout, void* dx) {
   if (n == 0) return {};
   return typed(place, type, [&](auto tag) {
     using E = decltype(tag);
-    relu_square_backward_kernel<E><<<static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65536)), 256, 0, stream_of(place)>>>(
-        n, static_cast<const E*>(x), static_cast<const E*>(dout), static_cast<E*>(dx));
+    relu_square_backward_kernel<E>
+        <<<static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65536)), 256, 0,
+           stream_of(place)>>>(n, static_cast<const E*>(x), static_cast<const E*>(dout),
+                               static_cast<E*>(dx));
   });
 }
 

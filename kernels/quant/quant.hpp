@@ -1,19 +1,21 @@
 // quant.hpp: the blockwise 4-bit (NF4, FP4) and row-wise int8 formats of the quantizer plugins,
 // their quantization and dequantization (CUDA kernels on the GPU, tensor ops elsewhere), and a
-// linear layer that dequantizes its weight on use instead of keeping a dense copy (spec formats §2).
+// linear layer that dequantizes its weight on use instead of keeping a dense copy (spec formats
+// §2).
 //
 //   Packed4bit p = quantize_4bit(w, nf4_codebook(), 64);
-//   at::Tensor w2 = dequantize_4bit(p, at::kBFloat16);     // |w2 - w| <= half the codebook gap * absmax
-//   at::Tensor y = linear_dequantized(x, [&](at::ScalarType t) { return dequantize_4bit(p, t); });
+//   at::Tensor w2 = dequantize_4bit(p, at::kBFloat16);     // |w2 - w| <= half the codebook gap *
+//   absmax at::Tensor y = linear_dequantized(x, [&](at::ScalarType t) { return dequantize_4bit(p,
+//   t); });
 #pragma once
+
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <string>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
 
 namespace peftkit::kernels {
 
@@ -24,14 +26,14 @@ at::Tensor fp4_codebook();
 // bitsandbytes' signed 8-bit dynamic map (create_dynamic_map(signed=True)): 256 ascending values.
 at::Tensor dynamic_map8();
 
-// Codes of `values` (fp32): the index of the nearest entry of an ascending codebook; a value exactly
-// between two entries takes the lower one (bitsandbytes' decision trees compare with '>').
+// Codes of `values` (fp32): the index of the nearest entry of an ascending codebook; a value
+// exactly between two entries takes the lower one (bitsandbytes' decision trees compare with '>').
 at::Tensor nearest_codes(const at::Tensor& values, const at::Tensor& ascending_codebook);
 
 struct Packed4bit {
-  at::Tensor packed;   // uint8 [(numel + 1) / 2]: element 2j in the high nibble of byte j
-  at::Tensor absmax;   // fp32 [ceil(numel / blocksize)] (the dequantized absmax with double quant)
-  at::Tensor codebook; // fp32 [16], indexed by code
+  at::Tensor packed;    // uint8 [(numel + 1) / 2]: element 2j in the high nibble of byte j
+  at::Tensor absmax;    // fp32 [ceil(numel / blocksize)] (the dequantized absmax with double quant)
+  at::Tensor codebook;  // fp32 [16], indexed by code
   std::vector<int64_t> shape;
   int64_t blocksize = 64;
 };
@@ -63,16 +65,21 @@ at::Tensor dequantize_int8_rows(const PackedInt8& p, at::ScalarType dtype);
 
 // Checks on the parts of a pre-quantized weight read back from a file (the cache a run writes, or
 // a hostile copy of it): every size is checked against the others before a kernel reads them.
-// `format` names the quantizer in messages; each throws peftkit::Error naming the part.
-const at::Tensor& packed_part(const std::map<std::string, at::Tensor>& packed, const std::string& key,
-                              at::ScalarType dtype, at::IntArrayRef sizes, const std::string& format);
+// `format` names the quantizer in messages; each throws c10::ValueError (TORCH_CHECK_VALUE) naming
+// the part, which the quantizer plugins report as peftkit::Error.
+const at::Tensor& packed_part(const std::map<std::string, at::Tensor>& packed,
+                              const std::string& key, at::ScalarType dtype, at::IntArrayRef sizes,
+                              const std::string& format);
 // The [out, in] shape stored as an int64 tensor of 2 positive entries.
-std::vector<int64_t> packed_shape(const std::map<std::string, at::Tensor>& packed, const std::string& format);
+std::vector<int64_t> packed_shape(const std::map<std::string, at::Tensor>& packed,
+                                  const std::string& format);
 // A stored dtype code (int64 scalar) that must name fp32, fp16, bf16 or fp64.
-at::ScalarType packed_dtype(const std::map<std::string, at::Tensor>& packed, const std::string& format);
+at::ScalarType packed_dtype(const std::map<std::string, at::Tensor>& packed,
+                            const std::string& format);
 
 // y = x Wᵀ with W = dequantize(x's dtype), dequantized again in the backward rather than saved,
 // so a layer holds only its packed weight between forward and backward. Gradient for x only.
-at::Tensor linear_dequantized(const at::Tensor& x, std::function<at::Tensor(at::ScalarType)> dequantize);
+at::Tensor linear_dequantized(const at::Tensor& x,
+                              std::function<at::Tensor(at::ScalarType)> dequantize);
 
 }  // namespace peftkit::kernels

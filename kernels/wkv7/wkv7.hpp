@@ -13,21 +13,23 @@
 //   auto [y, s_final] = peftkit::kernels::wkv7(r, z, k, v, -kk, kk * a, s0);
 #pragma once
 
-#include <tuple>
-
 #include <ATen/core/Tensor.h>
+
+#include <tuple>
 
 namespace peftkit::kernels {
 
-std::tuple<at::Tensor, at::Tensor> wkv7(const at::Tensor& r, const at::Tensor& z, const at::Tensor& k,
-                                        const at::Tensor& v, const at::Tensor& a, const at::Tensor& b,
+std::tuple<at::Tensor, at::Tensor> wkv7(const at::Tensor& r, const at::Tensor& z,
+                                        const at::Tensor& k, const at::Tensor& v,
+                                        const at::Tensor& a, const at::Tensor& b,
                                         const at::Tensor& s0);
 
 // The same operator with tensor operations per time step, on any device (autograd differentiates
 // it): the debugging path (`[train] kernel = "reference"`) and wkv7()'s fallback on devices or
 // head sizes without a kernel.
-std::tuple<at::Tensor, at::Tensor> wkv7_reference(const at::Tensor& r, const at::Tensor& z, const at::Tensor& k,
-                                                  const at::Tensor& v, const at::Tensor& a, const at::Tensor& b,
+std::tuple<at::Tensor, at::Tensor> wkv7_reference(const at::Tensor& r, const at::Tensor& z,
+                                                  const at::Tensor& k, const at::Tensor& v,
+                                                  const at::Tensor& a, const at::Tensor& b,
                                                   const at::Tensor& s0);
 
 // The decay the kernel applies, d = exp(-e^-0.5 * sigmoid(z)), for references and tests.

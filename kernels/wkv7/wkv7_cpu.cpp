@@ -61,8 +61,9 @@ void step(Acc* S, int64_t N, const Acc* r, const Acc* z, const Acc* k, const Acc
 
 template <class Acc>
 void forward_kernel(const Shape& s, const at::Tensor& r, const at::Tensor& z, const at::Tensor& k,
-                    const at::Tensor& v, const at::Tensor& a, const at::Tensor& b, const at::Tensor& s0,
-                    at::Tensor& y, at::Tensor& s_final, at::Tensor& checkpoints) {
+                    const at::Tensor& v, const at::Tensor& a, const at::Tensor& b,
+                    const at::Tensor& s0, at::Tensor& y, at::Tensor& s_final,
+                    at::Tensor& checkpoints) {
   const int64_t N = s.N, HN = s.H * s.N, chunks = (s.T + kChunk - 1) / kChunk;
   at::parallel_for(0, s.B * s.H, 1, [&](int64_t begin, int64_t end) {
     std::vector<Acc> d(N);
@@ -86,9 +87,9 @@ void forward_kernel(const Shape& s, const at::Tensor& r, const at::Tensor& z, co
 template <class Acc>
 void backward_kernel(const Shape& s, const at::Tensor& r, const at::Tensor& z, const at::Tensor& k,
                      const at::Tensor& v, const at::Tensor& a, const at::Tensor& b,
-                     const at::Tensor& checkpoints, const at::Tensor& dy, const at::Tensor& ds_final,
-                     at::Tensor& dr, at::Tensor& dz, at::Tensor& dk, at::Tensor& dv, at::Tensor& da,
-                     at::Tensor& db, at::Tensor& ds0) {
+                     const at::Tensor& checkpoints, const at::Tensor& dy,
+                     const at::Tensor& ds_final, at::Tensor& dr, at::Tensor& dz, at::Tensor& dk,
+                     at::Tensor& dv, at::Tensor& da, at::Tensor& db, at::Tensor& ds0) {
   const int64_t N = s.N, NN = N * N, HN = s.H * s.N, chunks = (s.T + kChunk - 1) / kChunk;
   at::parallel_for(0, s.B * s.H, 1, [&](int64_t begin, int64_t end) {
     std::vector<Acc> states((kChunk + 1) * NN), dS(NN), d(N), sa(N), dsa(N);
@@ -113,13 +114,15 @@ void backward_kernel(const Shape& s, const at::Tensor& r, const at::Tensor& z, c
         }
         for (int64_t t = t1 - 1; t >= t0; --t) {
           const int64_t o = base + t * HN;
-          const Acc *rt = r.data_ptr<Acc>() + o, *zt = z.data_ptr<Acc>() + o, *kt = k.data_ptr<Acc>() + o,
-                    *vt = v.data_ptr<Acc>() + o, *at_ = a.data_ptr<Acc>() + o, *bt = b.data_ptr<Acc>() + o;
+          const Acc *rt = r.data_ptr<Acc>() + o, *zt = z.data_ptr<Acc>() + o,
+                    *kt = k.data_ptr<Acc>() + o, *vt = v.data_ptr<Acc>() + o,
+                    *at_ = a.data_ptr<Acc>() + o, *bt = b.data_ptr<Acc>() + o;
           const Acc* dyt = dy.defined() ? dy.data_ptr<Acc>() + o : nullptr;
           const Acc* prev = states.data() + (t - t0) * NN;
           const Acc* cur = prev + NN;
-          Acc *drt = dr.data_ptr<Acc>() + o, *dzt = dz.data_ptr<Acc>() + o, *dkt = dk.data_ptr<Acc>() + o,
-              *dvt = dv.data_ptr<Acc>() + o, *dat = da.data_ptr<Acc>() + o, *dbt = db.data_ptr<Acc>() + o;
+          Acc *drt = dr.data_ptr<Acc>() + o, *dzt = dz.data_ptr<Acc>() + o,
+              *dkt = dk.data_ptr<Acc>() + o, *dvt = dv.data_ptr<Acc>() + o,
+              *dat = da.data_ptr<Acc>() + o, *dbt = db.data_ptr<Acc>() + o;
           // y = S_t r: dS += dy r^T, dr = S_t^T dy.
           for (int64_t j = 0; j < N; ++j) drt[j] = 0;
           if (dyt) {
@@ -175,7 +178,8 @@ std::atomic<bool> poison_outputs{false};
 
 // Kernel outputs: NaN-filled while testing for unwritten elements, else uninitialised.
 at::Tensor output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  return poison_outputs ? at::full(sizes, std::numeric_limits<float>::quiet_NaN(), options) : at::empty(sizes, options);
+  return poison_outputs ? at::full(sizes, std::numeric_limits<float>::quiet_NaN(), options)
+                        : at::empty(sizes, options);
 }
 
 #ifdef PEFTKIT_WKV7_CUDA
@@ -188,21 +192,26 @@ cuda::InputType cuda_type(const at::Tensor& x) {
 }
 bool needs_backward(std::initializer_list<const at::Tensor*> inputs) {
   return at::GradMode::is_enabled() &&
-         std::any_of(inputs.begin(), inputs.end(), [](const at::Tensor* x) { return x->defined() && x->requires_grad(); });
+         std::any_of(inputs.begin(), inputs.end(),
+                     [](const at::Tensor* x) { return x->defined() && x->requires_grad(); });
 }
 
-void check_cuda(const std::string& status) { TORCH_CHECK(status.empty(), "wkv7 CUDA kernel: ", status); }
+void check_cuda(const std::string& status) {
+  TORCH_CHECK(status.empty(), "wkv7 CUDA kernel: ", status);
+}
 
 struct CudaForward {
-  at::Tensor r, z, k, v, a, b;        // as the kernel read them
-  at::Tensor y, s_final;              // y in the kernel's input dtype
-  at::Tensor chunk_states, sa;        // for the backward; undefined without one
+  at::Tensor r, z, k, v, a, b;  // as the kernel read them
+  at::Tensor y, s_final;        // y in the kernel's input dtype
+  at::Tensor chunk_states, sa;  // for the backward; undefined without one
 };
 
-CudaForward cuda_forward(const at::Tensor& r, const at::Tensor& z, const at::Tensor& k, const at::Tensor& v,
-                         const at::Tensor& a, const at::Tensor& b, const at::Tensor& s0, bool for_backward) {
+CudaForward cuda_forward(const at::Tensor& r, const at::Tensor& z, const at::Tensor& k,
+                         const at::Tensor& v, const at::Tensor& a, const at::Tensor& b,
+                         const at::Tensor& s0, bool for_backward) {
   auto prepare = [&](const at::Tensor& x) { return x.to(cuda_input_type(r)).contiguous(); };
-  CudaForward f{prepare(r), prepare(z), prepare(k), prepare(v), prepare(a), prepare(b), {}, {}, {}, {}};
+  CudaForward f{prepare(r), prepare(z), prepare(k), prepare(v), prepare(a),
+                prepare(b), {},         {},         {},         {}};
   const cuda::Wkv7Shape shape{r.size(0), r.size(1), r.size(2), r.size(3)};
   const auto f32 = f.r.options().dtype(at::kFloat);
   const at::Tensor initial = s0.defined() ? s0.to(at::kFloat).contiguous()
@@ -214,11 +223,11 @@ CudaForward cuda_forward(const at::Tensor& r, const at::Tensor& z, const at::Ten
     f.sa = output(f.r.sizes(), f32);
   }
   at::Tensor scratch = at::empty({cuda::wkv7_forward_scratch_floats(cuda_type(f.r), shape)}, f32);
-  check_cuda(cuda::wkv7_forward(cuda::place_of(r), cuda_type(f.r), shape, f.r.data_ptr(), f.z.data_ptr(),
-                                f.k.data_ptr(), f.v.data_ptr(), f.a.data_ptr(), f.b.data_ptr(),
-                                initial.data_ptr<float>(), f.y.data_ptr(), f.s_final.data_ptr<float>(),
-                                for_backward ? f.chunk_states.data_ptr<float>() : nullptr,
-                                for_backward ? f.sa.data_ptr<float>() : nullptr, scratch.data_ptr<float>()));
+  check_cuda(cuda::wkv7_forward(
+      cuda::place_of(r), cuda_type(f.r), shape, f.r.data_ptr(), f.z.data_ptr(), f.k.data_ptr(),
+      f.v.data_ptr(), f.a.data_ptr(), f.b.data_ptr(), initial.data_ptr<float>(), f.y.data_ptr(),
+      f.s_final.data_ptr<float>(), for_backward ? f.chunk_states.data_ptr<float>() : nullptr,
+      for_backward ? f.sa.data_ptr<float>() : nullptr, scratch.data_ptr<float>()));
   return f;
 }
 #endif
@@ -226,8 +235,8 @@ CudaForward cuda_forward(const at::Tensor& r, const at::Tensor& z, const at::Ten
 class Wkv7Function : public torch::autograd::Function<Wkv7Function> {
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, at::Tensor r,
-                                                at::Tensor z, at::Tensor k, at::Tensor v, at::Tensor a,
-                                                at::Tensor b, at::Tensor s0) {
+                                                at::Tensor z, at::Tensor k, at::Tensor v,
+                                                at::Tensor a, at::Tensor b, at::Tensor s0) {
     const Shape s{r.size(0), r.size(1), r.size(2), r.size(3)};
 #ifdef PEFTKIT_WKV7_CUDA
     if (r.is_cuda()) {
@@ -245,7 +254,8 @@ class Wkv7Function : public torch::autograd::Function<Wkv7Function> {
     at::Tensor s0c = prepare(s0);
     at::Tensor y = at::empty_like(rc);
     at::Tensor s_final = at::empty({s.B, s.H, s.N, s.N}, rc.options());
-    at::Tensor checkpoints = at::empty({s.B * s.H, (s.T + kChunk - 1) / kChunk, s.N, s.N}, rc.options());
+    at::Tensor checkpoints =
+        at::empty({s.B * s.H, (s.T + kChunk - 1) / kChunk, s.N, s.N}, rc.options());
     if (acc == at::kDouble)
       forward_kernel<double>(s, rc, zc, kc, vc, ac, bc, s0c, y, s_final, checkpoints);
     else
@@ -270,18 +280,20 @@ class Wkv7Function : public torch::autograd::Function<Wkv7Function> {
       const auto f32 = r.options().dtype(at::kFloat);
       const cuda::Wkv7Shape shape{s.B, s.T, s.H, s.N};
       at::Tensor dy = grads[0].defined() ? grads[0].to(at::kFloat).contiguous() : at::Tensor();
-      at::Tensor ds_final = grads[1].defined() ? grads[1].to(at::kFloat).contiguous() : at::Tensor();
-      at::Tensor dr = output(r.sizes(), f32), dz = output(r.sizes(), f32), dk = output(r.sizes(), f32),
-                 dv = output(r.sizes(), f32), da = output(r.sizes(), f32), db = output(r.sizes(), f32);
+      at::Tensor ds_final =
+          grads[1].defined() ? grads[1].to(at::kFloat).contiguous() : at::Tensor();
+      at::Tensor dr = output(r.sizes(), f32), dz = output(r.sizes(), f32),
+                 dk = output(r.sizes(), f32), dv = output(r.sizes(), f32),
+                 da = output(r.sizes(), f32), db = output(r.sizes(), f32);
       at::Tensor ds0 = output({s.B, s.H, s.N, s.N}, f32);
       at::Tensor scratch = at::empty({cuda::wkv7_backward_scratch_floats(shape)}, f32);
-      check_cuda(cuda::wkv7_backward(cuda::place_of(r), cuda_type(r), shape, r.data_ptr(), z.data_ptr(), k.data_ptr(),
-                                     v.data_ptr(), a.data_ptr(), b.data_ptr(), saved[6].data_ptr<float>(),
-                                     saved[7].data_ptr<float>(), dy.defined() ? dy.data_ptr<float>() : nullptr,
-                                     ds_final.defined() ? ds_final.data_ptr<float>() : nullptr, dr.data_ptr<float>(),
-                                     dz.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(),
-                                     da.data_ptr<float>(), db.data_ptr<float>(), ds0.data_ptr<float>(),
-                                     scratch.data_ptr<float>()));
+      check_cuda(cuda::wkv7_backward(
+          cuda::place_of(r), cuda_type(r), shape, r.data_ptr(), z.data_ptr(), k.data_ptr(),
+          v.data_ptr(), a.data_ptr(), b.data_ptr(), saved[6].data_ptr<float>(),
+          saved[7].data_ptr<float>(), dy.defined() ? dy.data_ptr<float>() : nullptr,
+          ds_final.defined() ? ds_final.data_ptr<float>() : nullptr, dr.data_ptr<float>(),
+          dz.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(), da.data_ptr<float>(),
+          db.data_ptr<float>(), ds0.data_ptr<float>(), scratch.data_ptr<float>()));
       return {dr.to(input_dtype), dz.to(input_dtype), dk.to(input_dtype), dv.to(input_dtype),
               da.to(input_dtype), db.to(input_dtype), ds0.to(s0_dtype)};
     }
@@ -293,9 +305,11 @@ class Wkv7Function : public torch::autograd::Function<Wkv7Function> {
                dv = at::empty_like(r), da = at::empty_like(r), db = at::empty_like(r);
     at::Tensor ds0 = at::empty({s.B, s.H, s.N, s.N}, r.options());
     if (acc == at::kDouble)
-      backward_kernel<double>(s, r, z, k, v, a, b, checkpoints, dy, ds_final, dr, dz, dk, dv, da, db, ds0);
+      backward_kernel<double>(s, r, z, k, v, a, b, checkpoints, dy, ds_final, dr, dz, dk, dv, da,
+                              db, ds0);
     else
-      backward_kernel<float>(s, r, z, k, v, a, b, checkpoints, dy, ds_final, dr, dz, dk, dv, da, db, ds0);
+      backward_kernel<float>(s, r, z, k, v, a, b, checkpoints, dy, ds_final, dr, dz, dk, dv, da, db,
+                             ds0);
     return {dr.to(input_dtype), dz.to(input_dtype), dk.to(input_dtype), dv.to(input_dtype),
             da.to(input_dtype), db.to(input_dtype), ds0.to(s0_dtype)};
   }
@@ -307,20 +321,24 @@ void wkv7_poison_outputs_for_testing(bool on) { poison_outputs = on; }
 
 at::Tensor wkv7_decay(const at::Tensor& z) { return at::exp(-kDecayScale * at::sigmoid(z)); }
 
-std::tuple<at::Tensor, at::Tensor> wkv7(const at::Tensor& r, const at::Tensor& z, const at::Tensor& k,
-                                        const at::Tensor& v, const at::Tensor& a, const at::Tensor& b,
+std::tuple<at::Tensor, at::Tensor> wkv7(const at::Tensor& r, const at::Tensor& z,
+                                        const at::Tensor& k, const at::Tensor& v,
+                                        const at::Tensor& a, const at::Tensor& b,
                                         const at::Tensor& s0) {
   TORCH_CHECK(r.dim() == 4, "wkv7: inputs must be [B, T, H, N], got ", r.sizes());
   TORCH_CHECK(r.size(1) > 0, "wkv7: T must be at least 1, got ", r.sizes());
   for (const at::Tensor* x : {&z, &k, &v, &a, &b})
-    TORCH_CHECK(x->sizes() == r.sizes(), "wkv7: all inputs must have shape ", r.sizes(), ", got ", x->sizes());
+    TORCH_CHECK(x->sizes() == r.sizes(), "wkv7: all inputs must have shape ", r.sizes(), ", got ",
+                x->sizes());
   if (s0.defined())
     TORCH_CHECK(s0.sizes() == at::IntArrayRef({r.size(0), r.size(2), r.size(3), r.size(3)}),
-                "wkv7: s0 must be [B, H, N, N] = ", at::IntArrayRef({r.size(0), r.size(2), r.size(3), r.size(3)}),
-                ", got ", s0.sizes());
+                "wkv7: s0 must be [B, H, N, N] = ",
+                at::IntArrayRef({r.size(0), r.size(2), r.size(3), r.size(3)}), ", got ",
+                s0.sizes());
   if (!r.device().is_cpu()) {
 #ifdef PEFTKIT_WKV7_CUDA
-    const bool kernel = r.is_cuda() && cuda::wkv7_supports(r.size(3)) && r.scalar_type() != at::kDouble;
+    const bool kernel =
+        r.is_cuda() && cuda::wkv7_supports(r.size(3)) && r.scalar_type() != at::kDouble;
 #else
     const bool kernel = false;
 #endif

@@ -1,11 +1,11 @@
-#include "wkv7/wkv7_cuda.hpp"
-
 #include <cuda_bf16.h>
-#include <cuda_runtime.h>
 #include <cuda_pipeline.h>
+#include <cuda_runtime.h>
 #include <mma.h>
 
 #include <type_traits>
+
+#include "wkv7/wkv7_cuda.hpp"
 
 namespace peftkit::kernels::cuda {
 namespace {
@@ -21,7 +21,9 @@ __device__ inline float load(const __nv_bfloat16* p, int64_t i) { return __bfloa
 // Loads of data no kernel writes while it runs (the non-coherent read-only path; such loads may
 // be reordered around shared-memory stores).
 __device__ inline float read_only(const float* p, int64_t i) { return __ldg(p + i); }
-__device__ inline float read_only(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(__ldg(p + i)); }
+__device__ inline float read_only(const __nv_bfloat16* p, int64_t i) {
+  return __bfloat162float(__ldg(p + i));
+}
 
 __device__ inline float sigmoid(float z) { return 1.0f / (1.0f + expf(-z)); }
 __device__ inline float decay_of_sigmoid(float sig) { return expf(-kDecayScale * sig); }
@@ -71,7 +73,8 @@ struct TileStage {
 #pragma unroll
     for (int vector = 0; vector < Vectors; ++vector)
 #pragma unroll
-      for (int m = 0; m < kPerVector; ++m) tile[vector * kChunk * N + tid + m * Threads] = read.finish(vector, values[vector][m]);
+      for (int m = 0; m < kPerVector; ++m)
+        tile[vector * kChunk * N + tid + m * Threads] = read.finish(vector, values[vector][m]);
   }
 };
 
@@ -132,15 +135,23 @@ struct ForwardRead {
   Inputs<T> in;
   __device__ float load(int vector, int64_t i) const {
     switch (vector) {
-      case kFwR: return peftkit::kernels::cuda::load(in.r, i);
-      case kFwD: return peftkit::kernels::cuda::load(in.z, i);
-      case kFwK: return peftkit::kernels::cuda::load(in.k, i);
-      case kFwV: return peftkit::kernels::cuda::load(in.v, i);
-      case kFwA: return peftkit::kernels::cuda::load(in.a, i);
-      default: return peftkit::kernels::cuda::load(in.b, i);
+      case kFwR:
+        return peftkit::kernels::cuda::load(in.r, i);
+      case kFwD:
+        return peftkit::kernels::cuda::load(in.z, i);
+      case kFwK:
+        return peftkit::kernels::cuda::load(in.k, i);
+      case kFwV:
+        return peftkit::kernels::cuda::load(in.v, i);
+      case kFwA:
+        return peftkit::kernels::cuda::load(in.a, i);
+      default:
+        return peftkit::kernels::cuda::load(in.b, i);
     }
   }
-  __device__ float finish(int vector, float x) const { return vector == kFwD ? decay_of_sigmoid(sigmoid(x)) : x; }
+  __device__ float finish(int vector, float x) const {
+    return vector == kFwD ? decay_of_sigmoid(sigmoid(x)) : x;
+  }
 };
 
 template <int N>
@@ -151,8 +162,8 @@ constexpr size_t forward_shared_bytes() {
 // fp32 inputs only (bf16 takes the chunked path below).
 template <int N, int Blocks>
 __global__ void __launch_bounds__(RowSplit<N, Blocks>::kThreads)
-    forward_kernel(Wkv7Shape s, Inputs<float> in, const float* s0, float* y, float* s_final, float* chunk_states,
-                   float* sa_out) {
+    forward_kernel(Wkv7Shape s, Inputs<float> in, const float* s0, float* y, float* s_final,
+                   float* chunk_states, float* sa_out) {
   using Split = RowSplit<N, Blocks>;
   extern __shared__ float4 shared4[];
   float* tile = reinterpret_cast<float*>(shared4);
@@ -168,7 +179,8 @@ __global__ void __launch_bounds__(RowSplit<N, Blocks>::kThreads)
 #pragma unroll
   for (int r = 0; r < R; ++r)
 #pragma unroll
-    for (int c = 0; c < kSlice; ++c) S[r][c] = s0[(bh * N + Split::row(g, i, r)) * N + Split::column(p, c)];
+    for (int c = 0; c < kSlice; ++c)
+      S[r][c] = s0[(bh * N + Split::row(g, i, r)) * N + Split::column(p, c)];
   TileStage<N, Split::kThreads, kForwardVectors> stage;
   stage.fetch(read, head, 0, s.T, tid);
   stage.store_to(read, tile, tid);
@@ -222,7 +234,8 @@ __global__ void __launch_bounds__(RowSplit<N, Blocks>::kThreads)
     }
     __syncthreads();
     for (int e = tid; e < steps * Split::kBlockRows; e += Split::kThreads) {
-      const int n = g * Split::kBlockRows + e % Split::kBlockRows, at = e / Split::kBlockRows * N + n;
+      const int n = g * Split::kBlockRows + e % Split::kBlockRows,
+                at = e / Split::kBlockRows * N + n;
       const int64_t o = head.at(t0 + e / Split::kBlockRows) + n;
       y[o] = y_tile[at];
       if (sa_out) sa_out[o] = sa_tile[at];
@@ -233,7 +246,8 @@ __global__ void __launch_bounds__(RowSplit<N, Blocks>::kThreads)
 #pragma unroll
   for (int r = 0; r < R; ++r)
 #pragma unroll
-    for (int c = 0; c < kSlice; ++c) s_final[(bh * N + Split::row(g, i, r)) * N + Split::column(p, c)] = S[r][c];
+    for (int c = 0; c < kSlice; ++c)
+      s_final[(bh * N + Split::row(g, i, r)) * N + Split::column(p, c)] = S[r][c];
 }
 
 // ---- backward (1): the state gradient, one reverse pass per (batch, head) ----
@@ -246,15 +260,23 @@ struct StateGradRead {
   const float* dy;
   __device__ float load(int vector, int64_t i) const {
     switch (vector) {
-      case kSgR: return peftkit::kernels::cuda::load(in.r, i);
-      case kSgD: return peftkit::kernels::cuda::load(in.z, i);
-      case kSgK: return peftkit::kernels::cuda::load(in.k, i);
-      case kSgA: return peftkit::kernels::cuda::load(in.a, i);
-      case kSgB: return peftkit::kernels::cuda::load(in.b, i);
-      default: return dy ? dy[i] : 0.0f;
+      case kSgR:
+        return peftkit::kernels::cuda::load(in.r, i);
+      case kSgD:
+        return peftkit::kernels::cuda::load(in.z, i);
+      case kSgK:
+        return peftkit::kernels::cuda::load(in.k, i);
+      case kSgA:
+        return peftkit::kernels::cuda::load(in.a, i);
+      case kSgB:
+        return peftkit::kernels::cuda::load(in.b, i);
+      default:
+        return dy ? dy[i] : 0.0f;
     }
   }
-  __device__ float finish(int vector, float x) const { return vector == kSgD ? decay_of_sigmoid(sigmoid(x)) : x; }
+  __device__ float finish(int vector, float x) const {
+    return vector == kSgD ? decay_of_sigmoid(sigmoid(x)) : x;
+  }
 };
 
 template <int N>
@@ -285,7 +307,8 @@ __global__ void __launch_bounds__(RowSplit<N, Blocks>::kThreads)
   for (int r = 0; r < R; ++r)
 #pragma unroll
     for (int c = 0; c < kSlice; ++c)
-      dS[r][c] = ds_final ? ds_final[(bh * N + Split::row(g, i, r)) * N + Split::column(p, c)] : 0.0f;
+      dS[r][c] =
+          ds_final ? ds_final[(bh * N + Split::row(g, i, r)) * N + Split::column(p, c)] : 0.0f;
   TileStage<N, Split::kThreads, kStateGradVectors> stage;
   stage.fetch(read, head, (chunks - 1) * kChunk, s.T, tid);
   stage.store_to(read, tile, tid);
@@ -336,7 +359,8 @@ __global__ void __launch_bounds__(RowSplit<N, Blocks>::kThreads)
     }
     __syncthreads();
     for (int e = tid; e < steps * Split::kBlockRows; e += Split::kThreads) {
-      const int n = g * Split::kBlockRows + e % Split::kBlockRows, at = e / Split::kBlockRows * N + n;
+      const int n = g * Split::kBlockRows + e % Split::kBlockRows,
+                at = e / Split::kBlockRows * N + n;
       const int64_t o = head.at(t0 + e / Split::kBlockRows) + n;
       dsa_out[o] = dsa_tile[at];
       dv_out[o] = dv_tile[at];
@@ -347,7 +371,8 @@ __global__ void __launch_bounds__(RowSplit<N, Blocks>::kThreads)
 #pragma unroll
   for (int r = 0; r < R; ++r)
 #pragma unroll
-    for (int c = 0; c < kSlice; ++c) ds0[(bh * N + Split::row(g, i, r)) * N + Split::column(p, c)] = dS[r][c];
+    for (int c = 0; c < kSlice; ++c)
+      ds0[(bh * N + Split::row(g, i, r)) * N + Split::column(p, c)] = dS[r][c];
 }
 
 // ---- backward (2): every chunk in parallel, column sums over the rows ----
@@ -370,22 +395,44 @@ struct ColumnSplit {
   }
 };
 
-enum ChunkVector { kCkR, kCkD, kCkSig, kCkK, kCkA, kCkB, kCkV, kCkDy, kCkSa, kCkDsa, kChunkVectors };
+enum ChunkVector {
+  kCkR,
+  kCkD,
+  kCkSig,
+  kCkK,
+  kCkA,
+  kCkB,
+  kCkV,
+  kCkDy,
+  kCkSa,
+  kCkDsa,
+  kChunkVectors
+};
 
 struct ChunkRead {
   Inputs<float> in;
   const float *dy, *sa, *dsa;
   __device__ float load(int vector, int64_t i) const {
     switch (vector) {
-      case kCkR: return peftkit::kernels::cuda::load(in.r, i);
-      case kCkD: case kCkSig: return peftkit::kernels::cuda::load(in.z, i);
-      case kCkK: return peftkit::kernels::cuda::load(in.k, i);
-      case kCkA: return peftkit::kernels::cuda::load(in.a, i);
-      case kCkB: return peftkit::kernels::cuda::load(in.b, i);
-      case kCkV: return peftkit::kernels::cuda::load(in.v, i);
-      case kCkDy: return dy ? dy[i] : 0.0f;
-      case kCkSa: return sa[i];
-      default: return dsa[i];
+      case kCkR:
+        return peftkit::kernels::cuda::load(in.r, i);
+      case kCkD:
+      case kCkSig:
+        return peftkit::kernels::cuda::load(in.z, i);
+      case kCkK:
+        return peftkit::kernels::cuda::load(in.k, i);
+      case kCkA:
+        return peftkit::kernels::cuda::load(in.a, i);
+      case kCkB:
+        return peftkit::kernels::cuda::load(in.b, i);
+      case kCkV:
+        return peftkit::kernels::cuda::load(in.v, i);
+      case kCkDy:
+        return dy ? dy[i] : 0.0f;
+      case kCkSa:
+        return sa[i];
+      default:
+        return dsa[i];
     }
   }
   __device__ float finish(int vector, float x) const {
@@ -395,7 +442,8 @@ struct ChunkRead {
 
 template <int N>
 constexpr size_t chunk_shared_bytes() {
-  return sizeof(float) * (kChunkVectors * kChunk * N + ColumnSplit<N>::kAnchors * ColumnSplit<N>::kAnchorFloats);
+  return sizeof(float) *
+         (kChunkVectors * kChunk * N + ColumnSplit<N>::kAnchors * ColumnSplit<N>::kAnchorFloats);
 }
 
 // The thread's kSlice consecutive entries (its rows) of a length-N vector in shared memory.
@@ -413,9 +461,9 @@ __device__ inline void read_rows(const float* vector, int q, float (&out)[kSlice
 // fp32 inputs only (bf16 takes the tensor-core kernel below).
 template <int N>
 __global__ void __launch_bounds__(ColumnSplit<N>::kThreads)
-    chunk_grad_kernel(Wkv7Shape s, Inputs<float> in, const float* dy, const float* sa, const float* dsa,
-                      const float* chunk_states, const float* chunk_grads, float* dr, float* dz, float* dk, float* da,
-                      float* db) {
+    chunk_grad_kernel(Wkv7Shape s, Inputs<float> in, const float* dy, const float* sa,
+                      const float* dsa, const float* chunk_states, const float* chunk_grads,
+                      float* dr, float* dz, float* dk, float* da, float* db) {
   using Split = ColumnSplit<N>;
   extern __shared__ float4 shared4[];
   float* tile = reinterpret_cast<float*>(shared4);
@@ -431,10 +479,12 @@ __global__ void __launch_bounds__(ColumnSplit<N>::kThreads)
     stage.store_to(read, tile, tid);
   }
   auto vector = [&](int which, int step) { return tile + (which * kChunk + step) * N; };
-  float* anchors = tile + kChunkVectors * kChunk * N + q * Split::kGroupStride + j;  // + anchor, row offsets
+  float* anchors =
+      tile + kChunkVectors * kChunk * N + q * Split::kGroupStride + j;  // + anchor, row offsets
 
   float cur[kSlice], dS[kSlice];
-  const int64_t state_offset = (bh * chunks + chunk) * N * N + static_cast<int64_t>(q) * kSlice * N + j;
+  const int64_t state_offset =
+      (bh * chunks + chunk) * N * N + static_cast<int64_t>(q) * kSlice * N + j;
 #pragma unroll
   for (int u = 0; u < kSlice; ++u) {
     cur[u] = chunk_states[state_offset + u * N];
@@ -493,11 +543,21 @@ __global__ void __launch_bounds__(ColumnSplit<N>::kThreads)
     const float dz_j = sums[3] * (-kDecayScale * dj * sig * (1.0f - sig));
     for (int w = q; w < 5; w += Split::Q) {
       switch (w) {
-        case 0: dr[o] = sums[0]; break;
-        case 1: dk[o] = sums[1]; break;
-        case 2: db[o] = sums[2]; break;
-        case 3: dz[o] = dz_j; break;
-        default: da[o] = sums[4]; break;
+        case 0:
+          dr[o] = sums[0];
+          break;
+        case 1:
+          dk[o] = sums[1];
+          break;
+        case 2:
+          db[o] = sums[2];
+          break;
+        case 3:
+          dz[o] = dz_j;
+          break;
+        default:
+          da[o] = sums[4];
+          break;
       }
     }
   }
@@ -528,7 +588,8 @@ __device__ inline void load_tf32(Fragment& f, const float* p, unsigned ld) {
 // acc += X Y over k < K for X [16, K] row-major at x (its transpose stored row-major when
 // XTransposed) and Y [K, 16] row-major at y (its transpose stored row-major when YTransposed).
 template <int K, bool XTransposed = false, bool YTransposed = false>
-__device__ inline void multiply_add(Acc16& acc, const float* x, unsigned ldx, const float* y, unsigned ldy) {
+__device__ inline void multiply_add(Acc16& acc, const float* x, unsigned ldx, const float* y,
+                                    unsigned ldy) {
 #pragma unroll
   for (int k0 = 0; k0 < K; k0 += 8) {
     std::conditional_t<XTransposed, TF32AT, TF32A> xa;
@@ -545,14 +606,15 @@ template <int N>
 struct ChunkTiles {
   static constexpr int kWarps = N / 16;  // one warp per 16 columns
   static constexpr int kThreads = 32 * kWarps;
-  static constexpr int kLd = N + 4;      // row stride of a [16, N] tile
-  static constexpr int kPairLd = 20;     // row stride of a [16, 16] tile
+  static constexpr int kLd = N + 4;   // row stride of a [16, N] tile
+  static constexpr int kPairLd = 20;  // row stride of a [16, 16] tile
   static constexpr int kTileFloats = kChunk * kLd;
   static constexpr int kPairFloats = 16 * kPairLd;
 
   // Λ per key into lambda (a [16, N] tile); the chunk's loads are issued together.
   template <class T>
-  __device__ static void log_decay(float* lambda, const T* z, const HeadIndex& head, int64_t t0, int steps) {
+  __device__ static void log_decay(float* lambda, const T* z, const HeadIndex& head, int64_t t0,
+                                   int steps) {
     for (int j = threadIdx.x; j < N; j += kThreads) {
       float log_d[kChunk];
 #pragma unroll
@@ -629,21 +691,28 @@ struct ForwardChunk {
   static constexpr int64_t kFloats = forward_chunk_floats(N);
   static_assert(kFloats == kTiles * kChunk * N + kPairs * 16 * 16 + N, "the layout below");
   __device__ static float* tile(float* chunk, int which) { return chunk + which * kChunk * N; }
-  __device__ static float* pair(float* chunk, int which) { return chunk + kTiles * kChunk * N + which * 256; }
-  __device__ static float* decay_end(float* chunk) { return chunk + kTiles * kChunk * N + kPairs * 256; }
+  __device__ static float* pair(float* chunk, int which) {
+    return chunk + kTiles * kChunk * N + which * 256;
+  }
+  __device__ static float* decay_end(float* chunk) {
+    return chunk + kTiles * kChunk * N + kPairs * 256;
+  }
 };
 
 // Forward (1), every chunk in parallel. The chunk's sa satisfies
-//   SA = (A e^Λ⁻) S0^T + Mab SA + Mak V,   Mab = stril((A e^Λ⁻)(B e^-Λ)^T), Mak = stril((A e^Λ⁻)(K e^-Λ)^T)
+//   SA = (A e^Λ⁻) S0^T + Mab SA + Mak V,   Mab = stril((A e^Λ⁻)(B e^-Λ)^T), Mak = stril((A e^Λ⁻)(K
+//   e^-Λ)^T)
 // so SA = W S0^T + U with W = (I - Mab)^-1 (A e^Λ⁻) and U = (I - Mab)^-1 Mak V (the WY form),
 // solved here by forward substitution in fp32, one column per thread; and
-//   Y = (R e^Λ) S0^T + Mrb SA + Mrk V,  Mrb = tril((R e^Λ)(B e^-Λ)^T), Mrk = tril((R e^Λ)(K e^-Λ)^T).
+//   Y = (R e^Λ) S0^T + Mrb SA + Mrk V,  Mrb = tril((R e^Λ)(B e^-Λ)^T), Mrk = tril((R e^Λ)(K
+//   e^-Λ)^T).
 template <int N>
 struct PrepareChunk {
   using C = ChunkTiles<N>;
   enum Tile { kLambda, kB, kK, kV, kR, kTiles };
   enum Pair { kMab, kMak, kMrb, kMrk, kPairs };
-  static constexpr int kRhsLd = 2 * N + 4;  // [16, 2N] after the pairs: A e^Λ⁻, then Mak V beside it
+  static constexpr int kRhsLd =
+      2 * N + 4;  // [16, 2N] after the pairs: A e^Λ⁻, then Mak V beside it
   static constexpr size_t shared_bytes() {
     return sizeof(float) * (kTiles * C::kTileFloats + kPairs * C::kPairFloats + kChunk * kRhsLd);
   }
@@ -657,7 +726,9 @@ __global__ void __launch_bounds__(ChunkTiles<N>::kThreads)
   using P = PrepareChunk<N>;
   extern __shared__ __align__(32) float prepare_shared[];
   auto tile = [&](int which) { return prepare_shared + which * C::kTileFloats; };
-  auto pair = [&](int which) { return prepare_shared + P::kTiles * C::kTileFloats + which * C::kPairFloats; };
+  auto pair = [&](int which) {
+    return prepare_shared + P::kTiles * C::kTileFloats + which * C::kPairFloats;
+  };
   float* rhs = pair(P::kPairs);
   constexpr int kRhsLd = P::kRhsLd;
   const int tid = threadIdx.x, warp = tid / 32;
@@ -671,11 +742,14 @@ __global__ void __launch_bounds__(ChunkTiles<N>::kThreads)
   C::log_decay(tile(P::kLambda), in.z, head, t0, steps);
   __syncthreads();
   C::load(head, t0, steps, lambda, C::template tile_of<Scale::kUpBefore>(rhs, in.a, kRhsLd),
-          C::template tile_of<Scale::kDown>(tile(P::kB), in.b), C::template tile_of<Scale::kDown>(tile(P::kK), in.k),
-          C::template tile_of<Scale::kNone>(tile(P::kV), in.v), C::template tile_of<Scale::kUp>(tile(P::kR), in.r));
+          C::template tile_of<Scale::kDown>(tile(P::kB), in.b),
+          C::template tile_of<Scale::kDown>(tile(P::kK), in.k),
+          C::template tile_of<Scale::kNone>(tile(P::kV), in.v),
+          C::template tile_of<Scale::kUp>(tile(P::kR), in.r));
   __syncthreads();
   for (int which = warp; which < P::kPairs; which += C::kWarps) {
-    const bool from_a = which == P::kMab || which == P::kMak, with_b = which == P::kMab || which == P::kMrb;
+    const bool from_a = which == P::kMab || which == P::kMak,
+               with_b = which == P::kMab || which == P::kMrb;
     C::step_pairs(from_a ? rhs : tile(P::kR), tile(with_b ? P::kB : P::kK), pair(which), from_a,
                   from_a ? kRhsLd : C::kLd);
   }
@@ -688,7 +762,8 @@ __global__ void __launch_bounds__(ChunkTiles<N>::kThreads)
   }
   {
     const int n = tid % N;
-    const float decay_end = expf(lambda[(kChunk - 1) * C::kLd + n]);  // (b e^-Λ) e^Λ_end = b e^(Λ_end-Λ)
+    const float decay_end =
+        expf(lambda[(kChunk - 1) * C::kLd + n]);  // (b e^-Λ) e^Λ_end = b e^(Λ_end-Λ)
 #pragma unroll
     for (int t = tid / N; t < kChunk; t += 2) {
       F::tile(out, F::kBToEnd)[t * N + n] = tile(P::kB)[t * C::kLd + n] * decay_end;
@@ -698,7 +773,8 @@ __global__ void __launch_bounds__(ChunkTiles<N>::kThreads)
     if (tid < N) F::decay_end(out)[n] = decay_end;
   }
   for (int e = tid; e < 2 * 256; e += C::kThreads)
-    F::pair(out, e / 256)[e % 256] = pair(e < 256 ? P::kMrb : P::kMrk)[e % 256 / 16 * C::kPairLd + e % 16];
+    F::pair(out, e / 256)[e % 256] =
+        pair(e < 256 ? P::kMrb : P::kMrk)[e % 256 / 16 * C::kPairLd + e % 16];
   __syncthreads();
   // kThreads = 2N: thread `col` solves column col of [W | U].
   const int col = tid;
@@ -725,7 +801,8 @@ __device__ inline uint32_t tf32_bits(float x) {
 }
 __device__ inline void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   asm volatile(
-      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
@@ -753,21 +830,25 @@ struct ChunkPass {
 
 template <int N>
 __global__ void __launch_bounds__(ChunkPass<N>::kThreads)
-    forward_chunk_pass_kernel(Wkv7Shape s, const __nv_bfloat16* v, const float* s0, const float* chunk_in,
-                              __nv_bfloat16* y, float* s_final, float* chunk_states, float* sa_out) {
+    forward_chunk_pass_kernel(Wkv7Shape s, const __nv_bfloat16* v, const float* s0,
+                              const float* chunk_in, __nv_bfloat16* y, float* s_final,
+                              float* chunk_states, float* sa_out) {
   using P = ChunkPass<N>;
   using F = ForwardChunk<N>;
   constexpr int kKeyTiles = N / 8, kSaLd = P::kSaLd;
   extern __shared__ __align__(32) float pass_shared[];
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4, i0 = 16 * warp;
-  float* sa_tile = pass_shared + 2 * P::kBufferFloats + warp * 16 * kSaLd;  // [t][i] of the warp's rows
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4,
+            i0 = 16 * warp;
+  float* sa_tile =
+      pass_shared + 2 * P::kBufferFloats + warp * 16 * kSaLd;  // [t][i] of the warp's rows
   const int64_t bh = blockIdx.x, chunks = chunk_count(s);
   const HeadIndex head(s, bh);
   auto buffer = [&](int64_t chunk) { return pass_shared + (chunk % 2) * P::kBufferFloats; };
   auto fetch = [&](int64_t chunk) {
     float* to = buffer(chunk);
     const float* from = chunk_in + (bh * chunks + chunk) * F::kFloats;
-    for (int e = tid; e < F::kFloats / 4; e += P::kThreads) __pipeline_memcpy_async(to + 4 * e, from + 4 * e, 16);
+    for (int e = tid; e < F::kFloats / 4; e += P::kThreads)
+      __pipeline_memcpy_async(to + 4 * e, from + 4 * e, 16);
     auto* v_to = reinterpret_cast<__nv_bfloat16*>(to + F::kFloats);
     const int64_t t0 = chunk * kChunk;
     for (int e = tid; e < kChunk * N / 8; e += P::kThreads) {
@@ -781,7 +862,8 @@ __global__ void __launch_bounds__(ChunkPass<N>::kThreads)
 #pragma unroll
   for (int kt = 0; kt < kKeyTiles; ++kt)
 #pragma unroll
-    for (int c = 0; c < 4; ++c) state[kt][c] = s0[(bh * N + i0 + g + 8 * (c / 2)) * N + 8 * kt + 2 * q + c % 2];
+    for (int c = 0; c < 4; ++c)
+      state[kt][c] = s0[(bh * N + i0 + g + 8 * (c / 2)) * N + 8 * kt + 2 * q + c % 2];
   fetch(0);
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
     const int64_t t0 = chunk * kChunk;
@@ -796,7 +878,9 @@ __global__ void __launch_bounds__(ChunkPass<N>::kThreads)
     float* in = buffer(chunk);
     const float *w = F::tile(in, F::kW), *u = F::tile(in, F::kU), *r_up = F::tile(in, F::kRUp);
     const auto* vb = reinterpret_cast<const __nv_bfloat16*>(in + F::kFloats);
-    auto v_at = [&](int t, int i) { return t < steps ? __bfloat162float(vb[t * N + i0 + i]) : 0.0f; };
+    auto v_at = [&](int t, int i) {
+      return t < steps ? __bfloat162float(vb[t * N + i0 + i]) : 0.0f;
+    };
     if (chunk_states) {
       float* entry = chunk_states + (bh * chunks + chunk) * N * N;
 #pragma unroll
@@ -834,7 +918,8 @@ __global__ void __launch_bounds__(ChunkPass<N>::kThreads)
 #pragma unroll
     for (int half = 0; half < 2; ++half)
 #pragma unroll
-      for (int c = 0; c < 4; ++c) sa_tile[(g + 8 * (c / 2)) * kSaLd + 8 * half + 2 * q + c % 2] = sa[half][c];
+      for (int c = 0; c < 4; ++c)
+        sa_tile[(g + 8 * (c / 2)) * kSaLd + 8 * half + 2 * q + c % 2] = sa[half][c];
     __syncwarp();
     // Y += Mrb SA + Mrk V over the chunk's steps.
 #pragma unroll
@@ -849,7 +934,8 @@ __global__ void __launch_bounds__(ChunkPass<N>::kThreads)
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int i = 8 * half + g;
-        const uint32_t bsa[2] = {tf32_bits(sa_tile[(s0_ + q) * kSaLd + i]), tf32_bits(sa_tile[(s0_ + q + 4) * kSaLd + i])};
+        const uint32_t bsa[2] = {tf32_bits(sa_tile[(s0_ + q) * kSaLd + i]),
+                                 tf32_bits(sa_tile[(s0_ + q + 4) * kSaLd + i])};
         const uint32_t bv[2] = {tf32_bits(v_at(s0_ + q, i)), tf32_bits(v_at(s0_ + q + 4, i))};
         mma_tf32(out[half], ab, bsa);
         mma_tf32(out[half], ak, bv);
@@ -862,8 +948,11 @@ __global__ void __launch_bounds__(ChunkPass<N>::kThreads)
         const int t = g + 8 * row, i = i0 + 8 * half + 2 * q;
         if (t >= steps) continue;
         const int64_t o = head.at(t0 + t) + i;
-        *reinterpret_cast<__nv_bfloat162*>(y + o) = __floats2bfloat162_rn(out[half][2 * row], out[half][2 * row + 1]);
-        if (sa_out) *reinterpret_cast<float2*>(sa_out + o) = make_float2(sa[half][2 * row], sa[half][2 * row + 1]);
+        *reinterpret_cast<__nv_bfloat162*>(y + o) =
+            __floats2bfloat162_rn(out[half][2 * row], out[half][2 * row + 1]);
+        if (sa_out)
+          *reinterpret_cast<float2*>(sa_out + o) =
+              make_float2(sa[half][2 * row], sa[half][2 * row + 1]);
       }
     // S_end = e^Λ_end ⊙ S0 + SA^T (B to end) + V^T (K to end); A fragments (rows i, k = step).
     uint32_t a_sa[2][4], a_v[2][4];
@@ -884,8 +973,10 @@ __global__ void __launch_bounds__(ChunkPass<N>::kThreads)
       for (int c = 0; c < 4; ++c) state[kt][c] *= decay[j + c % 2];
 #pragma unroll
       for (int s0_ = 0; s0_ < 16; s0_ += 8) {
-        const uint32_t bb[2] = {tf32_bits(b_end[(s0_ + q) * N + 8 * kt + g]), tf32_bits(b_end[(s0_ + q + 4) * N + 8 * kt + g])};
-        const uint32_t bk[2] = {tf32_bits(k_end[(s0_ + q) * N + 8 * kt + g]), tf32_bits(k_end[(s0_ + q + 4) * N + 8 * kt + g])};
+        const uint32_t bb[2] = {tf32_bits(b_end[(s0_ + q) * N + 8 * kt + g]),
+                                tf32_bits(b_end[(s0_ + q + 4) * N + 8 * kt + g])};
+        const uint32_t bk[2] = {tf32_bits(k_end[(s0_ + q) * N + 8 * kt + g]),
+                                tf32_bits(k_end[(s0_ + q + 4) * N + 8 * kt + g])};
         mma_tf32(state[kt], a_sa[s0_ / 8], bb);
         mma_tf32(state[kt], a_v[s0_ / 8], bk);
       }
@@ -895,7 +986,8 @@ __global__ void __launch_bounds__(ChunkPass<N>::kThreads)
 #pragma unroll
   for (int kt = 0; kt < kKeyTiles; ++kt)
 #pragma unroll
-    for (int c = 0; c < 4; ++c) s_final[(bh * N + i0 + g + 8 * (c / 2)) * N + 8 * kt + 2 * q + c % 2] = state[kt][c];
+    for (int c = 0; c < 4; ++c)
+      s_final[(bh * N + i0 + g + 8 * (c / 2)) * N + 8 * kt + 2 * q + c % 2] = state[kt][c];
 }
 
 // Backward (2), every chunk in parallel. Given sa and dsa from the passes over time, a chunk's
@@ -920,14 +1012,17 @@ struct GradientChunk {
   static constexpr int kStateFloats = 2 * N * C::kLd;
   static constexpr int kReusedFloats = kPairs * C::kPairFloats + C::kWarps * kProducts * 256;
   static constexpr int kRegionFloats = kStateFloats > kReusedFloats ? kStateFloats : kReusedFloats;
-  static constexpr size_t shared_bytes() { return sizeof(float) * (kTiles * C::kTileFloats + kRegionFloats); }
+  static constexpr size_t shared_bytes() {
+    return sizeof(float) * (kTiles * C::kTileFloats + kRegionFloats);
+  }
 };
 
 template <int N>
 __global__ void __launch_bounds__(ChunkTiles<N>::kThreads)
-    chunk_grad_tensor_core_kernel(Wkv7Shape s, Inputs<__nv_bfloat16> in, const float* dy, const float* sa,
-                                  const float* dsa, const float* chunk_states, const float* chunk_grads, float* dr,
-                                  float* dz, float* dk, float* da, float* db) {
+    chunk_grad_tensor_core_kernel(Wkv7Shape s, Inputs<__nv_bfloat16> in, const float* dy,
+                                  const float* sa, const float* dsa, const float* chunk_states,
+                                  const float* chunk_grads, float* dr, float* dz, float* dk,
+                                  float* da, float* db) {
   using C = ChunkTiles<N>;
   using K = GradientChunk<N>;
   extern __shared__ __align__(32) float chunk_shared[];
@@ -955,10 +1050,12 @@ __global__ void __launch_bounds__(ChunkTiles<N>::kThreads)
   C::log_decay(lambda, in.z, head, t0, steps);
   __syncthreads();
   C::load(head, t0, steps, lambda, C::template tile_of<Scale::kNone>(tile(K::kDy), dy),
-          C::template tile_of<Scale::kNone>(tile(K::kSa), sa), C::template tile_of<Scale::kNone>(tile(K::kDsa), dsa),
+          C::template tile_of<Scale::kNone>(tile(K::kSa), sa),
+          C::template tile_of<Scale::kNone>(tile(K::kDsa), dsa),
           C::template tile_of<Scale::kNone>(tile(K::kV), in.v),
           C::template tile_of<Scale::kDown>(tile(K::kBDown), in.b),
-          C::template tile_of<Scale::kDown>(tile(K::kKDown), in.k), C::template tile_of<Scale::kUp>(tile(K::kRUp), in.r),
+          C::template tile_of<Scale::kDown>(tile(K::kKDown), in.k),
+          C::template tile_of<Scale::kUp>(tile(K::kRUp), in.r),
           C::template tile_of<Scale::kUpBefore>(tile(K::kAUpBefore), in.a));
   __pipeline_wait_prior(0);
   __syncthreads();
@@ -985,13 +1082,16 @@ __global__ void __launch_bounds__(ChunkTiles<N>::kThreads)
   }
   // Σ_i G[i][j] S0[i][j] for the warp's keys, half the rows per half-warp.
   float state_dot = 0;
-  for (int i = lane / 16; i < N; i += 2) state_dot = fmaf(G[i * C::kLd + j], S0[i * C::kLd + j], state_dot);
+  for (int i = lane / 16; i < N; i += 2)
+    state_dot = fmaf(G[i * C::kLd + j], S0[i * C::kLd + j], state_dot);
   state_dot += __shfl_xor_sync(0xffffffffu, state_dot, 16);
   __syncthreads();  // S0 and G are read: their space takes the pair matrices and the products
 
   for (int which = warp; which < K::kPairs; which += C::kWarps) {
-    const bool from_dy = which == K::kP1 || which == K::kP2, with_sa = which == K::kP1 || which == K::kQ1;
-    C::step_pairs(tile(from_dy ? K::kDy : K::kDsa), tile(with_sa ? K::kSa : K::kV), pair(which), !from_dy);
+    const bool from_dy = which == K::kP1 || which == K::kP2,
+               with_sa = which == K::kP1 || which == K::kQ1;
+    C::step_pairs(tile(from_dy ? K::kDy : K::kDsa), tile(with_sa ? K::kSa : K::kV), pair(which),
+                  !from_dy);
   }
   __syncthreads();
   multiply_add<16>(acc[K::kDr], pair(K::kP1), C::kPairLd, tile(K::kBDown) + j0, C::kLd);
@@ -999,22 +1099,27 @@ __global__ void __launch_bounds__(ChunkTiles<N>::kThreads)
   multiply_add<16>(acc[K::kDa], pair(K::kQ1), C::kPairLd, tile(K::kBDown) + j0, C::kLd);
   multiply_add<16>(acc[K::kDa], pair(K::kQ2), C::kPairLd, tile(K::kKDown) + j0, C::kLd);
   multiply_add<16, true>(acc[K::kDkIntra], pair(K::kP2), C::kPairLd, tile(K::kRUp) + j0, C::kLd);
-  multiply_add<16, true>(acc[K::kDkIntra], pair(K::kQ2), C::kPairLd, tile(K::kAUpBefore) + j0, C::kLd);
+  multiply_add<16, true>(acc[K::kDkIntra], pair(K::kQ2), C::kPairLd, tile(K::kAUpBefore) + j0,
+                         C::kLd);
   multiply_add<16, true>(acc[K::kDbIntra], pair(K::kP1), C::kPairLd, tile(K::kRUp) + j0, C::kLd);
-  multiply_add<16, true>(acc[K::kDbIntra], pair(K::kQ1), C::kPairLd, tile(K::kAUpBefore) + j0, C::kLd);
+  multiply_add<16, true>(acc[K::kDbIntra], pair(K::kQ1), C::kPairLd, tile(K::kAUpBefore) + j0,
+                         C::kLd);
 #pragma unroll
-  for (int p = 0; p < K::kProducts; ++p) wmma::store_matrix_sync(product(p), acc[p], 16, wmma::mem_row_major);
+  for (int p = 0; p < K::kProducts; ++p)
+    wmma::store_matrix_sync(product(p), acc[p], 16, wmma::mem_row_major);
   __syncwarp();
   if (lane >= 16) return;
 
   auto at = [&](int which, int t) { return product(which)[t * 16 + key]; };
   const float lam_end = lambda[(kChunk - 1) * C::kLd + j];
   for (int t = 0; t < kChunk; ++t)
-    state_dot += tile(K::kBDown)[t * C::kLd + j] * at(K::kSaG, t) + tile(K::kKDown)[t * C::kLd + j] * at(K::kVG, t);
+    state_dot += tile(K::kBDown)[t * C::kLd + j] * at(K::kSaG, t) +
+                 tile(K::kKDown)[t * C::kLd + j] * at(K::kVG, t);
   float E = expf(lam_end) * state_dot;  // E_L without the last step's own output
   for (int t = steps - 1; t >= 0; --t) {
     const int64_t o = head.at(t0 + t) + j;
-    const float lam = lambda[t * C::kLd + j], lam_before = t > 0 ? lambda[(t - 1) * C::kLd + j] : 0.0f;
+    const float lam = lambda[t * C::kLd + j],
+                lam_before = t > 0 ? lambda[(t - 1) * C::kLd + j] : 0.0f;
     const float dr_t = expf(lam) * at(K::kDr, t), da_t = expf(lam_before) * at(K::kDa, t);
     const float dk_t = expf(lam_end - lam) * at(K::kVG, t) + expf(-lam) * at(K::kDkIntra, t);
     const float db_t = expf(lam_end - lam) * at(K::kSaG, t) + expf(-lam) * at(K::kDbIntra, t);
@@ -1037,12 +1142,13 @@ std::string status(const char* what) {
 
 template <class Kernel>
 bool allow_shared(Kernel kernel, size_t bytes) {
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)) ==
-         cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              static_cast<int>(bytes)) == cudaSuccess;
 }
 
 template <class T>
-Inputs<T> inputs(const void* r, const void* z, const void* k, const void* v, const void* a, const void* b) {
+Inputs<T> inputs(const void* r, const void* z, const void* k, const void* v, const void* a,
+                 const void* b) {
   return {static_cast<const T*>(r), static_cast<const T*>(z), static_cast<const T*>(k),
           static_cast<const T*>(v), static_cast<const T*>(a), static_cast<const T*>(b)};
 }
@@ -1051,7 +1157,8 @@ Inputs<T> inputs(const void* r, const void* z, const void* k, const void* v, con
 // then leave SMs idle.
 bool few_heads(Place place, const Wkv7Shape& s) {
   int sms = 0;
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, place.device) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, place.device) != cudaSuccess)
+    return false;
   return 2 * s.B * s.H <= sms;
 }
 
@@ -1073,63 +1180,74 @@ std::string with_row_blocks(Place place, const Wkv7Shape& s, const Run& run) {
 }
 
 template <int N>
-std::string forward_tensor_core(Place place, const Wkv7Shape& s, const Inputs<__nv_bfloat16>& in, const float* s0,
-                                __nv_bfloat16* y, float* s_final, float* chunk_states, float* sa, float* scratch) {
+std::string forward_tensor_core(Place place, const Wkv7Shape& s, const Inputs<__nv_bfloat16>& in,
+                                const float* s0, __nv_bfloat16* y, float* s_final,
+                                float* chunk_states, float* sa, float* scratch) {
   using C = ChunkTiles<N>;
   constexpr size_t prepare_bytes = PrepareChunk<N>::shared_bytes();
   if (!allow_shared(forward_prepare_kernel<N>, prepare_bytes) ||
       !allow_shared(forward_chunk_pass_kernel<N>, ChunkPass<N>::shared_bytes()))
     return status("wkv7_forward shared memory");
-  forward_prepare_kernel<N><<<static_cast<unsigned>(s.B * s.H * wkv7_chunks(s)), C::kThreads, prepare_bytes,
-                              stream_of(place)>>>(s, in, scratch);
-  forward_chunk_pass_kernel<N><<<static_cast<unsigned>(s.B * s.H), ChunkPass<N>::kThreads, ChunkPass<N>::shared_bytes(),
-                                 stream_of(place)>>>(s, in.v, s0, scratch, y, s_final, chunk_states, sa);
+  forward_prepare_kernel<N><<<static_cast<unsigned>(s.B * s.H * wkv7_chunks(s)), C::kThreads,
+                              prepare_bytes, stream_of(place)>>>(s, in, scratch);
+  forward_chunk_pass_kernel<N>
+      <<<static_cast<unsigned>(s.B * s.H), ChunkPass<N>::kThreads, ChunkPass<N>::shared_bytes(),
+         stream_of(place)>>>(s, in.v, s0, scratch, y, s_final, chunk_states, sa);
   return status("wkv7_forward");
 }
 
 template <class T, int N>
-std::string forward_n(Place place, const Wkv7Shape& s, const Inputs<T>& in, const float* s0, void* y, float* s_final,
-                      float* chunk_states, float* sa, float* scratch) {
+std::string forward_n(Place place, const Wkv7Shape& s, const Inputs<T>& in, const float* s0,
+                      void* y, float* s_final, float* chunk_states, float* sa, float* scratch) {
   // bf16: the chunked path. Measured on an H200 against the pass over time (forward, then
   // forward + backward, N = 64): B,T,H = 8,1024,12 0.32 / 1.44 ms vs 0.45 / 1.59; 1,16384,32
   // 3.18 / 13.8 vs 6.13 / 16.6; 8,1024,32 0.68 / 2.95 vs 0.63 / 2.98.
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    return forward_tensor_core<N>(place, s, in, s0, static_cast<T*>(y), s_final, chunk_states, sa, scratch);
+    return forward_tensor_core<N>(place, s, in, s0, static_cast<T*>(y), s_final, chunk_states, sa,
+                                  scratch);
   } else {
     constexpr size_t bytes = forward_shared_bytes<N>();
     return with_row_blocks<N>(place, s, [&](auto blocks) {
       constexpr int Blocks = decltype(blocks)::value;
-      if (!allow_shared(forward_kernel<N, Blocks>, bytes)) return status("wkv7_forward shared memory");
-      forward_kernel<N, Blocks><<<static_cast<unsigned>(s.B * s.H * Blocks), RowSplit<N, Blocks>::kThreads, bytes,
-                                  stream_of(place)>>>(s, in, s0, static_cast<float*>(y), s_final, chunk_states, sa);
+      if (!allow_shared(forward_kernel<N, Blocks>, bytes))
+        return status("wkv7_forward shared memory");
+      forward_kernel<N, Blocks>
+          <<<static_cast<unsigned>(s.B * s.H * Blocks), RowSplit<N, Blocks>::kThreads, bytes,
+             stream_of(place)>>>(s, in, s0, static_cast<float*>(y), s_final, chunk_states, sa);
       return status("wkv7_forward");
     });
   }
 }
 
 template <class T, int N>
-std::string backward_n(Place place, const Wkv7Shape& s, const Inputs<T>& in, const float* chunk_states, const float* sa,
-                       const float* dy, const float* ds_final, float* dr, float* dz, float* dk, float* dv, float* da,
+std::string backward_n(Place place, const Wkv7Shape& s, const Inputs<T>& in,
+                       const float* chunk_states, const float* sa, const float* dy,
+                       const float* ds_final, float* dr, float* dz, float* dk, float* dv, float* da,
                        float* db, float* ds0, float* scratch) {
   float* chunk_grads = scratch;
   float* dsa = scratch + wkv7_chunk_state_floats(s);
-  constexpr size_t state_bytes = state_grad_shared_bytes<N>(), chunk_bytes = chunk_shared_bytes<N>();
+  constexpr size_t state_bytes = state_grad_shared_bytes<N>(),
+                   chunk_bytes = chunk_shared_bytes<N>();
   const std::string state_pass = with_row_blocks<N>(place, s, [&](auto blocks) {
     constexpr int Blocks = decltype(blocks)::value;
-    if (!allow_shared(state_grad_kernel<T, N, Blocks>, state_bytes)) return status("wkv7_backward shared memory");
-    state_grad_kernel<T, N, Blocks><<<static_cast<unsigned>(s.B * s.H * Blocks), RowSplit<N, Blocks>::kThreads,
-                                      state_bytes, stream_of(place)>>>(s, in, dy, ds_final, ds0, chunk_grads, dsa, dv);
+    if (!allow_shared(state_grad_kernel<T, N, Blocks>, state_bytes))
+      return status("wkv7_backward shared memory");
+    state_grad_kernel<T, N, Blocks>
+        <<<static_cast<unsigned>(s.B * s.H * Blocks), RowSplit<N, Blocks>::kThreads, state_bytes,
+           stream_of(place)>>>(s, in, dy, ds_final, ds0, chunk_grads, dsa, dv);
     return status("wkv7_backward state gradient");
   });
   if (!state_pass.empty()) return state_pass;
   const auto blocks = static_cast<unsigned>(s.B * s.H * wkv7_chunks(s));
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     constexpr size_t bytes = GradientChunk<N>::shared_bytes();
-    if (!allow_shared(chunk_grad_tensor_core_kernel<N>, bytes)) return status("wkv7_backward shared memory");
+    if (!allow_shared(chunk_grad_tensor_core_kernel<N>, bytes))
+      return status("wkv7_backward shared memory");
     chunk_grad_tensor_core_kernel<N><<<blocks, ChunkTiles<N>::kThreads, bytes, stream_of(place)>>>(
         s, in, dy, sa, dsa, chunk_states, chunk_grads, dr, dz, dk, da, db);
   } else {
-    if (!allow_shared(chunk_grad_kernel<N>, chunk_bytes)) return status("wkv7_backward shared memory");
+    if (!allow_shared(chunk_grad_kernel<N>, chunk_bytes))
+      return status("wkv7_backward shared memory");
     chunk_grad_kernel<N><<<blocks, ColumnSplit<N>::kThreads, chunk_bytes, stream_of(place)>>>(
         s, in, dy, sa, dsa, chunk_states, chunk_grads, dr, dz, dk, da, db);
   }
@@ -1139,10 +1257,14 @@ std::string backward_n(Place place, const Wkv7Shape& s, const Inputs<T>& in, con
 template <class Run>
 std::string dispatch_n(int64_t n, const Run& run) {
   switch (n) {
-    case 16: return run(std::integral_constant<int, 16>{});
-    case 32: return run(std::integral_constant<int, 32>{});
-    case 64: return run(std::integral_constant<int, 64>{});
-    case 128: return run(std::integral_constant<int, 128>{});
+    case 16:
+      return run(std::integral_constant<int, 16>{});
+    case 32:
+      return run(std::integral_constant<int, 32>{});
+    case 64:
+      return run(std::integral_constant<int, 64>{});
+    case 128:
+      return run(std::integral_constant<int, 128>{});
   }
   return "wkv7: unsupported head size " + std::to_string(n);
 }
@@ -1156,22 +1278,27 @@ int64_t wkv7_forward_scratch_floats(InputType type, const Wkv7Shape& s) {
   return s.B * s.H * wkv7_chunks(s) * forward_chunk_floats(s.N);
 }
 
-std::string wkv7_forward(Place place, InputType type, const Wkv7Shape& s, const void* r, const void* z, const void* k,
-                         const void* v, const void* a, const void* b, const float* s0, void* y, float* s_final,
-                         float* chunk_states, float* sa, float* scratch) {
+std::string wkv7_forward(Place place, InputType type, const Wkv7Shape& s, const void* r,
+                         const void* z, const void* k, const void* v, const void* a, const void* b,
+                         const float* s0, void* y, float* s_final, float* chunk_states, float* sa,
+                         float* scratch) {
   if (s.B * s.H == 0) return {};
   if (cudaSetDevice(place.device) != cudaSuccess) return status("cudaSetDevice");
   auto typed = [&](auto tag) {
     using T = decltype(tag);
     const Inputs<T> in = inputs<T>(r, z, k, v, a, b);
-    return dispatch_n(s.N, [&](auto n) { return forward_n<T, decltype(n)::value>(place, s, in, s0, y, s_final, chunk_states, sa, scratch); });
+    return dispatch_n(s.N, [&](auto n) {
+      return forward_n<T, decltype(n)::value>(place, s, in, s0, y, s_final, chunk_states, sa,
+                                              scratch);
+    });
   };
   return type == InputType::kBFloat16 ? typed(__nv_bfloat16{}) : typed(float{});
 }
 
-std::string wkv7_backward(Place place, InputType type, const Wkv7Shape& s, const void* r, const void* z, const void* k,
-                          const void* v, const void* a, const void* b, const float* chunk_states, const float* sa,
-                          const float* dy, const float* ds_final, float* dr, float* dz, float* dk, float* dv,
+std::string wkv7_backward(Place place, InputType type, const Wkv7Shape& s, const void* r,
+                          const void* z, const void* k, const void* v, const void* a, const void* b,
+                          const float* chunk_states, const float* sa, const float* dy,
+                          const float* ds_final, float* dr, float* dz, float* dk, float* dv,
                           float* da, float* db, float* ds0, float* scratch) {
   if (s.B * s.H == 0) return {};
   if (cudaSetDevice(place.device) != cudaSuccess) return status("cudaSetDevice");
@@ -1179,8 +1306,8 @@ std::string wkv7_backward(Place place, InputType type, const Wkv7Shape& s, const
     using T = decltype(tag);
     const Inputs<T> in = inputs<T>(r, z, k, v, a, b);
     return dispatch_n(s.N, [&](auto n) {
-      return backward_n<T, decltype(n)::value>(place, s, in, chunk_states, sa, dy, ds_final, dr, dz, dk, dv, da, db, ds0,
-                                               scratch);
+      return backward_n<T, decltype(n)::value>(place, s, in, chunk_states, sa, dy, ds_final, dr, dz,
+                                               dk, dv, da, db, ds0, scratch);
     });
   };
   return type == InputType::kBFloat16 ? typed(__nv_bfloat16{}) : typed(float{});

@@ -43,7 +43,9 @@ bool wkv7_supports(int64_t head_size);
 
 inline int64_t wkv7_chunks(const Wkv7Shape& s) { return (s.T + kWkv7Chunk - 1) / kWkv7Chunk; }
 // Floats of the stored chunk states (also the backward's chunk gradients).
-inline int64_t wkv7_chunk_state_floats(const Wkv7Shape& s) { return s.B * s.H * wkv7_chunks(s) * s.N * s.N; }
+inline int64_t wkv7_chunk_state_floats(const Wkv7Shape& s) {
+  return s.B * s.H * wkv7_chunks(s) * s.N * s.N;
+}
 // Floats of the backward's scratch: chunk gradients and dsa.
 inline int64_t wkv7_backward_scratch_floats(const Wkv7Shape& s) {
   return wkv7_chunk_state_floats(s) + s.B * s.T * s.H * s.N;
@@ -53,14 +55,16 @@ inline int64_t wkv7_backward_scratch_floats(const Wkv7Shape& s) {
 int64_t wkv7_forward_scratch_floats(InputType type, const Wkv7Shape& s);
 
 // chunk_states and sa may be null when no backward follows (inference).
-std::string wkv7_forward(Place place, InputType type, const Wkv7Shape& shape, const void* r, const void* z,
-                         const void* k, const void* v, const void* a, const void* b, const float* s0, void* y,
-                         float* s_final, float* chunk_states, float* sa, float* scratch);
+std::string wkv7_forward(Place place, InputType type, const Wkv7Shape& shape, const void* r,
+                         const void* z, const void* k, const void* v, const void* a, const void* b,
+                         const float* s0, void* y, float* s_final, float* chunk_states, float* sa,
+                         float* scratch);
 
 // dy and ds_final may be null (no gradient).
-std::string wkv7_backward(Place place, InputType type, const Wkv7Shape& shape, const void* r, const void* z,
-                          const void* k, const void* v, const void* a, const void* b, const float* chunk_states,
-                          const float* sa, const float* dy, const float* ds_final, float* dr, float* dz, float* dk,
-                          float* dv, float* da, float* db, float* ds0, float* scratch);
+std::string wkv7_backward(Place place, InputType type, const Wkv7Shape& shape, const void* r,
+                          const void* z, const void* k, const void* v, const void* a, const void* b,
+                          const float* chunk_states, const float* sa, const float* dy,
+                          const float* ds_final, float* dr, float* dz, float* dk, float* dv,
+                          float* da, float* db, float* ds0, float* scratch);
 
 }  // namespace peftkit::kernels::cuda

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -13,10 +14,32 @@
 
 namespace peftkit::plugins {
 
-// Whether a site name ends with one of the patterns ("att.key" matches "blocks.3.att.key").
-bool matches_any_suffix(const std::string& site, const std::vector<std::string>& patterns);
 // "[a, b, c]" for messages.
 std::string join_list(const std::vector<std::string>& items);
+
+// A stored scalar setting (<method>.alpha); nullopt when absent. Throws naming it when it is not
+// one finite number: a damaged value would merge to finite garbage.
+std::optional<double> stored_number(const TensorMap& tensors, const std::string& key);
+
+// The low-rank pairs a file holds: <site>.lora_A with its <site>.lora_B, and PiSSA's init pairs
+// <site>.init_lora_A / .init_lora_B.
+struct StoredPairs {
+  std::vector<std::string> sites;
+  std::vector<std::string> tensors;  // every pair tensor, init pairs included
+  int64_t rank = 0;
+  int64_t parameters = 0;  // elements of the trained pairs (init pairs are frozen)
+  bool init_pairs = false;
+};
+StoredPairs find_stored_pairs(const TensorMap& tensors);
+
+// A .pth of pairs whose scale is stored as <method>.r / .alpha / .rslora (peftkit's, and LoRA
+// exports): certain when r and alpha are stored, else a guess that cannot be mounted alone.
+Recognition recognise_stored_pairs(const TensorMap& tensors, const StoredPairs& pairs,
+                                   const std::string& method, std::string kind);
+
+// An HF PEFT folder of peft_type LORA without DoRA: its r, lora_alpha, use_rslora and
+// target_modules as options, its tensors renamed to <site>.lora_A / .lora_B.
+Recognition recognise_hf_lora(const SavedFile& file);
 
 // y = base(x) + scale * B A dropout(x); A [r, in] and B [out, r] are the method's fp32 tensors,
 // cast to the activation dtype on use. Dropout is active only while the model trains.
@@ -36,7 +59,8 @@ class LowRankAdapter final : public LinearAdapter {
 void add_to_weight(at::Tensor& weight, const at::Tensor& delta);
 
 // Copies `tensors[key]` into `target` (same shape required); `method` prefixes messages.
-void load_tensor(const TensorMap& tensors, const std::string& key, at::Tensor& target, std::string_view method);
+void load_tensor(const TensorMap& tensors, const std::string& key, at::Tensor& target,
+                 std::string_view method);
 
 // Refuses an adapter whose stored scalar hyper-parameter (e.g. "lora.alpha") differs from the
 // configured one: merging or continuing it with another value would silently mis-scale it.

@@ -14,13 +14,13 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 
-
 #include <nlohmann/json.hpp>
 
 #include "low_rank.hpp"
 #include "peftkit/log.hpp"
 #include "peftkit/peft_method.hpp"
 #include "peftkit/plugin.hpp"
+#include "peftkit/sites.hpp"
 #include "peftkit/tensor_io.hpp"
 
 namespace peftkit::miss {
@@ -31,7 +31,9 @@ enum class Mode : int64_t { kBalance = 0, kMini = 1, kBat = 2 };
 Mode parse_mode(const std::string& text) {
   return text == "bat" ? Mode::kBat : text == "mini" ? Mode::kMini : Mode::kBalance;
 }
-const char* mode_name(Mode mode) { return mode == Mode::kBat ? "bat" : mode == Mode::kMini ? "mini" : "balance"; }
+const char* mode_name(Mode mode) {
+  return mode == Mode::kBat ? "bat" : mode == Mode::kMini ? "mini" : "balance";
+}
 
 struct Settings {
   int64_t r = 64;
@@ -51,7 +53,9 @@ at::Tensor bat_delta(const at::Tensor& w, const at::Tensor& d) {
   const int64_t out = w.size(0), in = w.size(1), r = d.size(1);
   const at::Tensor blocks = w.view({out / r, r, in / r, r}).permute({0, 2, 1, 3});  // [a, b, r, r]
   const at::Tensor per_output_block = d.unsqueeze(1);                               // [a, 1, r, r]
-  return (at::matmul(blocks, per_output_block) + per_output_block).permute({0, 2, 1, 3}).reshape({out, in});
+  return (at::matmul(blocks, per_output_block) + per_output_block)
+      .permute({0, 2, 1, 3})
+      .reshape({out, in});
 }
 
 // balance/mini: ΔW [out, in] with ΔW[:, k r + j] = D[j, :]ᵀ.
@@ -70,16 +74,19 @@ class MissAdapter final : public LinearAdapter {
     if (mode_ == Mode::kBat) {
       const at::Tensor w = base.dense_weight();
       const at::ScalarType compute = at::promote_types(w.scalar_type(), at::kFloat);
-      return base.forward(x) + at::linear(x, bat_delta(w.to(compute), d_.to(compute)).to(x.scalar_type()));
+      return base.forward(x) +
+             at::linear(x, bat_delta(w.to(compute), d_.to(compute)).to(x.scalar_type()));
     }
-    const at::Tensor dropped = dropout_ > 0 && model_.training() ? at::dropout(x, dropout_, true) : x;
+    const at::Tensor dropped =
+        dropout_ > 0 && model_.training() ? at::dropout(x, dropout_, true) : x;
     const int64_t in = x.size(-1), r = d_.size(0), padding = (r - in % r) % r;
     at::Tensor padded = padding ? at::constant_pad_nd(dropped, {0, padding}) : dropped;
     std::vector<int64_t> blocks(padded.sizes().begin(), padded.sizes().end());
     blocks.back() = (in + padding) / r;
     blocks.push_back(r);
     const at::Tensor summed = padded.reshape(blocks).sum(-2);  // [..., r]
-    return base.forward(x) + at::matmul(summed, shared_block(d_, mode_, base.out_features()).to(x.scalar_type()));
+    return base.forward(x) +
+           at::matmul(summed, shared_block(d_, mode_, base.out_features()).to(x.scalar_type()));
   }
 
  private:
@@ -97,8 +104,9 @@ class Miss final : public PeftMethod {
     const auto options = model.activation_options().dtype(at::kFloat);
     const int64_t r = settings_.r;
     for (const auto& site : model.linear_sites()) {
-      if (!plugins::matches_any_suffix(site.name, settings_.targets)) continue;
-      const std::string shape = "[" + std::to_string(site.out_features) + ", " + std::to_string(site.in_features) + "]";
+      if (!site_matches_any(site.name, settings_.targets)) continue;
+      const std::string shape =
+          "[" + std::to_string(site.out_features) + ", " + std::to_string(site.in_features) + "]";
       std::vector<int64_t> d_shape;
       switch (settings_.mode) {
         case Mode::kBalance:
@@ -106,25 +114,28 @@ class Miss final : public PeftMethod {
           break;
         case Mode::kMini:
           if (site.out_features % settings_.mini_r != 0)
-            throw Error("[peft.miss] mini_r = " + std::to_string(settings_.mini_r) + " does not divide the " +
-                        std::to_string(site.out_features) + " outputs of " + site.name);
+            throw Error("[peft.miss] mini_r = " + std::to_string(settings_.mini_r) +
+                        " does not divide the " + std::to_string(site.out_features) +
+                        " outputs of " + site.name);
           d_shape = {r, settings_.mini_r};
           break;
         case Mode::kBat:
           if (site.in_features % r != 0 || site.out_features % r != 0)
-            throw Error("[peft.miss] mode \"bat\" needs r = " + std::to_string(r) + " to divide both dimensions of " +
-                        site.name + " " + shape);
+            throw Error("[peft.miss] mode \"bat\" needs r = " + std::to_string(r) +
+                        " to divide both dimensions of " + site.name + " " + shape);
           d_shape = {site.out_features / r, r, r};
           break;
       }
       Site entry{site.name, at::zeros(d_shape, options).requires_grad_(true), site.in_features};
-      model.set_linear_adapter(site.name, std::make_shared<MissAdapter>(model, entry.d, settings_.mode, settings_.dropout));
+      model.set_linear_adapter(site.name, std::make_shared<MissAdapter>(
+                                              model, entry.d, settings_.mode, settings_.dropout));
       sites_.push_back(entry);
     }
     if (sites_.empty())
-      throw Error("[peft.miss] targets " + plugins::join_list(settings_.targets) + " match no linear site of the model");
-    log::info(std::string("miss: ") + mode_name(settings_.mode) + ", r " + std::to_string(r) + " on " +
-              std::to_string(sites_.size()) + " sites");
+      throw Error("[peft.miss] targets " + plugins::join_list(settings_.targets) +
+                  " match no linear site of the model");
+    log::info(std::string("miss: ") + mode_name(settings_.mode) + ", r " + std::to_string(r) +
+              " on " + std::to_string(sites_.size()) + " sites");
   }
 
   std::vector<TrainableTensor> trainable_tensors() override {
@@ -143,16 +154,21 @@ class Miss final : public PeftMethod {
   }
 
   std::map<std::string, std::string> metadata() const override {
-    return {{"method", "miss"}, {"r", std::to_string(settings_.r)}, {"mode", mode_name(settings_.mode)},
+    return {{"method", "miss"},
+            {"r", std::to_string(settings_.r)},
+            {"mode", mode_name(settings_.mode)},
             {"mini_r", std::to_string(settings_.mini_r)}};
   }
 
-  void load_state_dict(const TensorMap& tensors, const std::map<std::string, std::string>&) override {
-    plugins::check_stored_scalar(tensors, "miss.r", static_cast<double>(settings_.r), "[peft.miss] r");
+  void load_state_dict(const TensorMap& tensors,
+                       const std::map<std::string, std::string>&) override {
+    plugins::check_stored_scalar(tensors, "miss.r", static_cast<double>(settings_.r),
+                                 "[peft.miss] r");
     plugins::check_stored_scalar(tensors, "miss.mode", static_cast<double>(settings_.mode),
                                  "[peft.miss] mode (0 balance, 1 mini, 2 bat)");
     if (settings_.mode == Mode::kMini)
-      plugins::check_stored_scalar(tensors, "miss.mini_r", static_cast<double>(settings_.mini_r), "[peft.miss] mini_r");
+      plugins::check_stored_scalar(tensors, "miss.mini_r", static_cast<double>(settings_.mini_r),
+                                   "[peft.miss] mini_r");
     for (auto& s : sites_) plugins::load_tensor(tensors, s.name + ".miss_block", s.d, "miss");
   }
 
@@ -173,40 +189,54 @@ class Miss final : public PeftMethod {
       // W'[a, b] = W[a, b] (I + D[a]) + D[a]  =>  W[a, b] = (W'[a, b] - D[a]) (I + D[a])^-1.
       const int64_t out = w.size(0), in = w.size(1), r = settings_.r;
       const at::Tensor d = s.d.detach().to(at::kCPU, at::kDouble).unsqueeze(1);  // [a, 1, r, r]
-      const at::Tensor merged = w.to(at::kCPU, at::kDouble).view({out / r, r, in / r, r}).permute({0, 2, 1, 3});
+      const at::Tensor merged =
+          w.to(at::kCPU, at::kDouble).view({out / r, r, in / r, r}).permute({0, 2, 1, 3});
       const at::Tensor eye = at::eye(r, at::kDouble);
       // X (I + D) = W' - D, solved from the right: (I + D)ᵀ Xᵀ = (W' - D)ᵀ.
-      const at::Tensor base = at::linalg_solve((eye + d).transpose(-1, -2), (merged - d).transpose(-1, -2))
-                                  .transpose(-1, -2)
-                                  .permute({0, 2, 1, 3})
-                                  .reshape({out, in});
+      const at::Tensor base =
+          at::linalg_solve((eye + d).transpose(-1, -2), (merged - d).transpose(-1, -2))
+              .transpose(-1, -2)
+              .permute({0, 2, 1, 3})
+              .reshape({out, in});
       w = base.to(w.device(), w.scalar_type());
     }
   }
 
   std::vector<ExportFormat> export_formats() const override {
-    return {{"hf-peft", "HF PEFT MiSS adapter folder: adapter_config.json + adapter_model.safetensors (miss_block)"},
+    return {{"hf-peft",
+             "HF PEFT MiSS adapter folder: adapter_config.json + adapter_model.safetensors "
+             "(miss_block)"},
             {"rwkv-pth", "peftkit .pth: <site>.miss_block with miss.r, miss.mini_r and miss.mode"}};
   }
 
   void export_to(std::string_view format, const std::filesystem::path& destination) const override {
     if (format == "rwkv-pth") return write_pth(destination, state_dict());
-    if (format != "hf-peft") throw Error("miss: no export format '" + std::string(format) + "' (formats: hf-peft, rwkv-pth)");
+    if (format != "hf-peft")
+      throw Error("miss: no export format '" + std::string(format) +
+                  "' (formats: hf-peft, rwkv-pth)");
     std::filesystem::create_directories(destination);
     TensorMap tensors;
     std::vector<std::string> modules;
     for (const auto& s : sites_) {
-      tensors["base_model.model." + s.name + ".miss_block"] = s.d.detach().to(at::kCPU, at::kFloat).contiguous();
+      tensors["base_model.model." + s.name + ".miss_block"] =
+          s.d.detach().to(at::kCPU, at::kFloat).contiguous();
       modules.push_back(s.name);
     }
     write_safetensors(destination / "adapter_model.safetensors", tensors, {{"format", "pt"}});
     nlohmann::json init_weights = true;
     if (settings_.mode != Mode::kBalance) init_weights = mode_name(settings_.mode);
-    const nlohmann::json config = {
-        {"peft_type", "MISS"}, {"task_type", nullptr}, {"r", settings_.r}, {"mini_r", settings_.mini_r},
-        {"init_weights", init_weights}, {"miss_dropout", settings_.dropout}, {"target_modules", modules},
-        {"bias", "none"}, {"inference_mode", false}, {"base_model_name_or_path", nullptr},
-        {"modules_to_save", nullptr}, {"exclude_modules", nullptr}};
+    const nlohmann::json config = {{"peft_type", "MISS"},
+                                   {"task_type", nullptr},
+                                   {"r", settings_.r},
+                                   {"mini_r", settings_.mini_r},
+                                   {"init_weights", init_weights},
+                                   {"miss_dropout", settings_.dropout},
+                                   {"target_modules", modules},
+                                   {"bias", "none"},
+                                   {"inference_mode", false},
+                                   {"base_model_name_or_path", nullptr},
+                                   {"modules_to_save", nullptr},
+                                   {"exclude_modules", nullptr}};
     write_text_file(destination / "adapter_config.json", config.dump(2) + "\n");
   }
 
@@ -219,7 +249,8 @@ class Miss final : public PeftMethod {
 
   static at::Tensor& weight(TensorMap& weights, const std::string& site) {
     auto it = weights.find(site + ".weight");
-    if (it == weights.end()) throw Error("miss: the model has no " + site + ".weight to merge into");
+    if (it == weights.end())
+      throw Error("miss: the model has no " + site + ".weight to merge into");
     return it->second;
   }
 
@@ -239,22 +270,115 @@ class MissPlugin final : public PeftPlugin {
   OptionSchema options() const override {
     return OptionSchema()
         .add_int("r", 64, "block size (HF PEFT's r)", 1, 65536)
-        .add_string("mode", "balance", "balance: D [r, out]; mini: D [r, mini_r] tiled; bat: D [out/r, r, r]",
+        .add_string("mode", "balance",
+                    "balance: D [r, out]; mini: D [r, mini_r] tiled; bat: D [out/r, r, r]",
                     {"balance", "mini", "bat"})
-        .add_int("mini_r", 1, "width of D in mode \"mini\" (must divide every adapted site's outputs)", 1)
-        .add_float("dropout", 0.0, "dropout on the adapter's input (balance and mini)", Bound{0}, Bound{1, true})
-        .add_string_list("targets", {"att.receptance", "att.key", "att.value", "att.output", "ffn.key", "ffn.value"},
+        .add_int("mini_r", 1,
+                 "width of D in mode \"mini\" (must divide every adapted site's outputs)", 1)
+        .add_float("dropout", 0.0, "dropout on the adapter's input (balance and mini)", Bound{0},
+                   Bound{1, true})
+        .add_string_list("targets", default_linear_targets(),
                          "adapted sites: suffixes of their names (default: the six x070 linears)");
   }
   void validate(const Options& options) const override {
     if (options.get_string_list("targets").empty()) throw options.error("targets", "names no site");
     if (options.get_string("mode") == "bat" && options.get_float("dropout") > 0)
-      throw options.error("dropout", "mode \"bat\" applies W + ΔW to the input itself, so it has no adapter-only "
-                                     "input to drop; set dropout = 0 or use balance/mini");
+      throw options.error(
+          "dropout",
+          "mode \"bat\" applies W + ΔW to the input itself, so it has no adapter-only "
+          "input to drop; set dropout = 0 or use balance/mini");
+  }
+  std::vector<ImportFormat> import_formats() const override {
+    return {{"hf-peft MISS", "HF PEFT folder of peft_type MISS"},
+            {"rwkv-pth", "<site>.miss_block with miss.r, miss.mini_r and miss.mode"}};
+  }
+  std::optional<Recognition> recognise(const SavedFile& file) const override {
+    return file.kind == SavedFile::Kind::kHfPeftFolder ? recognise_hf(file)
+                                                       : recognise_pth(file.tensors);
   }
   std::unique_ptr<PeftMethod> create(const Options& o) const override {
-    return std::make_unique<Miss>(Settings{o.get_int("r"), parse_mode(o.get_string("mode")), o.get_int("mini_r"),
-                                           o.get_float("dropout"), o.get_string_list("targets")});
+    return std::make_unique<Miss>(Settings{o.get_int("r"), parse_mode(o.get_string("mode")),
+                                           o.get_int("mini_r"), o.get_float("dropout"),
+                                           o.get_string_list("targets")});
+  }
+
+ private:
+  static bool is_block(const std::string& name) {
+    return name.size() > 11 && name.compare(name.size() - 11, 11, ".miss_block") == 0;
+  }
+
+  static std::optional<Recognition> recognise_pth(const TensorMap& tensors) {
+    Recognition r;
+    r.kind = "MiSS adapter";
+    for (const auto& [name, t] : tensors)
+      if (is_block(name)) {
+        r.tensors.push_back(name);
+        r.parameters += t.numel();
+      }
+    if (r.tensors.empty()) return std::nullopt;
+    const auto rank = plugins::stored_number(tensors, "miss.r");
+    const auto mode = plugins::stored_number(tensors, "miss.mode");
+    const auto mini_r = plugins::stored_number(tensors, "miss.mini_r");
+    for (const char* key : {"miss.r", "miss.mode", "miss.mini_r"})
+      if (tensors.count(key)) r.tensors.push_back(key);
+    const bool known_mode = mode && (*mode == 0 || *mode == 1 || *mode == 2);
+    const Mode parsed =
+        known_mode ? static_cast<Mode>(static_cast<int64_t>(*mode)) : Mode::kBalance;
+    std::vector<std::string> sites;
+    for (const auto& name : r.tensors)
+      if (is_block(name)) sites.push_back(name.substr(0, name.size() - 11));
+    r.fields = {{"sites", std::to_string(sites.size())},
+                {"mode", known_mode ? mode_name(parsed) : "not stored"},
+                {"r", rank ? c10::str(*rank) : "not stored"}};
+    if (!rank || !known_mode) {
+      r.certainty = Certainty::kGuess;
+      r.cannot_mount =
+          "its block size and mode are not stored (no miss.r and miss.mode); pass --recipe with "
+          "the "
+          "recipe it was trained with";
+      return r;
+    }
+    r.settings = {{"r", static_cast<int64_t>(*rank)},
+                  {"mode", std::string(mode_name(parsed))},
+                  {"targets", sites}};
+    if (mini_r) r.settings.emplace_back("mini_r", static_cast<int64_t>(*mini_r));
+    return r;
+  }
+
+  static std::optional<Recognition> recognise_hf(const SavedFile& file) {
+    if (file.config_value("peft_type") != OptionValue(std::string("MISS"))) return std::nullopt;
+    const std::string where = file.where();
+    const auto rank = file.config_value("r");
+    if (!rank)
+      throw Error(where + ": has no 'r'; it decides the block size, so it is never guessed");
+    if (!std::holds_alternative<int64_t>(*rank)) throw Error(where + ": 'r' is not an integer");
+    std::string mode = "balance";
+    if (auto init = file.config_value("init_weights");
+        init && std::holds_alternative<std::string>(*init))
+      mode = std::get<std::string>(*init);
+    Recognition r;
+    r.kind = "MiSS adapter (HF PEFT folder)";
+    r.settings = {{"r", *rank}, {"mode", mode}};
+    if (auto mini_r = file.config_value("mini_r")) r.settings.emplace_back("mini_r", *mini_r);
+    if (file.metadata.count("target_modules")) {
+      if (file.metadata.at("target_modules").front() == '"')
+        throw Error(
+            where +
+            ": target_modules is a regular expression; only a list of module names is supported");
+      if (auto targets = file.config_value("target_modules"))
+        r.settings.emplace_back("targets", *targets);
+    }
+    for (const auto& [name, t] : file.tensors) {
+      if (!is_block(name))
+        throw Error(file.path.string() + "/adapter_model.safetensors: tensor 'base_model.model." +
+                    name + "' is not a MISS tensor peftkit reads (expected <site>.miss_block)");
+      r.tensors.push_back(name);
+      r.parameters += t.numel();
+    }
+    r.fields = {{"sites", std::to_string(r.tensors.size())},
+                {"mode", mode},
+                {"r", std::to_string(std::get<int64_t>(*rank))}};
+    return r;
   }
 };
 

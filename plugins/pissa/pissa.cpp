@@ -7,8 +7,8 @@
 // exact: W' = W + s (B A - B0 A0).
 //
 // Outputs: the adapter .pth (<site>.lora_A/.lora_B, <site>.init_lora_A/.init_lora_B, pissa.r,
-// pissa.alpha, pissa.rslora); and a plain LoRA of rank 2r, A' = [A; A0], B' = [B, -B0], that applies
-// to the unmodified base: as an HF PEFT folder or as a RWKV-PEFT LoRA .pth.
+// pissa.alpha, pissa.rslora); and a plain LoRA of rank 2r, A' = [A; A0], B' = [B, -B0], that
+// applies to the unmodified base: as an HF PEFT folder or as a RWKV-PEFT LoRA .pth.
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
@@ -20,6 +20,7 @@
 #include "peftkit/peft_method.hpp"
 #include "peftkit/plugin.hpp"
 #include "peftkit/random.hpp"
+#include "peftkit/sites.hpp"
 #include "peftkit/tensor_io.hpp"
 
 namespace peftkit::pissa {
@@ -59,43 +60,52 @@ Triplets randomized_svd(const at::Tensor& w, int64_t r, int64_t niter, uint64_t 
   const at::Tensor omega = at::randn({w.size(1), r}, generator, at::kFloat).to(w.device());
   auto orthonormal = [](const at::Tensor& m) { return std::get<0>(at::linalg_qr(m)); };
   at::Tensor q = orthonormal(at::matmul(w, omega));
-  for (int64_t i = 0; i < niter; ++i) q = orthonormal(at::matmul(w, orthonormal(at::matmul(w.t(), q))));
-  auto [ub, s, vh] = at::linalg_svd(at::matmul(q.t(), w), /*full_matrices=*/false);  // [r, in] = Ub S Vh
+  for (int64_t i = 0; i < niter; ++i)
+    q = orthonormal(at::matmul(w, orthonormal(at::matmul(w.t(), q))));
+  auto [ub, s, vh] =
+      at::linalg_svd(at::matmul(q.t(), w), /*full_matrices=*/false);  // [r, in] = Ub S Vh
   return {at::matmul(q, ub), s, vh};
 }
 
 class Pissa final : public PeftMethod {
  public:
   explicit Pissa(Settings settings)
-      : settings_(std::move(settings)), pairs_("pissa", settings_.r, settings_.alpha, settings_.rslora) {}
+      : settings_(std::move(settings)),
+        pairs_("pissa", settings_.r, settings_.alpha, settings_.rslora) {}
 
   void attach(ModelView& model) override {
     model_ = &model;
     const double s = pairs_.scale();
     at::NoGradGuard no_grad;
     for (const auto& site : model.linear_sites()) {
-      if (!plugins::matches_any_suffix(site.name, settings_.targets)) continue;
+      if (!site_matches_any(site.name, settings_.targets)) continue;
       if (settings_.r > std::min(site.in_features, site.out_features))
-        throw Error("[peft.pissa] r = " + std::to_string(settings_.r) + " exceeds the rank of " + site.name + " [" +
-                    std::to_string(site.out_features) + ", " + std::to_string(site.in_features) + "]");
+        throw Error("[peft.pissa] r = " + std::to_string(settings_.r) + " exceeds the rank of " +
+                    site.name + " [" + std::to_string(site.out_features) + ", " +
+                    std::to_string(site.in_features) + "]");
       // The checkpoint's weight, not a quantized base's: with a quantizer the residual is what gets
       // quantized (QPiSSA).
-      const at::Tensor w = model.checkpoint_weight(site.name).to(model.activation_options().device(), at::kFloat);
+      const at::Tensor w =
+          model.checkpoint_weight(site.name).to(model.activation_options().device(), at::kFloat);
       const uint64_t seed = mix64(static_cast<uint64_t>(settings_.svd_seed) ^ name_hash(site.name));
-      const Triplets t = settings_.svd == "exact" ? exact_svd(w, settings_.r)
-                                                  : randomized_svd(w, settings_.r, settings_.svd_niter, seed);
+      const Triplets t = settings_.svd == "exact"
+                             ? exact_svd(w, settings_.r)
+                             : randomized_svd(w, settings_.r, settings_.svd_niter, seed);
       const at::Tensor root = at::sqrt(t.s / s);
-      InitPair init{(root.unsqueeze(1) * t.vh).contiguous(), (t.u * root.unsqueeze(0)).contiguous()};
+      InitPair init{(root.unsqueeze(1) * t.vh).contiguous(),
+                    (t.u * root.unsqueeze(0)).contiguous()};
       const auto options = model.activation_options().dtype(at::kFloat);
       at::Tensor a = init.a0.to(options).clone().requires_grad_(true);
       at::Tensor b = init.b0.to(options).clone().requires_grad_(true);
       model.set_base_weight(site.name, w - s * at::matmul(init.b0, init.a0));
       pairs_.add(site.name, a, b);
       inits_.push_back(init);
-      model.set_linear_adapter(site.name, std::make_shared<plugins::LowRankAdapter>(model, a, b, s, settings_.dropout));
+      model.set_linear_adapter(
+          site.name, std::make_shared<plugins::LowRankAdapter>(model, a, b, s, settings_.dropout));
     }
     if (pairs_.empty())
-      throw Error("[peft.pissa] targets " + plugins::join_list(settings_.targets) + " match no linear site of the model");
+      throw Error("[peft.pissa] targets " + plugins::join_list(settings_.targets) +
+                  " match no linear site of the model");
     log::info("pissa: r " + std::to_string(settings_.r) + " from " + settings_.svd + " SVD on " +
               std::to_string(pairs_.pairs().size()) + " sites");
   }
@@ -114,13 +124,16 @@ class Pissa final : public PeftMethod {
   }
 
   std::map<std::string, std::string> metadata() const override {
-    return {{"method", "pissa"}, {"r", std::to_string(settings_.r)}, {"alpha", c10::str(settings_.alpha)},
+    return {{"method", "pissa"},
+            {"r", std::to_string(settings_.r)},
+            {"alpha", c10::str(settings_.alpha)},
             {"rslora", settings_.rslora ? "true" : "false"}};
   }
 
   // Takes the saved init pair too, and rebuilds the residual W - s B0 A0 from the checkpoint's W
   // when the pair differs from this run's SVD (a randomised SVD elsewhere, another seed).
-  void load_state_dict(const TensorMap& tensors, const std::map<std::string, std::string>&) override {
+  void load_state_dict(const TensorMap& tensors,
+                       const std::map<std::string, std::string>&) override {
     pairs_.load(tensors);
     const double s = pairs_.scale();
     at::NoGradGuard no_grad;
@@ -138,21 +151,30 @@ class Pissa final : public PeftMethod {
   }
 
   // W += sign * s (B A - B0 A0), in fp64 and stored in W's dtype.
-  void merge_into(TensorMap& weights) const override { pairs_.add_to_weights(weights, 1.0, minus_init()); }
-  void unmerge_from(TensorMap& weights) const override { pairs_.add_to_weights(weights, -1.0, minus_init()); }
+  void merge_into(TensorMap& weights) const override {
+    pairs_.add_to_weights(weights, 1.0, minus_init());
+  }
+  void unmerge_from(TensorMap& weights) const override {
+    pairs_.add_to_weights(weights, -1.0, minus_init());
+  }
 
   std::vector<ExportFormat> export_formats() const override {
-    return {{"hf-peft", "plain LoRA of rank 2r for the unmodified base, HF PEFT adapter folder"},
-            {"rwkv-lora-pth", "plain LoRA of rank 2r for the unmodified base, RWKV-PEFT .pth with lora.r/lora.alpha"},
-            {"rwkv-pth", "the PiSSA adapter: lora_A/lora_B with the init pair init_lora_A/init_lora_B"}};
+    return {
+        {"hf-peft", "plain LoRA of rank 2r for the unmodified base, HF PEFT adapter folder"},
+        {"rwkv-lora-pth",
+         "plain LoRA of rank 2r for the unmodified base, RWKV-PEFT .pth with lora.r/lora.alpha"},
+        {"rwkv-pth",
+         "the PiSSA adapter: lora_A/lora_B with the init pair init_lora_A/init_lora_B"}};
   }
 
   void export_to(std::string_view format, const std::filesystem::path& destination) const override {
     if (format == "rwkv-pth") return write_pth(destination, state_dict());
-    // s (B A - B0 A0) = s [B, -B0] [A; A0]: rank 2r with the same scale, so alpha doubles (x sqrt 2 with rsLoRA).
-    plugins::LowRankPairs plain("lora", 2 * settings_.r,
-                                settings_.rslora ? settings_.alpha * std::sqrt(2.0) : settings_.alpha * 2.0,
-                                settings_.rslora);
+    // s (B A - B0 A0) = s [B, -B0] [A; A0]: rank 2r with the same scale, so alpha doubles (x sqrt 2
+    // with rsLoRA).
+    plugins::LowRankPairs plain(
+        "lora", 2 * settings_.r,
+        settings_.rslora ? settings_.alpha * std::sqrt(2.0) : settings_.alpha * 2.0,
+        settings_.rslora);
     for (size_t i = 0; i < inits_.size(); ++i) {
       const auto& p = pairs_.pairs()[i];
       plain.add(p.name, at::cat({p.a.detach().to(at::kCPU), inits_[i].a0.to(at::kCPU)}, 0),
@@ -164,7 +186,8 @@ class Pissa final : public PeftMethod {
       plain.store(out);
       return write_pth(destination, out);
     }
-    throw Error("pissa: no export format '" + std::string(format) + "' (formats: hf-peft, rwkv-lora-pth, rwkv-pth)");
+    throw Error("pissa: no export format '" + std::string(format) +
+                "' (formats: hf-peft, rwkv-lora-pth, rwkv-pth)");
   }
 
  private:
@@ -175,7 +198,8 @@ class Pissa final : public PeftMethod {
   // -B0 A0 of site i, in fp64 on the CPU.
   std::function<at::Tensor(size_t)> minus_init() const {
     return [this](size_t i) {
-      return -at::matmul(inits_[i].b0.to(at::kCPU, at::kDouble), inits_[i].a0.to(at::kCPU, at::kDouble));
+      return -at::matmul(inits_[i].b0.to(at::kCPU, at::kDouble),
+                         inits_[i].a0.to(at::kCPU, at::kDouble));
     };
   }
 
@@ -190,22 +214,42 @@ class PissaPlugin final : public PeftPlugin {
   OptionSchema options() const override {
     return OptionSchema()
         .add_int("r", 8, "rank: the number of principal singular triplets", 1, 65536)
-        .add_float("alpha", 8.0, "scale s = alpha / r (alpha / sqrt(r) with use_rslora); the default r = alpha gives "
-                                 "RWKV-PEFT's unscaled PiSSA", Bound{0, true})
+        .add_float(
+            "alpha", 8.0,
+            "scale s = alpha / r (alpha / sqrt(r) with use_rslora); the default r = alpha gives "
+            "RWKV-PEFT's unscaled PiSSA",
+            Bound{0, true})
         .add_float("dropout", 0.0, "dropout on the adapter's input", Bound{0}, Bound{1, true})
         .add_bool("use_rslora", false, "rank-stabilised scaling alpha / sqrt(r)")
-        .add_string("svd", "randomized", "exact SVD, or randomised low-rank SVD (fast)", {"randomized", "exact"})
-        .add_int("svd_niter", 4, "power iterations of the randomised SVD (RWKV-PEFT's svd_niter)", 0, 64)
+        .add_string("svd", "randomized", "exact SVD, or randomised low-rank SVD (fast)",
+                    {"randomized", "exact"})
+        .add_int("svd_niter", 4, "power iterations of the randomised SVD (RWKV-PEFT's svd_niter)",
+                 0, 64)
         .add_int("svd_seed", 0, "seed of the randomised SVD's test matrix", 0)
-        .add_string_list("targets", {"att.receptance", "att.key", "att.value", "att.output", "ffn.key", "ffn.value"},
+        .add_string_list("targets", default_linear_targets(),
                          "adapted sites: suffixes of their names (default: the six x070 linears)");
   }
   void validate(const Options& options) const override {
     if (options.get_string_list("targets").empty()) throw options.error("targets", "names no site");
   }
+  std::vector<ImportFormat> import_formats() const override {
+    return {{"rwkv-pth",
+             "<site>.lora_A / .lora_B with the init pair .init_lora_A / .init_lora_B and pissa.r, "
+             "pissa.alpha"}};
+  }
+  std::optional<Recognition> recognise(const SavedFile& file) const override {
+    if (file.kind != SavedFile::Kind::kTensorFile) return std::nullopt;
+    const plugins::StoredPairs pairs = plugins::find_stored_pairs(file.tensors);
+    if (pairs.sites.empty() || !pairs.init_pairs) return std::nullopt;
+    Recognition r = plugins::recognise_stored_pairs(file.tensors, pairs, "pissa",
+                                                    "PiSSA adapter (with its init pair)");
+    r.fields.emplace_back("init pair", "stored (frozen; not counted as parameters)");
+    return r;
+  }
   std::unique_ptr<PeftMethod> create(const Options& o) const override {
-    return std::make_unique<Pissa>(Settings{o.get_int("r"), o.get_float("alpha"), o.get_float("dropout"),
-                                            o.get_bool("use_rslora"), o.get_string("svd"), o.get_int("svd_niter"),
+    return std::make_unique<Pissa>(Settings{o.get_int("r"), o.get_float("alpha"),
+                                            o.get_float("dropout"), o.get_bool("use_rslora"),
+                                            o.get_string("svd"), o.get_int("svd_niter"),
                                             o.get_int("svd_seed"), o.get_string_list("targets")});
   }
 };

@@ -13,7 +13,8 @@ using testing::peftkit_command;
 TEST(Cli, VersionNamesLibTorchAndSdk) {
   auto result = run_command(peftkit_command("--version"));
   EXPECT_EQ(result.exit_code, 0);
-  EXPECT_NE(result.output.find("peftkit 0.1.0 (LibTorch 2.11.0"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("peftkit 0.1.0 (LibTorch 2.11.0"), std::string::npos)
+      << result.output;
 }
 
 TEST(Cli, HelpListsCommandsAndEveryCommandHasHelp) {
@@ -39,8 +40,9 @@ TEST(Cli, UnknownCommandAndBadOptionsAreUsageErrors) {
 }
 
 TEST(Cli, PluginsListsKindVersionAndAbiStatus) {
-  auto result = run_command(peftkit_command("plugins --log-level error --plugin-dir " FIXTURE_VALID_DIR
-                                    " --plugin-dir " FIXTURE_MISMATCHED_DIR));
+  auto result =
+      run_command(peftkit_command("plugins --log-level error --plugin-dir " FIXTURE_VALID_DIR
+                                  " --plugin-dir " FIXTURE_MISMATCHED_DIR));
   EXPECT_EQ(result.exit_code, 0) << result.output;
   EXPECT_NE(result.output.find("peft       fixture          0.0.1     ok"), std::string::npos)
       << result.output;
@@ -51,7 +53,8 @@ TEST(Cli, PluginsListsKindVersionAndAbiStatus) {
 }
 
 TEST(Cli, PluginPathEnvironmentVariableIsSearched) {
-  auto result = run_command("PEFTKIT_PLUGIN_PATH=" FIXTURE_EXAMPLE_DIR " " + peftkit_command("plugins"));
+  auto result =
+      run_command("PEFTKIT_PLUGIN_PATH=" FIXTURE_EXAMPLE_DIR " " + peftkit_command("plugins"));
   EXPECT_NE(result.output.find("token-lines"), std::string::npos) << result.output;
 }
 
@@ -61,13 +64,15 @@ TEST(Cli, RecipeShowAndCheck) {
                                     "[model]\npath = \"m.pth\"\n[data]\nformat = \"token-lines\"\n"
                                     "path = \"ids.txt\"\n");
   const std::string dirs = " --plugin-dir " FIXTURE_EXAMPLE_DIR;
-  auto result = run_command(peftkit_command("recipe show " + recipe.string() + dirs + " --set train.seed=3"));
+  auto result =
+      run_command(peftkit_command("recipe show " + recipe.string() + dirs + " --set train.seed=3"));
   EXPECT_EQ(result.exit_code, 0) << result.output;
   EXPECT_NE(result.output.find("seed = 3"), std::string::npos) << result.output;
   EXPECT_NE(result.output.find("# --set train.seed=3"), std::string::npos) << result.output;
   result = run_command(peftkit_command("recipe check " + recipe.string() + dirs));
   EXPECT_EQ(result.exit_code, 0) << result.output;
-  result = run_command(peftkit_command("recipe check " + recipe.string() + dirs + " --set train.ctx_len=0"));
+  result = run_command(
+      peftkit_command("recipe check " + recipe.string() + dirs + " --set train.ctx_len=0"));
   EXPECT_EQ(result.exit_code, 1) << result.output;
   EXPECT_NE(result.output.find("error: --set train.ctx_len=0: [train] ctx_len"), std::string::npos)
       << result.output;

@@ -23,6 +23,13 @@ class FixturePlugin final : public peftkit::PeftPlugin {
   std::unique_ptr<peftkit::PeftMethod> create(const peftkit::Options&) const override {
     throw peftkit::Error("the fixture plugin only has a schema; it creates no method");
   }
+#if defined(FIXTURE_OLDER_MINOR)
+  // Its handshake claims SDK 2.1, which had no recognise(): the host must never call it (a real
+  // 2.1 plugin's vtable ends before it).
+  std::optional<peftkit::Recognition> recognise(const peftkit::SavedFile&) const override {
+    throw peftkit::Error("recognise() was called on a plugin built against SDK 2.1");
+  }
+#endif
 };
 
 }  // namespace
@@ -35,6 +42,9 @@ PEFTKIT_PLUGIN_HANDSHAKE_(FixturePlugin, "wrong-abi", "1.0.0", "built for anothe
                           PEFTKIT_API_MAJOR, PEFTKIT_API_MINOR,
                           "torch=0.0.0-fixture;cxx11abi=1;cuda=" PEFTKIT_CUDA_TAG
                           ";compiler=" PEFTKIT_COMPILER_TAG)
+#elif defined(FIXTURE_OLDER_MINOR)
+PEFTKIT_PLUGIN_HANDSHAKE_(FixturePlugin, "older-minor", "1.0.0", "built against SDK 2.1",
+                          PEFTKIT_API_MAJOR, 1, PEFTKIT_ABI_TAG)
 #elif defined(FIXTURE_NEWER_MINOR)
 PEFTKIT_PLUGIN_HANDSHAKE_(FixturePlugin, "newer-minor", "1.0.0", "needs a newer SDK",
                           PEFTKIT_API_MAJOR, PEFTKIT_API_MINOR + 1, PEFTKIT_ABI_TAG)

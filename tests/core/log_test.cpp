@@ -15,7 +15,9 @@ TEST(Log, ParsesLevelsAndNamesTheAcceptedOnesOnError) {
     log::parse_level("verbose");
     FAIL() << "expected an error";
   } catch (const Error& e) {
-    EXPECT_STREQ(e.what(), "log level: expected one of trace, debug, info, warn, error, off; found 'verbose'");
+    EXPECT_STREQ(
+        e.what(),
+        "log level: expected one of trace, debug, info, warn, error, off; found 'verbose'");
   }
 }
 
@@ -38,8 +40,10 @@ TEST(Log, UnwritableFileIsAnErrorNamingIt) {
     log::add_file(path);
     FAIL() << "expected an error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(path.string() + ": cannot open the log file for appending"),
-              std::string::npos) << e.what();
+    EXPECT_NE(
+        std::string(e.what()).find(path.string() + ": cannot open the log file for appending"),
+        std::string::npos)
+        << e.what();
   }
 }
 

@@ -18,7 +18,8 @@ class ModelCommands : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new testing::TempDir();
-    auto result = run_command(peftkit_command("init-model --layers 2 --embd 128 --seed 3 --out " + model().string()));
+    auto result = run_command(
+        peftkit_command("init-model --layers 2 --embd 128 --seed 3 --out " + model().string()));
     ASSERT_EQ(result.exit_code, 0) << result.output;
   }
   static void TearDownTestSuite() { delete dir_; }
@@ -32,11 +33,13 @@ TEST_F(ModelCommands, InitModelWritesAnOfficialLayoutBf16Checkpoint) {
   EXPECT_EQ(t.at("blocks.1.att.r_k").sizes(), at::IntArrayRef({2, 64}));
   for (const auto& [name, tensor] : t) EXPECT_EQ(tensor.scalar_type(), at::kBFloat16) << name;
   // Python's torch.load(weights_only=True) reads it.
-  auto result = run_command(std::string(PEFTKIT_PYTHON) + " -c \"import torch; sd = torch.load('" + model().string() +
+  auto result = run_command(std::string(PEFTKIT_PYTHON) + " -c \"import torch; sd = torch.load('" +
+                            model().string() +
                             "', weights_only=True); print(len(sd), sd['head.weight'].dtype)\"");
   EXPECT_EQ(result.exit_code, 0) << result.output;
   EXPECT_NE(result.output.find("69 torch.bfloat16"), std::string::npos) << result.output;
-  auto same = run_command(peftkit_command("init-model --layers 2 --embd 128 --seed 3 --out " + (dir_->path() / "again.pth").string()));
+  auto same = run_command(peftkit_command("init-model --layers 2 --embd 128 --seed 3 --out " +
+                                          (dir_->path() / "again.pth").string()));
   EXPECT_TRUE(at::equal(read_pth(dir_->path() / "again.pth").at("blocks.0.att.key.weight"),
                         t.at("blocks.0.att.key.weight")));
 }
@@ -44,17 +47,20 @@ TEST_F(ModelCommands, InitModelWritesAnOfficialLayoutBf16Checkpoint) {
 TEST_F(ModelCommands, InitModelChecksItsArguments) {
   auto result = run_command(peftkit_command("init-model --size 0.1b --layers 2 --out x.pth"));
   EXPECT_EQ(result.exit_code, 1);
-  EXPECT_NE(result.output.find("give either --size or --layers and --embd, not both"), std::string::npos);
+  EXPECT_NE(result.output.find("give either --size or --layers and --embd, not both"),
+            std::string::npos);
   result = run_command(peftkit_command("init-model --size 7b --out x.pth"));
   EXPECT_NE(result.output.find("expected 0.1b, 0.4b, 1.5b or 2.9b, found '7b'"), std::string::npos);
   result = run_command(peftkit_command("init-model --layers 2 --embd 100 --out x.pth"));
-  EXPECT_NE(result.output.find("embd 100 is not a multiple of the head size 64"), std::string::npos);
+  EXPECT_NE(result.output.find("embd 100 is not a multiple of the head size 64"),
+            std::string::npos);
   result = run_command(peftkit_command("init-model --layers 2 --embd 128 --out x.bin"));
   EXPECT_NE(result.output.find("expected a .pth or .safetensors file name"), std::string::npos);
   // Issue 14 item 22: an absurd geometry used to allocate until the machine ran out of memory.
   result = run_command(peftkit_command("init-model --layers 60000 --embd 65536 --out x.pth"));
   EXPECT_EQ(result.exit_code, 1) << result.output;
-  EXPECT_NE(result.output.find("GiB while it is initialised; this machine has"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("GiB while it is initialised; this machine has"), std::string::npos)
+      << result.output;
   result = run_command(peftkit_command("init-model --layers 100000000 --embd 64 --out x.pth"));
   EXPECT_EQ(result.exit_code, 1) << result.output;
   EXPECT_NE(result.output.find("exceed the limits"), std::string::npos) << result.output;
@@ -63,18 +69,22 @@ TEST_F(ModelCommands, InitModelChecksItsArguments) {
 TEST_F(ModelCommands, InspectDescribesModelsStatesAndUnknownFiles) {
   auto result = run_command(peftkit_command("inspect " + model().string()));
   EXPECT_EQ(result.exit_code, 0) << result.output;
-  for (const char* line : {"architecture:  RWKV-7 (x070)", "layers:        2", "heads:         2 x 64",
-                           "low-rank dims: w 32, a 32, v 32, g 32", "parameters:    17233024 (17.233M)",
-                           "dtypes:        BFloat16 x69", "state:         16896 floats per sequence"})
+  for (const char* line :
+       {"architecture:  RWKV-7 (x070)", "layers:        2", "heads:         2 x 64",
+        "low-rank dims: w 32, a 32, v 32, g 32", "parameters:    17233024 (17.233M)",
+        "dtypes:        BFloat16 x69", "state:         16896 floats per sequence"})
     EXPECT_NE(result.output.find(line), std::string::npos) << line << "\n" << result.output;
-  write_pth(dir_->path() / "state.pth", {{"blocks.0.att.time_state", at::zeros({2, 64, 64}, at::kBFloat16)},
-                                         {"blocks.1.att.time_state", at::zeros({2, 64, 64}, at::kBFloat16)}});
+  write_pth(dir_->path() / "state.pth",
+            {{"blocks.0.att.time_state", at::zeros({2, 64, 64}, at::kBFloat16)},
+             {"blocks.1.att.time_state", at::zeros({2, 64, 64}, at::kBFloat16)}});
   result = run_command(peftkit_command("inspect " + (dir_->path() / "state.pth").string()));
   EXPECT_NE(result.output.find("kind:          state file"), std::string::npos) << result.output;
   EXPECT_NE(result.output.find("layers:        2"), std::string::npos) << result.output;
-  write_safetensors(dir_->path() / "other.safetensors", {{"x", at::zeros({3})}}, {{"format", "pt"}});
+  write_safetensors(dir_->path() / "other.safetensors", {{"x", at::zeros({3})}},
+                    {{"format", "pt"}});
   result = run_command(peftkit_command("inspect " + (dir_->path() / "other.safetensors").string()));
-  EXPECT_NE(result.output.find("unknown tensor file (1 tensors"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("unknown tensor file (1 tensors"), std::string::npos)
+      << result.output;
   EXPECT_NE(result.output.find("metadata:      format = pt"), std::string::npos) << result.output;
   result = run_command(peftkit_command("inspect " + (dir_->path() / "missing.pth").string()));
   EXPECT_EQ(result.exit_code, 1);
@@ -83,31 +93,39 @@ TEST_F(ModelCommands, InspectDescribesModelsStatesAndUnknownFiles) {
 TEST_F(ModelCommands, GenerateIsReproducibleAndMountsStates) {
   // A fresh model's output projections are zero, so no state could show; perturb every tensor.
   TensorMap weights = read_pth(model());
-  for (auto& [name, t] : weights) t = (t.to(at::kFloat) + 0.05 * at::randn(t.sizes())).to(at::kBFloat16);
+  for (auto& [name, t] : weights)
+    t = (t.to(at::kFloat) + 0.05 * at::randn(t.sizes())).to(at::kBFloat16);
   const auto perturbed = dir_->path() / "perturbed.pth";
   write_pth(perturbed, weights);
-  const std::string base = "generate --model " + perturbed.string() + " --prompt Hello --max-tokens 12 --seed 5";
+  const std::string base =
+      "generate --model " + perturbed.string() + " --prompt Hello --max-tokens 12 --seed 5";
   auto a = run_command(peftkit_command(base));
   auto b = run_command(peftkit_command(base));
   ASSERT_EQ(a.exit_code, 0) << a.output;
   EXPECT_EQ(a.output, b.output);
   EXPECT_GT(a.output.size(), 1u);
   // A state file changes the continuation; one of another shape is refused.
-  write_pth(dir_->path() / "state.pth", {{"blocks.0.att.time_state", 3 * at::randn({2, 64, 64}).to(at::kBFloat16)},
-                                         {"blocks.1.att.time_state", 3 * at::randn({2, 64, 64}).to(at::kBFloat16)}});
+  write_pth(dir_->path() / "state.pth",
+            {{"blocks.0.att.time_state", 3 * at::randn({2, 64, 64}).to(at::kBFloat16)},
+             {"blocks.1.att.time_state", 3 * at::randn({2, 64, 64}).to(at::kBFloat16)}});
   auto greedy = " --temperature 0 --stop-at-eos false";
   auto plain = run_command(peftkit_command(base + greedy));
-  auto with_state = run_command(peftkit_command(base + greedy + " --state " + (dir_->path() / "state.pth").string()));
+  auto with_state = run_command(
+      peftkit_command(base + greedy + " --state " + (dir_->path() / "state.pth").string()));
   ASSERT_EQ(with_state.exit_code, 0) << with_state.output;
   EXPECT_NE(plain.output, with_state.output);
   write_pth(dir_->path() / "wrong.pth", {{"blocks.0.att.time_state", at::zeros({12, 64, 64})}});
-  auto wrong = run_command(peftkit_command(base + " --state " + (dir_->path() / "wrong.pth").string()));
+  auto wrong =
+      run_command(peftkit_command(base + " --state " + (dir_->path() / "wrong.pth").string()));
   EXPECT_EQ(wrong.exit_code, 1);
-  EXPECT_NE(wrong.output.find("has shape [12, 64, 64] but this base needs [2, 64, 64]"), std::string::npos) << wrong.output;
+  EXPECT_NE(wrong.output.find("has shape [12, 64, 64] but this base needs [2, 64, 64]"),
+            std::string::npos)
+      << wrong.output;
 }
 
 TEST_F(ModelCommands, GenerateRejectsBadSettings) {
-  auto result = run_command(peftkit_command("generate --model " + model().string() + " --prompt Hi --top-p 0"));
+  auto result = run_command(
+      peftkit_command("generate --model " + model().string() + " --prompt Hi --top-p 0"));
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_NE(result.output.find("top-p must be in (0, 1]"), std::string::npos) << result.output;
   result = run_command(peftkit_command("generate --model " + model().string() + " --prompt ''"));
@@ -126,7 +144,8 @@ TEST_F(ModelCommands, SizeBombsAreRefusedInBoundedMemory) {
         "r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
         "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)\n"
         "print(r.stdout + r.stderr)\n");
-    auto result = run_command(std::string(PEFTKIT_PYTHON) + " " + script.string() + " " + PEFTKIT_BINARY + " " + args);
+    auto result = run_command(std::string(PEFTKIT_PYTHON) + " " + script.string() + " " +
+                              PEFTKIT_BINARY + " " + args);
     output = result.output;
     int code = -1;
     long mib = -1;
@@ -143,16 +162,20 @@ TEST_F(ModelCommands, SizeBombsAreRefusedInBoundedMemory) {
   header.clear();
   header.shrink_to_fit();
   std::string output;
-  const long safetensors_peak = peak_mib("inspect " + (dir_->path() / "bomb.safetensors").string(), output);
+  const long safetensors_peak =
+      peak_mib("inspect " + (dir_->path() / "bomb.safetensors").string(), output);
   EXPECT_NE(output.find("JSON nests deeper than 3 levels"), std::string::npos) << output;
   EXPECT_LT(safetensors_peak, 800) << output;  // was over 4,000
 
-  testing::write_file(dir_->path() / "bomb.jsonl", "{\"text\": \"" + std::string(50'000'000, 'a') + "\"}\n");
+  testing::write_file(dir_->path() / "bomb.jsonl",
+                      "{\"text\": \"" + std::string(50'000'000, 'a') + "\"}\n");
   const auto recipe = testing::write_file(
-      dir_->path() / "bomb.toml", "[model]\npath = \"" + model().string() + "\"\n[data]\nformat = \"jsonl\"\npath = \"" +
-                                     (dir_->path() / "bomb.jsonl").string() + "\"\n[output]\ndir = \"bomb-out\"\n");
+      dir_->path() / "bomb.toml",
+      "[model]\npath = \"" + model().string() + "\"\n[data]\nformat = \"jsonl\"\npath = \"" +
+          (dir_->path() / "bomb.jsonl").string() + "\"\n[output]\ndir = \"bomb-out\"\n");
   const long jsonl_peak = peak_mib("train " + recipe.string(), output);
-  EXPECT_NE(output.find("bomb.jsonl:1: the line is 50000012 bytes long; lines of at most 16777216 bytes are read"),
+  EXPECT_NE(output.find("bomb.jsonl:1: the line is 50000012 bytes long; lines of at most 16777216 "
+                        "bytes are read"),
             std::string::npos)
       << output;
   EXPECT_LT(jsonl_peak, 800) << output;  // was 2,600

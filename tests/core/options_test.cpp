@@ -60,7 +60,8 @@ TEST(Options, GettersCheckNamesAndTypes) {
   EXPECT_EQ(options.source("ctx_len"), OptionSource::kRecipe);
   EXPECT_THROW(options.get_float("ctx_len"), Error);
   EXPECT_THROW(options.get_int("missing"), Error);
-  EXPECT_STREQ(options.error("ctx_len", "too long").what(), "r.toml:3:11: [train] ctx_len: too long");
+  EXPECT_STREQ(options.error("ctx_len", "too long").what(),
+               "r.toml:3:11: [train] ctx_len: too long");
 }
 
 }  // namespace

@@ -1,9 +1,11 @@
 #include "host/plugin_registry.hpp"
 
+#include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
 #include <cstdlib>
 
+#include "host/adapters.hpp"
 #include "peftkit/dataset.hpp"
 #include "peftkit/peft_method.hpp"
 #include "test_util.hpp"
@@ -71,10 +73,31 @@ TEST(PluginRegistry, RefusesPluginNeedingANewerMinor) {
   const PluginRecord* record = find_record(registry, "peftkit-peft-newer-minor.so");
   ASSERT_NE(record, nullptr);
   const std::string major = std::to_string(PEFTKIT_API_MAJOR);
-  EXPECT_NE(record->refusal.find("plugin needs SDK API " + major + "." + std::to_string(PEFTKIT_API_MINOR + 1) +
-                                 " but this host provides " + major + "." + std::to_string(PEFTKIT_API_MINOR)),
+  EXPECT_NE(record->refusal.find(
+                "plugin needs SDK API " + major + "." + std::to_string(PEFTKIT_API_MINOR + 1) +
+                " but this host provides " + major + "." + std::to_string(PEFTKIT_API_MINOR)),
             std::string::npos)
       << record->refusal;
+}
+
+// Issue 16: SDK 2.2 added virtual functions (PeftPlugin::recognise, DatasetPlugin::create_writer).
+// A plugin built against 2.1 keeps loading and working, and the host never calls what its vtable
+// lacks: the fixture's recognise() throws if called.
+TEST(PluginRegistry, PluginsOfAnOlderMinorLoadAndAreNotAskedWhatTheyCannotAnswer) {
+  auto registry = PluginRegistry::discover({FIXTURE_OLDER_DIR, FIXTURE_VALID_DIR});
+  const PluginRecord* record = find_record(registry, "peftkit-peft-older-minor.so");
+  ASSERT_NE(record, nullptr);
+  EXPECT_TRUE(record->usable()) << record->refusal;
+  EXPECT_EQ(record->api_minor, 1);
+  EXPECT_EQ(registry.api_minor(PluginKind::kPeft, "older-minor"), 1);
+  EXPECT_EQ(registry.api_minor(PluginKind::kPeft, "fixture"), PEFTKIT_API_MINOR);
+  std::vector<std::string> asked;
+  for (const auto& [name, plugin] : registry.all<PeftPlugin>(2)) asked.push_back(name);
+  EXPECT_EQ(asked, std::vector<std::string>{"fixture"});
+  SavedFile file;
+  file.path = "x.pth";
+  file.tensors = {{"blocks.0.att.key.lora_A", at::zeros({2, 4})}};
+  EXPECT_NO_THROW(recognise(file, registry));
 }
 
 TEST(PluginRegistry, RefusesFilesThatAreNotPlugins) {
@@ -140,8 +163,9 @@ TEST(AbiTag, ComparesFieldByField) {
   EXPECT_EQ(compare_abi_tags("torch=2.11.0;cuda=cpu", "torch=2.11.0;cuda=cpu"), "");
   EXPECT_EQ(compare_abi_tags("torch=2.11.0;cuda=cpu", "cuda=13.0;torch=2.11.0"),
             "ABI tag field 'cuda' is 'cpu' in the plugin but '13.0' in this host");
-  EXPECT_NE(compare_abi_tags("torch=2.11.0", "torch=2.11.0;cxx11abi=1").find("'cxx11abi' is missing"),
-            std::string::npos);
+  EXPECT_NE(
+      compare_abi_tags("torch=2.11.0", "torch=2.11.0;cxx11abi=1").find("'cxx11abi' is missing"),
+      std::string::npos);
 }
 
 TEST(PluginSearchPath, BinaryFolderFirstThenCommandLineThenEnvironment) {

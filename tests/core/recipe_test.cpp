@@ -5,7 +5,6 @@
 
 #include "host/device.hpp"
 #include "peftkit/error.hpp"
-
 #include "test_util.hpp"
 
 namespace peftkit::host {
@@ -87,8 +86,9 @@ TEST_F(RecipeTest, IntegerIsAcceptedWhereANumberIsExpected) {
 }
 
 TEST_F(RecipeTest, UnknownKeyNamesFileLineAndClosestKey) {
-  EXPECT_EQ(error(with("lr_init = 1e-4", "lr_int = 1e-4")).substr(0, 90),
-            "recipes/test.toml:16:1: unknown key 'lr_int' in [train]; did you mean 'lr_init'? (valid ke");
+  EXPECT_EQ(
+      error(with("lr_init = 1e-4", "lr_int = 1e-4")).substr(0, 90),
+      "recipes/test.toml:16:1: unknown key 'lr_int' in [train]; did you mean 'lr_init'? (valid ke");
 }
 
 TEST_F(RecipeTest, UnknownKeyWithoutCloseMatchListsValidKeys) {
@@ -98,8 +98,9 @@ TEST_F(RecipeTest, UnknownKeyWithoutCloseMatchListsValidKeys) {
 
 TEST_F(RecipeTest, UnknownSectionSuggestsTheClosestOne) {
   std::string message = error(std::string(kValidRecipe) + "[trian]\nseed = 1\n");
-  EXPECT_EQ(message, "recipes/test.toml:18:2: unknown recipe section [trian]; did you mean [train]? "
-                     "(sections: model, data, peft, quant, train, output, run)");
+  EXPECT_EQ(message,
+            "recipes/test.toml:18:2: unknown recipe section [trian]; did you mean [train]? "
+            "(sections: model, data, peft, quant, train, output, run)");
 }
 
 TEST_F(RecipeTest, WrongTypeNamesKeyExpectedAndFound) {
@@ -114,8 +115,9 @@ TEST_F(RecipeTest, OutOfRangeNamesTheRange) {
   EXPECT_EQ(error(with("ctx_len = 512", "ctx_len = 0")),
             "recipes/test.toml:15:11: [train] ctx_len: expected an integer in [1, 1048576], found "
             "integer 0");
-  EXPECT_EQ(error(with("lr_init = 1e-4", "beta1 = 1.0")),
-            "recipes/test.toml:16:9: [train] beta1: expected a number in [0.0, 1.0), found number 1.0");
+  EXPECT_EQ(
+      error(with("lr_init = 1e-4", "beta1 = 1.0")),
+      "recipes/test.toml:16:9: [train] beta1: expected a number in [0.0, 1.0), found number 1.0");
 }
 
 TEST_F(RecipeTest, ValueOutsideChoicesListsThem) {
@@ -134,23 +136,27 @@ TEST_F(RecipeTest, MissingRequiredKeyIsNamed) {
 }
 
 TEST_F(RecipeTest, UnknownPluginListsTheAvailableOnesOfThatKind) {
-  EXPECT_EQ(error(with("method = \"fixture\"", "method = \"lorra\"")),
-            "recipes/test.toml:9:10: [peft] method: no peft plugin named 'lorra'; available: fixture");
+  EXPECT_EQ(
+      error(with("method = \"fixture\"", "method = \"lorra\"")),
+      "recipes/test.toml:9:10: [peft] method: no peft plugin named 'lorra'; available: fixture");
   EXPECT_EQ(error(with("format = \"token-lines\"", "format = \"parquet\"")),
             "recipes/test.toml:5:10: [data] format: no dataset plugin named 'parquet'; available: "
             "token-lines");
-  EXPECT_EQ(error(std::string(kValidRecipe) + "[quant]\nmethod = \"nf4\"\n"),
-            "recipes/test.toml:19:10: [quant] method: no quantizer plugin named 'nf4'; available: none");
+  EXPECT_EQ(
+      error(std::string(kValidRecipe) + "[quant]\nmethod = \"nf4\"\n"),
+      "recipes/test.toml:19:10: [quant] method: no quantizer plugin named 'nf4'; available: none");
 }
 
 TEST_F(RecipeTest, PluginTablesAreValidatedByThePluginSchema) {
   EXPECT_EQ(error(with("r = 16", "rr = 16")).substr(0, 80),
             "recipes/test.toml:12:1: unknown key 'rr' in [peft.fixture]; did you mean 'r'? (v");
   EXPECT_EQ(error(with("r = 16", "r = 0")),
-            "recipes/test.toml:12:5: [peft.fixture] r: expected an integer in [1, 4096], found integer 0");
-  EXPECT_EQ(error(with("r = 16", "init = \"kaiming\"")),
-            "recipes/test.toml:12:8: [peft.fixture] init: expected one of \"zero\", \"random\", found "
-            "string \"kaiming\"");
+            "recipes/test.toml:12:5: [peft.fixture] r: expected an integer in [1, 4096], found "
+            "integer 0");
+  EXPECT_EQ(
+      error(with("r = 16", "init = \"kaiming\"")),
+      "recipes/test.toml:12:8: [peft.fixture] init: expected one of \"zero\", \"random\", found "
+      "string \"kaiming\"");
 }
 
 TEST_F(RecipeTest, PluginCrossKeyChecksRun) {
@@ -165,8 +171,9 @@ TEST_F(RecipeTest, TableOfAPluginThatIsNotSelectedIsRefused) {
 }
 
 TEST_F(RecipeTest, NoneCannotBeCombinedAndMethodsAreDistinct) {
-  EXPECT_EQ(error(with("method = \"fixture\"", "method = [\"none\", \"fixture\"]")),
-            "recipes/test.toml:9:10: [peft] method: \"none\" cannot be combined with other methods");
+  EXPECT_EQ(
+      error(with("method = \"fixture\"", "method = [\"none\", \"fixture\"]")),
+      "recipes/test.toml:9:10: [peft] method: \"none\" cannot be combined with other methods");
   EXPECT_EQ(error(with("method = \"fixture\"", "method = [\"fixture\", \"fixture\"]")),
             "recipes/test.toml:9:10: [peft] method: 'fixture' is listed twice");
 }
@@ -190,8 +197,9 @@ TEST_F(RecipeTest, DeviceMustBeAKnownForm) {
   EXPECT_EQ(error(std::string(kValidRecipe) + "[run]\ndevice = \"gpu\"\n"),
             "recipes/test.toml:19:10: [run] device: expected \"auto\", \"cpu\", \"cuda\" or "
             "\"cuda:N\", found \"gpu\"");
-  EXPECT_EQ(parse(std::string(kValidRecipe) + "[run]\ndevice = \"cuda:1\"\n").run.get_string("device"),
-            "cuda:1");
+  EXPECT_EQ(
+      parse(std::string(kValidRecipe) + "[run]\ndevice = \"cuda:1\"\n").run.get_string("device"),
+      "cuda:1");
 }
 
 TEST_F(RecipeTest, OverridesReplaceValuesAndAreReportedAsTheirOrigin) {
@@ -228,7 +236,8 @@ TEST_F(RecipeTest, ShowPrintsEveryKeyWithItsOriginAndReadsBack) {
   Recipe again = parse(text);
   for (const auto& section : recipe_sections())
     for (const auto& name : recipe.section(section.name).names())
-      EXPECT_EQ(recipe.section(section.name).get(name), again.section(section.name).get(name)) << name;
+      EXPECT_EQ(recipe.section(section.name).get(name), again.section(section.name).get(name))
+          << name;
 }
 
 TEST(ClosestMatch, SuggestsOnlyLikelyTypos) {
@@ -256,7 +265,8 @@ TEST(ResolveDevice, GivesAnIndexedDeviceOrSaysWhyNot) {
   EXPECT_EQ(resolve_device("auto"), c10::Device(c10::kCUDA, 0));
   EXPECT_EQ(resolve_device("cuda"), c10::Device(c10::kCUDA, 0));
   const std::string beyond = "cuda:" + std::to_string(at::getNumGPUs());
-  EXPECT_NE(error_of(beyond).find(beyond + ": this machine has"), std::string::npos) << error_of(beyond);
+  EXPECT_NE(error_of(beyond).find(beyond + ": this machine has"), std::string::npos)
+      << error_of(beyond);
 }
 
 }  // namespace
@@ -270,24 +280,31 @@ namespace {
 TEST_F(RecipeTest, OverDeepKeysAndNestingAreRefusedBeforeParsing) {
   std::string header = "[a";
   for (int i = 0; i < 100000; ++i) header += ".b";
-  EXPECT_EQ(error(header + "]\n"), "recipes/test.toml:1: a key or table name has more than 32 dotted parts; peftkit "
-                                   "refuses such recipes before parsing");
+  EXPECT_EQ(error(header + "]\n"),
+            "recipes/test.toml:1: a key or table name has more than 32 dotted parts; peftkit "
+            "refuses such recipes before parsing");
   std::string dotted = std::string(kValidRecipe) + "\n[train]\nx";
   for (int i = 0; i < 100000; ++i) dotted += ".y";
-  EXPECT_NE(error(dotted + " = 1\n").find("a key or table name has more than 32 dotted parts"), std::string::npos);
+  EXPECT_NE(error(dotted + " = 1\n").find("a key or table name has more than 32 dotted parts"),
+            std::string::npos);
   EXPECT_EQ(error("x = " + std::string(100000, '[') + std::string(100000, ']') + "\n"),
-            "recipes/test.toml:1: arrays or tables nest deeper than 32 levels; peftkit refuses such recipes before "
+            "recipes/test.toml:1: arrays or tables nest deeper than 32 levels; peftkit refuses "
+            "such recipes before "
             "parsing");
   EXPECT_EQ(error("x = " + std::string(100000, '{') + "\n"),
-            "recipes/test.toml:1: arrays or tables nest deeper than 32 levels; peftkit refuses such recipes before "
+            "recipes/test.toml:1: arrays or tables nest deeper than 32 levels; peftkit refuses "
+            "such recipes before "
             "parsing");
   // Dots and brackets inside strings and comments, and floats, count for nothing.
-  EXPECT_EQ(error(std::string(kValidRecipe) + "# " + std::string(100, '.') + std::string(100, '[') + "\n"), "(valid)");
+  EXPECT_EQ(error(std::string(kValidRecipe) + "# " + std::string(100, '.') + std::string(100, '[') +
+                  "\n"),
+            "(valid)");
   EXPECT_EQ(error(kValidRecipe, {"model.path=" + std::string(100, '.')}), "(valid)");
   EXPECT_EQ(error(kValidRecipe, {"model.path=\"a" + std::string(50, '[') + "\""}), "(valid)");
   EXPECT_EQ(error(kValidRecipe, {"model.path=" + std::string(100, '[')}),
             "--set model.path=" + std::string(100, '[') +
-                ":1: arrays or tables nest deeper than 32 levels; peftkit refuses such recipes before parsing");
+                ":1: arrays or tables nest deeper than 32 levels; peftkit refuses such recipes "
+                "before parsing");
   std::string set_key = "a";
   for (int i = 0; i < 100; ++i) set_key += ".b";
   EXPECT_THROW(parse_override(set_key + "=1"), Error);
@@ -302,7 +319,8 @@ namespace {
 // Found by fuzz_recipe (UBSan): the bound INT64_MAX is stored as the double 2^63, which was cast
 // back to int64 (undefined) whenever a message described it.
 TEST_F(RecipeTest, AnIntegerBoundAtTheInt64LimitIsDescribedExactly) {
-  EXPECT_NE(error(kValidRecipe, {"train.seed=-1"}).find("[0, 9223372036854775807]"), std::string::npos)
+  EXPECT_NE(error(kValidRecipe, {"train.seed=-1"}).find("[0, 9223372036854775807]"),
+            std::string::npos)
       << error(kValidRecipe, {"train.seed=-1"});
 }
 
@@ -316,7 +334,8 @@ namespace {
 // order, each flag peftkit does not take with where it went.
 TEST_F(RecipeTest, APastedRwkvPeftScriptGetsEveryProblemInOneRun) {
   std::string train_keys;
-  for (const auto& name : section_schema("train").names()) train_keys += (train_keys.empty() ? "" : ", ") + name;
+  for (const auto& name : section_schema("train").names())
+    train_keys += (train_keys.empty() ? "" : ", ") + name;
   const std::string message = error(R"([model]
 path = "model.pth"
 load_model = "rwkv7-0.1b.pth"
@@ -339,20 +358,28 @@ grad_cp = 2
 my_testing = "x070"
 )");
   const std::vector<std::string> expected = {
-      "recipes/test.toml:3:1: unknown key 'load_model' in [model]: RWKV-PEFT's --load_model is not needed here; the "
+      "recipes/test.toml:3:1: unknown key 'load_model' in [model]: RWKV-PEFT's --load_model is not "
+      "needed here; the "
       "base model is [model] path",
-      "recipes/test.toml:7:1: unknown key 'data_type' in [data]: RWKV-PEFT's --data_type is not needed here; the data "
+      "recipes/test.toml:7:1: unknown key 'data_type' in [data]: RWKV-PEFT's --data_type is not "
+      "needed here; the data "
       "format is [data] format (a dataset plugin: jsonl, binidx, numpy, ...)",
-      "recipes/test.toml:13:1: unknown key 'n_layer' in [train]: RWKV-PEFT's --n_layer is not needed here; the "
+      "recipes/test.toml:13:1: unknown key 'n_layer' in [train]: RWKV-PEFT's --n_layer is not "
+      "needed here; the "
       "model's shape is read from the model file",
-      "recipes/test.toml:14:1: unknown key 'n_embd' in [train]: RWKV-PEFT's --n_embd is not needed here; the model's "
+      "recipes/test.toml:14:1: unknown key 'n_embd' in [train]: RWKV-PEFT's --n_embd is not needed "
+      "here; the model's "
       "shape is read from the model file",
-      "recipes/test.toml:16:1: unknown key 'lr_int' in [train]; did you mean 'lr_init'? (valid keys: " + train_keys + ")",
-      "recipes/test.toml:17:1: unknown key 'strategy' in [train]: RWKV-PEFT's --strategy is not needed here; peftkit "
+      "recipes/test.toml:16:1: unknown key 'lr_int' in [train]; did you mean 'lr_init'? (valid "
+      "keys: " +
+          train_keys + ")",
+      "recipes/test.toml:17:1: unknown key 'strategy' in [train]: RWKV-PEFT's --strategy is not "
+      "needed here; peftkit "
       "runs one process on one device: [run] device",
       "recipes/test.toml:18:1: unknown key 'train_parts' in [train]; it belongs in [peft]",
       "recipes/test.toml:19:11: [train] grad_cp: expected true or false, found integer 2",
-      "recipes/test.toml:20:1: unknown key 'my_testing' in [train]: RWKV-PEFT's --my_testing is not needed here; the "
+      "recipes/test.toml:20:1: unknown key 'my_testing' in [train]: RWKV-PEFT's --my_testing is "
+      "not needed here; the "
       "architecture (x070) is read from the model file",
       "(9 problems)"};
   std::string want;

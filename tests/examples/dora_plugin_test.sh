@@ -64,6 +64,28 @@ hf = load_file("hf/adapter_model.safetensors")
 assert hf["base_model.model.blocks.1.ffn.key.lora_magnitude_vector"].shape == (256,)
 assert json.load(open("hf/adapter_config.json"))["use_dora"] is True
 PY
+# Issue 16: inspect names DoRA with its settings; the HF folder with use_dora = true is imported by
+# this plugin (no line of core knows DoRA) and merges to the same weights; the trained adapter
+# mounts with no recipe beside it.
+described=$(peftkit inspect out/rwkv-0.pth)
+for line in '^kind: *DoRA adapter$' '^rank: *4$' '^alpha: *8$' '^recorded: *dora \(r = 4, alpha = 8.0'; do
+  grep -Eq "$line" <<<"$described" || { echo "$described"; fail "inspect: no line $line"; }
+done
+described=$(peftkit inspect hf)
+grep -q '^kind: *DoRA adapter (HF PEFT folder)$' <<<"$described" || { echo "$described"; fail "inspect hf"; }
+peftkit merge --base model.pth --adapter hf --output merged-hf.pth >/dev/null || fail "merging the HF DoRA folder"
+cp out/recipe.toml trained-recipe.toml && rm out/recipe.toml
+peftkit merge --base model.pth --adapter out/rwkv-0.pth --output merged-alone.pth >merge.log 2>&1 ||
+  { cat merge.log; fail "merging the adapter without its recipe"; }
+cp trained-recipe.toml out/recipe.toml
+"$python" - <<'PY' || fail "the HF DoRA folder or the recipe-less adapter merges to other weights"
+import torch
+merged = torch.load("merged.pth", weights_only=True)
+for other in ["merged-hf.pth", "merged-alone.pth"]:
+    got = torch.load(other, weights_only=True)
+    for name, w in merged.items():
+        assert torch.allclose(got[name], w, rtol=1e-6, atol=1e-7), (other, name)
+PY
 with_adapter=$(peftkit generate --model model.pth --adapter out/rwkv-0.pth --prompt a --max-tokens 12 --temperature 0 --log-level warn)
 from_merged=$(peftkit generate --model merged.pth --prompt a --max-tokens 12 --temperature 0 --log-level warn)
 [[ "$with_adapter" == "$from_merged" ]] || fail "generation with the adapter ($with_adapter) differs from the merged model ($from_merged)"

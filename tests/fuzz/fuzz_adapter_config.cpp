@@ -13,9 +13,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const std::filesystem::path folder = [] {
     auto dir = peftkit::fuzz::scratch_dir() / "adapter";
     std::filesystem::create_directories(dir);
-    peftkit::write_safetensors(dir / "adapter_model.safetensors",
-                               {{"base_model.model.blocks.0.att.key.lora_A.weight", at::zeros({2, 4})},
-                                {"base_model.model.blocks.0.att.key.lora_B.weight", at::zeros({4, 2})}});
+    peftkit::write_safetensors(
+        dir / "adapter_model.safetensors",
+        {{"base_model.model.blocks.0.att.key.lora_A.weight", at::zeros({2, 4})},
+         {"base_model.model.blocks.0.att.key.lora_B.weight", at::zeros({4, 2})}});
     return dir;
   }();
   peftkit::fuzz::write_input("adapter/adapter_config.json", data, size);

@@ -37,7 +37,8 @@ inline const std::filesystem::path& scratch_dir() {
 }
 
 // Writes `size` bytes to scratch_dir()/name and returns the path.
-inline std::filesystem::path write_input(const std::string& name, const uint8_t* data, size_t size) {
+inline std::filesystem::path write_input(const std::string& name, const uint8_t* data,
+                                         size_t size) {
   const auto path = scratch_dir() / name;
   std::FILE* out = std::fopen(path.c_str(), "wb");
   if (size) std::fwrite(data, 1, size, out);
@@ -67,4 +68,3 @@ const PluginType& linked_plugin() {
 }
 
 }  // namespace peftkit::fuzz
-

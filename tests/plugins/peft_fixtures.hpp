@@ -41,8 +41,9 @@ inline const host::PluginRegistry& plugins() {
 }
 
 // The method with its defaults, then `settings`.
-inline std::shared_ptr<PeftMethod> make_method(const std::string& name,
-                                               const std::vector<std::pair<std::string, OptionValue>>& settings = {}) {
+inline std::shared_ptr<PeftMethod> make_method(
+    const std::string& name,
+    const std::vector<std::pair<std::string, OptionValue>>& settings = {}) {
   auto plugin = plugins().get<PeftPlugin>(name);
   Options options = host::default_options(plugin->options(), "peft." + name);
   for (const auto& [key, value] : settings) options.set(key, value, OptionSource::kRecipe);
@@ -77,13 +78,17 @@ inline TrainRun train_small_model(const std::filesystem::path& dir, const std::s
   run.command = write_token_stream(PEFTKIT_PYTHON, dir / "tokens.npy");
   if (run.command.exit_code != 0) return run;
   const auto recipe = write_file(
-      dir / "recipe.toml", "[model]\npath = \"model.pth\"\n[data]\nformat = \"numpy\"\npath = \"tokens.npy\"\n" +
-                               peft_tables + "\n[train]\nctx_len = 16\nmicro_bsz = 2\nepoch_steps = 10\nepoch_count = 1\n" +
-                               "lr_init = " + std::to_string(lr_init) + "\nlr_final = " + std::to_string(lr_init / 10) +
-                               "\nprecision = \"fp32\"\ngrad_cp = true\n[output]\ndir = \"out\"\n");
-  run.command = run_command(peftkit_command("train " + recipe.string() + " --plugin-dir " PLUGIN_DIR));
+      dir / "recipe.toml",
+      "[model]\npath = \"model.pth\"\n[data]\nformat = \"numpy\"\npath = \"tokens.npy\"\n" +
+          peft_tables +
+          "\n[train]\nctx_len = 16\nmicro_bsz = 2\nepoch_steps = 10\nepoch_count = 1\n" +
+          "lr_init = " + std::to_string(lr_init) + "\nlr_final = " + std::to_string(lr_init / 10) +
+          "\nprecision = \"fp32\"\ngrad_cp = true\n[output]\ndir = \"out\"\n");
+  run.command =
+      run_command(peftkit_command("train " + recipe.string() + " --plugin-dir " PLUGIN_DIR));
   if (run.command.exit_code == 0)
-    for (const auto& line : read_metrics(dir / "out" / "metrics.jsonl")) run.losses.push_back(line["loss"].get<double>());
+    for (const auto& line : read_metrics(dir / "out" / "metrics.jsonl"))
+      run.losses.push_back(line["loss"].get<double>());
   return run;
 }
 

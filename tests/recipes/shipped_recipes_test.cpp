@@ -14,8 +14,9 @@ class ShippedRecipes : public ::testing::TestWithParam<std::string> {
  protected:
   static void SetUpTestSuite() {
     dir_ = new testing::TempDir;
-    auto made = testing::run_command(testing::peftkit_command("init-model --layers 2 --embd 128 --seed 0 --out " +
-                                                              (dir_->path() / "model.pth").string()));
+    auto made = testing::run_command(
+        testing::peftkit_command("init-model --layers 2 --embd 128 --seed 0 --out " +
+                                 (dir_->path() / "model.pth").string()));
     ASSERT_EQ(made.exit_code, 0) << made.output;
   }
   static void TearDownTestSuite() { delete dir_; }
@@ -28,7 +29,9 @@ TEST_P(ShippedRecipes, TrainsOnTheBuiltInSmallModel) {
   auto run = testing::run_command(testing::peftkit_command(
       "train " + recipe.string() + " --set model.path=" + (dir_->path() / "model.pth").string() +
       " --set output.dir=" + out.string() + " --set train.epoch_steps=2 --set train.epoch_count=1" +
-      (GetParam() == "qlora-nf4" ? " --set quant.cache_file=" + (out / "base.nf4.safetensors").string() : "")));
+      (GetParam() == "qlora-nf4"
+           ? " --set quant.cache_file=" + (out / "base.nf4.safetensors").string()
+           : "")));
   ASSERT_EQ(run.exit_code, 0) << run.output;
   EXPECT_NE(run.output.find("trainable parameters: "), std::string::npos);
   EXPECT_EQ(testing::read_metrics(out / "metrics.jsonl").size(), 2u);
@@ -51,16 +54,19 @@ TEST_F(ShippedRecipes, TheShippedCompareRunsOnTheBuiltInSmallModel) {
   replace("\"data/compare-eval.jsonl\"", "\"" RECIPES_DIR "/data/compare-eval.jsonl\"");
   replace("max_tokens = 40", "max_tokens = 4");
   testing::write_file(dir_->path() / "compare.toml", text);
-  auto run = testing::run_command(testing::peftkit_command("compare " + (dir_->path() / "compare.toml").string()));
+  auto run = testing::run_command(
+      testing::peftkit_command("compare " + (dir_->path() / "compare.toml").string()));
   ASSERT_EQ(run.exit_code, 0) << run.output;
   const std::string report = testing::read_file(dir_->path() / "compare" / "report.md");
-  for (const char* name : {"| state | state |", "| lora | lora |", "| pissa | pissa |", "| miss | miss |"})
+  for (const char* name :
+       {"| state | state |", "| lora | lora |", "| pissa | pissa |", "| miss | miss |"})
     EXPECT_NE(report.find(name), std::string::npos) << name << "\n" << report;
   EXPECT_TRUE(std::filesystem::exists(dir_->path() / "compare" / "report.html"));
 }
 
 INSTANTIATE_TEST_SUITE_P(Recipes, ShippedRecipes,
-                         ::testing::Values("quickstart", "state", "lora", "pissa", "miss", "qlora-nf4", "state-int8"));
+                         ::testing::Values("quickstart", "state", "lora", "pissa", "miss",
+                                           "qlora-nf4", "state-int8"));
 
 }  // namespace
 }  // namespace peftkit

@@ -14,15 +14,15 @@
 //   }
 #pragma once
 
+#include <ATen/core/Tensor.h>
+#include <c10/core/TensorOptions.h>
+
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <ATen/core/Tensor.h>
-#include <c10/core/TensorOptions.h>
 
 namespace peftkit {
 
@@ -86,7 +86,8 @@ class ModelView {
   virtual const FrozenLinear& linear(std::string_view site) const = 0;
   // Replaces a site's frozen weight (PiSSA's residual); quantized again if the run quantizes.
   virtual void set_base_weight(std::string_view site, const at::Tensor& weight) = 0;
-  virtual void set_linear_adapter(std::string_view site, std::shared_ptr<LinearAdapter> adapter) = 0;
+  virtual void set_linear_adapter(std::string_view site,
+                                  std::shared_ptr<LinearAdapter> adapter) = 0;
   virtual void set_state_adapter(std::shared_ptr<StateAdapter> adapter) = 0;
   // Device and dtype of activations; trainable tensors live on this device in fp32.
   virtual c10::TensorOptions activation_options() const = 0;

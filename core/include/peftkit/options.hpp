@@ -60,7 +60,8 @@ class OptionSchema {
   OptionSchema& add_string(std::string name, std::string default_value, std::string help,
                            std::vector<std::string> choices = {});
   OptionSchema& add_required_string(std::string name, std::string help);
-  // A file path; relative paths in a recipe are resolved against the recipe's folder, and "" means none.
+  // A file path; relative paths in a recipe are resolved against the recipe's folder, and "" means
+  // none.
   OptionSchema& add_path(std::string name, std::string default_value, std::string help);
   OptionSchema& add_string_list(std::string name, std::vector<std::string> default_value,
                                 std::string help, std::vector<std::string> choices = {});
@@ -97,7 +98,8 @@ class Options {
   bool contains(std::string_view name) const;
 
   OptionSource source(std::string_view name) const;
-  // "recipe.toml:12:3" for values from a file, "--set train.lr_init" for overrides, "" for defaults.
+  // "recipe.toml:12:3" for values from a file, "--set train.lr_init" for overrides, "" for
+  // defaults.
   const std::string& location(std::string_view name) const;
 
   // An Error whose message starts with the value's location and "[table] name:".

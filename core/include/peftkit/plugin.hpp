@@ -16,13 +16,13 @@
 // The macro exports the C handshake of <peftkit/plugin_abi.h>, stamped with this build's ABI tag.
 #pragma once
 
+#include <torch/version.h>
+
 #include <cstdint>
 #include <cstdio>
 #include <exception>
 #include <string>
 #include <string_view>
-
-#include <torch/version.h>
 
 #include "peftkit/build_config.hpp"
 #include "peftkit/options.hpp"
@@ -63,8 +63,9 @@ class Plugin {
 
 // Everything that must agree between the host and a plugin for C++ objects to cross between them.
 #define PEFTKIT_ABI_TAG                                                             \
-  "torch=" TORCH_VERSION ";cxx11abi=" PEFTKIT_STRINGIFY_(_GLIBCXX_USE_CXX11_ABI) \
-  ";cuda=" PEFTKIT_CUDA_TAG ";compiler=" PEFTKIT_COMPILER_TAG
+  "torch=" TORCH_VERSION                                                            \
+  ";cxx11abi=" PEFTKIT_STRINGIFY_(_GLIBCXX_USE_CXX11_ABI) ";cuda=" PEFTKIT_CUDA_TAG \
+                                                          ";compiler=" PEFTKIT_COMPILER_TAG
 
 // Exports the handshake for PluginClass; use this in exactly one .cpp file of a plugin.
 #define PEFTKIT_PLUGIN(PluginClass, name_literal, version_literal, description_literal)      \
@@ -73,9 +74,9 @@ class Plugin {
 
 // Internal: the handshake with explicit version fields. Only tests call it directly, to build
 // plugins that the host must refuse.
-#define PEFTKIT_PLUGIN_HANDSHAKE_(PluginClass, name_literal, version_literal, description_literal,  \
-                                  api_major, api_minor, abi_tag)                                    \
-  extern "C" __attribute__((visibility("default"))) const peftkit_plugin_handshake*               \
+#define PEFTKIT_PLUGIN_HANDSHAKE_(PluginClass, name_literal, version_literal, description_literal, \
+                                  api_major, api_minor, abi_tag)                                   \
+  extern "C" __attribute__((visibility("default"))) const peftkit_plugin_handshake*                \
   peftkit_plugin_handshake_v1(void) {                                                              \
     static const peftkit_plugin_handshake handshake = {                                            \
         PEFTKIT_PLUGIN_MAGIC,                                                                      \
@@ -93,7 +94,7 @@ class Plugin {
           } catch (const std::exception& e) {                                                      \
             std::snprintf(err, err_len, "%s", e.what());                                           \
           } catch (...) {                                                                          \
-            std::snprintf(err, err_len, "unknown exception while creating the plugin");           \
+            std::snprintf(err, err_len, "unknown exception while creating the plugin");            \
           }                                                                                        \
           return nullptr;                                                                          \
         },                                                                                         \

@@ -26,23 +26,23 @@ extern "C" {
 
 /* SDK API version. Major: any breaking change of a C++ interface. Minor: additions only. */
 #define PEFTKIT_API_MAJOR 2
-#define PEFTKIT_API_MINOR 1
+#define PEFTKIT_API_MINOR 2
 
 /* The exported symbol the host looks up (a plain extern "C" function). */
 #define PEFTKIT_HANDSHAKE_SYMBOL "peftkit_plugin_handshake_v1"
 
 typedef enum peftkit_plugin_kind {
-  PEFTKIT_KIND_PEFT = 1,      /* a PEFT method: peftkit::PeftPlugin */
-  PEFTKIT_KIND_DATASET = 2,   /* a dataset format: peftkit::DatasetPlugin */
-  PEFTKIT_KIND_QUANTIZER = 3  /* a frozen-weight quantizer: peftkit::QuantizerPlugin */
+  PEFTKIT_KIND_PEFT = 1,     /* a PEFT method: peftkit::PeftPlugin */
+  PEFTKIT_KIND_DATASET = 2,  /* a dataset format: peftkit::DatasetPlugin */
+  PEFTKIT_KIND_QUANTIZER = 3 /* a frozen-weight quantizer: peftkit::QuantizerPlugin */
 } peftkit_plugin_kind;
 
 typedef struct peftkit_plugin_handshake {
-  uint32_t magic;       /* PEFTKIT_PLUGIN_MAGIC */
-  uint32_t struct_size; /* sizeof(peftkit_plugin_handshake) as the plugin was compiled */
-  uint16_t api_major;   /* PEFTKIT_API_MAJOR the plugin was compiled against */
-  uint16_t api_minor;   /* PEFTKIT_API_MINOR the plugin was compiled against */
-  uint32_t kind;        /* a peftkit_plugin_kind */
+  uint32_t magic;          /* PEFTKIT_PLUGIN_MAGIC */
+  uint32_t struct_size;    /* sizeof(peftkit_plugin_handshake) as the plugin was compiled */
+  uint16_t api_major;      /* PEFTKIT_API_MAJOR the plugin was compiled against */
+  uint16_t api_minor;      /* PEFTKIT_API_MINOR the plugin was compiled against */
+  uint32_t kind;           /* a peftkit_plugin_kind */
   const char* name;        /* what recipes use: "lora", "jsonl", "nf4" */
   const char* version;     /* the plugin's own version, "1.2.0" */
   const char* description; /* one line for `peftkit plugins` */

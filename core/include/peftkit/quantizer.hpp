@@ -5,7 +5,8 @@
 //
 //   class Nf4Plugin final : public peftkit::QuantizerPlugin {
 //     peftkit::OptionSchema options() const override {
-//       return peftkit::OptionSchema().add_int("blocksize", 64, "elements per absmax block", 32, 4096);
+//       return peftkit::OptionSchema().add_int("blocksize", 64, "elements per absmax block", 32,
+//       4096);
 //     }
 //     std::unique_ptr<peftkit::Quantizer> create(const peftkit::Options& o) const override;
 //   };

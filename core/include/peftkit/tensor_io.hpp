@@ -25,7 +25,9 @@ namespace peftkit {
 
 struct TensorFile {
   TensorMap tensors;
-  std::map<std::string, std::string> metadata;  // safetensors __metadata__; empty for .pth
+  // safetensors __metadata__; for a .pth, what peftkit recorded in it (a JSON record of the archive
+  // that torch.load does not read), empty for other .pth files.
+  std::map<std::string, std::string> metadata;
 };
 
 // Tensor names longer than this are refused when a file is read (real names are a few dozen bytes).
@@ -34,6 +36,10 @@ inline constexpr size_t kMaxTensorNameBytes = 1024;
 // The safetensors metadata key that records how a state file lays out its WKV states: "ai00"
 // (Ai00/web-rwkv: the last two dimensions of RWKV-PEFT's time_state transposed) or "rwkv-peft".
 inline constexpr const char* kStateLayoutKey = "peftkit.state_layout";
+
+// The metadata key under which peftkit records, in every adapter it saves, the methods that made it
+// with their options and metadata() (JSON), so that the file alone can be mounted again.
+inline constexpr const char* kAdapterRecordKey = "peftkit.adapter";
 
 // Whether reading a .pth also checks every record's CRC-32 against its bytes. data.pkl is always
 // checked; kVerify reads the whole file (for checkpoints and adapters, where a flipped bit must be
@@ -56,6 +62,9 @@ void require_finite(const TensorMap& tensors, const std::string& where);
 // Writes atomically (a temporary file in the same folder, fsync, rename): an interrupted write
 // never leaves a half-written file under the final name. Tensors may live on any device.
 void write_pth(const std::filesystem::path& path, const TensorMap& tensors);
+// With metadata, stored as a record of the archive that torch.load ignores (SDK 2.2).
+void write_pth(const std::filesystem::path& path, const TensorMap& tensors,
+               const std::map<std::string, std::string>& metadata);
 void write_safetensors(const std::filesystem::path& path, const TensorMap& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 // A text file (an adapter_config.json beside the tensors), written atomically the same way; a

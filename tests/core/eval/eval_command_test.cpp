@@ -6,7 +6,6 @@
 
 #include <cmath>
 #include <fstream>
-
 #include <nlohmann/json.hpp>
 
 #include "model/rwkv7_model.hpp"
@@ -22,7 +21,9 @@ namespace {
 using testing::peftkit_command;
 using testing::run_command;
 
-nlohmann::json read_json(const std::filesystem::path& path) { return nlohmann::json::parse(testing::read_file(path)); }
+nlohmann::json read_json(const std::filesystem::path& path) {
+  return nlohmann::json::parse(testing::read_file(path));
+}
 
 // A model whose logits are the same known vector at every position, whatever the input:
 // ln_out's weight is 0 and its bias the first unit vector, and the head's first column is `logits`.
@@ -80,13 +81,16 @@ double ConstantLogits::log_sum_exp_ = 0;
 // every token after the first of a text, the response of a prompt/response pair, the assistant's
 // replies of a chat, and each document's end-of-text token.
 TEST_F(ConstantLogits, CountsExactlyTheTargetsTrainingCounts) {
-  testing::write_file(local_ / "data.jsonl",
-                      "{\"text\": \"the cat sat on the mat\"}\n"
-                      "{\"prompt\": \"User: where is the cat?\\n\\nAssistant:\", \"response\": \" on the mat\"}\n"
-                      "{\"messages\": [{\"role\": \"user\", \"content\": \"hi the\"}, "
-                      "{\"role\": \"assistant\", \"content\": \"the mat\"}]}\n");
+  testing::write_file(
+      local_ / "data.jsonl",
+      "{\"text\": \"the cat sat on the mat\"}\n"
+      "{\"prompt\": \"User: where is the cat?\\n\\nAssistant:\", \"response\": \" on the mat\"}\n"
+      "{\"messages\": [{\"role\": \"user\", \"content\": \"hi the\"}, "
+      "{\"role\": \"assistant\", \"content\": \"the mat\"}]}\n");
   std::vector<int32_t> counted;
-  auto add = [&](const std::vector<int32_t>& ids) { counted.insert(counted.end(), ids.begin(), ids.end()); };
+  auto add = [&](const std::vector<int32_t>& ids) {
+    counted.insert(counted.end(), ids.begin(), ids.end());
+  };
   const auto text = encode("the cat sat on the mat");
   add(std::vector<int32_t>(text.begin() + 1, text.end()));
   add({0});
@@ -102,8 +106,9 @@ TEST_F(ConstantLogits, CountsExactlyTheTargetsTrainingCounts) {
   }
   loss /= static_cast<double>(counted.size());
 
-  auto result = run_command(peftkit_command("eval --model " + model().string() + " --data " + (local_ / "data.jsonl").string() +
-                                            " --device cpu --json " + (local_ / "eval.json").string()));
+  auto result = run_command(peftkit_command(
+      "eval --model " + model().string() + " --data " + (local_ / "data.jsonl").string() +
+      " --device cpu --json " + (local_ / "eval.json").string()));
   ASSERT_EQ(result.exit_code, 0) << result.output;
   const auto report = read_json(local_ / "eval.json");
   ASSERT_EQ(report["variants"].size(), 1u);
@@ -113,28 +118,32 @@ TEST_F(ConstantLogits, CountsExactlyTheTargetsTrainingCounts) {
   EXPECT_EQ(base["documents"], 3);
   EXPECT_NEAR(base["loss"].get<double>(), loss, 1e-5 * loss);
   EXPECT_NEAR(base["perplexity"].get<double>(), std::exp(loss), 1e-4 * std::exp(loss));
-  EXPECT_DOUBLE_EQ(base["accuracy"].get<double>(), static_cast<double>(correct) / static_cast<double>(counted.size()));
+  EXPECT_DOUBLE_EQ(base["accuracy"].get<double>(),
+                   static_cast<double>(correct) / static_cast<double>(counted.size()));
   EXPECT_NE(result.output.find("perplexity"), std::string::npos) << result.output;  // the table
 
   // Long documents in short segments that carry the state: the same numbers.
-  auto segmented = run_command(peftkit_command("eval --model " + model().string() + " --data " +
-                                               (local_ / "data.jsonl").string() + " --device cpu --chunk-ctx 3 --micro-bsz 1 --json " +
-                                               (local_ / "segmented.json").string()));
+  auto segmented = run_command(peftkit_command(
+      "eval --model " + model().string() + " --data " + (local_ / "data.jsonl").string() +
+      " --device cpu --chunk-ctx 3 --micro-bsz 1 --json " + (local_ / "segmented.json").string()));
   ASSERT_EQ(segmented.exit_code, 0) << segmented.output;
-  EXPECT_NEAR(read_json(local_ / "segmented.json")["variants"][0]["loss"].get<double>(), loss, 1e-5 * loss);
+  EXPECT_NEAR(read_json(local_ / "segmented.json")["variants"][0]["loss"].get<double>(), loss,
+              1e-5 * loss);
 }
 
 // LAMBADA: the target is the last word with its space, after [0] + the context; a document is
 // correct when every target token is the argmax, and the perplexity is per document.
 TEST_F(ConstantLogits, LambadaAccuracyAndPerplexity) {
-  testing::write_file(local_ / "lambada.jsonl",
-                      "{\"text\": \"and then they all sat down by the\"}\n"   // target " the": the argmax
-                      "{\"text\": \"the cat sat on the mat\"}\n"              // target " mat": not
-                      "\n");
+  testing::write_file(
+      local_ / "lambada.jsonl",
+      "{\"text\": \"and then they all sat down by the\"}\n"  // target " the": the argmax
+      "{\"text\": \"the cat sat on the mat\"}\n"             // target " mat": not
+      "\n");
   const double log_probability = -nll(the_) - nll(mat_);
-  auto result = run_command(peftkit_command("eval --model " + model().string() + " --task lambada --data " +
-                                            (local_ / "lambada.jsonl").string() + " --device cpu --json " +
-                                            (local_ / "lambada.json").string()));
+  auto result =
+      run_command(peftkit_command("eval --model " + model().string() + " --task lambada --data " +
+                                  (local_ / "lambada.jsonl").string() + " --device cpu --json " +
+                                  (local_ / "lambada.json").string()));
   ASSERT_EQ(result.exit_code, 0) << result.output;
   const auto variant = read_json(local_ / "lambada.json")["variants"][0];
   EXPECT_EQ(variant["documents"], 2);
@@ -144,20 +153,25 @@ TEST_F(ConstantLogits, LambadaAccuracyAndPerplexity) {
   EXPECT_NEAR(variant["perplexity"].get<double>(), perplexity, 1e-5 * perplexity);
 
   testing::write_file(local_ / "bad.jsonl", "{\"text\": \"a b\"}\n{\"text\": \"oneword\"}\n");
-  auto bad = run_command(peftkit_command("eval --model " + model().string() + " --task lambada --data " +
-                                         (local_ / "bad.jsonl").string() + " --device cpu"));
+  auto bad =
+      run_command(peftkit_command("eval --model " + model().string() + " --task lambada --data " +
+                                  (local_ / "bad.jsonl").string() + " --device cpu"));
   EXPECT_EQ(bad.exit_code, 1);
-  EXPECT_NE(bad.output.find("bad.jsonl:2: the text has no last word after a space"), std::string::npos) << bad.output;
+  EXPECT_NE(bad.output.find("bad.jsonl:2: the text has no last word after a space"),
+            std::string::npos)
+      << bad.output;
 }
 
 TEST_F(ConstantLogits, BadInputGetsAClearError) {
   const std::string eval = "eval --model " + model().string() + " --device cpu ";
-  auto missing = run_command(peftkit_command(eval + "--data " + (local_ / "missing.jsonl").string()));
+  auto missing =
+      run_command(peftkit_command(eval + "--data " + (local_ / "missing.jsonl").string()));
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_NE(missing.output.find("missing.jsonl"), std::string::npos) << missing.output;
 
   testing::write_file(local_ / "data.jsonl", "{\"text\": \"hello\"}\n");
-  auto format = run_command(peftkit_command(eval + "--data " + (local_ / "data.jsonl").string() + " --format jsnol"));
+  auto format = run_command(
+      peftkit_command(eval + "--data " + (local_ / "data.jsonl").string() + " --format jsnol"));
   EXPECT_EQ(format.exit_code, 1);
   EXPECT_NE(format.output.find("--format: "), std::string::npos) << format.output;
   EXPECT_NE(format.output.find("jsnol"), std::string::npos) << format.output;
@@ -171,9 +185,11 @@ TEST_F(ConstantLogits, BadInputGetsAClearError) {
                                             " --set data.jsonl.skip_bad_linez=true"));
   EXPECT_EQ(option.exit_code, 1);
   EXPECT_NE(option.output.find("skip_bad_linez"), std::string::npos) << option.output;
-  EXPECT_NE(option.output.find("did you mean 'skip_bad_lines'"), std::string::npos) << option.output;
+  EXPECT_NE(option.output.find("did you mean 'skip_bad_lines'"), std::string::npos)
+      << option.output;
 
-  auto task = run_command(peftkit_command(eval + "--data " + (local_ / "data.jsonl").string() + " --task lambda"));
+  auto task = run_command(
+      peftkit_command(eval + "--data " + (local_ / "data.jsonl").string() + " --task lambda"));
   EXPECT_EQ(task.exit_code, 1);
   EXPECT_NE(task.output.find("--task: expected lm or lambada"), std::string::npos) << task.output;
 }
@@ -194,10 +210,12 @@ TEST(EvalCommand, MatchesTheFloat64Reference) {
       list += (i ? "," : "") + std::to_string(tokens[i].item<int64_t>());
     }
   }
-  auto reference = run_command(std::string(PEFTKIT_PYTHON) + " " RWKV7_REFERENCE_SCRIPT " " + dir.path().string());
+  auto reference = run_command(std::string(PEFTKIT_PYTHON) + " " RWKV7_REFERENCE_SCRIPT " " +
+                               dir.path().string());
   ASSERT_EQ(reference.exit_code, 0) << reference.output;
-  auto npy = run_command(std::string(PEFTKIT_PYTHON) + " -c \"import numpy as np; np.save('" + (dir / "tokens.npy").string() +
-                         "', np.array([" + list + "], dtype='<u2'))\"");
+  auto npy =
+      run_command(std::string(PEFTKIT_PYTHON) + " -c \"import numpy as np; np.save('" +
+                  (dir / "tokens.npy").string() + "', np.array([" + list + "], dtype='<u2'))\"");
   ASSERT_EQ(npy.exit_code, 0) << npy.output;
   const at::Tensor logits = read_pth(dir / "logits.pth").at("logits").to(at::kDouble);  // [T, V]
   const int64_t positions = tokens.size(0) - 1;
@@ -210,25 +228,29 @@ TEST(EvalCommand, MatchesTheFloat64Reference) {
   }
   loss /= static_cast<double>(positions);
 
-  auto result = run_command(peftkit_command("eval --model " + (dir / "model.pth").string() + " --data " +
-                                            (dir / "tokens.npy").string() + " --format numpy --set data.numpy.order=sequential" +
-                                            " --ctx-len " + std::to_string(positions) + " --chunk-ctx 11 --device cpu --json " +
-                                            (dir / "eval.json").string()));
+  auto result = run_command(peftkit_command(
+      "eval --model " + (dir / "model.pth").string() + " --data " + (dir / "tokens.npy").string() +
+      " --format numpy --set data.numpy.order=sequential" + " --ctx-len " +
+      std::to_string(positions) + " --chunk-ctx 11 --device cpu --json " +
+      (dir / "eval.json").string()));
   ASSERT_EQ(result.exit_code, 0) << result.output;
   const auto variant = read_json(dir / "eval.json")["variants"][0];
   EXPECT_EQ(variant["tokens"], positions);
   EXPECT_NEAR(variant["loss"].get<double>(), loss, 1e-4 * loss);
-  EXPECT_DOUBLE_EQ(variant["accuracy"].get<double>(), static_cast<double>(correct) / static_cast<double>(positions));
+  EXPECT_DOUBLE_EQ(variant["accuracy"].get<double>(),
+                   static_cast<double>(correct) / static_cast<double>(positions));
   if (!at::hasCUDA()) return;
   // On the GPU (fp32, TF32 off): the chunked CUDA kernels give the same numbers.
-  auto gpu = run_command(peftkit_command("eval --model " + (dir / "model.pth").string() + " --data " +
-                                         (dir / "tokens.npy").string() + " --format numpy --set data.numpy.order=sequential" +
-                                         " --ctx-len " + std::to_string(positions) + " --chunk-ctx 11 --device cuda --json " +
-                                         (dir / "gpu.json").string()));
+  auto gpu = run_command(peftkit_command(
+      "eval --model " + (dir / "model.pth").string() + " --data " + (dir / "tokens.npy").string() +
+      " --format numpy --set data.numpy.order=sequential" + " --ctx-len " +
+      std::to_string(positions) + " --chunk-ctx 11 --device cuda --json " +
+      (dir / "gpu.json").string()));
   ASSERT_EQ(gpu.exit_code, 0) << gpu.output;
   const auto on_gpu = read_json(dir / "gpu.json")["variants"][0];
   EXPECT_NEAR(on_gpu["loss"].get<double>(), loss, 1e-4 * loss);
-  EXPECT_DOUBLE_EQ(on_gpu["accuracy"].get<double>(), static_cast<double>(correct) / static_cast<double>(positions));
+  EXPECT_DOUBLE_EQ(on_gpu["accuracy"].get<double>(),
+                   static_cast<double>(correct) / static_cast<double>(positions));
 }
 
 // What `peftkit train` reports as eval_loss is what `peftkit eval` reports for the same model and
@@ -238,31 +260,40 @@ TEST(EvalCommand, EqualsTrainingsEvaluationAndComparesVariants) {
   testing::TempDir dir;
   write_pth(dir / "model.pth", testing::perturbed_model(Rwkv7Config::for_size(2, 64, 1000, 32), 4));
   ASSERT_EQ(testing::write_token_stream(PEFTKIT_PYTHON, dir / "tokens.npy").exit_code, 0);
-  const std::string base = "[model]\npath = \"" + (dir / "model.pth").string() + "\"\n[data]\nformat = \"numpy\"\npath = \"" +
-                           (dir / "tokens.npy").string() + "\"\neval_file = \"" + (dir / "tokens.npy").string() +
-                           "\"\n[data.numpy]\norder = \"sequential\"\n[train]\nctx_len = 24\nmicro_bsz = 3\nepoch_steps = 6\n"
-                           "epoch_count = 1\nlr_init = 1e-2\nlr_final = 1e-2\nprecision = \"fp32\"\n[run]\nthreads = 1\ndevice = \"cpu\"\n";
+  const std::string base = "[model]\npath = \"" + (dir / "model.pth").string() +
+                           "\"\n[data]\nformat = \"numpy\"\npath = \"" +
+                           (dir / "tokens.npy").string() + "\"\neval_file = \"" +
+                           (dir / "tokens.npy").string() +
+                           "\"\n[data.numpy]\norder = \"sequential\"\n[train]\nctx_len = "
+                           "24\nmicro_bsz = 3\nepoch_steps = 6\n"
+                           "epoch_count = 1\nlr_init = 1e-2\nlr_final = 1e-2\nprecision = "
+                           "\"fp32\"\n[run]\nthreads = 1\ndevice = \"cpu\"\n";
   for (const std::string method : {"lora", "state"}) {
-    testing::write_file(dir / (method + ".toml"), base + "[peft]\nmethod = \"" + method + "\"\n[output]\ndir = \"" + method + "\"\n");
+    testing::write_file(dir / (method + ".toml"), base + "[peft]\nmethod = \"" + method +
+                                                      "\"\n[output]\ndir = \"" + method + "\"\n");
     auto trained = run_command(peftkit_command("train " + (dir / (method + ".toml")).string()));
     ASSERT_EQ(trained.exit_code, 0) << trained.output;
   }
   const auto metrics = testing::read_metrics(dir / "lora" / "metrics.jsonl");
   ASSERT_EQ(metrics.front()["step"], 0);
-  const double at_start = metrics.front()["eval_loss"].get<double>(), at_end = metrics.back()["eval_loss"].get<double>();
+  const double at_start = metrics.front()["eval_loss"].get<double>(),
+               at_end = metrics.back()["eval_loss"].get<double>();
 
-  const std::string eval = "eval --model " + (dir / "model.pth").string() + " --data " + (dir / "tokens.npy").string() +
-                           " --format numpy --set data.numpy.order=sequential --ctx-len 24 --micro-bsz 3 --chunk-ctx 0"
-                           " --device cpu";
+  const std::string eval =
+      "eval --model " + (dir / "model.pth").string() + " --data " + (dir / "tokens.npy").string() +
+      " --format numpy --set data.numpy.order=sequential --ctx-len 24 --micro-bsz 3 --chunk-ctx 0"
+      " --device cpu";
   auto plain = run_command(peftkit_command(eval + " --json " + (dir / "base.json").string()));
   ASSERT_EQ(plain.exit_code, 0) << plain.output;
   const auto base_eval = read_json(dir / "base.json")["variants"][0];
   EXPECT_NEAR(base_eval["loss"].get<double>(), at_start, 1e-9 * at_start);
-  EXPECT_NEAR(base_eval["accuracy"].get<double>(), metrics.front()["eval_accuracy"].get<double>(), 1e-12);
+  EXPECT_NEAR(base_eval["accuracy"].get<double>(), metrics.front()["eval_accuracy"].get<double>(),
+              1e-12);
 
-  auto compared = run_command(peftkit_command(eval + " --adapter " + (dir / "lora" / "rwkv-0.pth").string() + " --adapter " +
-                                              (dir / "state" / "rwkv-0.pth").string() + " --compare-with base --json " +
-                                              (dir / "compare.json").string()));
+  auto compared = run_command(
+      peftkit_command(eval + " --adapter " + (dir / "lora" / "rwkv-0.pth").string() +
+                      " --adapter " + (dir / "state" / "rwkv-0.pth").string() +
+                      " --compare-with base --json " + (dir / "compare.json").string()));
   ASSERT_EQ(compared.exit_code, 0) << compared.output;
   const auto variants = read_json(dir / "compare.json")["variants"];
   ASSERT_EQ(variants.size(), 3u);
@@ -271,9 +302,11 @@ TEST(EvalCommand, EqualsTrainingsEvaluationAndComparesVariants) {
   // LoRA's adapter is saved in fp32, so it evaluates to what training's last evaluation reported.
   EXPECT_NEAR(variants[1]["loss"].get<double>(), at_end, 1e-6 * at_end);
   EXPECT_LT(variants[1]["loss"].get<double>(), at_start);
-  const double state_end = testing::read_metrics(dir / "state" / "metrics.jsonl").back()["eval_loss"].get<double>();
+  const double state_end =
+      testing::read_metrics(dir / "state" / "metrics.jsonl").back()["eval_loss"].get<double>();
   EXPECT_NEAR(variants[2]["loss"].get<double>(), state_end, 2e-2 * state_end);  // bf16 state file
-  for (const char* column : {"variant", "loss", "perplexity", "accuracy", "tokens", "documents", "tokens/s"})
+  for (const char* column :
+       {"variant", "loss", "perplexity", "accuracy", "tokens", "documents", "tokens/s"})
     EXPECT_NE(compared.output.find(column), std::string::npos) << column << "\n" << compared.output;
 }
 

@@ -1,5 +1,6 @@
-// `peftkit chat` through stdin: the state carries the conversation, so a later answer is exactly what
-// `generate` gives for the whole conversation's text; /save, /load and /reset restore what they say.
+// `peftkit chat` through stdin: the state carries the conversation, so a later answer is exactly
+// what `generate` gives for the whole conversation's text; /save, /load and /reset restore what
+// they say.
 #include <gtest/gtest.h>
 
 #include "model/rwkv7_model.hpp"
@@ -17,21 +18,24 @@ class ChatCommand : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new testing::TempDir();
-    write_pth(dir_->path() / "model.pth", testing::perturbed_model(Rwkv7Config::for_size(2, 64, 65536, 16), 21));
+    write_pth(dir_->path() / "model.pth",
+              testing::perturbed_model(Rwkv7Config::for_size(2, 64, 65536, 16), 21));
   }
   static void TearDownTestSuite() { delete dir_; }
 
   // Runs a chat on `input` (one message or command per line); returns its output.
   testing::CommandResult chat(const std::string& input, const std::string& transcript = "") {
     testing::write_file(local_ / "input.txt", input);
-    return run_command(peftkit_command("chat --model " + (dir_->path() / "model.pth").string() + kSampling +
-                                       (transcript.empty() ? "" : " --transcript " + (local_ / transcript).string()) + " < " +
-                                       (local_ / "input.txt").string()));
+    return run_command(peftkit_command(
+        "chat --model " + (dir_->path() / "model.pth").string() + kSampling +
+        (transcript.empty() ? "" : " --transcript " + (local_ / transcript).string()) + " < " +
+        (local_ / "input.txt").string()));
   }
   // The answers of a chat's output, in order.
   static std::vector<std::string> answers(const std::string& output) {
     std::vector<std::string> out;
-    for (size_t at = output.find("Assistant:"); at != std::string::npos; at = output.find("Assistant:", at)) {
+    for (size_t at = output.find("Assistant:"); at != std::string::npos;
+         at = output.find("Assistant:", at)) {
       at += 10;
       const size_t end = output.find("\n\n", at);
       out.push_back(output.substr(at, end - at));
@@ -57,13 +61,16 @@ TEST_F(ChatCommand, TheSecondAnswerEqualsGenerateOnTheWholeConversation) {
   ASSERT_EQ(transcript.rfind("User: Hello there, who are you?\n\nAssistant:", 0), 0u) << transcript;
   const size_t second = transcript.rfind("User: Tell me about the sea.\n\nAssistant:");
   ASSERT_NE(second, std::string::npos) << transcript;
-  const size_t prompt_end = second + std::string("User: Tell me about the sea.\n\nAssistant:").size();
+  const size_t prompt_end =
+      second + std::string("User: Tell me about the sea.\n\nAssistant:").size();
   testing::write_file(local_ / "prompt.txt", transcript.substr(0, prompt_end));
-  auto whole = run_command(peftkit_command("generate --model " + (dir_->path() / "model.pth").string() + kSampling +
-                                           " --stop-at-blank-line true --prompt-file " + (local_ / "prompt.txt").string()));
+  auto whole = run_command(peftkit_command(
+      "generate --model " + (dir_->path() / "model.pth").string() + kSampling +
+      " --stop-at-blank-line true --prompt-file " + (local_ / "prompt.txt").string()));
   ASSERT_EQ(whole.exit_code, 0) << whole.output;
   ASSERT_FALSE(whole.output.empty());
-  const std::string generated = whole.output.substr(0, whole.output.size() - 1);  // generate ends with a newline
+  const std::string generated =
+      whole.output.substr(0, whole.output.size() - 1);  // generate ends with a newline
   EXPECT_EQ(generated, transcript.substr(prompt_end));
   EXPECT_EQ(said[1], generated.substr(0, generated.find("\n\n")));
   EXPECT_FALSE(said[1].empty());
@@ -86,7 +93,8 @@ TEST_F(ChatCommand, SaveLoadAndResetRestoreTheConversation) {
 
   // /reset starts over: the same first message gets the same answer; a bad /load changes nothing.
   testing::write_file(local_ / "not-a-conversation.pth", "junk");
-  auto reset = chat("Hi.\n/reset\n/load " + (local_ / "not-a-conversation.pth").string() + "\n/frobnicate\nHi.\n");
+  auto reset = chat("Hi.\n/reset\n/load " + (local_ / "not-a-conversation.pth").string() +
+                    "\n/frobnicate\nHi.\n");
   ASSERT_EQ(reset.exit_code, 0) << reset.output;
   const auto c = answers(reset.output);
   ASSERT_EQ(c.size(), 2u) << reset.output;

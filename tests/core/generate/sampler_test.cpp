@@ -17,7 +17,9 @@ SamplerSettings plain() {
 }
 
 // logits whose softmax is exactly `p`
-at::Tensor logits_of(std::vector<double> p) { return at::log(at::tensor(p, at::kDouble)).to(at::kFloat); }
+at::Tensor logits_of(std::vector<double> p) {
+  return at::log(at::tensor(p, at::kDouble)).to(at::kFloat);
+}
 
 TEST(Sampler, TopPKeepsTokensUpToTheCutoffProbability) {
   SamplerSettings s = plain();
@@ -31,7 +33,8 @@ TEST(Sampler, TopKAndTemperature) {
   s.top_k = 2;
   s.temperature = 0.5;  // p^(1/T) = p^2, renormalised
   at::Tensor p = Sampler(s, 0).probabilities(logits_of({0.1, 0.4, 0.3, 0.2}));
-  EXPECT_TRUE(at::allclose(p, at::tensor({0.0f, 0.16f / 0.25f, 0.09f / 0.25f, 0.0f}), 1e-5, 1e-6)) << p;
+  EXPECT_TRUE(at::allclose(p, at::tensor({0.0f, 0.16f / 0.25f, 0.09f / 0.25f, 0.0f}), 1e-5, 1e-6))
+      << p;
   s.temperature = 0;
   EXPECT_EQ(Sampler(s, 0).sample(logits_of({0.1, 0.4, 0.3, 0.2})), 1);
 }

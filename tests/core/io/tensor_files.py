@@ -55,7 +55,7 @@ def write(d):
 
 def check(d):
     ref = reference()
-    for name in ["cpp.pth", "cpp.safetensors"]:
+    for name in ["cpp.pth", "cpp.safetensors", "meta.pth"]:
         path = f"{d}/out/{name}"
         got = torch.load(path, weights_only=True) if name.endswith(".pth") else load_file(path)
         assert sorted(got) == sorted(ref), (name, sorted(got))

@@ -3,10 +3,10 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <sstream>
+
 #include "io/zip_archive.hpp"
 #include "test_util.hpp"
-
-#include <sstream>
 
 namespace peftkit {
 namespace {
@@ -20,7 +20,8 @@ class TensorIoTest : public ::testing::Test {
   }
   static void TearDownTestSuite() { delete dir_; }
   static std::string python(const std::string& mode) {
-    return std::string(PEFTKIT_PYTHON) + " " TENSOR_FILES_SCRIPT " " + mode + " " + dir_->path().string();
+    return std::string(PEFTKIT_PYTHON) + " " TENSOR_FILES_SCRIPT " " + mode + " " +
+           dir_->path().string();
   }
   static std::filesystem::path file(const std::string& name) { return dir_->path() / name; }
   static std::string error_of(const std::function<void()>& f) {
@@ -54,11 +55,19 @@ TEST_F(TensorIoTest, ReadsWhatTorchSaveWritesAndTorchLoadReadsWhatWeWrite) {
   write_pth(file("out/cpp.pth"), from_dict);
   write_safetensors(file("out/cpp.safetensors"), from_safetensors.tensors, {{"format", "pt"}});
   write_pth(file("out/nested.pth"), read_pth(file("nested.pth")));
+  // Metadata (issue 16: the record that makes adapters self-describing) rides in an archive record
+  // that torch.load does not read.
+  const std::map<std::string, std::string> metadata = {{kAdapterRecordKey, "{\"format\": 1}"},
+                                                       {"note", "ünïcode"}};
+  write_pth(file("out/meta.pth"), from_dict, metadata);
+  EXPECT_EQ(read_tensor_file(file("out/meta.pth")).metadata, metadata);
+  EXPECT_TRUE(read_tensor_file(file("out/cpp.pth")).metadata.empty());
   auto result = testing::run_command(python("check"));
   EXPECT_EQ(result.exit_code, 0) << result.output;
   // And our own reader reads our own files back identically, by either entry point.
   TensorMap again = read_tensor_file(file("out/cpp.pth")).tensors;
-  for (const auto& [name, tensor] : from_dict) EXPECT_TRUE(at::equal(tensor, again.at(name))) << name;
+  for (const auto& [name, tensor] : from_dict)
+    EXPECT_TRUE(at::equal(tensor, again.at(name))) << name;
 }
 
 TEST_F(TensorIoTest, NestedDictsGiveDottedNamesAndViewsShareStorage) {
@@ -80,14 +89,17 @@ TEST_F(TensorIoTest, TensorsAreCopyOnWriteViewsThatOutliveNothingElse) {
 }
 
 TEST_F(TensorIoTest, RefusesGlobalsOtherThanTensorsAndDicts) {
-  EXPECT_NE(error_of([] { read_pth(file("evil.pth")); })
-                .find("global 'posix.system' is not allowed: only tensors, dicts and OrderedDicts are "
-                      "loaded (nothing from the file is executed)"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of([] { read_pth(file("evil.pth")); })
+          .find("global 'posix.system' is not allowed: only tensors, dicts and OrderedDicts are "
+                "loaded (nothing from the file is executed)"),
+      std::string::npos);
 }
 
 TEST_F(TensorIoTest, StorageShorterThanItsShapeIsAnError) {
-  EXPECT_NE(error_of([] { read_pth(file("short.pth")); }).find("storage '0' claims 35 elements of 2 bytes but its record holds 35 bytes"),
+  EXPECT_NE(error_of([] {
+              read_pth(file("short.pth"));
+            }).find("storage '0' claims 35 elements of 2 bytes but its record holds 35 bytes"),
             std::string::npos)
       << error_of([] { read_pth(file("short.pth")); });
 }
@@ -95,13 +107,16 @@ TEST_F(TensorIoTest, StorageShorterThanItsShapeIsAnError) {
 TEST_F(TensorIoTest, TruncatedAndForeignFilesAreErrors) {
   const std::string bytes = testing::read_file(file("dict.pth"));
   auto truncated = testing::write_file(file("truncated.pth"), bytes.substr(0, bytes.size() / 2));
-  EXPECT_NE(error_of([&] { read_pth(truncated); }).find("no end-of-directory record"), std::string::npos);
+  EXPECT_NE(error_of([&] { read_pth(truncated); }).find("no end-of-directory record"),
+            std::string::npos);
   auto chopped_tail = testing::write_file(file("chopped.pth"), bytes.substr(0, bytes.size() - 30));
-  EXPECT_NE(error_of([&] { read_pth(chopped_tail); }).find(chopped_tail.string() + ": "), std::string::npos);
+  EXPECT_NE(error_of([&] { read_pth(chopped_tail); }).find(chopped_tail.string() + ": "),
+            std::string::npos);
   auto text = testing::write_file(file("text.pth"), "hello, this is not a checkpoint");
   EXPECT_EQ(error_of([&] { read_pth(text); }),
-            text.string() + ": not a PyTorch .pth file (expected a zip archive, found other bytes; "
-                            "legacy non-zip torch.save files are not supported)");
+            text.string() +
+                ": not a PyTorch .pth file (expected a zip archive, found other bytes; "
+                "legacy non-zip torch.save files are not supported)");
   EXPECT_EQ(error_of([&] { read_tensor_file(text); }),
             text.string() + ": neither a PyTorch .pth (zip) file nor a safetensors file");
 }
@@ -114,30 +129,39 @@ std::string safetensors_bytes(const std::string& header, size_t data_bytes) {
 }
 
 TEST_F(TensorIoTest, SafetensorsHeaderRulesAreEnforced) {
-  auto check = [&](const std::string& name, const std::string& header, size_t data, const std::string& expected) {
+  auto check = [&](const std::string& name, const std::string& header, size_t data,
+                   const std::string& expected) {
     auto path = testing::write_file(file(name), safetensors_bytes(header, data));
     EXPECT_EQ(error_of([&] { read_safetensors(path); }), path.string() + ": " + expected);
   };
-  check("overlap.safetensors",
-        R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
-        12, "tensor 'b' overlaps the tensor before it (bytes 4 to 8)");
+  check(
+      "overlap.safetensors",
+      R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+      12, "tensor 'b' overlaps the tensor before it (bytes 4 to 8)");
   check("hole.safetensors", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8,
         "the data buffer has a hole of 4 bytes before tensor 'a'");
   check("tail.safetensors", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 6,
         "2 bytes after the last tensor belong to no tensor");
   check("size.safetensors", R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8,
         "tensor 'a': data_offsets [0, 8] hold 8 bytes but shape and dtype need 12");
-  check("past.safetensors", R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]}})", 8,
-        "tensor 'a': data_offsets end 12 lies past the data buffer (8 bytes; the file is truncated)");
-  check("dup.safetensors",
-        R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
-        8, "safetensors header: the key 'a' appears twice in one object; which value counts would be a guess, so "
-           "the file is refused");
+  check(
+      "past.safetensors", R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,12]}})", 8,
+      "tensor 'a': data_offsets end 12 lies past the data buffer (8 bytes; the file is truncated)");
+  check(
+      "dup.safetensors",
+      R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+      8,
+      "safetensors header: the key 'a' appears twice in one object; which value counts would be a "
+      "guess, so "
+      "the file is refused");
   check("dtype.safetensors", R"({"a":{"dtype":"F4","shape":[2],"data_offsets":[0,1]}})", 1,
         "tensor 'a' has dtype 'F4', which is not supported");
-  check("meta.safetensors", R"({"__metadata__":{"n":1}})", 0, "__metadata__ value of 'n' is not a string");
+  check("meta.safetensors", R"({"__metadata__":{"n":1}})", 0,
+        "__metadata__ value of 'n' is not a string");
   check("brace.safetensors", R"( {"a":1})", 0, "safetensors header must start with '{'");
-  auto huge = testing::write_file(file("huge.safetensors"), safetensors_bytes("{}", 0).replace(0, 8, std::string("\xff\xff\xff\x7f\0\0\0\0", 8)));
+  auto huge = testing::write_file(
+      file("huge.safetensors"),
+      safetensors_bytes("{}", 0).replace(0, 8, std::string("\xff\xff\xff\x7f\0\0\0\0", 8)));
   EXPECT_NE(error_of([&] { read_safetensors(huge); }).find("exceeds the limit"), std::string::npos);
 }
 
@@ -148,23 +172,29 @@ TEST_F(TensorIoTest, SafetensorsDuplicatesAtEveryLevelAndDeepNestingAreRefused) 
     auto path = testing::write_file(file(name), safetensors_bytes(header, data));
     return error_of([&] { read_safetensors(path); }).substr(path.string().size());
   };
-  EXPECT_EQ(error("inner.safetensors", R"({"a":{"dtype":"F64","dtype":"BF16","shape":[1],"data_offsets":[0,2]}})", 2),
-            ": safetensors header: the key 'dtype' appears twice in one object; which value counts would be a guess, "
+  EXPECT_EQ(error("inner.safetensors",
+                  R"({"a":{"dtype":"F64","dtype":"BF16","shape":[1],"data_offsets":[0,2]}})", 2),
+            ": safetensors header: the key 'dtype' appears twice in one object; which value counts "
+            "would be a guess, "
             "so the file is refused");
-  EXPECT_EQ(error("meta-twice.safetensors", R"({"__metadata__":{"k":"1","k":"2"}})", 0).substr(0, 47),
-            ": safetensors header: the key 'k' appears twice");
+  EXPECT_EQ(
+      error("meta-twice.safetensors", R"({"__metadata__":{"k":"1","k":"2"}})", 0).substr(0, 47),
+      ": safetensors header: the key 'k' appears twice");
   const std::string deep = "{\"a\":" + std::string(100000, '[') + std::string(100000, ']') + "}";
   EXPECT_EQ(error("deep.safetensors", deep, 0).substr(0, 58),
             ": safetensors header: JSON nests deeper than 3 levels (at ");
-  EXPECT_EQ(error("overflow.safetensors",
-                  R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}})", 4),
-            ": tensor 'a': shape [4294967296,4294967296] holds more than 2^63 elements");
-  EXPECT_EQ(error("zero-overflow.safetensors",
-                  R"({"a":{"dtype":"F32","shape":[0,4294967296,4294967296],"data_offsets":[0,0]}})", 0),
-            ": tensor 'a': shape [0,4294967296,4294967296] holds more than 2^63 elements");
-  EXPECT_EQ(error("negative.safetensors",
-                  R"({"a":{"dtype":"F32","shape":[18446744073709551615],"data_offsets":[0,4]}})", 4),
-            ": tensor 'a': shape entries must be non-negative 64-bit integers");
+  EXPECT_EQ(
+      error("overflow.safetensors",
+            R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}})", 4),
+      ": tensor 'a': shape [4294967296,4294967296] holds more than 2^63 elements");
+  EXPECT_EQ(
+      error("zero-overflow.safetensors",
+            R"({"a":{"dtype":"F32","shape":[0,4294967296,4294967296],"data_offsets":[0,0]}})", 0),
+      ": tensor 'a': shape [0,4294967296,4294967296] holds more than 2^63 elements");
+  EXPECT_EQ(
+      error("negative.safetensors",
+            R"({"a":{"dtype":"F32","shape":[18446744073709551615],"data_offsets":[0,4]}})", 4),
+      ": tensor 'a': shape entries must be non-negative 64-bit integers");
 }
 
 // A data.pkl built by hand: protocol 2, the opcodes torch.save writes.
@@ -194,11 +224,14 @@ class Pickle {
     return *this;
   }
   // name -> _rebuild_tensor_v2(storage `key` of `storage_class`, offset, sizes, strides)
-  Pickle& tensor(const std::string& name, const std::string& storage_class, int64_t numel, int64_t offset,
-                 const std::vector<int64_t>& sizes, const std::vector<int64_t>& strides) {
+  Pickle& tensor(const std::string& name, const std::string& storage_class, int64_t numel,
+                 int64_t offset, const std::vector<int64_t>& sizes,
+                 const std::vector<int64_t>& strides) {
     text(name).op("ctorch._utils\n_rebuild_tensor_v2\n((").text("storage");
     op("c" + storage_class + "\n").text("0").text("cpu").integer(numel).op("tQ").integer(offset);
-    return ints(sizes).ints(strides).op("\x89" "ccollections\nOrderedDict\n)RtR");
+    return ints(sizes).ints(strides).op(
+        "\x89"
+        "ccollections\nOrderedDict\n)RtR");
   }
   std::string out = "\x80\x02";
 };
@@ -219,23 +252,30 @@ std::filesystem::path write_pickle(const std::filesystem::path& path, const std:
 // forever or overflow the stack; each is now a clear error, in bounded memory.
 TEST_F(TensorIoTest, CyclicSharedAndDeepPicklesAreRefused) {
   EXPECT_EQ(error_of([] { read_pth(file("cycle.pth")); }),
-            file("cycle.pth").string() + ": 'self' is a dict that already appears elsewhere in data.pkl (a cycle or "
-                                         "a shared sub-dict); a state dict is a tree of dicts of tensors");
+            file("cycle.pth").string() +
+                ": 'self' is a dict that already appears elsewhere in data.pkl (a cycle or "
+                "a shared sub-dict); a state dict is a tree of dicts of tensors");
   // {"a": d, "b": d} with one d: flattening it twice per level would multiply the work.
-  const Pickle shared = Pickle().op("}(").text("a").op("}q\x01").text("b").op("h\x01" "u.");
-  EXPECT_NE(error_of([&] { read_pth(write_pickle(file("shared.pth"), shared.out)); })
-                .find("'b' is a dict that already appears elsewhere"),
+  const Pickle shared = Pickle().op("}(").text("a").op("}q\x01").text("b").op(
+      "h\x01"
+      "u.");
+  EXPECT_NE(error_of([&] {
+              read_pth(write_pickle(file("shared.pth"), shared.out));
+            }).find("'b' is a dict that already appears elsewhere"),
             std::string::npos);
   // Dicts nested 50,000 deep and lists nested 1,000,000 deep (about 1 MB each).
   Pickle dicts = Pickle().op("}");
   for (int i = 0; i < 50000; ++i) dicts.text("a").op("}");
   dicts.op(std::string(50000, 's') + ".");
-  EXPECT_NE(error_of([&] { read_pth(write_pickle(file("deep-dicts.pth"), dicts.out)); })
-                .find("dicts nest deeper than 64 levels"),
+  EXPECT_NE(error_of([&] {
+              read_pth(write_pickle(file("deep-dicts.pth"), dicts.out));
+            }).find("dicts nest deeper than 64 levels"),
             std::string::npos);
-  const Pickle lists = Pickle().op("}").text("a").op(std::string(1000000, ']') + std::string(999999, 'a') + "s.");
-  EXPECT_NE(error_of([&] { read_pth(write_pickle(file("deep-lists.pth"), lists.out)); })
-                .find("the pickle builds more than"),
+  const Pickle lists =
+      Pickle().op("}").text("a").op(std::string(1000000, ']') + std::string(999999, 'a') + "s.");
+  EXPECT_NE(error_of([&] {
+              read_pth(write_pickle(file("deep-lists.pth"), lists.out));
+            }).find("the pickle builds more than"),
             std::string::npos);
 }
 
@@ -246,25 +286,32 @@ TEST_F(TensorIoTest, CraftedTensorHeadersGivePreciseErrors) {
     return error_of([&] { read_pth(write_pickle(file(name), pickle.out + "u.")); });
   };
   auto dict = [] { return Pickle().op("}("); };
-  EXPECT_NE(error("strides.pth", dict().tensor("w", "torch\nFloatStorage", 16, 0, {int64_t{1} << 40, int64_t{1} << 40},
-                                              {int64_t{1} << 40, 1}))
+  EXPECT_NE(error("strides.pth",
+                  dict().tensor("w", "torch\nFloatStorage", 16, 0,
+                                {int64_t{1} << 40, int64_t{1} << 40}, {int64_t{1} << 40, 1}))
                 .find("overflows 64-bit sizes"),
             std::string::npos);
-  EXPECT_NE(error("empty-overflow.pth",
-                  dict().tensor("w", "torch\nFloatStorage", 16, 0, {0, int64_t{1} << 40, int64_t{1} << 40}, {1, 1, 1}))
-                .find("overflows 64-bit sizes"),
-            std::string::npos);
-  EXPECT_NE(error("storage-class.pth", dict().tensor("w", "collections\nOrderedDict", 16, 0, {4}, {1}))
-                .find("'collections.OrderedDict' is not a torch storage class"),
-            std::string::npos);
-  EXPECT_NE(error("numel.pth", dict().tensor("w", "torch\nFloatStorage", int64_t{1} << 62, 0, {4}, {1}))
-                .find("storage '0' claims 4611686018427387904 elements of 4 bytes but its record holds 64 bytes"),
-            std::string::npos);
-  EXPECT_EQ(read_pth(write_pickle(file("fine.pth"), dict().tensor("w", "torch\nFloatStorage", 16, 0, {4, 4}, {4, 1}).out +
-                                                        "u."))
-                .at("w")
-                .sizes(),
-            at::IntArrayRef({4, 4}));
+  EXPECT_NE(
+      error("empty-overflow.pth", dict().tensor("w", "torch\nFloatStorage", 16, 0,
+                                                {0, int64_t{1} << 40, int64_t{1} << 40}, {1, 1, 1}))
+          .find("overflows 64-bit sizes"),
+      std::string::npos);
+  EXPECT_NE(
+      error("storage-class.pth", dict().tensor("w", "collections\nOrderedDict", 16, 0, {4}, {1}))
+          .find("'collections.OrderedDict' is not a torch storage class"),
+      std::string::npos);
+  EXPECT_NE(
+      error("numel.pth", dict().tensor("w", "torch\nFloatStorage", int64_t{1} << 62, 0, {4}, {1}))
+          .find("storage '0' claims 4611686018427387904 elements of 4 bytes but its record holds "
+                "64 bytes"),
+      std::string::npos);
+  EXPECT_EQ(
+      read_pth(
+          write_pickle(file("fine.pth"),
+                       dict().tensor("w", "torch\nFloatStorage", 16, 0, {4, 4}, {4, 1}).out + "u."))
+          .at("w")
+          .sizes(),
+      at::IntArrayRef({4, 4}));
 }
 
 // Issue 14 item 10: CRC-32s are verified: data.pkl always, every record when asked (checkpoints,
@@ -278,14 +325,17 @@ TEST_F(TensorIoTest, DamagedRecordsAreFoundByTheirCrc) {
   bytes[at + 1] ^= 0x10;
   auto damaged = testing::write_file(dir / "damaged.pth", bytes);
   EXPECT_EQ(read_pth(damaged).at("a").numel(), 64);  // lazy loading reads no more than it must
-  EXPECT_NE(error_of([&] { read_pth(damaged, Checksums::kVerify); })
-                .find(damaged.string() + ": entry 'archive/data/0' is damaged (its bytes give CRC-32 "),
-            std::string::npos)
+  EXPECT_NE(
+      error_of([&] {
+        read_pth(damaged, Checksums::kVerify);
+      }).find(damaged.string() + ": entry 'archive/data/0' is damaged (its bytes give CRC-32 "),
+      std::string::npos)
       << error_of([&] { read_pth(damaged, Checksums::kVerify); });
   std::string pickle_damaged = testing::read_file(dir / "x.pth");
   pickle_damaged[pickle_damaged.find("rebuild") + 2] ^= 0x01;
   auto broken = testing::write_file(dir / "pickle.pth", pickle_damaged);
-  EXPECT_NE(error_of([&] { read_pth(broken); }).find("entry 'archive/data.pkl' is damaged"), std::string::npos);
+  EXPECT_NE(error_of([&] { read_pth(broken); }).find("entry 'archive/data.pkl' is damaged"),
+            std::string::npos);
 }
 
 TEST(Crc32, MatchesTheStandardCheckValueAndZlibOnEveryLength) {
@@ -294,9 +344,10 @@ TEST(Crc32, MatchesTheStandardCheckValueAndZlibOnEveryLength) {
   std::string bytes;
   for (int i = 0; i < 37; ++i) bytes += static_cast<char>(i * 29 + 7);
   std::string expected_list;
-  auto result = testing::run_command(std::string(PEFTKIT_PYTHON) +
-                                     " -c \"import zlib; b = bytes((i * 29 + 7) % 256 for i in range(37)); "
-                                     "print(' '.join(str(zlib.crc32(b[:n])) for n in range(38)))\"");
+  auto result =
+      testing::run_command(std::string(PEFTKIT_PYTHON) +
+                           " -c \"import zlib; b = bytes((i * 29 + 7) % 256 for i in range(37)); "
+                           "print(' '.join(str(zlib.crc32(b[:n])) for n in range(38)))\"");
   ASSERT_EQ(result.exit_code, 0) << result.output;
   std::istringstream values(result.output);
   for (size_t n = 0; n <= bytes.size(); ++n) {
@@ -313,7 +364,8 @@ TEST_F(TensorIoTest, WritesAreAtomicAndLeaveNoTemporaryFiles) {
   write_pth(dir / "x.pth", TensorMap{{"a", at::zeros({3})}});  // replaces in place
   EXPECT_TRUE(at::equal(read_pth(dir / "x.pth").at("a"), at::zeros({3})));
   size_t files = 0;
-  for (const auto& entry : std::filesystem::directory_iterator(dir.path())) files += entry.is_regular_file();
+  for (const auto& entry : std::filesystem::directory_iterator(dir.path()))
+    files += entry.is_regular_file();
   EXPECT_EQ(files, 1u);
   EXPECT_THROW(write_pth(dir / "missing-folder" / "x.pth", tensors), Error);
 }

@@ -8,16 +8,17 @@
 #include <fstream>
 
 #include "model/state_file.hpp"
+#include "model_fixtures.hpp"
 #include "peftkit/error.hpp"
 #include "peftkit/tensor_io.hpp"
-#include "model_fixtures.hpp"
 #include "test_util.hpp"
 
 namespace peftkit {
 namespace {
 
 double relative_error(const at::Tensor& got, const at::Tensor& want) {
-  return (got.to(at::kDouble) - want.to(at::kDouble)).norm().item<double>() / want.to(at::kDouble).norm().item<double>();
+  return (got.to(at::kDouble) - want.to(at::kDouble)).norm().item<double>() /
+         want.to(at::kDouble).norm().item<double>();
 }
 
 using testing::perturbed_model;
@@ -41,7 +42,8 @@ TEST(Rwkv7Model, MatchesAnIndependentFloat64ReferenceOnAFileWrittenByTorchSave) 
     std::ofstream out(dir / "tokens");
     for (int64_t i = 0; i < tokens.size(1); ++i) out << tokens[0][i].item<int64_t>() << "\n";
   }
-  auto result = testing::run_command(std::string(PEFTKIT_PYTHON) + " " RWKV7_REFERENCE_SCRIPT " " + dir.path().string());
+  auto result = testing::run_command(std::string(PEFTKIT_PYTHON) + " " RWKV7_REFERENCE_SCRIPT " " +
+                                     dir.path().string());
   ASSERT_EQ(result.exit_code, 0) << result.output;
   // model.pth: bf16, an OrderedDict in shuffled order, with the unused layer-0 v0/v1/v2.
   auto model = Rwkv7Model::load(dir / "model.pth", {at::kFloat, at::kCPU});
@@ -53,7 +55,8 @@ TEST(Rwkv7Model, MatchesAnIndependentFloat64ReferenceOnAFileWrittenByTorchSave) 
   EXPECT_TRUE(at::equal(logits.argmax(-1), reference.argmax(-1)));
 
   // A state file in RWKV-PEFT's layout (bf16 [H, N, N], value-major) mounted as the initial state.
-  model->set_state_adapter(std::make_shared<FixedStates>(read_state_file(dir / "state.pth", model->config())));
+  model->set_state_adapter(
+      std::make_shared<FixedStates>(read_state_file(dir / "state.pth", model->config())));
   const at::Tensor with_state = model->forward(tokens).squeeze(0);
   const at::Tensor reference_state = read_pth(dir / "logits_state.pth").at("logits");
   const double state_error = relative_error(with_state, reference_state);
@@ -67,7 +70,8 @@ TEST(StateFile, RefusesAStateForAnotherBaseNamingBothShapes) {
   write_pth(dir / "other.pth", {{"blocks.0.att.time_state", at::zeros({2, 32, 32})},
                                 {"blocks.1.att.time_state", at::zeros({2, 32, 32})}});
   write_pth(dir / "short.pth", {{"blocks.0.att.time_state", at::zeros({4, 16, 16})}});
-  write_pth(dir / "stray.pth", {{"blocks.0.att.time_state", at::zeros({4, 16, 16})}, {"emb.weight", at::zeros({1})}});
+  write_pth(dir / "stray.pth",
+            {{"blocks.0.att.time_state", at::zeros({4, 16, 16})}, {"emb.weight", at::zeros({1})}});
   auto error = [&](const std::string& name) {
     try {
       read_state_file(dir / name, model);
@@ -76,10 +80,14 @@ TEST(StateFile, RefusesAStateForAnotherBaseNamingBothShapes) {
     }
     return std::string("(accepted)");
   };
-  EXPECT_EQ(error("other.pth"), ": blocks.0.att.time_state has shape [2, 32, 32] but the model (" + model.describe() +
-                                    ") needs [4, 16, 16]; the state was trained on a base of another shape");
-  EXPECT_EQ(error("short.pth"), ": the state file has 1 layers but the model has 2; the state was trained on a base of another shape");
-  EXPECT_EQ(error("stray.pth"), ": 'emb.weight' is not a state tensor (expected blocks.{i}.att.time_state only)");
+  EXPECT_EQ(error("other.pth"),
+            ": blocks.0.att.time_state has shape [2, 32, 32] but the model (" + model.describe() +
+                ") needs [4, 16, 16]; the state was trained on a base of another shape");
+  EXPECT_EQ(error("short.pth"),
+            ": the state file has 1 layers but the model has 2; the state was trained on a base of "
+            "another shape");
+  EXPECT_EQ(error("stray.pth"),
+            ": 'emb.weight' is not a state tensor (expected blocks.{i}.att.time_state only)");
 }
 
 TEST(Rwkv7Model, GptModeEqualsRnnModeOver64Tokens) {
@@ -89,7 +97,8 @@ TEST(Rwkv7Model, GptModeEqualsRnnModeOver64Tokens) {
   const at::Tensor parallel = model.forward(tokens);
   Rwkv7State state = model.initial_state(2);
   std::vector<at::Tensor> steps;
-  for (int64_t t = 0; t < 64; ++t) steps.push_back(model.forward(tokens.slice(1, t, t + 1), &state));
+  for (int64_t t = 0; t < 64; ++t)
+    steps.push_back(model.forward(tokens.slice(1, t, t + 1), &state));
   const double error = relative_error(at::cat(steps, 1), parallel);
   EXPECT_LE(error, 1e-5) << error;
 }
@@ -136,7 +145,9 @@ TEST(Rwkv7Model, InitialisesAsRwkvLm) {
       const double ddd = double(n) / C, lin = double(n) / (C - 1) - 0.5;
       const double z = ((n % 32) - 15.5) / 15.5, zigzag = z * std::abs(z);
       const double www = -6 + 6 * std::pow(double(n) / (C - 1), 1 + std::pow(r01, 0.3));
-      auto at_n = [&](const std::string& name) { return t.at(p + name).view({-1})[n].item<double>(); };
+      auto at_n = [&](const std::string& name) {
+        return t.at(p + name).view({-1})[n].item<double>();
+      };
       EXPECT_NEAR(at_n("att.x_r"), 1 - std::pow(ddd, 0.2 * r1), 1e-6);
       EXPECT_NEAR(at_n("att.x_w"), 1 - std::pow(ddd, 0.9 * r1), 1e-6);
       EXPECT_NEAR(at_n("att.x_k"), 1 - std::pow(ddd, 0.7 * r1), 1e-6);
@@ -153,11 +164,15 @@ TEST(Rwkv7Model, InitialisesAsRwkvLm) {
     EXPECT_EQ(t.at(p + "att.r_k").max().item<float>(), -0.04f);
     for (const char* zero : {"att.w1", "att.a1", "att.g1", "att.output.weight", "ffn.value.weight"})
       EXPECT_EQ(t.at(p + zero).abs().max().item<float>(), 0.0f) << zero;
-    // Orthogonal with the stated gains: W W^T = gain^2 I for the wide [D, C] matrices, W^T W for square/tall.
+    // Orthogonal with the stated gains: W W^T = gain^2 I for the wide [D, C] matrices, W^T W for
+    // square/tall.
     auto expect_orthogonal = [&](const std::string& name, double gain) {
       at::Tensor w = t.at(p + name).to(at::kDouble);
       at::Tensor gram = w.size(0) <= w.size(1) ? at::matmul(w, w.t()) : at::matmul(w.t(), w);
-      EXPECT_LT((gram - gain * gain * at::eye(gram.size(0), at::kDouble)).abs().max().item<double>(), 1e-5) << name;
+      EXPECT_LT(
+          (gram - gain * gain * at::eye(gram.size(0), at::kDouble)).abs().max().item<double>(),
+          1e-5)
+          << name;
     };
     expect_orthogonal("att.receptance.weight", 1.0);
     expect_orthogonal("att.key.weight", 0.1);
@@ -170,9 +185,14 @@ TEST(Rwkv7Model, InitialisesAsRwkvLm) {
   EXPECT_LE(t.at("emb.weight").abs().max().item<float>(), 1e-4f);
   at::Tensor head = t.at("head.weight").to(at::kDouble);
   const double gain = 0.5 * std::sqrt(1000.0 / 128.0);
-  EXPECT_LT((at::matmul(head.t(), head) - gain * gain * at::eye(128, at::kDouble)).abs().max().item<double>(), 1e-4);
+  EXPECT_LT((at::matmul(head.t(), head) - gain * gain * at::eye(128, at::kDouble))
+                .abs()
+                .max()
+                .item<double>(),
+            1e-4);
   // Same seed, same model.
-  EXPECT_TRUE(at::equal(init_rwkv7(config, 42).at("blocks.1.att.key.weight"), t.at("blocks.1.att.key.weight")));
+  EXPECT_TRUE(at::equal(init_rwkv7(config, 42).at("blocks.1.att.key.weight"),
+                        t.at("blocks.1.att.key.weight")));
 }
 
 TEST(Rwkv7Config, OfficialGeometriesHaveTheReleasedLowRankDimsAndParameterCounts) {
@@ -205,14 +225,17 @@ TEST(Rwkv7Config, RejectsOtherArchitecturesAndBrokenFiles) {
   EXPECT_EQ(error(v6), "m.pth: RWKV-6 (x060) checkpoints are not supported yet");
   TensorMap deep = t;
   deep["blocks.0.ffn.s_emb.weight"] = at::zeros({300, 32});
-  EXPECT_EQ(error(deep), "m.pth: 1 unexpected tensor(s) for an RWKV-7 x070 model: blocks.0.ffn.s_emb.weight "
-                         "(DeepEmbed and other variants are not supported)");
+  EXPECT_EQ(error(deep),
+            "m.pth: 1 unexpected tensor(s) for an RWKV-7 x070 model: blocks.0.ffn.s_emb.weight "
+            "(DeepEmbed and other variants are not supported)");
   TensorMap missing = t;
   missing.erase("blocks.1.att.k_a");
   EXPECT_EQ(error(missing), "m.pth: missing tensor 'blocks.1.att.k_a' (not an RWKV-7 x070 model?)");
   TensorMap shape = t;
   shape["blocks.2.att.key.weight"] = at::zeros({64, 32});
-  EXPECT_NE(error(shape).find("m.pth: blocks.2.att.key.weight has shape [64, 32], expected [64, 64]"), std::string::npos);
+  EXPECT_NE(
+      error(shape).find("m.pth: blocks.2.att.key.weight has shape [64, 32], expected [64, 64]"),
+      std::string::npos);
 }
 
 TEST(Rwkv7Model, GradientCheckpointingGivesTheSameGradients) {
@@ -220,11 +243,13 @@ TEST(Rwkv7Model, GradientCheckpointingGivesTheSameGradients) {
   const at::Tensor tokens = random_tokens(2, 21, tiny().vocab, 9);
   auto gradients = [&](bool checkpointing) {
     Rwkv7Model model(weights, {at::kFloat, at::kCPU}, "test");
-    std::vector<TrainableTensor> trainable = model.make_trainable([](const std::string&) { return true; });
+    std::vector<TrainableTensor> trainable =
+        model.make_trainable([](const std::string&) { return true; });
     std::vector<at::Tensor> states;
     at::Generator g = at::make_generator<at::CPUGeneratorImpl>(3);
     for (int64_t l = 0; l < tiny().n_layer; ++l) {
-      states.push_back(at::normal(0, 0.5, {tiny().n_head, tiny().head_size, tiny().head_size}, g).requires_grad_(true));
+      states.push_back(at::normal(0, 0.5, {tiny().n_head, tiny().head_size, tiny().head_size}, g)
+                           .requires_grad_(true));
       trainable.push_back({"state" + std::to_string(l), states.back()});
     }
     model.set_state_adapter(std::make_shared<FixedStates>(states));

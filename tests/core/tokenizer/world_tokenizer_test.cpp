@@ -21,15 +21,18 @@ using Ids = std::vector<int32_t>;
 TEST(WorldTokenizer, MatchesTheOfficialTestVectors) {
   EXPECT_EQ(tokenizer().encode("The Eiffel tower is in the city of"),
             (Ids{6699, 304, 25740, 109, 39990, 4600, 4596, 22590, 30449, 4706}));
-  EXPECT_EQ(tokenizer().encode("User: simulate SpaceX mars landing using python\n\nAssistant: <think"),
-            (Ids{24281, 59, 57236, 44898, 31377, 52092, 40085, 46966, 261, 5585, 41693, 59, 295, 35762}));
+  EXPECT_EQ(
+      tokenizer().encode("User: simulate SpaceX mars landing using python\n\nAssistant: <think"),
+      (Ids{24281, 59, 57236, 44898, 31377, 52092, 40085, 46966, 261, 5585, 41693, 59, 295, 35762}));
   EXPECT_EQ(tokenizer().encode("Hello world!\n\n"), (Ids{33155, 40213, 34, 261}));
   EXPECT_EQ(tokenizer().encode("你好，世界"), (Ids{10464, 11685, 19137, 10267, 14610}));
   EXPECT_EQ(tokenizer().encode("😀 a\tb\r\n"), (Ids{3319, 153, 129, 332, 10, 99, 263}));
   EXPECT_EQ(tokenizer().encode("   x   "), (Ids{3340, 121, 3340}));
-  const Ids prefix = {11, 1136, 332, 57212, 51746, 45, 60455, 61885, 332, 31076, 4706, 51525, 46456, 4596, 332, 47064, 45};
-  Ids ids = tokenizer().encode("\nIn a shocking finding, scientist discovered a herd of dragons living in a remote, "
-                               "previously unexplored valley, in Tibet.");
+  const Ids prefix = {11,    1136, 332,   57212, 51746, 45,  60455, 61885, 332,
+                      31076, 4706, 51525, 46456, 4596,  332, 47064, 45};
+  Ids ids = tokenizer().encode(
+      "\nIn a shocking finding, scientist discovered a herd of dragons living in a remote, "
+      "previously unexplored valley, in Tibet.");
   ids.resize(prefix.size());
   EXPECT_EQ(ids, prefix);
 }
@@ -53,7 +56,8 @@ TEST(WorldTokenizer, DecodeInvertsEncodeOnArbitraryBytes) {
   for (int round = 0; round < 300; ++round) {
     std::string bytes(random() % 200, '\0');
     // Mix raw bytes with ASCII words so that long tokens occur too.
-    for (auto& b : bytes) b = static_cast<char>(random() % 3 ? "the quick brown fox "[random() % 20] : random() % 256);
+    for (auto& b : bytes)
+      b = static_cast<char>(random() % 3 ? "the quick brown fox "[random() % 20] : random() % 256);
     EXPECT_EQ(tokenizer().decode(tokenizer().encode(bytes)), bytes);
   }
 }
@@ -69,8 +73,10 @@ TEST(WorldTokenizer, MalformedVocabularyLinesNameFileAndLine) {
     }
     return std::string("(loaded)");
   };
-  EXPECT_EQ(error("1 'a' 1\n2 'b'\n"), ":2: expected '<id> <literal> <byte length>', found '2 'b''");
-  EXPECT_EQ(error("1 'a' 1\nx 'b' 1\n"), ":2: expected '<id> <literal> <byte length>', found 'x 'b' 1'");
+  EXPECT_EQ(error("1 'a' 1\n2 'b'\n"),
+            ":2: expected '<id> <literal> <byte length>', found '2 'b''");
+  EXPECT_EQ(error("1 'a' 1\nx 'b' 1\n"),
+            ":2: expected '<id> <literal> <byte length>', found 'x 'b' 1'");
   EXPECT_EQ(error("1 'a' 1\n3 'b' 1\n"), ":2: expected id 2, found 3 (ids must count up from 1)");
   EXPECT_EQ(error("1 'ab' 1\n"), ":1: the literal holds 2 bytes but the line says 1");
   EXPECT_EQ(error("1 ab 2\n"), ":1: expected a Python string or bytes literal, found ab");

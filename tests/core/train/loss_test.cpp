@@ -12,13 +12,15 @@ TEST(CrossEntropyL2Wrap, GradientMatchesHandComputedValues) {
   // Row 0: logits (0, ln 3), target 0: p = (1/4, 3/4), CE gradient p - onehot = (-3/4, 3/4), and
   // L2Wrap adds 1e-4 * ln 3 / rows at the arg-max (index 1).
   // Row 1: logits (2, 0), target ignored: no gradient at all (no CE, no L2Wrap).
-  at::Tensor logits = at::tensor({0.0, std::log(3.0), 2.0, 0.0}, at::kDouble).view({1, 2, 2}).requires_grad_(true);
+  at::Tensor logits =
+      at::tensor({0.0, std::log(3.0), 2.0, 0.0}, at::kDouble).view({1, 2, 2}).requires_grad_(true);
   at::Tensor targets = at::tensor({0, -100}, at::kLong).view({1, 2});
   at::Tensor loss = cross_entropy_l2wrap(logits, targets);
   EXPECT_NEAR(loss.item<double>(), std::log(4.0), 1e-6);  // -log(1/4)
   loss.backward();
   const double rows = 2;
-  at::Tensor expected = at::tensor({-0.75, 0.75 + 1e-4 * std::log(3.0) / rows, 0.0, 0.0}, at::kDouble);
+  at::Tensor expected =
+      at::tensor({-0.75, 0.75 + 1e-4 * std::log(3.0) / rows, 0.0, 0.0}, at::kDouble);
   EXPECT_TRUE(at::allclose(logits.grad().view({-1}), expected, 1e-6, 1e-9)) << logits.grad();
 }
 
@@ -27,7 +29,9 @@ TEST(CrossEntropyL2Wrap, GradientMatchesHandComputedValues) {
 TEST(CrossEntropyL2Wrap, WithEveryTargetIgnoredTheLossAndItsGradientAreZero) {
   for (bool fused : {false, true}) {
     // Through the fused head with an identity head the hidden rows are the logits.
-    at::Tensor logits = at::tensor({0.0, std::log(3.0), 2.0, 0.0}, at::kDouble).view({1, 2, 2}).requires_grad_(true);
+    at::Tensor logits = at::tensor({0.0, std::log(3.0), 2.0, 0.0}, at::kDouble)
+                            .view({1, 2, 2})
+                            .requires_grad_(true);
     const at::Tensor targets = at::full({1, 2}, -100, at::kLong);
     at::Tensor loss = fused ? head_cross_entropy_l2wrap(logits, at::eye(2, at::kDouble), targets)
                             : cross_entropy_l2wrap(logits, targets);
@@ -39,13 +43,15 @@ TEST(CrossEntropyL2Wrap, WithEveryTargetIgnoredTheLossAndItsGradientAreZero) {
 
 TEST(CrossEntropyL2Wrap, MatchesPyTorchCrossEntropyOnLargerInputs) {
   at::manual_seed(0);
-  at::Tensor logits = (3 * at::randn({3, 700, 50})).requires_grad_(true);  // 2100 rows: several chunks
+  at::Tensor logits =
+      (3 * at::randn({3, 700, 50})).requires_grad_(true);  // 2100 rows: several chunks
   at::Tensor targets = at::randint(50, {3, 700});
   targets.index_put_({at::rand({3, 700}) < 0.3}, -100);
   at::Tensor loss = cross_entropy_l2wrap(logits, targets);
   loss.backward();
   at::Tensor reference = logits.detach().clone().requires_grad_(true);
-  at::Tensor ce = at::cross_entropy_loss(reference.view({-1, 50}), targets.view({-1}), {}, at::Reduction::Mean, -100);
+  at::Tensor ce = at::cross_entropy_loss(reference.view({-1, 50}), targets.view({-1}), {},
+                                         at::Reduction::Mean, -100);
   ce.backward();
   EXPECT_NEAR(loss.item<double>(), ce.item<double>(), 1e-5);
   at::Tensor wrap = at::zeros({2100, 50});
@@ -53,7 +59,8 @@ TEST(CrossEntropyL2Wrap, MatchesPyTorchCrossEntropyOnLargerInputs) {
   // L2Wrap on the rows whose target counts only.
   const at::Tensor counts = (targets.view({-1}) != -100).to(at::kFloat);
   wrap.scatter_(1, max_index.unsqueeze(1), (max_value * counts * 1e-4 / 2100).unsqueeze(1));
-  EXPECT_TRUE(at::allclose(logits.grad().view({-1, 50}), reference.grad().view({-1, 50}) + wrap, 1e-5, 1e-7));
+  EXPECT_TRUE(at::allclose(logits.grad().view({-1, 50}), reference.grad().view({-1, 50}) + wrap,
+                           1e-5, 1e-7));
 }
 
 TEST(CrossEntropyL2Wrap, PiecesOfABatchAddUpToTheWholeLossAndGradient) {
@@ -65,7 +72,8 @@ TEST(CrossEntropyL2Wrap, PiecesOfABatchAddUpToTheWholeLossAndGradient) {
   targets.slice(1, 100, 130).fill_(-100);
   for (bool fused : {false, true}) {
     auto loss_of = [&](const at::Tensor& x, const at::Tensor& t, const WholeBatch* whole) {
-      return fused ? head_cross_entropy_l2wrap(x, head, t, whole) : cross_entropy_l2wrap(x, t, whole);
+      return fused ? head_cross_entropy_l2wrap(x, head, t, whole)
+                   : cross_entropy_l2wrap(x, t, whole);
     };
     at::Tensor all = logits0.clone().requires_grad_(true);
     at::Tensor whole_loss = loss_of(all, targets, nullptr);
@@ -78,7 +86,8 @@ TEST(CrossEntropyL2Wrap, PiecesOfABatchAddUpToTheWholeLossAndGradient) {
       (piece * 2).backward();
       sum += piece.detach();
     }
-    EXPECT_NEAR(sum.item<double>(), whole_loss.item<double>(), 1e-6 * whole_loss.item<double>()) << fused;
+    EXPECT_NEAR(sum.item<double>(), whole_loss.item<double>(), 1e-6 * whole_loss.item<double>())
+        << fused;
     EXPECT_TRUE(at::allclose(pieces.grad(), all.grad(), 1e-6, 1e-9)) << fused;
   }
 }
@@ -112,7 +121,8 @@ TEST(HeadCrossEntropyL2Wrap, EqualsTheHeadFollowedByTheLossIncludingGradients) {
   }
   // A frozen head gets no gradient and costs none.
   at::Tensor h = at::randn({1, 5, 16}, at::kDouble).requires_grad_(true);
-  at::Tensor loss = head_cross_entropy_l2wrap(h, at::randn({50, 16}, at::kDouble), at::randint(50, {1, 5}));
+  at::Tensor loss =
+      head_cross_entropy_l2wrap(h, at::randn({50, 16}, at::kDouble), at::randint(50, {1, 5}));
   loss.backward();
   EXPECT_TRUE(h.grad().defined());
 }

@@ -22,7 +22,8 @@ struct ScalarAdam {
 };
 
 TEST(Adam, MatchesTheFormulaWithScalesAndDecoupledDecay) {
-  at::Tensor weight = at::tensor({0.5, -1.0, 2.0, 0.25}, at::kDouble).view({2, 2}).requires_grad_(true);
+  at::Tensor weight =
+      at::tensor({0.5, -1.0, 2.0, 0.25}, at::kDouble).view({2, 2}).requires_grad_(true);
   at::Tensor vector = at::tensor({1.0, -2.0}, at::kDouble).requires_grad_(true);
   Adam adam({{"w", weight, 1.0, true}, {"v", vector, 2.0, false}}, {0.9, 0.99, 1e-8, 0.1});
   std::vector<ScalarAdam> w_ref{{0.5}, {-1.0}, {2.0}, {0.25}}, v_ref{{1.0}, {-2.0}};
@@ -46,7 +47,8 @@ TEST(Adam, MatchesTheFormulaWithScalesAndDecoupledDecay) {
 }
 
 TEST(Adam, ClipsTheGlobalNorm) {
-  at::Tensor a = at::zeros({2}, at::kDouble).requires_grad_(true), b = at::zeros({1}, at::kDouble).requires_grad_(true);
+  at::Tensor a = at::zeros({2}, at::kDouble).requires_grad_(true),
+             b = at::zeros({1}, at::kDouble).requires_grad_(true);
   Adam adam({{"a", a}, {"b", b}}, {});
   a.mutable_grad() = at::tensor({3.0, 0.0}, at::kDouble);
   b.mutable_grad() = at::tensor({4.0}, at::kDouble);

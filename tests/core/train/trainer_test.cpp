@@ -9,9 +9,8 @@
 
 #include <chrono>
 #include <fstream>
-#include <thread>
-
 #include <nlohmann/json.hpp>
+#include <thread>
 
 #include "model_fixtures.hpp"
 #include "peftkit/tensor_io.hpp"
@@ -29,31 +28,42 @@ class TrainerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     shared_ = new testing::TempDir();
-    auto result = run_command(peftkit_command("init-model --layers 2 --embd 64 --head-size 32 --vocab 1000 --seed 1 --out " +
-                                      (shared_->path() / "model.pth").string()));
+    auto result = run_command(peftkit_command(
+        "init-model --layers 2 --embd 64 --head-size 32 --vocab 1000 --seed 1 --out " +
+        (shared_->path() / "model.pth").string()));
     ASSERT_EQ(result.exit_code, 0) << result.output;
     // 4000 tokens of a repeating pattern with noise: learnable, and never out of the vocabulary.
-    auto make = testing::run_command(std::string(PEFTKIT_PYTHON) + " -c \"import numpy as np; r = np.random.default_rng(0); "
-                                     "t = (np.arange(4000) * 7 % 50 + r.integers(0, 3, 4000)).astype('<u2'); np.save('" +
-                                     (shared_->path() / "tokens.npy").string() + "', t)\"");
+    auto make = testing::run_command(
+        std::string(PEFTKIT_PYTHON) +
+        " -c \"import numpy as np; r = np.random.default_rng(0); "
+        "t = (np.arange(4000) * 7 % 50 + r.integers(0, 3, 4000)).astype('<u2'); np.save('" +
+        (shared_->path() / "tokens.npy").string() + "', t)\"");
     ASSERT_EQ(make.exit_code, 0) << make.output;
   }
   static void TearDownTestSuite() { delete shared_; }
 
   // A recipe in this test's own folder; `extra` is appended.
   std::filesystem::path recipe(const std::string& extra = "", const std::string& train = "") {
-    return testing::write_file(dir_ / "recipe.toml",
-                               "[model]\npath = \"" + (shared_->path() / "model.pth").string() + "\"\n"
-                               "[data]\nformat = \"numpy\"\npath = \"" + (shared_->path() / "tokens.npy").string() + "\"\n"
-                               "[train]\nctx_len = 32\nmicro_bsz = 2\nepoch_steps = 4\nepoch_count = 3\nepoch_save = 1\n"
-                               "lr_init = 3e-3\nlr_final = 1e-3\nwarmup_steps = 2\nprecision = \"fp32\"\nseed = 5\n" +
-                                   train + "[run]\nthreads = 1\n[output]\ndir = \"out\"\n" + extra);
+    return testing::write_file(
+        dir_ / "recipe.toml",
+        "[model]\npath = \"" + (shared_->path() / "model.pth").string() +
+            "\"\n"
+            "[data]\nformat = \"numpy\"\npath = \"" +
+            (shared_->path() / "tokens.npy").string() +
+            "\"\n"
+            "[train]\nctx_len = 32\nmicro_bsz = 2\nepoch_steps = 4\nepoch_count = 3\nepoch_save = "
+            "1\n"
+            "lr_init = 3e-3\nlr_final = 1e-3\nwarmup_steps = 2\nprecision = \"fp32\"\nseed = 5\n" +
+            train + "[run]\nthreads = 1\n[output]\ndir = \"out\"\n" + extra);
   }
-  std::vector<nlohmann::json> metrics() { return testing::read_metrics(dir_ / "out" / "metrics.jsonl"); }
+  std::vector<nlohmann::json> metrics() {
+    return testing::read_metrics(dir_ / "out" / "metrics.jsonl");
+  }
 
   // Runs `peftkit train ARGS...` in a child (output to `log`), sends SIGINT once `steps` steps are
   // in metrics.jsonl, and returns the child's exit code (-1 when it did not exit normally).
-  int train_until_interrupted(const std::vector<std::string>& args, size_t steps, const std::string& log) {
+  int train_until_interrupted(const std::vector<std::string>& args, size_t steps,
+                              const std::string& log) {
     std::vector<std::string> argv_text = {PEFTKIT_BINARY, "train"};
     argv_text.insert(argv_text.end(), args.begin(), args.end());
     std::vector<char*> argv;
@@ -67,7 +77,8 @@ class TrainerTest : public ::testing::Test {
       execv(argv[0], argv.data());
       _exit(127);
     }
-    for (int i = 0; i < 600 && metrics().size() < steps; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    for (int i = 0; i < 600 && metrics().size() < steps; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
     kill(child, SIGINT);
     int status = 0;
     waitpid(child, &status, 0);
@@ -85,15 +96,19 @@ TEST_F(TrainerTest, SameRecipeAndSeedGiveTheSameLossesBitForBit) {
   testing::remove_tree(dir_ / "out");
   ASSERT_EQ(run_command(peftkit_command("train " + recipe().string())).exit_code, 0);
   auto b = metrics();
-  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i]["loss"].get<double>(), b[i]["loss"].get<double>()) << i;
+  for (size_t i = 0; i < a.size(); ++i)
+    EXPECT_EQ(a[i]["loss"].get<double>(), b[i]["loss"].get<double>()) << i;
   EXPECT_LT(a.back()["loss"].get<double>(), a.front()["loss"].get<double>());  // it learns
-  // rwkv-0..2.pth hold the whole model (full fine-tune) in the base dtype; the log has an epoch line each.
+  // rwkv-0..2.pth hold the whole model (full fine-tune) in the base dtype; the log has an epoch
+  // line each.
   TensorMap saved = read_pth(dir_ / "out" / "rwkv-2.pth");
   EXPECT_EQ(saved.size(), 69u);
   int64_t parameters = 0;
   for (const auto& [name, t] : saved) parameters += t.numel();
-  EXPECT_NE(first.output.find("trainable parameters: " + std::to_string(parameters) + " in 69 tensors (full fine-tune)"),
-            std::string::npos) << first.output;
+  EXPECT_NE(first.output.find("trainable parameters: " + std::to_string(parameters) +
+                              " in 69 tensors (full fine-tune)"),
+            std::string::npos)
+      << first.output;
   EXPECT_EQ(saved.at("emb.weight").scalar_type(), at::kBFloat16);
   const std::string log = testing::read_file(dir_ / "out" / "train_log.txt");
   EXPECT_NE(log.find("NEW RUN "), std::string::npos);
@@ -106,17 +121,19 @@ TEST_F(TrainerTest, TheReferenceKernelGivesTheSameLosses) {
   ASSERT_EQ(run_command(peftkit_command("train " + recipe().string())).exit_code, 0);
   auto kernel = metrics();
   testing::remove_tree(dir_ / "out");
-  auto result = run_command(peftkit_command("train " + recipe().string() + " --set train.kernel=reference"));
+  auto result =
+      run_command(peftkit_command("train " + recipe().string() + " --set train.kernel=reference"));
   ASSERT_EQ(result.exit_code, 0) << result.output;
   auto reference = metrics();
   ASSERT_EQ(reference.size(), kernel.size());
   for (size_t i = 0; i < kernel.size(); ++i)
-    EXPECT_NEAR(reference[i]["loss"].get<double>(), kernel[i]["loss"].get<double>(), 1e-4) << "step " << i + 1;
+    EXPECT_NEAR(reference[i]["loss"].get<double>(), kernel[i]["loss"].get<double>(), 1e-4)
+        << "step " << i + 1;
 }
 
 TEST_F(TrainerTest, TheChunkedKernelIsRefusedOffTheGpuNamingTheKey) {
-  auto result =
-      run_command(peftkit_command("train " + recipe().string() + " --set train.kernel=chunked --set run.device=cpu"));
+  auto result = run_command(peftkit_command("train " + recipe().string() +
+                                            " --set train.kernel=chunked --set run.device=cpu"));
   EXPECT_NE(result.exit_code, 0);
   EXPECT_NE(result.output.find("[train] kernel"), std::string::npos) << result.output;
   EXPECT_NE(result.output.find("CUDA"), std::string::npos) << result.output;
@@ -126,12 +143,14 @@ TEST_F(TrainerTest, TheChunkedKernelIsRefusedOffTheGpuNamingTheKey) {
 // every site plus state tuning, checkpointed blocks, two micro-batches per step, bf16.
 TEST_F(TrainerTest, CudaGraphStepsTrainLikeEagerStepsOnTheGpu) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
-  const std::string methods = "[peft]\nmethod = [\"state\", \"lora\"]\n[peft.lora]\nr = 4\nalpha = 8\n";
+  const std::string methods =
+      "[peft]\nmethod = [\"state\", \"lora\"]\n[peft.lora]\nr = 4\nalpha = 8\n";
   const std::string train = "grad_cp = true\naccumulate_grad_batches = 2\n";
   auto train_with = [&](const std::string& graphs) {
     testing::remove_tree(dir_ / "out");
-    auto result = run_command(peftkit_command("train " + recipe(methods, train).string() +
-                                              " --set run.device=cuda --set train.precision=bf16 --set train.cuda_graphs=" + graphs));
+    auto result = run_command(peftkit_command(
+        "train " + recipe(methods, train).string() +
+        " --set run.device=cuda --set train.precision=bf16 --set train.cuda_graphs=" + graphs));
     EXPECT_EQ(result.exit_code, 0) << result.output;
     return std::make_pair(metrics(), result.output);
   };
@@ -143,18 +162,23 @@ TEST_F(TrainerTest, CudaGraphStepsTrainLikeEagerStepsOnTheGpu) {
     // Step 1's first micro-batch runs eagerly, its second is captured and replayed; then replays.
     EXPECT_TRUE(graphed[i]["cuda_graph"].get<bool>()) << "step " << i + 1;
     EXPECT_FALSE(eager[i]["cuda_graph"].get<bool>());
-    EXPECT_NEAR(graphed[i]["loss"].get<double>(), eager[i]["loss"].get<double>(), 1e-4) << "step " << i + 1;
+    EXPECT_NEAR(graphed[i]["loss"].get<double>(), eager[i]["loss"].get<double>(), 1e-4)
+        << "step " << i + 1;
     EXPECT_NEAR(graphed[i]["grad_norm"].get<double>(), eager[i]["grad_norm"].get<double>(),
-                1e-3 * eager[i]["grad_norm"].get<double>()) << "step " << i + 1;
+                1e-3 * eager[i]["grad_norm"].get<double>())
+        << "step " << i + 1;
   }
-  EXPECT_NE(graphed_output.find("micro-steps replayed as CUDA graphs"), std::string::npos) << graphed_output;
+  EXPECT_NE(graphed_output.find("micro-steps replayed as CUDA graphs"), std::string::npos)
+      << graphed_output;
   // Dropout would repeat its mask in a replay: graphs switch themselves off.
   testing::remove_tree(dir_ / "out");
-  auto dropout = run_command(peftkit_command("train " + recipe(methods + "dropout = 0.1\n", train).string() +
-                                             " --set run.device=cuda"));
+  auto dropout = run_command(peftkit_command(
+      "train " + recipe(methods + "dropout = 0.1\n", train).string() + " --set run.device=cuda"));
   ASSERT_EQ(dropout.exit_code, 0) << dropout.output;
   for (const auto& line : metrics()) EXPECT_FALSE(line["cuda_graph"].get<bool>());
-  EXPECT_NE(dropout.output.find("CUDA graphs off: the step draws random numbers"), std::string::npos) << dropout.output;
+  EXPECT_NE(dropout.output.find("CUDA graphs off: the step draws random numbers"),
+            std::string::npos)
+      << dropout.output;
 }
 
 // chunk_ctx: samples of 32 tokens trained in segments of 12, 12 and 8 that carry the state give
@@ -162,12 +186,13 @@ TEST_F(TrainerTest, CudaGraphStepsTrainLikeEagerStepsOnTheGpu) {
 // the state; fp32 on the CPU, so only rounding differs). State tuning + LoRA, so the gradient
 // reaches the initial state and every carried tensor; with and without checkpointed blocks.
 TEST_F(TrainerTest, ChunkedContextTrainsLikeTheWholeContext) {
-  const std::string methods = "[peft]\nmethod = [\"state\", \"lora\"]\n[peft.lora]\nr = 4\nalpha = 8\n";
+  const std::string methods =
+      "[peft]\nmethod = [\"state\", \"lora\"]\n[peft.lora]\nr = 4\nalpha = 8\n";
   auto train_with = [&](const std::string& chunk, bool grad_cp) {
     testing::remove_tree(dir_ / "out");
-    auto result = run_command(peftkit_command("train " + recipe(methods).string() + " --set train.chunk_ctx=" + chunk +
-                                              " --set train.grad_cp=" + (grad_cp ? "true" : "false") +
-                                              " --set data.eval_fraction=0.05"));
+    auto result = run_command(peftkit_command(
+        "train " + recipe(methods).string() + " --set train.chunk_ctx=" + chunk +
+        " --set train.grad_cp=" + (grad_cp ? "true" : "false") + " --set data.eval_fraction=0.05"));
     EXPECT_EQ(result.exit_code, 0) << result.output;
     return metrics();
   };
@@ -179,11 +204,14 @@ TEST_F(TrainerTest, ChunkedContextTrainsLikeTheWholeContext) {
     EXPECT_NEAR(segmented[0]["eval_loss"].get<double>(), whole[0]["eval_loss"].get<double>(),
                 1e-5 * whole[0]["eval_loss"].get<double>());
     for (size_t i = 1; i < whole.size(); ++i) {
-      const double loss = whole[i]["loss"].get<double>(), norm = whole[i]["grad_norm"].get<double>();
-      EXPECT_NEAR(segmented[i]["loss"].get<double>(), loss, 1e-5 * loss) << "step " << i << " grad_cp " << grad_cp;
+      const double loss = whole[i]["loss"].get<double>(),
+                   norm = whole[i]["grad_norm"].get<double>();
+      EXPECT_NEAR(segmented[i]["loss"].get<double>(), loss, 1e-5 * loss)
+          << "step " << i << " grad_cp " << grad_cp;
       EXPECT_NEAR(segmented[i]["grad_norm"].get<double>(), norm, 1e-4 * norm) << "step " << i;
       if (whole[i].contains("eval_loss"))
-        EXPECT_NEAR(segmented[i]["eval_loss"].get<double>(), whole[i]["eval_loss"].get<double>(), 1e-5 * loss);
+        EXPECT_NEAR(segmented[i]["eval_loss"].get<double>(), whole[i]["eval_loss"].get<double>(),
+                    1e-5 * loss);
     }
   }
   EXPECT_TRUE(whole.back().contains("eval_loss"));
@@ -193,11 +221,13 @@ TEST_F(TrainerTest, ChunkedContextTrainsLikeTheWholeContext) {
 // inside captured steps, against the unsegmented batch; fp32 (TF32 off), state tuning + LoRA.
 TEST_F(TrainerTest, ChunkedContextOnTheGpuTrainsLikeTheWholeContext) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
-  const std::string methods = "[peft]\nmethod = [\"state\", \"lora\"]\n[peft.lora]\nr = 4\nalpha = 8\n";
+  const std::string methods =
+      "[peft]\nmethod = [\"state\", \"lora\"]\n[peft.lora]\nr = 4\nalpha = 8\n";
   auto train_with = [&](const std::string& chunk) {
     testing::remove_tree(dir_ / "out");
-    auto result = run_command(peftkit_command("train " + recipe(methods, "grad_cp = true\n").string() +
-                                              " --set run.device=cuda --set train.chunk_ctx=" + chunk));
+    auto result =
+        run_command(peftkit_command("train " + recipe(methods, "grad_cp = true\n").string() +
+                                    " --set run.device=cuda --set train.chunk_ctx=" + chunk));
     EXPECT_EQ(result.exit_code, 0) << result.output;
     return metrics();
   };
@@ -221,19 +251,22 @@ TEST_F(TrainerTest, InterruptedRunResumesExactly) {
   const std::string file = recipe().string(), log = (dir_ / "child.log").string();
   EXPECT_EQ(train_until_interrupted({file}, 3, log), 130) << testing::read_file(log);
   const std::string message = testing::read_file(log);
-  EXPECT_NE(message.find("Resume with: peftkit train " + file + " --resume"), std::string::npos) << message;
+  EXPECT_NE(message.find("Resume with: peftkit train " + file + " --resume"), std::string::npos)
+      << message;
   const size_t done = metrics().size();
   ASSERT_LT(done, uninterrupted.size());
   // A fresh start over an interrupted run is refused; --resume continues it.
   auto refused = run_command(peftkit_command("train " + file));
   EXPECT_EQ(refused.exit_code, 1);
-  EXPECT_NE(refused.output.find("already holds checkpoints of an earlier run"), std::string::npos) << refused.output;
+  EXPECT_NE(refused.output.find("already holds checkpoints of an earlier run"), std::string::npos)
+      << refused.output;
   auto resumed = run_command(peftkit_command("train " + file + " --resume"));
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   auto combined = metrics();
   ASSERT_EQ(combined.size(), uninterrupted.size());
   for (size_t i = 0; i < combined.size(); ++i)
-    EXPECT_EQ(combined[i]["loss"].get<double>(), uninterrupted[i]["loss"].get<double>()) << "step " << i + 1;
+    EXPECT_EQ(combined[i]["loss"].get<double>(), uninterrupted[i]["loss"].get<double>())
+        << "step " << i + 1;
 }
 
 TEST_F(TrainerTest, HardKillLosesOnlyTheStepsAfterTheLastCheckpoint) {
@@ -250,17 +283,20 @@ TEST_F(TrainerTest, HardKillLosesOnlyTheStepsAfterTheLastCheckpoint) {
     _exit(127);
   }
   // The first checkpoint is written at step 4 (end of epoch 0); kill after step 5 without warning.
-  for (int i = 0; i < 600 && metrics().size() < 5; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  for (int i = 0; i < 600 && metrics().size() < 5; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
   kill(child, SIGKILL);
   int status = 0;
-  waitpid(child, &status, 0);  // (a very fast machine may have finished: resuming must then do nothing)
+  waitpid(child, &status,
+          0);  // (a very fast machine may have finished: resuming must then do nothing)
   auto resumed = run_command(peftkit_command("train " + file + " --resume"));
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   auto combined = metrics();
   ASSERT_EQ(combined.size(), uninterrupted.size());
   for (size_t i = 0; i < combined.size(); ++i) {
     EXPECT_EQ(combined[i]["step"].get<int>(), static_cast<int>(i) + 1);
-    EXPECT_EQ(combined[i]["loss"].get<double>(), uninterrupted[i]["loss"].get<double>()) << "step " << i + 1;
+    EXPECT_EQ(combined[i]["loss"].get<double>(), uninterrupted[i]["loss"].get<double>())
+        << "step " << i + 1;
   }
 }
 
@@ -269,41 +305,52 @@ TEST_F(TrainerTest, ResumeNeedsACheckpointOfTheSameRun) {
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_NE(result.output.find("no checkpoint in"), std::string::npos) << result.output;
   ASSERT_EQ(run_command(peftkit_command("train " + recipe().string())).exit_code, 0);
-  result = run_command(peftkit_command("train " + recipe().string() + " --resume --set train.micro_bsz=3"));
+  result = run_command(
+      peftkit_command("train " + recipe().string() + " --resume --set train.micro_bsz=3"));
   EXPECT_EQ(result.exit_code, 1);
-  EXPECT_NE(result.output.find("belongs to a run with different settings"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("belongs to a run with different settings"), std::string::npos)
+      << result.output;
   // keep_checkpoints = 2: only the newest two remain.
   size_t checkpoints = 0;
-  for (const auto& entry : std::filesystem::directory_iterator(dir_ / "out" / "checkpoints")) checkpoints += entry.path().extension() == ".ckpt";
+  for (const auto& entry : std::filesystem::directory_iterator(dir_ / "out" / "checkpoints"))
+    checkpoints += entry.path().extension() == ".ckpt";
   EXPECT_EQ(checkpoints, 2u);
 }
 
 TEST_F(TrainerTest, NonFiniteStepsAreSkippedThenTheRunStops) {
   // An absurd learning rate overflows the weights within a few steps.
-  auto result = run_command(peftkit_command("train " + recipe("", "max_bad_steps = 2\ngrad_clip = 0.0\n").string() +
-                                    " --set train.lr_init=1e30 --set train.lr_final=1e30"));
+  auto result = run_command(
+      peftkit_command("train " + recipe("", "max_bad_steps = 2\ngrad_clip = 0.0\n").string() +
+                      " --set train.lr_init=1e30 --set train.lr_final=1e30"));
   EXPECT_EQ(result.exit_code, 4) << result.output;
-  EXPECT_NE(result.output.find("steps in a row had a non-finite loss or gradient"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("steps in a row had a non-finite loss or gradient"),
+            std::string::npos)
+      << result.output;
   auto lines = metrics();
   ASSERT_GE(lines.size(), 2u);
   EXPECT_TRUE(lines.back()["skipped"].get<bool>());
 }
 
 TEST_F(TrainerTest, TrainPartsTrainAndSaveOnlyTheSelectedTensors) {
-  auto result = run_command(peftkit_command("train " + recipe("[peft]\ntrain_parts = [\"ln\"]\n").string()));
+  auto result =
+      run_command(peftkit_command("train " + recipe("[peft]\ntrain_parts = [\"ln\"]\n").string()));
   ASSERT_EQ(result.exit_code, 0) << result.output;
   TensorMap saved = read_pth(dir_ / "out" / "rwkv-0.pth");
-  EXPECT_EQ(saved.size(), 4u + 2u * 6u);  // ln0, ln_out, and per layer ln1, ln2, ln_x (weight and bias)
+  EXPECT_EQ(saved.size(),
+            4u + 2u * 6u);  // ln0, ln_out, and per layer ln1, ln2, ln_x (weight and bias)
   for (const auto& [name, t] : saved) EXPECT_NE(name.find("ln"), std::string::npos) << name;
   TensorMap base = read_pth(shared_->path() / "model.pth");
   // (A fresh model's output projections are zero, so only ln0 and ln_out get gradients yet.)
   EXPECT_FALSE(at::equal(saved.at("ln_out.weight"), base.at("ln_out.weight")));
-  auto none = run_command(peftkit_command("train " + recipe("[peft]\ntrain_parts = [\"nothing\"]\n").string()));
-  EXPECT_NE(none.output.find("train_parts: matches no tensor of the model"), std::string::npos) << none.output;
+  auto none = run_command(
+      peftkit_command("train " + recipe("[peft]\ntrain_parts = [\"nothing\"]\n").string()));
+  EXPECT_NE(none.output.find("train_parts: matches no tensor of the model"), std::string::npos)
+      << none.output;
 }
 
 TEST_F(TrainerTest, Bfloat16TrainingKeepsFp32MastersAndLearns) {
-  auto result = run_command(peftkit_command("train " + recipe().string() + " --set train.precision=bf16 --set train.grad_cp=true"));
+  auto result = run_command(peftkit_command(
+      "train " + recipe().string() + " --set train.precision=bf16 --set train.grad_cp=true"));
   ASSERT_EQ(result.exit_code, 0) << result.output;
   auto lines = metrics();
   ASSERT_EQ(lines.size(), 12u);
@@ -318,13 +365,16 @@ TEST_F(TrainerTest, Bfloat16TrainingKeepsFp32MastersAndLearns) {
 // perturbed model: RWKV-LM's init has zero output projections, through which the state gets its
 // gradient.)
 TEST_F(TrainerTest, PerMethodLearningRateScales) {
-  write_pth(dir_ / "perturbed.pth", testing::perturbed_model(Rwkv7Config::for_size(2, 64, 1000, 32), 6));
+  write_pth(dir_ / "perturbed.pth",
+            testing::perturbed_model(Rwkv7Config::for_size(2, 64, 1000, 32), 6));
   const std::string methods =
-      "[peft]\nmethod = [\"state\", \"lora\"]\n[peft.state]\nlr_scale = 100\n[peft.lora]\nr = 4\nalpha = 8\n";
-  auto result = run_command(peftkit_command("train " + recipe(methods).string() + " --set model.path=" +
-                                            (dir_ / "perturbed.pth").string() +
-                                            " --set train.epoch_steps=1 --set train.epoch_count=1 --set train.warmup_steps=0"
-                                            " --set train.lr_init=1e-3 --set train.lr_final=1e-3"));
+      "[peft]\nmethod = [\"state\", \"lora\"]\n[peft.state]\nlr_scale = 100\n[peft.lora]\nr = "
+      "4\nalpha = 8\n";
+  auto result = run_command(peftkit_command(
+      "train " + recipe(methods).string() +
+      " --set model.path=" + (dir_ / "perturbed.pth").string() +
+      " --set train.epoch_steps=1 --set train.epoch_count=1 --set train.warmup_steps=0"
+      " --set train.lr_init=1e-3 --set train.lr_final=1e-3"));
   ASSERT_EQ(result.exit_code, 0) << result.output;
   double state = 0, lora_b = 0;
   for (const auto& [name, t] : read_pth(dir_ / "out" / "rwkv-0.pth")) {
@@ -335,14 +385,16 @@ TEST_F(TrainerTest, PerMethodLearningRateScales) {
   EXPECT_NEAR(state, 0.1, 0.1 * 0.01);     // 1e-3 x 100 (bf16 in the file)
   EXPECT_NEAR(lora_b, 1e-3, 1e-3 * 0.01);  // 1e-3 x 1
   // The key is checked like any other: a scale must be positive.
-  auto bad = run_command(peftkit_command("train " + recipe(methods).string() + " --set peft.state.lr_scale=0"));
+  auto bad = run_command(
+      peftkit_command("train " + recipe(methods).string() + " --set peft.state.lr_scale=0"));
   EXPECT_EQ(bad.exit_code, 1);
   EXPECT_NE(bad.output.find("[peft.state] lr_scale: expected"), std::string::npos) << bad.output;
 }
 
 TEST_F(TrainerTest, EvaluationOnASeparateFile) {
-  auto result = run_command(peftkit_command("train " + recipe().string() + " --set data.eval_file=" +
-                                    (shared_->path() / "tokens.npy").string()));
+  auto result =
+      run_command(peftkit_command("train " + recipe().string() + " --set data.eval_file=" +
+                                  (shared_->path() / "tokens.npy").string()));
   ASSERT_EQ(result.exit_code, 0) << result.output;
   auto lines = metrics();
   ASSERT_EQ(lines.size(), 13u);
@@ -352,32 +404,39 @@ TEST_F(TrainerTest, EvaluationOnASeparateFile) {
   EXPECT_FALSE(lines[0].contains("loss"));
   EXPECT_TRUE(lines[4].contains("eval_loss"));  // at the end of each epoch
   EXPECT_FALSE(lines[3].contains("eval_loss"));
-  auto without = run_command(peftkit_command("train " + recipe().string() + " --set data.eval_file=" +
-                                             (shared_->path() / "tokens.npy").string() +
-                                             " --set data.eval_at_start=false --set output.dir=out-no-start"));
+  auto without =
+      run_command(peftkit_command("train " + recipe().string() + " --set data.eval_file=" +
+                                  (shared_->path() / "tokens.npy").string() +
+                                  " --set data.eval_at_start=false --set output.dir=out-no-start"));
   ASSERT_EQ(without.exit_code, 0) << without.output;
   const auto no_start = testing::read_metrics(dir_ / "out-no-start" / "metrics.jsonl");
   ASSERT_EQ(no_start.size(), 12u);
   EXPECT_EQ(no_start[0]["step"], 1);
-  auto both = run_command(peftkit_command("train " + recipe().string() + " --set data.eval_file=x.npy --set data.eval_fraction=0.1"));
-  EXPECT_NE(both.output.find("give either eval_file or eval_fraction, not both"), std::string::npos) << both.output;
+  auto both = run_command(peftkit_command(
+      "train " + recipe().string() + " --set data.eval_file=x.npy --set data.eval_fraction=0.1"));
+  EXPECT_NE(both.output.find("give either eval_file or eval_fraction, not both"), std::string::npos)
+      << both.output;
 }
 
 TEST_F(TrainerTest, EvaluationReportsLossAndPerplexity) {
-  auto result = run_command(peftkit_command("train " + recipe().string() + " --set data.eval_fraction=0.1 --set data.eval_every=2"));
+  auto result = run_command(peftkit_command(
+      "train " + recipe().string() + " --set data.eval_fraction=0.1 --set data.eval_every=2"));
   ASSERT_EQ(result.exit_code, 0) << result.output;
   auto lines = metrics();
   ASSERT_EQ(lines[0]["step"], 0);
   ASSERT_TRUE(lines[0].contains("eval_loss"));
   EXPECT_FALSE(lines[1].contains("eval_loss"));
   ASSERT_TRUE(lines[2].contains("eval_loss"));
-  EXPECT_NEAR(lines[2]["eval_ppl"].get<double>(), std::exp(lines[2]["eval_loss"].get<double>()), 1e-9);
+  EXPECT_NEAR(lines[2]["eval_ppl"].get<double>(), std::exp(lines[2]["eval_loss"].get<double>()),
+              1e-9);
   const double accuracy = lines[2]["eval_accuracy"].get<double>();
   EXPECT_GE(accuracy, 0.0);
   EXPECT_LE(accuracy, 1.0);
   EXPECT_GT(lines[2]["eval_tokens"].get<int64_t>(), 0);
-  auto bad = run_command(peftkit_command("train " + recipe().string() + " --set data.eval_every=2"));
-  EXPECT_NE(bad.output.find("eval_every: needs eval_file or eval_fraction"), std::string::npos) << bad.output;
+  auto bad =
+      run_command(peftkit_command("train " + recipe().string() + " --set data.eval_every=2"));
+  EXPECT_NE(bad.output.find("eval_every: needs eval_file or eval_fraction"), std::string::npos)
+      << bad.output;
 }
 
 // Issue 14 item 7: a batch without a counted target updates nothing and is reported as skipped;
@@ -387,8 +446,10 @@ TEST_F(TrainerTest, BatchesWithoutTargetsUpdateNothingAndAllSkippedIsAFailure) {
   std::string lines = "{\"text\": \"a b c d e f g h\"}\n";
   for (int i = 0; i < 7; ++i) lines += "{\"text\": \"\"}\n";
   const auto data = testing::write_file(dir_ / "mixed.jsonl", lines);
-  const std::string jsonl = " --set data.format=jsonl --set data.path=" + data.string() + " --set train.micro_bsz=1";
-  auto mixed = run_command(peftkit_command("train " + recipe("[peft]\ntrain_parts = [\"ln_out\"]\n").string() + jsonl));
+  const std::string jsonl =
+      " --set data.format=jsonl --set data.path=" + data.string() + " --set train.micro_bsz=1";
+  auto mixed = run_command(
+      peftkit_command("train " + recipe("[peft]\ntrain_parts = [\"ln_out\"]\n").string() + jsonl));
   ASSERT_EQ(mixed.exit_code, 0) << mixed.output;
   int64_t tokens = 0, skipped = 0;
   for (const auto& line : metrics()) {
@@ -399,27 +460,35 @@ TEST_F(TrainerTest, BatchesWithoutTargetsUpdateNothingAndAllSkippedIsAFailure) {
     skipped += !counted;
   }
   EXPECT_GT(skipped, 0);
-  EXPECT_NE(mixed.output.find("no target token counts in its batches"), std::string::npos) << mixed.output;
+  EXPECT_NE(mixed.output.find("no target token counts in its batches"), std::string::npos)
+      << mixed.output;
 
   // Only empty documents: refused before training, nothing written but the folder.
-  const auto empty = testing::write_file(dir_ / "empty.jsonl", "{\"text\": \"\"}\n{\"text\": \"\"}\n");
+  const auto empty =
+      testing::write_file(dir_ / "empty.jsonl", "{\"text\": \"\"}\n{\"text\": \"\"}\n");
   testing::remove_tree(dir_ / "out");
-  auto refused = run_command(peftkit_command("train " + recipe().string() + " --set data.format=jsonl --set data.path=" +
-                                             empty.string()));
+  auto refused = run_command(peftkit_command(
+      "train " + recipe().string() + " --set data.format=jsonl --set data.path=" + empty.string()));
   EXPECT_EQ(refused.exit_code, 1) << refused.output;
-  EXPECT_NE(refused.output.find(empty.string() + ": no line has a token to learn"), std::string::npos) << refused.output;
+  EXPECT_NE(refused.output.find(empty.string() + ": no line has a token to learn"),
+            std::string::npos)
+      << refused.output;
   EXPECT_FALSE(std::filesystem::exists(dir_ / "out" / "rwkv-0.pth"));
 
   // One step that draws an empty document (seed 3 draws index 1 first): nothing learned, exit 4.
-  const auto pair = testing::write_file(dir_ / "pair.jsonl", "{\"text\": \"a b c d\"}\n{\"text\": \"\"}\n");
+  const auto pair =
+      testing::write_file(dir_ / "pair.jsonl", "{\"text\": \"a b c d\"}\n{\"text\": \"\"}\n");
   testing::remove_tree(dir_ / "out");
   auto all_skipped = run_command(peftkit_command(
       "train " + recipe().string() + " --set data.format=jsonl --set data.path=" + pair.string() +
-      " --set train.micro_bsz=1 --set train.epoch_steps=1 --set train.epoch_count=1 --set train.seed=3"));
+      " --set train.micro_bsz=1 --set train.epoch_steps=1 --set train.epoch_count=1 --set "
+      "train.seed=3"));
   ASSERT_EQ(metrics().size(), 1u) << all_skipped.output;
-  ASSERT_EQ(metrics()[0]["tokens"].get<int64_t>(), 0) << "seed 3 drew the non-empty line; pick another seed";
+  ASSERT_EQ(metrics()[0]["tokens"].get<int64_t>(), 0)
+      << "seed 3 drew the non-empty line; pick another seed";
   EXPECT_EQ(all_skipped.exit_code, 4) << all_skipped.output;
-  EXPECT_NE(all_skipped.output.find("all 1 steps of this run were skipped"), std::string::npos) << all_skipped.output;
+  EXPECT_NE(all_skipped.output.find("all 1 steps of this run were skipped"), std::string::npos)
+      << all_skipped.output;
 }
 
 // Issue 14 item 8: a base model named like an output inside the output folder, or a recipe named
@@ -428,22 +497,25 @@ TEST_F(TrainerTest, TrainingNeverWritesOverItsInputs) {
   std::filesystem::create_directories(dir_ / "out");
   std::filesystem::copy_file(shared_->path() / "model.pth", dir_ / "out" / "rwkv-0.pth");
   const std::string model_before = testing::read_file(dir_ / "out" / "rwkv-0.pth");
-  auto result = run_command(peftkit_command("train " + recipe().string() + " --set model.path=out/rwkv-0.pth"));
+  auto result = run_command(
+      peftkit_command("train " + recipe().string() + " --set model.path=out/rwkv-0.pth"));
   EXPECT_EQ(result.exit_code, 1) << result.output;
-  EXPECT_NE(result.output.find("[output] dir: the run would write " + (dir_ / "out" / "rwkv-0.pth").string() +
+  EXPECT_NE(result.output.find("[output] dir: the run would write " +
+                               (dir_ / "out" / "rwkv-0.pth").string() +
                                ", which is [model] path; training never writes over its inputs"),
             std::string::npos)
       << result.output;
   EXPECT_EQ(testing::read_file(dir_ / "out" / "rwkv-0.pth"), model_before);
 
   // A recipe in its own output folder, named recipe.toml: refused, its comments kept.
-  const std::string text = "# my notes\n" + testing::read_file(recipe()) ;
+  const std::string text = "# my notes\n" + testing::read_file(recipe());
   std::string own = text;
   own.replace(own.find("dir = \"out\""), 11, "dir = \".\"");
   const auto inside = testing::write_file(dir_ / "own" / "recipe.toml", own);
   result = run_command(peftkit_command("train " + inside.string()));
   EXPECT_EQ(result.exit_code, 1) << result.output;
-  EXPECT_NE(result.output.find("which is the recipe; training never writes over its inputs"), std::string::npos)
+  EXPECT_NE(result.output.find("which is the recipe; training never writes over its inputs"),
+            std::string::npos)
       << result.output;
   EXPECT_EQ(testing::read_file(inside), own);
 }
@@ -459,16 +531,19 @@ TEST_F(TrainerTest, ADamagedCheckpointIsReportedAndTheNewestIntactOneIsUsed) {
   testing::write_file(newest, bytes);
   auto resumed = run_command(peftkit_command("train " + recipe().string() + " --resume"));
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
-  EXPECT_NE(resumed.output.find("cannot use checkpoint " + newest.string() + ": entry "), std::string::npos)
+  EXPECT_NE(resumed.output.find("cannot use checkpoint " + newest.string() + ": entry "),
+            std::string::npos)
       << resumed.output;
   EXPECT_NE(resumed.output.find("is damaged"), std::string::npos) << resumed.output;
-  EXPECT_NE(resumed.output.find("falling back to step-000000008.ckpt"), std::string::npos) << resumed.output;
+  EXPECT_NE(resumed.output.find("falling back to step-000000008.ckpt"), std::string::npos)
+      << resumed.output;
   EXPECT_NE(resumed.output.find("resumed from"), std::string::npos) << resumed.output;
   EXPECT_TRUE(std::filesystem::exists(newest.string() + ".damaged"));
   const auto again = metrics();
   ASSERT_EQ(again.size(), uninterrupted.size());
   for (size_t i = 0; i < again.size(); ++i)
-    EXPECT_EQ(again[i]["loss"].get<double>(), uninterrupted[i]["loss"].get<double>()) << "step " << i + 1;
+    EXPECT_EQ(again[i]["loss"].get<double>(), uninterrupted[i]["loss"].get<double>())
+        << "step " << i + 1;
 }
 
 // Issue 14 item 11: non-finite weights are reported at load with the tensor's name (a NaN model
@@ -476,27 +551,36 @@ TEST_F(TrainerTest, ADamagedCheckpointIsReportedAndTheNewestIntactOneIsUsed) {
 TEST_F(TrainerTest, NonFiniteWeightsAreReportedAtLoad) {
   const auto nan_model = dir_ / "nan.pth";
   auto make = run_command(std::string(PEFTKIT_PYTHON) + " -c \"import torch; m = torch.load('" +
-                          (shared_->path() / "model.pth").string() + "', weights_only=True); "
-                          "m['blocks.1.att.key.weight'][3, 5] = float('nan'); torch.save(m, '" + nan_model.string() + "')\"");
+                          (shared_->path() / "model.pth").string() +
+                          "', weights_only=True); "
+                          "m['blocks.1.att.key.weight'][3, 5] = float('nan'); torch.save(m, '" +
+                          nan_model.string() + "')\"");
   ASSERT_EQ(make.exit_code, 0) << make.output;
-  auto result = run_command(peftkit_command("train " + recipe().string() + " --set model.path=" + nan_model.string()));
+  auto result = run_command(
+      peftkit_command("train " + recipe().string() + " --set model.path=" + nan_model.string()));
   EXPECT_EQ(result.exit_code, 1) << result.output;
-  EXPECT_NE(result.output.find(nan_model.string() + ": tensor 'blocks.1.att.key.weight' holds 1 non-finite value(s)"),
+  EXPECT_NE(result.output.find(nan_model.string() +
+                               ": tensor 'blocks.1.att.key.weight' holds 1 non-finite value(s)"),
             std::string::npos)
       << result.output;
-  auto generate = run_command(peftkit_command("generate --model " + nan_model.string() + " --prompt hi --temperature 0"));
+  auto generate = run_command(
+      peftkit_command("generate --model " + nan_model.string() + " --prompt hi --temperature 0"));
   EXPECT_EQ(generate.exit_code, 1) << generate.output;
-  EXPECT_NE(generate.output.find("'blocks.1.att.key.weight' holds 1 non-finite value(s)"), std::string::npos)
+  EXPECT_NE(generate.output.find("'blocks.1.att.key.weight' holds 1 non-finite value(s)"),
+            std::string::npos)
       << generate.output;
 }
 
 // Issue 14 item 21: the printed resume command keeps the run's --set overrides.
 TEST_F(TrainerTest, TheResumeHintKeepsTheOverrides) {
   const std::string file = recipe().string(), log = (dir_ / "child.log").string();
-  ASSERT_EQ(train_until_interrupted({file, "--set", "train.lr_init=2e-3", "--set", "train.warmup_steps=1"}, 2, log), 130)
+  ASSERT_EQ(train_until_interrupted(
+                {file, "--set", "train.lr_init=2e-3", "--set", "train.warmup_steps=1"}, 2, log),
+            130)
       << testing::read_file(log);
   const std::string message = testing::read_file(log);
-  const std::string hint = "peftkit train " + file + " --set train.lr_init=2e-3 --set train.warmup_steps=1 --resume";
+  const std::string hint =
+      "peftkit train " + file + " --set train.lr_init=2e-3 --set train.warmup_steps=1 --resume";
   ASSERT_NE(message.find("Resume with: " + hint), std::string::npos) << message;
   // Run as printed, it continues the same run (the settings' fingerprint matches).
   auto resumed = run_command(peftkit_command(hint.substr(std::string("peftkit ").size())));
@@ -508,18 +592,21 @@ TEST_F(TrainerTest, TheResumeHintKeepsTheOverrides) {
 // the rewrite fail like a full disk: the error names the file and the reason, and the complete
 // metrics.jsonl stays as it was.
 TEST_F(TrainerTest, AFailedMetricsRewriteOnResumeLosesNothing) {
-  const std::string file = recipe().string(), longer = " --set train.epoch_steps=20 --set train.ctx_len=8";
+  const std::string file = recipe().string(),
+                    longer = " --set train.epoch_steps=20 --set train.ctx_len=8";
   ASSERT_EQ(run_command(peftkit_command("train " + file + longer)).exit_code, 0);
   const std::string metrics_before = testing::read_file(dir_ / "out" / "metrics.jsonl");
   ASSERT_GT(metrics_before.size(), 9000u);  // 60 lines; resuming at step 40 rewrites 40 of them
-  ASSERT_LT(testing::read_file(dir_ / "out" / "recipe.toml").size(), 5000u);  // written before, must fit
+  ASSERT_LT(testing::read_file(dir_ / "out" / "recipe.toml").size(),
+            5000u);  // written before, must fit
   const auto newest = dir_ / "out" / "checkpoints" / "step-000000060.ckpt";
   ASSERT_TRUE(std::filesystem::exists(newest));
   std::filesystem::rename(newest, dir_ / "step-60.kept");
-  auto result = run_command("bash -c 'trap \"\" XFSZ; ulimit -f 6; exec " + peftkit_command("train " + file + longer) +
-                            " --resume'");
+  auto result = run_command("bash -c 'trap \"\" XFSZ; ulimit -f 6; exec " +
+                            peftkit_command("train " + file + longer) + " --resume'");
   EXPECT_EQ(result.exit_code, 1) << result.output;
-  EXPECT_NE(result.output.find((dir_ / "out" / "metrics.jsonl").string() + ": writing failed"), std::string::npos)
+  EXPECT_NE(result.output.find((dir_ / "out" / "metrics.jsonl").string() + ": writing failed"),
+            std::string::npos)
       << result.output;
   EXPECT_NE(result.output.find("File too large"), std::string::npos) << result.output;
   EXPECT_EQ(testing::read_file(dir_ / "out" / "metrics.jsonl"), metrics_before);
@@ -532,17 +619,21 @@ TEST_F(TrainerTest, AFailedMetricsRewriteOnResumeLosesNothing) {
 TEST_F(TrainerTest, FifosAndFilesInTheWayAreInputErrors) {
   const auto fifo = dir_ / "fifo.npy";
   ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
-  auto data = run_command("timeout 60 " + peftkit_command("train " + recipe().string() + " --set data.path=" + fifo.string()));
+  auto data = run_command("timeout 60 " + peftkit_command("train " + recipe().string() +
+                                                          " --set data.path=" + fifo.string()));
   EXPECT_EQ(data.exit_code, 1) << data.output;
-  EXPECT_NE(data.output.find(fifo.string() + ": not a regular file"), std::string::npos) << data.output;
+  EXPECT_NE(data.output.find(fifo.string() + ": not a regular file"), std::string::npos)
+      << data.output;
   auto inspect = run_command("timeout 60 " + peftkit_command("inspect " + fifo.string()));
   EXPECT_EQ(inspect.exit_code, 1) << inspect.output;
-  EXPECT_NE(inspect.output.find(fifo.string() + ": not a regular file (a FIFO)"), std::string::npos) << inspect.output;
+  EXPECT_NE(inspect.output.find(fifo.string() + ": not a regular file (a FIFO)"), std::string::npos)
+      << inspect.output;
   auto recipe_fifo = run_command("timeout 60 " + peftkit_command("recipe check " + fifo.string()));
   EXPECT_EQ(recipe_fifo.exit_code, 1) << recipe_fifo.output;
 
   testing::write_file(dir_ / "taken", "a file, not a folder");
-  auto taken = run_command(peftkit_command("train " + recipe().string() + " --set output.dir=taken"));
+  auto taken =
+      run_command(peftkit_command("train " + recipe().string() + " --set output.dir=taken"));
   EXPECT_EQ(taken.exit_code, 1) << taken.output;
   EXPECT_NE(taken.output.find("taken"), std::string::npos) << taken.output;
   EXPECT_EQ(taken.output.find("internal error"), std::string::npos) << taken.output;

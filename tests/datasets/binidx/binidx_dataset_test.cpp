@@ -21,7 +21,8 @@ class BinidxTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new testing::TempDir();
-    auto result = testing::run_command(std::string(PEFTKIT_PYTHON) + " " MAKE_BINIDX_SCRIPT " write " + dir_->path().string());
+    auto result = testing::run_command(std::string(PEFTKIT_PYTHON) +
+                                       " " MAKE_BINIDX_SCRIPT " write " + dir_->path().string());
     ASSERT_EQ(result.exit_code, 0) << result.output;
     registry_ = new host::PluginRegistry(host::PluginRegistry::discover({PLUGIN_DIR}));
   }
@@ -29,13 +30,15 @@ class BinidxTest : public ::testing::Test {
     delete registry_;
     delete dir_;
   }
-  static std::shared_ptr<Dataset> open(const std::string& name, int64_t ctx_len, const std::string& mode = "pad",
+  static std::shared_ptr<Dataset> open(const std::string& name, int64_t ctx_len,
+                                       const std::string& mode = "pad",
                                        const std::string& order = "") {
     auto plugin = registry_->get<DatasetPlugin>("binidx");
     Options options = host::default_options(plugin->options(), "data.binidx");
     options.set("mode", mode, OptionSource::kRecipe);
     if (!order.empty()) options.set("order", order, OptionSource::kRecipe);
-    return host::keep_loaded(plugin->open({dir_->path() / name, ctx_len, 65536, 0, nullptr}, options), plugin);
+    return host::keep_loaded(
+        plugin->open({dir_->path() / name, ctx_len, 65536, 0, nullptr}, options), plugin);
   }
   static std::string error(const std::string& name) {
     try {
@@ -58,7 +61,8 @@ TEST_F(BinidxTest, PadModeGivesOneDocumentPerSampleForUint16AndInt32) {
       std::vector<int32_t> doc = document(d);
       if (doc.size() > 11) doc.resize(11);  // truncated to ctx_len + 1
       Sample s = dataset->sample(d);
-      EXPECT_EQ(s.input_ids, std::vector<int32_t>(doc.begin(), doc.end() - 1)) << prefix << " " << d;
+      EXPECT_EQ(s.input_ids, std::vector<int32_t>(doc.begin(), doc.end() - 1))
+          << prefix << " " << d;
       EXPECT_EQ(s.targets, std::vector<int32_t>(doc.begin() + 1, doc.end())) << prefix << " " << d;
     }
   }
@@ -73,17 +77,23 @@ TEST_F(BinidxTest, StreamModeReadsTheWholeFileAsOneStream) {
   Sample s = dataset->sample(3);
   EXPECT_EQ(s.input_ids, std::vector<int32_t>(stream.begin() + 24, stream.begin() + 32));
   EXPECT_EQ(s.targets, std::vector<int32_t>(stream.begin() + 25, stream.begin() + 33));
-  EXPECT_NE(open("u16", 8, "stream", "magic_prime")->describe().find("in magic_prime order"), std::string::npos);
+  EXPECT_NE(open("u16", 8, "stream", "magic_prime")->describe().find("in magic_prime order"),
+            std::string::npos);
 }
 
 TEST_F(BinidxTest, BadFilesGetPreciseErrors) {
-  EXPECT_EQ(error("float"), path("float") + ".idx: dtype code 6 is a float type; token ids need an integer type "
-                                            "(8 = uint16 or 4 = int32 as json2binidx and make_data.py write)");
-  EXPECT_NE(error("legacy").find("legacy fairseq \"cached\" index (TNTIDX) is not supported"), std::string::npos);
+  EXPECT_EQ(error("float"),
+            path("float") +
+                ".idx: dtype code 6 is a float type; token ids need an integer type "
+                "(8 = uint16 or 4 = int32 as json2binidx and make_data.py write)");
+  EXPECT_NE(error("legacy").find("legacy fairseq \"cached\" index (TNTIDX) is not supported"),
+            std::string::npos);
   EXPECT_NE(error("short").find("truncated index"), std::string::npos) << error("short");
   EXPECT_EQ(error("missing"), path("missing") + ".idx: cannot open (No such file or directory)");
   // Issue 14 item 12: found when the file is opened, not when the item is drawn.
-  EXPECT_EQ(error("big"), path("big") + ".bin: token id 70000 at element 2 is outside the model's vocabulary [0, 65536)");
+  EXPECT_EQ(error("big"),
+            path("big") +
+                ".bin: token id 70000 at element 2 is outside the model's vocabulary [0, 65536)");
   auto plugin = registry_->get<DatasetPlugin>("binidx");
   Options options = host::default_options(plugin->options(), "data.binidx");
   options.set("order", std::string("sequential"), OptionSource::kRecipe, "r.toml:4:9");
@@ -94,9 +104,11 @@ TEST_F(BinidxTest, BadFilesGetPreciseErrors) {
 // used to be, and sample() read before the mapping); item 7: a file without a target is refused.
 TEST_F(BinidxTest, EveryItemIsValidatedWhenTheIndexIsOpened) {
   testing::TempDir dir;
-  // Three uint16 items of 4 tokens in a 12-token .bin; `pointers` and `sizes` are what the index says.
-  auto write = [&](const std::string& name, std::vector<int32_t> sizes, std::vector<int64_t> pointers,
-                   std::vector<int64_t> documents = {0, 1, 2, 3}, uint64_t count = 3) {
+  // Three uint16 items of 4 tokens in a 12-token .bin; `pointers` and `sizes` are what the index
+  // says.
+  auto write = [&](const std::string& name, std::vector<int32_t> sizes,
+                   std::vector<int64_t> pointers, std::vector<int64_t> documents = {0, 1, 2, 3},
+                   uint64_t count = 3) {
     std::string idx("MMIDIDX\0\0", 9);
     auto put = [&](const void* p, size_t n) { idx.append(static_cast<const char*>(p), n); };
     const uint64_t version = 1, document_count = documents.size();
@@ -114,53 +126,71 @@ TEST_F(BinidxTest, EveryItemIsValidatedWhenTheIndexIsOpened) {
   auto opened = [&](const std::string& prefix) -> std::string {
     auto plugin = registry_->get<DatasetPlugin>("binidx");
     try {
-      return std::to_string(
-          plugin->open({prefix, 8, 65536, 0, nullptr}, host::default_options(plugin->options(), "data.binidx"))->size());
+      return std::to_string(plugin
+                                ->open({prefix, 8, 65536, 0, nullptr},
+                                       host::default_options(plugin->options(), "data.binidx"))
+                                ->size());
     } catch (const Error& e) {
       return e.what();
     }
   };
   EXPECT_EQ(opened(write("good", {4, 4, 4}, {0, 8, 16})), "3");
   const std::string negative = write("negative", {4, 4, 4}, {0, -64, 16});
-  EXPECT_EQ(opened(negative), negative + ".idx: item 1 has the byte pointer -64, which is negative");
+  EXPECT_EQ(opened(negative),
+            negative + ".idx: item 1 has the byte pointer -64, which is negative");
   const std::string odd = write("odd", {4, 4, 4}, {0, 7, 16});
-  EXPECT_EQ(opened(odd), odd + ".idx: item 1 has the byte pointer 7, which is not a multiple of the 2-byte token size");
+  EXPECT_EQ(
+      opened(odd),
+      odd +
+          ".idx: item 1 has the byte pointer 7, which is not a multiple of the 2-byte token size");
   const std::string past = write("past", {4, 9, 4}, {0, 8, 16});
-  EXPECT_EQ(opened(past), past + ".idx: item 1 covers tokens 4 to 13 but " + past + ".bin holds 12 tokens");
+  EXPECT_EQ(opened(past),
+            past + ".idx: item 1 covers tokens 4 to 13 but " + past + ".bin holds 12 tokens");
   const std::string negative_size = write("negative-size", {4, -4, 4}, {0, 8, 16});
   EXPECT_EQ(opened(negative_size), negative_size + ".idx: item 1 has the negative size -4");
   const std::string documents = write("documents", {4, 4, 4}, {0, 8, 16}, {0, 2, 1, 3});
-  EXPECT_EQ(opened(documents), documents + ".idx: document index entry 2 is 1; expected non-decreasing item "
-                                           "numbers from 0 to the item count 3");
+  EXPECT_EQ(opened(documents),
+            documents +
+                ".idx: document index entry 2 is 1; expected non-decreasing item "
+                "numbers from 0 to the item count 3");
   const std::string count = write("count", {4, 4, 4}, {0, 8, 16}, {0, 1, 2, 3}, uint64_t{1} << 62);
-  EXPECT_NE(opened(count).find("truncated index: the header announces 4611686018427387904 items"), std::string::npos)
+  EXPECT_NE(opened(count).find("truncated index: the header announces 4611686018427387904 items"),
+            std::string::npos)
       << opened(count);
   const std::string empty = write("empty", {0, 1, 0}, {0, 0, 2});
-  EXPECT_EQ(opened(empty), empty + ".idx: no item holds two tokens or more, so no sample has a target to learn "
-                                   "(mode = \"pad\" takes one item per sample)");
+  EXPECT_EQ(opened(empty),
+            empty +
+                ".idx: no item holds two tokens or more, so no sample has a target to learn "
+                "(mode = \"pad\" takes one item per sample)");
 }
 
 TEST_F(BinidxTest, ConvertWritesJson2binidxFilesFromJsonl) {
   testing::TempDir dir;
-  auto jsonl = testing::write_file(dir / "docs.jsonl",
-                                   "{\"text\": \"Hello world!\\n\\n\"}\n"
-                                   "{\"prompt\": \"User: hi\\n\\nAssistant:\", \"response\": \" Hello!\\n\\n\"}\n");
-  const std::string convert = std::string(PEFTKIT_BINARY) + " convert --from jsonl --to binidx --input " +
-                              jsonl.string() + " --output " + (dir / "out").string();
+  auto jsonl = testing::write_file(
+      dir / "docs.jsonl",
+      "{\"text\": \"Hello world!\\n\\n\"}\n"
+      "{\"prompt\": \"User: hi\\n\\nAssistant:\", \"response\": \" Hello!\\n\\n\"}\n");
+  const std::string convert = std::string(PEFTKIT_BINARY) +
+                              " convert --from jsonl --to binidx --input " + jsonl.string() +
+                              " --output " + (dir / "out").string();
   // Issue 14 item 19: binidx cannot store the prompt's loss mask; losing it takes an explicit flag.
   auto refused = testing::run_command(convert);
   EXPECT_EQ(refused.exit_code, 1) << refused.output;
-  EXPECT_NE(refused.output.find(jsonl.string() + ": document 1 has "), std::string::npos) << refused.output;
-  EXPECT_NE(refused.output.find(" tokens outside the loss (a prompt or user turns); binidx stores no loss mask"),
+  EXPECT_NE(refused.output.find(jsonl.string() + ": document 1 has "), std::string::npos)
+      << refused.output;
+  EXPECT_NE(refused.output.find(
+                " tokens outside the loss (a prompt or user turns); binidx stores no loss mask"),
             std::string::npos)
       << refused.output;
   EXPECT_FALSE(std::filesystem::exists(dir / "out.idx"));
   auto result = testing::run_command(convert + " --drop-loss-mask");
   ASSERT_EQ(result.exit_code, 0) << result.output;
-  EXPECT_NE(result.output.find("tokens dropped (--drop-loss-mask)"), std::string::npos) << result.output;
+  EXPECT_NE(result.output.find("tokens dropped (--drop-loss-mask)"), std::string::npos)
+      << result.output;
   EXPECT_NE(result.output.find("2 documents"), std::string::npos) << result.output;
   // Python reads what we wrote, independently.
-  auto check = testing::run_command(std::string(PEFTKIT_PYTHON) + " " MAKE_BINIDX_SCRIPT " check " + (dir / "out").string());
+  auto check = testing::run_command(std::string(PEFTKIT_PYTHON) + " " MAKE_BINIDX_SCRIPT " check " +
+                                    (dir / "out").string());
   ASSERT_EQ(check.exit_code, 0) << check.output;
   std::istringstream lines(check.output);
   std::string dtype, first;
@@ -170,7 +200,8 @@ TEST_F(BinidxTest, ConvertWritesJson2binidxFilesFromJsonl) {
   EXPECT_EQ(first, "33155 40213 34 261 0");  // spec rwkv-model §5 vector plus end of document
   // And our binidx plugin reads it back.
   auto plugin = registry_->get<DatasetPlugin>("binidx");
-  auto dataset = plugin->open({dir / "out", 100, 65536, 0, nullptr}, host::default_options(plugin->options(), "data.binidx"));
+  auto dataset = plugin->open({dir / "out", 100, 65536, 0, nullptr},
+                              host::default_options(plugin->options(), "data.binidx"));
   EXPECT_EQ(dataset->sample(0).input_ids, (std::vector<int32_t>{33155, 40213, 34, 261}));
   EXPECT_EQ(dataset->size(), 2);
 }

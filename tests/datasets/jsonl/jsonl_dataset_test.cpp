@@ -19,8 +19,8 @@ class JsonlTest : public ::testing::Test {
     delete registry_;
     delete tokenizer_;
   }
-  std::shared_ptr<Dataset> open(const std::string& text, int64_t ctx_len = 100, bool skip = false, bool eod = true,
-                                const Tokenizer* tokenizer = tokenizer_) {
+  std::shared_ptr<Dataset> open(const std::string& text, int64_t ctx_len = 100, bool skip = false,
+                                bool eod = true, const Tokenizer* tokenizer = tokenizer_) {
     auto plugin = registry_->get<DatasetPlugin>("jsonl");
     Options options = host::default_options(plugin->options(), "data.jsonl");
     options.set("skip_bad_lines", skip, OptionSource::kRecipe);
@@ -53,7 +53,8 @@ TEST_F(JsonlTest, TextLinesAreTrainedOnEveryTokenAndEndWithTheEndToken) {
 }
 
 TEST_F(JsonlTest, PromptResponseLinesTrainOnTheResponseOnly) {
-  auto dataset = open("{\"prompt\": \"User: hi\\n\\nAssistant:\", \"response\": \" Hello!\\n\\n\"}\n");
+  auto dataset =
+      open("{\"prompt\": \"User: hi\\n\\nAssistant:\", \"response\": \" Hello!\\n\\n\"}\n");
   const auto prompt = encode("User: hi\n\nAssistant:"), response = encode(" Hello!\n\n");
   Sample s = dataset->sample(0);
   ASSERT_EQ(s.input_ids.size(), prompt.size() + response.size());
@@ -66,15 +67,18 @@ TEST_F(JsonlTest, PromptResponseLinesTrainOnTheResponseOnly) {
 }
 
 TEST_F(JsonlTest, ChatMessagesUseTheWorldFormatWithLossOnAssistantReplies) {
-  auto dataset = open("{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": \"user\", "
-                      "\"content\": \"Why?\"}, {\"role\": \"assistant\", \"content\": \"Because.\"}]}\n");
+  auto dataset = open(
+      "{\"messages\": [{\"role\": \"system\", \"content\": \"Be brief.\"}, {\"role\": \"user\", "
+      "\"content\": \"Why?\"}, {\"role\": \"assistant\", \"content\": \"Because.\"}]}\n");
   std::vector<int32_t> expected;
-  for (const char* piece : {"System: Be brief.\n\n", "User: Why?\n\n", "Assistant:", " Because.\n\n"})
+  for (const char* piece :
+       {"System: Be brief.\n\n", "User: Why?\n\n", "Assistant:", " Because.\n\n"})
     for (int32_t id : encode(piece)) expected.push_back(id);
   expected.push_back(0);
   Sample s = dataset->sample(0);
   EXPECT_EQ(s.input_ids, std::vector<int32_t>(expected.begin(), expected.end() - 1));
-  const size_t reply = encode("System: Be brief.\n\n").size() + encode("User: Why?\n\n").size() + encode("Assistant:").size();
+  const size_t reply = encode("System: Be brief.\n\n").size() + encode("User: Why?\n\n").size() +
+                       encode("Assistant:").size();
   int64_t counted = 0;
   for (size_t t = 0; t < s.targets.size(); ++t) {
     EXPECT_EQ(s.targets[t] != kIgnoreIndex, t + 1 >= reply) << t;
@@ -84,23 +88,27 @@ TEST_F(JsonlTest, ChatMessagesUseTheWorldFormatWithLossOnAssistantReplies) {
 }
 
 TEST_F(JsonlTest, LongDocumentsAreTruncatedToTheContext) {
-  Sample s = open("{\"text\": \"one two three four five six seven eight nine ten\"}\n", 4)->sample(0);
+  Sample s =
+      open("{\"text\": \"one two three four five six seven eight nine ten\"}\n", 4)->sample(0);
   EXPECT_EQ(s.input_ids.size(), 4u);
 }
 
 TEST_F(JsonlTest, MalformedLinesNameFileAndLineOrAreSkipped) {
   EXPECT_EQ(error("{\"text\": \"a\"}\n{\"text\": 5}\n"),
-            ":2: \"text\" must be a string (set skip_bad_lines = true in [data.jsonl] to skip such lines)");
+            ":2: \"text\" must be a string (set skip_bad_lines = true in [data.jsonl] to skip such "
+            "lines)");
   EXPECT_EQ(error("{\"text\": \"a\"}\n\n{oops\n").substr(0, 20), ":3: not valid JSON (");
   EXPECT_EQ(error("{\"title\": \"a\"}\n"),
-            ":1: expected a \"text\", \"prompt\"/\"response\" or \"messages\" field (set skip_bad_lines = true in "
+            ":1: expected a \"text\", \"prompt\"/\"response\" or \"messages\" field (set "
+            "skip_bad_lines = true in "
             "[data.jsonl] to skip such lines)");
   EXPECT_EQ(error("{\"messages\": [{\"role\": \"bot\", \"content\": \"x\"}]}\n").substr(0, 60),
             ":1: each message needs \"role\" (system, user or assistant) an");
   EXPECT_EQ(error(""), ": the file is empty");
   EXPECT_EQ(error("\n\n"), ": contains no usable lines");
-  EXPECT_EQ(error("{\"text\": \"a\"}\n", nullptr),
-            ": jsonl data needs the RWKV World tokenizer; run scripts/setup.sh or set PEFTKIT_VOCAB");
+  EXPECT_EQ(
+      error("{\"text\": \"a\"}\n", nullptr),
+      ": jsonl data needs the RWKV World tokenizer; run scripts/setup.sh or set PEFTKIT_VOCAB");
   auto dataset = open("{\"text\": \"a\"}\n{broken\n{\"text\": \"b\"}\n", 100, true);
   EXPECT_EQ(dataset->size(), 2);
   EXPECT_NE(dataset->describe().find("(1 bad lines skipped)"), std::string::npos);
@@ -109,11 +117,13 @@ TEST_F(JsonlTest, MalformedLinesNameFileAndLineOrAreSkipped) {
 // Issue 14 item 7: a file that yields no counted target is refused when it is opened (a run used
 // to end "0 tokens", rc 0, with the weights changed by L2Wrap on padding).
 TEST_F(JsonlTest, AFileWithoutAnyTargetIsRefusedAtOpen) {
-  const std::string why = ": no line has a token to learn within ctx_len = 100 (empty texts, or prompts that fill the "
-                          "whole context); every step would be skipped";
+  const std::string why =
+      ": no line has a token to learn within ctx_len = 100 (empty texts, or prompts that fill the "
+      "whole context); every step would be skipped";
   EXPECT_EQ(error("{\"text\": \"\"}\n"), why);
   std::string long_prompt;
-  for (int i = 0; i < 300; ++i) long_prompt += " hello";  // 300 tokens: no response token fits in 100
+  for (int i = 0; i < 300; ++i)
+    long_prompt += " hello";  // 300 tokens: no response token fits in 100
   EXPECT_EQ(error("{\"prompt\": \"" + long_prompt + "\", \"response\": \"ok\"}\n"), why);
   // One line with a target is enough; the others are samples without loss.
   EXPECT_EQ(open("{\"text\": \"\"}\n{\"text\": \"hello\"}\n")->size(), 2);
@@ -122,20 +132,27 @@ TEST_F(JsonlTest, AFileWithoutAnyTargetIsRefusedAtOpen) {
 // Issue 14 item 12: ids outside a (small) model's vocabulary are found when the file is opened.
 TEST_F(JsonlTest, TokenIdsOutsideTheVocabularyAreFoundAtOpen) {
   auto plugin = registry_->get<DatasetPlugin>("jsonl");
-  auto file = testing::write_file(dir_ / "data.jsonl", "{\"text\": \"a\"}\n{\"text\": \"Hello world\"}\n");
+  auto file =
+      testing::write_file(dir_ / "data.jsonl", "{\"text\": \"a\"}\n{\"text\": \"Hello world\"}\n");
   try {
-    plugin->open({file, 100, 1000, 0, tokenizer_}, host::default_options(plugin->options(), "data.jsonl"));
+    plugin->open({file, 100, 1000, 0, tokenizer_},
+                 host::default_options(plugin->options(), "data.jsonl"));
     FAIL() << "expected an error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find(file.string() + ":2: token id "), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("is outside the model's vocabulary [0, 1000)"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(file.string() + ":2: token id "), std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("is outside the model's vocabulary [0, 1000)"),
+              std::string::npos)
+        << e.what();
   }
 }
 
 // Issue 14 (memory): a line nesting JSON deeply is refused before it is parsed.
 TEST_F(JsonlTest, DeeplyNestedLinesAreRefusedBeforeParsing) {
-  const std::string deep = "{\"text\": \"a\", \"extra\": " + std::string(100000, '[') + std::string(100000, ']') + "}\n";
-  EXPECT_EQ(error(deep).substr(0, 43), ":1: JSON nests deeper than 32 levels (at ch") << error(deep);
+  const std::string deep =
+      "{\"text\": \"a\", \"extra\": " + std::string(100000, '[') + std::string(100000, ']') + "}\n";
+  EXPECT_EQ(error(deep).substr(0, 43), ":1: JSON nests deeper than 32 levels (at ch")
+      << error(deep);
   EXPECT_EQ(open("{\"text\": \"a\"}\n" + deep, 100, true)->size(), 1);
 }
 

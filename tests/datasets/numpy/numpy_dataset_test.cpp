@@ -116,17 +116,21 @@ TEST_F(NumpyDatasetTest, RandomOrderIsAPureFunctionOfSeedAndIndex) {
 
 TEST_F(NumpyDatasetTest, BadFilesGetPreciseErrors) {
   EXPECT_EQ(open_error("big-endian.npy"),
-            path("big-endian.npy") + ": dtype '>u2' is big-endian; expected little-endian token ids "
-                                     "('<u2', '<i4' or '<i8'), e.g. arr.astype('<u2')");
-  EXPECT_EQ(open_error("float.npy"), path("float.npy") + ": dtype '<f4' is not a token-id type; "
-                                                         "expected '<u2' (uint16), '<i4' (int32) or "
-                                                         "'<i8' (int64)");
+            path("big-endian.npy") +
+                ": dtype '>u2' is big-endian; expected little-endian token ids "
+                "('<u2', '<i4' or '<i8'), e.g. arr.astype('<u2')");
+  EXPECT_EQ(open_error("float.npy"), path("float.npy") +
+                                         ": dtype '<f4' is not a token-id type; "
+                                         "expected '<u2' (uint16), '<i4' (int32) or "
+                                         "'<i8' (int64)");
   EXPECT_NE(open_error("fortran.npy").find("Fortran order"), std::string::npos);
   EXPECT_NE(open_error("cube.npy").find("has 3 dimensions"), std::string::npos);
-  EXPECT_EQ(open_error("empty-array.npy"), path("empty-array.npy") + ": the array (0,) holds no tokens");
+  EXPECT_EQ(open_error("empty-array.npy"),
+            path("empty-array.npy") + ": the array (0,) holds no tokens");
   EXPECT_NE(open_error("missing.npy").find("missing.npy: cannot open"), std::string::npos);
-  EXPECT_EQ(open_error("stream-v1-u2.npy", 1000),
-            path("stream-v1-u2.npy") + ": holds 1000 tokens but one sample needs ctx_len + 1 = 1001");
+  EXPECT_EQ(
+      open_error("stream-v1-u2.npy", 1000),
+      path("stream-v1-u2.npy") + ": holds 1000 tokens but one sample needs ctx_len + 1 = 1001");
   EXPECT_EQ(open_error("rows.npy", 8, "sequential"),
             "recipe.toml:9:9: [data.numpy] order: " + path("rows.npy") +
                 " is a 2-D [samples, length] array, whose rows are the samples; order applies to "
@@ -155,9 +159,10 @@ TEST_F(NumpyDatasetTest, MalformedBytesGetPreciseErrors) {
   EXPECT_EQ(error(zip), zip + ": expected the .npy magic string \\x93NUMPY at the start");
   // A v1 header that promises 10 uint16 tokens, followed by 3 bytes of data.
   std::string header = "{'descr': '<u2', 'fortran_order': False, 'shape': (10,), }";
-  std::string truncated = write("truncated.npy", std::string("\x93NUMPY\x01\x00", 8) +
-                                                     std::string(1, static_cast<char>(header.size())) +
-                                                     std::string(1, '\0') + header + "abc");
+  std::string truncated =
+      write("truncated.npy", std::string("\x93NUMPY\x01\x00", 8) +
+                                 std::string(1, static_cast<char>(header.size())) +
+                                 std::string(1, '\0') + header + "abc");
   EXPECT_EQ(error(truncated),
             truncated + ": shape (10,) needs 20 bytes of data but the file holds 3");
   std::string future = write("future.npy", std::string("\x93NUMPY\x04\x00\x00\x00", 10));
@@ -172,7 +177,8 @@ TEST_F(NumpyDatasetTest, TokenOutsideTheVocabularyIsReportedAtOpenWithItsPositio
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_STREQ(e.what(), (path("large-ids.npy") + ": token id 70000 at element 3 is outside the "
-                                                    "model's vocabulary [0, 65536)").c_str());
+                                                    "model's vocabulary [0, 65536)")
+                               .c_str());
   }
   EXPECT_EQ(open("large-ids.npy", 2, "sequential", 0, 70001)->sample(1).input_ids[1], 70000);
 }
@@ -181,12 +187,14 @@ TEST_F(NumpyDatasetTest, TokenOutsideTheVocabularyIsReportedAtOpenWithItsPositio
 // overflows 64 bits is refused instead of reading past the mapping.
 TEST_F(NumpyDatasetTest, HostileHeadersAreRefusedOrReadInLinearTime) {
   testing::TempDir dir;
-  auto npy = [&](const std::string& name, int version, const std::string& header, const std::string& data) {
+  auto npy = [&](const std::string& name, int version, const std::string& header,
+                 const std::string& data) {
     std::string bytes("\x93NUMPY", 6);
     bytes += static_cast<char>(version);
     bytes += '\0';
     const size_t length = header.size();
-    for (int b = 0; b < (version == 1 ? 2 : 4); ++b) bytes += static_cast<char>((length >> (8 * b)) & 0xFF);
+    for (int b = 0; b < (version == 1 ? 2 : 4); ++b)
+      bytes += static_cast<char>((length >> (8 * b)) & 0xFF);
     return testing::write_file(dir / name, bytes + header + data).string();
   };
   auto opened = [&](const std::string& file) -> std::string {
@@ -194,7 +202,8 @@ TEST_F(NumpyDatasetTest, HostileHeadersAreRefusedOrReadInLinearTime) {
     Options options("data.numpy");
     options.set("order", std::string("sequential"), OptionSource::kDefault);
     try {
-      return std::to_string(plugin->open(DatasetSource{file, 4, 1000, 0, nullptr}, options)->size());
+      return std::to_string(
+          plugin->open(DatasetSource{file, 4, 1000, 0, nullptr}, options)->size());
     } catch (const Error& e) {
       return e.what();
     }
@@ -206,34 +215,44 @@ TEST_F(NumpyDatasetTest, HostileHeadersAreRefusedOrReadInLinearTime) {
   EXPECT_EQ(opened(npy("v2-padded.npy", 2, dict + std::string(200000, ' ') + "\n", tokens)), "2");
   const std::string huge = npy("v2-huge.npy", 2, dict + std::string(2 << 20, ' '), tokens);
   EXPECT_EQ(opened(huge), huge + ": the header is " + std::to_string(dict.size() + (2 << 20)) +
-                             " bytes long; peftkit reads .npy headers of at most 1048576 bytes");
+                              " bytes long; peftkit reads .npy headers of at most 1048576 bytes");
   // The reproducer: (4, 2^60 + 2) with 32 bytes of data.
   const std::string beyond =
-      npy("beyond.npy", 1, "{'descr': '<u2', 'fortran_order': False, 'shape': (4, 1152921504606846978), }",
+      npy("beyond.npy", 1,
+          "{'descr': '<u2', 'fortran_order': False, 'shape': (4, 1152921504606846978), }",
           std::string(32, '\0'));
-  EXPECT_EQ(opened(beyond),
-            beyond + ": shape (4, 1152921504606846978) needs 9223372036854775824 bytes of data but the file holds 32");
+  EXPECT_EQ(opened(beyond), beyond +
+                                ": shape (4, 1152921504606846978) needs 9223372036854775824 bytes "
+                                "of data but the file holds 32");
   const std::string overflow =
-      npy("overflow.npy", 1, "{'descr': '<u2', 'fortran_order': False, 'shape': (8, 1152921504606846978), }",
+      npy("overflow.npy", 1,
+          "{'descr': '<u2', 'fortran_order': False, 'shape': (8, 1152921504606846978), }",
           std::string(32, '\0'));
-  EXPECT_EQ(opened(overflow), overflow + ": shape (8, 1152921504606846978) holds more than 2^63 elements");
-  const std::string bytes_overflow =
-      npy("bytes.npy", 1, "{'descr': '<i8', 'fortran_order': False, 'shape': (2305843009213693953,), }",
-          std::string(32, '\0'));
-  EXPECT_EQ(opened(bytes_overflow),
-            bytes_overflow + ": shape (2305843009213693953,) needs more than 2^64 bytes of data but the file holds 32");
-  const std::string twice = npy("twice.npy", 1, "{'descr': '<u2', 'descr': '<i8', 'fortran_order': False, "
-                                                "'shape': (10,), }", tokens);
+  EXPECT_EQ(opened(overflow),
+            overflow + ": shape (8, 1152921504606846978) holds more than 2^63 elements");
+  const std::string bytes_overflow = npy(
+      "bytes.npy", 1, "{'descr': '<i8', 'fortran_order': False, 'shape': (2305843009213693953,), }",
+      std::string(32, '\0'));
+  EXPECT_EQ(opened(bytes_overflow), bytes_overflow +
+                                        ": shape (2305843009213693953,) needs more than 2^64 bytes "
+                                        "of data but the file holds 32");
+  const std::string twice = npy("twice.npy", 1,
+                                "{'descr': '<u2', 'descr': '<i8', 'fortran_order': False, "
+                                "'shape': (10,), }",
+                                tokens);
   EXPECT_NE(opened(twice).find("names 'descr' twice"), std::string::npos) << opened(twice);
-  const std::string digits = npy("digits.npy", 1, "{'descr': '<u2', 'fortran_order': False, 'shape': (" +
-                                                      std::string(30, '9') + ",), }", tokens);
+  const std::string digits =
+      npy("digits.npy", 1,
+          "{'descr': '<u2', 'fortran_order': False, 'shape': (" + std::string(30, '9') + ",), }",
+          tokens);
   EXPECT_NE(opened(digits).find("shape entry beyond 64 bits"), std::string::npos) << opened(digits);
 }
 
 TEST_F(NumpyDatasetTest, DescribeNamesFileTypeAndLayout) {
   EXPECT_EQ(open("stream-v2-i4.npy", 10, "sequential")->describe(),
-            path("stream-v2-i4.npy") + ": int32 .npy v2, 1000 tokens, 99 windows of 11 tokens in "
-                                       "sequential order");
+            path("stream-v2-i4.npy") +
+                ": int32 .npy v2, 1000 tokens, 99 windows of 11 tokens in "
+                "sequential order");
 }
 
 }  // namespace

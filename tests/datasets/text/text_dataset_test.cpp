@@ -22,7 +22,8 @@ class TextTest : public ::testing::Test {
     delete registry_;
     delete tokenizer_;
   }
-  std::shared_ptr<Dataset> open(const std::filesystem::path& path, const std::string& encoding = "utf-8",
+  std::shared_ptr<Dataset> open(const std::filesystem::path& path,
+                                const std::string& encoding = "utf-8",
                                 const std::string& separator = "", int64_t ctx_len = 100) {
     auto plugin = registry_->get<DatasetPlugin>("text");
     Options options = host::default_options(plugin->options(), "data.text");
@@ -61,13 +62,17 @@ TEST_F(TextTest, Utf8FilesSplitOnASeparatorOrWhole) {
   expect_document(split->sample(2), "Third, 你好");
   auto whole = open(dir_ / "a.txt");
   ASSERT_EQ(whole->size(), 1);
-  expect_document(whole->sample(0), "Hello world!\n\nSecond one.\n\n\n\nThird, 你好");  // BOM dropped
-  EXPECT_EQ(open(dir_ / "a.txt", "utf-8", "", 3)->sample(0).input_ids.size(), 3u);  // cut at ctx_len + 1 tokens
+  expect_document(whole->sample(0),
+                  "Hello world!\n\nSecond one.\n\n\n\nThird, 你好");  // BOM dropped
+  EXPECT_EQ(open(dir_ / "a.txt", "utf-8", "", 3)->sample(0).input_ids.size(),
+            3u);  // cut at ctx_len + 1 tokens
 }
 
 TEST_F(TextTest, Utf16leFilesFoldersAndGlobs) {
   // "Hi 😀\n" in UTF-16LE with a BOM: the emoji is a surrogate pair.
-  testing::write_file(dir_ / "corpus" / "b.txt", std::string("\xFF\xFE" "H\0i\0 \0\x3D\xD8\x00\xDE\n\0", 14));
+  testing::write_file(dir_ / "corpus" / "b.txt", std::string("\xFF\xFE"
+                                                             "H\0i\0 \0\x3D\xD8\x00\xDE\n\0",
+                                                             14));
   testing::write_file(dir_ / "corpus" / "c.txt", std::string("O\0k\0", 4));
   testing::write_file(dir_ / "corpus" / "d.md", std::string("N\0o\0", 4));
   auto folder = open(dir_ / "corpus", "utf-16le");
@@ -77,19 +82,26 @@ TEST_F(TextTest, Utf16leFilesFoldersAndGlobs) {
   auto glob = open(dir_ / "corpus" / "*.txt", "utf-16le");
   ASSERT_EQ(glob->size(), 2);
   expect_document(glob->sample(1), "Ok");
-  EXPECT_NE(glob->describe().find("2 documents from 2 utf-16le file(s)"), std::string::npos) << glob->describe();
+  EXPECT_NE(glob->describe().find("2 documents from 2 utf-16le file(s)"), std::string::npos)
+      << glob->describe();
 }
 
 TEST_F(TextTest, BadFilesNameTheFileAndWhatIsWrong) {
   testing::write_file(dir_ / "odd.txt", std::string("a\0b", 3));
-  EXPECT_EQ(error([&] { open(dir_ / "odd.txt", "utf-16le"); }), (dir_ / "odd.txt").string() + ": 3 bytes, not whole UTF-16 units");
-  testing::write_file(dir_ / "lone.txt", std::string("a\0\x3D\xD8" "b\0", 6));
+  EXPECT_EQ(error([&] { open(dir_ / "odd.txt", "utf-16le"); }),
+            (dir_ / "odd.txt").string() + ": 3 bytes, not whole UTF-16 units");
+  testing::write_file(dir_ / "lone.txt", std::string("a\0\x3D\xD8"
+                                                     "b\0",
+                                                     6));
   EXPECT_EQ(error([&] { open(dir_ / "lone.txt", "utf-16le"); }),
             (dir_ / "lone.txt").string() + ": byte 2: a high surrogate without its low half");
-  EXPECT_EQ(error([&] { open(dir_ / "missing.txt"); }), (dir_ / "missing.txt").string() + ": no such file");
-  EXPECT_EQ(error([&] { open(dir_ / "*.none"); }), (dir_ / "*.none").string() + ": no file matches");
+  EXPECT_EQ(error([&] { open(dir_ / "missing.txt"); }),
+            (dir_ / "missing.txt").string() + ": no such file");
+  EXPECT_EQ(error([&] { open(dir_ / "*.none"); }),
+            (dir_ / "*.none").string() + ": no file matches");
   testing::write_file(dir_ / "blank.txt", "\n \n");
-  EXPECT_NE(error([&] { open(dir_ / "blank.txt"); }).find("no document of two tokens or more"), std::string::npos);
+  EXPECT_NE(error([&] { open(dir_ / "blank.txt"); }).find("no document of two tokens or more"),
+            std::string::npos);
 }
 
 }  // namespace

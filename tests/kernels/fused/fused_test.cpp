@@ -22,12 +22,14 @@ at::Tensor uniform(at::IntArrayRef sizes, double lo, double hi) {
 }
 
 double relative_error(const at::Tensor& got, const at::Tensor& want) {
-  return (got.to(at::kDouble) - want.to(at::kDouble)).norm().item<double>() / want.to(at::kDouble).norm().item<double>();
+  return (got.to(at::kDouble) - want.to(at::kDouble)).norm().item<double>() /
+         want.to(at::kDouble).norm().item<double>();
 }
 
 TEST(FusedReference, TokenShiftMixIsTheLerpWithThePreviousToken) {
   at::manual_seed(1);
-  const at::Tensor x = uniform({B, T, C}, -1, 1), shift = uniform({B, C}, -1, 1), mixes = uniform({6, C}, 0, 1);
+  const at::Tensor x = uniform({B, T, C}, -1, 1), shift = uniform({B, C}, -1, 1),
+                   mixes = uniform({6, C}, 0, 1);
   const at::Tensor out = token_shift_mix_reference(x, shift, mixes);
   auto X = x.accessor<double, 3>();
   auto S = shift.accessor<double, 2>(), M = mixes.accessor<double, 2>();
@@ -43,12 +45,13 @@ TEST(FusedReference, TokenShiftMixIsTheLerpWithThePreviousToken) {
 
 TEST(FusedReference, KkAbNormalisesPerHeadAndBuildsAAndB) {
   at::manual_seed(2);
-  const at::Tensor k = uniform({B, T, C}, -1, 1), a = uniform({B, T, C}, 0, 1), k_k = uniform({C}, 0.5, 1.5),
-                   k_a = uniform({C}, 0, 1);
+  const at::Tensor k = uniform({B, T, C}, -1, 1), a = uniform({B, T, C}, 0, 1),
+                   k_k = uniform({C}, 0.5, 1.5), k_a = uniform({C}, 0, 1);
   const KkAb out = kk_ab_reference(k, a, k_k, k_a, H);
   auto K = k.accessor<double, 3>(), A = a.accessor<double, 3>();
   auto KK = k_k.accessor<double, 1>(), KA = k_a.accessor<double, 1>();
-  auto Ko = out.k.accessor<double, 3>(), Ao = out.a.accessor<double, 3>(), Bo = out.b.accessor<double, 3>();
+  auto Ko = out.k.accessor<double, 3>(), Ao = out.a.accessor<double, 3>(),
+       Bo = out.b.accessor<double, 3>();
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < T; ++t)
       for (int64_t h = 0; h < H; ++h) {
@@ -68,8 +71,9 @@ TEST(FusedReference, KkAbNormalisesPerHeadAndBuildsAAndB) {
 TEST(FusedReference, NormBonusGateIsGroupNormPlusBonusTimesGate) {
   at::manual_seed(3);
   const double eps = 64e-5;
-  const at::Tensor y = uniform({B, T, C}, -2, 2), r = uniform({B, T, C}, -1, 1), k = uniform({B, T, C}, -1, 1),
-                   v = uniform({B, T, C}, -1, 1), g = uniform({B, T, C}, -1, 1), w = uniform({C}, 0.5, 1.5),
+  const at::Tensor y = uniform({B, T, C}, -2, 2), r = uniform({B, T, C}, -1, 1),
+                   k = uniform({B, T, C}, -1, 1), v = uniform({B, T, C}, -1, 1),
+                   g = uniform({B, T, C}, -1, 1), w = uniform({C}, 0.5, 1.5),
                    bias = uniform({C}, -0.1, 0.1), r_k = uniform({C}, -1, 1);
   const at::Tensor out = norm_bonus_gate_reference(y, r, k, v, g, w, bias, r_k, H, eps);
   auto Y = y.accessor<double, 3>(), R = r.accessor<double, 3>(), K = k.accessor<double, 3>(),
@@ -82,7 +86,8 @@ TEST(FusedReference, NormBonusGateIsGroupNormPlusBonusTimesGate) {
         double mean = 0, var = 0, bonus = 0;
         for (int64_t n = 0; n < N; ++n) mean += Y[b][t][h * N + n] / N;
         for (int64_t n = 0; n < N; ++n) var += std::pow(Y[b][t][h * N + n] - mean, 2) / N;
-        for (int64_t n = 0; n < N; ++n) bonus += R[b][t][h * N + n] * K[b][t][h * N + n] * RK[h * N + n];
+        for (int64_t n = 0; n < N; ++n)
+          bonus += R[b][t][h * N + n] * K[b][t][h * N + n] * RK[h * N + n];
         for (int64_t n = 0; n < N; ++n) {
           const int64_t c = h * N + n;
           const double normed = (Y[b][t][c] - mean) / std::sqrt(var + eps) * W[c] + Bi[c];
@@ -101,15 +106,18 @@ TEST(FusedReference, ReluSquare) {
 using Op = std::function<std::vector<at::Tensor>(const std::vector<at::Tensor>&)>;
 
 void expect_kernel_matches_reference(const std::string& name, const Op& kernel, const Op& reference,
-                                     const std::vector<at::Tensor>& inputs, at::ScalarType dtype, double bound) {
+                                     const std::vector<at::Tensor>& inputs, at::ScalarType dtype,
+                                     double bound) {
   auto run = [&](const Op& op, at::Device device, at::ScalarType type) {
     std::vector<at::Tensor> leaves;
-    for (const at::Tensor& t : inputs) leaves.push_back(t.to(dtype).to(device, type).detach().requires_grad_(true));
+    for (const at::Tensor& t : inputs)
+      leaves.push_back(t.to(dtype).to(device, type).detach().requires_grad_(true));
     const std::vector<at::Tensor> outs = op(leaves);
     at::Tensor loss = at::zeros({}, at::TensorOptions(device).dtype(at::kDouble));
     for (size_t i = 0; i < outs.size(); ++i) {
       at::manual_seed(100 + static_cast<int64_t>(i));
-      const at::Tensor weight = at::randn(outs[i].sizes(), at::kDouble).to(dtype).to(at::kDouble).to(device);
+      const at::Tensor weight =
+          at::randn(outs[i].sizes(), at::kDouble).to(dtype).to(at::kDouble).to(device);
       loss = loss + (outs[i].to(at::kDouble) * weight).sum();
     }
     loss.backward();
@@ -124,24 +132,29 @@ void expect_kernel_matches_reference(const std::string& name, const Op& kernel, 
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < want.size(); ++i) {
     const double error = relative_error(got[i], want[i]);
-    const std::string what = name + (i < got.size() - inputs.size() ? " output " + std::to_string(i)
-                                                                        : " gradient of input " +
-                                                                              std::to_string(i - (got.size() - inputs.size())));
+    const std::string what =
+        name + (i < got.size() - inputs.size()
+                    ? " output " + std::to_string(i)
+                    : " gradient of input " + std::to_string(i - (got.size() - inputs.size())));
     EXPECT_LE(error, bound) << what << " " << dtype;
     EXPECT_TRUE(at::equal(got[i], again[i])) << what << " differs run to run";
-    std::printf("[ fused cuda ] %-40s %-9s relative error %.2e\n", what.c_str(), c10::toString(dtype), error);
+    std::printf("[ fused cuda ] %-40s %-9s relative error %.2e\n", what.c_str(),
+                c10::toString(dtype), error);
   }
 }
 
 TEST(FusedCuda, EveryOpMatchesItsFloat64ReferenceIncludingGradients) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   for (const auto& [dtype, bound] : {std::pair{at::kFloat, 1e-5}, std::pair{at::kBFloat16, 2e-3}}) {
-    for (const auto& shape : std::vector<std::vector<int64_t>>{{2, 37, 3, 64}, {16, 1, 4, 32}, {1, 130, 2, 128}}) {
+    for (const auto& shape :
+         std::vector<std::vector<int64_t>>{{2, 37, 3, 64}, {16, 1, 4, 32}, {1, 130, 2, 128}}) {
       const int64_t b = shape[0], t = shape[1], h = shape[2], n = shape[3], c = h * n;
       at::manual_seed(b * 1000 + t);
       expect_kernel_matches_reference(
           "token_shift_mix",
-          [](const std::vector<at::Tensor>& in) { return std::vector<at::Tensor>{token_shift_mix(in[0], in[1], in[2])}; },
+          [](const std::vector<at::Tensor>& in) {
+            return std::vector<at::Tensor>{token_shift_mix(in[0], in[1], in[2])};
+          },
           [](const std::vector<at::Tensor>& in) {
             return std::vector<at::Tensor>{token_shift_mix_reference(in[0], in[1], in[2])};
           },
@@ -156,23 +169,31 @@ TEST(FusedCuda, EveryOpMatchesItsFloat64ReferenceIncludingGradients) {
             const KkAb out = kk_ab_reference(in[0], in[1], in[2], in[3], h);
             return std::vector<at::Tensor>{out.k, out.a, out.b};
           },
-          {uniform({b, t, c}, -1, 1), uniform({b, t, c}, 0, 1), uniform({c}, 0.5, 1.5), uniform({c}, 0, 1)}, dtype,
-          bound);
+          {uniform({b, t, c}, -1, 1), uniform({b, t, c}, 0, 1), uniform({c}, 0.5, 1.5),
+           uniform({c}, 0, 1)},
+          dtype, bound);
       expect_kernel_matches_reference(
           "norm_bonus_gate",
           [h](const std::vector<at::Tensor>& in) {
-            return std::vector<at::Tensor>{norm_bonus_gate(in[0], in[1], in[2], in[3], in[4], in[5], in[6], in[7], h, 64e-5)};
+            return std::vector<at::Tensor>{
+                norm_bonus_gate(in[0], in[1], in[2], in[3], in[4], in[5], in[6], in[7], h, 64e-5)};
           },
           [h](const std::vector<at::Tensor>& in) {
-            return std::vector<at::Tensor>{
-                norm_bonus_gate_reference(in[0], in[1], in[2], in[3], in[4], in[5], in[6], in[7], h, 64e-5)};
+            return std::vector<at::Tensor>{norm_bonus_gate_reference(
+                in[0], in[1], in[2], in[3], in[4], in[5], in[6], in[7], h, 64e-5)};
           },
-          {uniform({b, t, c}, -2, 2), uniform({b, t, c}, -1, 1), uniform({b, t, c}, -1, 1), uniform({b, t, c}, -1, 1),
-           uniform({b, t, c}, -1, 1), uniform({c}, 0.5, 1.5), uniform({c}, -0.1, 0.1), uniform({c}, -1, 1)},
+          {uniform({b, t, c}, -2, 2), uniform({b, t, c}, -1, 1), uniform({b, t, c}, -1, 1),
+           uniform({b, t, c}, -1, 1), uniform({b, t, c}, -1, 1), uniform({c}, 0.5, 1.5),
+           uniform({c}, -0.1, 0.1), uniform({c}, -1, 1)},
           dtype, bound);
       expect_kernel_matches_reference(
-          "relu_square", [](const std::vector<at::Tensor>& in) { return std::vector<at::Tensor>{relu_square(in[0])}; },
-          [](const std::vector<at::Tensor>& in) { return std::vector<at::Tensor>{relu_square_reference(in[0])}; },
+          "relu_square",
+          [](const std::vector<at::Tensor>& in) {
+            return std::vector<at::Tensor>{relu_square(in[0])};
+          },
+          [](const std::vector<at::Tensor>& in) {
+            return std::vector<at::Tensor>{relu_square_reference(in[0])};
+          },
           {uniform({b, t, 4 * c}, -1, 1)}, dtype, bound);
     }
   }

@@ -1,5 +1,7 @@
 // The quantized formats against an independent NumPy implementation (bit-exact codes, absmax and
 // packing), the dequantization error bounds, and gradients through a dequantize-on-use linear.
+#include "quant/quant.hpp"
+
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
@@ -7,7 +9,6 @@
 #include <cmath>
 
 #include "peftkit/tensor_io.hpp"
-#include "quant/quant.hpp"
 #include "test_util.hpp"
 
 namespace peftkit::kernels {
@@ -17,14 +18,15 @@ at::Tensor weights(std::vector<int64_t> shape, uint64_t seed) {
   at::Generator g = at::make_generator<at::CPUGeneratorImpl>(seed);
   at::Tensor w = at::randn(shape, g) * 0.05;
   w.view(-1).narrow(0, 0, std::min<int64_t>(130, w.numel())).zero_();  // whole zero blocks
-  w.view(-1)[w.numel() - 1] = 0.3;                                      // an outlier in the last block
+  w.view(-1)[w.numel() - 1] = 0.3;  // an outlier in the last block
   return w;
 }
 
 TEST(QuantFormats, CodesAbsmaxAndPackingEqualAnIndependentReference) {
   testing::TempDir dir;
   TensorMap file;
-  auto add_4bit = [&](const std::string& name, const at::Tensor& w, const at::Tensor& codebook, int64_t blocksize) {
+  auto add_4bit = [&](const std::string& name, const at::Tensor& w, const at::Tensor& codebook,
+                      int64_t blocksize) {
     const Packed4bit p = quantize_4bit(w, codebook, blocksize);
     file[name + ".input"] = w;
     file[name + ".packed"] = p.packed;
@@ -41,13 +43,15 @@ TEST(QuantFormats, CodesAbsmaxAndPackingEqualAnIndependentReference) {
   const at::Tensor mids = (book.narrow(0, 0, 15) + book.narrow(0, 1, 15)) / 2.0;
   add_4bit("nf4-ties", at::cat({book, mids, -mids}).view({1, -1}), nf4_codebook(), 64);
   for (auto [name, seed] : {std::pair{"int8-odd", 6}, std::pair{"int8-wide", 7}}) {
-    const at::Tensor w = weights(seed == 6 ? std::vector<int64_t>{37, 53} : std::vector<int64_t>{64, 256}, seed);
+    const at::Tensor w =
+        weights(seed == 6 ? std::vector<int64_t>{37, 53} : std::vector<int64_t>{64, 256}, seed);
     const PackedInt8 p = quantize_int8_rows(w);
     file[std::string(name) + ".input"] = w;
     file[std::string(name) + ".q"] = p.q;
     file[std::string(name) + ".scale"] = p.scale;
   }
-  const at::Tensor absmax = quantize_4bit(weights({256, 300}, 8), nf4_codebook(), 64).absmax;  // 1200 blocks
+  const at::Tensor absmax =
+      quantize_4bit(weights({256, 300}, 8), nf4_codebook(), 64).absmax;  // 1200 blocks
   const PackedAbsmax dq = quantize_absmax(absmax);
   file["dq-absmax.input"] = absmax;
   file["dq-absmax.codes"] = dq.codes;
@@ -62,7 +66,8 @@ TEST(QuantFormats, CodesAbsmaxAndPackingEqualAnIndependentReference) {
 
 TEST(QuantFormats, PackingPutsTheEvenElementInTheHighNibble) {
   // Codes 15, 0, 7, 11, 1 (1.0, -1.0, 0, 0.3379..., -0.696...) in one block with absmax 1.
-  const at::Tensor w = at::tensor({1.0f, -1.0f, 0.0f, 0.33791524171829224f, -0.6961928009986877f}).view({1, 5});
+  const at::Tensor w =
+      at::tensor({1.0f, -1.0f, 0.0f, 0.33791524171829224f, -0.6961928009986877f}).view({1, 5});
   const Packed4bit p = quantize_4bit(w, nf4_codebook(), 64);
   ASSERT_EQ(p.packed.numel(), 3);
   EXPECT_EQ(p.packed[0].item<uint8_t>(), 0xF0);
@@ -80,8 +85,10 @@ TEST(QuantFormats, DequantizationErrorsStayWithinTheirBounds) {
     const Packed4bit p = quantize_4bit(w, book, blocksize);
     const at::Tensor error = (dequantize_4bit(p, at::kFloat) - w).abs().reshape(-1);
     const int64_t blocks = p.absmax.size(0);
-    const at::Tensor padded = at::constant_pad_nd(error, {0, blocks * blocksize - error.numel()}).view({blocks, blocksize});
-    EXPECT_TRUE((padded.amax(1) <= p.absmax * half_gap * (1 + 1e-6)).all().item<bool>()) << "blocksize " << blocksize;
+    const at::Tensor padded = at::constant_pad_nd(error, {0, blocks * blocksize - error.numel()})
+                                  .view({blocks, blocksize});
+    EXPECT_TRUE((padded.amax(1) <= p.absmax * half_gap * (1 + 1e-6)).all().item<bool>())
+        << "blocksize " << blocksize;
   }
   // int8: at most absmax / 254 per row.
   const PackedInt8 q = quantize_int8_rows(w);
@@ -90,7 +97,11 @@ TEST(QuantFormats, DequantizationErrorsStayWithinTheirBounds) {
   // Double quantization: the absmax round trip is close, and the 4-bit result barely moves.
   const Packed4bit p = quantize_4bit(w, book, 64);
   const at::Tensor restored = dequantize_absmax(quantize_absmax(p.absmax));
-  EXPECT_LE(((restored - p.absmax).abs() / p.absmax.clamp_min(1e-12)).masked_select(p.absmax > 0).max().item<double>(), 0.02);
+  EXPECT_LE(((restored - p.absmax).abs() / p.absmax.clamp_min(1e-12))
+                .masked_select(p.absmax > 0)
+                .max()
+                .item<double>(),
+            0.02);
   EXPECT_EQ(restored.size(0), p.absmax.size(0));
 }
 
@@ -100,7 +111,8 @@ TEST(QuantFormats, GradientsFlowToTheInputThroughTheDequantizedWeight) {
   const at::Tensor dense = dequantize_4bit(p, at::kDouble);
   at::Tensor x = at::randn({3, 5, 40}, at::kDouble).requires_grad_(true);
   at::Tensor x2 = x.detach().clone().requires_grad_(true);
-  const at::Tensor y = linear_dequantized(x, [&](at::ScalarType t) { return dequantize_4bit(p, t); });
+  const at::Tensor y =
+      linear_dequantized(x, [&](at::ScalarType t) { return dequantize_4bit(p, t); });
   const at::Tensor y2 = at::linear(x2, dense);
   EXPECT_TRUE(at::allclose(y, y2, 1e-12, 1e-12));
   const at::Tensor g = at::randn_like(y);
@@ -113,8 +125,8 @@ TEST(QuantFormats, GradientsFlowToTheInputThroughTheDequantizedWeight) {
 // with vector tails, with poisoned outputs to catch unwritten elements.
 TEST(QuantFormats, CudaDequantizationEqualsTheCpuReference) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
-  for (auto shape : {std::vector<int64_t>{37, 53}, std::vector<int64_t>{64, 256}, std::vector<int64_t>{4096, 1024},
-                     std::vector<int64_t>{3, 5}}) {
+  for (auto shape : {std::vector<int64_t>{37, 53}, std::vector<int64_t>{64, 256},
+                     std::vector<int64_t>{4096, 1024}, std::vector<int64_t>{3, 5}}) {
     const at::Tensor w = weights(shape, 11);
     for (int64_t blocksize : {32, 64, 4096}) {
       const Packed4bit cpu = quantize_4bit(w, nf4_codebook(), blocksize);
@@ -127,16 +139,19 @@ TEST(QuantFormats, CudaDequantizationEqualsTheCpuReference) {
         at::empty({w.numel()}, at::TensorOptions().dtype(dtype).device(at::kCUDA)).fill_(NAN);
         const at::Tensor want = dequantize_4bit(cpu, dtype);
         const at::Tensor got = dequantize_4bit(gpu, dtype).cpu();
-        EXPECT_TRUE(at::equal(got, want)) << c10::str(shape) << " blocksize " << blocksize << " " << dtype;
+        EXPECT_TRUE(at::equal(got, want))
+            << c10::str(shape) << " blocksize " << blocksize << " " << dtype;
       }
       // The GPU quantizer gives the CPU's codes.
       const Packed4bit on_gpu = quantize_4bit(w.cuda(), nf4_codebook(), blocksize);
-      EXPECT_TRUE(at::equal(on_gpu.packed.cpu(), cpu.packed)) << c10::str(shape) << " blocksize " << blocksize;
+      EXPECT_TRUE(at::equal(on_gpu.packed.cpu(), cpu.packed))
+          << c10::str(shape) << " blocksize " << blocksize;
     }
     const PackedInt8 cpu8 = quantize_int8_rows(w);
     const PackedInt8 gpu8{cpu8.q.cuda(), cpu8.scale.cuda()};
     for (auto dtype : {at::kBFloat16, at::kFloat})
-      EXPECT_TRUE(at::equal(dequantize_int8_rows(gpu8, dtype).cpu(), dequantize_int8_rows(cpu8, dtype)))
+      EXPECT_TRUE(
+          at::equal(dequantize_int8_rows(gpu8, dtype).cpu(), dequantize_int8_rows(cpu8, dtype)))
           << c10::str(shape) << " " << dtype;
   }
 }

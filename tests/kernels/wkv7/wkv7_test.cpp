@@ -18,13 +18,21 @@ struct Inputs {
 };
 
 // Realistic inputs (spec §8 A): a, b from a unit-norm kk and a rate in (0, 1).
-Inputs random_inputs(int64_t B, int64_t T, int64_t H, int64_t N, at::ScalarType dtype, uint64_t seed) {
+Inputs random_inputs(int64_t B, int64_t T, int64_t H, int64_t N, at::ScalarType dtype,
+                     uint64_t seed) {
   at::Generator g = at::make_generator<at::CPUGeneratorImpl>(seed);
-  auto uniform = [&](double lo, double hi) { return at::empty({B, T, H, N}, at::kDouble).uniform_(lo, hi, g); };
+  auto uniform = [&](double lo, double hi) {
+    return at::empty({B, T, H, N}, at::kDouble).uniform_(lo, hi, g);
+  };
   at::Tensor kk = uniform(-1, 1);
   kk = kk / kk.norm(2, {-1}, true);
   at::Tensor rate = uniform(0, 1);
-  Inputs in{uniform(-1, 1), uniform(-6, 2), uniform(-1, 1), uniform(-1, 1), -kk, kk * rate,
+  Inputs in{uniform(-1, 1),
+            uniform(-6, 2),
+            uniform(-1, 1),
+            uniform(-1, 1),
+            -kk,
+            kk * rate,
             at::normal(0, 1, {B, H, N, N}, g, at::kDouble)};
   for (at::Tensor* t : {&in.r, &in.z, &in.k, &in.v, &in.a, &in.b, &in.s0}) *t = t->to(dtype);
   return in;
@@ -33,13 +41,17 @@ Inputs random_inputs(int64_t B, int64_t T, int64_t H, int64_t N, at::ScalarType 
 // y and the final state, step by step with tensor ops (independent of the kernel's loops).
 std::pair<at::Tensor, at::Tensor> reference(const Inputs& in) {
   const int64_t T = in.r.size(1);
-  at::Tensor S = in.s0.defined() ? in.s0.to(at::kDouble) : at::zeros({in.r.size(0), in.r.size(2), in.r.size(3), in.r.size(3)}, at::kDouble);
+  at::Tensor S =
+      in.s0.defined()
+          ? in.s0.to(at::kDouble)
+          : at::zeros({in.r.size(0), in.r.size(2), in.r.size(3), in.r.size(3)}, at::kDouble);
   std::vector<at::Tensor> ys;
   for (int64_t t = 0; t < T; ++t) {
     auto at_t = [&](const at::Tensor& x) { return x.select(1, t).to(at::kDouble); };  // [B, H, N]
     at::Tensor d = at::exp(-at::exp(-at::softplus(-at_t(in.z)) - 0.5));
     at::Tensor sa = at::matmul(S, at_t(in.a).unsqueeze(-1));  // [B, H, N, 1]
-    S = S * d.unsqueeze(-2) + sa * at_t(in.b).unsqueeze(-2) + at_t(in.v).unsqueeze(-1) * at_t(in.k).unsqueeze(-2);
+    S = S * d.unsqueeze(-2) + sa * at_t(in.b).unsqueeze(-2) +
+        at_t(in.v).unsqueeze(-1) * at_t(in.k).unsqueeze(-2);
     ys.push_back(at::matmul(S, at_t(in.r).unsqueeze(-1)).squeeze(-1));
   }
   return {at::stack(ys, 1), S};
@@ -51,7 +63,8 @@ double relative_error(const at::Tensor& got, const at::Tensor& want) {
 
 TEST(Wkv7Cpu, DecayIsTheSoftClampedFormOfSpec) {
   at::Tensor z = at::linspace(-8, 8, 33, at::kDouble);
-  EXPECT_TRUE(at::allclose(wkv7_decay(z), at::exp(-at::exp(-at::softplus(-z) - 0.5)), 1e-14, 1e-14));
+  EXPECT_TRUE(
+      at::allclose(wkv7_decay(z), at::exp(-at::exp(-at::softplus(-z) - 0.5)), 1e-14, 1e-14));
 }
 
 TEST(Wkv7Cpu, MatchesTheFloat64RecurrenceIncludingChunkTails) {
@@ -82,8 +95,8 @@ TEST(Wkv7Cpu, StatePassingIsExact) {
   auto part = [&](const at::Tensor& x, int64_t from, int64_t to) { return x.slice(1, from, to); };
   auto [y1, s1] = wkv7(part(in.r, 0, 21), part(in.z, 0, 21), part(in.k, 0, 21), part(in.v, 0, 21),
                        part(in.a, 0, 21), part(in.b, 0, 21), in.s0);
-  auto [y2, s2] = wkv7(part(in.r, 21, 40), part(in.z, 21, 40), part(in.k, 21, 40), part(in.v, 21, 40),
-                       part(in.a, 21, 40), part(in.b, 21, 40), s1);
+  auto [y2, s2] = wkv7(part(in.r, 21, 40), part(in.z, 21, 40), part(in.k, 21, 40),
+                       part(in.v, 21, 40), part(in.a, 21, 40), part(in.b, 21, 40), s1);
   EXPECT_TRUE(at::allclose(at::cat({y1, y2}, 1), y, 1e-6, 1e-6));
   EXPECT_TRUE(at::allclose(s2, s, 1e-6, 1e-6));
 }
@@ -150,32 +163,45 @@ TEST(Wkv7Cuda, MatchesTheFloat64CpuKernelIncludingGradients) {
     double bound;
     bool shared_state = false;
   };
-  const Case cases[] = {{2, 37, 3, 64, at::kFloat, 1e-5},      {2, 37, 3, 64, at::kBFloat16, 2e-3},
-                        {4, 1, 8, 64, at::kBFloat16, 2e-3},    {1, 1, 2, 16, at::kFloat, 1e-5},
-                        {3, 100, 2, 32, at::kBFloat16, 2e-3},  {1, 300, 1, 128, at::kFloat, 1e-5},
-                        {1, 257, 2, 128, at::kBFloat16, 2e-3}, {4, 17, 4, 16, at::kBFloat16, 2e-3},
-                        {8, 33, 64, 64, at::kBFloat16, 2e-3},  {4, 70, 3, 64, at::kBFloat16, 2e-3, true},
-                        {1, 16384, 1, 64, at::kBFloat16, 2e-3}, {1, 16383, 1, 64, at::kFloat, 1e-5},
+  const Case cases[] = {{2, 37, 3, 64, at::kFloat, 1e-5},
+                        {2, 37, 3, 64, at::kBFloat16, 2e-3},
+                        {4, 1, 8, 64, at::kBFloat16, 2e-3},
+                        {1, 1, 2, 16, at::kFloat, 1e-5},
+                        {3, 100, 2, 32, at::kBFloat16, 2e-3},
+                        {1, 300, 1, 128, at::kFloat, 1e-5},
+                        {1, 257, 2, 128, at::kBFloat16, 2e-3},
+                        {4, 17, 4, 16, at::kBFloat16, 2e-3},
+                        {8, 33, 64, 64, at::kBFloat16, 2e-3},
+                        {4, 70, 3, 64, at::kBFloat16, 2e-3, true},
+                        {1, 16384, 1, 64, at::kBFloat16, 2e-3},
+                        {1, 16383, 1, 64, at::kFloat, 1e-5},
                         // Enough heads that the passes over time keep a (batch, head) in one block
                         // (two rows per thread) on a GPU of up to 160 SMs; fewer split its rows.
-                        {3, 50, 30, 64, at::kFloat, 1e-5},     {2, 40, 40, 128, at::kFloat, 1e-5}};
+                        {3, 50, 30, 64, at::kFloat, 1e-5},
+                        {2, 40, 40, 128, at::kFloat, 1e-5}};
   wkv7_poison_outputs_for_testing(true);
   for (const auto& c : cases) {
     Inputs in = random_inputs(c.B, c.T, c.H, c.N, c.dtype, 21 + c.T);
     in.s0 = in.s0.to(at::kFloat);
     if (c.shared_state) in.s0 = in.s0.slice(0, 0, 1);
     // dy reaches the kernel in y's dtype: the reference gets the same rounded dy.
-    const at::Tensor weight_y = at::randn({c.B, c.T, c.H, c.N}, at::kDouble).to(c.dtype).to(at::kDouble);
+    const at::Tensor weight_y =
+        at::randn({c.B, c.T, c.H, c.N}, at::kDouble).to(c.dtype).to(at::kDouble);
     const at::Tensor weight_s = at::randn({c.B, c.H, c.N, c.N}, at::kDouble);
     auto run = [&](at::Device device, at::ScalarType dtype) {
       std::vector<at::Tensor> leaves;
       for (const at::Tensor* t : {&in.r, &in.z, &in.k, &in.v, &in.a, &in.b, &in.s0})
-        leaves.push_back(t->to(device, t == &in.s0 ? (dtype == at::kDouble ? at::kDouble : at::kFloat) : dtype)
-                             .detach().requires_grad_(true));
+        leaves.push_back(
+            t->to(device, t == &in.s0 ? (dtype == at::kDouble ? at::kDouble : at::kFloat) : dtype)
+                .detach()
+                .requires_grad_(true));
       const at::Tensor s0 = leaves[6].expand({c.B, c.H, c.N, c.N});
       auto [y, s] = wkv7(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], leaves[5], s0);
-      ((y.to(at::kDouble) * weight_y.to(device)).sum() + (s.to(at::kDouble) * weight_s.to(device)).sum()).backward();
-      std::vector<at::Tensor> out = {y.detach().cpu().to(at::kDouble), s.detach().cpu().to(at::kDouble)};
+      ((y.to(at::kDouble) * weight_y.to(device)).sum() +
+       (s.to(at::kDouble) * weight_s.to(device)).sum())
+          .backward();
+      std::vector<at::Tensor> out = {y.detach().cpu().to(at::kDouble),
+                                     s.detach().cpu().to(at::kDouble)};
       for (const auto& leaf : leaves) out.push_back(leaf.grad().cpu().to(at::kDouble));
       return out;
     };
@@ -188,16 +214,19 @@ TEST(Wkv7Cuda, MatchesTheFloat64CpuKernelIncludingGradients) {
     for (size_t i = 0; i < want.size(); ++i) {
       const double error = relative_error(got[i], want[i]);
       EXPECT_LE(error, c.bound) << names[i] << where.str();
-      std::printf("[ wkv7 cuda ] %-8s %-40s relative error %.2e\n", names[i], where.str().c_str(), error);
+      std::printf("[ wkv7 cuda ] %-8s %-40s relative error %.2e\n", names[i], where.str().c_str(),
+                  error);
     }
     // Run to run, the kernels are deterministic.
     const auto again = run(at::kCUDA, c.dtype);
-    for (size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(at::equal(again[i], got[i])) << names[i] << where.str();
+    for (size_t i = 0; i < got.size(); ++i)
+      EXPECT_TRUE(at::equal(again[i], got[i])) << names[i] << where.str();
     // Without autograd the forward skips what the backward needs, with the same results.
     at::NoGradGuard no_grad;
     auto device_input = [&](const at::Tensor& t) { return t.to(at::kCUDA, c.dtype); };
-    auto [y, s] = wkv7(device_input(in.r), device_input(in.z), device_input(in.k), device_input(in.v),
-                       device_input(in.a), device_input(in.b), in.s0.to(at::kCUDA).expand({c.B, c.H, c.N, c.N}));
+    auto [y, s] = wkv7(device_input(in.r), device_input(in.z), device_input(in.k),
+                       device_input(in.v), device_input(in.a), device_input(in.b),
+                       in.s0.to(at::kCUDA).expand({c.B, c.H, c.N, c.N}));
     EXPECT_TRUE(at::equal(y.cpu().to(at::kDouble), got[0])) << where.str();
     EXPECT_TRUE(at::equal(s.cpu().to(at::kDouble), got[1])) << where.str();
   }

@@ -9,8 +9,10 @@ using testing::relative_error;
 
 TensorMap model_weights() { return testing::small_model_weights(); }
 
-std::shared_ptr<PeftMethod> lora(int64_t r = 4, double alpha = 8, bool rslora = false, double dropout = 0) {
-  return testing::make_method("lora", {{"r", r}, {"alpha", alpha}, {"use_rslora", rslora}, {"dropout", dropout}});
+std::shared_ptr<PeftMethod> lora(int64_t r = 4, double alpha = 8, bool rslora = false,
+                                 double dropout = 0) {
+  return testing::make_method(
+      "lora", {{"r", r}, {"alpha", alpha}, {"use_rslora", rslora}, {"dropout", dropout}});
 }
 
 void randomise(PeftMethod& method, uint64_t seed) { testing::randomise(method, seed); }
@@ -25,7 +27,8 @@ TEST(LoraTest, StartsAsTheBaseWithTheClosedFormParameterCount) {
   int64_t count = 0;
   for (const auto& t : method->trainable_tensors()) count += t.tensor.numel();
   int64_t expected = 0;
-  for (const auto& site : adapted.linear_sites()) expected += 4 * (site.in_features + site.out_features);  // r (in + out)
+  for (const auto& site : adapted.linear_sites())
+    expected += 4 * (site.in_features + site.out_features);  // r (in + out)
   EXPECT_EQ(count, expected);
   EXPECT_TRUE(at::equal(adapted.forward(tokens), base.forward(tokens)));
 }
@@ -42,13 +45,15 @@ TEST(LoraTest, MergedWeightsGiveTheAdapterForwardAndSaveLoadIsExact) {
     TensorMap merged = model_weights();
     method->merge_into(merged);
     Rwkv7Model merged_model(merged, {at::kFloat, at::kCPU}, "test");
-    EXPECT_LE(relative_error(merged_model.forward(tokens), with_adapter), 1e-5) << "rslora " << rslora;
+    EXPECT_LE(relative_error(merged_model.forward(tokens), with_adapter), 1e-5)
+        << "rslora " << rslora;
     // The scale is alpha / r, or alpha / sqrt(r): check one site against W + s B A by hand.
     const TensorMap state = method->state_dict();
     const double s = rslora ? 8.0 / 2.0 : 8.0 / 4.0;
     const at::Tensor w = model_weights().at("blocks.1.att.key.weight");
     EXPECT_TRUE(at::allclose(merged.at("blocks.1.att.key.weight"),
-                             w + s * at::matmul(state.at("blocks.1.att.key.lora_B"), state.at("blocks.1.att.key.lora_A")),
+                             w + s * at::matmul(state.at("blocks.1.att.key.lora_B"),
+                                                state.at("blocks.1.att.key.lora_A")),
                              1e-6, 1e-6));
     // Save -> load into a fresh model -> identical forward.
     Rwkv7Model again(model_weights(), {at::kFloat, at::kCPU}, "test");
@@ -74,16 +79,27 @@ TEST(LoraTest, ExportsHfPeftAndRwkvPeftFiles) {
   randomise(*method, 9);
   method->export_to("hf-peft", dir / "adapter");
   method->export_to("rwkv-pth", dir / "lora.pth");
-  auto check = testing::run_command(
-      std::string(PEFTKIT_PYTHON) + " -c \"import json, torch; from safetensors.torch import load_file; "
-      "t = load_file('" + (dir / "adapter" / "adapter_model.safetensors").string() + "'); "
-      "c = json.load(open('" + (dir / "adapter" / "adapter_config.json").string() + "')); "
-      "a = t['base_model.model.blocks.1.ffn.key.lora_A.weight']; b = t['base_model.model.blocks.1.ffn.key.lora_B.weight']; "
-      "assert a.shape == (4, 64) and b.shape == (256, 4) and a.dtype == torch.float32, (a.shape, b.shape, a.dtype); "
-      "assert len(t) == 24 and c['peft_type'] == 'LORA' and c['r'] == 4 and c['lora_alpha'] == 8, c; "
-      "p = torch.load('" + (dir / "lora.pth").string() + "', weights_only=True); "
-      "assert torch.equal(p['blocks.1.ffn.key.lora_A'], a) and int(p['lora.r']) == 4 and float(p['lora.alpha']) == 8.0; "
-      "print('ok')\"");
+  auto check =
+      testing::run_command(std::string(PEFTKIT_PYTHON) +
+                           " -c \"import json, torch; from safetensors.torch import load_file; "
+                           "t = load_file('" +
+                           (dir / "adapter" / "adapter_model.safetensors").string() +
+                           "'); "
+                           "c = json.load(open('" +
+                           (dir / "adapter" / "adapter_config.json").string() +
+                           "')); "
+                           "a = t['base_model.model.blocks.1.ffn.key.lora_A.weight']; b = "
+                           "t['base_model.model.blocks.1.ffn.key.lora_B.weight']; "
+                           "assert a.shape == (4, 64) and b.shape == (256, 4) and a.dtype == "
+                           "torch.float32, (a.shape, b.shape, a.dtype); "
+                           "assert len(t) == 24 and c['peft_type'] == 'LORA' and c['r'] == 4 and "
+                           "c['lora_alpha'] == 8, c; "
+                           "p = torch.load('" +
+                           (dir / "lora.pth").string() +
+                           "', weights_only=True); "
+                           "assert torch.equal(p['blocks.1.ffn.key.lora_A'], a) and "
+                           "int(p['lora.r']) == 4 and float(p['lora.alpha']) == 8.0; "
+                           "print('ok')\"");
   EXPECT_EQ(check.exit_code, 0) << check.output;
 }
 
@@ -103,13 +119,15 @@ TEST(LoraTest, DropoutGradientsSurviveGradientCheckpointing) {
     return grads;
   };
   auto plain = gradients(false), checkpointed = gradients(true);
-  for (size_t i = 0; i < plain.size(); ++i) EXPECT_TRUE(at::allclose(plain[i], checkpointed[i], 1e-5, 1e-7)) << i;
+  for (size_t i = 0; i < plain.size(); ++i)
+    EXPECT_TRUE(at::allclose(plain[i], checkpointed[i], 1e-5, 1e-7)) << i;
   EXPECT_FALSE(at::allclose(plain[1], gradients(false, 0.0)[1]));  // dropout was really applied
 }
 
 TEST(LoraTest, TrainingThroughARecipeLowersTheLoss) {
   testing::TempDir dir;
-  auto run = testing::train_small_model(dir.path(), "[peft]\nmethod = \"lora\"\n[peft.lora]\nr = 4\nalpha = 8\n");
+  auto run = testing::train_small_model(
+      dir.path(), "[peft]\nmethod = \"lora\"\n[peft.lora]\nr = 4\nalpha = 8\n");
   ASSERT_EQ(run.command.exit_code, 0) << run.command.output;
   ASSERT_EQ(run.losses.size(), 10u);
   EXPECT_LT(run.losses.back(), run.losses.front());

@@ -1,5 +1,4 @@
 #include <fstream>
-
 #include <nlohmann/json.hpp>
 
 #include "peft_fixtures.hpp"
@@ -36,12 +35,15 @@ at::Tensor oracle_delta(const ModeCase& c, const at::Tensor& w, const at::Tensor
   if (c.mode == "bat") {
     for (int64_t a = 0; a < out / r; ++a)
       for (int64_t b = 0; b < in / r; ++b)
-        delta.narrow(0, a * r, r).narrow(1, b * r, r).copy_(at::matmul(w.narrow(0, a * r, r).narrow(1, b * r, r), d[a]) + d[a]);
+        delta.narrow(0, a * r, r)
+            .narrow(1, b * r, r)
+            .copy_(at::matmul(w.narrow(0, a * r, r).narrow(1, b * r, r), d[a]) + d[a]);
     return delta;
   }
   auto dd = d.accessor<double, 2>();
   for (int64_t o = 0; o < out; ++o)
-    for (int64_t col = 0; col < in; ++col) dw[o][col] = c.mode == "mini" ? dd[col % r][o % c.mini_r] : dd[col % r][o];
+    for (int64_t col = 0; col < in; ++col)
+      dw[o][col] = c.mode == "mini" ? dd[col % r][o % c.mini_r] : dd[col % r][o];
   return delta;
 }
 
@@ -55,7 +57,8 @@ TEST(MissTest, StartsAsTheBaseWithTheClosedFormParameterCount) {
     method->attach(adapted);
     int64_t expected = 0;
     for (const auto& site : adapted.linear_sites())
-      expected += c.mode == "mini" ? c.r * c.mini_r : c.r * site.out_features;  // r out (bat: out/r r r)
+      expected +=
+          c.mode == "mini" ? c.r * c.mini_r : c.r * site.out_features;  // r out (bat: out/r r r)
     EXPECT_EQ(testing::trainable_count(*method), expected) << c.mode;
     EXPECT_TRUE(at::equal(adapted.forward(tokens), base.forward(tokens))) << c.mode;
   }
@@ -74,19 +77,25 @@ TEST(MissTest, ForwardMergeAndUnmergeFollowTheSpecFormulas) {
     TensorMap by_oracle = original;
     for (const auto& site : adapted.linear_sites()) {
       const at::Tensor w = original.at(site.name + ".weight");
-      by_oracle[site.name + ".weight"] = w + oracle_delta(c, w, state.at(site.name + ".miss_block").to(at::kDouble));
+      by_oracle[site.name + ".weight"] =
+          w + oracle_delta(c, w, state.at(site.name + ".miss_block").to(at::kDouble));
     }
     // The adapter's forward is the forward of W + ΔW (fp64, so any difference is a formula error).
     Rwkv7Model oracle_model(by_oracle, {at::kDouble, at::kCPU}, "test");
-    EXPECT_LE(relative_error(adapted.forward(tokens), oracle_model.forward(tokens)), 1e-10) << c.mode;
+    EXPECT_LE(relative_error(adapted.forward(tokens), oracle_model.forward(tokens)), 1e-10)
+        << c.mode;
     TensorMap merged = original;
     method->merge_into(merged);
     for (const auto& site : adapted.linear_sites())
-      EXPECT_LE(relative_error(merged.at(site.name + ".weight"), by_oracle.at(site.name + ".weight")), 1e-12)
+      EXPECT_LE(
+          relative_error(merged.at(site.name + ".weight"), by_oracle.at(site.name + ".weight")),
+          1e-12)
           << c.mode << " " << site.name;
     method->unmerge_from(merged);
     for (const auto& site : adapted.linear_sites())
-      EXPECT_LE(relative_error(merged.at(site.name + ".weight"), original.at(site.name + ".weight")), 1e-12)
+      EXPECT_LE(
+          relative_error(merged.at(site.name + ".weight"), original.at(site.name + ".weight")),
+          1e-12)
           << "unmerge " << c.mode << " " << site.name;
   }
 }
@@ -115,7 +124,8 @@ TEST(MissTest, MergedFp32WeightsGiveTheAdapterForwardAndSaveLoadIsExact) {
   auto balance = miss(kModes[0]);
   balance->attach(model);
   Rwkv7Model other(testing::small_model_weights(), {at::kFloat, at::kCPU}, "test");
-  auto bat = make_method("miss", {{"r", int64_t{24}}, {"mode", std::string("mini")}, {"mini_r", int64_t{16}}});
+  auto bat = make_method(
+      "miss", {{"r", int64_t{24}}, {"mode", std::string("mini")}, {"mini_r", int64_t{16}}});
   bat->attach(other);
   EXPECT_THROW(bat->load_state_dict(balance->state_dict(), {}), Error);
 }
@@ -127,7 +137,8 @@ TEST(MissTest, BatNeedsDivisibleDimensionsAndRefusesDropout) {
     bat->attach(model);
     FAIL() << "r = 24 does not divide 64";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("blocks.0.att.receptance [64, 64]"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("blocks.0.att.receptance [64, 64]"), std::string::npos)
+        << e.what();
   }
   EXPECT_THROW(make_method("miss", {{"mode", std::string("bat")}, {"dropout", 0.1}}), Error);
 }
@@ -143,16 +154,25 @@ TEST(MissTest, ExportsTheHfPeftFolderAndThePth) {
     method->export_to("rwkv-pth", dir / (c.mode + ".pth"));
   }
   auto check = testing::run_command(
-      std::string(PEFTKIT_PYTHON) + " -c \"import json, torch; from safetensors.torch import load_file\n"
+      std::string(PEFTKIT_PYTHON) +
+      " -c \"import json, torch; from safetensors.torch import load_file\n"
       "shapes = {'balance': (24, 256), 'mini': (8, 16), 'bat': (16, 16, 16)}\n"
       "init = {'balance': True, 'mini': 'mini', 'bat': 'bat'}\n"
       "for mode, shape in shapes.items():\n"
-      "  t = load_file('" + dir.path().string() + "/' + mode + '/adapter_model.safetensors')\n"
-      "  c = json.load(open('" + dir.path().string() + "/' + mode + '/adapter_config.json'))\n"
+      "  t = load_file('" +
+      dir.path().string() +
+      "/' + mode + '/adapter_model.safetensors')\n"
+      "  c = json.load(open('" +
+      dir.path().string() +
+      "/' + mode + '/adapter_config.json'))\n"
       "  d = t['base_model.model.blocks.1.ffn.key.miss_block']\n"
-      "  assert len(t) == 12 and d.shape == shape and d.dtype == torch.float32, (mode, d.shape, len(t))\n"
-      "  assert c['peft_type'] == 'MISS' and c['init_weights'] == init[mode] and c['r'] == shape[-2 if mode == 'bat' else 0], c\n"
-      "  p = torch.load('" + dir.path().string() + "/' + mode + '.pth', weights_only=True)\n"
+      "  assert len(t) == 12 and d.shape == shape and d.dtype == torch.float32, (mode, d.shape, "
+      "len(t))\n"
+      "  assert c['peft_type'] == 'MISS' and c['init_weights'] == init[mode] and c['r'] == "
+      "shape[-2 if mode == 'bat' else 0], c\n"
+      "  p = torch.load('" +
+      dir.path().string() +
+      "/' + mode + '.pth', weights_only=True)\n"
       "  assert torch.equal(p['blocks.1.ffn.key.miss_block'], d) and int(p['miss.r']) == c['r']\n"
       "print('ok')\"");
   EXPECT_EQ(check.exit_code, 0) << check.output;
@@ -161,9 +181,11 @@ TEST(MissTest, ExportsTheHfPeftFolderAndThePth) {
 TEST(MissTest, TrainingThroughARecipeLowersTheLossInEveryMode) {
   for (const auto& c : kModes) {
     testing::TempDir dir;
-    auto run = testing::train_small_model(
-        dir.path(), "[peft]\nmethod = \"miss\"\n[peft.miss]\nmode = \"" + c.mode + "\"\nr = " + std::to_string(c.r) +
-                        "\nmini_r = " + std::to_string(c.mini_r) + "\n", 1e-2);
+    auto run = testing::train_small_model(dir.path(),
+                                          "[peft]\nmethod = \"miss\"\n[peft.miss]\nmode = \"" +
+                                              c.mode + "\"\nr = " + std::to_string(c.r) +
+                                              "\nmini_r = " + std::to_string(c.mini_r) + "\n",
+                                          1e-2);
     ASSERT_EQ(run.command.exit_code, 0) << run.command.output;
     ASSERT_EQ(run.losses.size(), 10u);
     EXPECT_LT(run.losses.back(), run.losses.front()) << c.mode;

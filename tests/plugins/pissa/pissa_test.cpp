@@ -1,5 +1,4 @@
 #include <fstream>
-
 #include <nlohmann/json.hpp>
 
 #include "peft_fixtures.hpp"
@@ -29,7 +28,8 @@ TEST(PissaTest, ResidualPlusScaledInitPairIsTheBaseAndTheOutputStartsUnchanged) 
     auto method = pissa(svd);
     method->attach(adapted);
     int64_t expected = 0;
-    for (const auto& site : adapted.linear_sites()) expected += kRank * (site.in_features + site.out_features);
+    for (const auto& site : adapted.linear_sites())
+      expected += kRank * (site.in_features + site.out_features);
     EXPECT_EQ(testing::trainable_count(*method), expected) << "r (in + out) per site";
     const TensorMap state = method->state_dict();
     for (const auto& site : adapted.linear_sites()) {
@@ -39,8 +39,8 @@ TEST(PissaTest, ResidualPlusScaledInitPairIsTheBaseAndTheOutputStartsUnchanged) 
       const at::Tensor residual = adapted.linear(site.name).dense_weight().to(at::kDouble);
       EXPECT_LE(relative_error(residual + kScale * init, w), 1e-6) << svd << " " << site.name;
       if (svd == "exact") {
-        // Eckart-Young: the residual of the best rank-r approximation has the energy of the trailing
-        // singular values (fp64 SVD), whatever basis a near-degenerate spectrum picks.
+        // Eckart-Young: the residual of the best rank-r approximation has the energy of the
+        // trailing singular values (fp64 SVD), whatever basis a near-degenerate spectrum picks.
         const at::Tensor s = at::linalg_svdvals(w);
         const double trailing = s.narrow(0, kRank, s.size(0) - kRank).square().sum().item<double>();
         EXPECT_NEAR(residual.square().sum().item<double>() / trailing, 1.0, 1e-5) << site.name;
@@ -80,7 +80,8 @@ TEST(PissaTest, MergedWeightsAndThePlainLoraExportGiveTheAdapterForward) {
 
   // The rank-2r LoRA applied to the unmodified W by its own config's scale gives the same weights.
   method->export_to("hf-peft", dir / "hf");
-  const nlohmann::json config = nlohmann::json::parse(std::ifstream(dir / "hf" / "adapter_config.json"));
+  const nlohmann::json config =
+      nlohmann::json::parse(std::ifstream(dir / "hf" / "adapter_config.json"));
   EXPECT_EQ(config["r"].get<int64_t>(), 2 * kRank);
   const double export_scale = config["lora_alpha"].get<double>() / config["r"].get<double>();
   const TensorMap lora = read_safetensors(dir / "hf" / "adapter_model.safetensors").tensors;
@@ -90,12 +91,15 @@ TEST(PissaTest, MergedWeightsAndThePlainLoraExportGiveTheAdapterForward) {
     const at::Tensor b = lora.at("base_model.model." + site.name + ".lora_B.weight");
     ASSERT_EQ(a.sizes(), at::IntArrayRef({2 * kRank, site.in_features}));
     ASSERT_EQ(b.sizes(), at::IntArrayRef({site.out_features, 2 * kRank}));
-    const at::Tensor via_lora = original.at(site.name + ".weight") + export_scale * at::matmul(b, a);
+    const at::Tensor via_lora =
+        original.at(site.name + ".weight") + export_scale * at::matmul(b, a);
     EXPECT_LE(relative_error(via_lora, merged.at(site.name + ".weight")), 1e-6) << site.name;
   }
   // Unmerge takes the update out again.
   method->unmerge_from(merged);
-  EXPECT_LE(relative_error(merged.at("blocks.1.ffn.value.weight"), original.at("blocks.1.ffn.value.weight")), 1e-6);
+  EXPECT_LE(relative_error(merged.at("blocks.1.ffn.value.weight"),
+                           original.at("blocks.1.ffn.value.weight")),
+            1e-6);
 }
 
 TEST(PissaTest, SaveLoadRebuildsTheResidualFromTheSavedInitPair) {
@@ -128,25 +132,41 @@ TEST(PissaTest, ExportedFilesOpenInPythonWithTheExpectedNamesShapesAndDtypes) {
   method->export_to("hf-peft", dir / "hf");
   method->export_to("rwkv-pth", dir / "pissa.pth");
   method->export_to("rwkv-lora-pth", dir / "lora.pth");
-  auto check = testing::run_command(
-      std::string(PEFTKIT_PYTHON) + " -c \"import json, torch; from safetensors.torch import load_file; "
-      "t = load_file('" + (dir / "hf" / "adapter_model.safetensors").string() + "'); "
-      "c = json.load(open('" + (dir / "hf" / "adapter_config.json").string() + "')); "
-      "a = t['base_model.model.blocks.1.ffn.key.lora_A.weight']; b = t['base_model.model.blocks.1.ffn.key.lora_B.weight']; "
-      "assert a.shape == (8, 64) and b.shape == (256, 8) and a.dtype == b.dtype == torch.float32, (a.shape, b.shape); "
-      "assert len(t) == 24 and c['peft_type'] == 'LORA' and c['r'] == 8 and c['lora_alpha'] == 16, c; "
-      "p = torch.load('" + (dir / "pissa.pth").string() + "', weights_only=True); "
-      "assert p['blocks.1.ffn.key.init_lora_A'].shape == (4, 64) and int(p['pissa.r']) == 4, p.keys(); "
-      "assert torch.equal(p['blocks.1.ffn.key.lora_A'], a[:4]) and torch.equal(p['blocks.1.ffn.key.init_lora_B'], -b[:, 4:]); "
-      "l = torch.load('" + (dir / "lora.pth").string() + "', weights_only=True); "
-      "assert int(l['lora.r']) == 8 and float(l['lora.alpha']) == 16.0 and torch.equal(l['blocks.1.ffn.key.lora_A'], a); "
-      "print('ok')\"");
+  auto check =
+      testing::run_command(std::string(PEFTKIT_PYTHON) +
+                           " -c \"import json, torch; from safetensors.torch import load_file; "
+                           "t = load_file('" +
+                           (dir / "hf" / "adapter_model.safetensors").string() +
+                           "'); "
+                           "c = json.load(open('" +
+                           (dir / "hf" / "adapter_config.json").string() +
+                           "')); "
+                           "a = t['base_model.model.blocks.1.ffn.key.lora_A.weight']; b = "
+                           "t['base_model.model.blocks.1.ffn.key.lora_B.weight']; "
+                           "assert a.shape == (8, 64) and b.shape == (256, 8) and a.dtype == "
+                           "b.dtype == torch.float32, (a.shape, b.shape); "
+                           "assert len(t) == 24 and c['peft_type'] == 'LORA' and c['r'] == 8 and "
+                           "c['lora_alpha'] == 16, c; "
+                           "p = torch.load('" +
+                           (dir / "pissa.pth").string() +
+                           "', weights_only=True); "
+                           "assert p['blocks.1.ffn.key.init_lora_A'].shape == (4, 64) and "
+                           "int(p['pissa.r']) == 4, p.keys(); "
+                           "assert torch.equal(p['blocks.1.ffn.key.lora_A'], a[:4]) and "
+                           "torch.equal(p['blocks.1.ffn.key.init_lora_B'], -b[:, 4:]); "
+                           "l = torch.load('" +
+                           (dir / "lora.pth").string() +
+                           "', weights_only=True); "
+                           "assert int(l['lora.r']) == 8 and float(l['lora.alpha']) == 16.0 and "
+                           "torch.equal(l['blocks.1.ffn.key.lora_A'], a); "
+                           "print('ok')\"");
   EXPECT_EQ(check.exit_code, 0) << check.output;
 }
 
 TEST(PissaTest, TrainingThroughARecipeLowersTheLoss) {
   testing::TempDir dir;
-  auto run = testing::train_small_model(dir.path(), "[peft]\nmethod = \"pissa\"\n[peft.pissa]\nr = 4\nalpha = 4\n", 5e-3);
+  auto run = testing::train_small_model(
+      dir.path(), "[peft]\nmethod = \"pissa\"\n[peft.pissa]\nr = 4\nalpha = 4\n", 5e-3);
   ASSERT_EQ(run.command.exit_code, 0) << run.command.output;
   EXPECT_NE(run.command.output.find("trainable parameters: 9216 in 24 tensors"), std::string::npos)
       << run.command.output;  // 2 layers x r (4 (64 + 64) + (64 + 256) + (256 + 64)), r = 4

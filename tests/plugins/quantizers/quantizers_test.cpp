@@ -13,8 +13,9 @@ namespace {
 using testing::relative_error;
 using testing::small_model_weights;
 
-std::shared_ptr<const Quantizer> quantizer(const std::string& name,
-                                           const std::vector<std::pair<std::string, OptionValue>>& settings = {}) {
+std::shared_ptr<const Quantizer> quantizer(
+    const std::string& name,
+    const std::vector<std::pair<std::string, OptionValue>>& settings = {}) {
   auto plugin = testing::plugins().get<QuantizerPlugin>(name);
   Options options = host::default_options(plugin->options(), "quant." + name);
   for (const auto& [key, value] : settings) options.set(key, value, OptionSource::kRecipe);
@@ -25,14 +26,16 @@ std::shared_ptr<const Quantizer> quantizer(const std::string& name,
 ModelOptions quantized(at::ScalarType dtype, std::shared_ptr<const Quantizer> q) {
   ModelOptions options(dtype, at::kCPU);
   options.quantizer = std::move(q);
-  options.quantize_targets = {"att.receptance", "att.key", "att.value", "att.output", "ffn.key", "ffn.value"};
+  options.quantize_targets = {"att.receptance", "att.key", "att.value",
+                              "att.output",     "ffn.key", "ffn.value"};
   return options;
 }
 
 // The weights a quantized model computes with, as a dense checkpoint.
 TensorMap dequantized_weights(const Rwkv7Model& model) {
   TensorMap out = model.weights();
-  for (const auto& site : model.linear_sites()) out[site.name + ".weight"] = model.linear(site.name).dense_weight().to(at::kFloat);
+  for (const auto& site : model.linear_sites())
+    out[site.name + ".weight"] = model.linear(site.name).dense_weight().to(at::kFloat);
   return out;
 }
 
@@ -54,13 +57,17 @@ TEST(Quantizers, TheForwardStaysCloseToTheBf16Forward) {
   for (const auto& c : cases) {
     auto settings = c.settings;
     if (c.name == "fp4") settings.push_back({"type", std::string("fp4")});
-    Rwkv7Model model(small_model_weights(), quantized(at::kBFloat16, quantizer(c.plugin == "fp4" ? "nf4" : c.plugin, settings)), "test");
+    Rwkv7Model model(
+        small_model_weights(),
+        quantized(at::kBFloat16, quantizer(c.plugin == "fp4" ? "nf4" : c.plugin, settings)),
+        "test");
     const double error = relative_error(model.forward(tokens).to(at::kFloat), reference);
     std::cout << "relative logit error vs bf16, " << c.name << ": " << error << "\n";
     ::testing::Test::RecordProperty(c.name + " relative logit error", std::to_string(error));
     EXPECT_LE(error, c.bound) << c.name;
     EXPECT_GT(error, 0.0) << c.name;
-    EXPECT_EQ(model.weights().count("blocks.0.att.key.weight"), 0u) << "no dense copy of a quantized weight";
+    EXPECT_EQ(model.weights().count("blocks.0.att.key.weight"), 0u)
+        << "no dense copy of a quantized weight";
   }
 }
 
@@ -100,7 +107,8 @@ TEST(Quantizers, AQuantizedModelComputesExactlyWithItsDequantizedWeights) {
     yd.square().mean().backward();
     const auto tq = lora_q->trainable_tensors(), td = lora_d->trainable_tensors();
     for (size_t i = 0; i < tq.size(); ++i)
-      EXPECT_LE(relative_error(tq[i].tensor.grad(), td[i].tensor.grad()), 1e-4) << plugin << " " << tq[i].name;
+      EXPECT_LE(relative_error(tq[i].tensor.grad(), td[i].tensor.grad()), 1e-4)
+          << plugin << " " << tq[i].name;
   }
 }
 
@@ -108,12 +116,14 @@ TEST(Quantizers, QPissaQuantizesTheResidualOfTheCheckpointWeight) {
   at::NoGradGuard no_grad;
   auto nf4 = quantizer("nf4");
   Rwkv7Model model(small_model_weights(), quantized(at::kFloat, nf4), "test");
-  auto pissa = testing::make_method("pissa", {{"r", int64_t{4}}, {"alpha", 4.0}, {"svd", std::string("exact")}});
+  auto pissa = testing::make_method(
+      "pissa", {{"r", int64_t{4}}, {"alpha", 4.0}, {"svd", std::string("exact")}});
   pissa->attach(model);
   const TensorMap state = pissa->state_dict();
   const std::string site = "blocks.1.ffn.key";
   const at::Tensor w = small_model_weights().at(site + ".weight");
-  const at::Tensor residual = w - at::matmul(state.at(site + ".init_lora_B"), state.at(site + ".init_lora_A"));
+  const at::Tensor residual =
+      w - at::matmul(state.at(site + ".init_lora_B"), state.at(site + ".init_lora_A"));
   EXPECT_TRUE(at::equal(model.linear(site).dense_weight().to(at::kFloat),
                         nf4->quantize(residual)->dense_weight().to(at::kFloat)));
 }
@@ -121,15 +131,21 @@ TEST(Quantizers, QPissaQuantizesTheResidualOfTheCheckpointWeight) {
 TEST(Quantizers, EveryMethodTrainsOnAQuantizedBase) {
   const std::pair<std::string, std::string> runs[] = {
       {"[peft]\nmethod = \"state\"\n", "[quant]\nmethod = \"int8\"\n"},
-      {"[peft]\nmethod = \"lora\"\n[peft.lora]\nr = 4\nalpha = 8\n", "[quant]\nmethod = \"nf4\"\n[quant.nf4]\ndouble_quant = true\n"},
-      {"[peft]\nmethod = \"pissa\"\n[peft.pissa]\nr = 4\nalpha = 4\n", "[quant]\nmethod = \"nf4\"\n"},
-      {"[peft]\nmethod = \"miss\"\n[peft.miss]\nr = 16\n", "[quant]\nmethod = \"int8\"\n[quant.int8]\nthreshold = 0.25\n"},
-      {"[peft]\nmethod = \"miss\"\n[peft.miss]\nr = 16\nmode = \"bat\"\n", "[quant]\nmethod = \"nf4\"\n"}};
+      {"[peft]\nmethod = \"lora\"\n[peft.lora]\nr = 4\nalpha = 8\n",
+       "[quant]\nmethod = \"nf4\"\n[quant.nf4]\ndouble_quant = true\n"},
+      {"[peft]\nmethod = \"pissa\"\n[peft.pissa]\nr = 4\nalpha = 4\n",
+       "[quant]\nmethod = \"nf4\"\n"},
+      {"[peft]\nmethod = \"miss\"\n[peft.miss]\nr = 16\n",
+       "[quant]\nmethod = \"int8\"\n[quant.int8]\nthreshold = 0.25\n"},
+      {"[peft]\nmethod = \"miss\"\n[peft.miss]\nr = 16\nmode = \"bat\"\n",
+       "[quant]\nmethod = \"nf4\"\n"}};
   for (const auto& [peft, quant] : runs) {
     testing::TempDir dir;
-    auto run = testing::train_small_model(dir.path(), peft + quant, peft.find("state") != std::string::npos ? 1e-1 : 1e-2);
+    auto run = testing::train_small_model(dir.path(), peft + quant,
+                                          peft.find("state") != std::string::npos ? 1e-1 : 1e-2);
     ASSERT_EQ(run.command.exit_code, 0) << run.command.output;
-    EXPECT_NE(run.command.output.find("quantized the frozen linear weights"), std::string::npos) << run.command.output;
+    EXPECT_NE(run.command.output.find("quantized the frozen linear weights"), std::string::npos)
+        << run.command.output;
     ASSERT_EQ(run.losses.size(), 10u);
     EXPECT_LT(run.losses.back(), run.losses.front()) << peft << quant;
   }
@@ -137,15 +153,19 @@ TEST(Quantizers, EveryMethodTrainsOnAQuantizedBase) {
 
 TEST(Quantizers, APreQuantizedBaseFileIsReusedOnlyWhenItMatches) {
   testing::TempDir dir;
-  auto first = testing::train_small_model(
-      dir.path(), "[peft]\nmethod = \"lora\"\n[quant]\nmethod = \"nf4\"\ncache_file = \"base.nf4.safetensors\"\n");
+  auto first = testing::train_small_model(dir.path(),
+                                          "[peft]\nmethod = \"lora\"\n[quant]\nmethod = "
+                                          "\"nf4\"\ncache_file = \"base.nf4.safetensors\"\n");
   ASSERT_EQ(first.command.exit_code, 0) << first.command.output;
-  EXPECT_NE(first.command.output.find("wrote the pre-quantized base"), std::string::npos) << first.command.output;
+  EXPECT_NE(first.command.output.find("wrote the pre-quantized base"), std::string::npos)
+      << first.command.output;
   auto again = [&](const std::string& out, const std::string& extra) {
-    auto result = testing::run_command(testing::peftkit_command("train " + (dir / "recipe.toml").string() +
-                                                                " --set output.dir=" + out + extra + " --plugin-dir " PLUGIN_DIR));
+    auto result = testing::run_command(
+        testing::peftkit_command("train " + (dir / "recipe.toml").string() +
+                                 " --set output.dir=" + out + extra + " --plugin-dir " PLUGIN_DIR));
     std::vector<double> losses;
-    for (const auto& line : testing::read_metrics(dir / out / "metrics.jsonl")) losses.push_back(line["loss"].get<double>());
+    for (const auto& line : testing::read_metrics(dir / out / "metrics.jsonl"))
+      losses.push_back(line["loss"].get<double>());
     return std::pair{result, losses};
   };
   auto [second, second_losses] = again("out2", "");
@@ -161,23 +181,29 @@ TEST(Quantizers, APreQuantizedBaseFileIsReusedOnlyWhenItMatches) {
 
 TEST(Quantizers, RequantizeAwareMergeGivesTheWeightsTrainingUsed) {
   testing::TempDir dir;
-  auto run = testing::train_small_model(dir.path(), "[peft]\nmethod = \"lora\"\n[peft.lora]\nr = 4\nalpha = 8\n"
-                                                    "[quant]\nmethod = \"nf4\"\n", 5e-2);
+  auto run = testing::train_small_model(dir.path(),
+                                        "[peft]\nmethod = \"lora\"\n[peft.lora]\nr = 4\nalpha = 8\n"
+                                        "[quant]\nmethod = \"nf4\"\n",
+                                        5e-2);
   ASSERT_EQ(run.command.exit_code, 0) << run.command.output;
-  const std::string base = (dir / "model.pth").string(), adapter = (dir / "out" / "rwkv-0.pth").string();
-  auto merge = testing::run_command(testing::peftkit_command("merge --requantize-aware --base " + base + " --adapter " +
-                                                             adapter + " --output " + (dir / "merged.pth").string() +
-                                                             " --plugin-dir " PLUGIN_DIR));
+  const std::string base = (dir / "model.pth").string(),
+                    adapter = (dir / "out" / "rwkv-0.pth").string();
+  auto merge = testing::run_command(testing::peftkit_command(
+      "merge --requantize-aware --base " + base + " --adapter " + adapter + " --output " +
+      (dir / "merged.pth").string() + " --plugin-dir " PLUGIN_DIR));
   ASSERT_EQ(merge.exit_code, 0) << merge.output;
-  const TensorMap merged = read_pth(dir / "merged.pth"), lora = read_pth(adapter), original = read_pth(base);
+  const TensorMap merged = read_pth(dir / "merged.pth"), lora = read_pth(adapter),
+                  original = read_pth(base);
   const std::string site = "blocks.0.att.value";
   const at::Tensor w = original.at(site + ".weight");
-  const at::Tensor expected = kernels::dequantize_4bit(kernels::quantize_4bit(w, kernels::nf4_codebook(), 64), at::kFloat) +
-                              2.0 * at::matmul(lora.at(site + ".lora_B"), lora.at(site + ".lora_A"));
+  const at::Tensor expected =
+      kernels::dequantize_4bit(kernels::quantize_4bit(w, kernels::nf4_codebook(), 64), at::kFloat) +
+      2.0 * at::matmul(lora.at(site + ".lora_B"), lora.at(site + ".lora_A"));
   EXPECT_LE(relative_error(merged.at(site + ".weight"), expected), 1e-6);
   EXPECT_TRUE(at::equal(merged.at("emb.weight"), original.at("emb.weight")));
-  auto refused = testing::run_command(testing::peftkit_command("merge --requantize-aware --base " + base + " --lora " +
-                                                               adapter + " --recipe /nonexistent.toml --output x.pth"));
+  auto refused = testing::run_command(
+      testing::peftkit_command("merge --requantize-aware --base " + base + " --lora " + adapter +
+                               " --recipe /nonexistent.toml --output x.pth"));
   EXPECT_NE(refused.exit_code, 0);
 }
 
@@ -186,23 +212,27 @@ TEST(Quantizers, RequantizeAwareMergeGivesTheWeightsTrainingUsed) {
 // number.
 TEST(Quantizers, ARequantizeAwareMergeNeverWritesTheTrainingCache) {
   testing::TempDir dir;
-  auto run = testing::train_small_model(dir.path(), "[peft]\nmethod = \"lora\"\n[peft.lora]\nr = 4\nalpha = 8\n"
-                                                    "[quant]\nmethod = \"nf4\"\ncache_file = \"cache.safetensors\"\n",
-                                        5e-2);
+  auto run =
+      testing::train_small_model(dir.path(),
+                                 "[peft]\nmethod = \"lora\"\n[peft.lora]\nr = 4\nalpha = 8\n"
+                                 "[quant]\nmethod = \"nf4\"\ncache_file = \"cache.safetensors\"\n",
+                                 5e-2);
   ASSERT_EQ(run.command.exit_code, 0) << run.command.output;
   const auto cache = dir / "cache.safetensors";
   ASSERT_TRUE(std::filesystem::exists(cache));
   const std::string signature = read_safetensors(cache).metadata.at("peftkit.quantized_from");
   const size_t at = signature.find(";mtime_ns=");
   ASSERT_NE(at, std::string::npos) << signature;
-  EXPECT_GT(std::stoll(signature.substr(at + 10)), 1'600'000'000'000'000'000LL) << signature;  // after 2020
+  EXPECT_GT(std::stoll(signature.substr(at + 10)), 1'600'000'000'000'000'000LL)
+      << signature;  // after 2020
   const std::string before = testing::read_file(cache);
   const auto written = std::filesystem::last_write_time(cache);
   // Another path to the same weights: the cache does not match it, so the merge quantizes anew.
   std::filesystem::copy_file(dir / "model.pth", dir / "copy.pth");
   auto merge = testing::run_command(testing::peftkit_command(
       "merge --requantize-aware --base " + (dir / "copy.pth").string() + " --adapter " +
-      (dir / "out" / "rwkv-0.pth").string() + " --output " + (dir / "merged.pth").string() + " --plugin-dir " PLUGIN_DIR));
+      (dir / "out" / "rwkv-0.pth").string() + " --output " + (dir / "merged.pth").string() +
+      " --plugin-dir " PLUGIN_DIR));
   ASSERT_EQ(merge.exit_code, 0) << merge.output;
   EXPECT_EQ(testing::read_file(cache), before);
   EXPECT_EQ(std::filesystem::last_write_time(cache), written);

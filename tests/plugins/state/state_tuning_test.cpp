@@ -24,7 +24,8 @@ TEST(StateTuningTest, StartsAtZeroSoTheOutputEqualsTheBase) {
   ASSERT_EQ(trainable.size(), 2u);
   int64_t count = 0;
   for (const auto& t : trainable) count += t.tensor.numel();
-  EXPECT_EQ(count, config().n_layer * config().n_head * config().head_size * config().head_size);  // L H N^2
+  EXPECT_EQ(count, config().n_layer * config().n_head * config().head_size *
+                       config().head_size);  // L H N^2
   EXPECT_TRUE(at::equal(tuned.forward(tokens), expected));
   EXPECT_EQ(method("", true)->trainable_tensors().size(), 0u);  // nothing before attach
 }
@@ -57,7 +58,8 @@ TEST(StateTuningTest, StateGradientMatchesFiniteDifferencesOfTheLoss) {
       const double minus = loss().item<double>();
       flat[e].fill_(saved);
       const double numeric = (plus - minus) / (2 * h);
-      EXPECT_NEAR(grad[e].item<double>(), numeric, 1e-7 + 1e-5 * std::abs(numeric)) << t.name << "[" << e << "]";
+      EXPECT_NEAR(grad[e].item<double>(), numeric, 1e-7 + 1e-5 * std::abs(numeric))
+          << t.name << "[" << e << "]";
     }
   }
 }
@@ -74,28 +76,39 @@ TEST(StateTuningTest, SavesRwkvPeftAndAi00LayoutsAndReloadsThem) {
   state->export_to("rwkv-pth", dir / "state.pth");
   state->export_to("ai00", dir / "state.safetensors");
   auto check = testing::run_command(
-      std::string(PEFTKIT_PYTHON) + " -c \"import torch; from safetensors.torch import load_file; "
-      "a = torch.load('" + (dir / "state.pth").string() + "', weights_only=True); "
-      "b = load_file('" + (dir / "state.safetensors").string() + "'); "
+      std::string(PEFTKIT_PYTHON) +
+      " -c \"import torch; from safetensors.torch import load_file; "
+      "a = torch.load('" +
+      (dir / "state.pth").string() +
+      "', weights_only=True); "
+      "b = load_file('" +
+      (dir / "state.safetensors").string() +
+      "'); "
       "assert sorted(a) == ['blocks.0.att.time_state', 'blocks.1.att.time_state'], sorted(a); "
-      "assert a['blocks.1.att.time_state'].dtype == torch.bfloat16 and a['blocks.1.att.time_state'].shape == (4, 16, 16); "
+      "assert a['blocks.1.att.time_state'].dtype == torch.bfloat16 and "
+      "a['blocks.1.att.time_state'].shape == (4, 16, 16); "
       "assert b['blocks.1.att.time_state'].dtype == torch.float16; "
-      "d = (b['blocks.1.att.time_state'].float() - a['blocks.1.att.time_state'].float().transpose(-1, -2)).abs().max(); "
+      "d = (b['blocks.1.att.time_state'].float() - "
+      "a['blocks.1.att.time_state'].float().transpose(-1, -2)).abs().max(); "
       "assert d < 1e-2, d; print('ok')\"");
   EXPECT_EQ(check.exit_code, 0) << check.output;
   // A new run continues from the file; a file for another base is refused naming both shapes.
   Rwkv7Model again(model_weights(), {at::kFloat, at::kCPU}, "test");
   auto continued = method((dir / "state.pth").string());
   continued->attach(again);
-  EXPECT_TRUE(at::equal(continued->state_dict().at("blocks.0.att.time_state"), state->state_dict().at("blocks.0.att.time_state")));
-  write_pth(dir / "other.pth", {{"blocks.0.att.time_state", at::zeros({2, 32, 32})}, {"blocks.1.att.time_state", at::zeros({2, 32, 32})}});
+  EXPECT_TRUE(at::equal(continued->state_dict().at("blocks.0.att.time_state"),
+                        state->state_dict().at("blocks.0.att.time_state")));
+  write_pth(dir / "other.pth", {{"blocks.0.att.time_state", at::zeros({2, 32, 32})},
+                                {"blocks.1.att.time_state", at::zeros({2, 32, 32})}});
   Rwkv7Model third(model_weights(), {at::kFloat, at::kCPU}, "test");
   try {
     method((dir / "other.pth").string())->attach(third);
     FAIL();
   } catch (const Error& e) {
-    EXPECT_STREQ(e.what(), "state: blocks.0.att.time_state has shape [2, 32, 32] but this base needs [4, 16, 16]; the "
-                           "state was trained on a base of another shape");
+    EXPECT_STREQ(
+        e.what(),
+        "state: blocks.0.att.time_state has shape [2, 32, 32] but this base needs [4, 16, 16]; the "
+        "state was trained on a base of another shape");
   }
   // merge_into adds the states to the model's weights, as RWKV-PEFT's merge_state.py.
   TensorMap weights = model.weights();

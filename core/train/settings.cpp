@@ -1,0 +1,49 @@
+#include "train/settings.hpp"
+
+namespace peftkit {
+
+TrainSettings train_settings(const host::Recipe& recipe) {
+  const Options& train = recipe.train;
+  TrainSettings s;
+  s.model_path = recipe.resolve_path(recipe.model.get_string("path"));
+  s.out_dir = recipe.resolve_path(recipe.output.get_string("dir"));
+  s.checkpoint_dir = s.out_dir / "checkpoints";
+  if (const std::string& cache = recipe.quant.get_string("cache_file"); !cache.empty())
+    s.quant_cache = recipe.resolve_path(cache);
+  for (const char* key : {"path", "eval_file"})
+    if (const std::string& value = recipe.data.get_string(key); !value.empty())
+      s.data_files.emplace_back(key, recipe.resolve_path(value));
+
+  s.device = recipe.run.get_string("device");
+  s.threads = recipe.run.get_int("threads");
+  s.precision = train.get_string("precision");
+  s.kernel = train.get_string("kernel");
+  s.grad_cp = train.get_bool("grad_cp");
+  s.cuda_graphs = train.get_bool("cuda_graphs");
+
+  s.ctx_len = train.get_int("ctx_len");
+  s.chunk_ctx = train.get_int("chunk_ctx");
+  s.micro_bsz = train.get_int("micro_bsz");
+  s.accumulate = train.get_int("accumulate_grad_batches");
+  s.epoch_steps = train.get_int("epoch_steps");
+  s.epoch_count = train.get_int("epoch_count");
+  s.epoch_begin = train.get_int("epoch_begin");
+  s.epoch_save = train.get_int("epoch_save");
+  s.seed = static_cast<uint64_t>(train.get_int("seed"));
+  s.grad_clip = train.get_float("grad_clip");
+  s.schedule = {train.get_string("lr_schedule"), train.get_float("lr_init"),
+                train.get_float("lr_final"), train.get_int("warmup_steps"),
+                s.epoch_steps * (s.epoch_begin + s.epoch_count)};
+  s.adam = {train.get_float("beta1"), train.get_float("beta2"), train.get_float("adam_eps"),
+            train.get_float("weight_decay")};
+  s.train_parts = recipe.peft.get_string_list("train_parts");
+
+  s.keep_checkpoints = train.get_int("keep_checkpoints");
+  s.max_bad_steps = train.get_int("max_bad_steps");
+  s.eval_every = recipe.data.get_int("eval_every");
+  s.eval_at_start = recipe.data.get_bool("eval_at_start");
+  s.resume_auto = train.get_string("resume") == "auto";
+  return s;
+}
+
+}  // namespace peftkit
