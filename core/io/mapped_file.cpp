@@ -64,35 +64,56 @@ MappedFile::~MappedFile() {
   if (data_) ::munmap(data_, size_);
 }
 
+TemporaryFile open_temporary_beside(const std::filesystem::path& path) {
+  std::random_device random;
+  TemporaryFile file{path.string() + ".tmp-" + std::to_string(::getpid()) + "-" +
+                     std::to_string(random())};
+  file.out = std::fopen(file.path.c_str(), "wb");
+  if (!file.out)
+    throw Error(path.string() + ": cannot create " + file.path.string() + " (" +
+                std::strerror(errno) + ")");
+  return file;
+}
+
+void discard_temporary(TemporaryFile& file) {
+  if (file.out) std::fclose(file.out);
+  file.out = nullptr;
+  std::error_code ec;
+  std::filesystem::remove(file.path, ec);
+}
+
+void commit_temporary(TemporaryFile& file, const std::filesystem::path& path) {
+  if (std::ferror(file.out) || std::fflush(file.out) != 0 || ::fsync(::fileno(file.out)) != 0) {
+    const int error = errno;
+    discard_temporary(file);
+    throw Error(path.string() + ": writing failed (" + std::strerror(error) + ")");
+  }
+  const bool closed = std::fclose(file.out) == 0;
+  const int error = errno;
+  file.out = nullptr;
+  if (!closed) {
+    discard_temporary(file);
+    throw Error(path.string() + ": closing failed (" + std::strerror(error) + ")");
+  }
+  std::error_code ec;
+  std::filesystem::rename(file.path, path, ec);
+  if (ec) {
+    discard_temporary(file);
+    throw Error(path.string() + ": cannot rename the finished file into place (" + ec.message() +
+                ")");
+  }
+}
+
 void write_file_atomically(const std::filesystem::path& path,
                            const std::function<void(std::FILE*)>& write) {
-  std::random_device random;
-  const std::filesystem::path temporary =
-      path.string() + ".tmp-" + std::to_string(::getpid()) + "-" + std::to_string(random());
-  std::FILE* out = std::fopen(temporary.c_str(), "wb");
-  if (!out)
-    throw Error(path.string() + ": cannot create " + temporary.string() + " (" +
-                std::strerror(errno) + ")");
+  TemporaryFile file = open_temporary_beside(path);
   try {
-    write(out);
-    if (std::ferror(out) || std::fflush(out) != 0 || ::fsync(::fileno(out)) != 0)
-      throw Error(path.string() + ": writing failed (" + std::strerror(errno) + ")");
-    if (std::fclose(out) != 0) {
-      out = nullptr;
-      throw Error(path.string() + ": closing failed (" + std::strerror(errno) + ")");
-    }
-    out = nullptr;
-    std::error_code ec;
-    std::filesystem::rename(temporary, path, ec);
-    if (ec)
-      throw Error(path.string() + ": cannot rename the finished file into place (" + ec.message() +
-                  ")");
+    write(file.out);
   } catch (...) {
-    if (out) std::fclose(out);
-    std::error_code ec;
-    std::filesystem::remove(temporary, ec);
+    discard_temporary(file);
     throw;
   }
+  commit_temporary(file, path);
 }
 
 void write_all(std::FILE* out, const void* data, size_t size, const std::filesystem::path& path) {

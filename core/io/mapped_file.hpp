@@ -45,6 +45,19 @@ std::string read_small_file(const std::filesystem::path& path, size_t max_bytes,
 void write_file_atomically(const std::filesystem::path& path,
                            const std::function<void(std::FILE*)>& write);
 
+// The two halves of it, for writers that fill the file over many calls (peftkit::AtomicFile):
+// a temporary file beside `path`, opened for writing; and its completion: flushed, fsynced, closed
+// and renamed over `path`, or removed (and `path` untouched) when any of that fails. `out` is
+// closed either way.
+struct TemporaryFile {
+  std::filesystem::path path;
+  std::FILE* out = nullptr;
+};
+TemporaryFile open_temporary_beside(const std::filesystem::path& path);
+void commit_temporary(TemporaryFile& file, const std::filesystem::path& path);
+// Closes and removes it (after an error).
+void discard_temporary(TemporaryFile& file);
+
 // Writes all `size` bytes or throws peftkit::Error naming `path`, how far it got and the system's
 // reason (e.g. "No space left on device").
 void write_all(std::FILE* out, const void* data, size_t size, const std::filesystem::path& path);
