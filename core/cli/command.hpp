@@ -59,13 +59,13 @@ std::vector<host::SavedAdapter> adapters_from(const po::variables_map& vm,
 // The model options of generate, chat and eval (--model, --dtype, --device and the adapter
 // options), and the ModelOptions they give (defined in commands_generate.cpp).
 void add_model_options(po::options_description& options, const char* default_dtype);
-ModelOptions model_options_from(const po::variables_map& vm);
+model::ModelOptions model_options_from(const po::variables_map& vm);
 // The --model with the adapter options' adapters mounted, as those options say.
 host::LoadedModel load_model_from(const po::variables_map& vm, const host::PluginRegistry& plugins);
 // RWKV's sampling options of generate and chat, and their settings.
 void add_sampling_options(po::options_description& options, int64_t max_tokens,
                           bool stop_at_blank_line);
-GenerationSettings generation_settings_from(const po::variables_map& vm);
+generate::GenerationSettings generation_settings_from(const po::variables_map& vm);
 
 Command plugins_command();
 Command recipe_command();

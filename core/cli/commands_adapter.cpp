@@ -82,7 +82,7 @@ namespace {
 // fp32 CPU model of it (the methods need the model's sites; PiSSA reads its weights).
 struct Mounted {
   TensorMap weights;  // the base file's tensors, dtypes kept
-  std::unique_ptr<Rwkv7Model> model;
+  std::unique_ptr<model::Rwkv7Model> model;
   std::vector<std::shared_ptr<PeftMethod>> methods;
 };
 
@@ -96,9 +96,9 @@ Mounted mount_on_base(const fs::path& base_path, const std::vector<host::SavedAd
       if (const int n = host::overlay_trained_weights(a, m.weights))
         log::info(a.description + ": " + std::to_string(n) +
                   " trained base tensors laid over the base");
-  ModelOptions options{at::kFloat, at::kCPU};
+  model::ModelOptions options{at::kFloat, at::kCPU};
   if (quantization) quantization->apply(options);
-  m.model = std::make_unique<Rwkv7Model>(m.weights, options, base_path.string());
+  m.model = std::make_unique<model::Rwkv7Model>(m.weights, options, base_path.string());
   const std::set<std::string> base_names = host::tensor_names(m.weights);
   for (const auto& a : adapters)
     for (auto& method : host::mount(a, *m.model, plugins, base_names)) m.methods.push_back(method);
@@ -171,14 +171,15 @@ Command merge_command() {
     if (unmerge) {
       for (const auto& a : adapters)
         for (const auto& [name, tensor] : a.tensors)
-          if (m.weights.count(name) && !merged_state_shape(m.model->config(), name))
+          if (m.weights.count(name) && !model::merged_state_shape(m.model->config(), name))
             throw Error("--unmerge: " + a.description + " also trained the base tensor '" + name +
                         "' (train_parts), which cannot be taken out again");
       for (auto it = m.methods.rbegin(); it != m.methods.rend(); ++it)
         (*it)->unmerge_from(m.weights);
       // Merged states are dropped again.
       for (auto it = m.weights.begin(); it != m.weights.end();)
-        it = merged_state_shape(m.model->config(), it->first) ? m.weights.erase(it) : std::next(it);
+        it = model::merged_state_shape(m.model->config(), it->first) ? m.weights.erase(it)
+                                                                     : std::next(it);
     } else if (requantize) {
       // Each linear site as it computed in training (quantized base + adapter); the methods' other
       // keys (states) as merge_into writes them.

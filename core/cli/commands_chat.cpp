@@ -23,12 +23,13 @@ constexpr const char* kChatHelp =
 
 // What a conversation has read so far: the model's state and the text behind it.
 struct Conversation {
-  Rwkv7State state;
+  model::Rwkv7State state;
   std::string transcript;
 };
 
 // A conversation file: the state's tensors, the transcript, and the shape of the model it is for.
-void save_conversation(const fs::path& path, const Conversation& c, const Rwkv7Model& model) {
+void save_conversation(const fs::path& path, const Conversation& c,
+                       const model::Rwkv7Model& model) {
   TensorMap out;
   for (size_t l = 0; l < c.state.wkv.size(); ++l) {
     out["chat." + std::to_string(l) + ".att_shift"] = c.state.att_shift[l].to(at::kCPU);
@@ -42,7 +43,7 @@ void save_conversation(const fs::path& path, const Conversation& c, const Rwkv7M
   write_pth(path, out);
 }
 
-Conversation load_conversation(const fs::path& path, const Rwkv7Model& model) {
+Conversation load_conversation(const fs::path& path, const model::Rwkv7Model& model) {
   const TensorMap in = read_pth(path, Checksums::kVerify);
   auto get = [&](const std::string& name) -> const at::Tensor& {
     auto it = in.find(name);
@@ -129,12 +130,12 @@ Command chat_command() {
     add_sampling_options(options, 500, true);
   };
   command.run = [](const po::variables_map& vm, const CommonOptions& common) {
-    const GenerationSettings settings = generation_settings_from(vm);
+    const generate::GenerationSettings settings = generation_settings_from(vm);
     const auto registry =
         host::PluginRegistry::discover(host::plugin_search_path(common.plugin_dirs));
     host::LoadedModel loaded = load_model_from(vm, registry);
-    Rwkv7Model& model = *loaded.model;
-    auto tokenizer = WorldTokenizer::load(find_world_vocab());
+    model::Rwkv7Model& model = *loaded.model;
+    auto tokenizer = tokenizer::WorldTokenizer::load(tokenizer::find_world_vocab());
     const bool terminal = ::isatty(STDIN_FILENO);
     const std::optional<fs::path> transcript_file =
         vm.count("transcript") ? std::optional<fs::path>(vm["transcript"].as<std::string>())
@@ -182,11 +183,11 @@ Command chat_command() {
       prompt += "User: " + message + "\n\nAssistant:";
       std::cout << "Assistant:" << std::flush;
       AnswerPrinter printer;
-      GenerationSettings turn_settings = settings;
+      generate::GenerationSettings turn_settings = settings;
       turn_settings.seed = settings.seed + static_cast<uint64_t>(turn++);
       const std::string answer =
-          continue_text(model, *tokenizer, conversation.state, tokenizer->encode(prompt),
-                        turn_settings, std::ref(printer));
+          generate::continue_text(model, *tokenizer, conversation.state, tokenizer->encode(prompt),
+                                  turn_settings, std::ref(printer));
       printer.finish();
       conversation.transcript += prompt + answer;
       if (transcript_file) write_text_file(*transcript_file, conversation.transcript);

@@ -100,7 +100,7 @@ json read_json(const fs::path& path) {
 }
 
 // A finished run has its summary and was trained with exactly these settings.
-bool finished(const host::CompareRun& run, const fs::path& folder) {
+bool finished(const compare::CompareRun& run, const fs::path& folder) {
   if (!fs::exists(folder / "summary.json")) return false;
   if (recipe_settings(read_text(folder / "recipe.toml")) !=
       recipe_settings(host::format_recipe(run.recipe)))
@@ -114,7 +114,7 @@ bool finished(const host::CompareRun& run, const fs::path& folder) {
 
 json number(double x) { return std::isfinite(x) ? json(x) : json(nullptr); }
 
-json eval_json(const EvalResult& r) {
+json eval_json(const eval::EvalResult& r) {
   return {{"loss", number(r.loss())},
           {"perplexity", number(r.perplexity())},
           {"accuracy", number(r.accuracy())},
@@ -125,7 +125,7 @@ json eval_json(const EvalResult& r) {
 }
 
 // The run's numbers from its own files: summary.json and metrics.jsonl.
-json run_json(const host::CompareRun& run, const fs::path& folder) {
+json run_json(const compare::CompareRun& run, const fs::path& folder) {
   const json summary = read_json(folder / "summary.json");
   json out = {{"name", run.name}, {"kind", "run"}, {"folder", folder.string()}};
   for (const char* key :
@@ -191,22 +191,25 @@ Command compare_command() {
     const fs::path file = vm["file"].as<std::string>();
     const auto registry =
         host::PluginRegistry::discover(host::plugin_search_path(common.plugin_dirs));
-    const host::CompareFile compare = host::load_compare_file(file, registry);
+    const compare::CompareFile compare = compare::load_compare_file(file, registry);
     const std::string resume_command = "peftkit compare " + file.string();
 
     if (vm.count("train-run")) {
       const std::string name = vm["train-run"].as<std::string>();
       for (const auto& run : compare.runs)
         if (run.name == name)
-          return Trainer(run.recipe, registry, TrainFlags{false, resume_command}).run();
+          return train::Trainer(run.recipe, registry, train::TrainFlags{false, resume_command})
+              .run();
       throw Error("--train-run: " + file.string() + " has no run '" + name + "'");
     }
 
     // The prompts are checked against the base before anything trains, not after the last run.
-    std::unique_ptr<WorldTokenizer> tokenizer = WorldTokenizer::load(find_world_vocab());
+    std::unique_ptr<tokenizer::WorldTokenizer> tokenizer =
+        tokenizer::WorldTokenizer::load(tokenizer::find_world_vocab());
     const fs::path base_model = compare.base.resolve_path(compare.base.model.get_string("path"));
     const int64_t vocab =
-        Rwkv7Config::from_tensors(read_tensor_file(base_model).tensors, base_model.string()).vocab;
+        model::Rwkv7Config::from_tensors(read_tensor_file(base_model).tensors, base_model.string())
+            .vocab;
     for (size_t p = 0; p < compare.prompts.size(); ++p) {
       const std::string where = file.string() + ": [generation] prompts[" + std::to_string(p) + "]";
       const std::vector<int32_t> ids = tokenizer->encode(compare.prompts[p]);
@@ -218,7 +221,7 @@ Command compare_command() {
     }
     fs::create_directories(compare.output_dir);
     for (const auto& run : compare.runs) {
-      const fs::path folder = host::run_folder(compare, run.name);
+      const fs::path folder = compare::run_folder(compare, run.name);
       if (finished(run, folder)) {
         log::info("run '" + run.name + "': finished earlier (" + folder.string() + "), skipped");
         continue;
@@ -231,10 +234,10 @@ Command compare_command() {
       for (const auto& dir : common.plugin_dirs)
         arguments.insert(arguments.end(), {"--plugin-dir", dir.string()});
       const int code = run_child(arguments);
-      if (code == kExitInterrupted || code == 128 + SIGINT || code == 128 + SIGTERM) {
+      if (code == train::kExitInterrupted || code == 128 + SIGINT || code == 128 + SIGTERM) {
         std::cerr << "compare interrupted during run '" << run.name
                   << "'; finished runs are kept. Continue with: " << resume_command << "\n";
-        return kExitInterrupted;
+        return train::kExitInterrupted;
       }
       if (code != 0)
         throw Error("run '" + run.name + "' failed (exit code " + std::to_string(code) +
@@ -247,27 +250,27 @@ Command compare_command() {
     const at::Device device = host::resolve_device(compare.base.run.get_string("device"));
     const std::string precision =
         host::resolve_precision(compare.base.train.get_string("precision"), device);
-    ModelOptions options{precision == "bf16" ? at::kBFloat16 : at::kFloat, device};
+    model::ModelOptions options{precision == "bf16" ? at::kBFloat16 : at::kFloat, device};
     at::globalContext().setAllowTF32CuBLAS(precision == "tf32");
-    const EvalSettings settings{compare.base.train.get_int("micro_bsz"),
-                                compare.base.train.get_int("ctx_len"),
-                                compare.base.train.get_int("chunk_ctx")};
-    std::vector<ModelVariant> variants = {{"base", {}}};
+    const eval::EvalSettings settings{compare.base.train.get_int("micro_bsz"),
+                                      compare.base.train.get_int("ctx_len"),
+                                      compare.base.train.get_int("chunk_ctx")};
+    std::vector<eval::ModelVariant> variants = {{"base", {}}};
     for (const auto& run : compare.runs) {
-      const fs::path folder = host::run_folder(compare, run.name);
+      const fs::path folder = compare::run_folder(compare, run.name);
       const std::string adapter_file =
           read_json(folder / "summary.json").value("adapter_file", "rwkv-0.pth");
       variants.push_back(
           {run.name,
            {host::read_adapter(folder / adapter_file, folder / "recipe.toml", {}, registry)}});
     }
-    GenerationSettings greedy;
+    generate::GenerationSettings greedy;
     greedy.sampling.temperature = 0;
     greedy.sampling.presence_penalty = 0;
     greedy.sampling.frequency_penalty = 0;
     greedy.max_tokens = compare.max_tokens;
     greedy.stop_at_blank_line = true;
-    SampleRange eval_range;
+    eval::SampleRange eval_range;
     json report = {
         {"title", file.filename().string()},
         {"compare_file", fs::absolute(file).lexically_normal().string()},
@@ -283,27 +286,27 @@ Command compare_command() {
                             : std::to_string(compare.budget_tokens) + " positions per run"},
         {"prompts", compare.prompts},
         {"variants", json::array()}};
-    const OpenEvalData open_eval =
-        [&](int64_t vocab) -> std::pair<std::shared_ptr<Dataset>, SampleRange> {
-      DataSplit split = open_data_split(compare.base, registry, vocab, tokenizer.get());
+    const eval::OpenEvalData open_eval =
+        [&](int64_t vocab) -> std::pair<std::shared_ptr<Dataset>, eval::SampleRange> {
+      eval::DataSplit split = eval::open_data_split(compare.base, registry, vocab, tokenizer.get());
       eval_range = split.eval_range;
       return {split.eval, split.eval_range};
     };
     std::vector<json> generations(variants.size(), json::array());
-    const std::vector<VariantEvaluation> evaluations =
-        evaluate_variants(base_model, variants, registry, options, open_eval, settings, false,
-                          terminal_progress("evaluating"), [&](size_t v, Rwkv7Model& model) {
-                            for (const auto& prompt : compare.prompts) {
-                              Rwkv7State state = model.initial_state(1);
-                              generations[v].push_back(continue_text(
-                                  model, *tokenizer, state, tokenizer->encode(prompt), greedy));
-                            }
-                          });
+    const std::vector<eval::VariantEvaluation> evaluations = eval::evaluate_variants(
+        base_model, variants, registry, options, open_eval, settings, false,
+        eval::terminal_progress("evaluating"), [&](size_t v, model::Rwkv7Model& model) {
+          for (const auto& prompt : compare.prompts) {
+            model::Rwkv7State state = model.initial_state(1);
+            generations[v].push_back(generate::continue_text(model, *tokenizer, state,
+                                                             tokenizer->encode(prompt), greedy));
+          }
+        });
     for (size_t v = 0; v < variants.size(); ++v) {
       // Variant 0 is the base, variant v the run v - 1.
-      json entry = v == 0
-                       ? json{{"name", "base"}, {"kind", "base"}}
-                       : run_json(compare.runs[v - 1], host::run_folder(compare, variants[v].name));
+      json entry =
+          v == 0 ? json{{"name", "base"}, {"kind", "base"}}
+                 : run_json(compare.runs[v - 1], compare::run_folder(compare, variants[v].name));
       entry["eval"] = eval_json(evaluations[v].result);
       entry["generations"] = generations[v];
       report["variants"].push_back(entry);
@@ -313,10 +316,10 @@ Command compare_command() {
                           " counted tokens), ctx_len " + std::to_string(settings.ctx_len) + ", " +
                           precision;
     write_text_file(compare.output_dir / "report.json", report.dump(2) + "\n");
-    write_text_file(compare.output_dir / "report.md", host::report_markdown(report));
-    write_text_file(compare.output_dir / "report.html", host::report_html(report));
-    std::cout << host::report_markdown(report).substr(
-                     0, host::report_markdown(report).find("\nCharts:"))
+    write_text_file(compare.output_dir / "report.md", compare::report_markdown(report));
+    write_text_file(compare.output_dir / "report.html", compare::report_html(report));
+    std::cout << compare::report_markdown(report).substr(
+                     0, compare::report_markdown(report).find("\nCharts:"))
               << "\n"
               << "report: " << (compare.output_dir / "report.html").string()
               << " (also report.md, report.json)\n";

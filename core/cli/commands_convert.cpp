@@ -90,7 +90,7 @@ Command convert_command() {
                     ".KEY");
       host::apply_override(sets, set);
     }
-    const auto tokenizer = WorldTokenizer::load(find_world_vocab());
+    const auto tokenizer = tokenizer::WorldTokenizer::load(tokenizer::find_world_vocab());
     // One sample per document, never truncated.
     DatasetSource source{vm["input"].as<std::string>(), std::numeric_limits<int32_t>::max() - 1,
                          tokenizer->vocab_size(), 0, tokenizer.get()};

@@ -117,12 +117,12 @@ Command eval_command() {
     add_model_options(options, "fp32");
   };
   command.run = [](const po::variables_map& vm, const CommonOptions& common) {
-    const ModelOptions model_options = model_options_from(vm);
+    const model::ModelOptions model_options = model_options_from(vm);
     const std::string task = vm["task"].as<std::string>();
     if (task != "lm" && task != "lambada")
       throw Error("--task: expected lm or lambada, found '" + task + "'");
-    EvalSettings settings{vm["micro-bsz"].as<int64_t>(), vm["ctx-len"].as<int64_t>(),
-                          vm["chunk-ctx"].as<int64_t>()};
+    eval::EvalSettings settings{vm["micro-bsz"].as<int64_t>(), vm["ctx-len"].as<int64_t>(),
+                                vm["chunk-ctx"].as<int64_t>()};
     if (settings.micro_bsz < 1)
       throw Error("--micro-bsz: expected at least 1, found " + std::to_string(settings.micro_bsz));
     if (settings.ctx_len < 1)
@@ -154,7 +154,7 @@ Command eval_command() {
       }
     }
     std::vector<host::SavedAdapter> adapters = adapters_from(vm, registry, adapter_overrides);
-    std::vector<ModelVariant> variants;
+    std::vector<eval::ModelVariant> variants;
     if (vm.count("compare-with")) {
       if (vm["compare-with"].as<std::string>() != "base")
         throw Error("--compare-with: expected base, found '" +
@@ -169,33 +169,33 @@ Command eval_command() {
       variants.push_back({name, adapters});
     }
 
-    std::unique_ptr<WorldTokenizer> tokenizer;
+    std::unique_ptr<tokenizer::WorldTokenizer> tokenizer;
     try {
-      tokenizer = WorldTokenizer::load(find_world_vocab());
+      tokenizer = tokenizer::WorldTokenizer::load(tokenizer::find_world_vocab());
     } catch (const Error& e) {
       if (task == "lambada" || format == "jsonl") throw;
       log::warn(std::string("no tokenizer: ") + e.what());
     }
     std::string data_description;
-    const OpenEvalData open_data =
-        [&](int64_t vocab) -> std::pair<std::shared_ptr<Dataset>, SampleRange> {
+    const eval::OpenEvalData open_data =
+        [&](int64_t vocab) -> std::pair<std::shared_ptr<Dataset>, eval::SampleRange> {
       std::shared_ptr<Dataset> dataset;
       if (task == "lambada") {
-        dataset = open_lambada(data, *tokenizer, vocab);
-        settings.ctx_len = longest_sample(*dataset);  // never cut a document
+        dataset = eval::open_lambada(data, *tokenizer, vocab);
+        settings.ctx_len = eval::longest_sample(*dataset);  // never cut a document
       } else {
         host::Recipe recipe =
             data_recipe(model, data, format, settings.ctx_len, data_overrides, registry);
-        dataset = open_data_split(recipe, registry, vocab, tokenizer.get()).train;
+        dataset = eval::open_data_split(recipe, registry, vocab, tokenizer.get()).train;
       }
       if (dataset->size() == 0) throw Error("--data " + data + ": no samples to evaluate");
       data_description = dataset->describe();
       log::info("data " + data_description);
       return {dataset, {0, dataset->size()}};
     };
-    const std::vector<VariantEvaluation> results =
-        evaluate_variants(model, variants, registry, model_options, open_data, settings,
-                          task == "lambada", terminal_progress("eval"));
+    const std::vector<eval::VariantEvaluation> results =
+        eval::evaluate_variants(model, variants, registry, model_options, open_data, settings,
+                                task == "lambada", eval::terminal_progress("eval"));
 
     nlohmann::json report = {{"model", model},
                              {"data", data},
@@ -213,7 +213,7 @@ Command eval_command() {
                               {"seconds", r.seconds},
                               {"tokens_per_s", r.tokens_per_second()}};
       if (task == "lambada") {
-        const LambadaScore score = lambada_score(r);
+        const eval::LambadaScore score = eval::lambada_score(r);
         entry["accuracy"] = json_number(score.accuracy());
         entry["perplexity"] = json_number(score.perplexity());
         entry["correct"] = score.correct;

@@ -26,7 +26,7 @@ void add_model_options(po::options_description& options, const char* default_dty
   add_adapter_options(options);
 }
 
-ModelOptions model_options_from(const po::variables_map& vm) {
+model::ModelOptions model_options_from(const po::variables_map& vm) {
   const std::string dtype_text = vm["dtype"].as<std::string>();
   if (dtype_text != "fp32" && dtype_text != "bf16")
     throw Error("--dtype: expected fp32 or bf16, found '" + dtype_text + "'");
@@ -36,7 +36,7 @@ ModelOptions model_options_from(const po::variables_map& vm) {
   } catch (const Error& e) {
     throw Error(std::string("--device: ") + e.what());
   }
-  return ModelOptions{dtype_text == "bf16" ? at::kBFloat16 : at::kFloat, device};
+  return model::ModelOptions{dtype_text == "bf16" ? at::kBFloat16 : at::kFloat, device};
 }
 
 host::LoadedModel load_model_from(const po::variables_map& vm,
@@ -64,8 +64,8 @@ void add_sampling_options(po::options_description& options, int64_t max_tokens,
                                         "sampling seed");
 }
 
-GenerationSettings generation_settings_from(const po::variables_map& vm) {
-  GenerationSettings settings;
+generate::GenerationSettings generation_settings_from(const po::variables_map& vm) {
+  generate::GenerationSettings settings;
   settings.sampling.temperature = vm["temperature"].as<double>();
   settings.sampling.top_p = vm["top-p"].as<double>();
   settings.sampling.top_k = vm["top-k"].as<int64_t>();
@@ -99,11 +99,11 @@ Command generate_command() {
     add_sampling_options(options, 200, false);
   };
   command.run = [](const po::variables_map& vm, const CommonOptions& common) {
-    const GenerationSettings settings = generation_settings_from(vm);
+    const generate::GenerationSettings settings = generation_settings_from(vm);
     const auto registry =
         host::PluginRegistry::discover(host::plugin_search_path(common.plugin_dirs));
     host::LoadedModel loaded = load_model_from(vm, registry);
-    auto tokenizer = WorldTokenizer::load(find_world_vocab());
+    auto tokenizer = tokenizer::WorldTokenizer::load(tokenizer::find_world_vocab());
     if (vm.count("prompt") == vm.count("prompt-file"))
       throw Error("give the text to continue as --prompt TEXT or --prompt-file FILE (one of them)");
     const std::string text =
@@ -112,10 +112,10 @@ Command generate_command() {
             : io::read_small_file(vm["prompt-file"].as<std::string>(), 64 << 20, "--prompt-file");
     const std::vector<int32_t> prompt = tokenizer->encode(text);
     if (prompt.empty()) throw Error("--prompt: the prompt is empty");
-    Rwkv7State state = loaded.model->initial_state(1);
+    model::Rwkv7State state = loaded.model->initial_state(1);
     try {
-      continue_text(*loaded.model, *tokenizer, state, prompt, settings,
-                    [](const std::string& piece) { std::cout << piece << std::flush; });
+      generate::continue_text(*loaded.model, *tokenizer, state, prompt, settings,
+                              [](const std::string& piece) { std::cout << piece << std::flush; });
     } catch (const Error& e) {
       throw Error(std::string("--prompt: ") + e.what());
     }

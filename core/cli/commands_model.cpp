@@ -73,7 +73,7 @@ int64_t total_elements(const TensorMap& tensors) {
 // `weights`: the model's own tensors (counted as parameters); `all`: with merged states, whose
 // geometry is checked too.
 void inspect_model(const TensorMap& tensors, const TensorMap& all, const std::string& where) {
-  const Rwkv7Config c = Rwkv7Config::from_tensors(all, where);
+  const model::Rwkv7Config c = model::Rwkv7Config::from_tensors(all, where);
   std::cout << "kind:          model\n"
             << "architecture:  RWKV-7 (x070)\n"
             << "layers:        " << c.n_layer << "\n"
@@ -128,8 +128,8 @@ Command init_model_command() {
       layers = vm["layers"].as<int64_t>();
       embd = vm["embd"].as<int64_t>();
     }
-    const auto config = Rwkv7Config::for_size(layers, embd, vm["vocab"].as<int64_t>(),
-                                              vm["head-size"].as<int64_t>());
+    const auto config = model::Rwkv7Config::for_size(layers, embd, vm["vocab"].as<int64_t>(),
+                                                     vm["head-size"].as<int64_t>());
     const at::ScalarType dtype = parse_dtype(vm["dtype"].as<std::string>());
     const std::filesystem::path out = vm["out"].as<std::string>();
     // The initializer holds the model in fp32 and then in the output dtype: refuse what cannot fit
@@ -147,7 +147,7 @@ Command init_model_command() {
     log::info("initialising RWKV-7 " + config.describe() + ", " +
               human(double(config.parameter_count())) + " parameters, seed " +
               std::to_string(vm["seed"].as<uint64_t>()));
-    TensorMap tensors = init_rwkv7(config, vm["seed"].as<uint64_t>());
+    TensorMap tensors = model::init_rwkv7(config, vm["seed"].as<uint64_t>());
     for (auto& [name, t] : tensors) t = t.to(dtype);
     write_tensors(out, tensors);
     std::cout << "wrote " << out.string() << " (" << config.describe() << ")\n";
@@ -308,7 +308,7 @@ void describe_model(const SavedFile& file, const host::PluginRegistry& registry)
   for (const auto& part : host::recognise(file, registry))
     claimed.insert(part.recognition.tensors.begin(), part.recognition.tensors.end());
   for (const auto& [name, t] : file.tensors) {
-    if (is_merged_state_name(name))
+    if (model::is_merged_state_name(name))
       merged[name] = t;
     else if (claimed.count(name))
       beside[name] = t;

@@ -46,7 +46,8 @@ Command train_command() {
     for (const auto& dir : common.plugin_dirs)
       resume_command += " --plugin-dir " + shell_quote(dir);
     resume_command += " --resume";
-    Trainer trainer(recipe, registry, TrainFlags{vm.count("resume") > 0, resume_command});
+    train::Trainer trainer(recipe, registry,
+                           train::TrainFlags{vm.count("resume") > 0, resume_command});
     return trainer.run();
   };
   return command;

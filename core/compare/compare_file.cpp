@@ -8,7 +8,7 @@
 #include "io/mapped_file.hpp"
 #include "peftkit/error.hpp"
 
-namespace peftkit::host {
+namespace peftkit::compare {
 namespace fs = std::filesystem;
 namespace {
 
@@ -55,7 +55,7 @@ const toml::table* table_at(const toml::table& root, std::string_view key, const
   const toml::node* node = root.get(key);
   if (!node) return nullptr;
   if (!node->is_table())
-    throw Error(location_of(file, node->source()) + ": '" + std::string(key) +
+    throw Error(host::location_of(file, node->source()) + ": '" + std::string(key) +
                 "' must be a table [" + std::string(key) + "]");
   return node->as_table();
 }
@@ -64,9 +64,9 @@ void check_sections(const toml::table& root, const fs::path& file) {
   for (auto&& [key, node] : root) {
     const std::string name(key.str());
     if (std::find(kSections.begin(), kSections.end(), name) == kSections.end()) {
-      std::string message =
-          location_of(file, key.source()) + ": unknown section [" + name + "] in a compare file";
-      if (const std::string s = closest_match(name, kSections); !s.empty())
+      std::string message = host::location_of(file, key.source()) + ": unknown section [" + name +
+                            "] in a compare file";
+      if (const std::string s = host::closest_match(name, kSections); !s.empty())
         message += "; did you mean [" + s + "]?";
       throw Error(message +
                   " (sections: compare, budget, generation, model, data, train, [[run]])");
@@ -74,11 +74,11 @@ void check_sections(const toml::table& root, const fs::path& file) {
   }
   for (const auto& [section, key] : kBudgetKeys)
     if (const toml::table* table = table_at(root, section, file); table && table->get(key))
-      throw Error(location_of(file, table->get(key)->source()) + ": [" + section + "] " + key +
-                  " is set by [budget] in a compare file; remove it");
+      throw Error(host::location_of(file, table->get(key)->source()) + ": [" + section + "] " +
+                  key + " is set by [budget] in a compare file; remove it");
   const toml::node* runs = root.get("run");
   if (runs && runs->is_table())
-    throw Error(location_of(file, runs->source()) +
+    throw Error(host::location_of(file, runs->source()) +
                 ": in a compare file [[run]] lists the runs; device and threads "
                 "go in [compare]");
   if (!runs || !runs->is_array_of_tables() || runs->as_array()->empty())
@@ -97,34 +97,36 @@ std::vector<const toml::table*> run_tables(const toml::table& root, const fs::pa
       const std::string name(key.str());
       if (std::find(kRunKeys.begin(), kRunKeys.end(), name) == kRunKeys.end()) {
         std::string message =
-            location_of(file, key.source()) + ": unknown key '" + name + "' in [[run]]";
-        if (const std::string s = closest_match(name, kRunKeys); !s.empty())
+            host::location_of(file, key.source()) + ": unknown key '" + name + "' in [[run]]";
+        if (const std::string s = host::closest_match(name, kRunKeys); !s.empty())
           message += "; did you mean '" + s + "'?";
         throw Error(message + " (valid keys: name, peft, quant, train)");
       }
       if (name != "name" && !value.is_table())
-        throw Error(location_of(file, value.source()) + ": [run." + name + "] must be a table");
+        throw Error(host::location_of(file, value.source()) + ": [run." + name +
+                    "] must be a table");
     }
     const toml::node* name_node = run.get("name");
     const auto name = name_node ? name_node->value_exact<std::string>() : std::nullopt;
     if (!name)
-      throw Error(location_of(file, (name_node ? name_node : &run)->source()) +
+      throw Error(host::location_of(file, (name_node ? name_node : &run)->source()) +
                   ": every [[run]] needs name = \"...\" (a string)");
     if (name->empty() || name->size() > 64 ||
         name->find_first_not_of(
             "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") !=
             std::string::npos ||
         (*name)[0] == '.')
-      throw Error(location_of(file, name_node->source()) + ": run name '" + *name +
+      throw Error(host::location_of(file, name_node->source()) + ": run name '" + *name +
                   "' must be 1-64 letters, digits, '_', '-' or '.' (it names a folder), not "
                   "starting with '.'");
     if (*name == "base")
-      throw Error(location_of(file, name_node->source()) +
+      throw Error(host::location_of(file, name_node->source()) +
                   ": 'base' names the base model in the report; choose another run name");
     if (!names.insert(*name).second)
-      throw Error(location_of(file, name_node->source()) + ": a second run named '" + *name + "'");
+      throw Error(host::location_of(file, name_node->source()) + ": a second run named '" + *name +
+                  "'");
     if (!run.get("peft"))
-      throw Error(location_of(file, run.source()) + ": run '" + *name +
+      throw Error(host::location_of(file, run.source()) + ": run '" + *name +
                   "' needs a [run.peft] table (method = ...)");
     out.push_back(&run);
   }
@@ -170,11 +172,11 @@ toml::table recipe_tree(toml::table doc, int index, const Options& compare, cons
       toml::table& train = *tree.get_as<toml::table>("train");
       for (auto&& [key, value] : *overrides) {
         if (value.is_table())
-          throw Error(location_of(file, value.source()) + ": [run.train." + std::string(key.str()) +
-                      "]: [train] has no sub-tables");
+          throw Error(host::location_of(file, value.source()) + ": [run.train." +
+                      std::string(key.str()) + "]: [train] has no sub-tables");
         for (const auto& [section, budget_key] : kBudgetKeys)
           if (section == "train" && key.str() == budget_key)
-            throw Error(location_of(file, value.source()) + ": [run.train] " + budget_key +
+            throw Error(host::location_of(file, value.source()) + ": [run.train] " + budget_key +
                         " is set by [budget] in a compare file; remove it");
       }
       for (auto it = overrides->begin(); it != overrides->end(); ++it)
@@ -202,36 +204,36 @@ fs::path run_folder(const CompareFile& compare, const std::string& run_name) {
   return compare.output_dir / "runs" / run_name;
 }
 
-CompareFile load_compare_file(const fs::path& file, const PluginRegistry& plugins) {
+CompareFile load_compare_file(const fs::path& file, const host::PluginRegistry& plugins) {
   io::require_regular_file(file, "compare file");
   const std::string text = io::read_small_file(file, kMaxCompareFileBytes, "compare file");
-  auto parse = [&] { return parse_toml_file(text, file); };
+  auto parse = [&] { return host::parse_toml_file(text, file); };
   const toml::table root = parse();
   check_sections(root, file);
   CompareFile out;
   out.file = file;
   const Options compare =
-      validate_table(table_at(root, "compare", file), "compare", compare_schema(), file);
+      host::validate_table(table_at(root, "compare", file), "compare", compare_schema(), file);
   const Options budget =
-      validate_table(table_at(root, "budget", file), "budget", budget_schema(), file);
-  const Options generation =
-      validate_table(table_at(root, "generation", file), "generation", generation_schema(), file);
+      host::validate_table(table_at(root, "budget", file), "budget", budget_schema(), file);
+  const Options generation = host::validate_table(table_at(root, "generation", file), "generation",
+                                                  generation_schema(), file);
   out.output_dir =
       fs::absolute(file.parent_path() / compare.get_string("output")).lexically_normal();
   out.budget_steps = budget.get_int("steps");
   out.budget_tokens = budget.get_int("tokens");
   if ((out.budget_steps > 0) == (out.budget_tokens > 0))
-    throw Error(location_of(file, table_at(root, "budget", file)
-                                      ? table_at(root, "budget", file)->source()
-                                      : root.source()) +
+    throw Error(host::location_of(file, table_at(root, "budget", file)
+                                            ? table_at(root, "budget", file)->source()
+                                            : root.source()) +
                 ": [budget] needs exactly one of steps = N or tokens = N");
   out.prompts = generation.get_string_list("prompts");
   out.max_tokens = generation.get_int("max_tokens");
   const std::vector<const toml::table*> runs = run_tables(root, file);
   const int64_t evaluations = budget.get_int("evaluations");
 
-  out.base = recipe_from_tree(recipe_tree(parse(), -1, compare, out.output_dir / "base", file),
-                              file, {}, plugins);
+  out.base = host::recipe_from_tree(
+      recipe_tree(parse(), -1, compare, out.output_dir / "base", file), file, {}, plugins);
   if (out.base.data.get_string("eval_file").empty() &&
       out.base.data.get_float("eval_fraction") <= 0)
     throw out.base.data.error(
@@ -240,9 +242,9 @@ CompareFile load_compare_file(const fs::path& file, const PluginRegistry& plugin
         "or eval_fraction");
   for (size_t i = 0; i < runs.size(); ++i) {
     const std::string name = *runs[i]->get("name")->value_exact<std::string>();
-    CompareRun run{name, recipe_from_tree(recipe_tree(parse(), static_cast<int>(i), compare,
-                                                      run_folder(out, name), file),
-                                          file, {}, plugins)};
+    CompareRun run{name, host::recipe_from_tree(recipe_tree(parse(), static_cast<int>(i), compare,
+                                                            run_folder(out, name), file),
+                                                file, {}, plugins)};
     if (run.recipe.peft_methods.empty() && run.recipe.peft.get_string_list("train_parts").empty())
       throw run.recipe.peft.error("method", "run '" + name +
                                                 "' trains no PEFT method (a full fine-tune is not "
@@ -260,4 +262,4 @@ CompareFile load_compare_file(const fs::path& file, const PluginRegistry& plugin
   return out;
 }
 
-}  // namespace peftkit::host
+}  // namespace peftkit::compare

@@ -20,26 +20,28 @@
 
 #include "host/recipe.hpp"
 
-namespace peftkit::host {
+namespace peftkit::compare {
 
 struct CompareRun {
   std::string name;
-  Recipe recipe;  // [output] dir = <output>/runs/<name>; one epoch of the budget's steps
+  host::Recipe recipe;  // [output] dir = <output>/runs/<name>; one epoch of the budget's steps
   int64_t steps = 0;
 };
 
 struct CompareFile {
   std::filesystem::path file, output_dir;
-  Recipe base;  // [model], [data] and the shared [train], no PEFT method: the evaluation's settings
+  host::Recipe
+      base;  // [model], [data] and the shared [train], no PEFT method: the evaluation's settings
   std::vector<CompareRun> runs;
   std::vector<std::string> prompts;
   int64_t max_tokens = 0;
   int64_t budget_steps = 0, budget_tokens = 0;  // one of them is 0
 };
 
-CompareFile load_compare_file(const std::filesystem::path& file, const PluginRegistry& plugins);
+CompareFile load_compare_file(const std::filesystem::path& file,
+                              const host::PluginRegistry& plugins);
 
 // The folder of a run's training output.
 std::filesystem::path run_folder(const CompareFile& compare, const std::string& run_name);
 
-}  // namespace peftkit::host
+}  // namespace peftkit::compare

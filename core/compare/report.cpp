@@ -8,7 +8,7 @@
 #include <optional>
 #include <sstream>
 
-namespace peftkit::host {
+namespace peftkit::compare {
 namespace {
 
 using nlohmann::json;
@@ -528,4 +528,4 @@ std::string report_html(const json& report) {
   return html.str();
 }
 
-}  // namespace peftkit::host
+}  // namespace peftkit::compare

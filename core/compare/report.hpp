@@ -11,7 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
-namespace peftkit::host {
+namespace peftkit::compare {
 
 std::string report_markdown(const nlohmann::json& report);
 std::string report_html(const nlohmann::json& report);
@@ -25,4 +25,4 @@ struct ReportColumn {
 };
 const std::vector<ReportColumn>& report_columns();
 
-}  // namespace peftkit::host
+}  // namespace peftkit::compare

@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-namespace peftkit {
+namespace peftkit::eval {
 
 DataSplit open_data_split(const host::Recipe& recipe, const host::PluginRegistry& plugins,
                           int64_t vocab_size, const Tokenizer* tokenizer) {
@@ -37,4 +37,4 @@ DataSplit open_data_split(const host::Recipe& recipe, const host::PluginRegistry
   return split;
 }
 
-}  // namespace peftkit
+}  // namespace peftkit::eval

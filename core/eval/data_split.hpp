@@ -11,7 +11,7 @@
 #include "host/recipe.hpp"
 #include "peftkit/dataset.hpp"
 
-namespace peftkit {
+namespace peftkit::eval {
 
 struct DataSplit {
   std::shared_ptr<Dataset> train, eval;  // eval: null without eval data; may be `train` itself
@@ -23,4 +23,4 @@ struct DataSplit {
 DataSplit open_data_split(const host::Recipe& recipe, const host::PluginRegistry& plugins,
                           int64_t vocab_size, const Tokenizer* tokenizer);
 
-}  // namespace peftkit
+}  // namespace peftkit::eval

@@ -9,20 +9,21 @@
 
 #include "train/batch.hpp"
 
-namespace peftkit {
+namespace peftkit::eval {
 namespace {
 
 constexpr int64_t kRowsPerChunk = 1024;  // fp32 logits of at most this many positions exist at once
 
 class EvalModeScope {
  public:
-  explicit EvalModeScope(Rwkv7Model& model) : model_(model), was_training_(model.training()) {
+  explicit EvalModeScope(model::Rwkv7Model& model)
+      : model_(model), was_training_(model.training()) {
     model_.set_training(false);
   }
   ~EvalModeScope() { model_.set_training(was_training_); }
 
  private:
-  Rwkv7Model& model_;
+  model::Rwkv7Model& model_;
   bool was_training_;
 };
 
@@ -41,7 +42,7 @@ double EvalResult::tokens_per_second() const {
   return seconds > 0 ? static_cast<double>(total.tokens) / seconds : 0.0;
 }
 
-EvalResult evaluate(Rwkv7Model& model, const Dataset& data, SampleRange range,
+EvalResult evaluate(model::Rwkv7Model& model, const Dataset& data, SampleRange range,
                     const EvalSettings& settings, bool keep_per_sample,
                     const EvalProgress& progress) {
   at::NoGradGuard no_grad;
@@ -53,13 +54,13 @@ EvalResult evaluate(Rwkv7Model& model, const Dataset& data, SampleRange range,
     std::vector<Sample> samples;
     for (int64_t i = first; i < std::min(range.end, first + settings.micro_bsz); ++i)
       samples.push_back(data.sample(i));
-    const auto [inputs, targets] = pad_batch(samples, settings.ctx_len);
+    const auto [inputs, targets] = train::pad_batch(samples, settings.ctx_len);
     const int64_t batch = inputs.size(0), length = inputs.size(1);
     const int64_t segment = settings.chunk_ctx > 0 ? settings.chunk_ctx : length;
     // Per sample of the batch, summed over its segments (on the host, in float64).
     at::Tensor nll = at::zeros({batch}, at::kDouble), correct = at::zeros({batch}, at::kLong),
                counted = at::zeros({batch}, at::kLong);
-    Rwkv7State state = model.initial_state(batch);
+    model::Rwkv7State state = model.initial_state(batch);
     for (int64_t start = 0; start < length; start += segment) {
       const int64_t width = std::min(segment, length - start);
       const at::Tensor hidden = model.forward_hidden(inputs.slice(1, start, start + width), &state);
@@ -104,4 +105,4 @@ EvalResult evaluate(Rwkv7Model& model, const Dataset& data, SampleRange range,
   return result;
 }
 
-}  // namespace peftkit
+}  // namespace peftkit::eval

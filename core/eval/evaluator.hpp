@@ -20,7 +20,7 @@
 #include "model/rwkv7_model.hpp"
 #include "peftkit/dataset.hpp"
 
-namespace peftkit {
+namespace peftkit::eval {
 
 struct EvalSettings {
   int64_t micro_bsz = 8;
@@ -58,8 +58,8 @@ struct EvalResult {
 using EvalProgress = std::function<void(int64_t, int64_t)>;
 
 // Runs without autograd and with the model out of training mode (dropout off), restoring the mode.
-EvalResult evaluate(Rwkv7Model& model, const Dataset& data, SampleRange range,
+EvalResult evaluate(model::Rwkv7Model& model, const Dataset& data, SampleRange range,
                     const EvalSettings& settings, bool keep_per_sample = false,
                     const EvalProgress& progress = {});
 
-}  // namespace peftkit
+}  // namespace peftkit::eval

@@ -7,7 +7,7 @@
 #include "io/strict_json.hpp"
 #include "peftkit/error.hpp"
 
-namespace peftkit {
+namespace peftkit::eval {
 namespace {
 
 constexpr int kMaxLineDepth = 8;
@@ -97,4 +97,4 @@ LambadaScore lambada_score(const EvalResult& result) {
   return score;
 }
 
-}  // namespace peftkit
+}  // namespace peftkit::eval

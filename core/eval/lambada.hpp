@@ -17,7 +17,7 @@
 #include "peftkit/dataset.hpp"
 #include "peftkit/tokenizer.hpp"
 
-namespace peftkit {
+namespace peftkit::eval {
 
 // The documents as samples (targets counted on the last word only). Throws naming file:line for a
 // line that is not {"text": string} or has no space to split at, and for an empty file.
@@ -36,4 +36,4 @@ struct LambadaScore {
 // From an evaluation with per-sample counts.
 LambadaScore lambada_score(const EvalResult& result);
 
-}  // namespace peftkit
+}  // namespace peftkit::eval

@@ -6,13 +6,13 @@
 
 #include "host/loaded_model.hpp"
 
-namespace peftkit {
+namespace peftkit::eval {
 
 std::vector<VariantEvaluation> evaluate_variants(
     const std::filesystem::path& base, const std::vector<ModelVariant>& variants,
-    const host::PluginRegistry& plugins, const ModelOptions& options, const OpenEvalData& open_data,
-    const EvalSettings& settings, bool keep_per_sample, const VariantProgress& progress,
-    const WithLoadedVariant& then) {
+    const host::PluginRegistry& plugins, const model::ModelOptions& options,
+    const OpenEvalData& open_data, const EvalSettings& settings, bool keep_per_sample,
+    const VariantProgress& progress, const WithLoadedVariant& then) {
   std::vector<VariantEvaluation> out;
   std::shared_ptr<Dataset> data;
   SampleRange range;
@@ -39,4 +39,4 @@ VariantProgress terminal_progress(const std::string& what) {
   };
 }
 
-}  // namespace peftkit
+}  // namespace peftkit::eval

@@ -12,7 +12,7 @@
 #include "eval/evaluator.hpp"
 #include "host/adapters.hpp"
 
-namespace peftkit {
+namespace peftkit::eval {
 
 struct ModelVariant {
   std::string name;                          // "base", "out/lora/rwkv-1.pth", a compare run's name
@@ -31,15 +31,15 @@ using OpenEvalData =
 using VariantProgress = std::function<void(const std::string&, int64_t, int64_t)>;
 
 // Called with each variant's model once it is evaluated (compare generates from it).
-using WithLoadedVariant = std::function<void(size_t variant, Rwkv7Model& model)>;
+using WithLoadedVariant = std::function<void(size_t variant, model::Rwkv7Model& model)>;
 
 std::vector<VariantEvaluation> evaluate_variants(
     const std::filesystem::path& base, const std::vector<ModelVariant>& variants,
-    const host::PluginRegistry& plugins, const ModelOptions& options, const OpenEvalData& open_data,
-    const EvalSettings& settings, bool keep_per_sample, const VariantProgress& progress = {},
-    const WithLoadedVariant& then = {});
+    const host::PluginRegistry& plugins, const model::ModelOptions& options,
+    const OpenEvalData& open_data, const EvalSettings& settings, bool keep_per_sample,
+    const VariantProgress& progress = {}, const WithLoadedVariant& then = {});
 
 // A progress callback that redraws one line on stderr when it is a terminal (else does nothing).
 VariantProgress terminal_progress(const std::string& what);
 
-}  // namespace peftkit
+}  // namespace peftkit::eval

@@ -7,7 +7,7 @@
 
 #include "peftkit/error.hpp"
 
-namespace peftkit {
+namespace peftkit::generate {
 
 size_t complete_utf8_prefix(const std::string& bytes) {
   size_t i = 0, complete = 0;
@@ -25,8 +25,9 @@ size_t complete_utf8_prefix(const std::string& bytes) {
   return complete;
 }
 
-std::string continue_text(Rwkv7Model& model, const WorldTokenizer& tokenizer, Rwkv7State& state,
-                          const std::vector<int32_t>& prompt, const GenerationSettings& settings,
+std::string continue_text(model::Rwkv7Model& model, const tokenizer::WorldTokenizer& tokenizer,
+                          model::Rwkv7State& state, const std::vector<int32_t>& prompt,
+                          const GenerationSettings& settings,
                           const std::function<void(const std::string&)>& on_text) {
   at::NoGradGuard no_grad;
   if (prompt.empty()) throw Error("the prompt is empty");
@@ -58,4 +59,4 @@ std::string continue_text(Rwkv7Model& model, const WorldTokenizer& tokenizer, Rw
   return text;
 }
 
-}  // namespace peftkit
+}  // namespace peftkit::generate

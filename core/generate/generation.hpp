@@ -16,7 +16,7 @@
 #include "model/rwkv7_model.hpp"
 #include "tokenizer/world_tokenizer.hpp"
 
-namespace peftkit {
+namespace peftkit::generate {
 
 struct GenerationSettings {
   SamplerSettings sampling;
@@ -30,12 +30,13 @@ struct GenerationSettings {
 // afresh). Each piece of complete UTF-8 text goes to `on_text` as it comes. Every drawn token is
 // read into the state, so a conversation continues from it; an end-of-text token ends the text
 // unread. Returns the generated text. Token ids are checked against the model's vocabulary.
-std::string continue_text(Rwkv7Model& model, const WorldTokenizer& tokenizer, Rwkv7State& state,
-                          const std::vector<int32_t>& prompt, const GenerationSettings& settings,
+std::string continue_text(model::Rwkv7Model& model, const tokenizer::WorldTokenizer& tokenizer,
+                          model::Rwkv7State& state, const std::vector<int32_t>& prompt,
+                          const GenerationSettings& settings,
                           const std::function<void(const std::string&)>& on_text = {});
 
 // Length of the longest prefix of `bytes` that is complete UTF-8 (a character may be split
 // across tokens, so the rest waits for the next token).
 size_t complete_utf8_prefix(const std::string& bytes);
 
-}  // namespace peftkit
+}  // namespace peftkit::generate

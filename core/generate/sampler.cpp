@@ -5,7 +5,7 @@
 
 #include "peftkit/error.hpp"
 
-namespace peftkit {
+namespace peftkit::generate {
 
 Sampler::Sampler(const SamplerSettings& settings, uint64_t seed)
     : settings_(settings), generator_(at::make_generator<at::CPUGeneratorImpl>(seed)) {
@@ -48,4 +48,4 @@ void Sampler::accept(int32_t token) {
   occurrences_[token] += 1.0;
 }
 
-}  // namespace peftkit
+}  // namespace peftkit::generate

@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <unordered_map>
 
-namespace peftkit {
+namespace peftkit::generate {
 
 struct SamplerSettings {
   double temperature = 1.0;  // 0: greedy
@@ -38,4 +38,4 @@ class Sampler {
   std::unordered_map<int32_t, double> occurrences_;
 };
 
-}  // namespace peftkit
+}  // namespace peftkit::generate

@@ -15,7 +15,7 @@
 namespace peftkit::host {
 
 struct LoadedModel {
-  std::unique_ptr<Rwkv7Model> model;
+  std::unique_ptr<model::Rwkv7Model> model;
   std::vector<std::shared_ptr<PeftMethod>> methods;  // keep the adapters alive with the model
 };
 
@@ -24,6 +24,6 @@ struct LoadedModel {
 // same way, so the model computes what training computed; adapters trained on different
 // quantizations cannot be mounted together.
 LoadedModel load_model(const std::filesystem::path& base, const std::vector<SavedAdapter>& adapters,
-                       const PluginRegistry& plugins, ModelOptions options);
+                       const PluginRegistry& plugins, model::ModelOptions options);
 
 }  // namespace peftkit::host

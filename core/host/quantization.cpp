@@ -57,14 +57,14 @@ QuantizedBase quantized_base(const Recipe& recipe, const PluginRegistry& plugins
   return q;
 }
 
-void QuantizedBase::apply(ModelOptions& options) const {
+void QuantizedBase::apply(model::ModelOptions& options) const {
   options.quantizer = quantizer;
   options.quantize_targets = targets;
   options.quantize_head = head;
   options.prequantized = cache_loaded ? &prequantized : nullptr;
 }
 
-void QuantizedBase::save_cache(const Rwkv7Model& model) const {
+void QuantizedBase::save_cache(const model::Rwkv7Model& model) const {
   if (!quantizer || cache_file.empty() || cache_loaded) return;
   TensorMap packed;
   for (const auto& [name, tensor] : model.quantized_weights())

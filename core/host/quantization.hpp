@@ -29,9 +29,9 @@ struct QuantizedBase {
   TensorMap prequantized;  // the cache's tensors when it matched
   bool cache_loaded = false;
 
-  void apply(ModelOptions& options) const;
+  void apply(model::ModelOptions& options) const;
   // Writes the packed weights of `model` to cache_file unless they came from it.
-  void save_cache(const Rwkv7Model& model) const;
+  void save_cache(const model::Rwkv7Model& model) const;
 };
 
 QuantizedBase quantized_base(const Recipe& recipe, const PluginRegistry& plugins,

@@ -7,7 +7,7 @@
 
 #include "peftkit/error.hpp"
 
-namespace peftkit {
+namespace peftkit::model {
 namespace {
 
 std::string shape_text(at::IntArrayRef shape) {
@@ -187,4 +187,4 @@ std::string Rwkv7Config::describe() const {
          std::to_string(dim_a) + "/" + std::to_string(dim_v) + "/" + std::to_string(dim_g);
 }
 
-}  // namespace peftkit
+}  // namespace peftkit::model

@@ -9,7 +9,7 @@
 
 #include "peftkit/model.hpp"
 
-namespace peftkit {
+namespace peftkit::model {
 
 struct Rwkv7Config {
   int64_t n_layer = 0;
@@ -42,4 +42,4 @@ std::optional<std::vector<int64_t>> merged_state_shape(const Rwkv7Config& config
 // Whether a name is one of those states, for any layer count.
 bool is_merged_state_name(const std::string& name);
 
-}  // namespace peftkit
+}  // namespace peftkit::model

@@ -6,7 +6,7 @@
 
 #include "model/rwkv7_model.hpp"
 
-namespace peftkit {
+namespace peftkit::model {
 namespace {
 
 // torch.nn.init.orthogonal_: Q of the QR of a normal matrix (made tall first), signs fixed by R's
@@ -88,4 +88,4 @@ TensorMap init_rwkv7(const Rwkv7Config& c, uint64_t seed) {
   return t;
 }
 
-}  // namespace peftkit
+}  // namespace peftkit::model

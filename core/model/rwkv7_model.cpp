@@ -12,7 +12,7 @@
 #include "peftkit/tensor_io.hpp"
 #include "wkv7/wkv7.hpp"
 
-namespace peftkit {
+namespace peftkit::model {
 namespace {
 
 constexpr double kLayerNormEps = 1e-5;   // spec §1.5
@@ -482,4 +482,4 @@ void Rwkv7Model::set_state_adapter(std::shared_ptr<StateAdapter> adapter) {
   state_adapter_ = std::move(adapter);
 }
 
-}  // namespace peftkit
+}  // namespace peftkit::model

@@ -23,7 +23,7 @@
 #include "peftkit/peft_method.hpp"
 #include "peftkit/quantizer.hpp"
 
-namespace peftkit {
+namespace peftkit::model {
 
 struct ModelOptions {
   ModelOptions(at::ScalarType dtype_ = at::kFloat, at::Device device_ = at::kCPU)
@@ -138,4 +138,4 @@ class Rwkv7Model final : public ModelView {
 // A new model initialised exactly as RWKV-LM's train_temp does (spec rwkv-model §1.7), in fp32.
 TensorMap init_rwkv7(const Rwkv7Config& config, uint64_t seed);
 
-}  // namespace peftkit
+}  // namespace peftkit::model

@@ -7,7 +7,7 @@
 #include "peftkit/error.hpp"
 #include "peftkit/tensor_io.hpp"
 
-namespace peftkit {
+namespace peftkit::model {
 
 std::vector<at::Tensor> read_state_file(const std::filesystem::path& path,
                                         const Rwkv7Config& config) {
@@ -41,4 +41,4 @@ std::vector<at::Tensor> read_state_file(const std::filesystem::path& path,
   return states;
 }
 
-}  // namespace peftkit
+}  // namespace peftkit::model

@@ -11,7 +11,7 @@
 #include "model/rwkv7_config.hpp"
 #include "peftkit/model.hpp"
 
-namespace peftkit {
+namespace peftkit::model {
 
 // Reads and checks a state file against the model's geometry: every layer present, each state
 // [H, N, N]; a file for another base is refused naming both shapes.
@@ -28,4 +28,4 @@ class FixedStates final : public StateAdapter {
   std::vector<at::Tensor> states_;
 };
 
-}  // namespace peftkit
+}  // namespace peftkit::model

@@ -9,7 +9,7 @@
 #include "peftkit/error.hpp"
 #include "peftkit/utf8.hpp"
 
-namespace peftkit {
+namespace peftkit::tokenizer {
 namespace {
 
 int hex_value(char c) {
@@ -229,4 +229,4 @@ std::filesystem::path find_world_vocab() {
       "; run scripts/setup.sh (it fetches it) and rebuild, or set PEFTKIT_VOCAB to its path");
 }
 
-}  // namespace peftkit
+}  // namespace peftkit::tokenizer

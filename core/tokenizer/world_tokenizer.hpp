@@ -13,7 +13,7 @@
 
 #include "peftkit/tokenizer.hpp"
 
-namespace peftkit {
+namespace peftkit::tokenizer {
 
 class WorldTokenizer final : public Tokenizer {
  public:
@@ -40,4 +40,4 @@ class WorldTokenizer final : public Tokenizer {
 // the binary (build tree and installed layout). Throws peftkit::Error saying how to get it.
 std::filesystem::path find_world_vocab();
 
-}  // namespace peftkit
+}  // namespace peftkit::tokenizer

@@ -4,7 +4,7 @@
 
 #include <algorithm>
 
-namespace peftkit {
+namespace peftkit::train {
 
 std::pair<at::Tensor, at::Tensor> pad_batch(const std::vector<Sample>& samples, int64_t ctx_len) {
   const auto count = static_cast<int64_t>(samples.size());
@@ -23,4 +23,4 @@ std::pair<at::Tensor, at::Tensor> pad_batch(const std::vector<Sample>& samples, 
   return {at::tensor(inputs).view({count, length}), at::tensor(targets).view({count, length})};
 }
 
-}  // namespace peftkit
+}  // namespace peftkit::train

@@ -11,7 +11,7 @@
 #include "peftkit/log.hpp"
 #include "peftkit/tensor_io.hpp"
 
-namespace peftkit {
+namespace peftkit::train {
 namespace fs = std::filesystem;
 namespace {
 
@@ -142,4 +142,4 @@ bool load_newest_checkpoint(const fs::path& folder, const std::vector<OptimizedT
   return true;
 }
 
-}  // namespace peftkit
+}  // namespace peftkit::train

@@ -14,7 +14,7 @@
 
 #include "train/optimizer.hpp"
 
-namespace peftkit {
+namespace peftkit::train {
 
 // A run's counters over every invocation; checkpoints carry them.
 struct RunProgress {
@@ -44,4 +44,4 @@ bool load_newest_checkpoint(const std::filesystem::path& folder,
                             const std::vector<OptimizedTensor>& trained, Adam& adam,
                             RunProgress& progress, const std::string& fingerprint);
 
-}  // namespace peftkit
+}  // namespace peftkit::train

@@ -6,7 +6,7 @@
 
 #include "peftkit/log.hpp"
 
-namespace peftkit {
+namespace peftkit::train {
 
 struct GraphedStep::Captured {
   at::Tensor inputs, targets, loss;  // the graph reads and writes these addresses
@@ -79,4 +79,4 @@ at::Tensor GraphedStep::run(const at::Tensor& inputs, const at::Tensor& targets)
   return loss;
 }
 
-}  // namespace peftkit
+}  // namespace peftkit::train

@@ -25,7 +25,7 @@ namespace at::cuda {
 struct CUDAGraph;
 }
 
-namespace peftkit {
+namespace peftkit::train {
 
 class GraphedStep {
  public:
@@ -53,4 +53,4 @@ class GraphedStep {
   int64_t replays_ = 0;
 };
 
-}  // namespace peftkit
+}  // namespace peftkit::train

@@ -5,7 +5,7 @@
 
 #include "peftkit/dataset.hpp"
 
-namespace peftkit {
+namespace peftkit::train {
 namespace {
 
 constexpr int64_t kRowsPerChunk = 1024;
@@ -175,4 +175,4 @@ at::Tensor cross_entropy_l2wrap(const at::Tensor& logits, const at::Tensor& targ
   return CrossEntropyL2Wrap::apply(logits, targets, self.counted, self.positions);
 }
 
-}  // namespace peftkit
+}  // namespace peftkit::train

@@ -17,7 +17,7 @@
 
 #include <cstdint>
 
-namespace peftkit {
+namespace peftkit::train {
 
 // The loss of a piece of a longer batch (a segment of its positions) scaled as part of the whole:
 // the cross-entropy sum divided by the whole's counted targets, L2Wrap by the whole's positions,
@@ -44,4 +44,4 @@ at::Tensor head_cross_entropy_l2wrap(const at::Tensor& hidden, const at::Tensor&
 
 inline constexpr double kL2WrapFactor = 1e-4;
 
-}  // namespace peftkit
+}  // namespace peftkit::train

@@ -9,7 +9,7 @@
 
 #include "peftkit/error.hpp"
 
-namespace peftkit {
+namespace peftkit::train {
 
 Adam::Adam(std::vector<OptimizedTensor> tensors, const AdamSettings& settings)
     : tensors_(std::move(tensors)), settings_(settings) {
@@ -115,4 +115,4 @@ void Adam::load_state_dict(const TensorMap& state) {
   steps_ = it->second.item<int64_t>();
 }
 
-}  // namespace peftkit
+}  // namespace peftkit::train

@@ -13,7 +13,7 @@
 
 #include "peftkit/model.hpp"
 
-namespace peftkit {
+namespace peftkit::train {
 
 struct AdamSettings {
   double beta1 = 0.9;
@@ -52,4 +52,4 @@ class Adam {
   int64_t steps_ = 0;
 };
 
-}  // namespace peftkit
+}  // namespace peftkit::train

@@ -11,7 +11,7 @@
 
 #include "peftkit/tensor_io.hpp"
 
-namespace peftkit {
+namespace peftkit::train {
 namespace fs = std::filesystem;
 
 std::string now_text(const char* format) {
@@ -84,4 +84,4 @@ void write_summary(const fs::path& out_dir, const RunProgress& p, const RunSumma
   write_text_file(out_dir / "summary.json", summary.dump(2) + "\n");
 }
 
-}  // namespace peftkit
+}  // namespace peftkit::train

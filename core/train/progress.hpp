@@ -9,7 +9,7 @@
 
 #include "train/checkpoint.hpp"
 
-namespace peftkit {
+namespace peftkit::train {
 
 // Local time, strftime-formatted.
 std::string now_text(const char* format);
@@ -40,4 +40,4 @@ struct RunSummary {
 void write_summary(const std::filesystem::path& out_dir, const RunProgress& progress,
                    const RunSummary& summary);
 
-}  // namespace peftkit
+}  // namespace peftkit::train

@@ -5,7 +5,7 @@
 #include "peftkit/random.hpp"
 #include "train/batch.hpp"
 
-namespace peftkit {
+namespace peftkit::train {
 
 int64_t SampleOrder::index(int64_t epoch, int64_t slot) {
   const int64_t n = range_.size();
@@ -32,4 +32,4 @@ std::pair<at::Tensor, at::Tensor> SampleOrder::batch(const Dataset& dataset, int
   return pad_batch(samples, ctx_len);
 }
 
-}  // namespace peftkit
+}  // namespace peftkit::train

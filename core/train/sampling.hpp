@@ -16,11 +16,11 @@
 #include "eval/evaluator.hpp"
 #include "peftkit/dataset.hpp"
 
-namespace peftkit {
+namespace peftkit::train {
 
 class SampleOrder {
  public:
-  SampleOrder(SampleRange range, uint64_t seed) : range_(range), seed_(seed) {}
+  SampleOrder(eval::SampleRange range, uint64_t seed) : range_(range), seed_(seed) {}
 
   // The dataset index of slot `slot` of `epoch`.
   int64_t index(int64_t epoch, int64_t slot);
@@ -29,10 +29,10 @@ class SampleOrder {
                                           int64_t count, int64_t ctx_len);
 
  private:
-  SampleRange range_;
+  eval::SampleRange range_;
   uint64_t seed_;
   int64_t cached_epoch_ = -1, cached_round_ = -1;  // the permutation below is theirs
   std::vector<int64_t> permutation_;
 };
 
-}  // namespace peftkit
+}  // namespace peftkit::train

@@ -4,7 +4,7 @@
 #include <cmath>
 #include <numbers>
 
-namespace peftkit {
+namespace peftkit::train {
 namespace {
 
 double cos_decay(double from, double to, int64_t step, int64_t steps) {
@@ -29,4 +29,4 @@ double learning_rate(const ScheduleSettings& s, int64_t step) {
   return lr;
 }
 
-}  // namespace peftkit
+}  // namespace peftkit::train

@@ -13,7 +13,7 @@
 #include <cstdint>
 #include <string>
 
-namespace peftkit {
+namespace peftkit::train {
 
 struct ScheduleSettings {
   std::string kind = "cos";  // "cos" or "wsd"
@@ -25,4 +25,4 @@ struct ScheduleSettings {
 
 double learning_rate(const ScheduleSettings& settings, int64_t step);
 
-}  // namespace peftkit
+}  // namespace peftkit::train

@@ -1,6 +1,6 @@
 #include "train/settings.hpp"
 
-namespace peftkit {
+namespace peftkit::train {
 
 TrainSettings train_settings(const host::Recipe& recipe) {
   const Options& train = recipe.train;
@@ -46,4 +46,4 @@ TrainSettings train_settings(const host::Recipe& recipe) {
   return s;
 }
 
-}  // namespace peftkit
+}  // namespace peftkit::train

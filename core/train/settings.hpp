@@ -12,7 +12,7 @@
 #include "train/optimizer.hpp"
 #include "train/schedule.hpp"
 
-namespace peftkit {
+namespace peftkit::train {
 
 struct TrainSettings {
   // Files.
@@ -54,4 +54,4 @@ struct TrainSettings {
 
 TrainSettings train_settings(const host::Recipe& recipe);
 
-}  // namespace peftkit
+}  // namespace peftkit::train

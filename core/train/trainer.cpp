@@ -48,7 +48,7 @@
 #include "train/schedule.hpp"
 #include "train/settings.hpp"
 
-namespace peftkit {
+namespace peftkit::train {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
@@ -93,10 +93,10 @@ struct Trainer::Impl {
   const TrainSettings settings;  // the recipe, read once
   at::Device device = at::kCPU;
   std::string precision;  // [train] precision resolved for the device: bf16, fp32 or tf32
-  std::unique_ptr<Rwkv7Model> model;
-  std::unique_ptr<WorldTokenizer> tokenizer;
+  std::unique_ptr<model::Rwkv7Model> model;
+  std::unique_ptr<tokenizer::WorldTokenizer> tokenizer;
   std::shared_ptr<Dataset> dataset, eval_dataset;
-  SampleRange train_range, eval_range;
+  eval::SampleRange train_range, eval_range;
   std::optional<SampleOrder> order;
   std::vector<std::shared_ptr<PeftMethod>> methods;
   std::vector<OptimizedTensor> trained;
@@ -113,17 +113,17 @@ struct Trainer::Impl {
   void select_trainable();
   void open_data();
   void save_checkpoint() const {
-    peftkit::save_checkpoint(settings.checkpoint_dir, trained, *adam, progress, fingerprint(),
-                             settings.keep_checkpoints);
+    peftkit::train::save_checkpoint(settings.checkpoint_dir, trained, *adam, progress,
+                                    fingerprint(), settings.keep_checkpoints);
   }
   void save_trained(int64_t epoch_number);
-  EvalResult evaluate();
+  eval::EvalResult evaluate();
   // An evaluation's numbers as they go into a metrics.jsonl line, and into the log.
   void report_evaluation(nlohmann::json& line);
   // Cross-entropy + L2Wrap, fused with the head unless the head is quantized; from `state` (null:
   // the initial state), which the forward advances; scaled as a piece of `whole` when given.
   at::Tensor loss_of(const at::Tensor& inputs, const at::Tensor& targets,
-                     Rwkv7State* state = nullptr, const WholeBatch* whole = nullptr);
+                     model::Rwkv7State* state = nullptr, const WholeBatch* whole = nullptr);
   // Forward and backward of one micro-batch (the loss divided by `accumulate` for the backward);
   // returns its loss. Longer than chunk_ctx: through segments that carry the state.
   at::Tensor micro_step(const at::Tensor& inputs, const at::Tensor& targets);
@@ -187,13 +187,13 @@ void Trainer::Impl::setup() {
   TensorMap base = read_tensor_file(model_path).tensors;
   for (const auto& [name, t] : base) base_dtypes[name] = t.scalar_type();
   const host::QuantizedBase quantization = host::quantized_base(recipe, plugins, model_path);
-  ModelOptions model_options{dtype, device};
+  model::ModelOptions model_options{dtype, device};
   quantization.apply(model_options);
   if (settings.kernel == "chunked" && !device.is_cuda())
     throw recipe.train.error("kernel", "\"chunked\" runs the CUDA kernels, but training runs on " +
                                            device.str() + " (use \"auto\" or \"reference\")");
   model_options.reference_kernels = settings.kernel == "reference";
-  model = std::make_unique<Rwkv7Model>(base, model_options, model_path.string());
+  model = std::make_unique<model::Rwkv7Model>(base, model_options, model_path.string());
   if (quantization.quantizer) {
     quantization.save_cache(*model);
     char size[64];
@@ -206,7 +206,7 @@ void Trainer::Impl::setup() {
             precision + " on " + device.str());
 
   try {
-    tokenizer = WorldTokenizer::load(find_world_vocab());
+    tokenizer = tokenizer::WorldTokenizer::load(tokenizer::find_world_vocab());
   } catch (const Error& e) {
     log::warn(std::string("no tokenizer: ") + e.what());
   }
@@ -254,7 +254,8 @@ void Trainer::Impl::refuse_writing_over_inputs() const {
 }
 
 void Trainer::Impl::open_data() {
-  DataSplit split = open_data_split(recipe, plugins, model->config().vocab, tokenizer.get());
+  eval::DataSplit split =
+      eval::open_data_split(recipe, plugins, model->config().vocab, tokenizer.get());
   dataset = split.train;
   eval_dataset = split.eval;
   train_range = split.train_range;
@@ -316,7 +317,7 @@ std::string Trainer::Impl::fingerprint() const {
 }
 
 at::Tensor Trainer::Impl::loss_of(const at::Tensor& inputs, const at::Tensor& targets,
-                                  Rwkv7State* state, const WholeBatch* whole) {
+                                  model::Rwkv7State* state, const WholeBatch* whole) {
   const at::Tensor head = model->trainable_head_weight();
   if (!head.defined()) return cross_entropy_l2wrap(model->forward(inputs, state), targets, whole);
   return head_cross_entropy_l2wrap(model->forward_hidden(inputs, state), head, targets, whole);
@@ -332,7 +333,7 @@ at::Tensor Trainer::Impl::micro_step(const at::Tensor& inputs, const at::Tensor&
 namespace {
 
 // The tensors of a state, in a fixed order.
-std::vector<at::Tensor*> state_tensors(Rwkv7State& state) {
+std::vector<at::Tensor*> state_tensors(model::Rwkv7State& state) {
   std::vector<at::Tensor*> out;
   for (auto* kind : {&state.att_shift, &state.wkv, &state.ffn_shift})
     for (auto& t : *kind) out.push_back(&t);
@@ -356,11 +357,11 @@ at::Tensor Trainer::Impl::segmented_micro_step(const at::Tensor& inputs,
   // read the generator, and the trainer captures only steps that draw none.
   at::Generator generator = at::globalContext().defaultGenerator(device);
   const bool replay_rng = !kernels::cuda::capturing_graph(whole.counted);
-  std::vector<Rwkv7State> entries(static_cast<size_t>(count));
+  std::vector<model::Rwkv7State> entries(static_cast<size_t>(count));
   std::vector<at::Tensor> rng(static_cast<size_t>(count));
   {
     at::NoGradGuard no_grad;
-    Rwkv7State state = model->initial_state(inputs.size(0));
+    model::Rwkv7State state = model->initial_state(inputs.size(0));
     for (int64_t k = 0; k < count; ++k) {
       entries[k] = state;  // the forward replaces the state's tensors, never writes into them
       if (replay_rng) rng[k] = generator.get_state();
@@ -373,7 +374,7 @@ at::Tensor Trainer::Impl::segmented_micro_step(const at::Tensor& inputs,
   for (int64_t k = count - 1; k >= 0; --k) {
     if (replay_rng) generator.set_state(rng[k]);
     // Segment 0 starts from the initial state itself (with autograd to a trained one).
-    Rwkv7State state = k == 0 ? model->initial_state(inputs.size(0)) : entries[k];
+    model::Rwkv7State state = k == 0 ? model->initial_state(inputs.size(0)) : entries[k];
     std::vector<at::Tensor> entry_leaves;
     if (k > 0) {
       for (at::Tensor* t : state_tensors(state)) {
@@ -400,13 +401,13 @@ at::Tensor Trainer::Impl::segmented_micro_step(const at::Tensor& inputs,
   return total;
 }
 
-EvalResult Trainer::Impl::evaluate() {
-  return peftkit::evaluate(*model, *eval_dataset, {eval_range.begin, eval_range.end},
-                           {settings.micro_bsz, settings.ctx_len, settings.chunk_ctx});
+eval::EvalResult Trainer::Impl::evaluate() {
+  return peftkit::eval::evaluate(*model, *eval_dataset, {eval_range.begin, eval_range.end},
+                                 {settings.micro_bsz, settings.ctx_len, settings.chunk_ctx});
 }
 
 void Trainer::Impl::report_evaluation(nlohmann::json& line) {
-  const EvalResult result = evaluate();
+  const eval::EvalResult result = evaluate();
   auto number = [](double x) {
     return std::isfinite(x) ? nlohmann::json(x) : nlohmann::json(nullptr);
   };
@@ -675,4 +676,4 @@ int Trainer::Impl::run() {
   return 0;
 }
 
-}  // namespace peftkit
+}  // namespace peftkit::train

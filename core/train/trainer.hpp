@@ -11,7 +11,7 @@
 #include "host/plugin_registry.hpp"
 #include "host/recipe.hpp"
 
-namespace peftkit {
+namespace peftkit::train {
 
 struct TrainFlags {
   bool resume = false;  // --resume: continue from the latest checkpoint, which must exist
@@ -35,4 +35,4 @@ class Trainer {
   std::unique_ptr<Impl> impl_;
 };
 
-}  // namespace peftkit
+}  // namespace peftkit::train

@@ -11,7 +11,8 @@
 namespace {
 
 const peftkit::Tokenizer* tokenizer() {
-  static const auto loaded = peftkit::WorldTokenizer::load(peftkit::find_world_vocab());
+  static const auto loaded =
+      peftkit::tokenizer::WorldTokenizer::load(peftkit::tokenizer::find_world_vocab());
   return loaded.get();
 }
 

@@ -8,8 +8,8 @@
 #include "peftkit/tensor_io.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static const peftkit::Rwkv7Config config = [] {
-    peftkit::Rwkv7Config c;
+  static const peftkit::model::Rwkv7Config config = [] {
+    peftkit::model::Rwkv7Config c;
     c.n_layer = 2;
     c.n_embd = 64;
     c.head_size = 32;
@@ -18,6 +18,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }();
   const auto path = peftkit::fuzz::write_input("state.pth", data, size);
   return peftkit::fuzz::expect_ok_or_error([&] {
-    for (const auto& state : peftkit::read_state_file(path, config)) (void)state.contiguous();
+    for (const auto& state : peftkit::model::read_state_file(path, config))
+      (void)state.contiguous();
   });
 }

@@ -23,8 +23,8 @@
 namespace peftkit::testing {
 
 // L 2, C 64 (H 4, N 16), vocab 300, ffn 256.
-inline const Rwkv7Config& small_config() {
-  static const Rwkv7Config c = Rwkv7Config::for_size(2, 64, 300, 16);
+inline const model::Rwkv7Config& small_config() {
+  static const model::Rwkv7Config c = model::Rwkv7Config::for_size(2, 64, 300, 16);
   return c;
 }
 

@@ -31,7 +31,7 @@ class ConstantLogits : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new testing::TempDir();
-    tokenizer_ = WorldTokenizer::load(find_world_vocab()).release();
+    tokenizer_ = tokenizer::WorldTokenizer::load(tokenizer::find_world_vocab()).release();
     the_ = single_token(" the");
     mat_ = single_token(" mat");
     logits_ = std::vector<double>(65536, 0.0);
@@ -41,7 +41,7 @@ class ConstantLogits : public ::testing::Test {
     double sum = 0;
     for (double l : logits_) sum += std::exp(l);
     log_sum_exp_ = std::log(sum);
-    TensorMap weights = testing::perturbed_model(Rwkv7Config::for_size(1, 64, 65536, 32), 3);
+    TensorMap weights = testing::perturbed_model(model::Rwkv7Config::for_size(1, 64, 65536, 32), 3);
     weights["ln_out.weight"] = at::zeros({64});
     weights["ln_out.bias"] = at::zeros({64});
     weights["ln_out.bias"][0] = 1.0;
@@ -65,14 +65,14 @@ class ConstantLogits : public ::testing::Test {
   static std::filesystem::path model() { return dir_->path() / "constant.pth"; }
 
   static testing::TempDir* dir_;
-  static WorldTokenizer* tokenizer_;
+  static tokenizer::WorldTokenizer* tokenizer_;
   static int32_t the_, mat_;
   static std::vector<double> logits_;
   static double log_sum_exp_;
   testing::TempDir local_;
 };
 testing::TempDir* ConstantLogits::dir_ = nullptr;
-WorldTokenizer* ConstantLogits::tokenizer_ = nullptr;
+tokenizer::WorldTokenizer* ConstantLogits::tokenizer_ = nullptr;
 int32_t ConstantLogits::the_ = 0, ConstantLogits::mat_ = 0;
 std::vector<double> ConstantLogits::logits_;
 double ConstantLogits::log_sum_exp_ = 0;
@@ -198,8 +198,8 @@ TEST_F(ConstantLogits, BadInputGetsAClearError) {
 // Python) of a perturbed model saved in bf16; the samples run in segments that carry the state.
 TEST(EvalCommand, MatchesTheFloat64Reference) {
   testing::TempDir dir;
-  const Rwkv7Config config = Rwkv7Config::for_size(2, 64, 500, 16);
-  write_pth(dir / "init.pth", init_rwkv7(config, 11));
+  const model::Rwkv7Config config = model::Rwkv7Config::for_size(2, 64, 500, 16);
+  write_pth(dir / "init.pth", model::init_rwkv7(config, 11));
   at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(9);
   const at::Tensor tokens = at::randint(500, {41}, generator);
   std::string list;
@@ -258,7 +258,8 @@ TEST(EvalCommand, MatchesTheFloat64Reference) {
 // --compare-with base puts the base and each adapter side by side with the same numbers.
 TEST(EvalCommand, EqualsTrainingsEvaluationAndComparesVariants) {
   testing::TempDir dir;
-  write_pth(dir / "model.pth", testing::perturbed_model(Rwkv7Config::for_size(2, 64, 1000, 32), 4));
+  write_pth(dir / "model.pth",
+            testing::perturbed_model(model::Rwkv7Config::for_size(2, 64, 1000, 32), 4));
   ASSERT_EQ(testing::write_token_stream(PEFTKIT_PYTHON, dir / "tokens.npy").exit_code, 0);
   const std::string base = "[model]\npath = \"" + (dir / "model.pth").string() +
                            "\"\n[data]\nformat = \"numpy\"\npath = \"" +

@@ -6,8 +6,8 @@
 namespace peftkit {
 namespace {
 
-SamplerSettings plain() {
-  SamplerSettings s;
+generate::SamplerSettings plain() {
+  generate::SamplerSettings s;
   s.temperature = 1.0;
   s.top_p = 1.0;
   s.top_k = 0;
@@ -22,29 +22,29 @@ at::Tensor logits_of(std::vector<double> p) {
 }
 
 TEST(Sampler, TopPKeepsTokensUpToTheCutoffProbability) {
-  SamplerSettings s = plain();
+  generate::SamplerSettings s = plain();
   s.top_p = 0.6;  // cumulative 0.4, 0.7 reaches 0.6 at the second token: cutoff 0.3
-  at::Tensor p = Sampler(s, 0).probabilities(logits_of({0.1, 0.4, 0.3, 0.2}));
+  at::Tensor p = generate::Sampler(s, 0).probabilities(logits_of({0.1, 0.4, 0.3, 0.2}));
   EXPECT_TRUE(at::allclose(p, at::tensor({0.0f, 0.4f / 0.7f, 0.3f / 0.7f, 0.0f}), 1e-5, 1e-6)) << p;
 }
 
 TEST(Sampler, TopKAndTemperature) {
-  SamplerSettings s = plain();
+  generate::SamplerSettings s = plain();
   s.top_k = 2;
   s.temperature = 0.5;  // p^(1/T) = p^2, renormalised
-  at::Tensor p = Sampler(s, 0).probabilities(logits_of({0.1, 0.4, 0.3, 0.2}));
+  at::Tensor p = generate::Sampler(s, 0).probabilities(logits_of({0.1, 0.4, 0.3, 0.2}));
   EXPECT_TRUE(at::allclose(p, at::tensor({0.0f, 0.16f / 0.25f, 0.09f / 0.25f, 0.0f}), 1e-5, 1e-6))
       << p;
   s.temperature = 0;
-  EXPECT_EQ(Sampler(s, 0).sample(logits_of({0.1, 0.4, 0.3, 0.2})), 1);
+  EXPECT_EQ(generate::Sampler(s, 0).sample(logits_of({0.1, 0.4, 0.3, 0.2})), 1);
 }
 
 TEST(Sampler, PenaltiesLowerRepeatedTokensAndDecay) {
-  SamplerSettings s = plain();
+  generate::SamplerSettings s = plain();
   s.presence_penalty = 0.5;
   s.frequency_penalty = 0.25;
   s.penalty_decay = 0.5;
-  Sampler sampler(s, 0);
+  generate::Sampler sampler(s, 0);
   sampler.accept(2);
   sampler.accept(2);  // count of 2: 1 * 0.5 + 1 = 1.5
   at::Tensor logits = at::zeros({4});
@@ -53,7 +53,7 @@ TEST(Sampler, PenaltiesLowerRepeatedTokensAndDecay) {
 }
 
 TEST(Sampler, DrawsFromTheDistributionReproducibly) {
-  Sampler a(plain(), 9), b(plain(), 9);
+  generate::Sampler a(plain(), 9), b(plain(), 9);
   const at::Tensor logits = logits_of({0.5, 0.25, 0.25});
   std::vector<int> counts(3);
   for (int i = 0; i < 4000; ++i) {
@@ -66,12 +66,12 @@ TEST(Sampler, DrawsFromTheDistributionReproducibly) {
 }
 
 TEST(Sampler, RejectsInvalidSettings) {
-  SamplerSettings s = plain();
+  generate::SamplerSettings s = plain();
   s.top_p = 0;
-  EXPECT_ANY_THROW(Sampler(s, 0));
+  EXPECT_ANY_THROW(generate::Sampler(s, 0));
   s = plain();
   s.temperature = -1;
-  EXPECT_ANY_THROW(Sampler(s, 0));
+  EXPECT_ANY_THROW(generate::Sampler(s, 0));
 }
 
 }  // namespace

@@ -23,8 +23,8 @@ double relative_error(const at::Tensor& got, const at::Tensor& want) {
 
 using testing::perturbed_model;
 
-const Rwkv7Config& tiny() {
-  static const Rwkv7Config config = Rwkv7Config::for_size(3, 64, 300, 16);  // H = 4
+const model::Rwkv7Config& tiny() {
+  static const model::Rwkv7Config config = model::Rwkv7Config::for_size(3, 64, 300, 16);  // H = 4
   return config;
 }
 
@@ -35,8 +35,8 @@ at::Tensor random_tokens(int64_t batch, int64_t length, int64_t vocab, uint64_t 
 
 TEST(Rwkv7Model, MatchesAnIndependentFloat64ReferenceOnAFileWrittenByTorchSave) {
   testing::TempDir dir;
-  const Rwkv7Config config = Rwkv7Config::for_size(2, 64, 500, 16);
-  write_pth(dir / "init.pth", init_rwkv7(config, 11));
+  const model::Rwkv7Config config = model::Rwkv7Config::for_size(2, 64, 500, 16);
+  write_pth(dir / "init.pth", model::init_rwkv7(config, 11));
   const at::Tensor tokens = random_tokens(1, 37, 500, 5);
   {
     std::ofstream out(dir / "tokens");
@@ -46,7 +46,7 @@ TEST(Rwkv7Model, MatchesAnIndependentFloat64ReferenceOnAFileWrittenByTorchSave) 
                                      dir.path().string());
   ASSERT_EQ(result.exit_code, 0) << result.output;
   // model.pth: bf16, an OrderedDict in shuffled order, with the unused layer-0 v0/v1/v2.
-  auto model = Rwkv7Model::load(dir / "model.pth", {at::kFloat, at::kCPU});
+  auto model = model::Rwkv7Model::load(dir / "model.pth", {at::kFloat, at::kCPU});
   EXPECT_TRUE(model->config().layer0_value_lora);
   const at::Tensor logits = model->forward(tokens).squeeze(0);
   const at::Tensor reference = read_pth(dir / "logits.pth").at("logits");
@@ -55,8 +55,8 @@ TEST(Rwkv7Model, MatchesAnIndependentFloat64ReferenceOnAFileWrittenByTorchSave) 
   EXPECT_TRUE(at::equal(logits.argmax(-1), reference.argmax(-1)));
 
   // A state file in RWKV-PEFT's layout (bf16 [H, N, N], value-major) mounted as the initial state.
-  model->set_state_adapter(
-      std::make_shared<FixedStates>(read_state_file(dir / "state.pth", model->config())));
+  model->set_state_adapter(std::make_shared<model::FixedStates>(
+      model::read_state_file(dir / "state.pth", model->config())));
   const at::Tensor with_state = model->forward(tokens).squeeze(0);
   const at::Tensor reference_state = read_pth(dir / "logits_state.pth").at("logits");
   const double state_error = relative_error(with_state, reference_state);
@@ -66,7 +66,7 @@ TEST(Rwkv7Model, MatchesAnIndependentFloat64ReferenceOnAFileWrittenByTorchSave) 
 
 TEST(StateFile, RefusesAStateForAnotherBaseNamingBothShapes) {
   testing::TempDir dir;
-  const Rwkv7Config model = Rwkv7Config::for_size(2, 64, 100, 16);
+  const model::Rwkv7Config model = model::Rwkv7Config::for_size(2, 64, 100, 16);
   write_pth(dir / "other.pth", {{"blocks.0.att.time_state", at::zeros({2, 32, 32})},
                                 {"blocks.1.att.time_state", at::zeros({2, 32, 32})}});
   write_pth(dir / "short.pth", {{"blocks.0.att.time_state", at::zeros({4, 16, 16})}});
@@ -74,7 +74,7 @@ TEST(StateFile, RefusesAStateForAnotherBaseNamingBothShapes) {
             {{"blocks.0.att.time_state", at::zeros({4, 16, 16})}, {"emb.weight", at::zeros({1})}});
   auto error = [&](const std::string& name) {
     try {
-      read_state_file(dir / name, model);
+      model::read_state_file(dir / name, model);
     } catch (const Error& e) {
       return std::string(e.what()).substr((dir / name).string().size());
     }
@@ -92,10 +92,10 @@ TEST(StateFile, RefusesAStateForAnotherBaseNamingBothShapes) {
 
 TEST(Rwkv7Model, GptModeEqualsRnnModeOver64Tokens) {
   at::NoGradGuard no_grad;
-  Rwkv7Model model(perturbed_model(tiny(), 1), {at::kFloat, at::kCPU}, "test");
+  model::Rwkv7Model model(perturbed_model(tiny(), 1), {at::kFloat, at::kCPU}, "test");
   const at::Tensor tokens = random_tokens(2, 64, tiny().vocab, 2);
   const at::Tensor parallel = model.forward(tokens);
-  Rwkv7State state = model.initial_state(2);
+  model::Rwkv7State state = model.initial_state(2);
   std::vector<at::Tensor> steps;
   for (int64_t t = 0; t < 64; ++t)
     steps.push_back(model.forward(tokens.slice(1, t, t + 1), &state));
@@ -105,11 +105,11 @@ TEST(Rwkv7Model, GptModeEqualsRnnModeOver64Tokens) {
 
 TEST(Rwkv7Model, TwoHalvesWithTheStateCarriedEqualTheWhole) {
   at::NoGradGuard no_grad;
-  Rwkv7Model model(perturbed_model(tiny(), 3), {at::kFloat, at::kCPU}, "test");
+  model::Rwkv7Model model(perturbed_model(tiny(), 3), {at::kFloat, at::kCPU}, "test");
   const at::Tensor tokens = random_tokens(1, 50, tiny().vocab, 4);
-  Rwkv7State whole_state = model.initial_state(1);
+  model::Rwkv7State whole_state = model.initial_state(1);
   const at::Tensor whole = model.forward(tokens, &whole_state);
-  Rwkv7State state = model.initial_state(1);
+  model::Rwkv7State state = model.initial_state(1);
   const at::Tensor first = model.forward(tokens.slice(1, 0, 23), &state);
   const at::Tensor second = model.forward(tokens.slice(1, 23, 50), &state);
   EXPECT_LE(relative_error(at::cat({first, second}, 1), whole), 1e-6);
@@ -123,17 +123,17 @@ TEST(Rwkv7Model, Bfloat16ModelStaysCloseToFloat32) {
   at::NoGradGuard no_grad;
   TensorMap weights = perturbed_model(tiny(), 5);
   for (auto& [name, t] : weights) t = t.to(at::kBFloat16).to(at::kFloat);  // same values in both
-  Rwkv7Model fp32(weights, {at::kFloat, at::kCPU}, "test");
-  Rwkv7Model bf16(weights, {at::kBFloat16, at::kCPU}, "test");
+  model::Rwkv7Model fp32(weights, {at::kFloat, at::kCPU}, "test");
+  model::Rwkv7Model bf16(weights, {at::kBFloat16, at::kCPU}, "test");
   const at::Tensor tokens = random_tokens(1, 40, tiny().vocab, 6);
   EXPECT_LE(relative_error(bf16.forward(tokens).to(at::kFloat), fp32.forward(tokens)), 2e-2);
 }
 
 TEST(Rwkv7Model, InitialisesAsRwkvLm) {
-  const Rwkv7Config config = Rwkv7Config::for_size(4, 128, 1000, 32);
-  TensorMap t = init_rwkv7(config, 42);
+  const model::Rwkv7Config config = model::Rwkv7Config::for_size(4, 128, 1000, 32);
+  TensorMap t = model::init_rwkv7(config, 42);
   const int64_t C = 128, L = 4;
-  EXPECT_EQ(Rwkv7Config::from_tensors(t, "init").describe(), config.describe());
+  EXPECT_EQ(model::Rwkv7Config::from_tensors(t, "init").describe(), config.describe());
   int64_t total = 0;
   for (const auto& [name, tensor] : t) total += tensor.numel();
   EXPECT_EQ(total, config.parameter_count());
@@ -191,13 +191,13 @@ TEST(Rwkv7Model, InitialisesAsRwkvLm) {
                 .item<double>(),
             1e-4);
   // Same seed, same model.
-  EXPECT_TRUE(at::equal(init_rwkv7(config, 42).at("blocks.1.att.key.weight"),
+  EXPECT_TRUE(at::equal(model::init_rwkv7(config, 42).at("blocks.1.att.key.weight"),
                         t.at("blocks.1.att.key.weight")));
 }
 
 TEST(Rwkv7Config, OfficialGeometriesHaveTheReleasedLowRankDimsAndParameterCounts) {
   auto dims = [](int64_t L, int64_t C) {
-    auto c = Rwkv7Config::for_size(L, C, 65536, 64);
+    auto c = model::Rwkv7Config::for_size(L, C, 65536, 64);
     return std::vector<int64_t>{c.dim_w, c.dim_a, c.dim_v, c.dim_g};
   };
   EXPECT_EQ(dims(12, 768), (std::vector<int64_t>{64, 64, 32, 128}));
@@ -205,16 +205,16 @@ TEST(Rwkv7Config, OfficialGeometriesHaveTheReleasedLowRankDimsAndParameterCounts
   EXPECT_EQ(dims(24, 2048), (std::vector<int64_t>{96, 96, 64, 256}));
   EXPECT_EQ(dims(32, 2560), (std::vector<int64_t>{96, 96, 64, 320}));
   // README: 450.834432M parameters for L24-D1024 (layer-0 v-LoRA present).
-  auto c = Rwkv7Config::for_size(24, 1024, 65536, 64);
+  auto c = model::Rwkv7Config::for_size(24, 1024, 65536, 64);
   c.layer0_value_lora = true;
   EXPECT_EQ(c.parameter_count(), 450834432);
 }
 
 TEST(Rwkv7Config, RejectsOtherArchitecturesAndBrokenFiles) {
-  TensorMap t = init_rwkv7(tiny(), 1);
+  TensorMap t = model::init_rwkv7(tiny(), 1);
   auto error = [](const TensorMap& m) {
     try {
-      Rwkv7Config::from_tensors(m, "m.pth");
+      model::Rwkv7Config::from_tensors(m, "m.pth");
     } catch (const Error& e) {
       return std::string(e.what());
     }
@@ -242,7 +242,7 @@ TEST(Rwkv7Model, GradientCheckpointingGivesTheSameGradients) {
   const TensorMap weights = perturbed_model(tiny(), 8);
   const at::Tensor tokens = random_tokens(2, 21, tiny().vocab, 9);
   auto gradients = [&](bool checkpointing) {
-    Rwkv7Model model(weights, {at::kFloat, at::kCPU}, "test");
+    model::Rwkv7Model model(weights, {at::kFloat, at::kCPU}, "test");
     std::vector<TrainableTensor> trainable =
         model.make_trainable([](const std::string&) { return true; });
     std::vector<at::Tensor> states;
@@ -252,7 +252,7 @@ TEST(Rwkv7Model, GradientCheckpointingGivesTheSameGradients) {
                            .requires_grad_(true));
       trainable.push_back({"state" + std::to_string(l), states.back()});
     }
-    model.set_state_adapter(std::make_shared<FixedStates>(states));
+    model.set_state_adapter(std::make_shared<model::FixedStates>(states));
     model.set_gradient_checkpointing(checkpointing);
     model.forward(tokens).square().mean().backward();
     std::map<std::string, at::Tensor> grads;
@@ -269,7 +269,7 @@ TEST(Rwkv7Model, GradientCheckpointingGivesTheSameGradients) {
 }
 
 TEST(Rwkv7Model, ExposesNamedSitesAndRefusesUnknownOnes) {
-  Rwkv7Model model(init_rwkv7(tiny(), 1), {at::kFloat, at::kCPU}, "test");
+  model::Rwkv7Model model(model::init_rwkv7(tiny(), 1), {at::kFloat, at::kCPU}, "test");
   auto sites = model.linear_sites();
   ASSERT_EQ(sites.size(), 18u);
   EXPECT_EQ(sites[1].name, "blocks.0.att.key");

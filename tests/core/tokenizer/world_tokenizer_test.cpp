@@ -10,8 +10,8 @@
 namespace peftkit {
 namespace {
 
-const WorldTokenizer& tokenizer() {
-  static const auto instance = WorldTokenizer::load(find_world_vocab());
+const tokenizer::WorldTokenizer& tokenizer() {
+  static const auto instance = tokenizer::WorldTokenizer::load(tokenizer::find_world_vocab());
   return *instance;
 }
 
@@ -67,7 +67,7 @@ TEST(WorldTokenizer, MalformedVocabularyLinesNameFileAndLine) {
   auto error = [&](const std::string& text) {
     auto path = testing::write_file(dir / "vocab.txt", text);
     try {
-      WorldTokenizer::load(path);
+      tokenizer::WorldTokenizer::load(path);
     } catch (const Error& e) {
       return std::string(e.what()).substr(path.string().size());
     }

@@ -15,7 +15,7 @@ TEST(CrossEntropyL2Wrap, GradientMatchesHandComputedValues) {
   at::Tensor logits =
       at::tensor({0.0, std::log(3.0), 2.0, 0.0}, at::kDouble).view({1, 2, 2}).requires_grad_(true);
   at::Tensor targets = at::tensor({0, -100}, at::kLong).view({1, 2});
-  at::Tensor loss = cross_entropy_l2wrap(logits, targets);
+  at::Tensor loss = train::cross_entropy_l2wrap(logits, targets);
   EXPECT_NEAR(loss.item<double>(), std::log(4.0), 1e-6);  // -log(1/4)
   loss.backward();
   const double rows = 2;
@@ -33,8 +33,9 @@ TEST(CrossEntropyL2Wrap, WithEveryTargetIgnoredTheLossAndItsGradientAreZero) {
                             .view({1, 2, 2})
                             .requires_grad_(true);
     const at::Tensor targets = at::full({1, 2}, -100, at::kLong);
-    at::Tensor loss = fused ? head_cross_entropy_l2wrap(logits, at::eye(2, at::kDouble), targets)
-                            : cross_entropy_l2wrap(logits, targets);
+    at::Tensor loss =
+        fused ? train::head_cross_entropy_l2wrap(logits, at::eye(2, at::kDouble), targets)
+              : train::cross_entropy_l2wrap(logits, targets);
     EXPECT_EQ(loss.item<double>(), 0.0);
     (loss * 2).backward();
     EXPECT_EQ(logits.grad().abs().max().item<double>(), 0.0) << fused << logits.grad();
@@ -47,7 +48,7 @@ TEST(CrossEntropyL2Wrap, MatchesPyTorchCrossEntropyOnLargerInputs) {
       (3 * at::randn({3, 700, 50})).requires_grad_(true);  // 2100 rows: several chunks
   at::Tensor targets = at::randint(50, {3, 700});
   targets.index_put_({at::rand({3, 700}) < 0.3}, -100);
-  at::Tensor loss = cross_entropy_l2wrap(logits, targets);
+  at::Tensor loss = train::cross_entropy_l2wrap(logits, targets);
   loss.backward();
   at::Tensor reference = logits.detach().clone().requires_grad_(true);
   at::Tensor ce = at::cross_entropy_loss(reference.view({-1, 50}), targets.view({-1}), {},
@@ -71,15 +72,15 @@ TEST(CrossEntropyL2Wrap, PiecesOfABatchAddUpToTheWholeLossAndGradient) {
   at::Tensor targets = at::randint(50, {2, 300});
   targets.slice(1, 100, 130).fill_(-100);
   for (bool fused : {false, true}) {
-    auto loss_of = [&](const at::Tensor& x, const at::Tensor& t, const WholeBatch* whole) {
-      return fused ? head_cross_entropy_l2wrap(x, head, t, whole)
-                   : cross_entropy_l2wrap(x, t, whole);
+    auto loss_of = [&](const at::Tensor& x, const at::Tensor& t, const train::WholeBatch* whole) {
+      return fused ? train::head_cross_entropy_l2wrap(x, head, t, whole)
+                   : train::cross_entropy_l2wrap(x, t, whole);
     };
     at::Tensor all = logits0.clone().requires_grad_(true);
     at::Tensor whole_loss = loss_of(all, targets, nullptr);
     (whole_loss * 2).backward();
     at::Tensor pieces = logits0.clone().requires_grad_(true);
-    const WholeBatch whole = whole_batch(targets, at::kCPU);
+    const train::WholeBatch whole = train::whole_batch(targets, at::kCPU);
     at::Tensor sum = at::zeros({}, at::kFloat);
     for (auto [begin, end] : {std::pair<int64_t, int64_t>{0, 120}, {120, 257}, {257, 300}}) {
       at::Tensor piece = loss_of(pieces.slice(1, begin, end), targets.slice(1, begin, end), &whole);
@@ -94,7 +95,7 @@ TEST(CrossEntropyL2Wrap, PiecesOfABatchAddUpToTheWholeLossAndGradient) {
 
 TEST(CrossEntropyL2Wrap, GradientKeepsTheLogitsDtype) {
   at::Tensor logits = at::randn({1, 4, 8}).to(at::kBFloat16).requires_grad_(true);
-  at::Tensor loss = cross_entropy_l2wrap(logits, at::randint(8, {1, 4}));
+  at::Tensor loss = train::cross_entropy_l2wrap(logits, at::randint(8, {1, 4}));
   EXPECT_EQ(loss.scalar_type(), at::kFloat);
   loss.backward();
   EXPECT_EQ(logits.grad().scalar_type(), at::kBFloat16);
@@ -110,8 +111,8 @@ TEST(HeadCrossEntropyL2Wrap, EqualsTheHeadFollowedByTheLossIncludingGradients) {
     targets.slice(1, 0, 7).fill_(-100);
     at::Tensor h1 = hidden0.clone().requires_grad_(true), w1 = head0.clone().requires_grad_(true);
     at::Tensor h2 = hidden0.clone().requires_grad_(true), w2 = head0.clone().requires_grad_(true);
-    at::Tensor unfused = cross_entropy_l2wrap(at::linear(h1, w1), targets);
-    at::Tensor fused = head_cross_entropy_l2wrap(h2, w2, targets);
+    at::Tensor unfused = train::cross_entropy_l2wrap(at::linear(h1, w1), targets);
+    at::Tensor fused = train::head_cross_entropy_l2wrap(h2, w2, targets);
     const double tolerance = 2e-5;
     EXPECT_NEAR(fused.item<double>(), unfused.item<double>(), tolerance * unfused.item<double>());
     (unfused * 3).backward();
@@ -121,8 +122,8 @@ TEST(HeadCrossEntropyL2Wrap, EqualsTheHeadFollowedByTheLossIncludingGradients) {
   }
   // A frozen head gets no gradient and costs none.
   at::Tensor h = at::randn({1, 5, 16}, at::kDouble).requires_grad_(true);
-  at::Tensor loss =
-      head_cross_entropy_l2wrap(h, at::randn({50, 16}, at::kDouble), at::randint(50, {1, 5}));
+  at::Tensor loss = train::head_cross_entropy_l2wrap(h, at::randn({50, 16}, at::kDouble),
+                                                     at::randint(50, {1, 5}));
   loss.backward();
   EXPECT_TRUE(h.grad().defined());
 }

@@ -25,7 +25,7 @@ TEST(Adam, MatchesTheFormulaWithScalesAndDecoupledDecay) {
   at::Tensor weight =
       at::tensor({0.5, -1.0, 2.0, 0.25}, at::kDouble).view({2, 2}).requires_grad_(true);
   at::Tensor vector = at::tensor({1.0, -2.0}, at::kDouble).requires_grad_(true);
-  Adam adam({{"w", weight, 1.0, true}, {"v", vector, 2.0, false}}, {0.9, 0.99, 1e-8, 0.1});
+  train::Adam adam({{"w", weight, 1.0, true}, {"v", vector, 2.0, false}}, {0.9, 0.99, 1e-8, 0.1});
   std::vector<ScalarAdam> w_ref{{0.5}, {-1.0}, {2.0}, {0.25}}, v_ref{{1.0}, {-2.0}};
   for (int step = 0; step < 5; ++step) {
     adam.zero_grad();
@@ -49,7 +49,7 @@ TEST(Adam, MatchesTheFormulaWithScalesAndDecoupledDecay) {
 TEST(Adam, ClipsTheGlobalNorm) {
   at::Tensor a = at::zeros({2}, at::kDouble).requires_grad_(true),
              b = at::zeros({1}, at::kDouble).requires_grad_(true);
-  Adam adam({{"a", a}, {"b", b}}, {});
+  train::Adam adam({{"a", a}, {"b", b}}, {});
   a.mutable_grad() = at::tensor({3.0, 0.0}, at::kDouble);
   b.mutable_grad() = at::tensor({4.0}, at::kDouble);
   EXPECT_DOUBLE_EQ(adam.clip_grad_norm(1.0), 5.0);
@@ -60,12 +60,14 @@ TEST(Adam, ClipsTheGlobalNorm) {
 TEST(Adam, StateRoundTripContinuesIdentically) {
   auto run = [](bool restore_midway) {
     at::Tensor p = at::tensor({1.0, 2.0, 3.0}).requires_grad_(true);
-    auto adam = std::make_unique<Adam>(std::vector<OptimizedTensor>{{"p", p}}, AdamSettings{});
+    auto adam = std::make_unique<train::Adam>(std::vector<train::OptimizedTensor>{{"p", p}},
+                                              train::AdamSettings{});
     for (int step = 0; step < 6; ++step) {
       if (restore_midway && step == 3) {
         TensorMap state = adam->state_dict();
         for (auto& [k, v] : state) v = v.clone();
-        adam = std::make_unique<Adam>(std::vector<OptimizedTensor>{{"p", p}}, AdamSettings{});
+        adam = std::make_unique<train::Adam>(std::vector<train::OptimizedTensor>{{"p", p}},
+                                             train::AdamSettings{});
         adam->load_state_dict(state);
       }
       adam->zero_grad();

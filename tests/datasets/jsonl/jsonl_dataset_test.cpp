@@ -13,7 +13,7 @@ class JsonlTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     registry_ = new host::PluginRegistry(host::PluginRegistry::discover({PLUGIN_DIR}));
-    tokenizer_ = WorldTokenizer::load(find_world_vocab()).release();
+    tokenizer_ = tokenizer::WorldTokenizer::load(tokenizer::find_world_vocab()).release();
   }
   static void TearDownTestSuite() {
     delete registry_;
@@ -39,7 +39,7 @@ class JsonlTest : public ::testing::Test {
   static std::vector<int32_t> encode(const std::string& s) { return tokenizer_->encode(s); }
   testing::TempDir dir_;
   static inline host::PluginRegistry* registry_ = nullptr;
-  static inline WorldTokenizer* tokenizer_ = nullptr;
+  static inline tokenizer::WorldTokenizer* tokenizer_ = nullptr;
 };
 
 TEST_F(JsonlTest, TextLinesAreTrainedOnEveryTokenAndEndWithTheEndToken) {

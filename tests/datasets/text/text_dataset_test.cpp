@@ -16,7 +16,7 @@ class TextTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     registry_ = new host::PluginRegistry(host::PluginRegistry::discover({PLUGIN_DIR}));
-    tokenizer_ = WorldTokenizer::load(find_world_vocab()).release();
+    tokenizer_ = tokenizer::WorldTokenizer::load(tokenizer::find_world_vocab()).release();
   }
   static void TearDownTestSuite() {
     delete registry_;
@@ -47,11 +47,11 @@ class TextTest : public ::testing::Test {
     return "(accepted)";
   }
   static host::PluginRegistry* registry_;
-  static WorldTokenizer* tokenizer_;
+  static tokenizer::WorldTokenizer* tokenizer_;
   testing::TempDir dir_;
 };
 host::PluginRegistry* TextTest::registry_ = nullptr;
-WorldTokenizer* TextTest::tokenizer_ = nullptr;
+tokenizer::WorldTokenizer* TextTest::tokenizer_ = nullptr;
 
 TEST_F(TextTest, Utf8FilesSplitOnASeparatorOrWhole) {
   testing::write_file(dir_ / "a.txt", "\xEF\xBB\xBFHello world!\n\nSecond one.\n\n\n\nThird, 你好");
