@@ -19,6 +19,7 @@ venv="$root/.venv"
 
 debs=(g++ cmake ninja-build ccache pkg-config libboost1.74-dev libboost-program-options1.74-dev
       libtomlplusplus-dev libspdlog-dev libgtest-dev nlohmann-json3-dev
+      libgloo-dev                       # declarations of c10d's Gloo process group (core/dist/)
       clang libclang-rt-14-dev llvm-14  # Clang, libFuzzer and the sanitizers' symbolizer: scripts/fuzz.sh
       clang-format-14)                  # scripts/format.sh --check, run by scripts/test.sh
 # Wanted by one test only (the compare report rendered in a real browser, which skips with a message

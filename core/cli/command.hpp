@@ -78,6 +78,7 @@ Command merge_command();
 Command export_command();
 Command eval_command();
 Command chat_command();
+Command launch_command();
 Command compare_command();
 
 }  // namespace peftkit::cli

@@ -4,7 +4,6 @@
 // prompts; and writes report.json, report.md and report.html. Re-running skips finished runs and
 // resumes an interrupted one.
 #include <ATen/ATen.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -19,6 +18,7 @@
 #include "cli/command.hpp"
 #include "compare/compare_file.hpp"
 #include "compare/report.hpp"
+#include "dist/launcher.hpp"
 #include "eval/data_split.hpp"
 #include "eval/variants.hpp"
 #include "generate/generation.hpp"
@@ -38,45 +38,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
-
-volatile std::sig_atomic_t g_child = 0;
-volatile std::sig_atomic_t g_signal = 0;
-extern "C" void forward_signal(int signal) {
-  g_signal = signal;
-  if (g_child > 0) ::kill(static_cast<pid_t>(g_child), signal);
-}
-
-// Runs `peftkit compare FILE --train-run NAME` and waits for it, handing SIGINT/SIGTERM on to it
-// (it checkpoints and stops). Returns its exit code (128 + signal when a signal ended it).
-int run_child(const std::vector<std::string>& arguments) {
-  std::vector<char*> argv;
-  for (const auto& a : arguments) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  struct sigaction action {
-  }, old_int{}, old_term{};
-  action.sa_handler = forward_signal;
-  sigemptyset(&action.sa_mask);
-  sigaction(SIGINT, &action, &old_int);
-  sigaction(SIGTERM, &action, &old_term);
-  std::cout.flush();
-  std::cerr.flush();
-  const pid_t pid = ::fork();
-  if (pid < 0) throw Error(std::string("cannot start a training process: ") + std::strerror(errno));
-  if (pid == 0) {
-    ::execv("/proc/self/exe", argv.data());
-    std::perror("peftkit compare: cannot run /proc/self/exe");
-    ::_exit(127);
-  }
-  g_child = pid;
-  if (g_signal) ::kill(pid, g_signal);  // a signal that came before the child's pid was known
-  int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  g_child = 0;
-  sigaction(SIGINT, &old_int, nullptr);
-  sigaction(SIGTERM, &old_term, nullptr);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
 
 // The recipe text without its comment lines (which name where the file was read from).
 std::string recipe_settings(const std::string& formatted) {
@@ -228,12 +189,15 @@ Command compare_command() {
       }
       log::info("run '" + run.name + "': " + std::to_string(run.steps) + " steps in " +
                 folder.string());
-      std::vector<std::string> arguments = {"peftkit",       "compare", file.string(),
-                                            "--train-run",   run.name,  "--log-level",
-                                            common.log_level};
+      // In a child process of its own (its peak memory is its own), which SIGINT and SIGTERM
+      // reach through this one (it checkpoints and stops).
+      std::vector<std::string> arguments = {"compare", file.string(), "--train-run",
+                                            run.name,  "--log-level", common.log_level};
       for (const auto& dir : common.plugin_dirs)
         arguments.insert(arguments.end(), {"--plugin-dir", dir.string()});
-      const int code = run_child(arguments);
+      const int code =
+          dist::run_processes(dist::own_program(), arguments, {{}}, std::chrono::seconds(0),
+                              [&](int) { return "run '" + run.name + "'"; });
       if (code == train::kExitInterrupted || code == 128 + SIGINT || code == 128 + SIGTERM) {
         std::cerr << "compare interrupted during run '" << run.name
                   << "'; finished runs are kept. Continue with: " << resume_command << "\n";

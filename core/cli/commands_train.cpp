@@ -1,7 +1,12 @@
 // peftkit train RECIPE [--set K=V]... [--resume]
+#include <cstdlib>
+
 #include "cli/command.hpp"
+#include "dist/group.hpp"
+#include "dist/launcher.hpp"
 #include "host/plugin_registry.hpp"
 #include "host/recipe.hpp"
+#include "peftkit/error.hpp"
 #include "train/trainer.hpp"
 
 namespace peftkit::cli {
@@ -38,6 +43,20 @@ Command train_command() {
         host::PluginRegistry::discover(host::plugin_search_path(common.plugin_dirs));
     const host::Recipe recipe =
         host::load_recipe(vm["recipe"].as<std::string>(), overrides, registry);
+    // [run] devices = N outside a launcher: this very command, as N processes.
+    const int64_t devices = recipe.run.get_int("devices");
+    if (devices > 1 && !dist::place_from_environment().distributed()) {
+      dist::LaunchPlan plan;
+      plan.nproc = static_cast<int>(devices);
+      if (const char* port = std::getenv("MASTER_PORT"); port != nullptr) {
+        plan.master_port = std::atoi(port);
+        if (std::to_string(plan.master_port) != port || plan.master_port < 1 ||
+            plan.master_port > 65535)
+          throw Error(std::string("environment variable MASTER_PORT=\"") + port +
+                      "\": expected a port from 1 to 65535");
+      }
+      return dist::launch(plan, dist::own_program(), dist::own_arguments());
+    }
     // The command that continues the run: the same recipe and overrides, plus --resume.
     std::string resume_command = "peftkit train " + shell_quote(vm["recipe"].as<std::string>());
     if (vm.count("set"))

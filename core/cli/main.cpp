@@ -21,7 +21,8 @@ constexpr int kUsageError = 2;
 std::vector<Command> all_commands() {
   return {plugins_command(),  recipe_command(),  init_model_command(), inspect_command(),
           generate_command(), chat_command(),    eval_command(),       train_command(),
-          compare_command(),  convert_command(), merge_command(),      export_command()};
+          compare_command(),  convert_command(), merge_command(),      export_command(),
+          launch_command()};
 }
 
 void print_help(const std::vector<Command>& commands) {

@@ -118,7 +118,24 @@ OptionSchema output_schema() {
 OptionSchema run_schema() {
   return OptionSchema()
       .add_string("device", "auto", "\"auto\" (CUDA when present), \"cpu\", \"cuda\" or \"cuda:N\"")
-      .add_int("threads", 0, "CPU threads for tensor math (0: all cores)", 0, 1024);
+      .add_int("threads", 0,
+               "CPU threads for tensor math (0: all cores, shared among a host's processes)", 0,
+               1024)
+      .add_int("devices", 1,
+               "data-parallel processes, one per GPU (as `peftkit launch --nproc N`); under a "
+               "launcher, its WORLD_SIZE decides",
+               1, 1024)
+      .add_int("collective_timeout_s", 1800,
+               "how long a rank waits for the others (rendezvous, each exchange) before it stops "
+               "the run naming the ranks that went silent",
+               1, 7 * 24 * 3600)
+      .add_string("backend", "auto",
+                  "how processes exchange tensors: \"auto\" (NCCL on GPUs, Gloo on the CPU), "
+                  "\"nccl\" or \"gloo\" (also on GPU tensors, through host memory)",
+                  {"auto", "nccl", "gloo"})
+      .add_bool("shard_optimizer", false,
+                "split Adam's moments among the processes (ZeRO stage 1): each keeps and updates "
+                "its share and sends the others the tensors it updated");
 }
 
 }  // namespace

@@ -67,9 +67,9 @@ void prepare_checkpoint_folder(const fs::path& folder) {
 }
 
 void save_checkpoint(const fs::path& folder, const std::vector<OptimizedTensor>& trained,
-                     const Adam& adam, const RunProgress& p, const std::string& fingerprint,
-                     int64_t keep) {
-  TensorMap state = adam.state_dict();
+                     const TensorMap& adam_state, const RunProgress& p,
+                     const std::string& fingerprint, int64_t keep) {
+  TensorMap state = adam_state;
   for (const auto& t : trained) state["param." + t.name] = t.param.detach();
   state["trainer.step"] = at::scalar_tensor(p.step, at::kLong);
   state["trainer.bad_steps_in_a_row"] = at::scalar_tensor(p.bad_steps_in_a_row, at::kLong);

@@ -3,7 +3,7 @@
 // of the settings that decide the trajectory, so that a run only continues its own checkpoints.
 //
 //   RunProgress progress;
-//   save_checkpoint(dir, trained, adam, progress, fingerprint, /*keep=*/2);
+//   save_checkpoint(dir, trained, adam.state_dict(), progress, fingerprint, /*keep=*/2);
 //   if (load_newest_checkpoint(dir, trained, adam, progress, fingerprint)) ...  // resumed
 #pragma once
 
@@ -33,8 +33,10 @@ std::vector<std::filesystem::path> list_checkpoints(const std::filesystem::path&
 void prepare_checkpoint_folder(const std::filesystem::path& folder);
 
 // Writes the checkpoint of `progress.step` atomically and keeps only the newest `keep`.
+// `adam_state` is Adam::state_dict() of every trained tensor (gathered from the ranks that own them
+// when the optimizer is sharded).
 void save_checkpoint(const std::filesystem::path& folder,
-                     const std::vector<OptimizedTensor>& trained, const Adam& adam,
+                     const std::vector<OptimizedTensor>& trained, const TensorMap& adam_state,
                      const RunProgress& progress, const std::string& fingerprint, int64_t keep);
 
 // Loads the newest intact checkpoint (damaged ones are named, set aside as .damaged and skipped)

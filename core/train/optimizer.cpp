@@ -11,11 +11,18 @@
 
 namespace peftkit::train {
 
-Adam::Adam(std::vector<OptimizedTensor> tensors, const AdamSettings& settings)
+Adam::Adam(std::vector<OptimizedTensor> tensors, const AdamSettings& settings,
+           std::vector<bool> owned)
     : tensors_(std::move(tensors)), settings_(settings) {
-  for (const auto& t : tensors_) {
-    m_.push_back(at::zeros_like(t.param, at::MemoryFormat::Contiguous));
-    v_.push_back(at::zeros_like(t.param, at::MemoryFormat::Contiguous));
+  if (!owned.empty() && owned.size() != tensors_.size())
+    throw Error("Adam: ownership given for " + std::to_string(owned.size()) + " of " +
+                std::to_string(tensors_.size()) + " tensors");
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    const bool mine = owned.empty() || owned[i];
+    m_.push_back(mine ? at::zeros_like(tensors_[i].param, at::MemoryFormat::Contiguous)
+                      : at::Tensor());
+    v_.push_back(mine ? at::zeros_like(tensors_[i].param, at::MemoryFormat::Contiguous)
+                      : at::Tensor());
   }
 }
 
@@ -58,7 +65,8 @@ void Adam::step(double lr) {
   // One group per (learning-rate scale, decay) pair; the tensors of a group share every scalar.
   std::map<std::pair<double, bool>, std::vector<size_t>> groups;
   for (size_t j = 0; j < indices.size(); ++j)
-    groups[{tensors_[indices[j]].lr_scale, tensors_[indices[j]].decay}].push_back(j);
+    if (owns(indices[j]))
+      groups[{tensors_[indices[j]].lr_scale, tensors_[indices[j]].decay}].push_back(j);
   for (const auto& [key, members] : groups) {
     std::vector<at::Tensor> params, g, m, v;
     for (size_t j : members) {
@@ -88,10 +96,11 @@ void Adam::zero_grad() {
 
 TensorMap Adam::state_dict() const {
   TensorMap state;
-  for (size_t i = 0; i < tensors_.size(); ++i) {
-    state["adam.m." + tensors_[i].name] = m_[i];
-    state["adam.v." + tensors_[i].name] = v_[i];
-  }
+  for (size_t i = 0; i < tensors_.size(); ++i)
+    if (owns(i)) {
+      state["adam.m." + tensors_[i].name] = m_[i];
+      state["adam.v." + tensors_[i].name] = v_[i];
+    }
   state["adam.steps"] = at::scalar_tensor(steps_, at::kLong);
   return state;
 }
@@ -106,10 +115,11 @@ void Adam::load_state_dict(const TensorMap& state) {
                   c10::str(like.sizes()));
     return it->second.to(like.device(), like.scalar_type());
   };
-  for (size_t i = 0; i < tensors_.size(); ++i) {
-    m_[i].copy_(get("adam.m." + tensors_[i].name, m_[i]));
-    v_[i].copy_(get("adam.v." + tensors_[i].name, v_[i]));
-  }
+  for (size_t i = 0; i < tensors_.size(); ++i)
+    if (owns(i)) {
+      m_[i].copy_(get("adam.m." + tensors_[i].name, m_[i]));
+      v_[i].copy_(get("adam.v." + tensors_[i].name, v_[i]));
+    }
   auto it = state.find("adam.steps");
   if (it == state.end()) throw Error("checkpoint: optimizer step count 'adam.steps' is missing");
   steps_ = it->second.item<int64_t>();

@@ -31,17 +31,23 @@ struct OptimizedTensor {
 
 class Adam {
  public:
-  Adam(std::vector<OptimizedTensor> tensors, const AdamSettings& settings);
+  // `owned[i]`: whether this Adam updates tensor i and keeps its moments (ZeRO stage 1: each rank
+  // of a data-parallel run owns a share and sends the others its updated tensors). Empty: all.
+  Adam(std::vector<OptimizedTensor> tensors, const AdamSettings& settings,
+       std::vector<bool> owned = {});
 
   // Global L2 norm of all gradients; scales them down to max_norm when larger (0: no clipping).
   double clip_grad_norm(double max_norm);
-  // p <- p (1 - lr wd); m, v updated; p <- p - lr * m_hat / (sqrt(v_hat) + eps).
+  // p <- p (1 - lr wd); m, v updated; p <- p - lr * m_hat / (sqrt(v_hat) + eps). Owned tensors
+  // only.
   void step(double lr);
+  bool owns(size_t i) const { return m_[i].defined(); }
   void zero_grad();
   int64_t steps() const { return steps_; }
   const std::vector<OptimizedTensor>& tensors() const { return tensors_; }
 
-  // "adam.m.<name>", "adam.v.<name>", "adam.steps"; load checks that names and shapes match.
+  // "adam.m.<name>", "adam.v.<name>" (of the owned tensors), "adam.steps"; load reads the owned
+  // tensors' moments and checks that their names and shapes match.
   TensorMap state_dict() const;
   void load_state_dict(const TensorMap& state);
 

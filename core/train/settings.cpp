@@ -16,6 +16,9 @@ TrainSettings train_settings(const host::Recipe& recipe) {
 
   s.device = recipe.run.get_string("device");
   s.threads = recipe.run.get_int("threads");
+  s.collective_timeout = std::chrono::seconds(recipe.run.get_int("collective_timeout_s"));
+  s.shard_optimizer = recipe.run.get_bool("shard_optimizer");
+  s.backend = recipe.run.get_string("backend");
   s.precision = train.get_string("precision");
   s.kernel = train.get_string("kernel");
   s.grad_cp = train.get_bool("grad_cp");

@@ -2,6 +2,7 @@
 // Options stay the place errors point at (file:line); the trainer reads values from here.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -24,10 +25,13 @@ struct TrainSettings {
   std::vector<std::pair<std::string, std::filesystem::path>> data_files;
 
   // Where and how it runs.
-  std::string device;     // [run] device as written ("auto", "cuda:1", ...)
-  int64_t threads = 0;    // [run] threads (0: LibTorch's default)
-  std::string precision;  // [train] precision as written ("auto", "bf16", ...)
-  std::string kernel;     // [train] kernel: auto, chunked or reference
+  std::string device;                          // [run] device as written ("auto", "cuda:1", ...)
+  int64_t threads = 0;                         // [run] threads (0: LibTorch's default)
+  std::chrono::seconds collective_timeout{0};  // [run] collective_timeout_s
+  bool shard_optimizer = false;                // [run] shard_optimizer
+  std::string backend;                         // [run] backend: auto, nccl or gloo
+  std::string precision;                       // [train] precision as written ("auto", "bf16", ...)
+  std::string kernel;                          // [train] kernel: auto, chunked or reference
   bool grad_cp = false, cuda_graphs = false;
 
   // The trajectory.

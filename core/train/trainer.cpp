@@ -25,6 +25,7 @@
 #include <sstream>
 
 #include "cuda_place_of.hpp"
+#include "dist/group.hpp"
 #include "eval/data_split.hpp"
 #include "eval/evaluator.hpp"
 #include "host/adapters.hpp"
@@ -56,7 +57,7 @@ namespace {
 
 // Set by SIGINT/SIGTERM; the loop finishes the current step, checkpoints and exits.
 volatile std::sig_atomic_t g_stop_signal = 0;
-extern "C" void on_stop_signal(int signal) { g_stop_signal = signal; }
+void on_stop_signal(int signal) { g_stop_signal = signal; }
 
 class SignalScope {
  public:
@@ -91,6 +92,10 @@ struct Trainer::Impl {
   TrainFlags flags;
 
   const TrainSettings settings;  // the recipe, read once
+  // Data parallelism: this process's place among the run's (rank 0 of 1 alone), and the others.
+  // Every rank computes the same steps on its share of each batch; rank 0 alone writes files.
+  const dist::Place place = dist::place_from_environment();
+  std::unique_ptr<dist::Group> group;
   at::Device device = at::kCPU;
   std::string precision;  // [train] precision resolved for the device: bf16, fp32 or tf32
   std::unique_ptr<model::Rwkv7Model> model;
@@ -107,15 +112,31 @@ struct Trainer::Impl {
   Impl(const host::Recipe& r, const host::PluginRegistry& p, TrainFlags f)
       : recipe(r), plugins(p), flags(f), settings(train_settings(r)) {}
 
+  // The micro-batches of one optimizer step, over all ranks: which samples form step s depends on
+  // this, never on the world size, so a run continues on another number of processes.
+  int64_t micro_batches_per_step() const { return settings.accumulate * place.world_size; }
+  void join_group();
+  // Makes every rank start from rank 0's trainable tensors (random and SVD initialisations).
+  void share_initial_tensors();
+
   void setup();
   // Throws naming the [output] dir when a file the run would write (or prune) is one of its inputs.
   void refuse_writing_over_inputs() const;
   void select_trainable();
   void open_data();
-  void save_checkpoint() const {
-    peftkit::train::save_checkpoint(settings.checkpoint_dir, trained, *adam, progress,
+  // Every rank takes part (a sharded optimizer's state is gathered); rank 0 writes.
+  void save_checkpoint() {
+    const TensorMap adam_state = gathered_adam_state();
+    if (!place.main()) return;
+    peftkit::train::save_checkpoint(settings.checkpoint_dir, trained, adam_state, progress,
                                     fingerprint(), settings.keep_checkpoints);
   }
+  // [run] shard_optimizer: the rank that owns each trained tensor's Adam state (empty: unsharded).
+  std::vector<int> owner_of;
+  void shard_optimizer();
+  TensorMap gathered_adam_state();
+  // After a sharded step: every rank receives the tensors their owners updated.
+  void share_updated_tensors();
   void save_trained(int64_t epoch_number);
   eval::EvalResult evaluate();
   // An evaluation's numbers as they go into a metrics.jsonl line, and into the log.
@@ -124,7 +145,8 @@ struct Trainer::Impl {
   // the initial state), which the forward advances; scaled as a piece of `whole` when given.
   at::Tensor loss_of(const at::Tensor& inputs, const at::Tensor& targets,
                      model::Rwkv7State* state = nullptr, const WholeBatch* whole = nullptr);
-  // Forward and backward of one micro-batch (the loss divided by `accumulate` for the backward);
+  // Forward and backward of one micro-batch (the loss divided by the step's micro-batches, over all
+  // ranks, for the backward);
   // returns its loss. Longer than chunk_ctx: through segments that carry the state.
   at::Tensor micro_step(const at::Tensor& inputs, const at::Tensor& targets);
   at::Tensor segmented_micro_step(const at::Tensor& inputs, const at::Tensor& targets);
@@ -146,13 +168,16 @@ struct Trainer::Impl {
     double loss = 0, lr = 0, grad_norm = 0, seconds = 0;
     int64_t tokens = 0;  // targets that counted
     bool skipped = false, graphed = false;
+    int stop_signal = 0;  // with other ranks: a stop any of them was asked for during the step
   };
   // One optimizer step: its micro-batches, clipping, the update (or the reason to skip it), and
   // the counters.
   StepResult train_step(GraphedStep& graphed_step);
   nlohmann::json metrics_line(const StepResult& r, int64_t epoch) const;
   // train_log.txt's epoch line, and the adapter and checkpoint of the epochs that save.
-  void end_epoch(int64_t epoch, double lr, io::AppendFile& train_log);
+  void end_epoch(int64_t epoch, double lr);
+  // Rank 0's logs (the other ranks write no files).
+  std::optional<io::AppendFile> train_log, metrics;
   int run();
 };
 
@@ -161,22 +186,70 @@ Trainer::Trainer(const host::Recipe& recipe, const host::PluginRegistry& plugins
 Trainer::~Trainer() = default;
 int Trainer::run() { return impl_->run(); }
 
+void Trainer::Impl::join_group() {
+  if (!place.distributed()) return;
+  // The other ranks' messages would repeat rank 0's; their warnings and errors still show.
+  if (!place.main() && log::level() < log::Level::kWarn) log::set_level(log::Level::kWarn);
+  dist::Backend backend = device.is_cuda() ? dist::Backend::kNccl : dist::Backend::kGloo;
+  if (settings.backend == "gloo") backend = dist::Backend::kGloo;
+  if (settings.backend == "nccl") {
+    if (!device.is_cuda())
+      throw recipe.run.error("backend", "\"nccl\" exchanges GPU tensors, but training runs on " +
+                                            device.str() + " (use \"auto\" or \"gloo\")");
+    backend = dist::Backend::kNccl;
+  }
+  if (backend == dist::Backend::kNccl && !dist::nccl_built())
+    throw recipe.run.error("backend",
+                           "this peftkit was built without NCCL (nccl.h not found); "
+                           "use \"gloo\"");
+  if (device.is_cuda()) c10::cuda::set_device(device.index());
+  group = std::make_unique<dist::Group>(place, backend, settings.collective_timeout);
+  log::info("joined the run as " + place.describe() + " (" + dist::backend_name(backend) + ", " +
+            device.str() + ")");
+}
+
+void Trainer::Impl::share_initial_tensors() {
+  if (!group) return;
+  std::vector<at::Tensor> tensors;
+  for (const auto& t : trained) tensors.push_back(t.param.detach());
+  at::NoGradGuard no_grad;
+  group->broadcast(tensors, 0, "the initial trainable tensors");
+}
+
 void Trainer::Impl::setup() {
   const fs::path& out_dir = settings.out_dir;
   refuse_writing_over_inputs();
-  prepare_checkpoint_folder(settings.checkpoint_dir);
-  log::add_file(out_dir / "peftkit.log");
-  const std::string resolved_recipe = host::format_recipe(recipe);
-  io::write_file_atomically(out_dir / "recipe.toml", [&](std::FILE* out) {
-    io::write_all(out, resolved_recipe.data(), resolved_recipe.size(), out_dir / "recipe.toml");
-  });
-
   try {
     device = host::resolve_device(settings.device);
   } catch (const Error& e) {
     throw recipe.run.error("device", e.what());
   }
-  if (settings.threads > 0) at::set_num_threads(static_cast<int>(settings.threads));
+  // One GPU per process: LOCAL_RANK picks it unless the recipe names one.
+  if (device.is_cuda() && place.distributed() && settings.device.find(':') == std::string::npos) {
+    const int gpus = static_cast<int>(c10::cuda::device_count());
+    if (place.local_rank >= gpus)
+      throw recipe.run.error(
+          "device",
+          "\"" + settings.device + "\" gives each process its own GPU, but " + place.describe() +
+              " would need cuda:" + std::to_string(place.local_rank) + " and this host has " +
+              std::to_string(gpus) +
+              ": run at most that many processes per host, or name one device (\"cuda:0\", "
+              "\"cpu\") for all of them");
+    device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(place.local_rank));
+  }
+  join_group();
+  if (place.main()) {
+    prepare_checkpoint_folder(settings.checkpoint_dir);
+    log::add_file(out_dir / "peftkit.log");
+    const std::string resolved_recipe = host::format_recipe(recipe);
+    io::write_file_atomically(out_dir / "recipe.toml", [&](std::FILE* out) {
+      io::write_all(out, resolved_recipe.data(), resolved_recipe.size(), out_dir / "recipe.toml");
+    });
+  }
+  if (settings.threads > 0)
+    at::set_num_threads(static_cast<int>(settings.threads));
+  else if (place.local_world_size > 1)  // the host's cores shared among its processes
+    at::set_num_threads(std::max(1, at::get_num_threads() / place.local_world_size));
   at::manual_seed(settings.seed);
 
   precision = host::resolve_precision(settings.precision, device);
@@ -212,7 +285,60 @@ void Trainer::Impl::setup() {
   }
   open_data();
   select_trainable();
-  adam = std::make_unique<Adam>(trained, settings.adam);
+  share_initial_tensors();
+  shard_optimizer();
+}
+
+void Trainer::Impl::shard_optimizer() {
+  if (!settings.shard_optimizer || !group || place.world_size == 1) {
+    adam = std::make_unique<Adam>(trained, settings.adam);
+    return;
+  }
+  // Largest tensors first, each to the rank holding the fewest elements so far: balanced shares,
+  // the same on every rank.
+  std::vector<size_t> by_size(trained.size());
+  for (size_t i = 0; i < by_size.size(); ++i) by_size[i] = i;
+  std::stable_sort(by_size.begin(), by_size.end(), [&](size_t a, size_t b) {
+    return trained[a].param.numel() > trained[b].param.numel();
+  });
+  std::vector<int64_t> load(static_cast<size_t>(place.world_size), 0);
+  owner_of.assign(trained.size(), 0);
+  for (size_t i : by_size) {
+    const auto lightest = std::min_element(load.begin(), load.end()) - load.begin();
+    owner_of[i] = static_cast<int>(lightest);
+    load[static_cast<size_t>(lightest)] += trained[i].param.numel();
+  }
+  std::vector<bool> owned(trained.size());
+  for (size_t i = 0; i < trained.size(); ++i) owned[i] = owner_of[i] == place.rank;
+  adam = std::make_unique<Adam>(trained, settings.adam, owned);
+  log::info("optimizer state sharded over " + std::to_string(place.world_size) +
+            " ranks: this one holds " + std::to_string(load[static_cast<size_t>(place.rank)]) +
+            " of each moment's elements");
+}
+
+TensorMap Trainer::Impl::gathered_adam_state() {
+  TensorMap state = adam->state_dict();
+  if (owner_of.empty()) return state;
+  at::NoGradGuard no_grad;
+  for (size_t i = 0; i < trained.size(); ++i) {
+    const std::string& name = trained[i].name;
+    at::Tensor m = adam->owns(i) ? state.at("adam.m." + name) : at::empty_like(trained[i].param);
+    at::Tensor v = adam->owns(i) ? state.at("adam.v." + name) : at::empty_like(trained[i].param);
+    group->broadcast({m, v}, owner_of[i], "the optimizer state of " + name);
+    state["adam.m." + name] = m;
+    state["adam.v." + name] = v;
+  }
+  return state;
+}
+
+void Trainer::Impl::share_updated_tensors() {
+  at::NoGradGuard no_grad;
+  for (int owner = 0; owner < place.world_size; ++owner) {
+    std::vector<at::Tensor> tensors;
+    for (size_t i = 0; i < trained.size(); ++i)
+      if (owner_of[i] == owner) tensors.push_back(trained[i].param.detach());
+    group->broadcast(tensors, owner, "the tensors rank " + std::to_string(owner) + " updated");
+  }
 }
 
 void Trainer::Impl::refuse_writing_over_inputs() const {
@@ -309,7 +435,11 @@ std::string Trainer::Impl::fingerprint() const {
       << ";peft=" << format_option_value(recipe.peft.get("method"))
       << ";parts=" << format_option_value(recipe.peft.get("train_parts"))
       << ";quant=" << format_option_value(recipe.quant.get("method"));
-  for (const char* key : {"ctx_len", "micro_bsz", "accumulate_grad_batches", "epoch_steps", "seed"})
+  for (const char* key : {"ctx_len", "micro_bsz"})
+    out << ";" << key << "=" << format_option_value(recipe.train.get(key));
+  // Over all ranks: one process with 2 accumulated micro-batches continues as two with 1.
+  out << ";accumulate_grad_batches=" << micro_batches_per_step();
+  for (const char* key : {"epoch_steps", "seed"})
     out << ";" << key << "=" << format_option_value(recipe.train.get(key));
   // As resolved: "auto" must not resume in another precision on another device.
   out << ";precision=" << format_option_value(OptionValue(precision));
@@ -326,7 +456,7 @@ at::Tensor Trainer::Impl::loss_of(const at::Tensor& inputs, const at::Tensor& ta
 at::Tensor Trainer::Impl::micro_step(const at::Tensor& inputs, const at::Tensor& targets) {
   if (segments(inputs) > 1) return segmented_micro_step(inputs, targets);
   const at::Tensor loss = loss_of(inputs, targets);
-  (loss / static_cast<double>(settings.accumulate)).backward();
+  (loss / static_cast<double>(micro_batches_per_step())).backward();
   return loss.detach();
 }
 
@@ -384,7 +514,7 @@ at::Tensor Trainer::Impl::segmented_micro_step(const at::Tensor& inputs,
     }
     const at::Tensor loss = loss_of(segment(inputs, k), segment(targets, k), &state, &whole);
     if (k == count - 1 && replay_rng) rng_after = generator.get_state();
-    std::vector<at::Tensor> roots{loss / static_cast<double>(settings.accumulate)},
+    std::vector<at::Tensor> roots{loss / static_cast<double>(micro_batches_per_step())},
         root_grads{at::ones_like(loss)};
     const std::vector<at::Tensor*> exits = state_tensors(state);
     for (size_t i = 0; i < exit_grads.size(); ++i)
@@ -421,6 +551,7 @@ void Trainer::Impl::report_evaluation(nlohmann::json& line) {
 }
 
 void Trainer::Impl::save_trained(int64_t epoch_number) {
+  if (!place.main()) return;
   TensorMap out;
   const TensorMap weights = model->weights();
   for (const auto& t : trained)
@@ -447,6 +578,7 @@ void Trainer::Impl::start_or_resume() {
                 "\"auto\"), or choose another [output] dir");
   }
   const fs::path metrics_path = settings.out_dir / "metrics.jsonl";
+  if (!place.main()) return;
   if (!resumed) {
     // Metrics without a checkpoint are of a run killed before its first one; this run redoes them.
     fs::remove(metrics_path);
@@ -476,15 +608,35 @@ Trainer::Impl::StepResult Trainer::Impl::train_step(GraphedStep& graphed_step) {
   adam->zero_grad();
   double loss_sum = 0;
   const int64_t replays_before = graphed_step.replays();
-  for (int64_t micro = 0; micro < settings.accumulate; ++micro) {
-    const int64_t first_slot = (in_epoch * settings.accumulate + micro) * settings.micro_bsz;
+  // Rank k takes micro-batches k, k + W, k + 2W, ... of the step's micro_batches_per_step().
+  for (int64_t micro = place.rank; micro < micro_batches_per_step(); micro += place.world_size) {
+    const int64_t first_slot = (in_epoch * micro_batches_per_step() + micro) * settings.micro_bsz;
     auto [inputs, targets] =
         order->batch(*dataset, epoch, first_slot, settings.micro_bsz, settings.ctx_len);
     loss_sum += graphed_step.run(inputs, targets).item<double>();
     r.tokens += counted_targets(targets);
   }
   r.graphed = graphed_step.replays() > replays_before;
-  r.loss = loss_sum / static_cast<double>(settings.accumulate);
+  if (group) {
+    // The step's numbers over all ranks, and whether any was asked to stop: all decide alike.
+    // On the device: NCCL exchanges device tensors only.
+    at::Tensor totals =
+        at::tensor({loss_sum, static_cast<double>(r.tokens), static_cast<double>(g_stop_signal)},
+                   at::kDouble)
+            .to(device);
+    std::vector<at::Tensor> gradients;
+    for (auto& t : trained) {
+      if (!t.param.grad().defined()) t.param.mutable_grad() = at::zeros_like(t.param);
+      gradients.push_back(t.param.grad());
+    }
+    group->sum(gradients, "the gradients of step " + std::to_string(progress.step + 1));
+    group->sum({totals}, "the losses of step " + std::to_string(progress.step + 1));
+    const at::Tensor totals_on_host = totals.cpu();
+    loss_sum = totals_on_host[0].item<double>();
+    r.tokens = static_cast<int64_t>(totals_on_host[1].item<double>());
+    r.stop_signal = static_cast<int>(totals_on_host[2].item<double>() > 0 ? SIGINT : 0);
+  }
+  r.loss = loss_sum / static_cast<double>(micro_batches_per_step());
   // A step whose batches have no target that counts (prompts longer than ctx_len, empty
   // documents) has nothing to learn from: it updates nothing.
   const bool no_targets = r.tokens == 0;
@@ -505,6 +657,7 @@ Trainer::Impl::StepResult Trainer::Impl::train_step(GraphedStep& graphed_step) {
               "); step skipped");
   } else {
     adam->step(r.lr);
+    if (!owner_of.empty()) share_updated_tensors();
     progress.bad_steps_in_a_row = 0;
     progress.epoch_loss_sum += r.loss;
     ++progress.epoch_loss_count;
@@ -541,11 +694,11 @@ nlohmann::json Trainer::Impl::metrics_line(const StepResult& r, int64_t epoch) c
   return line;
 }
 
-void Trainer::Impl::end_epoch(int64_t epoch, double lr, io::AppendFile& train_log) {
+void Trainer::Impl::end_epoch(int64_t epoch, double lr) {
   const double mean = progress.epoch_loss_count
                           ? progress.epoch_loss_sum / static_cast<double>(progress.epoch_loss_count)
                           : std::nan("");
-  train_log.append(train_log_line(settings.epoch_begin + epoch, mean, lr, epoch));
+  if (train_log) train_log->append(train_log_line(settings.epoch_begin + epoch, mean, lr, epoch));
   progress.epoch_loss_sum = 0;
   progress.epoch_loss_count = 0;
   // RWKV-PEFT saves at epochs 0, epoch_save, 2 * epoch_save, ... and at the last one.
@@ -559,11 +712,13 @@ void Trainer::Impl::end_epoch(int64_t epoch, double lr, io::AppendFile& train_lo
 int Trainer::Impl::run() {
   setup();
   start_or_resume();
-  io::AppendFile train_log(settings.out_dir / "train_log.txt");
-  train_log.append("NEW RUN " + now_text("%Y-%m-%d-%H-%M-%S") + "\n" + host::format_recipe(recipe) +
-                   "\n");
-  io::AppendFile metrics(settings.out_dir / "metrics.jsonl");
-  const bool terminal = ::isatty(STDERR_FILENO);
+  if (place.main()) {
+    train_log.emplace(settings.out_dir / "train_log.txt");
+    train_log->append("NEW RUN " + now_text("%Y-%m-%d-%H-%M-%S") + "\n" +
+                      host::format_recipe(recipe) + "\n");
+    metrics.emplace(settings.out_dir / "metrics.jsonl");
+  }
+  const bool terminal = ::isatty(STDERR_FILENO) && place.main();
   const int64_t total_steps = settings.total_steps();
   const int64_t report_every = std::max<int64_t>(1, total_steps / 20);
   SignalScope signals;
@@ -577,10 +732,11 @@ int Trainer::Impl::run() {
   const auto started = Clock::now();
   const double wall_before = progress.wall_seconds;
   // Every run's metrics start from the model as it was before training.
-  if (eval_dataset && progress.step == 0 && settings.eval_at_start) {
+  // Rank 0 evaluates while the others go on to the next exchange and wait for it there.
+  if (eval_dataset && place.main() && progress.step == 0 && settings.eval_at_start) {
     nlohmann::json line = {{"step", 0}, {"epoch", settings.epoch_begin}, {"tokens", 0}};
     report_evaluation(line);
-    metrics.append(line.dump() + "\n");
+    metrics->append(line.dump() + "\n");
   }
   const int64_t first_step = progress.step;
   int64_t applied_steps = 0;  // optimizer updates made by this invocation
@@ -598,10 +754,10 @@ int Trainer::Impl::run() {
 
     nlohmann::json line = metrics_line(r, epoch);
     const bool epoch_end = progress.step % settings.epoch_steps == 0;
-    if (eval_dataset &&
+    if (eval_dataset && place.main() &&
         ((settings.eval_every > 0 && progress.step % settings.eval_every == 0) || epoch_end))
       report_evaluation(line);
-    metrics.append(line.dump() + "\n");
+    if (metrics) metrics->append(line.dump() + "\n");
 
     const ProgressLine shown{
         epoch,
@@ -623,37 +779,41 @@ int Trainer::Impl::run() {
     }
     if (epoch_end) {
       if (terminal) std::fprintf(stderr, "\n");
-      end_epoch(epoch, r.lr, train_log);
+      end_epoch(epoch, r.lr);
     }
     if (progress.bad_steps_in_a_row >= settings.max_bad_steps) {
       save_checkpoint();
-      std::cerr << "\nstopped: " << progress.bad_steps_in_a_row
-                << " steps in a row had a non-finite loss or gradient ([train] max_bad_steps = "
-                << settings.max_bad_steps
-                << "). Lower lr_init, check the data, or use precision = \"fp32\"; the "
-                << "last good state is checkpointed in " << settings.checkpoint_dir.string()
-                << "\n";
+      if (place.main())
+        std::cerr << "\nstopped: " << progress.bad_steps_in_a_row
+                  << " steps in a row had a non-finite loss or gradient ([train] max_bad_steps = "
+                  << settings.max_bad_steps
+                  << "). Lower lr_init, check the data, or use precision = \"fp32\"; the "
+                  << "last good state is checkpointed in " << settings.checkpoint_dir.string()
+                  << "\n";
       return kExitTooManyBadSteps;
     }
-    if (g_stop_signal) {
+    const int stop_signal = group ? r.stop_signal : static_cast<int>(g_stop_signal);
+    if (stop_signal) {
       save_checkpoint();
-      std::cerr << "\ninterrupted by signal " << g_stop_signal << " after step " << progress.step
-                << "; checkpoint written to " << settings.checkpoint_dir.string()
-                << ". Resume with: "
-                << (flags.resume_command.empty()
-                        ? "peftkit train " + recipe.file.string() + " --resume"
-                        : flags.resume_command)
-                << "\n";
+      if (place.main())
+        std::cerr << "\ninterrupted by signal " << stop_signal << " after step " << progress.step
+                  << "; checkpoint written to " << settings.checkpoint_dir.string()
+                  << ". Resume with: "
+                  << (flags.resume_command.empty()
+                          ? "peftkit train " + recipe.file.string() + " --resume"
+                          : flags.resume_command)
+                  << "\n";
       return kExitInterrupted;
     }
   }
   if (progress.step > first_step && applied_steps == 0) {
-    std::cerr << "\nfailed: all " << progress.step - first_step
-              << " steps of this run were skipped (non-finite losses or gradients, or batches "
-                 "without a target "
-                 "that counts); nothing was learned. Check the model and the data (peftkit "
-                 "inspect), lr_init and "
-                 "precision\n";
+    if (place.main())
+      std::cerr << "\nfailed: all " << progress.step - first_step
+                << " steps of this run were skipped (non-finite losses or gradients, or batches "
+                   "without a target "
+                   "that counts); nothing was learned. Check the model and the data (peftkit "
+                   "inspect), lr_init and "
+                   "precision\n";
     return kExitTooManyBadSteps;
   }
   progress.wall_seconds =
@@ -665,7 +825,7 @@ int Trainer::Impl::run() {
   summary.device = device.str();
   summary.precision = precision;
   summary.cuda = device.is_cuda();
-  write_summary(settings.out_dir, progress, summary);
+  if (place.main()) write_summary(settings.out_dir, progress, summary);
   log::info(
       "done: " + std::to_string(progress.step) + " steps, " + std::to_string(progress.tokens_seen) +
       " tokens, " + std::to_string(progress.skipped_steps) + " skipped, in " +

@@ -374,8 +374,8 @@ my_testing = "x070"
       "keys: " +
           train_keys + ")",
       "recipes/test.toml:17:1: unknown key 'strategy' in [train]: RWKV-PEFT's --strategy is not "
-      "needed here; peftkit "
-      "runs one process on one device: [run] device",
+      "needed here; data "
+      "parallelism needs no strategy: [run] devices = N, or peftkit launch",
       "recipes/test.toml:18:1: unknown key 'train_parts' in [train]; it belongs in [peft]",
       "recipes/test.toml:19:11: [train] grad_cp: expected true or false, found integer 2",
       "recipes/test.toml:20:1: unknown key 'my_testing' in [train]: RWKV-PEFT's --my_testing is "
