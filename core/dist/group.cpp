@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
+#include <csignal>
 #include <cstdlib>
 #include <iostream>
 #include <map>
@@ -244,6 +245,9 @@ struct Group::Impl {
 
 Group::Group(const Place& place, Backend backend, std::chrono::seconds timeout)
     : impl_(std::make_unique<Impl>()) {
+  // Gloo's TCP transport sends with writev, which raises SIGPIPE when a peer has died; the
+  // default action would end this rank silently instead of with an error naming that peer.
+  std::signal(SIGPIPE, SIG_IGN);
   Impl& g = *impl_;
   g.place = place;
   g.timeout = timeout;

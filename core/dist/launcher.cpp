@@ -12,6 +12,7 @@
 #include <set>
 #include <thread>
 
+#include "host/stop_signals.hpp"
 #include "peftkit/error.hpp"
 
 extern char** environ;
@@ -33,25 +34,6 @@ void forward_signal(int signal) {
   for (int i = 0; i < g_child_count; ++i)
     if (g_children[i] > 0) ::kill(g_children[i], signal);
 }
-
-class ForwardingScope {
- public:
-  ForwardingScope() {
-    struct sigaction action {};
-    action.sa_handler = forward_signal;
-    sigemptyset(&action.sa_mask);
-    sigaction(SIGINT, &action, &old_int_);
-    sigaction(SIGTERM, &action, &old_term_);
-  }
-  ~ForwardingScope() {
-    sigaction(SIGINT, &old_int_, nullptr);
-    sigaction(SIGTERM, &old_term_, nullptr);
-  }
-
- private:
-  struct sigaction old_int_ {
-  }, old_term_{};
-};
 
 // This process's environment with `variables` in place of any inherited.
 std::vector<std::string> environment_with(
@@ -123,7 +105,7 @@ int run_processes(const std::filesystem::path& program, const std::vector<std::s
   const int count = static_cast<int>(environments.size());
   if (count > kMaxProcesses)
     throw Error(std::to_string(count) + " processes: at most " + std::to_string(kMaxProcesses));
-  ForwardingScope forwarding;
+  const host::StopSignalHandler forwarding(forward_signal);
   g_forwarded_signal = 0;
   g_child_count = 0;
   std::cout.flush();

@@ -31,6 +31,7 @@
 #include "host/adapters.hpp"
 #include "host/device.hpp"
 #include "host/quantization.hpp"
+#include "host/stop_signals.hpp"
 #include "io/mapped_file.hpp"
 #include "model/rwkv7_model.hpp"
 #include "peftkit/dataset.hpp"
@@ -58,26 +59,6 @@ namespace {
 // Set by SIGINT/SIGTERM; the loop finishes the current step, checkpoints and exits.
 volatile std::sig_atomic_t g_stop_signal = 0;
 void on_stop_signal(int signal) { g_stop_signal = signal; }
-
-class SignalScope {
- public:
-  SignalScope() {
-    g_stop_signal = 0;
-    struct sigaction action {};
-    action.sa_handler = on_stop_signal;
-    sigemptyset(&action.sa_mask);
-    sigaction(SIGINT, &action, &old_int_);
-    sigaction(SIGTERM, &action, &old_term_);
-  }
-  ~SignalScope() {
-    sigaction(SIGINT, &old_int_, nullptr);
-    sigaction(SIGTERM, &old_term_, nullptr);
-  }
-
- private:
-  struct sigaction old_int_ {
-  }, old_term_{};
-};
 
 // The positions of a host batch that count in the loss.
 int64_t counted_targets(const at::Tensor& targets) {
@@ -721,7 +702,8 @@ int Trainer::Impl::run() {
   const bool terminal = ::isatty(STDERR_FILENO) && place.main();
   const int64_t total_steps = settings.total_steps();
   const int64_t report_every = std::max<int64_t>(1, total_steps / 20);
-  SignalScope signals;
+  g_stop_signal = 0;
+  const host::StopSignalHandler stop_signals(on_stop_signal);
   model->set_training(true);
   // On a GPU everything runs on a side stream: CUDA graphs cannot capture the default one.
   std::optional<c10::cuda::CUDAStreamGuard> side_stream;

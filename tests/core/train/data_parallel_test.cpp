@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -86,16 +88,8 @@ class DataParallelTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     shared_ = new testing::TempDir();
-    auto model = run_command(peftkit_command(
-        "init-model --layers 2 --embd 64 --head-size 32 --vocab 1000 --seed 1 --out " +
-        (shared_->path() / "model.pth").string()));
-    ASSERT_EQ(model.exit_code, 0) << model.output;
-    auto tokens = testing::run_command(
-        std::string(PEFTKIT_PYTHON) +
-        " -c \"import numpy as np; r = np.random.default_rng(0); "
-        "t = (np.arange(4000) * 7 % 50 + r.integers(0, 3, 4000)).astype('<u2'); np.save('" +
-        (shared_->path() / "tokens.npy").string() + "', t)\"");
-    ASSERT_EQ(tokens.exit_code, 0) << tokens.output;
+    auto inputs = testing::write_tiny_training_inputs(PEFTKIT_PYTHON, shared_->path());
+    ASSERT_EQ(inputs.exit_code, 0) << inputs.output;
   }
   static void TearDownTestSuite() { delete shared_; }
 
@@ -218,7 +212,8 @@ TEST_F(DataParallelTest, AKilledRankStopsTheOtherNamingIt) {
   EXPECT_NE(code, 0) << log;
   EXPECT_NE(code, -1) << "rank 0 still ran a minute after rank 1 was killed:\n" << log;
   EXPECT_LT(seconds, 30.0);
-  EXPECT_NE(log.find("rank 1 has stopped"), std::string::npos) << log;
+  // 128 + 13 here would be SIGPIPE: a write to the dead peer's socket ended rank 0 silently.
+  EXPECT_NE(log.find("rank 1 has stopped"), std::string::npos) << "exit " << code << "\n" << log;
 }
 
 TEST_F(DataParallelTest, TheLauncherForwardsCtrlCAndTheRunResumes) {
@@ -282,6 +277,28 @@ TEST(DataParallelPlace, LauncherVariablesAreCheckedByName) {
                 .find("MASTER_PORT=\"70000\""),
             std::string::npos);
   place_with({});
+}
+
+// In a process that has joined a (one-rank) group: whether writing to a socket whose other end is
+// closed fails with EPIPE (exit 0) rather than ending the process.
+[[noreturn]] void write_to_a_closed_socket_in_a_group() {
+  dist::Place place;
+  place.launched = true;
+  place.master_port = next_port();
+  const dist::Group group(place, dist::Backend::kGloo, std::chrono::seconds(30));
+  int ends[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM, 0, ends) != 0) ::_exit(2);
+  ::close(ends[1]);
+  char byte = 0;
+  iovec piece{&byte, 1};
+  const bool refused = ::writev(ends[0], &piece, 1) < 0 && errno == EPIPE;
+  ::_exit(refused ? 0 : 3);
+}
+
+TEST(DataParallelGroup, AWriteToAPeerThatHasGoneIsAnErrorNotASilentDeath) {
+  // Gloo sends with writev; by default a write to a socket whose peer died raises SIGPIPE, which
+  // ended rank 0 without a word when rank 1 was killed mid-exchange.
+  EXPECT_EXIT(write_to_a_closed_socket_in_a_group(), ::testing::ExitedWithCode(0), "");
 }
 
 }  // namespace

@@ -28,17 +28,8 @@ class TrainerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     shared_ = new testing::TempDir();
-    auto result = run_command(peftkit_command(
-        "init-model --layers 2 --embd 64 --head-size 32 --vocab 1000 --seed 1 --out " +
-        (shared_->path() / "model.pth").string()));
-    ASSERT_EQ(result.exit_code, 0) << result.output;
-    // 4000 tokens of a repeating pattern with noise: learnable, and never out of the vocabulary.
-    auto make = testing::run_command(
-        std::string(PEFTKIT_PYTHON) +
-        " -c \"import numpy as np; r = np.random.default_rng(0); "
-        "t = (np.arange(4000) * 7 % 50 + r.integers(0, 3, 4000)).astype('<u2'); np.save('" +
-        (shared_->path() / "tokens.npy").string() + "', t)\"");
-    ASSERT_EQ(make.exit_code, 0) << make.output;
+    auto inputs = testing::write_tiny_training_inputs(PEFTKIT_PYTHON, shared_->path());
+    ASSERT_EQ(inputs.exit_code, 0) << inputs.output;
   }
   static void TearDownTestSuite() { delete shared_; }
 
