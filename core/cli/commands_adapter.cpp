@@ -10,7 +10,7 @@
 #include "host/adapters.hpp"
 #include "host/plugin_registry.hpp"
 #include "host/quantization.hpp"
-#include "model/rwkv7_model.hpp"
+#include "model/rwkv_model.hpp"
 #include "peftkit/error.hpp"
 #include "peftkit/log.hpp"
 #include "peftkit/tensor_io.hpp"
@@ -82,7 +82,7 @@ namespace {
 // fp32 CPU model of it (the methods need the model's sites; PiSSA reads its weights).
 struct Mounted {
   TensorMap weights;  // the base file's tensors, dtypes kept
-  std::unique_ptr<model::Rwkv7Model> model;
+  std::unique_ptr<model::RwkvModel> model;
   std::vector<std::shared_ptr<PeftMethod>> methods;
 };
 
@@ -98,7 +98,7 @@ Mounted mount_on_base(const fs::path& base_path, const std::vector<host::SavedAd
                   " trained base tensors laid over the base");
   model::ModelOptions options{at::kFloat, at::kCPU};
   if (quantization) quantization->apply(options);
-  m.model = std::make_unique<model::Rwkv7Model>(m.weights, options, base_path.string());
+  m.model = std::make_unique<model::RwkvModel>(m.weights, options, base_path.string());
   const std::set<std::string> base_names = host::tensor_names(m.weights);
   for (const auto& a : adapters)
     for (auto& method : host::mount(a, *m.model, plugins, base_names)) m.methods.push_back(method);

@@ -23,13 +23,12 @@ constexpr const char* kChatHelp =
 
 // What a conversation has read so far: the model's state and the text behind it.
 struct Conversation {
-  model::Rwkv7State state;
+  model::ModelState state;
   std::string transcript;
 };
 
 // A conversation file: the state's tensors, the transcript, and the shape of the model it is for.
-void save_conversation(const fs::path& path, const Conversation& c,
-                       const model::Rwkv7Model& model) {
+void save_conversation(const fs::path& path, const Conversation& c, const model::RwkvModel& model) {
   TensorMap out;
   for (size_t l = 0; l < c.state.wkv.size(); ++l) {
     out["chat." + std::to_string(l) + ".att_shift"] = c.state.att_shift[l].to(at::kCPU);
@@ -43,7 +42,7 @@ void save_conversation(const fs::path& path, const Conversation& c,
   write_pth(path, out);
 }
 
-Conversation load_conversation(const fs::path& path, const model::Rwkv7Model& model) {
+Conversation load_conversation(const fs::path& path, const model::RwkvModel& model) {
   const TensorMap in = read_pth(path, Checksums::kVerify);
   auto get = [&](const std::string& name) -> const at::Tensor& {
     auto it = in.find(name);
@@ -134,7 +133,7 @@ Command chat_command() {
     const auto registry =
         host::PluginRegistry::discover(host::plugin_search_path(common.plugin_dirs));
     host::LoadedModel loaded = load_model_from(vm, registry);
-    model::Rwkv7Model& model = *loaded.model;
+    model::RwkvModel& model = *loaded.model;
     auto tokenizer = tokenizer::WorldTokenizer::load(tokenizer::find_world_vocab());
     const bool terminal = ::isatty(STDIN_FILENO);
     const std::optional<fs::path> transcript_file =

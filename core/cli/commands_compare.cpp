@@ -26,7 +26,7 @@
 #include "host/loaded_model.hpp"
 #include "host/plugin_registry.hpp"
 #include "io/mapped_file.hpp"
-#include "model/rwkv7_config.hpp"
+#include "model/config.hpp"
 #include "peftkit/error.hpp"
 #include "peftkit/log.hpp"
 #include "peftkit/tensor_io.hpp"
@@ -169,7 +169,7 @@ Command compare_command() {
         tokenizer::WorldTokenizer::load(tokenizer::find_world_vocab());
     const fs::path base_model = compare.base.resolve_path(compare.base.model.get_string("path"));
     const int64_t vocab =
-        model::Rwkv7Config::from_tensors(read_tensor_file(base_model).tensors, base_model.string())
+        model::ModelConfig::from_tensors(read_tensor_file(base_model).tensors, base_model.string())
             .vocab;
     for (size_t p = 0; p < compare.prompts.size(); ++p) {
       const std::string where = file.string() + ": [generation] prompts[" + std::to_string(p) + "]";
@@ -259,9 +259,9 @@ Command compare_command() {
     std::vector<json> generations(variants.size(), json::array());
     const std::vector<eval::VariantEvaluation> evaluations = eval::evaluate_variants(
         base_model, variants, registry, options, open_eval, settings, false,
-        eval::terminal_progress("evaluating"), [&](size_t v, model::Rwkv7Model& model) {
+        eval::terminal_progress("evaluating"), [&](size_t v, model::RwkvModel& model) {
           for (const auto& prompt : compare.prompts) {
-            model::Rwkv7State state = model.initial_state(1);
+            model::ModelState state = model.initial_state(1);
             generations[v].push_back(generate::continue_text(model, *tokenizer, state,
                                                              tokenizer->encode(prompt), greedy));
           }

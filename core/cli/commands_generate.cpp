@@ -18,7 +18,7 @@ namespace peftkit::cli {
 
 void add_model_options(po::options_description& options, const char* default_dtype) {
   options.add_options()("model", po::value<std::string>()->required(),
-                        "RWKV-7 model (.pth or .safetensors)")(
+                        "RWKV-7 or RWKV-6 model (.pth or .safetensors)")(
       "dtype", po::value<std::string>()->default_value(default_dtype),
       "fp32 or bf16 weights and activations")("device",
                                               po::value<std::string>()->default_value("auto"),
@@ -112,7 +112,7 @@ Command generate_command() {
             : io::read_small_file(vm["prompt-file"].as<std::string>(), 64 << 20, "--prompt-file");
     const std::vector<int32_t> prompt = tokenizer->encode(text);
     if (prompt.empty()) throw Error("--prompt: the prompt is empty");
-    model::Rwkv7State state = loaded.model->initial_state(1);
+    model::ModelState state = loaded.model->initial_state(1);
     try {
       generate::continue_text(*loaded.model, *tokenizer, state, prompt, settings,
                               [](const std::string& piece) { std::cout << piece << std::flush; });

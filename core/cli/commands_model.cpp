@@ -1,4 +1,4 @@
-// peftkit init-model: a new RWKV-7 model as RWKV-LM initialises one.
+// peftkit init-model: a new RWKV-7 or RWKV-6 model as RWKV-LM initialises one.
 // peftkit inspect: what a tensor file is (model, state file, adapter) and its geometry.
 #include <ATen/ATen.h>
 #include <unistd.h>
@@ -13,7 +13,7 @@
 #include "host/adapters.hpp"
 #include "io/mapped_file.hpp"
 #include "io/strict_json.hpp"
-#include "model/rwkv7_model.hpp"
+#include "model/rwkv_model.hpp"
 #include "peftkit/error.hpp"
 #include "peftkit/log.hpp"
 #include "peftkit/tensor_io.hpp"
@@ -22,11 +22,24 @@ namespace peftkit::cli {
 namespace {
 
 struct OfficialSize {
+  model::Architecture arch;
   const char* name;
   int64_t layers, embd;
 };
+// The released geometries (spec rwkv-model §6 for x070; the RWKV docs' sizes for x060).
 constexpr OfficialSize kSizes[] = {
-    {"0.1b", 12, 768}, {"0.4b", 24, 1024}, {"1.5b", 24, 2048}, {"2.9b", 32, 2560}};
+    {model::Architecture::kX070, "0.1b", 12, 768},  {model::Architecture::kX070, "0.4b", 24, 1024},
+    {model::Architecture::kX070, "1.5b", 24, 2048}, {model::Architecture::kX070, "2.9b", 32, 2560},
+    {model::Architecture::kX060, "0.1b", 12, 768},  {model::Architecture::kX060, "0.4b", 24, 1024},
+    {model::Architecture::kX060, "1.6b", 24, 2048}, {model::Architecture::kX060, "3b", 32, 2560},
+    {model::Architecture::kX060, "7b", 32, 4096}};
+
+std::string size_names(model::Architecture arch) {
+  std::string names;
+  for (const auto& s : kSizes)
+    if (s.arch == arch) names += (names.empty() ? "" : ", ") + std::string(s.name);
+  return names;
+}
 
 at::ScalarType parse_dtype(const std::string& text) {
   if (text == "bf16") return at::kBFloat16;
@@ -73,17 +86,23 @@ int64_t total_elements(const TensorMap& tensors) {
 // `weights`: the model's own tensors (counted as parameters); `all`: with merged states, whose
 // geometry is checked too.
 void inspect_model(const TensorMap& tensors, const TensorMap& all, const std::string& where) {
-  const model::Rwkv7Config c = model::Rwkv7Config::from_tensors(all, where);
+  const model::ModelConfig c = model::ModelConfig::from_tensors(all, where);
   std::cout << "kind:          model\n"
-            << "architecture:  RWKV-7 (x070)\n"
+            << "architecture:  " << model::architecture_title(c.arch) << " ("
+            << model::architecture_name(c.arch) << ")\n"
             << "layers:        " << c.n_layer << "\n"
             << "n_embd:        " << c.n_embd << "\n"
             << "heads:         " << c.n_head << " x " << c.head_size << "\n"
             << "vocab:         " << c.vocab << "\n"
-            << "ffn:           " << c.ffn << "\n"
-            << "low-rank dims: w " << c.dim_w << ", a " << c.dim_a << ", v " << c.dim_v << ", g "
-            << c.dim_g << (c.layer0_value_lora ? " (layer-0 v-LoRA present, unused)" : "") << "\n"
-            << "parameters:    " << total_elements(tensors) << " ("
+            << "ffn:           " << c.ffn << "\n";
+  if (c.arch == model::Architecture::kX060)
+    std::cout << "low-rank dims: token-shift mix " << c.dim_mix << ", decay " << c.dim_decay
+              << "\n";
+  else
+    std::cout << "low-rank dims: w " << c.dim_w << ", a " << c.dim_a << ", v " << c.dim_v << ", g "
+              << c.dim_g << (c.layer0_value_lora ? " (layer-0 v-LoRA present, unused)" : "")
+              << "\n";
+  std::cout << "parameters:    " << total_elements(tensors) << " ("
             << human(double(total_elements(tensors))) << ")\n"
             << "dtypes:        " << dtype_summary(tensors) << "\n"
             << "state:         " << c.state_floats() << " floats per sequence (WKV " << c.n_layer
@@ -97,15 +116,18 @@ Command init_model_command() {
   Command command;
   command.name = "init-model";
   command.usage =
-      "peftkit init-model (--layers L --embd C | --size 0.1b|0.4b|1.5b|2.9b) [options] --out FILE";
-  command.summary = "write a freshly initialised RWKV-7 model (RWKV-LM's initializer)";
+      "peftkit init-model [--arch x070|x060] (--layers L --embd C | --size NAME) [options] --out "
+      "FILE";
+  command.summary = "write a freshly initialised RWKV-7 or RWKV-6 model (RWKV-LM's initializer)";
   command.describe = [](po::options_description& options, po::positional_options_description&) {
-    options.add_options()("layers", po::value<int64_t>(), "number of layers")(
-        "embd", po::value<int64_t>(), "embedding width C")(
+    options.add_options()("arch", po::value<std::string>()->default_value("x070"),
+                          "x070 (RWKV-7) or x060 (RWKV-6)")(
+        "layers", po::value<int64_t>(), "number of layers")("embd", po::value<int64_t>(),
+                                                            "embedding width C")(
         "size", po::value<std::string>(),
-        "an official geometry: 0.1b (L12 C768), 0.4b (L24 C1024), "
-        "1.5b (L24 C2048), 2.9b (L32 C2560)")("vocab", po::value<int64_t>()->default_value(65536),
-                                              "vocabulary size")(
+        "an official geometry: x070 0.1b (L12 C768), 0.4b (L24 C1024), 1.5b (L24 C2048), 2.9b "
+        "(L32 C2560); x060 0.1b, 0.4b, 1.6b (L24 C2048), 3b (L32 C2560), 7b (L32 C4096)")(
+        "vocab", po::value<int64_t>()->default_value(65536), "vocabulary size")(
         "head-size", po::value<int64_t>()->default_value(64), "head size N")(
         "seed", po::value<uint64_t>()->default_value(0), "random seed")(
         "dtype", po::value<std::string>()->default_value("bf16"),
@@ -113,22 +135,24 @@ Command init_model_command() {
                                                         "output file, .pth or .safetensors");
   };
   command.run = [](const po::variables_map& vm, const CommonOptions&) {
+    const model::Architecture arch = model::parse_architecture(vm["arch"].as<std::string>());
     int64_t layers = 0, embd = 0;
     if (vm.count("size")) {
       if (vm.count("layers") || vm.count("embd"))
         throw Error("init-model: give either --size or --layers and --embd, not both");
       const std::string size = vm["size"].as<std::string>();
       for (const auto& s : kSizes)
-        if (size == s.name) layers = s.layers, embd = s.embd;
+        if (s.arch == arch && size == s.name) layers = s.layers, embd = s.embd;
       if (!layers)
-        throw Error("init-model --size: expected 0.1b, 0.4b, 1.5b or 2.9b, found '" + size + "'");
+        throw Error("init-model --size: expected one of " + size_names(arch) + " for " +
+                    model::architecture_name(arch) + ", found '" + size + "'");
     } else {
       if (!vm.count("layers") || !vm.count("embd"))
         throw Error("init-model: give --layers and --embd, or --size");
       layers = vm["layers"].as<int64_t>();
       embd = vm["embd"].as<int64_t>();
     }
-    const auto config = model::Rwkv7Config::for_size(layers, embd, vm["vocab"].as<int64_t>(),
+    const auto config = model::ModelConfig::for_size(arch, layers, embd, vm["vocab"].as<int64_t>(),
                                                      vm["head-size"].as<int64_t>());
     const at::ScalarType dtype = parse_dtype(vm["dtype"].as<std::string>());
     const std::filesystem::path out = vm["out"].as<std::string>();
@@ -144,10 +168,9 @@ Command init_model_command() {
                   std::to_string(static_cast<int64_t>(need / (1 << 30))) +
                   " GiB while it is initialised; this machine has " +
                   std::to_string(static_cast<int64_t>(memory / (1 << 30))) + " GiB");
-    log::info("initialising RWKV-7 " + config.describe() + ", " +
-              human(double(config.parameter_count())) + " parameters, seed " +
-              std::to_string(vm["seed"].as<uint64_t>()));
-    TensorMap tensors = model::init_rwkv7(config, vm["seed"].as<uint64_t>());
+    log::info("initialising " + config.describe() + ", " + human(double(config.parameter_count())) +
+              " parameters, seed " + std::to_string(vm["seed"].as<uint64_t>()));
+    TensorMap tensors = model::init_model(config, vm["seed"].as<uint64_t>());
     for (auto& [name, t] : tensors) t = t.to(dtype);
     write_tensors(out, tensors);
     std::cout << "wrote " << out.string() << " (" << config.describe() << ")\n";
@@ -394,12 +417,6 @@ Command inspect_command() {
                 << "weights:       " << weights << "\n"
                 << "bytes:         " << bytes << "\n";
     } else if (t.count("emb.weight") && t.count("blocks.0.ln1.weight")) {
-      bool v6 = false;
-      for (const auto& [name, tensor] : t) v6 = v6 || name.find("time_maa_x") != std::string::npos;
-      if (v6) {
-        std::cout << "kind:          model\narchitecture:  RWKV-6 (x060), not supported yet\n";
-        return 0;
-      }
       describe_model(saved, registry);
     } else {
       const Described d = describe_file(saved, registry);

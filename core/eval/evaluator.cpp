@@ -16,14 +16,13 @@ constexpr int64_t kRowsPerChunk = 1024;  // fp32 logits of at most this many pos
 
 class EvalModeScope {
  public:
-  explicit EvalModeScope(model::Rwkv7Model& model)
-      : model_(model), was_training_(model.training()) {
+  explicit EvalModeScope(model::RwkvModel& model) : model_(model), was_training_(model.training()) {
     model_.set_training(false);
   }
   ~EvalModeScope() { model_.set_training(was_training_); }
 
  private:
-  model::Rwkv7Model& model_;
+  model::RwkvModel& model_;
   bool was_training_;
 };
 
@@ -42,7 +41,7 @@ double EvalResult::tokens_per_second() const {
   return seconds > 0 ? static_cast<double>(total.tokens) / seconds : 0.0;
 }
 
-EvalResult evaluate(model::Rwkv7Model& model, const Dataset& data, SampleRange range,
+EvalResult evaluate(model::RwkvModel& model, const Dataset& data, SampleRange range,
                     const EvalSettings& settings, bool keep_per_sample,
                     const EvalProgress& progress) {
   at::NoGradGuard no_grad;
@@ -60,7 +59,7 @@ EvalResult evaluate(model::Rwkv7Model& model, const Dataset& data, SampleRange r
     // Per sample of the batch, summed over its segments (on the host, in float64).
     at::Tensor nll = at::zeros({batch}, at::kDouble), correct = at::zeros({batch}, at::kLong),
                counted = at::zeros({batch}, at::kLong);
-    model::Rwkv7State state = model.initial_state(batch);
+    model::ModelState state = model.initial_state(batch);
     for (int64_t start = 0; start < length; start += segment) {
       const int64_t width = std::min(segment, length - start);
       const at::Tensor hidden = model.forward_hidden(inputs.slice(1, start, start + width), &state);

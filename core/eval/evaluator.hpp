@@ -17,7 +17,7 @@
 #include <functional>
 #include <vector>
 
-#include "model/rwkv7_model.hpp"
+#include "model/rwkv_model.hpp"
 #include "peftkit/dataset.hpp"
 
 namespace peftkit::eval {
@@ -58,7 +58,7 @@ struct EvalResult {
 using EvalProgress = std::function<void(int64_t, int64_t)>;
 
 // Runs without autograd and with the model out of training mode (dropout off), restoring the mode.
-EvalResult evaluate(model::Rwkv7Model& model, const Dataset& data, SampleRange range,
+EvalResult evaluate(model::RwkvModel& model, const Dataset& data, SampleRange range,
                     const EvalSettings& settings, bool keep_per_sample = false,
                     const EvalProgress& progress = {});
 

@@ -31,7 +31,7 @@ using OpenEvalData =
 using VariantProgress = std::function<void(const std::string&, int64_t, int64_t)>;
 
 // Called with each variant's model once it is evaluated (compare generates from it).
-using WithLoadedVariant = std::function<void(size_t variant, model::Rwkv7Model& model)>;
+using WithLoadedVariant = std::function<void(size_t variant, model::RwkvModel& model)>;
 
 std::vector<VariantEvaluation> evaluate_variants(
     const std::filesystem::path& base, const std::vector<ModelVariant>& variants,

@@ -25,8 +25,8 @@ size_t complete_utf8_prefix(const std::string& bytes) {
   return complete;
 }
 
-std::string continue_text(model::Rwkv7Model& model, const tokenizer::WorldTokenizer& tokenizer,
-                          model::Rwkv7State& state, const std::vector<int32_t>& prompt,
+std::string continue_text(model::RwkvModel& model, const tokenizer::WorldTokenizer& tokenizer,
+                          model::ModelState& state, const std::vector<int32_t>& prompt,
                           const GenerationSettings& settings,
                           const std::function<void(const std::string&)>& on_text) {
   at::NoGradGuard no_grad;

@@ -1,7 +1,7 @@
 // generation.hpp: continuing a text in RNN mode, token by token, with RWKV's sampler; shared by
 // `peftkit generate`, `chat` and the sample generations of `compare`.
 //
-//   Rwkv7State state = model.initial_state(1);
+//   ModelState state = model.initial_state(1);
 //   std::string text = continue_text(model, tokenizer, state, tokenizer.encode(prompt), settings,
 //                                    [](const std::string& piece) { std::cout << piece <<
 //                                    std::flush; });
@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "generate/sampler.hpp"
-#include "model/rwkv7_model.hpp"
+#include "model/rwkv_model.hpp"
 #include "tokenizer/world_tokenizer.hpp"
 
 namespace peftkit::generate {
@@ -30,8 +30,8 @@ struct GenerationSettings {
 // afresh). Each piece of complete UTF-8 text goes to `on_text` as it comes. Every drawn token is
 // read into the state, so a conversation continues from it; an end-of-text token ends the text
 // unread. Returns the generated text. Token ids are checked against the model's vocabulary.
-std::string continue_text(model::Rwkv7Model& model, const tokenizer::WorldTokenizer& tokenizer,
-                          model::Rwkv7State& state, const std::vector<int32_t>& prompt,
+std::string continue_text(model::RwkvModel& model, const tokenizer::WorldTokenizer& tokenizer,
+                          model::ModelState& state, const std::vector<int32_t>& prompt,
                           const GenerationSettings& settings,
                           const std::function<void(const std::string&)>& on_text = {});
 

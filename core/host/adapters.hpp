@@ -11,7 +11,7 @@
 //
 //   SavedAdapter adapter = read_adapter("out/lora/rwkv-2.pth", {}, {}, registry);
 //   overlay_trained_weights(adapter, base);          // train_parts saved with the adapter
-//   Rwkv7Model model(base, options, "base.pth");
+//   RwkvModel model(base, options, "base.pth");
 //   auto methods = mount(adapter, model, registry);  // attached, tensors loaded
 #pragma once
 

@@ -30,7 +30,7 @@ LoadedModel load_model(const std::filesystem::path& base, const std::vector<Save
   TensorMap weights = read_tensor_file(base).tensors;
   for (const auto& a : adapters) overlay_trained_weights(a, weights);
   LoadedModel loaded;
-  loaded.model = std::make_unique<model::Rwkv7Model>(weights, options, base.string());
+  loaded.model = std::make_unique<model::RwkvModel>(weights, options, base.string());
   const std::set<std::string> base_names = tensor_names(weights);
   weights.clear();
   for (const auto& a : adapters)

@@ -10,12 +10,12 @@
 #include <vector>
 
 #include "host/adapters.hpp"
-#include "model/rwkv7_model.hpp"
+#include "model/rwkv_model.hpp"
 
 namespace peftkit::host {
 
 struct LoadedModel {
-  std::unique_ptr<model::Rwkv7Model> model;
+  std::unique_ptr<model::RwkvModel> model;
   std::vector<std::shared_ptr<PeftMethod>> methods;  // keep the adapters alive with the model
 };
 

@@ -64,7 +64,7 @@ void QuantizedBase::apply(model::ModelOptions& options) const {
   options.prequantized = cache_loaded ? &prequantized : nullptr;
 }
 
-void QuantizedBase::save_cache(const model::Rwkv7Model& model) const {
+void QuantizedBase::save_cache(const model::RwkvModel& model) const {
   if (!quantizer || cache_file.empty() || cache_loaded) return;
   TensorMap packed;
   for (const auto& [name, tensor] : model.quantized_weights())

@@ -4,7 +4,7 @@
 //   QuantizedBase q = quantized_base(recipe, registry, model_path);   // loads the cache if it fits
 //   ModelOptions options{dtype, device};
 //   q.apply(options);
-//   Rwkv7Model model(weights, options, model_path.string());
+//   RwkvModel model(weights, options, model_path.string());
 //   q.save_cache(model);                                               // when it was not loaded
 #pragma once
 
@@ -15,7 +15,7 @@
 
 #include "host/plugin_registry.hpp"
 #include "host/recipe.hpp"
-#include "model/rwkv7_model.hpp"
+#include "model/rwkv_model.hpp"
 
 namespace peftkit::host {
 
@@ -31,7 +31,7 @@ struct QuantizedBase {
 
   void apply(model::ModelOptions& options) const;
   // Writes the packed weights of `model` to cache_file unless they came from it.
-  void save_cache(const model::Rwkv7Model& model) const;
+  void save_cache(const model::RwkvModel& model) const;
 };
 
 QuantizedBase quantized_base(const Recipe& recipe, const PluginRegistry& plugins,

@@ -212,7 +212,7 @@ const std::map<std::string, std::string, std::less<>>& rwkv_peft_flags() {
       {"dim_ffn", "the model's shape is read from the model file"},
       {"head_size_a", "the head size is read from the model file"},
       {"head_size", "the head size is read from the model file"},
-      {"my_testing", "the architecture (x070) is read from the model file"},
+      {"my_testing", "the architecture (x060 or x070) is read from the model file"},
       {"strategy", "data parallelism needs no strategy: [run] devices = N, or peftkit launch"},
       {"accelerator", "the device is [run] device (\"auto\": the GPU when there is one)"},
       {"devices", "processes, one per GPU, are [run] devices"},
@@ -239,10 +239,10 @@ const std::map<std::string, std::string, std::less<>>& rwkv_peft_flags() {
       {"quant", "quantization is [quant] method = \"nf4\" or \"int8\""},
       {"loss_mask", "the jsonl plugin masks prompts itself (prompt/response and chat lines)"},
       {"ctx_len_max", "samples are cut at [train] ctx_len"},
-      {"pre_ffn", "not part of RWKV-7"},
-      {"head_qk", "not part of RWKV-7"},
-      {"tiny_att_dim", "not part of RWKV-7"},
-      {"tiny_att_layer", "not part of RWKV-7"},
+      {"pre_ffn", "not part of RWKV-6 or RWKV-7"},
+      {"head_qk", "not part of RWKV-6 or RWKV-7"},
+      {"tiny_att_dim", "not part of RWKV-6 or RWKV-7"},
+      {"tiny_att_layer", "not part of RWKV-6 or RWKV-7"},
   };
   return flags;
 }

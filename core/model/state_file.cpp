@@ -10,7 +10,7 @@
 namespace peftkit::model {
 
 std::vector<at::Tensor> read_state_file(const std::filesystem::path& path,
-                                        const Rwkv7Config& config) {
+                                        const ModelConfig& config) {
   const std::string where = path.string();
   TensorMap tensors = read_tensor_file(path).tensors;
   static const std::regex kName(R"(blocks\.(\d{1,9})\.att\.time_state)");

@@ -8,7 +8,7 @@
 #include <filesystem>
 #include <vector>
 
-#include "model/rwkv7_config.hpp"
+#include "model/config.hpp"
 #include "peftkit/model.hpp"
 
 namespace peftkit::model {
@@ -16,7 +16,7 @@ namespace peftkit::model {
 // Reads and checks a state file against the model's geometry: every layer present, each state
 // [H, N, N]; a file for another base is refused naming both shapes.
 std::vector<at::Tensor> read_state_file(const std::filesystem::path& path,
-                                        const Rwkv7Config& config);
+                                        const ModelConfig& config);
 
 // Fixed initial WKV states, e.g. a mounted state file.
 class FixedStates final : public StateAdapter {

@@ -33,7 +33,7 @@
 #include "host/quantization.hpp"
 #include "host/stop_signals.hpp"
 #include "io/mapped_file.hpp"
-#include "model/rwkv7_model.hpp"
+#include "model/rwkv_model.hpp"
 #include "peftkit/dataset.hpp"
 #include "peftkit/error.hpp"
 #include "peftkit/log.hpp"
@@ -79,7 +79,7 @@ struct Trainer::Impl {
   std::unique_ptr<dist::Group> group;
   at::Device device = at::kCPU;
   std::string precision;  // [train] precision resolved for the device: bf16, fp32 or tf32
-  std::unique_ptr<model::Rwkv7Model> model;
+  std::unique_ptr<model::RwkvModel> model;
   std::unique_ptr<tokenizer::WorldTokenizer> tokenizer;
   std::shared_ptr<Dataset> dataset, eval_dataset;
   eval::SampleRange train_range, eval_range;
@@ -125,7 +125,7 @@ struct Trainer::Impl {
   // Cross-entropy + L2Wrap, fused with the head unless the head is quantized; from `state` (null:
   // the initial state), which the forward advances; scaled as a piece of `whole` when given.
   at::Tensor loss_of(const at::Tensor& inputs, const at::Tensor& targets,
-                     model::Rwkv7State* state = nullptr, const WholeBatch* whole = nullptr);
+                     model::ModelState* state = nullptr, const WholeBatch* whole = nullptr);
   // Forward and backward of one micro-batch (the loss divided by the step's micro-batches, over all
   // ranks, for the backward);
   // returns its loss. Longer than chunk_ctx: through segments that carry the state.
@@ -247,7 +247,7 @@ void Trainer::Impl::setup() {
     throw recipe.train.error("kernel", "\"chunked\" runs the CUDA kernels, but training runs on " +
                                            device.str() + " (use \"auto\" or \"reference\")");
   model_options.reference_kernels = settings.kernel == "reference";
-  model = std::make_unique<model::Rwkv7Model>(base, model_options, model_path.string());
+  model = std::make_unique<model::RwkvModel>(base, model_options, model_path.string());
   if (quantization.quantizer) {
     quantization.save_cache(*model);
     char size[64];
@@ -256,8 +256,8 @@ void Trainer::Impl::setup() {
     log::info("quantized the frozen linear weights with " + quantization.method + ": " + size);
   }
   model->set_gradient_checkpointing(settings.grad_cp);
-  log::info("model " + model_path.string() + ": RWKV-7 " + model->config().describe() + ", " +
-            precision + " on " + device.str());
+  log::info("model " + model_path.string() + ": " + model->config().describe() + ", " + precision +
+            " on " + device.str());
 
   try {
     tokenizer = tokenizer::WorldTokenizer::load(tokenizer::find_world_vocab());
@@ -428,7 +428,7 @@ std::string Trainer::Impl::fingerprint() const {
 }
 
 at::Tensor Trainer::Impl::loss_of(const at::Tensor& inputs, const at::Tensor& targets,
-                                  model::Rwkv7State* state, const WholeBatch* whole) {
+                                  model::ModelState* state, const WholeBatch* whole) {
   const at::Tensor head = model->trainable_head_weight();
   if (!head.defined()) return cross_entropy_l2wrap(model->forward(inputs, state), targets, whole);
   return head_cross_entropy_l2wrap(model->forward_hidden(inputs, state), head, targets, whole);
@@ -444,7 +444,7 @@ at::Tensor Trainer::Impl::micro_step(const at::Tensor& inputs, const at::Tensor&
 namespace {
 
 // The tensors of a state, in a fixed order.
-std::vector<at::Tensor*> state_tensors(model::Rwkv7State& state) {
+std::vector<at::Tensor*> state_tensors(model::ModelState& state) {
   std::vector<at::Tensor*> out;
   for (auto* kind : {&state.att_shift, &state.wkv, &state.ffn_shift})
     for (auto& t : *kind) out.push_back(&t);
@@ -468,11 +468,11 @@ at::Tensor Trainer::Impl::segmented_micro_step(const at::Tensor& inputs,
   // read the generator, and the trainer captures only steps that draw none.
   at::Generator generator = at::globalContext().defaultGenerator(device);
   const bool replay_rng = !kernels::cuda::capturing_graph(whole.counted);
-  std::vector<model::Rwkv7State> entries(static_cast<size_t>(count));
+  std::vector<model::ModelState> entries(static_cast<size_t>(count));
   std::vector<at::Tensor> rng(static_cast<size_t>(count));
   {
     at::NoGradGuard no_grad;
-    model::Rwkv7State state = model->initial_state(inputs.size(0));
+    model::ModelState state = model->initial_state(inputs.size(0));
     for (int64_t k = 0; k < count; ++k) {
       entries[k] = state;  // the forward replaces the state's tensors, never writes into them
       if (replay_rng) rng[k] = generator.get_state();
@@ -485,7 +485,7 @@ at::Tensor Trainer::Impl::segmented_micro_step(const at::Tensor& inputs,
   for (int64_t k = count - 1; k >= 0; --k) {
     if (replay_rng) generator.set_state(rng[k]);
     // Segment 0 starts from the initial state itself (with autograd to a trained one).
-    model::Rwkv7State state = k == 0 ? model->initial_state(inputs.size(0)) : entries[k];
+    model::ModelState state = k == 0 ? model->initial_state(inputs.size(0)) : entries[k];
     std::vector<at::Tensor> entry_leaves;
     if (k > 0) {
       for (at::Tensor* t : state_tensors(state)) {

@@ -110,7 +110,7 @@ TEST(AdapterCommandsTest, ATrainedLoraMergesExportsAndGeneratesFromTheSavedFile)
 // tiny and would hide a state), and dir/state.pth, a large random state for it; returns the state.
 TensorMap write_model_and_visible_state(const std::filesystem::path& dir) {
   at::manual_seed(11);  // whatever ran before in this process, the same weights and state
-  const model::Rwkv7Config& c = testing::small_config();
+  const model::ModelConfig& c = testing::small_config();
   TensorMap weights = testing::small_model_weights();
   for (int64_t l = 0; l < c.n_layer; ++l)
     weights["blocks." + std::to_string(l) + ".att.output.weight"] =

@@ -50,7 +50,17 @@ TEST_F(ModelCommands, InitModelChecksItsArguments) {
   EXPECT_NE(result.output.find("give either --size or --layers and --embd, not both"),
             std::string::npos);
   result = run_command(peftkit_command("init-model --size 7b --out x.pth"));
-  EXPECT_NE(result.output.find("expected 0.1b, 0.4b, 1.5b or 2.9b, found '7b'"), std::string::npos);
+  EXPECT_NE(result.output.find("expected one of 0.1b, 0.4b, 1.5b, 2.9b for x070, found '7b'"),
+            std::string::npos)
+      << result.output;
+  result = run_command(peftkit_command("init-model --arch x060 --size 1.5b --out x.pth"));
+  EXPECT_NE(result.output.find("expected one of 0.1b, 0.4b, 1.6b, 3b, 7b for x060, found '1.5b'"),
+            std::string::npos)
+      << result.output;
+  result = run_command(peftkit_command("init-model --arch x052 --layers 2 --embd 64 --out x.pth"));
+  EXPECT_NE(result.output.find("architecture 'x052': expected x060 (RWKV-6) or x070 (RWKV-7)"),
+            std::string::npos)
+      << result.output;
   result = run_command(peftkit_command("init-model --layers 2 --embd 100 --out x.pth"));
   EXPECT_NE(result.output.find("embd 100 is not a multiple of the head size 64"),
             std::string::npos);
@@ -64,6 +74,22 @@ TEST_F(ModelCommands, InitModelChecksItsArguments) {
   result = run_command(peftkit_command("init-model --layers 100000000 --embd 64 --out x.pth"));
   EXPECT_EQ(result.exit_code, 1) << result.output;
   EXPECT_NE(result.output.find("exceed the limits"), std::string::npos) << result.output;
+}
+
+TEST_F(ModelCommands, InitModelWritesAnX060ModelThatInspectDescribes) {
+  const auto path = dir_->path() / "x060.pth";
+  auto result = run_command(peftkit_command(
+      "init-model --arch x060 --layers 2 --embd 128 --head-size 64 --vocab 1000 --out " +
+      path.string()));
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  EXPECT_NE(result.output.find("RWKV-6 L2 C128 H2 N64 V1000 F448 mix 32 decay 64"),
+            std::string::npos)
+      << result.output;
+  result = run_command(peftkit_command("inspect " + path.string()));
+  EXPECT_EQ(result.exit_code, 0) << result.output;
+  for (const char* line : {"architecture:  RWKV-6 (x060)", "heads:         2 x 64",
+                           "ffn:           448", "low-rank dims: token-shift mix 32, decay 64"})
+    EXPECT_NE(result.output.find(line), std::string::npos) << line << "\n" << result.output;
 }
 
 TEST_F(ModelCommands, InspectDescribesModelsStatesAndUnknownFiles) {

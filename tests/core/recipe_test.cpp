@@ -380,7 +380,7 @@ my_testing = "x070"
       "recipes/test.toml:19:11: [train] grad_cp: expected true or false, found integer 2",
       "recipes/test.toml:20:1: unknown key 'my_testing' in [train]: RWKV-PEFT's --my_testing is "
       "not needed here; the "
-      "architecture (x070) is read from the model file",
+      "architecture (x060 or x070) is read from the model file",
       "(9 problems)"};
   std::string want;
   for (const auto& line : expected) want += (want.empty() ? "" : "\n") + line;

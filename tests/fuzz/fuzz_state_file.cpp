@@ -3,13 +3,13 @@
 #include <ATen/ATen.h>
 
 #include "fuzz_input.hpp"
-#include "model/rwkv7_config.hpp"
+#include "model/config.hpp"
 #include "model/state_file.hpp"
 #include "peftkit/tensor_io.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static const peftkit::model::Rwkv7Config config = [] {
-    peftkit::model::Rwkv7Config c;
+  static const peftkit::model::ModelConfig config = [] {
+    peftkit::model::ModelConfig c;
     c.n_layer = 2;
     c.n_embd = 64;
     c.head_size = 32;

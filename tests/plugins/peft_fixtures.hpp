@@ -13,7 +13,7 @@
 
 #include "host/plugin_registry.hpp"
 #include "host/recipe.hpp"
-#include "model/rwkv7_model.hpp"
+#include "model/rwkv_model.hpp"
 #include "model_fixtures.hpp"
 #include "peftkit/peft_method.hpp"
 #include "peftkit/tensor_io.hpp"
@@ -23,8 +23,8 @@
 namespace peftkit::testing {
 
 // L 2, C 64 (H 4, N 16), vocab 300, ffn 256.
-inline const model::Rwkv7Config& small_config() {
-  static const model::Rwkv7Config c = model::Rwkv7Config::for_size(2, 64, 300, 16);
+inline const model::ModelConfig& small_config() {
+  static const model::ModelConfig c = model::ModelConfig::for_size(2, 64, 300, 16);
   return c;
 }
 

@@ -29,9 +29,11 @@ inline bool site_matches_any(std::string_view site, const std::vector<std::strin
 }
 
 // The linear sites adapted (and quantized) by default: every projection of time-mix and
-// channel-mix whose weight is a full matrix, as RWKV-PEFT's LoRA targets them.
+// channel-mix whose weight is a full matrix, as RWKV-PEFT's LoRA targets them. RWKV-6 (x060) also
+// has att.gate and ffn.receptance; RWKV-7 models have no such sites, so those match nothing there.
 inline std::vector<std::string> default_linear_targets() {
-  return {"att.receptance", "att.key", "att.value", "att.output", "ffn.key", "ffn.value"};
+  return {"att.receptance", "att.key", "att.value",      "att.gate",
+          "att.output",     "ffn.key", "ffn.receptance", "ffn.value"};
 }
 
 }  // namespace peftkit

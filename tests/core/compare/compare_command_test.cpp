@@ -12,7 +12,7 @@
 #include <regex>
 #include <thread>
 
-#include "model/rwkv7_model.hpp"
+#include "model/rwkv_model.hpp"
 #include "model_fixtures.hpp"
 #include "peftkit/tensor_io.hpp"
 #include "test_util.hpp"
@@ -39,7 +39,7 @@ class CompareCommand : public ::testing::Test {
   static void SetUpTestSuite() {
     shared_ = new testing::TempDir();
     write_pth(shared_->path() / "model.pth",
-              testing::perturbed_model(model::Rwkv7Config::for_size(2, 64, 65536, 32), 8));
+              testing::perturbed_model(model::ModelConfig::for_size(2, 64, 65536, 32), 8));
     auto tokens = run_command(std::string(PEFTKIT_PYTHON) + " -c \"import numpy as np; np.save('" +
                               (shared_->path() / "tokens.npy").string() +
                               "', (np.arange(1200) * 7 % 50 + 300).astype('<u2'))\"");

@@ -8,7 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "model/rwkv7_model.hpp"
+#include "model/rwkv_model.hpp"
 #include "model_fixtures.hpp"
 #include "peftkit/tensor_io.hpp"
 #include "test_util.hpp"
@@ -41,7 +41,7 @@ class ConstantLogits : public ::testing::Test {
     double sum = 0;
     for (double l : logits_) sum += std::exp(l);
     log_sum_exp_ = std::log(sum);
-    TensorMap weights = testing::perturbed_model(model::Rwkv7Config::for_size(1, 64, 65536, 32), 3);
+    TensorMap weights = testing::perturbed_model(model::ModelConfig::for_size(1, 64, 65536, 32), 3);
     weights["ln_out.weight"] = at::zeros({64});
     weights["ln_out.bias"] = at::zeros({64});
     weights["ln_out.bias"][0] = 1.0;
@@ -198,8 +198,8 @@ TEST_F(ConstantLogits, BadInputGetsAClearError) {
 // Python) of a perturbed model saved in bf16; the samples run in segments that carry the state.
 TEST(EvalCommand, MatchesTheFloat64Reference) {
   testing::TempDir dir;
-  const model::Rwkv7Config config = model::Rwkv7Config::for_size(2, 64, 500, 16);
-  write_pth(dir / "init.pth", model::init_rwkv7(config, 11));
+  const model::ModelConfig config = model::ModelConfig::for_size(2, 64, 500, 16);
+  write_pth(dir / "init.pth", model::init_model(config, 11));
   at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(9);
   const at::Tensor tokens = at::randint(500, {41}, generator);
   std::string list;
@@ -259,7 +259,7 @@ TEST(EvalCommand, MatchesTheFloat64Reference) {
 TEST(EvalCommand, EqualsTrainingsEvaluationAndComparesVariants) {
   testing::TempDir dir;
   write_pth(dir / "model.pth",
-            testing::perturbed_model(model::Rwkv7Config::for_size(2, 64, 1000, 32), 4));
+            testing::perturbed_model(model::ModelConfig::for_size(2, 64, 1000, 32), 4));
   ASSERT_EQ(testing::write_token_stream(PEFTKIT_PYTHON, dir / "tokens.npy").exit_code, 0);
   const std::string base = "[model]\npath = \"" + (dir / "model.pth").string() +
                            "\"\n[data]\nformat = \"numpy\"\npath = \"" +

@@ -3,7 +3,7 @@
 // they say.
 #include <gtest/gtest.h>
 
-#include "model/rwkv7_model.hpp"
+#include "model/rwkv_model.hpp"
 #include "model_fixtures.hpp"
 #include "peftkit/tensor_io.hpp"
 #include "test_util.hpp"
@@ -19,7 +19,7 @@ class ChatCommand : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = new testing::TempDir();
     write_pth(dir_->path() / "model.pth",
-              testing::perturbed_model(model::Rwkv7Config::for_size(2, 64, 65536, 16), 21));
+              testing::perturbed_model(model::ModelConfig::for_size(2, 64, 65536, 16), 21));
   }
   static void TearDownTestSuite() { delete dir_; }
 

@@ -357,7 +357,7 @@ TEST_F(TrainerTest, Bfloat16TrainingKeepsFp32MastersAndLearns) {
 // gradient.)
 TEST_F(TrainerTest, PerMethodLearningRateScales) {
   write_pth(dir_ / "perturbed.pth",
-            testing::perturbed_model(model::Rwkv7Config::for_size(2, 64, 1000, 32), 6));
+            testing::perturbed_model(model::ModelConfig::for_size(2, 64, 1000, 32), 6));
   const std::string methods =
       "[peft]\nmethod = [\"state\", \"lora\"]\n[peft.state]\nlr_scale = 100\n[peft.lora]\nr = "
       "4\nalpha = 8\n";

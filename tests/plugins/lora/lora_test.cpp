@@ -20,8 +20,8 @@ void randomise(PeftMethod& method, uint64_t seed) { testing::randomise(method, s
 TEST(LoraTest, StartsAsTheBaseWithTheClosedFormParameterCount) {
   at::NoGradGuard no_grad;
   const at::Tensor tokens = at::randint(300, {2, 13});
-  model::Rwkv7Model base(model_weights(), {at::kFloat, at::kCPU}, "test");
-  model::Rwkv7Model adapted(model_weights(), {at::kFloat, at::kCPU}, "test");
+  model::RwkvModel base(model_weights(), {at::kFloat, at::kCPU}, "test");
+  model::RwkvModel adapted(model_weights(), {at::kFloat, at::kCPU}, "test");
   auto method = lora(4);
   method->attach(adapted);
   int64_t count = 0;
@@ -37,14 +37,14 @@ TEST(LoraTest, MergedWeightsGiveTheAdapterForwardAndSaveLoadIsExact) {
   at::NoGradGuard no_grad;
   const at::Tensor tokens = at::randint(300, {2, 13});
   for (bool rslora : {false, true}) {
-    model::Rwkv7Model adapted(model_weights(), {at::kFloat, at::kCPU}, "test");
+    model::RwkvModel adapted(model_weights(), {at::kFloat, at::kCPU}, "test");
     auto method = lora(4, 8, rslora);
     method->attach(adapted);
     randomise(*method, 7);
     const at::Tensor with_adapter = adapted.forward(tokens);
     TensorMap merged = model_weights();
     method->merge_into(merged);
-    model::Rwkv7Model merged_model(merged, {at::kFloat, at::kCPU}, "test");
+    model::RwkvModel merged_model(merged, {at::kFloat, at::kCPU}, "test");
     EXPECT_LE(relative_error(merged_model.forward(tokens), with_adapter), 1e-5)
         << "rslora " << rslora;
     // The scale is alpha / r, or alpha / sqrt(r): check one site against W + s B A by hand.
@@ -56,16 +56,16 @@ TEST(LoraTest, MergedWeightsGiveTheAdapterForwardAndSaveLoadIsExact) {
                                                 state.at("blocks.1.att.key.lora_A")),
                              1e-6, 1e-6));
     // Save -> load into a fresh model -> identical forward.
-    model::Rwkv7Model again(model_weights(), {at::kFloat, at::kCPU}, "test");
+    model::RwkvModel again(model_weights(), {at::kFloat, at::kCPU}, "test");
     auto loaded = lora(4, 8, rslora);
     loaded->attach(again);
     loaded->load_state_dict(state, {});
     EXPECT_TRUE(at::equal(again.forward(tokens), with_adapter));
   }
-  model::Rwkv7Model other(model_weights(), {at::kFloat, at::kCPU}, "test");
+  model::RwkvModel other(model_weights(), {at::kFloat, at::kCPU}, "test");
   auto wrong_alpha = lora(4, 16);
   wrong_alpha->attach(other);
-  model::Rwkv7Model first(model_weights(), {at::kFloat, at::kCPU}, "test");
+  model::RwkvModel first(model_weights(), {at::kFloat, at::kCPU}, "test");
   auto saved = lora(4, 8);
   saved->attach(first);
   EXPECT_THROW(wrong_alpha->load_state_dict(saved->state_dict(), {}), Error);  // never mis-scaled
@@ -73,7 +73,7 @@ TEST(LoraTest, MergedWeightsGiveTheAdapterForwardAndSaveLoadIsExact) {
 
 TEST(LoraTest, ExportsHfPeftAndRwkvPeftFiles) {
   testing::TempDir dir;
-  model::Rwkv7Model model(model_weights(), {at::kFloat, at::kCPU}, "test");
+  model::RwkvModel model(model_weights(), {at::kFloat, at::kCPU}, "test");
   auto method = lora(4, 8);
   method->attach(model);
   randomise(*method, 9);
@@ -106,7 +106,7 @@ TEST(LoraTest, ExportsHfPeftAndRwkvPeftFiles) {
 TEST(LoraTest, DropoutGradientsSurviveGradientCheckpointing) {
   const at::Tensor tokens = at::randint(300, {2, 9});
   auto gradients = [&](bool checkpointing, double dropout = 0.3) {
-    model::Rwkv7Model model(model_weights(), {at::kFloat, at::kCPU}, "test");
+    model::RwkvModel model(model_weights(), {at::kFloat, at::kCPU}, "test");
     auto method = lora(4, 8, false, dropout);
     method->attach(model);
     randomise(*method, 11);

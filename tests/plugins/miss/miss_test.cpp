@@ -50,9 +50,9 @@ at::Tensor oracle_delta(const ModeCase& c, const at::Tensor& w, const at::Tensor
 TEST(MissTest, StartsAsTheBaseWithTheClosedFormParameterCount) {
   at::NoGradGuard no_grad;
   const at::Tensor tokens = at::randint(300, {2, 13});
-  model::Rwkv7Model base(testing::small_model_weights(), {at::kFloat, at::kCPU}, "test");
+  model::RwkvModel base(testing::small_model_weights(), {at::kFloat, at::kCPU}, "test");
   for (const auto& c : kModes) {
-    model::Rwkv7Model adapted(testing::small_model_weights(), {at::kFloat, at::kCPU}, "test");
+    model::RwkvModel adapted(testing::small_model_weights(), {at::kFloat, at::kCPU}, "test");
     auto method = miss(c);
     method->attach(adapted);
     int64_t expected = 0;
@@ -69,7 +69,7 @@ TEST(MissTest, ForwardMergeAndUnmergeFollowTheSpecFormulas) {
   const at::Tensor tokens = at::randint(300, {2, 13});
   const TensorMap original = weights_as(at::kDouble);
   for (const auto& c : kModes) {
-    model::Rwkv7Model adapted(original, {at::kDouble, at::kCPU}, "test");
+    model::RwkvModel adapted(original, {at::kDouble, at::kCPU}, "test");
     auto method = miss(c);
     method->attach(adapted);
     testing::randomise(*method, 4, 0.05);
@@ -81,7 +81,7 @@ TEST(MissTest, ForwardMergeAndUnmergeFollowTheSpecFormulas) {
           w + oracle_delta(c, w, state.at(site.name + ".miss_block").to(at::kDouble));
     }
     // The adapter's forward is the forward of W + ΔW (fp64, so any difference is a formula error).
-    model::Rwkv7Model oracle_model(by_oracle, {at::kDouble, at::kCPU}, "test");
+    model::RwkvModel oracle_model(by_oracle, {at::kDouble, at::kCPU}, "test");
     EXPECT_LE(relative_error(adapted.forward(tokens), oracle_model.forward(tokens)), 1e-10)
         << c.mode;
     TensorMap merged = original;
@@ -104,26 +104,26 @@ TEST(MissTest, MergedFp32WeightsGiveTheAdapterForwardAndSaveLoadIsExact) {
   at::NoGradGuard no_grad;
   const at::Tensor tokens = at::randint(300, {2, 13});
   for (const auto& c : kModes) {
-    model::Rwkv7Model adapted(testing::small_model_weights(), {at::kFloat, at::kCPU}, "test");
+    model::RwkvModel adapted(testing::small_model_weights(), {at::kFloat, at::kCPU}, "test");
     auto method = miss(c);
     method->attach(adapted);
     testing::randomise(*method, 8, 0.05);
     const at::Tensor with_adapter = adapted.forward(tokens);
     TensorMap merged = testing::small_model_weights();
     method->merge_into(merged);
-    model::Rwkv7Model merged_model(merged, {at::kFloat, at::kCPU}, "test");
+    model::RwkvModel merged_model(merged, {at::kFloat, at::kCPU}, "test");
     EXPECT_LE(relative_error(merged_model.forward(tokens), with_adapter), 1e-5) << c.mode;
-    model::Rwkv7Model again(testing::small_model_weights(), {at::kFloat, at::kCPU}, "test");
+    model::RwkvModel again(testing::small_model_weights(), {at::kFloat, at::kCPU}, "test");
     auto loaded = miss(c);
     loaded->attach(again);
     loaded->load_state_dict(method->state_dict(), {});
     EXPECT_TRUE(at::equal(again.forward(tokens), with_adapter)) << c.mode;
   }
   // Another mode or r than the adapter was trained with is refused.
-  model::Rwkv7Model model(testing::small_model_weights(), {at::kFloat, at::kCPU}, "test");
+  model::RwkvModel model(testing::small_model_weights(), {at::kFloat, at::kCPU}, "test");
   auto balance = miss(kModes[0]);
   balance->attach(model);
-  model::Rwkv7Model other(testing::small_model_weights(), {at::kFloat, at::kCPU}, "test");
+  model::RwkvModel other(testing::small_model_weights(), {at::kFloat, at::kCPU}, "test");
   auto bat = make_method(
       "miss", {{"r", int64_t{24}}, {"mode", std::string("mini")}, {"mini_r", int64_t{16}}});
   bat->attach(other);
@@ -131,7 +131,7 @@ TEST(MissTest, MergedFp32WeightsGiveTheAdapterForwardAndSaveLoadIsExact) {
 }
 
 TEST(MissTest, BatNeedsDivisibleDimensionsAndRefusesDropout) {
-  model::Rwkv7Model model(testing::small_model_weights(), {at::kFloat, at::kCPU}, "test");
+  model::RwkvModel model(testing::small_model_weights(), {at::kFloat, at::kCPU}, "test");
   auto bat = make_method("miss", {{"r", int64_t{24}}, {"mode", std::string("bat")}});
   try {
     bat->attach(model);
@@ -146,7 +146,7 @@ TEST(MissTest, BatNeedsDivisibleDimensionsAndRefusesDropout) {
 TEST(MissTest, ExportsTheHfPeftFolderAndThePth) {
   testing::TempDir dir;
   for (const auto& c : kModes) {
-    model::Rwkv7Model model(testing::small_model_weights(), {at::kFloat, at::kCPU}, "test");
+    model::RwkvModel model(testing::small_model_weights(), {at::kFloat, at::kCPU}, "test");
     auto method = miss(c);
     method->attach(model);
     testing::randomise(*method, 9, 0.05);

@@ -21,10 +21,10 @@ std::shared_ptr<PeftMethod> pissa(const std::string& svd = "exact", int64_t seed
 TEST(PissaTest, ResidualPlusScaledInitPairIsTheBaseAndTheOutputStartsUnchanged) {
   at::NoGradGuard no_grad;
   const at::Tensor tokens = at::randint(300, {2, 13});
-  model::Rwkv7Model base(small_model_weights(), {at::kFloat, at::kCPU}, "test");
+  model::RwkvModel base(small_model_weights(), {at::kFloat, at::kCPU}, "test");
   const TensorMap original = small_model_weights();
   for (const std::string svd : {"exact", "randomized"}) {
-    model::Rwkv7Model adapted(small_model_weights(), {at::kFloat, at::kCPU}, "test");
+    model::RwkvModel adapted(small_model_weights(), {at::kFloat, at::kCPU}, "test");
     auto method = pissa(svd);
     method->attach(adapted);
     int64_t expected = 0;
@@ -56,7 +56,7 @@ TEST(PissaTest, RandomisedSvdFindsTheLeadingSubspaceOfALowRankMatrix) {
   at::Generator g = at::make_generator<at::CPUGeneratorImpl>(17);
   weights["blocks.0.att.key.weight"] =
       at::matmul(at::randn({64, kRank}, g), at::randn({kRank, 64}, g)) * 0.1;
-  model::Rwkv7Model model(weights, {at::kFloat, at::kCPU}, "test");
+  model::RwkvModel model(weights, {at::kFloat, at::kCPU}, "test");
   auto method = pissa("randomized");
   method->attach(model);
   EXPECT_LE(model.linear("blocks.0.att.key").dense_weight().norm().item<double>(),
@@ -67,7 +67,7 @@ TEST(PissaTest, MergedWeightsAndThePlainLoraExportGiveTheAdapterForward) {
   at::NoGradGuard no_grad;
   testing::TempDir dir;
   const at::Tensor tokens = at::randint(300, {2, 13});
-  model::Rwkv7Model adapted(small_model_weights(), {at::kFloat, at::kCPU}, "test");
+  model::RwkvModel adapted(small_model_weights(), {at::kFloat, at::kCPU}, "test");
   auto method = pissa("randomized");
   method->attach(adapted);
   testing::randomise(*method, 5, 0.1);
@@ -75,7 +75,7 @@ TEST(PissaTest, MergedWeightsAndThePlainLoraExportGiveTheAdapterForward) {
 
   TensorMap merged = small_model_weights();
   method->merge_into(merged);
-  model::Rwkv7Model merged_model(merged, {at::kFloat, at::kCPU}, "test");
+  model::RwkvModel merged_model(merged, {at::kFloat, at::kCPU}, "test");
   EXPECT_LE(relative_error(merged_model.forward(tokens), with_adapter), 1e-5);
 
   // The rank-2r LoRA applied to the unmodified W by its own config's scale gives the same weights.
@@ -105,20 +105,20 @@ TEST(PissaTest, MergedWeightsAndThePlainLoraExportGiveTheAdapterForward) {
 TEST(PissaTest, SaveLoadRebuildsTheResidualFromTheSavedInitPair) {
   at::NoGradGuard no_grad;
   const at::Tensor tokens = at::randint(300, {2, 13});
-  model::Rwkv7Model first(small_model_weights(), {at::kFloat, at::kCPU}, "test");
+  model::RwkvModel first(small_model_weights(), {at::kFloat, at::kCPU}, "test");
   auto trained = pissa("randomized", 1);
   trained->attach(first);
   testing::randomise(*trained, 6, 0.1);
   const at::Tensor expected = first.forward(tokens);
   // Another seed: another init pair, so the residual must be rebuilt from the saved one.
-  model::Rwkv7Model second(small_model_weights(), {at::kFloat, at::kCPU}, "test");
+  model::RwkvModel second(small_model_weights(), {at::kFloat, at::kCPU}, "test");
   auto loaded = pissa("randomized", 2);
   loaded->attach(second);
   EXPECT_GT(relative_error(second.forward(tokens), expected), 1e-4);
   loaded->load_state_dict(trained->state_dict(), {});
   EXPECT_LE(relative_error(second.forward(tokens), expected), 1e-6);
   // A saved adapter with another alpha is refused rather than mis-scaled.
-  model::Rwkv7Model third(small_model_weights(), {at::kFloat, at::kCPU}, "test");
+  model::RwkvModel third(small_model_weights(), {at::kFloat, at::kCPU}, "test");
   auto other_alpha = make_method("pissa", {{"r", kRank}, {"alpha", 2 * kAlpha}});
   other_alpha->attach(third);
   EXPECT_THROW(other_alpha->load_state_dict(trained->state_dict(), {}), Error);
@@ -126,7 +126,7 @@ TEST(PissaTest, SaveLoadRebuildsTheResidualFromTheSavedInitPair) {
 
 TEST(PissaTest, ExportedFilesOpenInPythonWithTheExpectedNamesShapesAndDtypes) {
   testing::TempDir dir;
-  model::Rwkv7Model model(small_model_weights(), {at::kFloat, at::kCPU}, "test");
+  model::RwkvModel model(small_model_weights(), {at::kFloat, at::kCPU}, "test");
   auto method = pissa("randomized");
   method->attach(model);
   method->export_to("hf-peft", dir / "hf");

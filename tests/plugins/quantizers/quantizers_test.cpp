@@ -32,7 +32,7 @@ model::ModelOptions quantized(at::ScalarType dtype, std::shared_ptr<const Quanti
 }
 
 // The weights a quantized model computes with, as a dense checkpoint.
-TensorMap dequantized_weights(const model::Rwkv7Model& model) {
+TensorMap dequantized_weights(const model::RwkvModel& model) {
   TensorMap out = model.weights();
   for (const auto& site : model.linear_sites())
     out[site.name + ".weight"] = model.linear(site.name).dense_weight().to(at::kFloat);
@@ -42,7 +42,7 @@ TensorMap dequantized_weights(const model::Rwkv7Model& model) {
 TEST(Quantizers, TheForwardStaysCloseToTheBf16Forward) {
   at::NoGradGuard no_grad;
   const at::Tensor tokens = at::randint(300, {2, 24});
-  model::Rwkv7Model dense(small_model_weights(), {at::kBFloat16, at::kCPU}, "test");
+  model::RwkvModel dense(small_model_weights(), {at::kBFloat16, at::kCPU}, "test");
   const at::Tensor reference = dense.forward(tokens).to(at::kFloat);
   struct Case {
     std::string name, plugin;
@@ -57,7 +57,7 @@ TEST(Quantizers, TheForwardStaysCloseToTheBf16Forward) {
   for (const auto& c : cases) {
     auto settings = c.settings;
     if (c.name == "fp4") settings.push_back({"type", std::string("fp4")});
-    model::Rwkv7Model model(
+    model::RwkvModel model(
         small_model_weights(),
         quantized(at::kBFloat16, quantizer(c.plugin == "fp4" ? "nf4" : c.plugin, settings)),
         "test");
@@ -77,22 +77,22 @@ TEST(Quantizers, TheHeadIsQuantizedOnlyWhenAsked) {
   model::ModelOptions options = quantized(at::kFloat, quantizer("int8"));
   options.quantize_targets = {};
   options.quantize_head = true;
-  model::Rwkv7Model model(small_model_weights(), options, "test");
+  model::RwkvModel model(small_model_weights(), options, "test");
   EXPECT_EQ(model.weights().count("head.weight"), 0u);
   EXPECT_EQ(model.weights().count("blocks.0.att.key.weight"), 1u);
   const at::Tensor head = small_model_weights().at("head.weight");
   EXPECT_LE(relative_error(model.head_weight(), head), 0.01);
   TensorMap dense = small_model_weights();
   dense["head.weight"] = model.head_weight();
-  model::Rwkv7Model reference(dense, {at::kFloat, at::kCPU}, "test");
+  model::RwkvModel reference(dense, {at::kFloat, at::kCPU}, "test");
   EXPECT_LE(relative_error(model.forward(tokens), reference.forward(tokens)), 1e-5);
 }
 
 TEST(Quantizers, AQuantizedModelComputesExactlyWithItsDequantizedWeights) {
   const at::Tensor tokens = at::randint(300, {2, 13});
   for (const std::string plugin : {"nf4", "int8"}) {
-    model::Rwkv7Model q(small_model_weights(), quantized(at::kFloat, quantizer(plugin)), "test");
-    model::Rwkv7Model dense(dequantized_weights(q), {at::kFloat, at::kCPU}, "test");
+    model::RwkvModel q(small_model_weights(), quantized(at::kFloat, quantizer(plugin)), "test");
+    model::RwkvModel dense(dequantized_weights(q), {at::kFloat, at::kCPU}, "test");
     EXPECT_LT(q.linear_weight_bytes() * 3, dense.linear_weight_bytes()) << plugin;
     auto lora_q = testing::make_method("lora", {{"r", int64_t{4}}, {"alpha", 8.0}});
     auto lora_d = testing::make_method("lora", {{"r", int64_t{4}}, {"alpha", 8.0}});
@@ -115,7 +115,7 @@ TEST(Quantizers, AQuantizedModelComputesExactlyWithItsDequantizedWeights) {
 TEST(Quantizers, QPissaQuantizesTheResidualOfTheCheckpointWeight) {
   at::NoGradGuard no_grad;
   auto nf4 = quantizer("nf4");
-  model::Rwkv7Model model(small_model_weights(), quantized(at::kFloat, nf4), "test");
+  model::RwkvModel model(small_model_weights(), quantized(at::kFloat, nf4), "test");
   auto pissa = testing::make_method(
       "pissa", {{"r", int64_t{4}}, {"alpha", 4.0}, {"svd", std::string("exact")}});
   pissa->attach(model);

@@ -5,7 +5,7 @@
 namespace peftkit {
 namespace {
 
-const model::Rwkv7Config& config() { return testing::small_config(); }  // H = 4, N = 16
+const model::ModelConfig& config() { return testing::small_config(); }  // H = 4, N = 16
 TensorMap model_weights() { return testing::small_model_weights(); }
 
 std::shared_ptr<PeftMethod> method(const std::string& init_file = "", bool tune_shift = false) {
@@ -15,9 +15,9 @@ std::shared_ptr<PeftMethod> method(const std::string& init_file = "", bool tune_
 TEST(StateTuningTest, StartsAtZeroSoTheOutputEqualsTheBase) {
   at::NoGradGuard no_grad;
   const at::Tensor tokens = at::randint(300, {2, 17});
-  model::Rwkv7Model base(model_weights(), {at::kFloat, at::kCPU}, "test");
+  model::RwkvModel base(model_weights(), {at::kFloat, at::kCPU}, "test");
   const at::Tensor expected = base.forward(tokens);
-  model::Rwkv7Model tuned(model_weights(), {at::kFloat, at::kCPU}, "test");
+  model::RwkvModel tuned(model_weights(), {at::kFloat, at::kCPU}, "test");
   auto state = method();
   state->attach(tuned);
   auto trainable = state->trainable_tensors();
@@ -31,7 +31,7 @@ TEST(StateTuningTest, StartsAtZeroSoTheOutputEqualsTheBase) {
 }
 
 TEST(StateTuningTest, StateGradientMatchesFiniteDifferencesOfTheLoss) {
-  model::Rwkv7Model model(model_weights(), {at::kDouble, at::kCPU}, "test");
+  model::RwkvModel model(model_weights(), {at::kDouble, at::kCPU}, "test");
   auto state = method("", true);
   state->attach(model);
   auto trainable = state->trainable_tensors();
@@ -66,7 +66,7 @@ TEST(StateTuningTest, StateGradientMatchesFiniteDifferencesOfTheLoss) {
 
 TEST(StateTuningTest, SavesRwkvPeftAndAi00LayoutsAndReloadsThem) {
   testing::TempDir dir;
-  model::Rwkv7Model model(model_weights(), {at::kFloat, at::kCPU}, "test");
+  model::RwkvModel model(model_weights(), {at::kFloat, at::kCPU}, "test");
   auto state = method();
   state->attach(model);
   {
@@ -93,14 +93,14 @@ TEST(StateTuningTest, SavesRwkvPeftAndAi00LayoutsAndReloadsThem) {
       "assert d < 1e-2, d; print('ok')\"");
   EXPECT_EQ(check.exit_code, 0) << check.output;
   // A new run continues from the file; a file for another base is refused naming both shapes.
-  model::Rwkv7Model again(model_weights(), {at::kFloat, at::kCPU}, "test");
+  model::RwkvModel again(model_weights(), {at::kFloat, at::kCPU}, "test");
   auto continued = method((dir / "state.pth").string());
   continued->attach(again);
   EXPECT_TRUE(at::equal(continued->state_dict().at("blocks.0.att.time_state"),
                         state->state_dict().at("blocks.0.att.time_state")));
   write_pth(dir / "other.pth", {{"blocks.0.att.time_state", at::zeros({2, 32, 32})},
                                 {"blocks.1.att.time_state", at::zeros({2, 32, 32})}});
-  model::Rwkv7Model third(model_weights(), {at::kFloat, at::kCPU}, "test");
+  model::RwkvModel third(model_weights(), {at::kFloat, at::kCPU}, "test");
   try {
     method((dir / "other.pth").string())->attach(third);
     FAIL();

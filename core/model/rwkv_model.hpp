@@ -1,12 +1,15 @@
-// rwkv7_model.hpp: the RWKV-7 (x070) language model in LibTorch, line by line after spec
-// rwkv-model §1 (the official RWKV-LM/ChatRWKV code).
+// rwkv_model.hpp: the RWKV language models in LibTorch, RWKV-7 (x070, spec rwkv-model §1) and
+// RWKV-6 (x060, §4), line by line after the official RWKV-LM/ChatRWKV code. One class serves both:
+// the trainer, the CLI and every plugin see the same interface (sites, state shapes, forward,
+// RNN step); only the time-mix and channel-mix of a block differ (rwkv7_blocks.cpp,
+// rwkv6_blocks.cpp), chosen by the checkpoint's keys.
 //
 // One forward serves both modes: a sequence of T tokens in parallel ("GPT mode") and one token at
 // a time with the recurrent state carried ("RNN mode") are the same computation, because the
 // forward takes the state before the first token and returns the state after the last.
 //
-//   auto model = Rwkv7Model::load("rwkv7-0.1b.pth", {at::kFloat, at::kCPU});
-//   Rwkv7State state = model->initial_state(1);
+//   auto model = RwkvModel::load("rwkv7-0.1b.pth", {at::kFloat, at::kCPU});  // or an x060 file
+//   ModelState state = model->initial_state(1);
 //   at::Tensor logits = model->forward(tokens, &state);   // tokens [B, T] int64 -> [B, T, V]
 //
 // PEFT and quantizer plugins act only through the ModelView sites; this class knows no method.
@@ -18,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "model/rwkv7_config.hpp"
+#include "model/config.hpp"
 #include "peftkit/model.hpp"
 #include "peftkit/peft_method.hpp"
 #include "peftkit/quantizer.hpp"
@@ -42,30 +45,31 @@ struct ModelOptions {
   bool reference_kernels = false;
 };
 
-// The recurrent state of B sequences, per layer.
-struct Rwkv7State {
+// The recurrent state of B sequences, per layer (the same shapes in x060 and x070).
+struct ModelState {
   std::vector<at::Tensor> att_shift;  // [B, C], the last time-mix input (post-LN)
   std::vector<at::Tensor> wkv;        // [B, H, N, N] fp32, value-major
   std::vector<at::Tensor> ffn_shift;  // [B, C], the last channel-mix input (post-LN)
 };
 
-class Rwkv7Model final : public ModelView {
+class RwkvModel final : public ModelView {
  public:
   // weights: checkpoint names -> tensors; `where` names their source in error messages.
-  Rwkv7Model(const TensorMap& weights, const ModelOptions& options, const std::string& where);
-  static std::unique_ptr<Rwkv7Model> load(const std::filesystem::path& path,
-                                          const ModelOptions& options);
+  RwkvModel(const TensorMap& weights, const ModelOptions& options, const std::string& where);
+  static std::unique_ptr<RwkvModel> load(const std::filesystem::path& path,
+                                         const ModelOptions& options);
 
-  const Rwkv7Config& config() const { return config_; }
+  const ModelConfig& config() const { return config_; }
+  Architecture arch() const { return config_.arch; }
   const ModelOptions& options() const { return options_; }
 
   // The state before any token: a StateAdapter's initial states when one is installed, else zeros.
-  Rwkv7State initial_state(int64_t batch) const;
+  ModelState initial_state(int64_t batch) const;
   // Logits [B, T, V] for tokens [B, T]. `state` holds the state before the first token and is
   // replaced by the state after the last; null starts from initial_state() and drops the result.
-  at::Tensor forward(const at::Tensor& tokens, Rwkv7State* state = nullptr);
+  at::Tensor forward(const at::Tensor& tokens, ModelState* state = nullptr);
   // The same without the head: ln_out's output [B, T, C], for a loss fused with the head.
-  at::Tensor forward_hidden(const at::Tensor& tokens, Rwkv7State* state = nullptr);
+  at::Tensor forward_hidden(const at::Tensor& tokens, ModelState* state = nullptr);
   // The output head: logits [..., V] of forward_hidden's output [..., C].
   at::Tensor head(const at::Tensor& hidden) const;
   // The head weight [V, C] with autograd when it is trained; undefined when the head is quantized.
@@ -95,7 +99,9 @@ class Rwkv7Model final : public ModelView {
   void set_gradient_checkpointing(bool enabled) { gradient_checkpointing_ = enabled; }
 
   // ModelView
-  std::string architecture() const override { return "rwkv7"; }
+  std::string architecture() const override {
+    return config_.arch == Architecture::kX060 ? "rwkv6" : "rwkv7";
+  }
   std::vector<LinearSite> linear_sites() const override;
   std::vector<StateSite> state_sites() const override;
   const FrozenLinear& linear(std::string_view site) const override;
@@ -109,17 +115,24 @@ class Rwkv7Model final : public ModelView {
 
  private:
   struct Site;
-  // One block: x and v_first in, the layer's state updated in place.
-  at::Tensor block(int64_t layer, const at::Tensor& x, at::Tensor& v_first, Rwkv7State& state);
+  // One block: x in, the layer's state updated in place. `v_first` carries x070's value residual
+  // from layer 0 to the others (x060 leaves it alone).
+  at::Tensor block(int64_t layer, const at::Tensor& x, at::Tensor& v_first, ModelState& state);
   at::Tensor checkpointed_block(int64_t layer, const at::Tensor& x, at::Tensor& v_first,
-                                Rwkv7State& state);
-  at::Tensor time_mix(int64_t layer, const at::Tensor& x, at::Tensor& v_first, Rwkv7State& state);
-  at::Tensor channel_mix(int64_t layer, const at::Tensor& x, Rwkv7State& state);
-  at::Tensor apply_linear(int64_t layer, int slot, const at::Tensor& x);
+                                ModelState& state);
+  // Per architecture: rwkv7_blocks.cpp and rwkv6_blocks.cpp.
+  at::Tensor time_mix_x070(int64_t layer, const at::Tensor& x, at::Tensor& v_first,
+                           ModelState& state);
+  at::Tensor channel_mix_x070(int64_t layer, const at::Tensor& x, ModelState& state);
+  at::Tensor time_mix_x060(int64_t layer, const at::Tensor& x, ModelState& state);
+  at::Tensor channel_mix_x060(int64_t layer, const at::Tensor& x, ModelState& state);
+  // The block's linear site number `slot` (config().block_linear_names() order), adapter included.
+  at::Tensor apply_linear(int64_t layer, size_t slot, const at::Tensor& x);
   at::Tensor weight(const std::string& name) const;
   size_t site_index(std::string_view name) const;
+  static std::string block_prefix(int64_t layer) { return "blocks." + std::to_string(layer) + "."; }
 
-  Rwkv7Config config_;
+  ModelConfig config_;
   ModelOptions options_;
   TensorMap weights_;
   TensorMap merged_states_;
@@ -128,14 +141,16 @@ class Rwkv7Model final : public ModelView {
   std::unique_ptr<FrozenLinear> make_base(
       const std::string& name, const at::Tensor& weight,
       bool quantize) const;  // initial states stored in the model file (merge --state), fp32
-  std::vector<std::shared_ptr<Site>> sites_;  // L * 6, in linear_sites() order
+  std::vector<std::shared_ptr<Site>> sites_;  // L * slots, in linear_sites() order
+  size_t slots_ = 0;                          // linear sites per block
   std::shared_ptr<StateAdapter> state_adapter_;
   TensorMap masters_;  // fp32 masters of trainable base tensors
   bool gradient_checkpointing_ = false;
   bool training_ = false;
 };
 
-// A new model initialised exactly as RWKV-LM's train_temp does (spec rwkv-model §1.7), in fp32.
-TensorMap init_rwkv7(const Rwkv7Config& config, uint64_t seed);
+// A new model initialised exactly as RWKV-LM does (x070: train_temp, spec rwkv-model §1.7; x060:
+// RWKV-v5/src/model.py, §4), in fp32.
+TensorMap init_model(const ModelConfig& config, uint64_t seed);
 
 }  // namespace peftkit::model

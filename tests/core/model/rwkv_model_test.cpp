@@ -1,4 +1,7 @@
-#include "model/rwkv7_model.hpp"
+// Both architectures against independent float64 references written from the spec (Python,
+// reading files written by torch.save), and the behaviours every model must have (GPT mode equals
+// RNN mode, state passing, bf16, gradient checkpointing) for x070 and x060 alike.
+#include "model/rwkv_model.hpp"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -23,38 +26,60 @@ double relative_error(const at::Tensor& got, const at::Tensor& want) {
 
 using testing::perturbed_model;
 
-const model::Rwkv7Config& tiny() {
-  static const model::Rwkv7Config config = model::Rwkv7Config::for_size(3, 64, 300, 16);  // H = 4
+using model::Architecture;
+
+const model::ModelConfig& tiny() {
+  static const model::ModelConfig config = model::ModelConfig::for_size(3, 64, 300, 16);  // H = 4
   return config;
 }
+const model::ModelConfig& tiny(Architecture arch) {
+  static const model::ModelConfig x060 =
+      model::ModelConfig::for_size(Architecture::kX060, 3, 64, 300, 16);
+  return arch == Architecture::kX060 ? x060 : tiny();
+}
+
+// The behaviours every architecture must have, for each of them.
+class EveryArchitecture : public ::testing::TestWithParam<Architecture> {
+ protected:
+  const model::ModelConfig& config() const { return tiny(GetParam()); }
+};
+INSTANTIATE_TEST_SUITE_P(Rwkv, EveryArchitecture,
+                         ::testing::Values(Architecture::kX070, Architecture::kX060),
+                         [](const auto& info) {
+                           return std::string(model::architecture_name(info.param));
+                         });
 
 at::Tensor random_tokens(int64_t batch, int64_t length, int64_t vocab, uint64_t seed) {
   at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(seed);
   return at::randint(vocab, {batch, length}, generator);
 }
 
-TEST(Rwkv7Model, MatchesAnIndependentFloat64ReferenceOnAFileWrittenByTorchSave) {
+TEST_P(EveryArchitecture, MatchesAnIndependentFloat64ReferenceOnAFileWrittenByTorchSave) {
   testing::TempDir dir;
-  const model::Rwkv7Config config = model::Rwkv7Config::for_size(2, 64, 500, 16);
-  write_pth(dir / "init.pth", model::init_rwkv7(config, 11));
+  const model::ModelConfig config = model::ModelConfig::for_size(GetParam(), 2, 64, 500, 16);
+  const bool x060 = GetParam() == Architecture::kX060;
+  write_pth(dir / "init.pth", model::init_model(config, 11));
   const at::Tensor tokens = random_tokens(1, 37, 500, 5);
   {
     std::ofstream out(dir / "tokens");
     for (int64_t i = 0; i < tokens.size(1); ++i) out << tokens[0][i].item<int64_t>() << "\n";
   }
-  auto result = testing::run_command(std::string(PEFTKIT_PYTHON) + " " RWKV7_REFERENCE_SCRIPT " " +
-                                     dir.path().string());
+  auto result = testing::run_command(std::string(PEFTKIT_PYTHON) + " " +
+                                     (x060 ? RWKV6_REFERENCE_SCRIPT : RWKV7_REFERENCE_SCRIPT) +
+                                     " " + dir.path().string());
   ASSERT_EQ(result.exit_code, 0) << result.output;
-  // model.pth: bf16, an OrderedDict in shuffled order, with the unused layer-0 v0/v1/v2.
-  auto model = model::Rwkv7Model::load(dir / "model.pth", {at::kFloat, at::kCPU});
-  EXPECT_TRUE(model->config().layer0_value_lora);
+  // model.pth: bf16, an OrderedDict in shuffled order (x070: with the unused layer-0 v0/v1/v2).
+  auto model = model::RwkvModel::load(dir / "model.pth", {at::kFloat, at::kCPU});
+  EXPECT_EQ(model->arch(), GetParam());
+  EXPECT_EQ(model->config().layer0_value_lora, !x060);
   const at::Tensor logits = model->forward(tokens).squeeze(0);
   const at::Tensor reference = read_pth(dir / "logits.pth").at("logits");
   const double error = relative_error(logits, reference);
   EXPECT_LT(error, 1e-5) << "relative error of fp32 logits against the fp64 reference: " << error;
   EXPECT_TRUE(at::equal(logits.argmax(-1), reference.argmax(-1)));
 
-  // A state file in RWKV-PEFT's layout (bf16 [H, N, N], value-major) mounted as the initial state.
+  // A state file in RWKV-PEFT's layout (bf16 [H, N, N], value-major for both architectures)
+  // mounted as the initial state.
   model->set_state_adapter(std::make_shared<model::FixedStates>(
       model::read_state_file(dir / "state.pth", model->config())));
   const at::Tensor with_state = model->forward(tokens).squeeze(0);
@@ -66,7 +91,7 @@ TEST(Rwkv7Model, MatchesAnIndependentFloat64ReferenceOnAFileWrittenByTorchSave) 
 
 TEST(StateFile, RefusesAStateForAnotherBaseNamingBothShapes) {
   testing::TempDir dir;
-  const model::Rwkv7Config model = model::Rwkv7Config::for_size(2, 64, 100, 16);
+  const model::ModelConfig model = model::ModelConfig::for_size(2, 64, 100, 16);
   write_pth(dir / "other.pth", {{"blocks.0.att.time_state", at::zeros({2, 32, 32})},
                                 {"blocks.1.att.time_state", at::zeros({2, 32, 32})}});
   write_pth(dir / "short.pth", {{"blocks.0.att.time_state", at::zeros({4, 16, 16})}});
@@ -90,12 +115,12 @@ TEST(StateFile, RefusesAStateForAnotherBaseNamingBothShapes) {
             ": 'emb.weight' is not a state tensor (expected blocks.{i}.att.time_state only)");
 }
 
-TEST(Rwkv7Model, GptModeEqualsRnnModeOver64Tokens) {
+TEST_P(EveryArchitecture, GptModeEqualsRnnModeOver64Tokens) {
   at::NoGradGuard no_grad;
-  model::Rwkv7Model model(perturbed_model(tiny(), 1), {at::kFloat, at::kCPU}, "test");
-  const at::Tensor tokens = random_tokens(2, 64, tiny().vocab, 2);
+  model::RwkvModel model(perturbed_model(config(), 1), {at::kFloat, at::kCPU}, "test");
+  const at::Tensor tokens = random_tokens(2, 64, config().vocab, 2);
   const at::Tensor parallel = model.forward(tokens);
-  model::Rwkv7State state = model.initial_state(2);
+  model::ModelState state = model.initial_state(2);
   std::vector<at::Tensor> steps;
   for (int64_t t = 0; t < 64; ++t)
     steps.push_back(model.forward(tokens.slice(1, t, t + 1), &state));
@@ -103,37 +128,37 @@ TEST(Rwkv7Model, GptModeEqualsRnnModeOver64Tokens) {
   EXPECT_LE(error, 1e-5) << error;
 }
 
-TEST(Rwkv7Model, TwoHalvesWithTheStateCarriedEqualTheWhole) {
+TEST_P(EveryArchitecture, TwoHalvesWithTheStateCarriedEqualTheWhole) {
   at::NoGradGuard no_grad;
-  model::Rwkv7Model model(perturbed_model(tiny(), 3), {at::kFloat, at::kCPU}, "test");
-  const at::Tensor tokens = random_tokens(1, 50, tiny().vocab, 4);
-  model::Rwkv7State whole_state = model.initial_state(1);
+  model::RwkvModel model(perturbed_model(config(), 3), {at::kFloat, at::kCPU}, "test");
+  const at::Tensor tokens = random_tokens(1, 50, config().vocab, 4);
+  model::ModelState whole_state = model.initial_state(1);
   const at::Tensor whole = model.forward(tokens, &whole_state);
-  model::Rwkv7State state = model.initial_state(1);
+  model::ModelState state = model.initial_state(1);
   const at::Tensor first = model.forward(tokens.slice(1, 0, 23), &state);
   const at::Tensor second = model.forward(tokens.slice(1, 23, 50), &state);
   EXPECT_LE(relative_error(at::cat({first, second}, 1), whole), 1e-6);
-  for (int64_t l = 0; l < tiny().n_layer; ++l) {
+  for (int64_t l = 0; l < config().n_layer; ++l) {
     EXPECT_LE(relative_error(state.wkv[l], whole_state.wkv[l]), 1e-6);
     EXPECT_TRUE(at::allclose(state.att_shift[l], whole_state.att_shift[l]));
   }
 }
 
-TEST(Rwkv7Model, Bfloat16ModelStaysCloseToFloat32) {
+TEST_P(EveryArchitecture, Bfloat16ModelStaysCloseToFloat32) {
   at::NoGradGuard no_grad;
-  TensorMap weights = perturbed_model(tiny(), 5);
+  TensorMap weights = perturbed_model(config(), 5);
   for (auto& [name, t] : weights) t = t.to(at::kBFloat16).to(at::kFloat);  // same values in both
-  model::Rwkv7Model fp32(weights, {at::kFloat, at::kCPU}, "test");
-  model::Rwkv7Model bf16(weights, {at::kBFloat16, at::kCPU}, "test");
-  const at::Tensor tokens = random_tokens(1, 40, tiny().vocab, 6);
+  model::RwkvModel fp32(weights, {at::kFloat, at::kCPU}, "test");
+  model::RwkvModel bf16(weights, {at::kBFloat16, at::kCPU}, "test");
+  const at::Tensor tokens = random_tokens(1, 40, config().vocab, 6);
   EXPECT_LE(relative_error(bf16.forward(tokens).to(at::kFloat), fp32.forward(tokens)), 2e-2);
 }
 
-TEST(Rwkv7Model, InitialisesAsRwkvLm) {
-  const model::Rwkv7Config config = model::Rwkv7Config::for_size(4, 128, 1000, 32);
-  TensorMap t = model::init_rwkv7(config, 42);
+TEST(RwkvModel, InitialisesAsRwkvLm) {
+  const model::ModelConfig config = model::ModelConfig::for_size(4, 128, 1000, 32);
+  TensorMap t = model::init_model(config, 42);
   const int64_t C = 128, L = 4;
-  EXPECT_EQ(model::Rwkv7Config::from_tensors(t, "init").describe(), config.describe());
+  EXPECT_EQ(model::ModelConfig::from_tensors(t, "init").describe(), config.describe());
   int64_t total = 0;
   for (const auto& [name, tensor] : t) total += tensor.numel();
   EXPECT_EQ(total, config.parameter_count());
@@ -191,13 +216,13 @@ TEST(Rwkv7Model, InitialisesAsRwkvLm) {
                 .item<double>(),
             1e-4);
   // Same seed, same model.
-  EXPECT_TRUE(at::equal(model::init_rwkv7(config, 42).at("blocks.1.att.key.weight"),
+  EXPECT_TRUE(at::equal(model::init_model(config, 42).at("blocks.1.att.key.weight"),
                         t.at("blocks.1.att.key.weight")));
 }
 
-TEST(Rwkv7Config, OfficialGeometriesHaveTheReleasedLowRankDimsAndParameterCounts) {
+TEST(ModelConfig, OfficialGeometriesHaveTheReleasedLowRankDimsAndParameterCounts) {
   auto dims = [](int64_t L, int64_t C) {
-    auto c = model::Rwkv7Config::for_size(L, C, 65536, 64);
+    auto c = model::ModelConfig::for_size(L, C, 65536, 64);
     return std::vector<int64_t>{c.dim_w, c.dim_a, c.dim_v, c.dim_g};
   };
   EXPECT_EQ(dims(12, 768), (std::vector<int64_t>{64, 64, 32, 128}));
@@ -205,24 +230,36 @@ TEST(Rwkv7Config, OfficialGeometriesHaveTheReleasedLowRankDimsAndParameterCounts
   EXPECT_EQ(dims(24, 2048), (std::vector<int64_t>{96, 96, 64, 256}));
   EXPECT_EQ(dims(32, 2560), (std::vector<int64_t>{96, 96, 64, 320}));
   // README: 450.834432M parameters for L24-D1024 (layer-0 v-LoRA present).
-  auto c = model::Rwkv7Config::for_size(24, 1024, 65536, 64);
+  auto c = model::ModelConfig::for_size(24, 1024, 65536, 64);
   c.layer0_value_lora = true;
   EXPECT_EQ(c.parameter_count(), 450834432);
 }
 
-TEST(Rwkv7Config, RejectsOtherArchitecturesAndBrokenFiles) {
-  TensorMap t = model::init_rwkv7(tiny(), 1);
+TEST(ModelConfig, RejectsOtherArchitecturesAndBrokenFiles) {
+  TensorMap t = model::init_model(tiny(), 1);
   auto error = [](const TensorMap& m) {
     try {
-      model::Rwkv7Config::from_tensors(m, "m.pth");
+      model::ModelConfig::from_tensors(m, "m.pth");
     } catch (const Error& e) {
       return std::string(e.what());
     }
     return std::string("(accepted)");
   };
-  TensorMap v6 = t;
-  v6["blocks.0.att.time_maa_x"] = at::zeros({1, 1, 64});
-  EXPECT_EQ(error(v6), "m.pth: RWKV-6 (x060) checkpoints are not supported yet");
+  TensorMap both = t;
+  both["blocks.0.att.time_maa_x"] = at::zeros({1, 1, 64});
+  EXPECT_EQ(error(both),
+            "m.pth: holds both blocks.0.att.time_maa_x (RWKV-6) and blocks.0.att.r_k (RWKV-7): not "
+            "one model");
+  TensorMap v5 = model::init_model(tiny(Architecture::kX060), 1);
+  v5.erase("blocks.0.att.time_maa_x");
+  v5["blocks.0.att.time_first"] = at::zeros({4, 16});
+  EXPECT_EQ(error(v5),
+            "m.pth: an RWKV-4/5 model (time_mix_k / time_first); peftkit reads RWKV-6 (x060) and "
+            "RWKV-7 (x070)");
+  TensorMap v6 = model::init_model(tiny(Architecture::kX060), 1);
+  v6.erase("blocks.2.ffn.receptance.weight");
+  EXPECT_EQ(error(v6),
+            "m.pth: missing tensor 'blocks.2.ffn.receptance.weight' (not an RWKV-6 x060 model?)");
   TensorMap deep = t;
   deep["blocks.0.ffn.s_emb.weight"] = at::zeros({300, 32});
   EXPECT_EQ(error(deep),
@@ -238,18 +275,19 @@ TEST(Rwkv7Config, RejectsOtherArchitecturesAndBrokenFiles) {
       std::string::npos);
 }
 
-TEST(Rwkv7Model, GradientCheckpointingGivesTheSameGradients) {
-  const TensorMap weights = perturbed_model(tiny(), 8);
-  const at::Tensor tokens = random_tokens(2, 21, tiny().vocab, 9);
+TEST_P(EveryArchitecture, GradientCheckpointingGivesTheSameGradients) {
+  const TensorMap weights = perturbed_model(config(), 8);
+  const at::Tensor tokens = random_tokens(2, 21, config().vocab, 9);
   auto gradients = [&](bool checkpointing) {
-    model::Rwkv7Model model(weights, {at::kFloat, at::kCPU}, "test");
+    model::RwkvModel model(weights, {at::kFloat, at::kCPU}, "test");
     std::vector<TrainableTensor> trainable =
         model.make_trainable([](const std::string&) { return true; });
     std::vector<at::Tensor> states;
     at::Generator g = at::make_generator<at::CPUGeneratorImpl>(3);
-    for (int64_t l = 0; l < tiny().n_layer; ++l) {
-      states.push_back(at::normal(0, 0.5, {tiny().n_head, tiny().head_size, tiny().head_size}, g)
-                           .requires_grad_(true));
+    for (int64_t l = 0; l < config().n_layer; ++l) {
+      states.push_back(
+          at::normal(0, 0.5, {config().n_head, config().head_size, config().head_size}, g)
+              .requires_grad_(true));
       trainable.push_back({"state" + std::to_string(l), states.back()});
     }
     model.set_state_adapter(std::make_shared<model::FixedStates>(states));
@@ -268,8 +306,8 @@ TEST(Rwkv7Model, GradientCheckpointingGivesTheSameGradients) {
   EXPECT_GT(plain.at("state1").abs().max().item<float>(), 0.0f);
 }
 
-TEST(Rwkv7Model, ExposesNamedSitesAndRefusesUnknownOnes) {
-  model::Rwkv7Model model(model::init_rwkv7(tiny(), 1), {at::kFloat, at::kCPU}, "test");
+TEST(RwkvModel, ExposesNamedSitesAndRefusesUnknownOnes) {
+  model::RwkvModel model(model::init_model(tiny(), 1), {at::kFloat, at::kCPU}, "test");
   auto sites = model.linear_sites();
   ASSERT_EQ(sites.size(), 18u);
   EXPECT_EQ(sites[1].name, "blocks.0.att.key");
@@ -277,6 +315,72 @@ TEST(Rwkv7Model, ExposesNamedSitesAndRefusesUnknownOnes) {
   EXPECT_EQ(sites[4].out_features, 256);
   EXPECT_EQ(model.state_sites()[2].name, "blocks.2.att");
   EXPECT_THROW(model.linear("blocks.0.att.gate"), Error);
+  EXPECT_EQ(model.architecture(), "rwkv7");
+}
+
+TEST(RwkvModel, X060HasGateAndReceptanceSites) {
+  model::RwkvModel model(model::init_model(tiny(Architecture::kX060), 1), {at::kFloat, at::kCPU},
+                         "test");
+  EXPECT_EQ(model.architecture(), "rwkv6");
+  auto sites = model.linear_sites();
+  ASSERT_EQ(sites.size(), 24u);  // 8 per layer
+  std::vector<std::string> first;
+  for (int i = 0; i < 8; ++i) first.push_back(sites[i].name);
+  EXPECT_EQ(first, (std::vector<std::string>{"blocks.0.att.receptance", "blocks.0.att.key",
+                                             "blocks.0.att.value", "blocks.0.att.gate",
+                                             "blocks.0.att.output", "blocks.0.ffn.key",
+                                             "blocks.0.ffn.receptance", "blocks.0.ffn.value"}));
+  EXPECT_EQ(sites[5].out_features, tiny(Architecture::kX060).ffn);
+  EXPECT_EQ(sites[8].layer, 1);
+  EXPECT_EQ(model.state_sites()[1].heads, 4);
+  try {
+    model.linear("blocks.0.att.w1");
+    ADD_FAILURE() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("RWKV-6 sites are blocks.{0..2}.att.receptance|att.key|"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(RwkvModel, X060InitialisesAsRwkvLm) {
+  const model::ModelConfig config =
+      model::ModelConfig::for_size(Architecture::kX060, 4, 128, 1000, 32);
+  EXPECT_EQ(config.ffn, 448);  // int(3.5 * 128 / 32) * 32
+  EXPECT_EQ(config.dim_mix, 32);
+  EXPECT_EQ(config.dim_decay, 64);
+  TensorMap t = model::init_model(config, 42);
+  const int64_t C = 128, L = 4;
+  EXPECT_EQ(model::ModelConfig::from_tensors(t, "init").describe(), config.describe());
+  int64_t total = 0;
+  for (const auto& [name, tensor] : t) total += tensor.numel();
+  EXPECT_EQ(total, config.parameter_count());
+  // Closed forms at a few channels, computed here from spec §4.
+  for (int64_t l : {0, 2, 3}) {
+    const std::string p = "blocks." + std::to_string(l) + ".";
+    const double r1 = 1.0 - double(l) / L, r01 = double(l) / (L - 1);
+    for (int64_t n : {0, 5, 77, 127}) {
+      const double ddd = double(n) / C, position = double(n) / (C - 1);
+      auto at_n = [&](const std::string& name) {
+        return t.at(p + name).view({-1})[n].item<double>();
+      };
+      EXPECT_NEAR(at_n("att.time_maa_x"), 1 - std::pow(ddd, r1), 1e-6);
+      EXPECT_NEAR(at_n("att.time_maa_v"), 1 - (std::pow(ddd, r1) + 0.3 * r01), 1e-6);
+      EXPECT_NEAR(at_n("att.time_maa_r"), 1 - std::pow(ddd, 0.5 * r1), 1e-6);
+      EXPECT_NEAR(at_n("att.time_decay"), -6 + 5 * std::pow(position, 0.7 + 1.3 * r01), 1e-5);
+      EXPECT_NEAR(at_n("att.time_faaaa"), r01 * (1 - position) + 0.1 * ((n + 1) % 3 - 1), 1e-6);
+      EXPECT_NEAR(at_n("ffn.time_maa_k"), 1 - std::pow(ddd, std::pow(r1, 3)), 1e-6);
+    }
+    for (const char* zero : {"att.time_maa_w1", "att.time_decay_w1", "att.output.weight",
+                             "ffn.receptance.weight", "ffn.value.weight"})
+      EXPECT_EQ(t.at(p + zero).abs().max().item<float>(), 0.0f) << zero;
+    EXPECT_LE(t.at(p + "att.time_maa_w2").abs().max().item<float>(), 0.01f);
+    EXPECT_GT(t.at(p + "att.time_maa_w2").abs().max().item<float>(), 0.009f);
+    at::Tensor gate = t.at(p + "att.gate.weight").to(at::kDouble);
+    EXPECT_LT(
+        (at::matmul(gate.t(), gate) - 0.01 * at::eye(C, at::kDouble)).abs().max().item<double>(),
+        1e-5);
+  }
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-#include "model/rwkv7_model.hpp"
+#include "model/rwkv_model.hpp"
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
@@ -6,22 +6,14 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include "cuda_place_of.hpp"
-#include "fused/fused.hpp"
 #include "peftkit/error.hpp"
 #include "peftkit/sites.hpp"
 #include "peftkit/tensor_io.hpp"
-#include "wkv7/wkv7.hpp"
 
 namespace peftkit::model {
 namespace {
 
-constexpr double kLayerNormEps = 1e-5;   // spec §1.5
-constexpr double kGroupNormEps = 64e-5;  // ln_x: 1e-5 * head_size_divisor^2
-constexpr const char* kSlotNames[] = {"att.receptance", "att.key", "att.value",
-                                      "att.output",     "ffn.key", "ffn.value"};
-enum Slot { kReceptance, kKey, kValue, kOutput, kFfnKey, kFfnValue, kSlots };
-
-std::string block_prefix(int64_t layer) { return "blocks." + std::to_string(layer) + "."; }
+constexpr double kLayerNormEps = 1e-5;  // spec §1.5, both architectures
 
 // A dense weight; a trained one is an fp32 master that is cast to the compute dtype per use.
 class DenseLinear final : public FrozenLinear {
@@ -42,15 +34,15 @@ class DenseLinear final : public FrozenLinear {
 
 }  // namespace
 
-struct Rwkv7Model::Site {
+struct RwkvModel::Site {
   std::string name;
   std::unique_ptr<FrozenLinear> base;
   std::shared_ptr<LinearAdapter> adapter;
 };
 
-Rwkv7Model::Rwkv7Model(const TensorMap& weights, const ModelOptions& options,
-                       const std::string& where)
-    : config_(Rwkv7Config::from_tensors(weights, where)), options_(options) {
+RwkvModel::RwkvModel(const TensorMap& weights, const ModelOptions& options,
+                     const std::string& where)
+    : config_(ModelConfig::from_tensors(weights, where)), options_(options) {
   if (!at::isFloatingType(options.dtype))
     throw Error("model dtype must be a floating-point type, not " +
                 std::string(c10::toString(options.dtype)));
@@ -62,8 +54,10 @@ Rwkv7Model::Rwkv7Model(const TensorMap& weights, const ModelOptions& options,
     return name.ends_with(".weight") && site_matches_any(site, options.quantize_targets);
   };
   std::vector<std::string> site_names;
+  slots_ = config_.block_linear_names().size();
   for (int64_t l = 0; l < config_.n_layer; ++l)
-    for (int s = 0; s < kSlots; ++s) site_names.push_back(block_prefix(l) + kSlotNames[s]);
+    for (const std::string& slot : config_.block_linear_names())
+      site_names.push_back(block_prefix(l) + slot);
   // Quantized weights are never kept dense: each is moved to the device and packed on its own.
   for (const auto& [name, tensor] : weights) {
     if (merged_state_shape(config_, name))
@@ -85,8 +79,8 @@ Rwkv7Model::Rwkv7Model(const TensorMap& weights, const ModelOptions& options,
   options_.prequantized = nullptr;  // the caller's map was only needed here
 }
 
-std::unique_ptr<FrozenLinear> Rwkv7Model::make_base(const std::string& name,
-                                                    const at::Tensor& weight, bool quantize) const {
+std::unique_ptr<FrozenLinear> RwkvModel::make_base(const std::string& name,
+                                                   const at::Tensor& weight, bool quantize) const {
   if (!quantize) return std::make_unique<DenseLinear>(weight, options_.dtype);
   if (options_.prequantized) {
     TensorMap packed;
@@ -107,7 +101,7 @@ std::unique_ptr<FrozenLinear> Rwkv7Model::make_base(const std::string& name,
   return options_.quantizer->quantize(weight.to(options_.device));
 }
 
-TensorMap Rwkv7Model::quantized_weights() const {
+TensorMap RwkvModel::quantized_weights() const {
   TensorMap out;
   auto add = [&](const std::string& name, const FrozenLinear& base) {
     if (const auto* q = dynamic_cast<const QuantizedLinear*>(&base))
@@ -118,7 +112,7 @@ TensorMap Rwkv7Model::quantized_weights() const {
   return out;
 }
 
-int64_t Rwkv7Model::linear_weight_bytes() const {
+int64_t RwkvModel::linear_weight_bytes() const {
   int64_t bytes = 0;
   for (const auto& site : sites_) {
     if (const auto* q = dynamic_cast<const QuantizedLinear*>(site->base.get()))
@@ -130,43 +124,41 @@ int64_t Rwkv7Model::linear_weight_bytes() const {
   return bytes;
 }
 
-at::Tensor Rwkv7Model::effective_weight(std::string_view name) {
+at::Tensor RwkvModel::effective_weight(std::string_view name) {
   const size_t index = site_index(name);
   const Site& site = *sites_[index];
   const at::Tensor identity = at::eye(site.base->in_features(), activation_options());
-  return apply_linear(static_cast<int64_t>(index) / kSlots, static_cast<int>(index % kSlots),
-                      identity)
-      .t();
+  return apply_linear(static_cast<int64_t>(index / slots_), index % slots_, identity).t();
 }
 
-at::Tensor Rwkv7Model::head_weight() const {
+at::Tensor RwkvModel::head_weight() const {
   return head_ ? head_->dense_weight() : weight("head.weight");
 }
 
-at::Tensor Rwkv7Model::checkpoint_weight(std::string_view site) const {
+at::Tensor RwkvModel::checkpoint_weight(std::string_view site) const {
   auto it = checkpoint_weights_.find(std::string(site));
   if (it == checkpoint_weights_.end())
     throw Error("checkpoint_weight: no linear site '" + std::string(site) + "'");
   return it->second;
 }
 
-std::unique_ptr<Rwkv7Model> Rwkv7Model::load(const std::filesystem::path& path,
-                                             const ModelOptions& options) {
-  return std::make_unique<Rwkv7Model>(read_tensor_file(path).tensors, options, path.string());
+std::unique_ptr<RwkvModel> RwkvModel::load(const std::filesystem::path& path,
+                                           const ModelOptions& options) {
+  return std::make_unique<RwkvModel>(read_tensor_file(path).tensors, options, path.string());
 }
 
-at::Tensor Rwkv7Model::weight(const std::string& name) const {
+at::Tensor RwkvModel::weight(const std::string& name) const {
   if (auto it = masters_.find(name); it != masters_.end()) return it->second.to(options_.dtype);
   return weights_.at(name);
 }
 
-TensorMap Rwkv7Model::weights() const {
+TensorMap RwkvModel::weights() const {
   TensorMap out = weights_;
   for (const auto& [name, master] : masters_) out[name] = master;
   return out;
 }
 
-std::vector<TrainableTensor> Rwkv7Model::make_trainable(
+std::vector<TrainableTensor> RwkvModel::make_trainable(
     const std::function<bool(const std::string&)>& select) {
   std::vector<TrainableTensor> trainable;
   for (const auto& [name, tensor] : weights_) {
@@ -182,13 +174,13 @@ std::vector<TrainableTensor> Rwkv7Model::make_trainable(
   return trainable;
 }
 
-c10::TensorOptions Rwkv7Model::activation_options() const {
+c10::TensorOptions RwkvModel::activation_options() const {
   return c10::TensorOptions().dtype(options_.dtype).device(options_.device);
 }
 
-Rwkv7State Rwkv7Model::initial_state(int64_t batch) const {
+ModelState RwkvModel::initial_state(int64_t batch) const {
   const int64_t C = config_.n_embd, H = config_.n_head, N = config_.head_size;
-  Rwkv7State state;
+  ModelState state;
   auto activations = activation_options();
   auto fp32 = activations.dtype(at::kFloat);
   for (int64_t l = 0; l < config_.n_layer; ++l) {
@@ -217,80 +209,20 @@ Rwkv7State Rwkv7Model::initial_state(int64_t batch) const {
   return state;
 }
 
-at::Tensor Rwkv7Model::apply_linear(int64_t layer, int slot, const at::Tensor& x) {
-  const Site& site = *sites_[layer * kSlots + slot];
+at::Tensor RwkvModel::apply_linear(int64_t layer, size_t slot, const at::Tensor& x) {
+  const Site& site = *sites_[layer * slots_ + slot];
   return site.adapter ? site.adapter->forward(x, *site.base) : site.base->forward(x);
 }
 
-// spec §1.2
-at::Tensor Rwkv7Model::time_mix(int64_t l, const at::Tensor& x, at::Tensor& v_first,
-                                Rwkv7State& state) {
-  const std::string p = block_prefix(l) + "att.";
-  const int64_t B = x.size(0), T = x.size(1), C = config_.n_embd, H = config_.n_head,
-                N = config_.head_size;
-  auto vec = [&](const char* name) { return weight(p + name).view({C}); };
-  const bool reference = options_.reference_kernels;
-  const at::Tensor mixes =
-      at::stack({vec("x_r"), vec("x_w"), vec("x_k"), vec("x_v"), vec("x_a"), vec("x_g")});
-  const at::Tensor mixed = (reference ? kernels::token_shift_mix_reference
-                                      : kernels::token_shift_mix)(x, state.att_shift[l], mixes);
-  state.att_shift[l] = x.select(1, T - 1);
-  const at::Tensor xr = mixed[0], xw = mixed[1], xk = mixed[2], xv = mixed[3], xa = mixed[4],
-                   xg = mixed[5];
-
-  at::Tensor r = apply_linear(l, kReceptance, xr);
-  at::Tensor z =
-      vec("w0") + at::matmul(at::tanh(at::matmul(xw, weight(p + "w1"))), weight(p + "w2"));
-  at::Tensor k = apply_linear(l, kKey, xk);
-  at::Tensor v = apply_linear(l, kValue, xv);
-  if (l == 0) {
-    v_first = v;
-  } else {
-    at::Tensor gate =
-        at::sigmoid(vec("v0") + at::matmul(at::matmul(xv, weight(p + "v1")), weight(p + "v2")));
-    v = v + (v_first - v) * gate;
-  }
-  at::Tensor a =
-      at::sigmoid(vec("a0") + at::matmul(at::matmul(xa, weight(p + "a1")), weight(p + "a2")));
-  at::Tensor g = at::matmul(at::sigmoid(at::matmul(xg, weight(p + "g1"))), weight(p + "g2"));
-
-  // kk from the original k; the WKV and the bonus use the modified k (pitfall §7.2).
-  const kernels::KkAb kab =
-      (reference ? kernels::kk_ab_reference : kernels::kk_ab)(k, a, vec("k_k"), vec("k_a"), H);
-  k = kab.k;
-
-  auto heads = [&](const at::Tensor& t) { return t.reshape({B, T, H, N}); };
-  auto wkv = reference ? kernels::wkv7_reference : kernels::wkv7;
-  auto [y, s_final] = wkv(heads(r), z.reshape({B, T, H, N}), heads(k), heads(v), heads(kab.a),
-                          heads(kab.b), state.wkv[l]);
-  state.wkv[l] = s_final;
-  y = (reference ? kernels::norm_bonus_gate_reference : kernels::norm_bonus_gate)(
-      y.reshape({B, T, C}), r, k, v, g, weight(p + "ln_x.weight"), weight(p + "ln_x.bias"),
-      weight(p + "r_k"), H, kGroupNormEps);
-  return apply_linear(l, kOutput, y);
-}
-
-// spec §1.4
-at::Tensor Rwkv7Model::channel_mix(int64_t l, const at::Tensor& x, Rwkv7State& state) {
-  const std::string p = block_prefix(l) + "ffn.";
-  const bool reference = options_.reference_kernels;
-  const at::Tensor kx = (reference ? kernels::token_shift_mix_reference : kernels::token_shift_mix)(
-      x, state.ffn_shift[l], weight(p + "x_k").view({1, config_.n_embd}))[0];
-  state.ffn_shift[l] = x.select(1, x.size(1) - 1);
-  const at::Tensor h = (reference ? kernels::relu_square_reference
-                                  : kernels::relu_square)(apply_linear(l, kFfnKey, kx));
-  return apply_linear(l, kFfnValue, h);
-}
-
-at::Tensor Rwkv7Model::forward(const at::Tensor& tokens, Rwkv7State* state) {
+at::Tensor RwkvModel::forward(const at::Tensor& tokens, ModelState* state) {
   return head(forward_hidden(tokens, state));
 }
 
-at::Tensor Rwkv7Model::head(const at::Tensor& hidden) const {
+at::Tensor RwkvModel::head(const at::Tensor& hidden) const {
   return head_ ? head_->forward(hidden) : at::linear(hidden, weight("head.weight"));
 }
 
-at::Tensor Rwkv7Model::forward_hidden(const at::Tensor& tokens, Rwkv7State* state) {
+at::Tensor RwkvModel::forward_hidden(const at::Tensor& tokens, ModelState* state) {
   if (tokens.dim() != 2 || tokens.scalar_type() != at::kLong)
     throw Error("model input must be int64 tokens [B, T], got " +
                 std::string(c10::toString(tokens.scalar_type())) + " with " +
@@ -299,7 +231,7 @@ at::Tensor Rwkv7Model::forward_hidden(const at::Tensor& tokens, Rwkv7State* stat
   if (tokens.numel() > 0 && !kernels::cuda::capturing_graph(tokens) &&
       (tokens.min().item<int64_t>() < 0 || tokens.max().item<int64_t>() >= config_.vocab))
     throw Error("token ids must be in [0, " + std::to_string(config_.vocab) + ")");
-  Rwkv7State local;
+  ModelState local;
   if (!state) {
     local = initial_state(tokens.size(0));
     state = &local;
@@ -317,14 +249,18 @@ at::Tensor Rwkv7Model::forward_hidden(const at::Tensor& tokens, Rwkv7State* stat
   return ln(x, "ln_out");
 }
 
-at::Tensor Rwkv7Model::block(int64_t l, const at::Tensor& x_in, at::Tensor& v_first,
-                             Rwkv7State& state) {
+at::Tensor RwkvModel::block(int64_t l, const at::Tensor& x_in, at::Tensor& v_first,
+                            ModelState& state) {
   auto ln = [&](const at::Tensor& x, const std::string& name) {
     return at::layer_norm(x, {config_.n_embd}, weight(name + ".weight"), weight(name + ".bias"),
                           kLayerNormEps);
   };
-  at::Tensor x = x_in + time_mix(l, ln(x_in, block_prefix(l) + "ln1"), v_first, state);
-  return x + channel_mix(l, ln(x, block_prefix(l) + "ln2"), state);
+  const bool x060 = config_.arch == Architecture::kX060;
+  const at::Tensor x1 = ln(x_in, block_prefix(l) + "ln1");
+  const at::Tensor x =
+      x_in + (x060 ? time_mix_x060(l, x1, state) : time_mix_x070(l, x1, v_first, state));
+  const at::Tensor x2 = ln(x, block_prefix(l) + "ln2");
+  return x + (x060 ? channel_mix_x060(l, x2, state) : channel_mix_x070(l, x2, state));
 }
 
 namespace {
@@ -404,10 +340,10 @@ class BlockCheckpoint : public torch::autograd::Function<BlockCheckpoint> {
 
 }  // namespace
 
-at::Tensor Rwkv7Model::checkpointed_block(int64_t l, const at::Tensor& x, at::Tensor& v_first,
-                                          Rwkv7State& state) {
+at::Tensor RwkvModel::checkpointed_block(int64_t l, const at::Tensor& x, at::Tensor& v_first,
+                                         ModelState& state) {
   auto fn = [this, l](const torch::autograd::variable_list& in) {
-    Rwkv7State layer_state;
+    ModelState layer_state;
     layer_state.att_shift.assign(config_.n_layer, at::Tensor());
     layer_state.wkv.assign(config_.n_layer, at::Tensor());
     layer_state.ffn_shift.assign(config_.n_layer, at::Tensor());
@@ -416,29 +352,30 @@ at::Tensor Rwkv7Model::checkpointed_block(int64_t l, const at::Tensor& x, at::Te
     layer_state.ffn_shift[l] = in[4];
     at::Tensor v = in[1].numel() ? in[1] : at::Tensor();
     at::Tensor out = block(l, in[0], v, layer_state);
-    return torch::autograd::variable_list{out, v, layer_state.att_shift[l], layer_state.wkv[l],
-                                          layer_state.ffn_shift[l]};
+    // x060 carries no value residual: the empty placeholder goes out as it came in.
+    return torch::autograd::variable_list{out, v.defined() ? v : in[1], layer_state.att_shift[l],
+                                          layer_state.wkv[l], layer_state.ffn_shift[l]};
   };
   at::Tensor v_in = v_first.defined() ? v_first : at::empty({0}, x.options());
   const at::Tensor anchor = at::zeros({}, x.options().dtype(at::kFloat)).requires_grad_(true);
   auto out = BlockCheckpoint::apply(std::move(fn), anchor, x, v_in, state.att_shift[l],
                                     state.wkv[l], state.ffn_shift[l]);
-  v_first = out[1];
+  v_first = out[1].numel() ? out[1] : at::Tensor();
   state.att_shift[l] = out[2];
   state.wkv[l] = out[3];
   state.ffn_shift[l] = out[4];
   return out[0];
 }
 
-std::vector<LinearSite> Rwkv7Model::linear_sites() const {
+std::vector<LinearSite> RwkvModel::linear_sites() const {
   std::vector<LinearSite> sites;
   for (size_t i = 0; i < sites_.size(); ++i)
-    sites.push_back({sites_[i]->name, static_cast<int>(i / kSlots), sites_[i]->base->in_features(),
+    sites.push_back({sites_[i]->name, static_cast<int>(i / slots_), sites_[i]->base->in_features(),
                      sites_[i]->base->out_features()});
   return sites;
 }
 
-std::vector<StateSite> Rwkv7Model::state_sites() const {
+std::vector<StateSite> RwkvModel::state_sites() const {
   std::vector<StateSite> sites;
   for (int64_t l = 0; l < config_.n_layer; ++l)
     sites.push_back({block_prefix(l) + "att", static_cast<int>(l), config_.n_head,
@@ -446,19 +383,21 @@ std::vector<StateSite> Rwkv7Model::state_sites() const {
   return sites;
 }
 
-size_t Rwkv7Model::site_index(std::string_view name) const {
+size_t RwkvModel::site_index(std::string_view name) const {
   for (size_t i = 0; i < sites_.size(); ++i)
     if (sites_[i]->name == name) return i;
-  throw Error("no linear site '" + std::string(name) + "'; RWKV-7 sites are blocks.{0.." +
-              std::to_string(config_.n_layer - 1) +
-              "}.att.receptance|key|value|output and blocks.{i}.ffn.key|value");
+  std::string slots;
+  for (const std::string& slot : config_.block_linear_names())
+    slots += (slots.empty() ? "" : "|") + slot;
+  throw Error("no linear site '" + std::string(name) + "'; " + architecture_title(config_.arch) +
+              " sites are blocks.{0.." + std::to_string(config_.n_layer - 1) + "}." + slots);
 }
 
-const FrozenLinear& Rwkv7Model::linear(std::string_view site) const {
+const FrozenLinear& RwkvModel::linear(std::string_view site) const {
   return *sites_[site_index(site)]->base;
 }
 
-void Rwkv7Model::set_base_weight(std::string_view site, const at::Tensor& weight) {
+void RwkvModel::set_base_weight(std::string_view site, const at::Tensor& weight) {
   Site& s = *sites_[site_index(site)];
   if (weight.sizes() != at::IntArrayRef({s.base->out_features(), s.base->in_features()}))
     throw Error("set_base_weight(" + s.name + "): expected shape [" +
@@ -474,11 +413,11 @@ void Rwkv7Model::set_base_weight(std::string_view site, const at::Tensor& weight
   s.base = std::make_unique<DenseLinear>(w, options_.dtype);
 }
 
-void Rwkv7Model::set_linear_adapter(std::string_view site, std::shared_ptr<LinearAdapter> adapter) {
+void RwkvModel::set_linear_adapter(std::string_view site, std::shared_ptr<LinearAdapter> adapter) {
   sites_[site_index(site)]->adapter = std::move(adapter);
 }
 
-void Rwkv7Model::set_state_adapter(std::shared_ptr<StateAdapter> adapter) {
+void RwkvModel::set_state_adapter(std::shared_ptr<StateAdapter> adapter) {
   state_adapter_ = std::move(adapter);
 }
 

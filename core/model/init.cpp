@@ -1,10 +1,11 @@
-// A new RWKV-7 model exactly as RWKV-LM's train_temp initialises one (spec rwkv-model §1.7).
+// A new model exactly as RWKV-LM initialises one: x070 as train_temp (spec rwkv-model §1.7), x060
+// as RWKV-v5/src/model.py (§4).
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <cmath>
 
-#include "model/rwkv7_model.hpp"
+#include "model/rwkv_model.hpp"
 
 namespace peftkit::model {
 namespace {
@@ -20,9 +21,7 @@ at::Tensor orthogonal(int64_t rows, int64_t cols, double gain, at::Generator& ge
   return (q * gain).contiguous();
 }
 
-}  // namespace
-
-TensorMap init_rwkv7(const Rwkv7Config& c, uint64_t seed) {
+TensorMap init_x070(const ModelConfig& c, uint64_t seed) {
   at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(seed);
   const int64_t C = c.n_embd, L = c.n_layer, N = c.head_size;
   const auto f64 = at::TensorOptions().dtype(at::kDouble);
@@ -86,6 +85,70 @@ TensorMap init_rwkv7(const Rwkv7Config& c, uint64_t seed) {
   const double head_gain = c.vocab > C ? 0.5 * std::sqrt(static_cast<double>(c.vocab) / C) : 0.5;
   t["head.weight"] = orthogonal(c.vocab, C, head_gain, generator);
   return t;
+}
+
+TensorMap init_x060(const ModelConfig& c, uint64_t seed) {
+  at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const int64_t C = c.n_embd, L = c.n_layer;
+  const auto f64 = at::TensorOptions().dtype(at::kDouble);
+  const at::Tensor n = at::arange(C, f64);
+  const at::Tensor ddd = n / static_cast<double>(C);
+  auto vec = [&](const at::Tensor& v) { return v.to(at::kFloat).view({1, 1, C}); };
+  auto uniform = [&](std::vector<int64_t> shape, double bound) {
+    return at::empty(shape, at::kFloat).uniform_(-bound, bound, generator);
+  };
+
+  TensorMap t;
+  t["emb.weight"] = uniform({c.vocab, C}, 1e-4);
+  t["blocks.0.ln0.weight"] = at::ones({C});
+  t["blocks.0.ln0.bias"] = at::zeros({C});
+  for (int64_t l = 0; l < L; ++l) {
+    const std::string p = "blocks." + std::to_string(l) + ".";
+    const double r01 = L > 1 ? static_cast<double>(l) / (L - 1) : 0.0;
+    const double r1 = 1.0 - static_cast<double>(l) / L;
+    for (const char* ln : {"ln1", "ln2"}) {
+      t[p + ln + ".weight"] = at::ones({C});
+      t[p + ln + ".bias"] = at::zeros({C});
+    }
+    t[p + "att.time_maa_x"] = vec(1.0 - at::pow(ddd, r1));
+    t[p + "att.time_maa_w"] = vec(1.0 - at::pow(ddd, r1));
+    t[p + "att.time_maa_k"] = vec(1.0 - at::pow(ddd, r1));
+    t[p + "att.time_maa_v"] = vec(1.0 - (at::pow(ddd, r1) + 0.3 * r01));
+    t[p + "att.time_maa_r"] = vec(1.0 - at::pow(ddd, 0.5 * r1));
+    t[p + "att.time_maa_g"] = vec(1.0 - at::pow(ddd, 0.5 * r1));
+    t[p + "att.time_maa_w1"] = at::zeros({C, 5 * c.dim_mix});
+    t[p + "att.time_maa_w2"] = uniform({5, c.dim_mix, C}, 0.01);
+    const at::Tensor position = n / static_cast<double>(C - 1);
+    t[p + "att.time_decay"] = vec(-6.0 + 5.0 * at::pow(position, 0.7 + 1.3 * r01));
+    t[p + "att.time_decay_w1"] = at::zeros({C, c.dim_decay});
+    t[p + "att.time_decay_w2"] = uniform({c.dim_decay, C}, 0.01);
+    const at::Tensor zigzag = (at::remainder(n + 1, 3.0) - 1.0) * 0.1;
+    t[p + "att.time_faaaa"] =
+        (r01 * (1.0 - position) + zigzag).to(at::kFloat).view({c.n_head, c.head_size});
+    t[p + "att.receptance.weight"] = orthogonal(C, C, 1.0, generator);
+    t[p + "att.key.weight"] = orthogonal(C, C, 0.1, generator);
+    t[p + "att.value.weight"] = orthogonal(C, C, 1.0, generator);
+    t[p + "att.gate.weight"] = orthogonal(C, C, 0.1, generator);
+    t[p + "att.output.weight"] = at::zeros({C, C});
+    t[p + "att.ln_x.weight"] = at::ones({C});
+    t[p + "att.ln_x.bias"] = at::zeros({C});
+    t[p + "ffn.time_maa_k"] = vec(1.0 - at::pow(ddd, std::pow(r1, 3.0)));
+    t[p + "ffn.time_maa_r"] = vec(1.0 - at::pow(ddd, std::pow(r1, 3.0)));
+    t[p + "ffn.key.weight"] = orthogonal(c.ffn, C, 1.0, generator);
+    t[p + "ffn.receptance.weight"] = at::zeros({C, C});
+    t[p + "ffn.value.weight"] = at::zeros({C, c.ffn});
+  }
+  t["ln_out.weight"] = at::ones({C});
+  t["ln_out.bias"] = at::zeros({C});
+  const double head_gain = c.vocab > C ? 0.5 * std::sqrt(static_cast<double>(c.vocab) / C) : 0.5;
+  t["head.weight"] = orthogonal(c.vocab, C, head_gain, generator);
+  return t;
+}
+
+}  // namespace
+
+TensorMap init_model(const ModelConfig& config, uint64_t seed) {
+  return config.arch == Architecture::kX060 ? init_x060(config, seed) : init_x070(config, seed);
 }
 
 }  // namespace peftkit::model

@@ -1,0 +1,157 @@
+// The CPU WKV6 kernel against the recurrence of spec rwkv-model §4 written here with tensor ops in
+// float64 (in the official CUDA kernel's per-element form), and its gradients against central
+// finite differences.
+#include "wkv6/wkv6.hpp"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
+#include <gtest/gtest.h>
+
+namespace peftkit::kernels {
+namespace {
+
+struct Inputs {
+  at::Tensor r, k, v, w, u, s0;
+};
+
+// Inputs like RWKV-CUDA's benchmark: decays from w in [-6, 1] (d from 0.998 down to 0.066).
+Inputs random_inputs(int64_t B, int64_t T, int64_t H, int64_t N, at::ScalarType dtype,
+                     uint64_t seed) {
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(seed);
+  auto uniform = [&](std::vector<int64_t> shape, double lo, double hi) {
+    return at::empty(shape, at::kDouble).uniform_(lo, hi, g);
+  };
+  Inputs in{uniform({B, T, H, N}, -1, 1), uniform({B, T, H, N}, -1, 1),
+            uniform({B, T, H, N}, -1, 1), uniform({B, T, H, N}, -6, 1),
+            uniform({H, N}, -1, 1),       at::normal(0, 1, {B, H, N, N}, g, at::kDouble)};
+  for (at::Tensor* t : {&in.r, &in.k, &in.v, &in.w, &in.u, &in.s0}) *t = t->to(dtype);
+  return in;
+}
+
+// Element by element as the spec writes it: y_i = sum_j r_j (u_j k_j v_i + S[i][j]), then
+// S[i][j] = S[i][j] d_j + k_j v_i, with d = exp(-exp(w)).
+std::pair<at::Tensor, at::Tensor> reference(const Inputs& in) {
+  const int64_t B = in.r.size(0), T = in.r.size(1), H = in.r.size(2), N = in.r.size(3);
+  auto acc = [](const at::Tensor& x) { return x.to(at::kDouble).contiguous(); };
+  const at::Tensor r = acc(in.r), k = acc(in.k), v = acc(in.v), w = acc(in.w), u = acc(in.u);
+  at::Tensor S = in.s0.defined() ? acc(in.s0).clone() : at::zeros({B, H, N, N}, at::kDouble);
+  at::Tensor y = at::zeros({B, T, H, N}, at::kDouble);
+  auto R = r.accessor<double, 4>(), K = k.accessor<double, 4>(), V = v.accessor<double, 4>(),
+       W = w.accessor<double, 4>(), Y = y.accessor<double, 4>();
+  auto U = u.accessor<double, 2>();
+  auto s = S.accessor<double, 4>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t t = 0; t < T; ++t) {
+        for (int64_t i = 0; i < N; ++i) {
+          double out = 0;
+          for (int64_t j = 0; j < N; ++j)
+            out += R[b][t][h][j] * (U[h][j] * K[b][t][h][j] * V[b][t][h][i] + s[b][h][i][j]);
+          Y[b][t][h][i] = out;
+        }
+        for (int64_t i = 0; i < N; ++i)
+          for (int64_t j = 0; j < N; ++j)
+            s[b][h][i][j] =
+                s[b][h][i][j] * std::exp(-std::exp(W[b][t][h][j])) + K[b][t][h][j] * V[b][t][h][i];
+      }
+  return {y, S};
+}
+
+double relative_error(const at::Tensor& got, const at::Tensor& want) {
+  return (got.to(at::kDouble) - want.to(at::kDouble)).norm().item<double>() /
+         want.to(at::kDouble).norm().item<double>();
+}
+
+TEST(Wkv6Cpu, MatchesTheFloat64RecurrenceIncludingChunkTails) {
+  for (int64_t T : {1, 16, 37}) {
+    Inputs in = random_inputs(2, T, 3, 8, at::kDouble, 10 + T);
+    auto [y_ref, s_ref] = reference(in);
+    auto [y, s] = wkv6(in.r, in.k, in.v, in.w, in.u, in.s0);
+    EXPECT_LT(relative_error(y, y_ref), 1e-13) << T;
+    EXPECT_LT(relative_error(s, s_ref), 1e-13) << T;
+    Inputs fp32 = random_inputs(2, T, 3, 8, at::kFloat, 10 + T);
+    auto [y32, s32] = wkv6(fp32.r, fp32.k, fp32.v, fp32.w, fp32.u, fp32.s0);
+    EXPECT_EQ(y32.scalar_type(), at::kFloat);
+    EXPECT_LT(relative_error(y32, y_ref), 1e-5) << T;
+    EXPECT_LT(relative_error(s32, s_ref), 1e-5) << T;
+  }
+}
+
+TEST(Wkv6Cpu, TheOutputReadsTheStateBeforeTheUpdate) {
+  // One token from a zero state: y = v (u k . r) exactly; the state is then v k^T.
+  Inputs in = random_inputs(1, 1, 1, 4, at::kDouble, 2);
+  auto [y, s] = wkv6(in.r, in.k, in.v, in.w, in.u, at::Tensor());
+  const at::Tensor bonus = (in.u[0] * in.k[0][0][0] * in.r[0][0][0]).sum();
+  EXPECT_TRUE(at::allclose(y[0][0][0], in.v[0][0][0] * bonus, 1e-14, 1e-14));
+  EXPECT_TRUE(at::allclose(s[0][0], at::outer(in.v[0][0][0], in.k[0][0][0]), 1e-14, 1e-14));
+}
+
+TEST(Wkv6Cpu, StatePassingIsExact) {
+  Inputs in = random_inputs(2, 40, 2, 8, at::kFloat, 4);
+  auto [y, s] = wkv6(in.r, in.k, in.v, in.w, in.u, in.s0);
+  auto part = [&](const at::Tensor& x, int64_t from, int64_t to) { return x.slice(1, from, to); };
+  auto [y1, s1] =
+      wkv6(part(in.r, 0, 21), part(in.k, 0, 21), part(in.v, 0, 21), part(in.w, 0, 21), in.u, in.s0);
+  auto [y2, s2] = wkv6(part(in.r, 21, 40), part(in.k, 21, 40), part(in.v, 21, 40),
+                       part(in.w, 21, 40), in.u, s1);
+  EXPECT_TRUE(at::allclose(at::cat({y1, y2}, 1), y, 1e-6, 1e-6));
+  EXPECT_TRUE(at::allclose(s2, s, 1e-6, 1e-6));
+}
+
+// Loss sum(y^2 - tanh(y)) + sum(s_T * c) exercises dy and the final-state gradient (spec §8 A).
+TEST(Wkv6Cpu, GradientsMatchCentralFiniteDifferencesInFloat64) {
+  Inputs in = random_inputs(2, 19, 2, 4, at::kDouble, 5);  // 19 > 16: two checkpoint chunks
+  at::Tensor c = at::randn({2, 2, 4, 4}, at::kDouble);
+  std::vector<at::Tensor*> params = {&in.r, &in.k, &in.v, &in.w, &in.u, &in.s0};
+  const char* names[] = {"r", "k", "v", "w", "u", "s0"};
+  auto loss = [&]() {
+    auto [y, s] = wkv6(in.r, in.k, in.v, in.w, in.u, in.s0);
+    return (y.square() - at::tanh(y)).sum() + (s * c).sum();
+  };
+  for (at::Tensor* p : params) p->requires_grad_(true);
+  loss().backward();
+  for (size_t i = 0; i < params.size(); ++i) {
+    at::Tensor analytic = params[i]->grad().clone();
+    at::Tensor numeric = at::zeros_like(analytic);
+    at::NoGradGuard no_grad;
+    at::Tensor flat = params[i]->view({-1});
+    for (int64_t e = 0; e < flat.numel(); ++e) {
+      const double h = 1e-6, saved = flat[e].item<double>();
+      flat[e].fill_(saved + h);
+      const double plus = loss().item<double>();
+      flat[e].fill_(saved - h);
+      const double minus = loss().item<double>();
+      flat[e].fill_(saved);
+      numeric.view({-1})[e] = (plus - minus) / (2 * h);
+    }
+    EXPECT_LT(relative_error(analytic, numeric), 1e-7) << "gradient of " << names[i];
+  }
+}
+
+TEST(Wkv6Cpu, TensorOpReferenceAgreesWithTheKernelIncludingGradients) {
+  Inputs in = random_inputs(2, 23, 2, 8, at::kFloat, 7);
+  std::vector<at::Tensor*> params = {&in.r, &in.k, &in.v, &in.w, &in.u, &in.s0};
+  auto run = [&](bool use_reference) {
+    for (at::Tensor* p : params) *p = p->detach().requires_grad_(true);
+    auto [y, s] = use_reference ? wkv6_reference(in.r, in.k, in.v, in.w, in.u, in.s0)
+                                : wkv6(in.r, in.k, in.v, in.w, in.u, in.s0);
+    ((y * y).sum() + s.sum()).backward();
+    std::vector<at::Tensor> out = {y.detach(), s.detach()};
+    for (at::Tensor* p : params) out.push_back(p->grad().clone());
+    return out;
+  };
+  const auto kernel = run(false), tensor_ops = run(true);
+  for (size_t i = 0; i < kernel.size(); ++i)
+    EXPECT_LT(relative_error(kernel[i], tensor_ops[i]), 1e-5) << "output " << i;
+}
+
+TEST(Wkv6Cpu, RejectsMismatchedShapes) {
+  Inputs in = random_inputs(1, 4, 2, 4, at::kFloat, 8);
+  EXPECT_THROW(wkv6(in.r, in.k, in.v, in.w, in.u.view({-1}), in.s0), c10::Error);
+  EXPECT_THROW(wkv6(in.r, in.k.narrow(1, 0, 3), in.v, in.w, in.u, in.s0), c10::Error);
+  EXPECT_THROW(wkv6(in.r, in.k, in.v, in.w, in.u, in.s0.transpose(0, 1)), c10::Error);
+}
+
+}  // namespace
+}  // namespace peftkit::kernels
