@@ -136,4 +136,23 @@ r = json.load(open('compare/report.json'))
 assert [v['name'] for v in r['variants']] == ['base', 'dora', 'lora'], r['variants']
 assert r['variants'][1]['methods'] == ['dora'] and r['variants'][1]['trainable_parameters'] == 10368, r['variants'][1]
 " || fail "the compare report lacks the DoRA run"
+
+# Issue 18: the same plugin on an RWKV-6 (x060) model, with no change to it: it adapts x060's
+# gate and channel-mix receptance too, trains, and its merge generates like the mounted adapter.
+mkdir -p x060 && cd x060
+peftkit init-model --arch x060 --layers 2 --embd 64 --vocab 300 --head-size 16 --dtype fp32 --seed 1 --out model.pth >/dev/null
+sed -e 's|path = "tokens.npy"|path = "../tokens.npy"|' ../dora.toml >dora.toml
+peftkit train dora.toml >train.log 2>&1 || { cat train.log; fail "training x060 with the dora plugin"; }
+"$python" - <<'PY' || fail "x060: the loss did not go down or the gate was not adapted"
+import json, torch
+losses = [json.loads(line)["loss"] for line in open("out/metrics.jsonl")]
+assert len(losses) == 10 and losses[-1] < losses[0], losses
+adapter = torch.load("out/rwkv-0.pth", weights_only=True)
+assert "blocks.1.att.gate.lora_A" in adapter and "blocks.0.ffn.receptance.lora_magnitude_vector" in adapter, list(adapter)
+PY
+peftkit merge --base model.pth --adapter out/rwkv-0.pth --output merged.pth >/dev/null || fail "x060: merging the DoRA adapter"
+with_adapter=$(peftkit generate --model model.pth --adapter out/rwkv-0.pth --prompt a --max-tokens 12 --temperature 0 --log-level warn)
+from_merged=$(peftkit generate --model merged.pth --prompt a --max-tokens 12 --temperature 0 --log-level warn)
+[[ "$with_adapter" == "$from_merged" ]] || fail "x060: generation with the adapter ($with_adapter) differs from the merged model ($from_merged)"
+cd ..
 echo "1 passed, 0 failed"

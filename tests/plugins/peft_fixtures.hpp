@@ -7,6 +7,8 @@
 #include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstdlib>
 #include <string>
 #include <utility>
 #include <vector>
@@ -22,14 +24,39 @@
 
 namespace peftkit::testing {
 
-// L 2, C 64 (H 4, N 16), vocab 300, ffn 256.
+// The architecture the plugin battery runs on: x070, or x060 when PEFTKIT_TEST_ARCH=x060 (CTest
+// runs every plugin test once for each, see tests/plugins/CMakeLists.txt).
+inline model::Architecture test_architecture() {
+  const char* arch = std::getenv("PEFTKIT_TEST_ARCH");
+  return arch ? model::parse_architecture(arch) : model::Architecture::kX070;
+}
+
+// L 2, C 64 (H 4, N 16), vocab 300; ffn 256 (x070) or 224 (x060).
 inline const model::ModelConfig& small_config() {
-  static const model::ModelConfig c = model::ModelConfig::for_size(2, 64, 300, 16);
+  static const model::ModelConfig c =
+      model::ModelConfig::for_size(test_architecture(), 2, 64, 300, 16);
   return c;
 }
 
-// Every tensor perturbed: a fresh model's zero matrices would hide bugs.
-inline TensorMap small_model_weights() { return perturbed_model(small_config(), 3); }
+// Linear sites of the small model: 2 layers x 6 (x070) or x 8 (x060: att.gate, ffn.receptance).
+inline int64_t small_linear_sites() {
+  return small_config().n_layer * static_cast<int64_t>(small_config().block_linear_names().size());
+}
+
+// Every tensor perturbed: a fresh model's zero matrices would hide bugs. RWKV-6's zero-initialised
+// att.output, ffn.receptance and ffn.value would still be ~1e-3 after that, leaving the initial
+// state and most adapters without reach into the logits, so they are drawn as trained ones are.
+inline TensorMap small_model_weights() {
+  TensorMap weights = perturbed_model(small_config(), 3);
+  if (small_config().arch == model::Architecture::kX060) {
+    at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(4);
+    for (auto& [name, t] : weights)
+      if (name.ends_with("att.output.weight") || name.ends_with("ffn.receptance.weight") ||
+          name.ends_with("ffn.value.weight"))
+        t = at::normal(0, 1.0 / std::sqrt(static_cast<double>(t.size(1))), t.sizes(), generator);
+  }
+  return weights;
+}
 
 inline double relative_error(const at::Tensor& got, const at::Tensor& want) {
   return (got - want).norm().item<double>() / want.norm().item<double>();

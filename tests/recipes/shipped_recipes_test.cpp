@@ -1,5 +1,6 @@
 // Every shipped recipe validates and trains (two steps) on the CPU with the built-in small model
-// of the quickstart, its own settings untouched apart from the model, output folder and length.
+// of the quickstart (an RWKV-6 one of the same size for the x060-* recipes), its own settings
+// untouched apart from the model, output folder and length.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -18,6 +19,10 @@ class ShippedRecipes : public ::testing::TestWithParam<std::string> {
         testing::peftkit_command("init-model --layers 2 --embd 128 --seed 0 --out " +
                                  (dir_->path() / "model.pth").string()));
     ASSERT_EQ(made.exit_code, 0) << made.output;
+    made = testing::run_command(
+        testing::peftkit_command("init-model --arch x060 --layers 2 --embd 128 --seed 0 --out " +
+                                 (dir_->path() / "model-x060.pth").string()));
+    ASSERT_EQ(made.exit_code, 0) << made.output;
   }
   static void TearDownTestSuite() { delete dir_; }
   static inline testing::TempDir* dir_ = nullptr;
@@ -26,8 +31,10 @@ class ShippedRecipes : public ::testing::TestWithParam<std::string> {
 TEST_P(ShippedRecipes, TrainsOnTheBuiltInSmallModel) {
   const std::filesystem::path recipe = std::filesystem::path(RECIPES_DIR) / (GetParam() + ".toml");
   const std::filesystem::path out = dir_->path() / GetParam();
+  // The x060-* recipes tune an RWKV-6 model, the others the quickstart's RWKV-7 one.
+  const std::string model = GetParam().starts_with("x060-") ? "model-x060.pth" : "model.pth";
   auto run = testing::run_command(testing::peftkit_command(
-      "train " + recipe.string() + " --set model.path=" + (dir_->path() / "model.pth").string() +
+      "train " + recipe.string() + " --set model.path=" + (dir_->path() / model).string() +
       " --set output.dir=" + out.string() + " --set train.epoch_steps=2 --set train.epoch_count=1" +
       (GetParam() == "qlora-nf4"
            ? " --set quant.cache_file=" + (out / "base.nf4.safetensors").string()
@@ -66,7 +73,7 @@ TEST_F(ShippedRecipes, TheShippedCompareRunsOnTheBuiltInSmallModel) {
 
 INSTANTIATE_TEST_SUITE_P(Recipes, ShippedRecipes,
                          ::testing::Values("quickstart", "state", "lora", "pissa", "miss",
-                                           "qlora-nf4", "state-int8"));
+                                           "qlora-nf4", "state-int8", "x060-state", "x060-lora"));
 
 }  // namespace
 }  // namespace peftkit

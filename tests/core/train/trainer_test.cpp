@@ -30,6 +30,10 @@ class TrainerTest : public ::testing::Test {
     shared_ = new testing::TempDir();
     auto inputs = testing::write_tiny_training_inputs(PEFTKIT_PYTHON, shared_->path());
     ASSERT_EQ(inputs.exit_code, 0) << inputs.output;
+    auto x060 = run_command(peftkit_command(
+        "init-model --arch x060 --layers 2 --embd 64 --head-size 32 --vocab 1000 --seed 1 --out " +
+        (shared_->path() / "model-x060.pth").string()));
+    ASSERT_EQ(x060.exit_code, 0) << x060.output;
   }
   static void TearDownTestSuite() { delete shared_; }
 
@@ -75,6 +79,9 @@ class TrainerTest : public ::testing::Test {
     waitpid(child, &status, 0);
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   }
+  // `model`: extra arguments choosing the model.
+  void expect_chunked_context_trains_like_the_whole(const std::string& model);
+
   static inline testing::TempDir* shared_ = nullptr;
   testing::TempDir dir_;
 };
@@ -175,14 +182,23 @@ TEST_F(TrainerTest, CudaGraphStepsTrainLikeEagerStepsOnTheGpu) {
 // chunk_ctx: samples of 32 tokens trained in segments of 12, 12 and 8 that carry the state give
 // the losses, gradient norms and evaluation of unsegmented training (exact backpropagation through
 // the state; fp32 on the CPU, so only rounding differs). State tuning + LoRA, so the gradient
-// reaches the initial state and every carried tensor; with and without checkpointed blocks.
+// reaches the initial state and every carried tensor; with and without checkpointed blocks; on
+// the RWKV-7 model and on an RWKV-6 one.
 TEST_F(TrainerTest, ChunkedContextTrainsLikeTheWholeContext) {
+  for (const char* model : {"model.pth", "model-x060.pth"}) {
+    SCOPED_TRACE(model);
+    expect_chunked_context_trains_like_the_whole(" --set model.path=" +
+                                                 (shared_->path() / model).string());
+  }
+}
+
+void TrainerTest::expect_chunked_context_trains_like_the_whole(const std::string& model) {
   const std::string methods =
       "[peft]\nmethod = [\"state\", \"lora\"]\n[peft.lora]\nr = 4\nalpha = 8\n";
   auto train_with = [&](const std::string& chunk, bool grad_cp) {
     testing::remove_tree(dir_ / "out");
     auto result = run_command(peftkit_command(
-        "train " + recipe(methods).string() + " --set train.chunk_ctx=" + chunk +
+        "train " + recipe(methods).string() + model + " --set train.chunk_ctx=" + chunk +
         " --set train.grad_cp=" + (grad_cp ? "true" : "false") + " --set data.eval_fraction=0.05"));
     EXPECT_EQ(result.exit_code, 0) << result.output;
     return metrics();

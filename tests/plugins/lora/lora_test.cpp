@@ -90,9 +90,13 @@ TEST(LoraTest, ExportsHfPeftAndRwkvPeftFiles) {
                            "')); "
                            "a = t['base_model.model.blocks.1.ffn.key.lora_A.weight']; b = "
                            "t['base_model.model.blocks.1.ffn.key.lora_B.weight']; "
-                           "assert a.shape == (4, 64) and b.shape == (256, 4) and a.dtype == "
+                           "assert a.shape == (4, 64) and b.shape == (" +
+                           std::to_string(testing::small_config().ffn) +
+                           ", 4) and a.dtype == "
                            "torch.float32, (a.shape, b.shape, a.dtype); "
-                           "assert len(t) == 24 and c['peft_type'] == 'LORA' and c['r'] == 4 and "
+                           "assert len(t) == " +
+                           std::to_string(2 * testing::small_linear_sites()) +
+                           " and c['peft_type'] == 'LORA' and c['r'] == 4 and "
                            "c['lora_alpha'] == 8, c; "
                            "p = torch.load('" +
                            (dir / "lora.pth").string() +
@@ -132,7 +136,8 @@ TEST(LoraTest, TrainingThroughARecipeLowersTheLoss) {
   ASSERT_EQ(run.losses.size(), 10u);
   EXPECT_LT(run.losses.back(), run.losses.front());
   TensorMap saved = read_pth(dir / "out" / "rwkv-0.pth");
-  EXPECT_EQ(saved.size(), 2u * 12u + 3u);  // A and B for 12 sites, with r, alpha, rslora
+  // A and B for every site, with r, alpha, rslora.
+  EXPECT_EQ(saved.size(), static_cast<size_t>(2 * testing::small_linear_sites() + 3));
 }
 
 }  // namespace

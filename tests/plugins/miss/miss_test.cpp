@@ -156,7 +156,10 @@ TEST(MissTest, ExportsTheHfPeftFolderAndThePth) {
   auto check = testing::run_command(
       std::string(PEFTKIT_PYTHON) +
       " -c \"import json, torch; from safetensors.torch import load_file\n"
-      "shapes = {'balance': (24, 256), 'mini': (8, 16), 'bat': (16, 16, 16)}\n"
+      "shapes = {'balance': (24, " +
+      std::to_string(testing::small_config().ffn) + "), 'mini': (8, 16), 'bat': (" +
+      std::to_string(testing::small_config().ffn / 16) +
+      ", 16, 16)}\n"
       "init = {'balance': True, 'mini': 'mini', 'bat': 'bat'}\n"
       "for mode, shape in shapes.items():\n"
       "  t = load_file('" +
@@ -166,7 +169,9 @@ TEST(MissTest, ExportsTheHfPeftFolderAndThePth) {
       dir.path().string() +
       "/' + mode + '/adapter_config.json'))\n"
       "  d = t['base_model.model.blocks.1.ffn.key.miss_block']\n"
-      "  assert len(t) == 12 and d.shape == shape and d.dtype == torch.float32, (mode, d.shape, "
+      "  assert len(t) == " +
+      std::to_string(testing::small_linear_sites()) +
+      " and d.shape == shape and d.dtype == torch.float32, (mode, d.shape, "
       "len(t))\n"
       "  assert c['peft_type'] == 'MISS' and c['init_weights'] == init[mode] and c['r'] == "
       "shape[-2 if mode == 'bat' else 0], c\n"

@@ -143,9 +143,13 @@ TEST(PissaTest, ExportedFilesOpenInPythonWithTheExpectedNamesShapesAndDtypes) {
                            "')); "
                            "a = t['base_model.model.blocks.1.ffn.key.lora_A.weight']; b = "
                            "t['base_model.model.blocks.1.ffn.key.lora_B.weight']; "
-                           "assert a.shape == (8, 64) and b.shape == (256, 8) and a.dtype == "
+                           "assert a.shape == (8, 64) and b.shape == (" +
+                           std::to_string(testing::small_config().ffn) +
+                           ", 8) and a.dtype == "
                            "b.dtype == torch.float32, (a.shape, b.shape); "
-                           "assert len(t) == 24 and c['peft_type'] == 'LORA' and c['r'] == 8 and "
+                           "assert len(t) == " +
+                           std::to_string(2 * testing::small_linear_sites()) +
+                           " and c['peft_type'] == 'LORA' and c['r'] == 8 and "
                            "c['lora_alpha'] == 16, c; "
                            "p = torch.load('" +
                            (dir / "pissa.pth").string() +
@@ -168,8 +172,16 @@ TEST(PissaTest, TrainingThroughARecipeLowersTheLoss) {
   auto run = testing::train_small_model(
       dir.path(), "[peft]\nmethod = \"pissa\"\n[peft.pissa]\nr = 4\nalpha = 4\n", 5e-3);
   ASSERT_EQ(run.command.exit_code, 0) << run.command.output;
-  EXPECT_NE(run.command.output.find("trainable parameters: 9216 in 24 tensors"), std::string::npos)
-      << run.command.output;  // 2 layers x r (4 (64 + 64) + (64 + 256) + (256 + 64)), r = 4
+  // r (in + out) per site, A and B: x070 2 x 4 (4 (64 + 64) + (64 + 256) + (256 + 64)) = 9216.
+  int64_t parameters = 0;
+  for (const std::string& site : testing::small_config().block_linear_names())
+    parameters +=
+        4 * (site == "ffn.key" || site == "ffn.value" ? 64 + testing::small_config().ffn : 128);
+  parameters *= testing::small_config().n_layer;
+  EXPECT_NE(run.command.output.find("trainable parameters: " + std::to_string(parameters) + " in " +
+                                    std::to_string(2 * testing::small_linear_sites()) + " tensors"),
+            std::string::npos)
+      << run.command.output;
   ASSERT_EQ(run.losses.size(), 10u);
   EXPECT_LT(run.losses.back(), run.losses.front());
 }

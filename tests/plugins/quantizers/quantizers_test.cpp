@@ -93,7 +93,8 @@ TEST(Quantizers, AQuantizedModelComputesExactlyWithItsDequantizedWeights) {
   for (const std::string plugin : {"nf4", "int8"}) {
     model::RwkvModel q(small_model_weights(), quantized(at::kFloat, quantizer(plugin)), "test");
     model::RwkvModel dense(dequantized_weights(q), {at::kFloat, at::kCPU}, "test");
-    EXPECT_LT(q.linear_weight_bytes() * 3, dense.linear_weight_bytes()) << plugin;
+    // At most 8 bits a weight plus scales and block padding (x060's F 224 pads), against 32.
+    EXPECT_LT(q.linear_weight_bytes() * 2, dense.linear_weight_bytes()) << plugin;
     auto lora_q = testing::make_method("lora", {{"r", int64_t{4}}, {"alpha", 8.0}});
     auto lora_d = testing::make_method("lora", {{"r", int64_t{4}}, {"alpha", 8.0}});
     lora_q->attach(q);
