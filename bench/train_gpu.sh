@@ -2,7 +2,7 @@
 # `peftkit train` timed on the GPU machine, one run per combination, printed as a table:
 #   bench/train_gpu.sh BUILD_DIR SIZES METHODS BASES MICRO_BSZ CTX STEPS
 #   e.g. bench/train_gpu.sh build-gpu "0.1b" "full state lora pissa miss" "none" "1 8" 1024 6
-# SIZES: peftkit init-model --size values; METHODS: full (no PEFT), state, lora (r 32 alpha 32, or
+# SIZES: peftkit init-model --size values (of the architecture ARCH, x070 unless set); METHODS: full (no PEFT), state, lora (r 32 alpha 32, or
 # r 64 when LORA_R=64), pissa (r 32), miss (r 64, balance); BASES: none, int8, nf4. Random tokens,
 # bf16, grad_cp on, CUDA graphs on unless CUDA_GRAPHS=false, segments of CHUNK_CTX tokens when set
 # (the ctx column then reads CTX/CHUNK_CTX). Reports tokens/s and step time (median over the steps
@@ -22,7 +22,7 @@ python3 -c "import numpy as np; np.save('$work/tokens.npy', np.random.default_rn
 echo "| size | method | base | micro_bsz | ctx | CUDA graphs | tokens/s | step s | CUDA allocator peak GiB | nvidia-smi peak GiB | start to first step s |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
 for size in $sizes; do
-  "$peftkit" init-model --size "$size" --out "$work/model-$size.pth" --log-level warn
+  "$peftkit" init-model --arch "${ARCH:-x070}" --size "$size" --out "$work/model-$size.pth" --log-level warn
   for method in $methods; do
     for base in $bases; do
       for bsz in $batches; do

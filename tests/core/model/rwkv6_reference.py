@@ -9,38 +9,23 @@ states, which it saves as DIR/state.pth in RWKV-PEFT's x060 layout (blocks.{i}.a
 [H, N, N] bf16, S[h][i = value][j = key] as its wkv6state CUDA kernel reads it), with those logits
 in DIR/logits_state.pth.
 """
-import collections
-import random
 import sys
 
 import torch
 import torch.nn.functional as F
 
+from reference_files import layer_count, layer_norm, perturbed_model, random_states, read_tokens
+
 d = sys.argv[1]
 g = torch.Generator().manual_seed(17)
-sd = torch.load(f"{d}/init.pth", weights_only=True)
-for k, p in sd.items():
-    sd[k] = p + 0.1 * torch.randn(p.shape, generator=g) * (p.float().std() + 0.02)
-keys = list(sd)
-random.Random(5).shuffle(keys)
-model = collections.OrderedDict((k, sd[k].to(torch.bfloat16)) for k in keys)
-torch.save(model, f"{d}/model.pth")
-
-w = {k: v.double() for k, v in model.items()}
+w = perturbed_model(d, g, shuffle_seed=5)
 C = w["emb.weight"].shape[1]
-L = max(int(k.split(".")[1]) for k in w if k.startswith("blocks.")) + 1
+L = layer_count(w)
 H, N = w["blocks.0.att.time_faaaa"].shape
-tokens = torch.tensor([int(x) for x in open(f"{d}/tokens").read().split()])
+tokens = read_tokens(d)
 T = len(tokens)
-
-
-def ln(x, name, eps=1e-5):
-    return F.layer_norm(x, (C,), w[name + ".weight"], w[name + ".bias"], eps)
-
-
-states = {f"blocks.{l}.att.time_state": (0.5 * torch.randn(H, N, N, generator=g)).to(torch.bfloat16)
-          for l in range(L)}
-torch.save(states, f"{d}/state.pth")
+ln = layer_norm(w, C)
+states = random_states(d, g, L, H, N)
 
 
 def forward(initial_states):
@@ -85,4 +70,4 @@ def forward(initial_states):
 
 
 torch.save({"logits": forward(None)}, f"{d}/logits.pth")
-torch.save({"logits": forward([states[f"blocks.{l}.att.time_state"] for l in range(L)])}, f"{d}/logits_state.pth")
+torch.save({"logits": forward(states)}, f"{d}/logits_state.pth")

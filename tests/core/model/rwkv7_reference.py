@@ -8,41 +8,32 @@ bf16 weights in float64 for DIR/tokens (one id per line) and saves them as DIR/l
 again from random initial WKV states, which it saves as DIR/state.pth in RWKV-PEFT's layout
 (blocks.{i}.att.time_state, [H, N, N] bf16, value-major), with those logits in DIR/logits_state.pth.
 """
-import collections
-import random
 import sys
 
 import torch
 import torch.nn.functional as F
 
+from reference_files import layer_count, layer_norm, perturbed_model, random_states, read_tokens
+
 d = sys.argv[1]
 g = torch.Generator().manual_seed(7)
-sd = torch.load(f"{d}/init.pth", weights_only=True)
-for k, p in sd.items():
-    sd[k] = p + 0.1 * torch.randn(p.shape, generator=g) * (p.float().std() + 0.02)
-C = sd["emb.weight"].shape[1]
-sd["blocks.0.att.v0"] = torch.randn(1, 1, C, generator=g)
-sd["blocks.0.att.v1"] = torch.randn(C, sd["blocks.1.att.v1"].shape[1], generator=g)
-sd["blocks.0.att.v2"] = torch.randn(sd["blocks.1.att.v1"].shape[1], C, generator=g)
-keys = list(sd)
-random.Random(3).shuffle(keys)
-model = collections.OrderedDict((k, sd[k].to(torch.bfloat16)) for k in keys)
-torch.save(model, f"{d}/model.pth")
 
-w = {k: v.double() for k, v in model.items()}
-L = max(int(k.split(".")[1]) for k in w if k.startswith("blocks.")) + 1
+
+def add_layer0_value_lora(sd):
+    C = sd["emb.weight"].shape[1]
+    sd["blocks.0.att.v0"] = torch.randn(1, 1, C, generator=g)
+    sd["blocks.0.att.v1"] = torch.randn(C, sd["blocks.1.att.v1"].shape[1], generator=g)
+    sd["blocks.0.att.v2"] = torch.randn(sd["blocks.1.att.v1"].shape[1], C, generator=g)
+
+
+w = perturbed_model(d, g, shuffle_seed=3, add=add_layer0_value_lora)
+C = w["emb.weight"].shape[1]
+L = layer_count(w)
 H, N = w["blocks.0.att.r_k"].shape
-tokens = torch.tensor([int(x) for x in open(f"{d}/tokens").read().split()])
+tokens = read_tokens(d)
 T = len(tokens)
-
-
-def ln(x, name, eps=1e-5):
-    return F.layer_norm(x, (C,), w[name + ".weight"], w[name + ".bias"], eps)
-
-
-states = {f"blocks.{l}.att.time_state": (0.5 * torch.randn(H, N, N, generator=g)).to(torch.bfloat16)
-          for l in range(L)}
-torch.save(states, f"{d}/state.pth")
+ln = layer_norm(w, C)
+states = random_states(d, g, L, H, N)
 
 
 def forward(initial_states):
@@ -88,4 +79,4 @@ def forward(initial_states):
 
 
 torch.save({"logits": forward(None)}, f"{d}/logits.pth")
-torch.save({"logits": forward([states[f"blocks.{l}.att.time_state"] for l in range(L)])}, f"{d}/logits_state.pth")
+torch.save({"logits": forward(states)}, f"{d}/logits_state.pth")

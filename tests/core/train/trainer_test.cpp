@@ -216,9 +216,10 @@ void TrainerTest::expect_chunked_context_trains_like_the_whole(const std::string
       EXPECT_NEAR(segmented[i]["loss"].get<double>(), loss, 1e-5 * loss)
           << "step " << i << " grad_cp " << grad_cp;
       EXPECT_NEAR(segmented[i]["grad_norm"].get<double>(), norm, 1e-4 * norm) << "step " << i;
-      if (whole[i].contains("eval_loss"))
+      if (whole[i].contains("eval_loss")) {
         EXPECT_NEAR(segmented[i]["eval_loss"].get<double>(), whole[i]["eval_loss"].get<double>(),
                     1e-5 * loss);
+      }
     }
   }
   EXPECT_TRUE(whole.back().contains("eval_loss"));
@@ -247,6 +248,29 @@ TEST_F(TrainerTest, ChunkedContextOnTheGpuTrainsLikeTheWholeContext) {
     EXPECT_NEAR(segmented[i]["loss"].get<double>(), loss, 1e-5 * loss) << "step " << i + 1;
     EXPECT_NEAR(segmented[i]["grad_norm"].get<double>(), norm, 1e-4 * norm) << "step " << i + 1;
     EXPECT_EQ(segmented[i]["cuda_graph"].get<bool>(), i >= 1) << "step " << i + 1;
+  }
+}
+
+// GPU only: an RWKV-6 model with state tuning + LoRA trains on the GPU as on the CPU (fp32, TF32
+// off), CUDA graphs included.
+TEST_F(TrainerTest, AnX060ModelTrainsOnTheGpuAsOnTheCpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  const std::string methods =
+      "[peft]\nmethod = [\"state\", \"lora\"]\n[peft.lora]\nr = 4\nalpha = 8\n";
+  auto train_on = [&](const std::string& device) {
+    testing::remove_tree(dir_ / "out");
+    auto result = run_command(peftkit_command(
+        "train " + recipe(methods).string() + " --set model.path=" +
+        (shared_->path() / "model-x060.pth").string() + " --set run.device=" + device));
+    EXPECT_EQ(result.exit_code, 0) << result.output;
+    return metrics();
+  };
+  const auto cpu = train_on("cpu"), gpu = train_on("cuda");
+  ASSERT_EQ(cpu.size(), 12u);
+  ASSERT_EQ(gpu.size(), cpu.size());
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    const double loss = cpu[i]["loss"].get<double>();
+    EXPECT_NEAR(gpu[i]["loss"].get<double>(), loss, 1e-4 * loss) << "step " << i + 1;
   }
 }
 

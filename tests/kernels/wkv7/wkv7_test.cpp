@@ -10,6 +10,8 @@
 #include <cstdio>
 #include <sstream>
 
+#include "kernels/finite_differences.hpp"
+
 namespace peftkit::kernels {
 namespace {
 
@@ -114,19 +116,8 @@ TEST(Wkv7Cpu, GradientsMatchCentralFiniteDifferencesInFloat64) {
   for (at::Tensor* p : params) p->requires_grad_(true);
   loss().backward();
   for (size_t i = 0; i < params.size(); ++i) {
-    at::Tensor analytic = params[i]->grad().clone();
-    at::Tensor numeric = at::zeros_like(analytic);
-    at::NoGradGuard no_grad;
-    at::Tensor flat = params[i]->view({-1});
-    for (int64_t e = 0; e < flat.numel(); ++e) {
-      const double h = 1e-6, saved = flat[e].item<double>();
-      flat[e].fill_(saved + h);
-      const double plus = loss().item<double>();
-      flat[e].fill_(saved - h);
-      const double minus = loss().item<double>();
-      flat[e].fill_(saved);
-      numeric.view({-1})[e] = (plus - minus) / (2 * h);
-    }
+    const at::Tensor analytic = params[i]->grad().clone();
+    const at::Tensor numeric = testing::central_differences(loss, *params[i]);
     EXPECT_LT(relative_error(analytic, numeric), 1e-7) << "gradient of " << names[i];
   }
 }
