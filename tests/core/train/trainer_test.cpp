@@ -251,8 +251,11 @@ TEST_F(TrainerTest, ChunkedContextOnTheGpuTrainsLikeTheWholeContext) {
   }
 }
 
-// GPU only: an RWKV-6 model with state tuning + LoRA trains on the GPU as on the CPU (fp32, TF32
-// off), CUDA graphs included.
+// GPU only: an RWKV-6 model with state tuning + LoRA computes the first step's loss and gradient
+// on the GPU as on the CPU (fp32, TF32 off), and trains there. Later steps are not compared: Adam
+// turns the rounding differences of near-zero gradient components into full-size updates, so CPU
+// and GPU trajectories part by ~1e-3 after two updates for x070 models as well (measured on the
+// H200, bench/RESULTS.md 2026-12-01, issue 18).
 TEST_F(TrainerTest, AnX060ModelTrainsOnTheGpuAsOnTheCpu) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   const std::string methods =
@@ -268,10 +271,11 @@ TEST_F(TrainerTest, AnX060ModelTrainsOnTheGpuAsOnTheCpu) {
   const auto cpu = train_on("cpu"), gpu = train_on("cuda");
   ASSERT_EQ(cpu.size(), 12u);
   ASSERT_EQ(gpu.size(), cpu.size());
-  for (size_t i = 0; i < cpu.size(); ++i) {
-    const double loss = cpu[i]["loss"].get<double>();
-    EXPECT_NEAR(gpu[i]["loss"].get<double>(), loss, 1e-4 * loss) << "step " << i + 1;
+  for (const char* key : {"loss", "grad_norm"}) {
+    const double want = cpu[0][key].get<double>();
+    EXPECT_NEAR(gpu[0][key].get<double>(), want, 1e-5 * want) << key;
   }
+  EXPECT_LT(gpu.back()["loss"].get<double>(), gpu.front()["loss"].get<double>());
 }
 
 TEST_F(TrainerTest, InterruptedRunResumesExactly) {
