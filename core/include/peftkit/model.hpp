@@ -1,7 +1,8 @@
 // model.hpp: what PEFT-method and quantizer plugins see of a model.
 //
 // The model exposes sites by their RWKV checkpoint names and nothing of its internals:
-//   linear sites  "blocks.{i}.att.receptance|key|value|output", "blocks.{i}.ffn.key|value"
+//   linear sites  "blocks.{i}.att.receptance|key|value|output", "blocks.{i}.ffn.key|value", and on
+//                 RWKV-6 (x060) also "blocks.{i}.att.gate" and "blocks.{i}.ffn.receptance"
 //                 (frozen y = x W^T, W [out, in], dense or quantized),
 //   state sites   "blocks.{i}.att": the layer's initial WKV state [H, N, N] (value-major, as in
 //                 RWKV-PEFT's blocks.{i}.att.time_state) and its two token-shift states [C].
@@ -80,7 +81,7 @@ struct StateSite {
 class ModelView {
  public:
   virtual ~ModelView();
-  virtual std::string architecture() const = 0;  // "rwkv7"
+  virtual std::string architecture() const = 0;  // "rwkv7" (x070) or "rwkv6" (x060)
   virtual std::vector<LinearSite> linear_sites() const = 0;
   virtual std::vector<StateSite> state_sites() const = 0;
   virtual const FrozenLinear& linear(std::string_view site) const = 0;
