@@ -73,7 +73,7 @@ void backward_kernel(const Shape& s, const at::Tensor& r, const at::Tensor& k, c
                      at::Tensor& ds0) {
   const int64_t N = s.N, NN = N * N, HN = s.H * s.N, chunks = (s.T + kChunk - 1) / kChunk;
   at::parallel_for(0, s.B * s.H, 1, [&](int64_t begin, int64_t end) {
-    std::vector<Acc> states((kChunk + 1) * NN), dS(NN), d(N);
+    std::vector<Acc> states((kChunk + 1) * NN), dS(NN), d(N), e(N);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t bi = bh / s.H, h = bh % s.H;
       const int64_t base = bi * s.T * HN + h * N;
@@ -104,7 +104,8 @@ void backward_kernel(const Shape& s, const at::Tensor& r, const at::Tensor& k, c
           Acc *drt = dr.data_ptr<Acc>() + o, *dkt = dk.data_ptr<Acc>() + o,
               *dvt = dv.data_ptr<Acc>() + o, *dwt = dw.data_ptr<Acc>() + o;
           for (int64_t j = 0; j < N; ++j) {
-            d[j] = std::exp(-std::exp(wt[j]));
+            e[j] = std::exp(wt[j]);
+            d[j] = std::exp(-e[j]);
             drt[j] = dkt[j] = dwt[j] = 0;
           }
           // S_t = S_{t-1} diag(d) + v k^T, with dS = dL/dS_t.
@@ -138,8 +139,8 @@ void backward_kernel(const Shape& s, const at::Tensor& r, const at::Tensor& k, c
               duh[j] += rt[j] * kt[j] * dy_v;
             }
           }
-          // d = exp(-exp(w)): dd/dw = -d exp(w).
-          for (int64_t j = 0; j < N; ++j) dwt[j] *= -d[j] * std::exp(wt[j]);
+          // d = exp(-e), e = exp(w): dd/dw = -d e.
+          for (int64_t j = 0; j < N; ++j) dwt[j] *= -d[j] * e[j];
         }
       }
       std::copy_n(dS.data(), NN, ds0.data_ptr<Acc>() + bh * NN);
