@@ -4,6 +4,8 @@
 #include <ATen/cuda/CUDAEvent.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <vector>
 
@@ -24,6 +26,15 @@ inline double time_ms(const std::function<void()>& f, int repeats, int warmup) {
   }
   std::sort(times.begin(), times.end());
   return times[2];
+}
+
+// (B, T, H) triples from the command line, or `defaults` when none are given.
+inline std::vector<std::vector<int64_t>> shapes_from_args(
+    int argc, char** argv, std::vector<std::vector<int64_t>> defaults) {
+  std::vector<std::vector<int64_t>> shapes;
+  for (int i = 1; i + 2 < argc; i += 3)
+    shapes.push_back({std::atoll(argv[i]), std::atoll(argv[i + 1]), std::atoll(argv[i + 2])});
+  return shapes.empty() ? defaults : shapes;
 }
 
 }  // namespace peftkit::bench

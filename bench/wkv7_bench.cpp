@@ -18,10 +18,8 @@ int main(int argc, char** argv) {
     std::printf("no CUDA device\n");
     return 1;
   }
-  std::vector<std::vector<int64_t>> shapes;
-  for (int i = 1; i + 2 < argc; i += 3)
-    shapes.push_back({std::atoll(argv[i]), std::atoll(argv[i + 1]), std::atoll(argv[i + 2])});
-  if (shapes.empty()) shapes = {{8, 1024, 12}, {4, 4096, 32}, {1, 16384, 32}};
+  const auto shapes =
+      peftkit::bench::shapes_from_args(argc, argv, {{8, 1024, 12}, {4, 4096, 32}, {1, 16384, 32}});
   std::printf("| B, T, H (N = 64) | forward ms | forward + backward ms |\n|---|---|---|\n");
   for (const auto& shape : shapes) {
     const int64_t B = shape[0], T = shape[1], H = shape[2], N = 64;

@@ -11,6 +11,9 @@ struct Place {
   void* stream;
 };
 
+// The element type of a kernel's per-step inputs (states and gradients are always fp32).
+enum class InputType { kFloat32, kBFloat16 };
+
 #ifdef __CUDACC__
 inline cudaStream_t stream_of(const Place& place) {
   return static_cast<cudaStream_t>(place.stream);

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "cuda_device.cuh"
 #include "fused/fused_cuda.hpp"
 
 namespace peftkit::kernels::cuda {
@@ -11,26 +12,15 @@ namespace {
 
 constexpr int kRows = static_cast<int>(kFusedRowsPerPartial);
 
-__device__ inline float load(const float* p, int64_t i) { return p[i]; }
-__device__ inline float load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
 template <class T>
 __device__ inline float load_or_zero(const T* p, int64_t i) {
   return p ? load(p, i) : 0.0f;
-}
-__device__ inline void store(float* p, int64_t i, float v) { p[i] = v; }
-__device__ inline void store(__nv_bfloat16* p, int64_t i, float v) {
-  p[i] = __float2bfloat16_rn(v);
 }
 
 __device__ inline float warp_sum(float x) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
   return x;
-}
-
-std::string status(const char* what) {
-  const cudaError_t e = cudaGetLastError();
-  return e == cudaSuccess ? std::string() : std::string(what) + ": " + cudaGetErrorString(e);
 }
 
 template <class Run>

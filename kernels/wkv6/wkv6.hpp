@@ -9,6 +9,8 @@
 // state [B, H, N, N] or undefined for zeros. Returns y [B, T, H, N] in r's dtype and the final
 // state [B, H, N, N]. The state and its arithmetic are fp32 (fp64 for fp64 inputs). Gradients
 // flow to every input, u and the initial state included, and from the final state.
+// CPU tensors run the exact sequential kernel; CUDA tensors with N 32 or 64 (not fp64)
+// run the chunked CUDA kernels (wkv6_cuda.hpp), other CUDA inputs wkv6_reference below.
 //
 //   auto [y, s_final] = peftkit::kernels::wkv6(r, k, v, w, u, s0);
 #pragma once

@@ -1,6 +1,7 @@
 // WKV6 on the CPU (the exact recurrence, the CPU path of training and the oracle for GPU kernels)
-// and its autograd binding. The backward recomputes states from checkpoints taken every kChunk
-// steps, so memory is B*H*(T/kChunk)*N*N instead of B*H*T*N*N.
+// and its autograd binding, which runs the CUDA kernel (wkv6_cuda.cu) for CUDA tensors. The CPU
+// backward recomputes states from checkpoints taken every kChunk steps, so memory is
+// B*H*(T/kChunk)*N*N instead of B*H*T*N*N.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -9,10 +10,18 @@
 #include <cmath>
 #include <vector>
 
+#include "binding.hpp"
 #include "wkv6/wkv6.hpp"
+#ifdef PEFTKIT_WKV6_CUDA
+#include "cuda_place_of.hpp"
+#include "wkv6/wkv6_cuda.hpp"
+#endif
 
 namespace peftkit::kernels {
 namespace {
+
+using binding::accumulate_type;
+using binding::output;
 
 constexpr int64_t kChunk = 16;
 
@@ -148,15 +157,81 @@ void backward_kernel(const Shape& s, const at::Tensor& r, const at::Tensor& k, c
   });
 }
 
-at::ScalarType accumulate_type(const at::Tensor& r) {
-  return r.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+#ifdef PEFTKIT_WKV6_CUDA
+void check_cuda(const std::string& status) {
+  TORCH_CHECK(status.empty(), "wkv6 CUDA kernel: ", status);
 }
+
+struct CudaForward {
+  at::Tensor r, k, v, w, u;  // as the kernel read them
+  at::Tensor y, s_final;     // y in the kernel's input dtype
+  at::Tensor chunk_states;   // the state entering every chunk
+};
+
+CudaForward cuda_forward(const at::Tensor& r, const at::Tensor& k, const at::Tensor& v,
+                         const at::Tensor& w, const at::Tensor& u, const at::Tensor& s0) {
+  auto prepare = [&](const at::Tensor& x) {
+    return x.to(binding::cuda_input_type(r)).contiguous();
+  };
+  const cuda::Wkv6Shape shape{r.size(0), r.size(1), r.size(2), r.size(3)};
+  CudaForward f{prepare(r), prepare(k), prepare(v), prepare(w), u.to(at::kFloat).contiguous(),
+                {},         {},         {}};
+  const auto f32 = f.r.options().dtype(at::kFloat);
+  const at::Tensor initial = s0.defined() ? s0.to(at::kFloat).contiguous()
+                                          : at::zeros({shape.B, shape.H, shape.N, shape.N}, f32);
+  f.y = output(f.r.sizes(), f.r.options());
+  f.s_final = output({shape.B, shape.H, shape.N, shape.N}, f32);
+  f.chunk_states = output({shape.B * shape.H, cuda::wkv6_chunks(shape), shape.N, shape.N}, f32);
+  check_cuda(cuda::wkv6_forward(cuda::place_of(r), binding::cuda_type(f.r), shape, f.r.data_ptr(),
+                                f.k.data_ptr(), f.v.data_ptr(), f.w.data_ptr(),
+                                f.u.data_ptr<float>(), initial.data_ptr<float>(), f.y.data_ptr(),
+                                f.s_final.data_ptr<float>(), f.chunk_states.data_ptr<float>()));
+  return f;
+}
+
+// dL/d(r, k, v, w, u, s0) in fp32 from the saved forward.
+std::vector<at::Tensor> cuda_backward(const std::vector<at::Tensor>& saved, const at::Tensor& dy_in,
+                                      const at::Tensor& ds_final_in) {
+  const at::Tensor &r = saved[0], &k = saved[1], &v = saved[2], &w = saved[3], &u = saved[4],
+                   &chunk_states = saved[5];
+  const cuda::Wkv6Shape shape{r.size(0), r.size(1), r.size(2), r.size(3)};
+  const std::vector<int64_t> state_sizes{shape.B, shape.H, shape.N, shape.N};
+  const auto f32 = r.options().dtype(at::kFloat);
+  // No gradient is a zero one (the kernels read both).
+  const at::Tensor dy =
+      dy_in.defined() ? dy_in.to(at::kFloat).contiguous() : at::zeros(r.sizes(), f32);
+  const at::Tensor ds_final =
+      ds_final_in.defined() ? ds_final_in.to(at::kFloat).contiguous() : at::zeros(state_sizes, f32);
+  at::Tensor dr = output(r.sizes(), f32), dk = output(r.sizes(), f32), dv = output(r.sizes(), f32),
+             dw = output(r.sizes(), f32);
+  at::Tensor du = output({shape.B, shape.H, cuda::wkv6_chunks(shape), shape.N}, f32);
+  at::Tensor ds0 = output(state_sizes, f32);
+  at::Tensor chunk_grads = at::empty_like(chunk_states);
+  check_cuda(cuda::wkv6_backward(
+      cuda::place_of(r), binding::cuda_type(r), shape, r.data_ptr(), k.data_ptr(), v.data_ptr(),
+      w.data_ptr(), u.data_ptr<float>(), chunk_states.data_ptr<float>(), dy.data_ptr<float>(),
+      ds_final.data_ptr<float>(), dr.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(),
+      dw.data_ptr<float>(), du.data_ptr<float>(), ds0.data_ptr<float>(),
+      chunk_grads.data_ptr<float>()));
+  return {dr, dk, dv, dw, du.sum(at::IntArrayRef{0, 2}), ds0};
+}
+#endif
 
 class Wkv6Function : public torch::autograd::Function<Wkv6Function> {
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, at::Tensor r,
                                                 at::Tensor k, at::Tensor v, at::Tensor w,
                                                 at::Tensor u, at::Tensor s0) {
+    ctx->saved_data["input_dtype"] = static_cast<int64_t>(r.scalar_type());
+    ctx->saved_data["u_dtype"] = static_cast<int64_t>(u.scalar_type());
+    ctx->saved_data["s0_dtype"] = static_cast<int64_t>(s0.scalar_type());
+#ifdef PEFTKIT_WKV6_CUDA
+    if (r.is_cuda()) {
+      CudaForward f = cuda_forward(r, k, v, w, u, s0);
+      ctx->save_for_backward({f.r, f.k, f.v, f.w, f.u, f.chunk_states});
+      return {f.y.to(r.scalar_type()), f.s_final};
+    }
+#endif
     const Shape s{r.size(0), r.size(1), r.size(2), r.size(3)};
     const auto acc = accumulate_type(r);
     auto prepare = [&](const at::Tensor& x) { return x.to(acc).contiguous(); };
@@ -171,21 +246,30 @@ class Wkv6Function : public torch::autograd::Function<Wkv6Function> {
     else
       forward_kernel<float>(s, rc, kc, vc, wc, uc, s0c, y, s_final, checkpoints);
     ctx->save_for_backward({rc, kc, vc, wc, uc, checkpoints});
-    ctx->saved_data["input_dtype"] = static_cast<int64_t>(r.scalar_type());
-    ctx->saved_data["u_dtype"] = static_cast<int64_t>(u.scalar_type());
-    ctx->saved_data["s0_dtype"] = static_cast<int64_t>(s0.scalar_type());
     return {y.to(r.scalar_type()), s_final};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     auto saved = ctx->get_saved_variables();
-    const at::Tensor &r = saved[0], &k = saved[1], &v = saved[2], &w = saved[3], &u = saved[4],
-                     &checkpoints = saved[5];
-    const Shape s{r.size(0), r.size(1), r.size(2), r.size(3)};
     auto dtype = [&](const char* key) {
       return static_cast<at::ScalarType>(ctx->saved_data[key].toInt());
     };
+    const auto input = dtype("input_dtype");
+#ifdef PEFTKIT_WKV6_CUDA
+    if (saved[0].is_cuda()) {
+      std::vector<at::Tensor> g = cuda_backward(saved, grads[0], grads[1]);
+      return {g[0].to(input),
+              g[1].to(input),
+              g[2].to(input),
+              g[3].to(input),
+              g[4].to(dtype("u_dtype")),
+              g[5].to(dtype("s0_dtype"))};
+    }
+#endif
+    const at::Tensor &r = saved[0], &k = saved[1], &v = saved[2], &w = saved[3], &u = saved[4],
+                     &checkpoints = saved[5];
+    const Shape s{r.size(0), r.size(1), r.size(2), r.size(3)};
     const auto acc = r.scalar_type();
     at::Tensor dy = grads[0].defined() ? grads[0].to(acc).contiguous() : at::Tensor();
     at::Tensor ds_final = grads[1].defined() ? grads[1].to(acc).contiguous() : at::Tensor();
@@ -197,7 +281,6 @@ class Wkv6Function : public torch::autograd::Function<Wkv6Function> {
       backward_kernel<double>(s, r, k, v, w, u, checkpoints, dy, ds_final, dr, dk, dv, dw, du, ds0);
     else
       backward_kernel<float>(s, r, k, v, w, u, checkpoints, dy, ds_final, dr, dk, dv, dw, du, ds0);
-    const auto input = dtype("input_dtype");
     return {dr.to(input),
             dk.to(input),
             dv.to(input),
@@ -225,7 +308,22 @@ std::tuple<at::Tensor, at::Tensor> wkv6(const at::Tensor& r, const at::Tensor& k
                 "wkv6: s0 must be [B, H, N, N] = ",
                 at::IntArrayRef({r.size(0), r.size(2), r.size(3), r.size(3)}), ", got ",
                 s0.sizes());
-  if (!r.device().is_cpu()) return wkv6_reference(r, k, v, w, u, s0);
+  if (!r.device().is_cpu()) {
+#ifdef PEFTKIT_WKV6_CUDA
+    const bool kernel =
+        r.is_cuda() && cuda::wkv6_supports(r.size(3)) && r.scalar_type() != at::kDouble;
+#else
+    const bool kernel = false;
+#endif
+    if (!kernel) return wkv6_reference(r, k, v, w, u, s0);
+  }
+#ifdef PEFTKIT_WKV6_CUDA
+  // Without a backward to follow, no autograd record.
+  if (r.is_cuda() && !binding::needs_backward({&r, &k, &v, &w, &u, &s0})) {
+    CudaForward f = cuda_forward(r, k, v, w, u, s0);
+    return {f.y.to(r.scalar_type()), f.s_final};
+  }
+#endif
   // Autograd functions need defined inputs: no initial state means a zero one.
   const at::Tensor initial = s0.defined() ? s0
                                           : at::zeros({r.size(0), r.size(2), r.size(3), r.size(3)},

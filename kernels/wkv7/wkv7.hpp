@@ -35,8 +35,4 @@ std::tuple<at::Tensor, at::Tensor> wkv7_reference(const at::Tensor& r, const at:
 // The decay the kernel applies, d = exp(-e^-0.5 * sigmoid(z)), for references and tests.
 at::Tensor wkv7_decay(const at::Tensor& z);
 
-// Tests: fill the CUDA kernels' outputs with NaN before they run, so an element a kernel forgets
-// to write shows up as NaN instead of stale memory.
-void wkv7_poison_outputs_for_testing(bool on);
-
 }  // namespace peftkit::kernels

@@ -7,12 +7,10 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <initializer_list>
-#include <limits>
 #include <vector>
 
+#include "binding.hpp"
 #include "wkv7/wkv7.hpp"
 #ifdef PEFTKIT_WKV7_CUDA
 #include "cuda_place_of.hpp"
@@ -21,6 +19,9 @@
 
 namespace peftkit::kernels {
 namespace {
+
+using binding::accumulate_type;
+using binding::output;
 
 constexpr int64_t kChunk = 16;
 constexpr double kDecayScale = 0.60653065971263342;  // e^-0.5
@@ -170,31 +171,10 @@ void backward_kernel(const Shape& s, const at::Tensor& r, const at::Tensor& z, c
   });
 }
 
-at::ScalarType accumulate_type(const at::Tensor& r) {
-  return r.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
-std::atomic<bool> poison_outputs{false};
-
-// Kernel outputs: NaN-filled while testing for unwritten elements, else uninitialised.
-at::Tensor output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  return poison_outputs ? at::full(sizes, std::numeric_limits<float>::quiet_NaN(), options)
-                        : at::empty(sizes, options);
-}
-
 #ifdef PEFTKIT_WKV7_CUDA
-// The CUDA kernel takes bf16 or fp32 inputs as they are; everything else is made fp32.
-at::ScalarType cuda_input_type(const at::Tensor& r) {
-  return r.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kFloat;
-}
-cuda::InputType cuda_type(const at::Tensor& x) {
-  return x.scalar_type() == at::kBFloat16 ? cuda::InputType::kBFloat16 : cuda::InputType::kFloat32;
-}
-bool needs_backward(std::initializer_list<const at::Tensor*> inputs) {
-  return at::GradMode::is_enabled() &&
-         std::any_of(inputs.begin(), inputs.end(),
-                     [](const at::Tensor* x) { return x->defined() && x->requires_grad(); });
-}
+using binding::cuda_input_type;
+using binding::cuda_type;
+using binding::needs_backward;
 
 void check_cuda(const std::string& status) {
   TORCH_CHECK(status.empty(), "wkv7 CUDA kernel: ", status);
@@ -316,8 +296,6 @@ class Wkv7Function : public torch::autograd::Function<Wkv7Function> {
 };
 
 }  // namespace
-
-void wkv7_poison_outputs_for_testing(bool on) { poison_outputs = on; }
 
 at::Tensor wkv7_decay(const at::Tensor& z) { return at::exp(-kDecayScale * at::sigmoid(z)); }
 

@@ -5,6 +5,7 @@
 
 #include <type_traits>
 
+#include "cuda_device.cuh"
 #include "wkv7/wkv7_cuda.hpp"
 
 namespace peftkit::kernels::cuda {
@@ -15,30 +16,12 @@ constexpr int kChunk = static_cast<int>(kWkv7Chunk);
 // State columns per thread in the passes over time; state rows per thread in the chunk pass.
 constexpr int kSlice = 16;
 
-__device__ inline float load(const float* p, int64_t i) { return p[i]; }
-__device__ inline float load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
-
-// Loads of data no kernel writes while it runs (the non-coherent read-only path; such loads may
-// be reordered around shared-memory stores).
-__device__ inline float read_only(const float* p, int64_t i) { return __ldg(p + i); }
-__device__ inline float read_only(const __nv_bfloat16* p, int64_t i) {
-  return __bfloat162float(__ldg(p + i));
-}
-
 __device__ inline float sigmoid(float z) { return 1.0f / (1.0f + expf(-z)); }
 __device__ inline float decay_of_sigmoid(float sig) { return expf(-kDecayScale * sig); }
 
 template <class T>
 struct Inputs {
   const T *r, *z, *k, *v, *a, *b;
-};
-
-// Where step t of head bh starts in a [B, T, H, N] tensor.
-struct HeadIndex {
-  int64_t base, stride;
-  __device__ HeadIndex(const Wkv7Shape& s, int64_t bh)
-      : base((bh / s.H) * s.T * s.H * s.N + (bh % s.H) * s.N), stride(s.H * s.N) {}
-  __device__ int64_t at(int64_t t) const { return base + t * stride; }
 };
 
 __device__ inline int64_t chunk_count(const Wkv7Shape& s) { return (s.T + kChunk - 1) / kChunk; }
@@ -1133,17 +1116,6 @@ __global__ void __launch_bounds__(ChunkTiles<N>::kThreads)
     db[o] = db_t;
     E = fmaf(read_only(in.a, o), da_t, dlog);
   }
-}
-
-std::string status(const char* what) {
-  const cudaError_t e = cudaGetLastError();
-  return e == cudaSuccess ? std::string() : std::string(what) + ": " + cudaGetErrorString(e);
-}
-
-template <class Kernel>
-bool allow_shared(Kernel kernel, size_t bytes) {
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                              static_cast<int>(bytes)) == cudaSuccess;
 }
 
 template <class T>

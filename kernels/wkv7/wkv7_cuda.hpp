@@ -31,8 +31,6 @@
 
 namespace peftkit::kernels::cuda {
 
-enum class InputType { kFloat32, kBFloat16 };
-
 struct Wkv7Shape {
   int64_t B, T, H, N;
 };

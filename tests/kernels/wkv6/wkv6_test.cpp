@@ -8,6 +8,10 @@
 #include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <sstream>
+
+#include "binding.hpp"
 #include "kernels/finite_differences.hpp"
 
 namespace peftkit::kernels {
@@ -135,6 +139,89 @@ TEST(Wkv6Cpu, TensorOpReferenceAgreesWithTheKernelIncludingGradients) {
   const auto kernel = run(false), tensor_ops = run(true);
   for (size_t i = 0; i < kernel.size(); ++i)
     EXPECT_LT(relative_error(kernel[i], tensor_ops[i]), 1e-5) << "output " << i;
+}
+
+// GPU machine only: the chunked CUDA kernels against the CPU kernel in float64 from the same
+// inputs (rounded to the kernel's dtype first): y, the final state and every gradient, u and the
+// initial state included, under a weighted loss on y and the final state (so ds_final flows in).
+// Bounds (relative L2): bf16 2e-3 and its dh0 2e-4, fp32 1e-5. Shapes cover T not a multiple of 16,
+// both head sizes, B*H from 1 to 512, T up to 16384, an initial state shared by the batch, and
+// decays from almost 1 to e^-20 per step (long chunks of strong decay must neither overflow nor
+// lose the weak ones). Outputs are poisoned with NaN first (an unwritten element fails); a second
+// run must be bit-identical, and the forward without autograd must give the same y and state.
+TEST(Wkv6Cuda, MatchesTheFloat64CpuKernelIncludingGradients) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  struct Case {
+    int64_t B, T, H, N;
+    at::ScalarType dtype;
+    double bound, ds0_bound;
+    double w_low = -6, w_high = 1;
+    bool shared_state = false;
+  };
+  const Case cases[] = {{2, 37, 3, 64, at::kFloat, 1e-5, 1e-5},
+                        {2, 37, 3, 64, at::kBFloat16, 2e-3, 2e-4},
+                        {4, 1, 8, 64, at::kBFloat16, 2e-3, 2e-4},
+                        {1, 16, 2, 32, at::kFloat, 1e-5, 1e-5},
+                        {3, 100, 2, 32, at::kBFloat16, 2e-3, 2e-4},
+                        {8, 33, 64, 64, at::kBFloat16, 2e-3, 2e-4},
+                        {4, 70, 3, 64, at::kBFloat16, 2e-3, 2e-4, -6, 1, true},
+                        {2, 64, 4, 64, at::kFloat, 1e-5, 1e-5, -1, 3},
+                        {2, 64, 4, 64, at::kFloat, 1e-5, 1e-5, -12, -6},
+                        {1, 16384, 1, 64, at::kBFloat16, 2e-3, 2e-4},
+                        {1, 16383, 1, 64, at::kFloat, 1e-5, 1e-5}};
+  poison_kernel_outputs_for_testing(true);
+  for (const auto& c : cases) {
+    Inputs in = random_inputs(c.B, c.T, c.H, c.N, c.dtype, 31 + c.T);
+    at::Generator g = at::make_generator<at::CPUGeneratorImpl>(c.T);
+    in.w = at::empty(in.w.sizes(), at::kDouble).uniform_(c.w_low, c.w_high, g).to(c.dtype);
+    in.s0 = in.s0.to(at::kFloat);
+    if (c.shared_state) in.s0 = in.s0.slice(0, 0, 1);
+    // dy reaches the kernel in y's dtype: the reference gets the same rounded dy.
+    const at::Tensor weight_y =
+        at::randn({c.B, c.T, c.H, c.N}, at::kDouble).to(c.dtype).to(at::kDouble);
+    const at::Tensor weight_s = at::randn({c.B, c.H, c.N, c.N}, at::kDouble);
+    auto run = [&](at::Device device, at::ScalarType dtype) {
+      std::vector<at::Tensor> leaves;
+      for (const at::Tensor* t : {&in.r, &in.k, &in.v, &in.w, &in.u, &in.s0}) {
+        const bool wide = t == &in.s0 || t == &in.u;  // fp32 parameters in training
+        leaves.push_back(t->to(device, wide && dtype != at::kDouble ? at::kFloat : dtype)
+                             .detach()
+                             .requires_grad_(true));
+      }
+      const at::Tensor s0 = leaves[5].expand({c.B, c.H, c.N, c.N});
+      auto [y, s] = wkv6(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], s0);
+      ((y.to(at::kDouble) * weight_y.to(device)).sum() +
+       (s.to(at::kDouble) * weight_s.to(device)).sum())
+          .backward();
+      std::vector<at::Tensor> out = {y.detach().cpu().to(at::kDouble),
+                                     s.detach().cpu().to(at::kDouble)};
+      for (const auto& leaf : leaves) out.push_back(leaf.grad().cpu().to(at::kDouble));
+      return out;
+    };
+    const auto want = run(at::kCPU, at::kDouble);
+    const auto got = run(at::kCUDA, c.dtype);
+    const char* names[] = {"y", "s_final", "dr", "dk", "dv", "dw", "du", "ds0"};
+    std::ostringstream where;
+    where << " B" << c.B << " T" << c.T << " H" << c.H << " N" << c.N << " " << c.dtype << " w in ["
+          << c.w_low << ", " << c.w_high << "]" << (c.shared_state ? " shared h0" : "");
+    for (size_t i = 0; i < want.size(); ++i) {
+      const double error = relative_error(got[i], want[i]);
+      EXPECT_LE(error, i == 7 ? c.ds0_bound : c.bound) << names[i] << where.str();
+      std::printf("[ wkv6 cuda ] %-8s %-50s relative error %.2e\n", names[i], where.str().c_str(),
+                  error);
+    }
+    const auto again = run(at::kCUDA, c.dtype);
+    for (size_t i = 0; i < got.size(); ++i)
+      EXPECT_TRUE(at::equal(again[i], got[i])) << names[i] << where.str();
+    at::NoGradGuard no_grad;
+    auto device_input = [&](const at::Tensor& t) { return t.to(at::kCUDA, c.dtype); };
+    auto [y, s] =
+        wkv6(device_input(in.r), device_input(in.k), device_input(in.v), device_input(in.w),
+             in.u.to(at::kCUDA, at::kFloat), in.s0.to(at::kCUDA).expand({c.B, c.H, c.N, c.N}));
+    EXPECT_TRUE(at::equal(y.cpu().to(at::kDouble), got[0])) << where.str();
+    EXPECT_TRUE(at::equal(s.cpu().to(at::kDouble), got[1])) << where.str();
+  }
+  poison_kernel_outputs_for_testing(false);
 }
 
 TEST(Wkv6Cpu, RejectsMismatchedShapes) {

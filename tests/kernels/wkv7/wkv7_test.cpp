@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <sstream>
 
+#include "binding.hpp"
 #include "kernels/finite_differences.hpp"
 
 namespace peftkit::kernels {
@@ -170,7 +171,7 @@ TEST(Wkv7Cuda, MatchesTheFloat64CpuKernelIncludingGradients) {
                         // (two rows per thread) on a GPU of up to 160 SMs; fewer split its rows.
                         {3, 50, 30, 64, at::kFloat, 1e-5},
                         {2, 40, 40, 128, at::kFloat, 1e-5}};
-  wkv7_poison_outputs_for_testing(true);
+  poison_kernel_outputs_for_testing(true);
   for (const auto& c : cases) {
     Inputs in = random_inputs(c.B, c.T, c.H, c.N, c.dtype, 21 + c.T);
     in.s0 = in.s0.to(at::kFloat);
@@ -204,7 +205,9 @@ TEST(Wkv7Cuda, MatchesTheFloat64CpuKernelIncludingGradients) {
           << (c.shared_state ? " shared h0" : "");
     for (size_t i = 0; i < want.size(); ++i) {
       const double error = relative_error(got[i], want[i]);
-      EXPECT_LE(error, c.bound) << names[i] << where.str();
+      // dh0 meets its own, tighter bound (the README's claim): the state gradient is fp32 all
+      // the way, whatever the inputs' dtype.
+      EXPECT_LE(error, i == 8 ? 1e-6 : c.bound) << names[i] << where.str();
       std::printf("[ wkv7 cuda ] %-8s %-40s relative error %.2e\n", names[i], where.str().c_str(),
                   error);
     }
@@ -221,7 +224,7 @@ TEST(Wkv7Cuda, MatchesTheFloat64CpuKernelIncludingGradients) {
     EXPECT_TRUE(at::equal(y.cpu().to(at::kDouble), got[0])) << where.str();
     EXPECT_TRUE(at::equal(s.cpu().to(at::kDouble), got[1])) << where.str();
   }
-  wkv7_poison_outputs_for_testing(false);
+  poison_kernel_outputs_for_testing(false);
 }
 
 TEST(Wkv7Cpu, RejectsMismatchedShapes) {
