@@ -7,46 +7,36 @@
 #include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/autograd.h>
 
-#include <cstdio>
-
 #include "cuda_timer.hpp"
 #include "wkv6/wkv6.hpp"
 
 int main(int argc, char** argv) {
-  if (!at::hasCUDA()) {
-    std::printf("no CUDA device\n");
-    return 1;
-  }
-  const auto shapes =
-      peftkit::bench::shapes_from_args(argc, argv, {{8, 1024, 32}, {4, 4096, 32}, {1, 16384, 40}});
-  std::printf("| B, T, H (N = 64) | forward ms | forward + backward ms |\n|---|---|---|\n");
-  for (const auto& shape : shapes) {
-    const int64_t B = shape[0], T = shape[1], H = shape[2], N = 64;
-    auto opts = at::TensorOptions().device(at::kCUDA);
-    auto input = [&](double lo, double hi) {
-      return at::empty({B, T, H, N}, opts).uniform_(lo, hi).to(at::kBFloat16);
-    };
-    const at::Tensor r = input(-1, 1), k = input(-1, 1), v = input(-1, 1), w = input(-6, 1);
-    const at::Tensor u = at::empty({H, N}, opts).uniform_(-1, 1);
-    const at::Tensor h0 = at::randn({H, N, N}, opts).requires_grad_(true);
-    auto state = [&] { return h0.unsqueeze(0).expand({B, H, N, N}); };
-    const double forward = peftkit::bench::time_ms(
-        [&] {
-          at::NoGradGuard no_grad;
-          peftkit::kernels::wkv6(r, k, v, w, u, state());
-        },
-        10, 3);
-    // Every input's gradient is computed (the kernel has one backward), dh0 returned.
-    const at::Tensor dy = at::randn({B, T, H, N}, opts).to(at::kBFloat16);
-    const double both = peftkit::bench::time_ms(
-        [&] {
-          auto [y, s] = peftkit::kernels::wkv6(r, k, v, w, u, state());
-          at::Tensor grad = torch::autograd::grad({y}, {h0}, {dy})[0];
-          (void)s;
-        },
-        10, 3);
-    std::printf("| %lld, %lld, %lld | %.3f | %.3f |\n", static_cast<long long>(B),
-                static_cast<long long>(T), static_cast<long long>(H), forward, both);
-  }
-  return 0;
+  using peftkit::bench::bf16_uniform;
+  return peftkit::bench::run_wkv_bench(
+      argc, argv, {{8, 1024, 32}, {4, 4096, 32}, {1, 16384, 40}},
+      [](int64_t B, int64_t T, int64_t H) {
+        const int64_t N = 64;
+        auto opts = at::TensorOptions().device(at::kCUDA);
+        const at::Tensor r = bf16_uniform(B, T, H, N, -1, 1), k = bf16_uniform(B, T, H, N, -1, 1),
+                         v = bf16_uniform(B, T, H, N, -1, 1), w = bf16_uniform(B, T, H, N, -6, 1);
+        const at::Tensor u = at::empty({H, N}, opts).uniform_(-1, 1);
+        const at::Tensor h0 = at::randn({H, N, N}, opts).requires_grad_(true);
+        auto state = [&] { return h0.unsqueeze(0).expand({B, H, N, N}); };
+        const double forward = peftkit::bench::time_ms(
+            [&] {
+              at::NoGradGuard no_grad;
+              peftkit::kernels::wkv6(r, k, v, w, u, state());
+            },
+            10, 3);
+        // Every input's gradient is computed (the kernel has one backward), dh0 returned.
+        const at::Tensor dy = at::randn({B, T, H, N}, opts).to(at::kBFloat16);
+        const double both = peftkit::bench::time_ms(
+            [&] {
+              auto [y, s] = peftkit::kernels::wkv6(r, k, v, w, u, state());
+              at::Tensor grad = torch::autograd::grad({y}, {h0}, {dy})[0];
+              (void)s;
+            },
+            10, 3);
+        return peftkit::bench::WkvTimes{forward, both};
+      });
 }

@@ -11,4 +11,16 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # Every parser under libFuzzer with ASan + UBSan, seeded by the corpora the fuzz script writes
 # (PEFTKIT_FUZZ_SECONDS per target; PEFTKIT_SKIP_FUZZ=1 skips it on a machine without Clang).
 [[ "${PEFTKIT_SKIP_FUZZ:-0}" == 1 ]] || "$root/scripts/fuzz.sh"
-ctest --test-dir "${PEFTKIT_BUILD_DIR:-$root/build}" --output-on-failure -j "$(nproc)"
+build=${PEFTKIT_BUILD_DIR:-$root/build}
+status=0
+ctest --test-dir "$build" --output-on-failure -j "$(nproc)" --output-junit "$build/ctest-junit.xml" ||
+  status=$?
+# The reliability table (docs/RELIABILITY.md is one such table) from this run's own outputs.
+fuzz_logs=${PEFTKIT_FUZZ_BUILD_DIR:-$root/build-fuzz}/findings
+reliability_args=(--junit "$build/ctest-junit.xml"
+                  --source "Run: scripts/test.sh, $(date -u +%Y-%m-%d), commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown), $(nproc) cores.")
+[[ "${PEFTKIT_SKIP_FUZZ:-0}" == 1 || ! -d "$fuzz_logs" ]] || reliability_args+=(--fuzz-logs "$fuzz_logs")
+"$root/.venv/bin/python" "$root/scripts/reliability.py" "${reliability_args[@]}" >"$build/RELIABILITY.md" ||
+  true
+echo "test: the reliability table of this run is $build/RELIABILITY.md"
+exit "$status"

@@ -57,6 +57,9 @@ TemporaryFile open_temporary_beside(const std::filesystem::path& path);
 void commit_temporary(TemporaryFile& file, const std::filesystem::path& path);
 // Closes and removes it (after an error).
 void discard_temporary(TemporaryFile& file);
+// Removes the temporary files in `folder` left by writes of processes that no longer run (killed
+// midway); a live process's file is left alone. Returns how many were removed.
+int remove_stale_temporaries(const std::filesystem::path& folder);
 
 // Writes all `size` bytes or throws peftkit::Error naming `path`, how far it got and the system's
 // reason (e.g. "No space left on device").

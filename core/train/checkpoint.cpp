@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <iterator>
 
+#include "io/mapped_file.hpp"
 #include "peftkit/error.hpp"
 #include "peftkit/log.hpp"
 #include "peftkit/tensor_io.hpp"
@@ -61,9 +62,7 @@ std::vector<fs::path> list_checkpoints(const fs::path& folder) {
 void prepare_checkpoint_folder(const fs::path& folder) {
   fs::create_directories(folder);
   // Temporary files of a write that was killed midway are never a checkpoint.
-  for (const auto& entry : fs::directory_iterator(folder))
-    if (entry.path().filename().string().find(".tmp-") != std::string::npos)
-      fs::remove(entry.path());
+  io::remove_stale_temporaries(folder);
 }
 
 void save_checkpoint(const fs::path& folder, const std::vector<OptimizedTensor>& trained,

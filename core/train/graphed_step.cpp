@@ -18,10 +18,16 @@ GraphedStep::GraphedStep(Body body, at::Device device, bool enabled)
 
 GraphedStep::~GraphedStep() = default;
 
-void GraphedStep::disable(const std::string& reason) {
+void GraphedStep::disable(const std::string& reason, bool expected) {
   enabled_ = false;
   graphs_.clear();
-  log::info("CUDA graphs off: " + reason + "; training steps run eagerly");
+  const std::string text = "CUDA graphs off: " + reason + "; training steps run eagerly";
+  // A recipe that draws random numbers is expected to run eagerly; a failed capture is not, and
+  // costs speed the user should hear about.
+  if (expected)
+    log::info(text);
+  else
+    log::warn(text + " (set [train] cuda_graphs = false to run eagerly without this warning)");
 }
 
 // Eager steps get the host tensors as they are: the model and the loss move them, and the model
@@ -43,7 +49,7 @@ at::Tensor GraphedStep::run(const at::Tensor& inputs, const at::Tensor& targets)
     const uint64_t offset = generator.get_offset();
     at::Tensor loss = body_(inputs, targets);
     if (generator.get_offset() != offset)
-      disable("the step draws random numbers (dropout), which a graph would repeat");
+      disable("the step draws random numbers (dropout), which a graph would repeat", true);
     seen_.insert(shape);
     return loss;
   }
@@ -69,7 +75,7 @@ at::Tensor GraphedStep::run(const at::Tensor& inputs, const at::Tensor& targets)
     c->graph.capture_end();
   } catch (const std::exception& e) {
     // Nothing ran while capturing (the gradients are untouched): run this step eagerly.
-    disable(std::string("capturing the training step failed (") + e.what() + ")");
+    disable(std::string("capturing the training step failed (") + e.what() + ")", false);
     return body_(inputs, targets);
   }
   c->graph.replay();

@@ -43,7 +43,8 @@ class GraphedStep {
 
  private:
   struct Captured;
-  void disable(const std::string& reason);
+  // Runs every later step eagerly; `expected` (the recipe asks for it) logs at info, else warn.
+  void disable(const std::string& reason, bool expected);
 
   Body body_;
   at::Device device_;

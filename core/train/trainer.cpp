@@ -23,6 +23,7 @@
 #include <random>
 #include <regex>
 #include <sstream>
+#include <thread>
 
 #include "cuda_place_of.hpp"
 #include "dist/group.hpp"
@@ -221,15 +222,21 @@ void Trainer::Impl::setup() {
   join_group();
   if (place.main()) {
     prepare_checkpoint_folder(settings.checkpoint_dir);
+    io::remove_stale_temporaries(out_dir);  // of epoch files and metrics whose write was killed
     log::add_file(out_dir / "peftkit.log");
     const std::string resolved_recipe = host::format_recipe(recipe);
     io::write_file_atomically(out_dir / "recipe.toml", [&](std::FILE* out) {
       io::write_all(out, resolved_recipe.data(), resolved_recipe.size(), out_dir / "recipe.toml");
     });
   }
-  if (settings.threads > 0)
-    at::set_num_threads(static_cast<int>(settings.threads));
-  else if (place.local_world_size > 1)  // the host's cores shared among its processes
+  if (settings.threads > 0) {
+    // More threads than cores only adds stacks and switching: capped, and said.
+    const int64_t cores = std::max<unsigned>(1, std::thread::hardware_concurrency());
+    if (settings.threads > cores)
+      log::warn("[run] threads = " + std::to_string(settings.threads) + " is more than the " +
+                std::to_string(cores) + " cores here; using " + std::to_string(cores));
+    at::set_num_threads(static_cast<int>(std::min(settings.threads, cores)));
+  } else if (place.local_world_size > 1)  // the host's cores shared among its processes
     at::set_num_threads(std::max(1, at::get_num_threads() / place.local_world_size));
   at::manual_seed(settings.seed);
 
@@ -776,15 +783,31 @@ int Trainer::Impl::run() {
     }
     const int stop_signal = group ? r.stop_signal : static_cast<int>(g_stop_signal);
     if (stop_signal) {
-      save_checkpoint();
-      if (place.main())
+      // An interrupted run exits 130 even when its last checkpoint cannot be written (a full
+      // disk, a read-only folder): the user asked it to stop, and the error says what was kept.
+      std::string not_saved;
+      try {
+        save_checkpoint();
+      } catch (const Error& e) {
+        not_saved = e.what();
+      }
+      const std::string resume_command = flags.resume_command.empty()
+                                             ? "peftkit train " + recipe.file.string() + " --resume"
+                                             : flags.resume_command;
+      if (place.main() && not_saved.empty())
         std::cerr << "\ninterrupted by signal " << stop_signal << " after step " << progress.step
                   << "; checkpoint written to " << settings.checkpoint_dir.string()
-                  << ". Resume with: "
-                  << (flags.resume_command.empty()
-                          ? "peftkit train " + recipe.file.string() + " --resume"
-                          : flags.resume_command)
+                  << ". Resume with: " << resume_command << "\n";
+      if (place.main() && !not_saved.empty()) {
+        const auto kept = list_checkpoints(settings.checkpoint_dir);
+        std::cerr << "\ninterrupted by signal " << stop_signal << " after step " << progress.step
+                  << ", but its checkpoint could not be written: " << not_saved << "\n"
+                  << (kept.empty()
+                          ? "no earlier checkpoint exists; the steps of this run are lost"
+                          : "the newest earlier checkpoint is kept: " + kept.back().string() +
+                                "; resume from it with: " + resume_command)
                   << "\n";
+      }
       return kExitInterrupted;
     }
   }

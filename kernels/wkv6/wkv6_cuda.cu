@@ -129,6 +129,17 @@ __device__ void load_state(float* tile, const float* state, int tid) {
   for (int e = tid; e < N * N; e += Tiles<N>::kThreads)
     tile[(e / N) * Tiles<N>::kStride + e % N] = state[e];
 }
+// The tiles both chunk kernels start from: r, k, v, the log decays and u of one chunk.
+template <int N, class T>
+__device__ void load_chunk(float* r, float* k, float* v, float* log_d, float* bonus,
+                           const Inputs<T>& in, const float* u, const Wkv6Shape& s,
+                           const HeadIndex& head, int64_t t0, int64_t bh, int tid) {
+  load_tile<N>(r, in.r, head, t0, s.T, tid);
+  load_tile<N>(k, in.k, head, t0, s.T, tid);
+  load_tile<N>(v, in.v, head, t0, s.T, tid);
+  load_log_decay<N>(log_d, in.w, head, t0, s.T, tid);
+  for (int j = tid; j < N; j += Tiles<N>::kThreads) bonus[j] = u[(bh % s.H) * N + j];
+}
 // cumulative[t][j] = sum of log_d[m][j] for m <= t. Kept in double: the kernels exponentiate
 // differences of these sums, which reach hundreds under strong decay, and in float such a
 // difference would lose the digits of the one or two steps between close positions.
@@ -176,18 +187,14 @@ __global__ void __launch_bounds__(4 * N)
   extern __shared__ double shared_doubles[];
   double* cumulative = shared_doubles;
   float *r = reinterpret_cast<float*>(cumulative + Ti::kVector), *k = r + Ti::kVector,
-        *v = k + Ti::kVector, *log_d = v + Ti::kVector,
-        *r_decayed = log_d,  // log_d is dead once cumulated; sharing keeps 5 blocks on an SM
-            *S = log_d + Ti::kVector, *A = S + Ti::kState, *bonus = A + Ti::kPairs;
+        *v = k + Ti::kVector, *log_d = v + Ti::kVector, *S = log_d + Ti::kVector,
+        *A = S + Ti::kState, *bonus = A + Ti::kPairs;
+  float* r_decayed = log_d;  // log_d is dead once cumulated; sharing keeps 5 blocks on an SM
   const int tid = static_cast<int>(threadIdx.x);
   const int64_t c = blockIdx.x, bh = blockIdx.y, t0 = c * kChunk, chunks = chunk_count(s);
   const HeadIndex head(s, bh);
-  load_tile<N>(r, in.r, head, t0, s.T, tid);
-  load_tile<N>(k, in.k, head, t0, s.T, tid);
-  load_tile<N>(v, in.v, head, t0, s.T, tid);
-  load_log_decay<N>(log_d, in.w, head, t0, s.T, tid);
+  load_chunk<N>(r, k, v, log_d, bonus, in, u, s, head, t0, bh, tid);
   load_state<N>(S, chunk_states + (bh * chunks + c) * N * N, tid);
-  for (int j = tid; j < N; j += Ti::kThreads) bonus[j] = u[(bh % s.H) * N + j];
   __syncthreads();
   cumulate<N>(cumulative, log_d, tid);
   __syncthreads();
@@ -232,21 +239,17 @@ __global__ void __launch_bounds__(4 * N)
   double* cumulative = shared_doubles;
   float *r = reinterpret_cast<float*>(cumulative + Ti::kVector), *k = r + Ti::kVector,
         *v = k + Ti::kVector, *g = v + Ti::kVector, *log_d = g + Ti::kVector,
-        *k_decayed = log_d,  // log_d is dead once cumulated; sharing keeps 3 blocks on an SM
-            *dr_from_state = log_d + Ti::kVector, *dk_from_end = dr_from_state + Ti::kVector,
+        *dr_from_state = log_d + Ti::kVector, *dk_from_end = dr_from_state + Ti::kVector,
         *Sa = dk_from_end + Ti::kVector, *Gb = Sa + Ti::kState, *A = Gb + Ti::kState,
         *dots = A + Ti::kPairs, *bonus = dots + Ti::kPairs;
+  float* k_decayed = log_d;  // log_d is dead once cumulated; sharing keeps 3 blocks on an SM
   const int tid = static_cast<int>(threadIdx.x);
   const int64_t c = blockIdx.x, bh = blockIdx.y, t0 = c * kChunk, chunks = chunk_count(s);
   const HeadIndex head(s, bh);
-  load_tile<N>(r, in.r, head, t0, s.T, tid);
-  load_tile<N>(k, in.k, head, t0, s.T, tid);
-  load_tile<N>(v, in.v, head, t0, s.T, tid);
+  load_chunk<N>(r, k, v, log_d, bonus, in, u, s, head, t0, bh, tid);
   load_tile<N>(g, dy, head, t0, s.T, tid);
-  load_log_decay<N>(log_d, in.w, head, t0, s.T, tid);
   load_state<N>(Sa, chunk_states + (bh * chunks + c) * N * N, tid);
   load_state<N>(Gb, chunk_grads + (bh * chunks + c) * N * N, tid);
-  for (int j = tid; j < N; j += Ti::kThreads) bonus[j] = u[(bh % s.H) * N + j];
   __syncthreads();
   cumulate<N>(cumulative, log_d, tid);
   for (int e = tid; e < kChunk * kChunk; e += Ti::kThreads) {

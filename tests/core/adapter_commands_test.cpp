@@ -52,6 +52,35 @@ TEST(AdapterCommandsTest, ATrainedLoraMergesExportsAndGeneratesFromTheSavedFile)
              "print('ok')"));
   EXPECT_EQ(check.exit_code, 0) << check.output;
 
+  // A .safetensors --output holds the same tensors as the .pth one.
+  const auto merged_safetensors = dir / "merged.safetensors";
+  merge = run_command(peftkit("merge --base " + base + " --adapter " + adapter + " --output " +
+                              merged_safetensors.string()));
+  ASSERT_EQ(merge.exit_code, 0) << merge.output;
+  const TensorMap from_pth = read_pth(merged),
+                  from_safetensors = read_safetensors(merged_safetensors).tensors;
+  ASSERT_EQ(from_safetensors.size(), from_pth.size());
+  for (const auto& [name, tensor] : from_pth)
+    EXPECT_TRUE(from_safetensors.at(name).equal(tensor)) << name;
+  // An adapter whose update overflows: the merge names the weight and writes nothing.
+  const std::string huge = (dir / "huge.pth").string();
+  auto made = run_command(python("import torch; a = torch.load('" + adapter +
+                                 "', weights_only=True)\n"
+                                 "for k in a:\n"
+                                 "  if k.endswith('.lora_B'): a[k] = torch.full_like(a[k], 3e38)\n"
+                                 "  if k.endswith('.lora_A'): a[k] = torch.ones_like(a[k])\n"
+                                 "torch.save(a, '" +
+                                 huge + "')"));
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  const auto overflowed = dir / "overflowed.pth";
+  auto overflow = run_command(
+      peftkit("merge --base " + base + " --adapter " + huge + " --output " + overflowed.string()));
+  EXPECT_EQ(overflow.exit_code, 1) << overflow.output;
+  EXPECT_NE(overflow.output.find(".weight' is not finite after merging; nothing was written"),
+            std::string::npos)
+      << overflow.output;
+  EXPECT_FALSE(std::filesystem::exists(overflowed));
+
   // Issue 14 item 17: HF PEFT cannot carry the trained ln_out; the export refuses to lose it ...
   auto lossy = run_command(peftkit("export --base " + base + " --adapter " + adapter +
                                    " --format hf-peft --output " + (dir / "lossy").string()));

@@ -20,11 +20,17 @@ TEST(Cli, VersionNamesLibTorchAndSdk) {
 TEST(Cli, HelpListsCommandsAndEveryCommandHasHelp) {
   auto result = run_command(peftkit_command("--help"));
   EXPECT_EQ(result.exit_code, 0);
-  for (const char* command : {"plugins", "recipe"}) {
-    EXPECT_NE(result.output.find(command), std::string::npos) << result.output;
+  // Every command: listed, and its --help gives its usage line and the common options.
+  for (const char* command :
+       {"train", "recipe", "init-model", "inspect", "generate", "chat", "eval", "compare", "merge",
+        "export", "convert", "plugins", "launch"}) {
+    EXPECT_NE(result.output.find(std::string("  ") + command + " "), std::string::npos)
+        << command << " is not listed: " << result.output;
     auto help = run_command(peftkit_command(std::string(command) + " --help"));
     EXPECT_EQ(help.exit_code, 0) << help.output;
-    EXPECT_NE(help.output.find("--log-level"), std::string::npos) << help.output;
+    EXPECT_NE(help.output.find(std::string("peftkit ") + command), std::string::npos)
+        << help.output;
+    EXPECT_NE(help.output.find("--log-level"), std::string::npos) << command << ": " << help.output;
   }
 }
 
@@ -56,6 +62,16 @@ TEST(Cli, PluginPathEnvironmentVariableIsSearched) {
   auto result =
       run_command("PEFTKIT_PLUGIN_PATH=" FIXTURE_EXAMPLE_DIR " " + peftkit_command("plugins"));
   EXPECT_NE(result.output.find("token-lines"), std::string::npos) << result.output;
+  EXPECT_EQ(result.output.find("searched: "), std::string::npos) << "only with --paths";
+  // --paths names every folder searched, in order: the built-in one, --plugin-dir, the variable's.
+  result = run_command("PEFTKIT_PLUGIN_PATH=" FIXTURE_EXAMPLE_DIR " " +
+                       peftkit_command("plugins --paths --plugin-dir " FIXTURE_VALID_DIR));
+  EXPECT_EQ(result.exit_code, 0) << result.output;
+  const size_t given = result.output.find("searched: " FIXTURE_VALID_DIR "\n"),
+               from_variable = result.output.find("searched: " FIXTURE_EXAMPLE_DIR "\n");
+  EXPECT_NE(given, std::string::npos) << result.output;
+  EXPECT_NE(from_variable, std::string::npos) << result.output;
+  EXPECT_LT(given, from_variable) << result.output;
 }
 
 TEST(Cli, RecipeShowAndCheck) {

@@ -44,6 +44,29 @@ TEST_F(ModelCommands, InitModelWritesAnOfficialLayoutBf16Checkpoint) {
                         t.at("blocks.0.att.key.weight")));
 }
 
+// --size picks the released geometry, a .safetensors --out writes safetensors, --dtype fp16 the
+// dtype; Python's safetensors reads the file back with those shapes and dtypes.
+TEST_F(ModelCommands, InitModelBySizeWritesSafetensorsInTheAskedDtype) {
+  const auto out = dir_->path() / "sized.safetensors";
+  auto result =
+      run_command(peftkit_command("init-model --size 0.1b --vocab 512 --dtype fp16 --out " +
+                                  out.string() + " --log-level warn"));
+  ASSERT_EQ(result.exit_code, 0) << result.output;
+  auto read =
+      run_command(std::string(PEFTKIT_PYTHON) +
+                  " -c \"from safetensors.torch import load_file; sd = load_file('" + out.string() +
+                  "'); print(len(sd), sd['blocks.11.att.key.weight'].shape, "
+                  "sd['emb.weight'].shape, {str(t.dtype) for t in sd.values()})\"");
+  ASSERT_EQ(read.exit_code, 0) << read.output;
+  // 0.1B: 12 layers of width 768 (the RWKV-7 0.1B release), 4 tensors outside the blocks.
+  EXPECT_NE(read.output.find("torch.Size([768, 768]) torch.Size([512, 768]) {'torch.float16'}"),
+            std::string::npos)
+      << read.output;
+  const TensorMap t = read_safetensors(out).tensors;
+  EXPECT_FALSE(t.count("blocks.12.att.key.weight"));
+  EXPECT_TRUE(t.count("blocks.11.ffn.value.weight"));
+}
+
 TEST_F(ModelCommands, InitModelChecksItsArguments) {
   auto result = run_command(peftkit_command("init-model --size 0.1b --layers 2 --out x.pth"));
   EXPECT_EQ(result.exit_code, 1);

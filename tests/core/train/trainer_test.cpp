@@ -7,9 +7,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <thread>
 
 #include "model_fixtures.hpp"
@@ -55,10 +57,10 @@ class TrainerTest : public ::testing::Test {
     return testing::read_metrics(dir_ / "out" / "metrics.jsonl");
   }
 
-  // Runs `peftkit train ARGS...` in a child (output to `log`), sends SIGINT once `steps` steps are
-  // in metrics.jsonl, and returns the child's exit code (-1 when it did not exit normally).
+  // Runs `peftkit train ARGS...` in a child (output to `log`), sends `signal` once `steps` steps
+  // are in metrics.jsonl, and returns the child's exit code (-1 when it did not exit normally).
   int train_until_interrupted(const std::vector<std::string>& args, size_t steps,
-                              const std::string& log) {
+                              const std::string& log, int signal = SIGINT) {
     std::vector<std::string> argv_text = {PEFTKIT_BINARY, "train"};
     argv_text.insert(argv_text.end(), args.begin(), args.end());
     std::vector<char*> argv;
@@ -74,10 +76,28 @@ class TrainerTest : public ::testing::Test {
     }
     for (int i = 0; i < 600 && metrics().size() < steps; ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    kill(child, SIGINT);
+    kill(child, signal);
     int status = 0;
     waitpid(child, &status, 0);
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+  // The checkpoints of a run's output folder, oldest first.
+  static std::vector<std::filesystem::path> checkpoints_in(const std::filesystem::path& out) {
+    std::vector<std::filesystem::path> found;
+    for (const auto& entry : std::filesystem::directory_iterator(out / "checkpoints"))
+      if (entry.path().extension() == ".ckpt") found.push_back(entry.path());
+    std::sort(found.begin(), found.end());
+    return found;
+  }
+  // Every tensor of two saved files, equal bit for bit.
+  static void expect_same_files(const std::filesystem::path& got,
+                                const std::filesystem::path& want) {
+    const TensorMap a = read_pth(got), b = read_pth(want);
+    ASSERT_EQ(a.size(), b.size()) << got;
+    for (const auto& [name, tensor] : b) {
+      ASSERT_TRUE(a.count(name)) << got << " lacks " << name;
+      EXPECT_TRUE(a.at(name).equal(tensor)) << got << ": " << name << " differs";
+    }
   }
   // `model`: extra arguments choosing the model.
   void expect_chunked_context_trains_like_the_whole(const std::string& model);
@@ -322,8 +342,10 @@ TEST_F(TrainerTest, HardKillLosesOnlyTheStepsAfterTheLastCheckpoint) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   kill(child, SIGKILL);
   int status = 0;
-  waitpid(child, &status,
-          0);  // (a very fast machine may have finished: resuming must then do nothing)
+  waitpid(child, &status, 0);
+  // The kill landed mid-run: otherwise this test would prove nothing.
+  ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "the run ended first";
+  ASSERT_LT(metrics().size(), uninterrupted.size());
   auto resumed = run_command(peftkit_command("train " + file + " --resume"));
   ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
   auto combined = metrics();
@@ -333,6 +355,273 @@ TEST_F(TrainerTest, HardKillLosesOnlyTheStepsAfterTheLastCheckpoint) {
     EXPECT_EQ(combined[i]["loss"].get<double>(), uninterrupted[i]["loss"].get<double>())
         << "step " << i + 1;
   }
+}
+
+// Resume for every method and the settings that carry state across steps: a run stopped by
+// SIGTERM (exit 130) after three steps and resumed gives the uninterrupted run's losses and its
+// saved files bit for bit.
+struct ResumeCase {
+  const char* name;
+  const char* sections;  // appended to the recipe
+  const char* train;     // added to [train]
+};
+class ResumeEveryMethod : public TrainerTest, public ::testing::WithParamInterface<ResumeCase> {};
+
+TEST_P(ResumeEveryMethod, AStoppedRunResumesToTheSameFilesBitForBit) {
+  const ResumeCase& c = GetParam();
+  const std::string file = recipe(c.sections, c.train).string();
+  auto whole = run_command(peftkit_command("train " + file));
+  ASSERT_EQ(whole.exit_code, 0) << whole.output;
+  const auto uninterrupted = metrics();
+  testing::remove_tree(dir_ / "uninterrupted");
+  std::filesystem::rename(dir_ / "out", dir_ / "uninterrupted");
+
+  const std::string log = (dir_ / "child.log").string();
+  EXPECT_EQ(train_until_interrupted({file}, 3, log, SIGTERM), 130) << testing::read_file(log);
+  ASSERT_LT(metrics().size(), uninterrupted.size()) << "the run ended before the signal";
+  auto resumed = run_command(peftkit_command("train " + file + " --resume"));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  const auto combined = metrics();
+  ASSERT_EQ(combined.size(), uninterrupted.size());
+  for (size_t i = 0; i < combined.size(); ++i)
+    EXPECT_EQ(combined[i]["loss"].get<double>(), uninterrupted[i]["loss"].get<double>())
+        << "step " << i + 1;
+  for (const char* saved : {"rwkv-0.pth", "rwkv-1.pth", "rwkv-2.pth"})
+    expect_same_files(dir_ / "out" / saved, dir_ / "uninterrupted" / saved);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Trainer, ResumeEveryMethod,
+    ::testing::Values(
+        ResumeCase{"state", "[peft]\nmethod = \"state\"\n", ""},
+        ResumeCase{"lora", "[peft]\nmethod = \"lora\"\n[peft.lora]\nr = 4\nalpha = 8\n", ""},
+        ResumeCase{"pissa", "[peft]\nmethod = \"pissa\"\n[peft.pissa]\nr = 4\nalpha = 4\n", ""},
+        ResumeCase{"miss", "[peft]\nmethod = \"miss\"\n[peft.miss]\nr = 16\n", ""},
+        ResumeCase{"lora_on_nf4",
+                   "[peft]\nmethod = \"lora\"\n[peft.lora]\nr = 4\nalpha = 8\n"
+                   "[quant]\nmethod = \"nf4\"\n",
+                   ""},
+        ResumeCase{"state_chunk_ctx", "[peft]\nmethod = \"state\"\n", "chunk_ctx = 12\n"},
+        ResumeCase{"lora_accumulating",
+                   "[peft]\nmethod = \"lora\"\n[peft.lora]\nr = 4\nalpha = 8\n",
+                   "accumulate_grad_batches = 2\n"}),
+    [](const ::testing::TestParamInfo<ResumeCase>& info) { return std::string(info.param.name); });
+
+// SIGKILL at 24 moments — half at random times, half the moment a checkpoint or epoch file is
+// being written — each followed by a restart of the same command (resume = "auto"; a 48-step
+// run of 24 epochs, each saved and checkpointed). Every restart
+// finds a loadable checkpoint (or none yet), no saved epoch is lost, temporary files of killed
+// writes are cleaned, and every epoch file equals the uninterrupted run's bit for bit.
+TEST_F(TrainerTest, TwentyFourHardKillsLoseNothing) {
+  const std::string file =
+      recipe("[peft]\nmethod = [\"state\", \"lora\"]\n[peft.lora]\nr = 4\nalpha = 8\n",
+             "resume = \"auto\"\nkeep_checkpoints = 2\n")
+          .string();
+  const std::string settings = " --set train.epoch_steps=2 --set train.epoch_count=24";
+  auto whole = run_command(peftkit_command("train " + file + settings));
+  ASSERT_EQ(whole.exit_code, 0) << whole.output;
+  const auto uninterrupted = metrics();
+  ASSERT_EQ(uninterrupted.size(), 48u);
+  testing::remove_tree(dir_ / "uninterrupted");
+  std::filesystem::rename(dir_ / "out", dir_ / "uninterrupted");
+
+  auto writing = [&] {  // a temporary file of a write in progress is in the output folders
+    for (const auto& folder : {dir_ / "out", dir_ / "out" / "checkpoints"}) {
+      std::error_code ec;
+      for (const auto& entry : std::filesystem::directory_iterator(folder, ec))
+        if (entry.path().filename().string().find(".tmp-") != std::string::npos) return true;
+    }
+    return false;
+  };
+  std::mt19937 random(7);
+  const std::string binary = PEFTKIT_BINARY;
+  const std::string log = (dir_ / "child.log").string();
+  int kills = 0, kills_while_writing = 0, attempts = 0, restarts_from_scratch = 0;
+  bool finished = false;
+  while (!finished && attempts < 200) {
+    ++attempts;
+    const bool at_a_write = kills % 2 == 1;
+    // A whole run takes about a second here, most of it starting up: short delays land in steps.
+    const int delay_ms = std::uniform_int_distribution<int>(30, 600)(random);
+    pid_t child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      freopen(log.c_str(), "w", stderr);
+      freopen(log.c_str(), "a", stdout);
+      execl(binary.c_str(), binary.c_str(), "train", file.c_str(), "--set", "train.epoch_steps=2",
+            "--set", "train.epoch_count=24", static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    const auto start = std::chrono::steady_clock::now();
+    int status = 0;
+    bool exited = false, killed_while_writing = false;
+    while (!(exited = waitpid(child, &status, WNOHANG) == child)) {
+      const bool due = at_a_write ? writing()
+                                  : std::chrono::steady_clock::now() - start >=
+                                        std::chrono::milliseconds(delay_ms);
+      if (due && kills < 24) {
+        killed_while_writing = at_a_write;
+        kill(child, SIGKILL);
+        waitpid(child, &status, 0);
+        exited = true;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    ASSERT_TRUE(exited);
+    if (WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) {
+      ++kills;
+      kills_while_writing += killed_while_writing;
+      continue;
+    }
+    ASSERT_TRUE(WIFEXITED(status)) << testing::read_file(log);
+    ASSERT_EQ(WEXITSTATUS(status), 0) << "restart " << attempts << ": " << testing::read_file(log);
+    finished = kills >= 24;
+    if (!finished) {  // the run ended before 24 kills: train it again from the start
+      testing::remove_tree(dir_ / "out");
+      ++restarts_from_scratch;
+    }
+  }
+  ASSERT_TRUE(finished) << kills << " kills in " << attempts << " starts";
+  std::printf(
+      "[ kill loop ] %d SIGKILLs (%d during a write) in %d starts, %d run(s) from scratch\n", kills,
+      kills_while_writing, attempts, restarts_from_scratch + 1);
+  EXPECT_GE(kills_while_writing, 6) << "kills that landed during a write";
+  EXPECT_FALSE(writing()) << "a temporary file of a killed write was left behind";
+  const auto combined = metrics();
+  ASSERT_EQ(combined.size(), uninterrupted.size());
+  for (size_t i = 0; i < combined.size(); ++i) {
+    EXPECT_EQ(combined[i]["step"].get<int>(), static_cast<int>(i) + 1);
+    EXPECT_EQ(combined[i]["loss"].get<double>(), uninterrupted[i]["loss"].get<double>())
+        << "step " << i + 1;
+  }
+  for (int epoch = 0; epoch < 24; ++epoch) {
+    const std::string saved = "rwkv-" + std::to_string(epoch) + ".pth";
+    expect_same_files(dir_ / "out" / saved, dir_ / "uninterrupted" / saved);
+  }
+}
+
+// A full disk: the output folder is a small tmpfs (mounted in a user and mount namespace of the
+// test's own, so no privileges are needed) with room for the first epoch's files only. The save
+// that does not fit fails naming its file and the system's reason and exits non-zero, no
+// temporary file stays, the first epoch's files are intact, and resuming from them elsewhere
+// ends where an unconstrained run ends.
+TEST_F(TrainerTest, AFullDiskIsAClearErrorAndKeepsWhatWasSaved) {
+  const std::string file = recipe().string();
+  auto whole = run_command(peftkit_command("train " + file));
+  ASSERT_EQ(whole.exit_code, 0) << whole.output;
+  std::filesystem::rename(dir_ / "out", dir_ / "roomy");
+  const auto epoch_file = std::filesystem::file_size(dir_ / "roomy" / "rwkv-0.pth");
+  const auto checkpoint = std::filesystem::file_size(checkpoints_in(dir_ / "roomy").back());
+  const auto room_kib = (epoch_file + checkpoint + epoch_file / 2) / 1024 + 64;
+
+  std::filesystem::create_directories(dir_ / "out");
+  const std::string script = "mount -t tmpfs -o size=" + std::to_string(room_kib) +
+                             "k tmpfs \"$0/out\" || exit 90; \"$1\" train \"$2\"; code=$?; "
+                             "mkdir -p \"$0/kept\" && cp -a \"$0/out/.\" \"$0/kept/\"; exit $code";
+  auto full = run_command("unshare --user --map-root-user --mount sh -c '" + script + "' " +
+                          dir_.path().string() + " " + PEFTKIT_BINARY + " " + file);
+  ASSERT_NE(full.exit_code, 90) << "could not mount a tmpfs in a user namespace: " << full.output;
+  EXPECT_EQ(full.exit_code, 1) << full.output;
+  EXPECT_NE(full.output.find("No space left on device"), std::string::npos) << full.output;
+  std::printf("[ full disk ] %s\n", full.output.substr(full.output.rfind("error")).c_str());
+  EXPECT_NE(full.output.find((dir_ / "out").string()), std::string::npos)
+      << "the error names the file: " << full.output;
+  const auto kept = dir_ / "kept";
+  for (const auto& folder : {kept, kept / "checkpoints"})
+    for (const auto& entry : std::filesystem::directory_iterator(folder))
+      EXPECT_EQ(entry.path().filename().string().find(".tmp-"), std::string::npos) << entry.path();
+  expect_same_files(kept / "rwkv-0.pth", dir_ / "roomy" / "rwkv-0.pth");
+  const auto checkpoints = checkpoints_in(kept);
+  ASSERT_FALSE(checkpoints.empty());
+  EXPECT_EQ(read_pth(checkpoints.back()).at("trainer.step").item<int64_t>(), 4);
+
+  testing::remove_tree(dir_ / "out");
+  std::filesystem::rename(kept, dir_ / "out");
+  auto resumed = run_command(peftkit_command("train " + file + " --resume"));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.output;
+  expect_same_files(dir_ / "out" / "rwkv-2.pth", dir_ / "roomy" / "rwkv-2.pth");
+}
+
+// The output folder turns read-only mid-run (permissions taken away; as root the child drops to
+// nobody so that they apply). Ctrl-C then still exits 130, saying the checkpoint could not be
+// written, why, and which earlier one is kept; without Ctrl-C the next epoch's save fails with an
+// error naming the file and the reason. The earlier checkpoint stays intact either way.
+TEST_F(TrainerTest, AReadOnlyOutputFolderIsAClearErrorAndCtrlCStillExits130) {
+  const std::string file = recipe().string();
+  std::filesystem::permissions(dir_.path(), std::filesystem::perms::all);
+  for (const bool interrupt : {true, false}) {
+    SCOPED_TRACE(interrupt ? "Ctrl-C" : "the next save");
+    testing::remove_tree(dir_ / "out");
+    const std::string log = (dir_ / "child.log").string(), binary = PEFTKIT_BINARY;
+    pid_t child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      if (::geteuid() == 0 && (::setgid(65534) != 0 || ::setuid(65534) != 0)) _exit(126);
+      freopen(log.c_str(), "w", stderr);
+      freopen(log.c_str(), "a", stdout);
+      execl(binary.c_str(), binary.c_str(), "train", file.c_str(), "--set", "train.epoch_count=40",
+            static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    // Epoch 0 ends at step 4 with its file and checkpoint; take the folders' write permission
+    // away after step 5.
+    for (int i = 0; i < 600 && metrics().size() < 5; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    const auto read_only = std::filesystem::perms::owner_read | std::filesystem::perms::owner_exec;
+    std::filesystem::permissions(dir_ / "out" / "checkpoints", read_only);
+    std::filesystem::permissions(dir_ / "out", read_only);
+    if (interrupt) kill(child, SIGINT);
+    int status = 0;
+    waitpid(child, &status, 0);
+    std::filesystem::permissions(dir_ / "out", std::filesystem::perms::owner_all);
+    std::filesystem::permissions(dir_ / "out" / "checkpoints", std::filesystem::perms::owner_all);
+    const std::string output = testing::read_file(log);
+    ASSERT_TRUE(WIFEXITED(status)) << output;
+    ASSERT_NE(WEXITSTATUS(status), 126) << "could not drop to nobody";
+    EXPECT_NE(output.find("Permission denied"), std::string::npos) << output;
+    if (interrupt) {
+      EXPECT_EQ(WEXITSTATUS(status), 130) << output;
+      EXPECT_NE(output.find("its checkpoint could not be written"), std::string::npos) << output;
+      EXPECT_NE(output.find("the newest earlier checkpoint is kept: " +
+                            (dir_ / "out" / "checkpoints").string()),
+                std::string::npos)
+          << output;
+    } else {
+      EXPECT_EQ(WEXITSTATUS(status), 1) << output;
+      EXPECT_NE(output.find((dir_ / "out").string() + "/rwkv-"), std::string::npos)
+          << "the error names the file: " << output;
+    }
+    const auto checkpoints = checkpoints_in(dir_ / "out");
+    ASSERT_EQ(checkpoints.size(), 1u);
+    EXPECT_GE(read_pth(checkpoints.back()).at("trainer.step").item<int64_t>(), 4);
+  }
+}
+
+// `[run] threads` far above the core count: capped at the cores with a warning, and the run's
+// peak resident memory (measured by Python around the child) stays bounded.
+TEST_F(TrainerTest, ThreadsFarAboveTheCoresAreCappedInBoundedMemory) {
+  const auto script = testing::write_file(
+      dir_ / "peak.py",
+      "import resource, subprocess, sys\n"
+      "r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+      "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)\n"
+      "print(r.stdout + r.stderr)\n");
+  auto result =
+      run_command(std::string(PEFTKIT_PYTHON) + " " + script.string() + " " + PEFTKIT_BINARY +
+                  " train " + recipe().string() + " --set run.threads=1024");
+  int code = -1;
+  long peak_mib = -1;
+  ASSERT_EQ(std::sscanf(result.output.c_str(), "%d %ld", &code, &peak_mib), 2) << result.output;
+  EXPECT_EQ(code, 0) << result.output;
+  const std::string cores = std::to_string(std::max(1u, std::thread::hardware_concurrency()));
+  EXPECT_NE(result.output.find("[run] threads = 1024 is more than the " + cores +
+                               " cores here; using " + cores),
+            std::string::npos)
+      << result.output;
+  EXPECT_LT(peak_mib, 1500) << result.output;
+  std::printf("[ threads ] 1024 asked, %s used, peak resident memory %ld MiB\n", cores.c_str(),
+              peak_mib);
 }
 
 TEST_F(TrainerTest, ResumeNeedsACheckpointOfTheSameRun) {
