@@ -20,7 +20,14 @@ for part in $parts; do
   case $part in
     check)
       echo "## GPU correctness (kernels_test)"
-      "$build/tests/kernels_test" --gtest_filter='*Cuda*' | grep -E "relative error|Failure|Expected|actual|\[  (PASSED|FAILED) |OK \]" || true
+      # A failing GPU test fails the benchmark: numbers of a wrong kernel are not numbers.
+      log=$(mktemp)
+      status=0
+      "$build/tests/kernels_test" --gtest_filter='*Cuda*' >"$log" 2>&1 || status=$?
+      grep -E "relative error|Failure|Expected|actual|\[  (PASSED|FAILED|SKIPPED) |OK \]" "$log" || true
+      if grep -q "\[  SKIPPED \]" "$log"; then echo "gpu.sh: GPU tests skipped (no GPU?)" >&2; status=1; fi
+      rm -f "$log"
+      ((status == 0)) || { echo "gpu.sh: the GPU correctness tests failed" >&2; exit 1; }
       ;;
     kernels)
       echo "## WKV7 kernels, bf16, N = 64, h0 in and dh0 out"

@@ -44,13 +44,16 @@ CLASSES = [
      "earlier files intact", r"FullDisk", r"^\[ full disk \].*"),
     ("Faults during a run", "Output folder turned read-only mid-run; Ctrl-C then still exits 130",
      r"ReadOnly", None),
+    ("Faults during a run", "Out of memory in a step: the error names the step, the device, "
+     "the size asked for and the settings that lower the peak", r"OutOfMemory", None),
     ("Faults during a run", "Several processes (c10d): a peer that dies, Ctrl-C forwarded, "
      "mismatched settings", r"^DataParallel", None),
     ("Numerics", "Kernels and models against float64 references written from the spec (CPU)",
      r"^(Wkv7Cpu|Wkv6Cpu|FusedReference|RwkvModel|Rwkv/EveryArchitecture|X060Program|"
      r"CrossEntropyL2Wrap|HeadCrossEntropyL2Wrap|QuantFormats)\.", None),
-    ("Numerics", "GPU kernels and GPU training against the CPU (skipped without a GPU)",
-     r"Cuda|OnTheGpu", None),
+    ("Numerics", "GPU kernels and GPU training against the CPU, a failed CUDA-graph capture "
+     "falling back to eager steps (skipped without a GPU)",
+     r"Cuda|OnTheGpu|GraphedStep", None),
 ]
 
 

@@ -40,6 +40,8 @@ class GraphedStep {
   at::Tensor run(const at::Tensor& inputs, const at::Tensor& targets);
   // Micro-steps replayed so far.
   int64_t replays() const { return replays_; }
+  // Whether later steps may still be captured (false after a failed capture, or without CUDA).
+  bool enabled() const { return enabled_; }
 
  private:
   struct Captured;

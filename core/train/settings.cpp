@@ -1,5 +1,8 @@
 #include "train/settings.hpp"
 
+#include <algorithm>
+#include <regex>
+
 namespace peftkit::train {
 
 TrainSettings train_settings(const host::Recipe& recipe) {
@@ -10,6 +13,7 @@ TrainSettings train_settings(const host::Recipe& recipe) {
   s.checkpoint_dir = s.out_dir / "checkpoints";
   if (const std::string& cache = recipe.quant.get_string("cache_file"); !cache.empty())
     s.quant_cache = recipe.resolve_path(cache);
+  s.quant_method = recipe.quant.get_string("method");
   for (const char* key : {"path", "eval_file"})
     if (const std::string& value = recipe.data.get_string(key); !value.empty())
       s.data_files.emplace_back(key, recipe.resolve_path(value));
@@ -47,6 +51,30 @@ TrainSettings train_settings(const host::Recipe& recipe) {
   s.eval_at_start = recipe.data.get_bool("eval_at_start");
   s.resume_auto = train.get_string("resume") == "auto";
   return s;
+}
+
+std::string out_of_memory_message(const TrainSettings& s, int64_t step, const std::string& device,
+                                  const std::string& allocator_message) {
+  std::string text = "step " + std::to_string(step) + " ran out of memory on " + device;
+  static const std::regex requested("Tried to allocate [0-9.]+ [KMGT]?i?B");
+  if (std::smatch m; std::regex_search(allocator_message, m, requested))
+    text += " (" + m.str() + ")";
+  std::vector<std::string> tries;
+  if (s.micro_bsz > 1)
+    tries.push_back("a smaller [train] micro_bsz (now " + std::to_string(s.micro_bsz) +
+                    "; accumulate_grad_batches keeps the batch)");
+  if (!s.grad_cp) tries.push_back("[train] grad_cp = true (recomputes each block's activations)");
+  if (s.chunk_ctx == 0 || s.chunk_ctx > 512)
+    tries.push_back("[train] chunk_ctx = " + std::to_string(std::min<int64_t>(512, s.ctx_len / 2)) +
+                    " (trains the " + std::to_string(s.ctx_len) +
+                    "-token samples in segments that carry the state)");
+  if (s.quant_method == "none")
+    tries.push_back("a quantized base ([quant] method = \"nf4\" or \"int8\")");
+  text += "; to lower the peak try ";
+  if (tries.empty()) return text + "a smaller model or a device with more memory";
+  for (size_t i = 0; i < tries.size(); ++i)
+    text += (i == 0 ? "" : i + 1 == tries.size() ? ", or " : ", ") + tries[i];
+  return text;
 }
 
 }  // namespace peftkit::train

@@ -21,6 +21,7 @@ struct TrainSettings {
   std::filesystem::path out_dir;         // [output] dir, resolved
   std::filesystem::path checkpoint_dir;  // out_dir / "checkpoints"
   std::filesystem::path quant_cache;     // [quant] cache_file, resolved; empty: none
+  std::string quant_method;              // [quant] method ("none" when unquantized)
   // [data] path and eval_file, resolved, with their keys ({"path", "/data/train.jsonl"}).
   std::vector<std::pair<std::string, std::filesystem::path>> data_files;
 
@@ -57,5 +58,11 @@ struct TrainSettings {
 };
 
 TrainSettings train_settings(const host::Recipe& recipe);
+
+// The error for a training step that ran out of memory: the step, the device, the size the
+// allocator was asked for (from its message) and what would lower the peak, naming only the
+// settings not already in effect.
+std::string out_of_memory_message(const TrainSettings& s, int64_t step, const std::string& device,
+                                  const std::string& allocator_message);
 
 }  // namespace peftkit::train

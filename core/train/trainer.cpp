@@ -733,7 +733,14 @@ int Trainer::Impl::run() {
 
   while (progress.step < total_steps) {
     const int64_t epoch = progress.step / settings.epoch_steps;
-    const StepResult r = train_step(graphed_step);
+    StepResult r;
+    try {
+      r = train_step(graphed_step);
+    } catch (const c10::OutOfMemoryError& e) {
+      throw Error(out_of_memory_message(settings, progress.step + 1, device.str(), e.what()));
+    } catch (const std::bad_alloc&) {
+      throw Error(out_of_memory_message(settings, progress.step + 1, device.str(), ""));
+    }
     if (!r.skipped) {
       ++applied_steps;
       smoothed = std::isnan(smoothed) ? r.loss : 0.95 * smoothed + 0.05 * r.loss;

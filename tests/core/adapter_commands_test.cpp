@@ -153,6 +153,56 @@ TensorMap write_model_and_visible_state(const std::filesystem::path& dir) {
   return state;
 }
 
+// Saved PiSSA and MiSS adapters through the program: merge gives what generate computes with
+// the adapter mounted, and --unmerge recovers the base (fp32 model: within fp32 rounding).
+TEST(AdapterCommandsTest, SavedPissaAndMissAdaptersMergeUnmergeAndGenerate) {
+  for (const std::string tables : {"[peft]\nmethod = \"pissa\"\n[peft.pissa]\nr = 4\nalpha = 4\n",
+                                   "[peft]\nmethod = \"miss\"\n[peft.miss]\nr = 16\n"}) {
+    SCOPED_TRACE(tables);
+    testing::TempDir dir;
+    auto run = testing::train_small_model(dir.path(), tables, 5e-2);
+    ASSERT_EQ(run.command.exit_code, 0) << run.command.output;
+    const std::string base = (dir / "model.pth").string(),
+                      adapter = (dir / "out" / "rwkv-0.pth").string(),
+                      merged = (dir / "merged.pth").string(), back = (dir / "back.pth").string();
+    auto merge = run_command(
+        peftkit("merge --base " + base + " --adapter " + adapter + " --output " + merged));
+    ASSERT_EQ(merge.exit_code, 0) << merge.output;
+    EXPECT_EQ(generate("--model " + merged), generate("--model " + base + " --adapter " + adapter));
+    EXPECT_NE(generate("--model " + merged), generate("--model " + base))
+        << "the trained adapter changes the text";
+    auto unmerge = run_command(peftkit("merge --unmerge --base " + merged + " --adapter " +
+                                       adapter + " --output " + back));
+    ASSERT_EQ(unmerge.exit_code, 0) << unmerge.output;
+    const TensorMap original = read_pth(base), recovered = read_pth(back),
+                    with_adapter = read_pth(merged);
+    ASSERT_EQ(recovered.size(), original.size());
+    double changed = 0;
+    for (const auto& [name, tensor] : original) {
+      const at::Tensor want = tensor.to(at::kDouble);
+      EXPECT_LE((recovered.at(name).to(at::kDouble) - want).abs().max().item<double>(),
+                1e-5 * (1 + want.abs().max().item<double>()))
+          << name;
+      changed = std::max(changed,
+                         (with_adapter.at(name).to(at::kDouble) - want).abs().max().item<double>());
+    }
+    EXPECT_GT(changed, 1e-4) << "the merge changed the weights";
+    if (tables.find("miss") == std::string::npos) continue;
+    // An HF PEFT folder of peft_type MISS is read back to the same merge.
+    auto exported = run_command(peftkit("export --base " + base + " --adapter " + adapter +
+                                        " --format hf-peft --output " + (dir / "hf").string()));
+    ASSERT_EQ(exported.exit_code, 0) << exported.output;
+    EXPECT_NE(testing::read_file(dir / "hf" / "adapter_config.json").find("\"MISS\""),
+              std::string::npos);
+    auto from_hf =
+        run_command(peftkit("merge --base " + base + " --adapter " + (dir / "hf").string() +
+                            " --output " + (dir / "from-hf.pth").string()));
+    ASSERT_EQ(from_hf.exit_code, 0) << from_hf.output;
+    for (const auto& [name, tensor] : read_pth(dir / "from-hf.pth"))
+      EXPECT_TRUE(tensor.equal(with_adapter.at(name))) << name;
+  }
+}
+
 TEST(AdapterCommandsTest, AStateMergesIntoTheModelFileAndRefusesAnotherBase) {
   testing::TempDir dir;
   TensorMap state = write_model_and_visible_state(dir.path());
@@ -206,6 +256,23 @@ TEST(AdapterCommandsTest, StateAndLoraTrainedTogetherMergeAndMountTogether) {
   auto ambiguous = run_command(peftkit("export --base " + base + " --adapter " + adapter +
                                        " --format rwkv-pth --output " + (dir / "x.pth").string()));
   EXPECT_NE(ambiguous.output.find("pick one with --method"), std::string::npos) << ambiguous.output;
+  auto picked = run_command(peftkit("export --base " + base + " --adapter " + adapter +
+                                    " --format rwkv-pth --method lora --output " +
+                                    (dir / "lora.pth").string()));
+  ASSERT_EQ(picked.exit_code, 0) << picked.output;
+  EXPECT_NE(picked.output.find("tensor(s) of the adapter's other method(s) are not part of this "
+                               "export (e.g. blocks.0.att.time_state)"),
+            std::string::npos)
+      << picked.output;
+  for (const auto& [name, tensor] : read_pth(dir / "lora.pth"))
+    EXPECT_EQ(name.find("time_state"), std::string::npos) << name;
+  // An unknown --format lists every format of every method of the adapter.
+  auto unknown = run_command(peftkit("export --base " + base + " --adapter " + adapter +
+                                     " --format nope --output " + (dir / "x").string()));
+  EXPECT_EQ(unknown.exit_code, 1) << unknown.output;
+  for (const char* listed : {"--format: no format 'nope'; available:", "state: rwkv-pth",
+                             "state: ai00", "lora: hf-peft", "lora: rwkv-pth"})
+    EXPECT_NE(unknown.output.find(listed), std::string::npos) << listed << ": " << unknown.output;
   auto ai00 =
       run_command(peftkit("export --base " + base + " --adapter " + adapter +
                           " --format ai00 --output " + (dir / "state.safetensors").string()));

@@ -228,6 +228,38 @@ TEST_F(ModelCommands, SizeBombsAreRefusedInBoundedMemory) {
             std::string::npos)
       << output;
   EXPECT_LT(jsonl_peak, 800) << output;  // was 2,600
+
+  // A 2 GB JSON header (a sparse file: the size is real, the disk holds nothing) is refused by
+  // its length field alone, in bounded memory.
+  const auto big = dir_->path() / "big.safetensors";
+  {
+    std::string start(8, '\0');
+    const uint64_t claimed = 2'000'000'000;
+    std::memcpy(start.data(), &claimed, 8);
+    testing::write_file(big, start + "{\"a\":");
+    std::filesystem::resize_file(big, 8 + claimed);
+  }
+  const long big_peak = peak_mib("inspect " + big.string(), output);
+  EXPECT_NE(output.find("safetensors header length 2000000000 exceeds the limit of 100000000 "
+                        "bytes"),
+            std::string::npos)
+      << output;
+  EXPECT_LT(big_peak, 800) << output;
+  std::filesystem::remove(big);
+
+  // A zip entry that claims more bytes than the archive holds.
+  std::string archive = testing::read_file(model());
+  const size_t central = archive.find("PK\x01\x02");
+  ASSERT_NE(central, std::string::npos);
+  const uint32_t huge = 0x7FFFFFF0;
+  std::memcpy(archive.data() + central + 20, &huge, 4);  // compressed size
+  std::memcpy(archive.data() + central + 24, &huge, 4);  // uncompressed size
+  testing::write_file(dir_->path() / "claims.pth", archive);
+  archive.clear();
+  const long claim_peak = peak_mib("inspect " + (dir_->path() / "claims.pth").string(), output);
+  EXPECT_NE(output.find("claims.pth: truncated zip archive ("), std::string::npos) << output;
+  EXPECT_NE(output.find("needs 2147483632 bytes at byte"), std::string::npos) << output;
+  EXPECT_LT(claim_peak, 800) << output;
 }
 
 }  // namespace

@@ -163,6 +163,11 @@ TEST_F(CompareCommand, ABadCompareFileIsRefusedBeforeTraining) {
   refuse(typo, "c.toml:" + std::to_string(line) +
                    ":1: unknown key 'lr_innit' in [train]; did you mean 'lr_init'?");
   refuse(replaced("name = \"lora\"", "name = \"state\""), "a second run named 'state'");
+  // A run name names a folder under the output folder: none may leave it.
+  for (const char* escaping : {"../../outside", "/tmp/outside", "..", "a/../../b"})
+    refuse(replaced("name = \"lora\"", std::string("name = \"") + escaping + "\""),
+           "' must be 1-64 letters, digits, '_', '-' or '.' (it names a folder), not starting "
+           "with '.'");
   refuse(replaced("eval_fraction = 0.25\n", ""), "set [data] eval_file or eval_fraction");
   refuse(replaced("[train]\n", "[train]\nepoch_steps = 3\n"), "epoch_steps is set by [budget]");
   refuse(replaced("method = \"miss\"", "method = \"mis\""), "mis");

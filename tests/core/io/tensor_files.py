@@ -44,6 +44,19 @@ def write(d):
     cycle = {"w": torch.ones(3)}
     cycle["self"] = cycle
     torch.save(cycle, f"{d}/cycle.pth")
+    # The same archive in zip64 form throughout: every entry's sizes and offsets and the end of
+    # the directory in zip64 records (as torch.save writes files over 4 GiB).
+    limits = zipfile.ZIP64_LIMIT, zipfile.ZIP_FILECOUNT_LIMIT
+    zipfile.ZIP64_LIMIT = zipfile.ZIP_FILECOUNT_LIMIT = 0
+    try:
+        with zipfile.ZipFile(f"{d}/dict.pth") as src, \
+                zipfile.ZipFile(f"{d}/zip64.pth", "w", zipfile.ZIP_STORED, allowZip64=True) as dst:
+            for info in src.infolist():
+                dst.writestr(info.filename, src.read(info))
+    finally:
+        zipfile.ZIP64_LIMIT, zipfile.ZIP_FILECOUNT_LIMIT = limits
+    with open(f"{d}/zip64.pth", "rb") as f:
+        assert b"PK\x06\x06" in f.read(), "no zip64 end-of-directory record"
     # A storage record shorter than its tensor needs.
     with zipfile.ZipFile(f"{d}/dict.pth") as src, zipfile.ZipFile(f"{d}/short.pth", "w") as dst:
         for info in src.infolist():

@@ -70,6 +70,18 @@ TEST_F(TensorIoTest, ReadsWhatTorchSaveWritesAndTorchLoadReadsWhatWeWrite) {
     EXPECT_TRUE(at::equal(tensor, again.at(name))) << name;
 }
 
+// An archive in zip64 form (sizes and offsets in zip64 extra fields, the zip64 end-of-directory
+// record and locator) reads as the plain one.
+TEST_F(TensorIoTest, Zip64ArchivesReadLikePlainOnes) {
+  const TensorMap plain = read_pth(file("dict.pth")), zip64 = read_pth(file("zip64.pth"));
+  ASSERT_EQ(zip64.size(), plain.size());
+  for (const auto& [name, tensor] : plain) {
+    ASSERT_TRUE(zip64.count(name)) << name;
+    EXPECT_TRUE(zip64.at(name).equal(tensor)) << name;
+    EXPECT_EQ(zip64.at(name).scalar_type(), tensor.scalar_type()) << name;
+  }
+}
+
 TEST_F(TensorIoTest, NestedDictsGiveDottedNamesAndViewsShareStorage) {
   TensorMap tensors = read_pth(file("nested.pth"));
   at::Tensor base = at::arange(24, at::kFloat).reshape({4, 6});

@@ -624,6 +624,52 @@ TEST_F(TrainerTest, ThreadsFarAboveTheCoresAreCappedInBoundedMemory) {
               peak_mib);
 }
 
+// Recipe keys that change numbering or numerics, each checked for its effect:
+// epoch_begin numbers the files from it; precision "tf32" on the CPU is fp32 bit for bit (TF32
+// touches CUDA matmuls only); weight_decay is decoupled and reaches 2-D weights only: after one
+// step, w(wd) = w(0) - lr * wd * w0 for a matrix, and a vector is untouched.
+TEST_F(TrainerTest, EpochBeginTf32AndWeightDecayDoWhatTheRecipeSays) {
+  auto train = [&](const std::string& settings) {
+    testing::remove_tree(dir_ / "out");
+    auto result = run_command(peftkit_command("train " + recipe().string() + settings));
+    EXPECT_EQ(result.exit_code, 0) << result.output;
+    return metrics();
+  };
+  train(" --set train.epoch_begin=5");
+  for (int n : {5, 6, 7})
+    EXPECT_TRUE(std::filesystem::exists(dir_ / "out" / ("rwkv-" + std::to_string(n) + ".pth")))
+        << n;
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "out" / "rwkv-0.pth"));
+
+  const auto fp32 = train(""), tf32 = train(" --set train.precision=tf32");
+  ASSERT_EQ(tf32.size(), fp32.size());
+  for (size_t i = 0; i < fp32.size(); ++i)
+    EXPECT_EQ(tf32[i]["loss"].get<double>(), fp32[i]["loss"].get<double>()) << "step " << i + 1;
+
+  const std::string one_step =
+      " --set train.epoch_steps=1 --set train.epoch_count=1 --set train.warmup_steps=0"
+      " --set train.lr_init=1e-3 --set train.lr_final=1e-3";
+  auto params_after = [&](const std::string& decay) {
+    train(one_step + " --set train.weight_decay=" + decay);
+    return read_pth(checkpoints_in(dir_ / "out").back());
+  };
+  const TensorMap plain = params_after("0"), decayed = params_after("0.5");
+  const TensorMap w0 = read_pth(shared_->path() / "model.pth");
+  const double lr = 1e-3, wd = 0.5;
+  for (const char* name : {"blocks.0.att.key.weight", "blocks.1.att.receptance.weight"}) {
+    const at::Tensor start = w0.at(name).to(at::kFloat);
+    const at::Tensor shift = decayed.at(std::string("param.") + name) -
+                             plain.at(std::string("param.") + name),
+                     want = -lr * wd * start;
+    EXPECT_LT((shift - want).abs().max().item<double>(), 1e-3 * want.abs().max().item<double>())
+        << name;
+  }
+  for (const char* name : {"blocks.0.ln1.weight", "ln_out.weight"})
+    EXPECT_TRUE(
+        decayed.at(std::string("param.") + name).equal(plain.at(std::string("param.") + name)))
+        << name << ": a vector is not decayed";
+}
+
 TEST_F(TrainerTest, ResumeNeedsACheckpointOfTheSameRun) {
   auto result = run_command(peftkit_command("train " + recipe().string() + " --resume"));
   EXPECT_EQ(result.exit_code, 1);

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <sstream>
 
 #include "host/plugin_registry.hpp"
@@ -204,6 +205,42 @@ TEST_F(BinidxTest, ConvertWritesJson2binidxFilesFromJsonl) {
                               host::default_options(plugin->options(), "data.binidx"));
   EXPECT_EQ(dataset->sample(0).input_ids, (std::vector<int32_t>{33155, 40213, 34, 261}));
   EXPECT_EQ(dataset->size(), 2);
+}
+
+// convert reads with any dataset plugin: binidx back to binidx gives the same bytes, and a 2-D
+// numpy file becomes one document per row, each ending with token 0 (a row that already ends
+// with it gets no second one).
+TEST_F(BinidxTest, ConvertReadsBinidxAndNumpyToo) {
+  testing::TempDir dir;
+  auto jsonl = testing::write_file(dir / "docs.jsonl",
+                                   "{\"text\": \"Hello world!\\n\\n\"}\n{\"text\": \"Second.\"}\n");
+  const std::string peftkit = PEFTKIT_BINARY;
+  auto first = testing::run_command(peftkit + " convert --from jsonl --to binidx --input " +
+                                    jsonl.string() + " --output " + (dir / "first").string());
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  auto again =
+      testing::run_command(peftkit + " convert --from binidx --to binidx --input " +
+                           (dir / "first").string() + " --output " + (dir / "again").string());
+  ASSERT_EQ(again.exit_code, 0) << again.output;
+  for (const char* ext : {".bin", ".idx"})
+    EXPECT_EQ(testing::read_file(dir / (std::string("again") + ext)),
+              testing::read_file(dir / (std::string("first") + ext)))
+        << ext;
+
+  const auto rows = dir / "rows.npy";
+  auto made = testing::run_command(std::string(PEFTKIT_PYTHON) +
+                                   " -c \"import numpy as np; np.save('" + rows.string() +
+                                   "', np.array([[5, 6, 7, 0], [8, 9, 10, 11]], dtype='<u2'))\"");
+  ASSERT_EQ(made.exit_code, 0) << made.output;
+  auto from_numpy = testing::run_command(peftkit + " convert --from numpy --to binidx --input " +
+                                         rows.string() + " --output " + (dir / "rows").string());
+  ASSERT_EQ(from_numpy.exit_code, 0) << from_numpy.output;
+  EXPECT_NE(from_numpy.output.find("2 documents, 9 tokens (uint16)"), std::string::npos)
+      << from_numpy.output;
+  const std::string bin = testing::read_file(dir / "rows.bin");
+  std::vector<uint16_t> tokens(bin.size() / 2);
+  std::memcpy(tokens.data(), bin.data(), tokens.size() * 2);
+  EXPECT_EQ(tokens, (std::vector<uint16_t>{5, 6, 7, 0, 8, 9, 10, 11, 0}));
 }
 
 }  // namespace

@@ -1,4 +1,5 @@
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "peft_fixtures.hpp"
 
@@ -31,6 +32,46 @@ TEST(LoraTest, StartsAsTheBaseWithTheClosedFormParameterCount) {
     expected += 4 * (site.in_features + site.out_features);  // r (in + out)
   EXPECT_EQ(count, expected);
   EXPECT_TRUE(at::equal(adapted.forward(tokens), base.forward(tokens)));
+}
+
+// init = "gaussian" draws A with standard deviation 1/r (HF PEFT's), "kaiming" uniformly within
+// 1/sqrt(in); targets puts adapters on the named sites only.
+TEST(LoraTest, GaussianInitAndTargetsDoWhatTheRecipeSays) {
+  const int64_t r = 16;
+  auto a_of = [&](const std::string& init, const std::vector<std::string>& targets) {
+    model::RwkvModel adapted(model_weights(), {at::kFloat, at::kCPU}, "test");
+    auto method = testing::make_method("lora", {{"r", r}, {"init", init}, {"targets", targets}});
+    method->attach(adapted);
+    std::vector<at::Tensor> as;
+    std::set<std::string> sites;
+    for (const auto& t : method->trainable_tensors()) {
+      if (t.name.size() > 7 && t.name.substr(t.name.size() - 7) == ".lora_A") {
+        as.push_back(t.tensor.detach().flatten());
+        sites.insert(t.name.substr(0, t.name.size() - 7));
+      }
+    }
+    return std::make_pair(at::cat(as), sites);
+  };
+  const auto [gaussian, all_sites] = a_of("gaussian", {"att.key", "att.value", "ffn.key"});
+  EXPECT_EQ(all_sites.size(), 3u * 2u) << "three sites in each of the two blocks";
+  for (const auto& site : all_sites)
+    EXPECT_TRUE(site.find("att.key") != std::string::npos ||
+                site.find("att.value") != std::string::npos ||
+                site.find("ffn.key") != std::string::npos)
+        << site;
+  const double std = gaussian.std().item<double>(), mean = gaussian.mean().item<double>();
+  EXPECT_NEAR(std, 1.0 / r, 0.05 / r) << gaussian.numel() << " draws";
+  EXPECT_NEAR(mean, 0.0, 0.05 / r);
+  // A normal sample has kurtosis 3, a uniform one 1.8.
+  const double kurtosis = ((gaussian - mean) / std).pow(4).mean().item<double>();
+  EXPECT_NEAR(kurtosis, 3.0, 0.3);
+  const auto [kaiming, key_sites] = a_of("kaiming", {"att.key"});
+  EXPECT_EQ(key_sites.size(), 2u);
+  const double in = static_cast<double>(model_weights().at("blocks.0.att.key.weight").size(1));
+  EXPECT_LE(kaiming.abs().max().item<double>(), 1.0 / std::sqrt(in));
+  const double kaiming_kurtosis =
+      ((kaiming - kaiming.mean()) / kaiming.std()).pow(4).mean().item<double>();
+  EXPECT_NEAR(kaiming_kurtosis, 1.8, 0.3);
 }
 
 TEST(LoraTest, MergedWeightsGiveTheAdapterForwardAndSaveLoadIsExact) {

@@ -63,6 +63,34 @@ TEST(PissaTest, RandomisedSvdFindsTheLeadingSubspaceOfALowRankMatrix) {
             1e-4 * weights.at("blocks.0.att.key.weight").norm().item<double>());
 }
 
+// svd_niter: on a weight whose spectrum decays slowly, more power iterations leave a residual
+// closer to the exact SVD's (the trailing singular values' energy); none leaves a worse one.
+TEST(PissaTest, MorePowerIterationsBringTheRandomisedSvdToTheExactOne) {
+  TensorMap weights = small_model_weights();
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(23);
+  // Singular values 1, 0.9, 0.81, ...: no gap after the leading r.
+  const at::Tensor u = std::get<0>(at::linalg_qr(at::randn({64, 64}, g)));
+  const at::Tensor v = std::get<0>(at::linalg_qr(at::randn({64, 64}, g)));
+  const at::Tensor values = at::pow(0.9, at::arange(64, at::kFloat));
+  weights["blocks.0.att.key.weight"] = at::matmul(u * values, v.t());
+  const double trailing = values.narrow(0, kRank, 64 - kRank).square().sum().item<double>();
+  auto excess = [&](int64_t niter) {  // residual energy over the best possible
+    model::RwkvModel model(weights, {at::kFloat, at::kCPU}, "test");
+    auto method = make_method("pissa", {{"r", kRank},
+                                        {"alpha", kAlpha},
+                                        {"svd", std::string("randomized")},
+                                        {"svd_niter", niter}});
+    method->attach(model);
+    const at::Tensor residual = model.linear("blocks.0.att.key").dense_weight().to(at::kDouble);
+    return residual.square().sum().item<double>() / trailing - 1.0;
+  };
+  const double none = excess(0), some = excess(2), many = excess(8);
+  EXPECT_GT(none, 1e-3) << "a single pass is visibly off on this spectrum";
+  EXPECT_LT(some, none);
+  EXPECT_LT(many, some);
+  EXPECT_LT(many, 1e-3);
+}
+
 TEST(PissaTest, MergedWeightsAndThePlainLoraExportGiveTheAdapterForward) {
   at::NoGradGuard no_grad;
   testing::TempDir dir;

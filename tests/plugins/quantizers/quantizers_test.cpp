@@ -113,6 +113,25 @@ TEST(Quantizers, AQuantizedModelComputesExactlyWithItsDequantizedWeights) {
   }
 }
 
+// int8 with a threshold: a column holding an element of magnitude >= threshold is kept exactly
+// (as bf16), every other column is quantized.
+TEST(Quantizers, Int8OutlierColumnsAreKeptExactly) {
+  at::NoGradGuard no_grad;
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(5);
+  at::Tensor w = at::randn({32, 48}, g) * 0.02;
+  w.index_put_({3, 7}, 0.5);               // column 7: an outlier
+  w.index_put_({20, 30}, -0.3);            // column 30: another
+  w.index_put_({9, 11}, 0.2);              // column 11: below the threshold
+  w = w.to(at::kBFloat16).to(at::kFloat);  // values bf16 holds, as a checkpoint's are
+  const auto packed = quantizer("int8", {{"threshold", 0.25}})->quantize(w);
+  const at::Tensor dense = packed->dense_weight().to(at::kFloat);
+  for (int64_t column = 0; column < w.size(1); ++column) {
+    const bool outlier = column == 7 || column == 30;
+    EXPECT_EQ(at::equal(dense.select(1, column), w.select(1, column)), outlier) << column;
+  }
+  EXPECT_LE(relative_error(dense, w), 0.02);
+}
+
 TEST(Quantizers, QPissaQuantizesTheResidualOfTheCheckpointWeight) {
   at::NoGradGuard no_grad;
   auto nf4 = quantizer("nf4");
@@ -180,19 +199,27 @@ TEST(Quantizers, APreQuantizedBaseFileIsReusedOnlyWhenItMatches) {
   EXPECT_NE(other.output.find("quantizing again"), std::string::npos) << other.output;
 }
 
+// Trains the small model with `tables` (an adapter on a quantized base) in `dir`, then merges it
+// with --requantize-aware into dir/merged.pth; false (with the failure reported) when either fails.
+bool train_and_merge_requantize_aware(const testing::TempDir& dir, const std::string& tables) {
+  auto run = testing::train_small_model(dir.path(), tables, 5e-2);
+  EXPECT_EQ(run.command.exit_code, 0) << run.command.output;
+  if (run.command.exit_code != 0) return false;
+  auto merge = testing::run_command(testing::peftkit_command(
+      "merge --requantize-aware --base " + (dir / "model.pth").string() + " --adapter " +
+      (dir / "out" / "rwkv-0.pth").string() + " --output " + (dir / "merged.pth").string() +
+      " --plugin-dir " PLUGIN_DIR));
+  EXPECT_EQ(merge.exit_code, 0) << merge.output;
+  return merge.exit_code == 0;
+}
+
 TEST(Quantizers, RequantizeAwareMergeGivesTheWeightsTrainingUsed) {
   testing::TempDir dir;
-  auto run = testing::train_small_model(dir.path(),
-                                        "[peft]\nmethod = \"lora\"\n[peft.lora]\nr = 4\nalpha = 8\n"
-                                        "[quant]\nmethod = \"nf4\"\n",
-                                        5e-2);
-  ASSERT_EQ(run.command.exit_code, 0) << run.command.output;
+  ASSERT_TRUE(train_and_merge_requantize_aware(
+      dir,
+      "[peft]\nmethod = \"lora\"\n[peft.lora]\nr = 4\nalpha = 8\n[quant]\nmethod = \"nf4\"\n"));
   const std::string base = (dir / "model.pth").string(),
                     adapter = (dir / "out" / "rwkv-0.pth").string();
-  auto merge = testing::run_command(testing::peftkit_command(
-      "merge --requantize-aware --base " + base + " --adapter " + adapter + " --output " +
-      (dir / "merged.pth").string() + " --plugin-dir " PLUGIN_DIR));
-  ASSERT_EQ(merge.exit_code, 0) << merge.output;
   const TensorMap merged = read_pth(dir / "merged.pth"), lora = read_pth(adapter),
                   original = read_pth(base);
   const std::string site = "blocks.0.att.value";
@@ -206,6 +233,31 @@ TEST(Quantizers, RequantizeAwareMergeGivesTheWeightsTrainingUsed) {
       testing::peftkit_command("merge --requantize-aware --base " + base + " --lora " + adapter +
                                " --recipe /nonexistent.toml --output x.pth"));
   EXPECT_NE(refused.exit_code, 0);
+}
+
+// QPiSSA: the merge gives what training computed with, the quantized residual (checkpoint weight
+// minus the saved init pair) plus the trained pair.
+TEST(Quantizers, RequantizeAwareMergeOfQPissaUsesTheQuantizedResidual) {
+  testing::TempDir dir;
+  ASSERT_TRUE(train_and_merge_requantize_aware(
+      dir,
+      "[peft]\nmethod = \"pissa\"\n[peft.pissa]\nr = 4\nalpha = 4\nsvd = \"exact\"\n"
+      "[quant]\nmethod = \"nf4\"\n"));
+  const TensorMap merged = read_pth(dir / "merged.pth"),
+                  saved = read_pth(dir / "out" / "rwkv-0.pth"),
+                  original = read_pth(dir / "model.pth");
+  auto nf4 = quantizer("nf4");
+  for (const std::string site : {"blocks.0.att.value", "blocks.1.ffn.key"}) {
+    const at::Tensor residual =
+        original.at(site + ".weight") -
+        at::matmul(saved.at(site + ".init_lora_B"), saved.at(site + ".init_lora_A"));
+    const at::Tensor expected =
+        nf4->quantize(residual)->dense_weight().to(at::kFloat) +
+        at::matmul(saved.at(site + ".lora_B"), saved.at(site + ".lora_A"));  // s = 4 / 4
+    EXPECT_LE(relative_error(merged.at(site + ".weight"), expected), 1e-6) << site;
+    EXPECT_GT(relative_error(merged.at(site + ".weight"), original.at(site + ".weight")), 1e-3)
+        << site << ": quantization and training both show";
+  }
 }
 
 // Issue 14 item 20: a merge re-quantized and overwrote the training run's pre-quantized cache (a
