@@ -2,15 +2,21 @@
 # `peftkit train` timed on the GPU machine, one run per combination, printed as a table:
 #   bench/train_gpu.sh BUILD_DIR SIZES METHODS BASES MICRO_BSZ CTX STEPS
 #   e.g. bench/train_gpu.sh build-gpu "0.1b" "full state lora pissa miss" "none" "1 8" 1024 6
-# SIZES: peftkit init-model --size values (of the architecture ARCH, x070 unless set); METHODS: full (no PEFT), state, lora (r 32 alpha 32, or
-# r 64 when LORA_R=64), pissa (r 32), miss (r 64, balance); BASES: none, int8, nf4. Random tokens,
-# bf16, grad_cp on, CUDA graphs on unless CUDA_GRAPHS=false, segments of CHUNK_CTX tokens when set
-# (the ctx column then reads CTX/CHUNK_CTX). Reports tokens/s and step time (median over the steps
-# after the first two), the CUDA allocator's peak, the peak of nvidia-smi's memory.used sampled
-# every 100 ms, and the time from starting the command to the first optimizer step's metrics line.
+# SIZES: peftkit init-model --size values (of the architecture ARCH, x070 unless set); METHODS:
+# full (no PEFT), state, lora (r 32 alpha 32, or r 64 when LORA_R=64), pissa (r 32), miss (r 64,
+# balance); BASES: none, int8, nf4. Random tokens, bf16, grad_cp on, CUDA graphs on unless
+# CUDA_GRAPHS=false, segments of CHUNK_CTX tokens when set (the ctx column then reads
+# CTX/CHUNK_CTX), [train] embedding_on_host = EMB_ON_HOST when set (else the recipe default). KEEP_RUN=DIR keeps the
+# runs there (and reuses a model made there before); RUN_TAG tells runs of one combination apart.
+# Reports tokens/s and step time (median over the steps after the first two), the CUDA
+# allocator's peak and reserved peak, the device's use at a step's end (cudaMemGetInfo: what
+# nvidia-smi sees beyond the allocator), the peak of nvidia-smi's memory.used sampled every 100 ms,
+# and the time from starting the command to the first optimizer step's metrics line.
 set -euo pipefail
 build=$1 sizes=$2 methods=$3 bases=$4 batches=$5 ctx=$6 steps=$7
 peftkit="$build/bin/peftkit"
+embedding_line=""
+[[ -z ${EMB_ON_HOST:-} ]] || embedding_line="embedding_on_host = $EMB_ON_HOST"$'\n'
 # KEEP_RUN=DIR: work there and leave the runs (recipes, logs) behind.
 if [[ -n ${KEEP_RUN:-} ]]; then
   work=$KEEP_RUN
@@ -19,14 +25,15 @@ else
   trap 'rm -rf "$work"' EXIT
 fi
 python3 -c "import numpy as np; np.save('$work/tokens.npy', np.random.default_rng(0).integers(1, 65536, 2000000).astype('<u2'))"
-echo "| size | method | base | micro_bsz | ctx | CUDA graphs | tokens/s | step s | CUDA allocator peak GiB | nvidia-smi peak GiB | start to first step s |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| size | method | base | micro_bsz | ctx | CUDA graphs | tokens/s | step s | CUDA allocator peak GiB | allocator reserved peak GiB | device used at a step end GiB | nvidia-smi peak GiB | start to first step s |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 for size in $sizes; do
-  "$peftkit" init-model --arch "${ARCH:-x070}" --size "$size" --out "$work/model-$size.pth" --log-level warn
+  [[ -s $work/model-$size.pth ]] ||
+    "$peftkit" init-model --arch "${ARCH:-x070}" --size "$size" --out "$work/model-$size.pth" --log-level warn
   for method in $methods; do
     for base in $bases; do
       for bsz in $batches; do
-        run="$work/$size-$method-$base-$bsz"
+        run="$work/$size-$method-$base-$bsz${RUN_TAG:+-$RUN_TAG}"
         mkdir -p "$run"
         {
           printf '[model]\npath = "%s"\n[data]\nformat = "numpy"\npath = "%s"\n' "$work/model-$size.pth" "$work/tokens.npy"
@@ -39,7 +46,7 @@ for size in $sizes; do
           esac
           printf '[quant]\nmethod = "%s"\n' "$base"
           printf '[train]\nctx_len = %s\nmicro_bsz = %s\nepoch_steps = %s\nepoch_count = 1\nepoch_save = 0\n' "$ctx" "$bsz" "$steps"
-          printf 'lr_init = 1e-5\nlr_final = 1e-5\nprecision = "bf16"\ngrad_cp = true\ncuda_graphs = %s\nchunk_ctx = %s\n[output]\ndir = "%s"\n' "${CUDA_GRAPHS:-true}" "${CHUNK_CTX:-0}" "$run/out"
+          printf 'lr_init = 1e-5\nlr_final = 1e-5\nprecision = "bf16"\ngrad_cp = true\ncuda_graphs = %s\nchunk_ctx = %s\n%s[output]\ndir = "%s"\n' "${CUDA_GRAPHS:-true}" "${CHUNK_CTX:-0}" "$embedding_line" "$run/out"
         } >"$run/recipe.toml"
         nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$run/smi.log" &
         sampler=$!
@@ -64,9 +71,11 @@ previous = {l["step"]: l["tokens"] for l in lines}
 step_s = statistics.median((l["tokens"] - previous.get(l["step"] - 1, 0)) / l["tokens_per_s"] for l in steady)
 smi = max(int(v) for v in open(f"{run}/smi.log").read().split() if v.strip().isdigit()) / 1024
 peak = max(l.get("peak_gpu_gib", 0) for l in lines)
+reserved = max(l.get("peak_gpu_reserved_gib", 0) for l in lines)
+device_used = max(l.get("gpu_device_used_gib", 0) for l in lines)
 graphed = sum(1 for l in steady if l.get("cuda_graph")) == len(steady)
 print(f"| {size} | {method} | {'bf16' if base == 'none' else base} | {bsz} | {ctx} | {'yes' if graphed else 'no'} | {rate:.0f} | {step_s:.3f} | "
-      f"{peak:.2f} | {smi:.2f} | {float(first) - float(start):.1f} |")
+      f"{peak:.2f} | {reserved:.2f} | {device_used:.2f} | {smi:.2f} | {float(first) - float(start):.1f} |")
 PY
       done
     done

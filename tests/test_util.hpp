@@ -1,6 +1,7 @@
 // Helpers shared by the test programs: temporary folders, files, and running a command.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -11,6 +12,7 @@
 #include <fstream>
 #include <random>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace peftkit::testing {
@@ -85,5 +87,20 @@ inline std::string peftkit_command(const std::string& args) {
   return std::string(PEFTKIT_BINARY) + " " + args;
 }
 #endif
+
+// Passes when `action` throws an exception whose message contains `fragment`: a refusal must be
+// the one expected, not any error (EXPECT_TRUE(throws_with([&] { ... }, "...")).
+template <class Action>
+::testing::AssertionResult throws_with(Action&& action, std::string_view fragment) {
+  try {
+    action();
+  } catch (const std::exception& e) {
+    if (std::string_view(e.what()).find(fragment) != std::string_view::npos)
+      return ::testing::AssertionSuccess();
+    return ::testing::AssertionFailure()
+           << "threw \"" << e.what() << "\", which does not contain \"" << fragment << "\"";
+  }
+  return ::testing::AssertionFailure() << "did not throw (expected \"" << fragment << "\")";
+}
 
 }  // namespace peftkit::testing

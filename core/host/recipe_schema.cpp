@@ -84,6 +84,10 @@ OptionSchema train_schema() {
                 "on a GPU, capture each batch shape's forward and backward once as a CUDA graph "
                 "and replay it "
                 "(off by itself when the step draws random numbers, e.g. LoRA dropout)")
+      .add_bool("embedding_on_host", true,
+                "on a GPU, keep the frozen emb.weight in pinned host memory that the kernels read "
+                "in place (saves vocab x C weights of GPU memory; a trained embedding stays on "
+                "the GPU)")
       .add_string("kernel", "auto",
                   "WKV7 and fused block ops: auto (CPU kernel on the CPU, chunked CUDA kernels on "
                   "a GPU), chunked "

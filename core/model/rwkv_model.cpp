@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
+#include <c10/cuda/CUDAGuard.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/custom_function.h>
 
@@ -62,6 +63,8 @@ RwkvModel::RwkvModel(const TensorMap& weights, const ModelOptions& options,
   for (const auto& [name, tensor] : weights) {
     if (merged_state_shape(config_, name))
       merged_states_[name] = tensor.to(options.device, at::kFloat);
+    else if (name == "emb.weight" && options.embedding_on_host && options.device.is_cuda())
+      weights_[name] = device_view_of_host_copy(tensor);
     else if (!quantized(name))
       weights_[name] = tensor.to(options.device, options.dtype);
   }
@@ -77,6 +80,21 @@ RwkvModel::RwkvModel(const TensorMap& weights, const ModelOptions& options,
   }
   if (quantized("head.weight")) head_ = make_base("head.weight", weights.at("head.weight"), true);
   options_.prequantized = nullptr;  // the caller's map was only needed here
+}
+
+at::Tensor RwkvModel::device_view_of_host_copy(const at::Tensor& tensor) {
+  const c10::cuda::CUDAGuard on_the_device(options_.device);  // pinned in the device's context
+  host_embedding_ =
+      at::empty(tensor.sizes(), at::TensorOptions().dtype(options_.dtype).pinned_memory(true));
+  host_embedding_.copy_(tensor);
+  // Pinned memory from the CUDA allocator has one address for host and device (unified virtual
+  // addressing), so a device tensor may point at it; the context keeps the host tensor alive.
+  return at::for_blob(host_embedding_.data_ptr(), host_embedding_.sizes())
+      .context(new at::Tensor(host_embedding_),
+               [](void* kept) { delete static_cast<at::Tensor*>(kept); })
+      .target_device(options_.device)
+      .options(at::TensorOptions().dtype(options_.dtype).device(options_.device))
+      .make_tensor();
 }
 
 std::unique_ptr<FrozenLinear> RwkvModel::make_base(const std::string& name,
@@ -154,6 +172,7 @@ at::Tensor RwkvModel::weight(const std::string& name) const {
 
 TensorMap RwkvModel::weights() const {
   TensorMap out = weights_;
+  if (host_embedding_.defined()) out["emb.weight"] = host_embedding_;  // copies need no device
   for (const auto& [name, master] : masters_) out[name] = master;
   return out;
 }

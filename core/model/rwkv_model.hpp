@@ -43,6 +43,11 @@ struct ModelOptions {
   // Tensor-op references instead of the kernels: the per-time-step WKV7 and the unfused block
   // pieces (for debugging the kernels).
   bool reference_kernels = false;
+  // On a CUDA device: keep emb.weight in pinned host memory that the device's kernels read in
+  // place (unified addressing), instead of a copy in device memory. A step reads only its B x T
+  // rows, so this saves V x C weights of device memory for the cost of those rows crossing the bus.
+  // A trainable embedding still gets its fp32 master on the device.
+  bool embedding_on_host = false;
 };
 
 // The recurrent state of B sequences, per layer (the same shapes in x060 and x070).
@@ -135,9 +140,12 @@ class RwkvModel final : public ModelView {
   ModelConfig config_;
   ModelOptions options_;
   TensorMap weights_;
+  at::Tensor host_embedding_;  // the pinned CPU tensor behind weights_["emb.weight"], when there
   TensorMap merged_states_;
   TensorMap checkpoint_weights_;  // the linear sites' weights as given, for checkpoint_weight()
   std::unique_ptr<FrozenLinear> head_;  // set when the head is quantized
+  // A device tensor over a pinned host copy of `tensor` (ModelOptions::embedding_on_host).
+  at::Tensor device_view_of_host_copy(const at::Tensor& tensor);
   std::unique_ptr<FrozenLinear> make_base(
       const std::string& name, const at::Tensor& weight,
       bool quantize) const;  // initial states stored in the model file (merge --state), fp32

@@ -10,29 +10,47 @@ namespace {
 
 constexpr int64_t kRowsPerChunk = 1024;
 
-// The summed negative log-likelihood of fp32 logit rows [n, V] over the labels that count.
-at::Tensor nll_sum(const at::Tensor& logits, const at::Tensor& labels) {
+// log(sum(exp(row))) of fp32 logit rows [n, V], overwriting them with exp(row - max(row)): a
+// chunk's logits are the largest tensors of a step, and at::logsumexp would add two of their size.
+at::Tensor logsumexp_in_place(at::Tensor& logits) {
+  const at::Tensor top = std::get<0>(logits.max(-1, /*keepdim=*/true));
+  logits.sub_(top).exp_();
+  return logits.sum(-1).log_().add_(top.squeeze(1));
+}
+
+// The summed negative log-likelihood of fp32 logit rows [n, V] (an owned temporary it overwrites)
+// over the labels that count.
+at::Tensor nll_sum(at::Tensor logits, const at::Tensor& labels) {
   const at::Tensor mask = labels != kIgnoreIndex;
   const at::Tensor safe = at::where(mask, labels, at::zeros_like(labels));
-  const at::Tensor nll = at::logsumexp(logits, -1) - logits.gather(1, safe.unsqueeze(1)).squeeze(1);
+  const at::Tensor picked = logits.gather(1, safe.unsqueeze(1)).squeeze(1);
+  const at::Tensor nll = logsumexp_in_place(logits) - picked;
   return (nll * mask).sum();
 }
 
-// d loss / d logits for fp32 logit rows [n, V]: ce_scale (softmax - onehot(label)) on the rows that
-// count, plus L2Wrap: every row that counts pushes its largest logit towards zero with wrap_scale
-// (padding and masked prompt rows get no gradient at all). The scales are 0-dim fp32 tensors on
-// the logits' device, so nothing waits for the GPU.
-at::Tensor logits_gradient(const at::Tensor& logits, const at::Tensor& labels,
-                           const at::Tensor& ce_scale, const at::Tensor& wrap_scale) {
+// d loss / d logits for fp32 logit rows [n, V] (an owned temporary, turned into the gradient in
+// place): ce_scale (softmax - onehot(label)) on the rows that count, plus L2Wrap: every row that
+// counts pushes its largest logit towards zero with wrap_scale (padding and masked prompt rows get
+// no gradient at all). The scales are 0-dim fp32 tensors on the logits' device, so nothing waits
+// for the GPU.
+at::Tensor logits_gradient(at::Tensor logits, const at::Tensor& labels, const at::Tensor& ce_scale,
+                           const at::Tensor& wrap_scale) {
   const at::Tensor mask = labels != kIgnoreIndex;
   const at::Tensor row_scale = mask.to(at::kFloat) * ce_scale;
-  at::Tensor g = at::softmax(logits, -1) * row_scale.unsqueeze(1);
+  auto [max_value, max_index] = logits.max(-1);
+  at::Tensor& g = logits;
+  g.sub_(max_value.unsqueeze(1)).exp_();
+  g.mul_((row_scale / g.sum(-1)).unsqueeze(1));  // softmax times the row's scale
   const at::Tensor safe = at::where(mask, labels, at::zeros_like(labels));
   g.scatter_add_(1, safe.unsqueeze(1), row_scale.neg().unsqueeze(1));
-  auto [max_value, max_index] = logits.max(-1);
   g.scatter_add_(1, max_index.unsqueeze(1),
                  (max_value * mask.to(at::kFloat) * wrap_scale).unsqueeze(1));
   return g;
+}
+
+// A new fp32 tensor of `logits` for the in-place functions above (never the caller's own tensor).
+at::Tensor fp32_copy(const at::Tensor& logits) {
+  return logits.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
 }
 
 // The targets that count, as a 0-dim int64 tensor on the labels' device.
@@ -63,7 +81,7 @@ class CrossEntropyL2Wrap : public torch::autograd::Function<CrossEntropyL2Wrap> 
     at::Tensor total = at::zeros({}, rows.options().dtype(at::kDouble));
     for (int64_t begin = 0; begin < rows.size(0); begin += kRowsPerChunk) {
       const int64_t end = std::min(rows.size(0), begin + kRowsPerChunk);
-      total += nll_sum(rows.slice(0, begin, end).to(at::kFloat), labels.slice(0, begin, end))
+      total += nll_sum(fp32_copy(rows.slice(0, begin, end)), labels.slice(0, begin, end))
                    .to(at::kDouble);
     }
     ctx->save_for_backward({logits, labels, whole_counted});
@@ -84,8 +102,8 @@ class CrossEntropyL2Wrap : public torch::autograd::Function<CrossEntropyL2Wrap> 
     for (int64_t begin = 0; begin < rows.size(0); begin += kRowsPerChunk) {
       const int64_t end = std::min(rows.size(0), begin + kRowsPerChunk);
       grad.slice(0, begin, end)
-          .copy_(logits_gradient(rows.slice(0, begin, end).to(at::kFloat),
-                                 labels.slice(0, begin, end), ce_scale, wrap_scale));
+          .copy_(logits_gradient(fp32_copy(rows.slice(0, begin, end)), labels.slice(0, begin, end),
+                                 ce_scale, wrap_scale));
     }
     return {grad.view(logits.sizes()), at::Tensor(), at::Tensor(), at::Tensor()};
   }

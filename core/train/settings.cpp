@@ -27,6 +27,7 @@ TrainSettings train_settings(const host::Recipe& recipe) {
   s.kernel = train.get_string("kernel");
   s.grad_cp = train.get_bool("grad_cp");
   s.cuda_graphs = train.get_bool("cuda_graphs");
+  s.embedding_on_host = train.get_bool("embedding_on_host");
 
   s.ctx_len = train.get_int("ctx_len");
   s.chunk_ctx = train.get_int("chunk_ctx");

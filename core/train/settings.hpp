@@ -33,7 +33,7 @@ struct TrainSettings {
   std::string backend;                         // [run] backend: auto, nccl or gloo
   std::string precision;                       // [train] precision as written ("auto", "bf16", ...)
   std::string kernel;                          // [train] kernel: auto, chunked or reference
-  bool grad_cp = false, cuda_graphs = false;
+  bool grad_cp = false, cuda_graphs = false, embedding_on_host = false;
 
   // The trajectory.
   int64_t ctx_len = 0, chunk_ctx = 0, micro_bsz = 0, accumulate = 0;

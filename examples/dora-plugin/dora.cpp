@@ -72,7 +72,11 @@ class Dora final : public peftkit::PeftMethod {
       const double bound = 1.0 / std::sqrt(static_cast<double>(s.in_features));
       Site site{
           s.name,
-          at::empty({r_, s.in_features}, options).uniform_(-bound, bound).requires_grad_(true),
+          // Drawn on the CPU: the same adapter from one seed on any device.
+          at::empty({r_, s.in_features}, at::kFloat)
+              .uniform_(-bound, bound)
+              .to(options.device())
+              .requires_grad_(true),
           at::zeros({s.out_features, r_}, options).requires_grad_(true),
           row_norms(model.linear(s.name).dense_weight().to(options)).detach().requires_grad_(true)};
       model.set_linear_adapter(s.name, std::make_shared<DoraAdapter>(site, scale()));

@@ -39,11 +39,11 @@ template <class T>
 __global__ void token_shift_mix_forward_kernel(int64_t B, int64_t T_, int64_t C, int64_t M,
                                                const T* x, const T* shift, const float* mix,
                                                T* out) {
-  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t c = blockIdx.y * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (c >= C) return;
   const int64_t rows = B * T_, plane = rows * C;
-  for (int64_t row = blockIdx.y * kRows;
-       row < min(rows, (blockIdx.y + 1) * static_cast<int64_t>(kRows)); ++row) {
+  for (int64_t row = blockIdx.x * static_cast<int64_t>(kRows);
+       row < min(rows, (blockIdx.x + 1) * static_cast<int64_t>(kRows)); ++row) {
     const int64_t t = row % T_;
     const float xv = load(x, row * C + c);
     const float delta = (t > 0 ? load(x, (row - 1) * C + c) : load(shift, (row / T_) * C + c)) - xv;
@@ -58,12 +58,12 @@ __global__ void token_shift_mix_backward_kernel(int64_t B, int64_t T_, int64_t C
                                                 const T* dout, float* dx, float* dshift,
                                                 float* dmix_partials) {
   constexpr int kMaxMixes = 8;
-  const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t c = blockIdx.y * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (c >= C) return;
   const int64_t rows = B * T_, plane = rows * C;
   float dmix[kMaxMixes] = {};
-  for (int64_t row = blockIdx.y * kRows;
-       row < min(rows, (blockIdx.y + 1) * static_cast<int64_t>(kRows)); ++row) {
+  for (int64_t row = blockIdx.x * static_cast<int64_t>(kRows);
+       row < min(rows, (blockIdx.x + 1) * static_cast<int64_t>(kRows)); ++row) {
     const int64_t t = row % T_;
     const float xv = load(x, row * C + c);
     const float delta = (t > 0 ? load(x, (row - 1) * C + c) : load(shift, (row / T_) * C + c)) - xv;
@@ -78,7 +78,7 @@ __global__ void token_shift_mix_backward_kernel(int64_t B, int64_t T_, int64_t C
     dx[row * C + c] = own + from_next;
     if (t == 0) dshift[(row / T_) * C + c] = to_previous;
   }
-  for (int64_t m = 0; m < M; ++m) dmix_partials[(blockIdx.y * M + m) * C + c] = dmix[m];
+  for (int64_t m = 0; m < M; ++m) dmix_partials[(blockIdx.x * M + m) * C + c] = dmix[m];
 }
 
 // ---- per-head row ops: one warp per (row, head), lane owns N / 32 channels; a block's warps
@@ -89,8 +89,8 @@ constexpr int kWarps = 4;
 struct HeadRows {
   int64_t head, row_begin, row_end, partial;
   __device__ HeadRows(int64_t rows) {
-    head = blockIdx.x;
-    partial = blockIdx.y * kWarps + threadIdx.x / 32;
+    head = blockIdx.y;
+    partial = blockIdx.x * static_cast<int64_t>(kWarps) + threadIdx.x / 32;
     row_begin = partial * kRows;
     row_end = min(rows, row_begin + kRows);
   }
@@ -290,12 +290,13 @@ __global__ void relu_square_backward_kernel(int64_t n, const T* x, const T* dout
     store(dx, i, 2.0f * fmaxf(load(x, i), 0.0f) * load(dout, i));
 }
 
+// Rows on the grid's x dimension (up to 2^31 - 1 blocks), channels or heads on y (at most 65535).
 dim3 channel_grid(int64_t rows, int64_t C) {
-  return dim3(static_cast<unsigned>((C + 255) / 256), static_cast<unsigned>(fused_partials(rows)));
+  return dim3(static_cast<unsigned>(fused_partials(rows)), static_cast<unsigned>((C + 255) / 256));
 }
 dim3 head_grid(int64_t rows, int64_t H) {
-  return dim3(static_cast<unsigned>(H),
-              static_cast<unsigned>((fused_partials(rows) + kWarps - 1) / kWarps));
+  return dim3(static_cast<unsigned>((fused_partials(rows) + kWarps - 1) / kWarps),
+              static_cast<unsigned>(H));
 }
 // The per-head kernels: launch(element tag, lanes-per-head constant) for a supported head size.
 template <class Launch>

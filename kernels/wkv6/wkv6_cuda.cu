@@ -191,7 +191,8 @@ __global__ void __launch_bounds__(4 * N)
         *A = S + Ti::kState, *bonus = A + Ti::kPairs;
   float* r_decayed = log_d;  // log_d is dead once cumulated; sharing keeps 5 blocks on an SM
   const int tid = static_cast<int>(threadIdx.x);
-  const int64_t c = blockIdx.x, bh = blockIdx.y, t0 = c * kChunk, chunks = chunk_count(s);
+  const int64_t chunks = chunk_count(s), c = blockIdx.x % chunks, bh = blockIdx.x / chunks,
+                t0 = c * kChunk;
   const HeadIndex head(s, bh);
   load_chunk<N>(r, k, v, log_d, bonus, in, u, s, head, t0, bh, tid);
   load_state<N>(S, chunk_states + (bh * chunks + c) * N * N, tid);
@@ -241,10 +242,11 @@ __global__ void __launch_bounds__(4 * N)
         *v = k + Ti::kVector, *g = v + Ti::kVector, *log_d = g + Ti::kVector,
         *dr_from_state = log_d + Ti::kVector, *dk_from_end = dr_from_state + Ti::kVector,
         *Sa = dk_from_end + Ti::kVector, *Gb = Sa + Ti::kState, *A = Gb + Ti::kState,
-        *dots = A + Ti::kPairs, *bonus = dots + Ti::kPairs;
+        *dots = A + Ti::kPairs, *bonus = dots + Ti::kPairs, *entry_to_end = bonus + N;
   float* k_decayed = log_d;  // log_d is dead once cumulated; sharing keeps 3 blocks on an SM
   const int tid = static_cast<int>(threadIdx.x);
-  const int64_t c = blockIdx.x, bh = blockIdx.y, t0 = c * kChunk, chunks = chunk_count(s);
+  const int64_t chunks = chunk_count(s), c = blockIdx.x % chunks, bh = blockIdx.x / chunks,
+                t0 = c * kChunk;
   const HeadIndex head(s, bh);
   load_chunk<N>(r, k, v, log_d, bonus, in, u, s, head, t0, bh, tid);
   load_tile<N>(g, dy, head, t0, s.T, tid);
@@ -296,40 +298,46 @@ __global__ void __launch_bounds__(4 * N)
       dv[o] = dv_t;
     }
   }
-  __syncthreads();
   for (int j = tid; j < N; j += Ti::kThreads) {
-    float dlog_d[kChunk];  // dL/dlog d_t of column j, built from the four products above
-    float entry_to_end = 0;
-    for (int i = 0; i < N; ++i) entry_to_end = fmaf(Gb[i * P + j], Sa[i * P + j], entry_to_end);
-    entry_to_end *= decay_between(whole[j], 0);
+    float sum = 0;  // exp(C) sum_i Gb Sa: the first product, the same for every step of column j
+    for (int i = 0; i < N; ++i) sum = fmaf(Gb[i * P + j], Sa[i * P + j], sum);
+    entry_to_end[j] = sum * decay_between(whole[j], 0);
+  }
+  __syncthreads();
+  // dL/dlog d, one (t, j) per thread: every term is a sum of products of one sign structure.
+  // The fourth product's decay exp(c_{m-1} - c_m') splits at t into two factors that are each
+  // at most 1, so a thread exponentiates 16 differences instead of one per (m, m') pair.
+  for (int e = tid; e < kChunk * N; e += Ti::kThreads) {
+    const int t = e / N, j = e % N;
+    if (t0 + t >= s.T) continue;
+    const double before = t > 0 ? cumulative[(t - 1) * P + j] : 0.0;
+    float dlog_d = entry_to_end[j];
+    float k_to_t[kChunk];  // k_m' exp(c_{t-1} - c_m') for m' < t, else 0
 #pragma unroll
-    for (int t = 0; t < kChunk; ++t) dlog_d[t] = entry_to_end;
-#pragma unroll
-    for (int m = 2; m < kChunk; ++m) {
-      float within = 0;  // sum over m' < t of (dy_m.v_m') k_m' exp(c_{m-1} - c_m'), for growing t
-#pragma unroll
-      for (int t = 1; t < m; ++t) {
-        within =
-            fmaf(dots[m * kChunk + t - 1] * k[(t - 1) * P + j],
-                 decay_between(cumulative[(m - 1) * P + j], cumulative[(t - 1) * P + j]), within);
-        dlog_d[t] = fmaf(r[m * P + j], within, dlog_d[t]);
+    for (int m = 0; m < kChunk; ++m) {
+      k_to_t[m] = 0;
+      if (m < t) {
+        k_to_t[m] = k[m * P + j] * decay_between(before, cumulative[m * P + j]);
+        dlog_d = fmaf(k[m * P + j], dk_from_end[m * P + j], dlog_d);
       }
     }
-    float later = 0, earlier = 0;
 #pragma unroll
-    for (int t = kChunk - 1; t >= 0; --t) {
-      dlog_d[t] += later;
-      later = fmaf(r[t * P + j], dr_from_state[t * P + j], later);
+    for (int m = 0; m < kChunk; ++m) {
+      if (m <= t) continue;
+      float within = 0;
+#pragma unroll
+      for (int m2 = 0; m2 < kChunk - 1; ++m2)
+        within = fmaf(dots[m * kChunk + m2], k_to_t[m2], within);
+      const float r_from_t = r[m * P + j] * decay_between(cumulative[(m - 1) * P + j], before);
+      dlog_d = fmaf(r[m * P + j], dr_from_state[m * P + j], fmaf(r_from_t, within, dlog_d));
     }
+    const double log_d_t = cumulative[t * P + j] - before;
+    dw[head.at(t0 + t) + j] = dlog_d * static_cast<float>(log_d_t);
+  }
+  for (int j = tid; j < N; j += Ti::kThreads) {
     float du = 0;
-#pragma unroll
-    for (int t = 0; t < kChunk; ++t) {
-      const double log_d_t = cumulative[t * P + j] - (t > 0 ? cumulative[(t - 1) * P + j] : 0.0);
-      if (t0 + t < s.T)
-        dw[head.at(t0 + t) + j] = (dlog_d[t] + earlier) * static_cast<float>(log_d_t);
-      earlier = fmaf(k[t * P + j], dk_from_end[t * P + j], earlier);
+    for (int t = 0; t < kChunk; ++t)
       du = fmaf(r[t * P + j] * k[t * P + j], dots[t * kChunk + t], du);
-    }
     du_per_chunk[(bh * chunks + c) * N + j] = du;
   }
 }
@@ -344,14 +352,15 @@ template <int N>
 constexpr size_t backward_chunk_bytes() {
   using Ti = Tiles<N>;
   return sizeof(double) * Ti::kVector +
-         sizeof(float) * (7 * Ti::kVector + 2 * Ti::kState + 2 * Ti::kPairs + N);
+         sizeof(float) * (7 * Ti::kVector + 2 * Ti::kState + 2 * Ti::kPairs + 2 * N);
 }
 
 dim3 pass_grid(const Wkv6Shape& s) {
   return dim3(static_cast<unsigned>(s.B * s.H), static_cast<unsigned>(s.N / kGroupColumns));
 }
+// One block per (batch, head, chunk), on the x dimension alone: y and z stop at 65535 blocks.
 dim3 chunk_grid(const Wkv6Shape& s) {
-  return dim3(static_cast<unsigned>(wkv6_chunks(s)), static_cast<unsigned>(s.B * s.H));
+  return dim3(static_cast<unsigned>(wkv6_chunks(s) * s.B * s.H));
 }
 
 template <class T, int N>

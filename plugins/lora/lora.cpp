@@ -40,13 +40,15 @@ class Lora final : public PeftMethod {
     const auto options = model.activation_options().dtype(at::kFloat);
     for (const auto& site : model.linear_sites()) {
       if (!site_matches_any(site.name, settings_.targets)) continue;
-      at::Tensor a = at::empty({settings_.r, site.in_features}, options);
+      // Drawn by the CPU's generator on any device: one seed gives one adapter on the CPU and
+      // on a GPU (the generators of the two draw different numbers).
+      at::Tensor a = at::empty({settings_.r, site.in_features}, at::kFloat);
       if (settings_.init == "gaussian")
         a.normal_(0.0, 1.0 / static_cast<double>(settings_.r));
       else  // kaiming_uniform(a = sqrt(5)): bound = 1 / sqrt(in)
         a.uniform_(-1.0 / std::sqrt(static_cast<double>(site.in_features)),
                    1.0 / std::sqrt(static_cast<double>(site.in_features)));
-      a.requires_grad_(true);
+      a = a.to(options.device()).requires_grad_(true);
       at::Tensor b = at::zeros({site.out_features, settings_.r}, options).requires_grad_(true);
       pairs_.add(site.name, a, b);
       model.set_linear_adapter(site.name, std::make_shared<plugins::LowRankAdapter>(

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "test_util.hpp"
+
 namespace peftkit {
 namespace {
 
@@ -38,9 +40,14 @@ TEST(OptionSchema, ChecksTypeBoundsAndChoices) {
 TEST(OptionSchema, RefusesDuplicateNamesAndInvalidDefaults) {
   OptionSchema schema;
   schema.add_int("r", 8, "");
-  EXPECT_THROW(schema.add_int("r", 4, ""), Error);
-  EXPECT_THROW(OptionSchema().add_int("r", 0, "", 1), Error);
-  EXPECT_THROW(OptionSchema().add_string("mode", "x", "", {"a", "b"}), Error);
+  EXPECT_TRUE(testing::throws_with([&] { schema.add_int("r", 4, ""); }, "'r' is declared twice"));
+  EXPECT_TRUE(testing::throws_with([&] { OptionSchema().add_int("r", 0, "", 1); },
+                                   "the default of 'r' is not an integer >= 1"));
+  EXPECT_TRUE(testing::throws_with(
+      [&] {
+        OptionSchema().add_string("mode", "x", "", {"a", "b"});
+      },
+      "the default of 'mode' is not one of \"a\", \"b\""));
 }
 
 TEST(OptionValueText, IsValidTomlThatReadsBackExactly) {
@@ -58,8 +65,10 @@ TEST(Options, GettersCheckNamesAndTypes) {
   options.set("ctx_len", int64_t{512}, OptionSource::kRecipe, "r.toml:3:11");
   EXPECT_EQ(options.get_int("ctx_len"), 512);
   EXPECT_EQ(options.source("ctx_len"), OptionSource::kRecipe);
-  EXPECT_THROW(options.get_float("ctx_len"), Error);
-  EXPECT_THROW(options.get_int("missing"), Error);
+  EXPECT_TRUE(testing::throws_with([&] { options.get_float("ctx_len"); },
+                                   "[train] ctx_len is not a number"));
+  EXPECT_TRUE(
+      testing::throws_with([&] { options.get_int("missing"); }, "[train] has no option 'missing'"));
   EXPECT_STREQ(options.error("ctx_len", "too long").what(),
                "r.toml:3:11: [train] ctx_len: too long");
 }

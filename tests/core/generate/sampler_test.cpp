@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include "test_util.hpp"
+
 namespace peftkit {
 namespace {
 
@@ -68,10 +70,10 @@ TEST(Sampler, DrawsFromTheDistributionReproducibly) {
 TEST(Sampler, RejectsInvalidSettings) {
   generate::SamplerSettings s = plain();
   s.top_p = 0;
-  EXPECT_ANY_THROW(generate::Sampler(s, 0));
+  EXPECT_TRUE(testing::throws_with([&] { generate::Sampler(s, 0); }, "top-p must be in (0, 1]"));
   s = plain();
   s.temperature = -1;
-  EXPECT_ANY_THROW(generate::Sampler(s, 0));
+  EXPECT_TRUE(testing::throws_with([&] { generate::Sampler(s, 0); }, "temperature must be >= 0"));
 }
 
 }  // namespace

@@ -320,7 +320,8 @@ TEST(RwkvModel, ExposesNamedSitesAndRefusesUnknownOnes) {
   EXPECT_EQ(sites[4].name, "blocks.0.ffn.key");
   EXPECT_EQ(sites[4].out_features, 256);
   EXPECT_EQ(model.state_sites()[2].name, "blocks.2.att");
-  EXPECT_THROW(model.linear("blocks.0.att.gate"), Error);
+  EXPECT_TRUE(testing::throws_with([&] { model.linear("blocks.0.att.gate"); },
+                                   "no linear site 'blocks.0.att.gate'"));
   EXPECT_EQ(model.architecture(), "rwkv7");
 }
 

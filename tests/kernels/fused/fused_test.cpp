@@ -199,5 +199,69 @@ TEST(FusedCuda, EveryOpMatchesItsFloat64ReferenceIncludingGradients) {
   }
 }
 
+// GPU only: more rows than a grid's y dimension can count (65535 blocks: 4.2 M rows for the
+// per-channel kernels, 16.8 M for the per-head ones; a micro_bsz of 65536 at ctx 512 has 33.5 M)
+// give what the same kernels give on each sequence of the batch alone (2.2 M rows, within those
+// limits). The parameter gradients sum over every row, in another order.
+TEST(FusedCuda, BatchesBeyondTheGridsSecondDimensionMatchEachSequenceAlone) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  const int64_t B = 8, T = (int64_t{17} << 20) / B + 3, H = 1, N = 32, C = H * N;
+  at::manual_seed(7);
+  auto on_gpu = [](std::vector<int64_t> shape, double low, double high) {
+    return at::empty(shape, at::TensorOptions(at::kCUDA).dtype(at::kFloat)).uniform_(low, high);
+  };
+  // batched[i]: input i has the batch first; output_batch_dim: where the outputs have it.
+  auto compare = [&](const std::string& name, const Op& op, const std::vector<at::Tensor>& inputs,
+                     const std::vector<bool>& batched, int64_t output_batch_dim) {
+    auto run = [&](const std::vector<at::Tensor>& in) {
+      std::vector<at::Tensor> leaves;
+      for (const at::Tensor& t : in) leaves.push_back(t.detach().requires_grad_(true));
+      const auto outs = op(leaves);
+      at::Tensor loss = at::zeros({}, at::TensorOptions(at::kCUDA).dtype(at::kDouble));
+      for (const at::Tensor& o : outs) loss = loss + o.to(at::kDouble).square().sum();
+      loss.backward();
+      std::vector<at::Tensor> result(outs.begin(), outs.end());
+      for (const at::Tensor& l : leaves) result.push_back(l.grad());
+      return result;
+    };
+    const auto whole = run(inputs);
+    std::vector<std::vector<at::Tensor>> parts;
+    for (int64_t b = 0; b < B; ++b) {
+      std::vector<at::Tensor> part;
+      for (size_t i = 0; i < inputs.size(); ++i)
+        part.push_back(batched[i] ? inputs[i].narrow(0, b, 1).contiguous() : inputs[i]);
+      parts.push_back(run(part));
+    }
+    const size_t outputs = whole.size() - inputs.size();
+    for (size_t i = 0; i < whole.size(); ++i) {
+      const bool per_row = i < outputs || batched[i - outputs];
+      std::vector<at::Tensor> pieces;
+      for (const auto& part : parts) pieces.push_back(part[i]);
+      const at::Tensor want =
+          per_row ? at::cat(pieces, i < outputs ? output_batch_dim : 0) : at::stack(pieces).sum(0);
+      ASSERT_EQ(whole[i].sizes(), want.sizes()) << name << " result " << i;
+      const double error = relative_error(whole[i].to(at::kDouble), want.to(at::kDouble));
+      EXPECT_LE(error, per_row ? 1e-7 : 1e-5) << name << " result " << i;
+      std::printf("[ fused cuda ] %-16s result %zu of %lld rows: relative error %.2e\n",
+                  name.c_str(), i, static_cast<long long>(B * T), error);
+    }
+  };
+  compare(
+      "token_shift_mix",
+      [](const std::vector<at::Tensor>& in) {
+        return std::vector<at::Tensor>{token_shift_mix(in[0], in[1], in[2])};
+      },
+      {on_gpu({B, T, C}, -1, 1), on_gpu({B, C}, -1, 1), on_gpu({2, C}, 0, 1)}, {true, true, false},
+      /*output_batch_dim=*/1);  // out is [M, B, T, C]
+  compare(
+      "kk_ab",
+      [H](const std::vector<at::Tensor>& in) {
+        const KkAb out = kk_ab(in[0], in[1], in[2], in[3], H);
+        return std::vector<at::Tensor>{out.k, out.a, out.b};
+      },
+      {on_gpu({B, T, C}, -1, 1), on_gpu({B, T, C}, 0, 1), on_gpu({C}, 0.5, 1.5), on_gpu({C}, 0, 1)},
+      {true, true, false, false}, /*output_batch_dim=*/0);
+}
+
 }  // namespace
 }  // namespace peftkit::kernels

@@ -6,6 +6,8 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -13,6 +15,7 @@
 
 #include "binding.hpp"
 #include "kernels/finite_differences.hpp"
+#include "test_util.hpp"
 
 namespace peftkit::kernels {
 namespace {
@@ -157,6 +160,7 @@ TEST(Wkv6Cuda, MatchesTheFloat64CpuKernelIncludingGradients) {
     double bound, ds0_bound;
     double w_low = -6, w_high = 1;
     bool shared_state = false;
+    bool final_state_loss = true;  // false: no gradient reaches the final state (as in training)
   };
   const Case cases[] = {{2, 37, 3, 64, at::kFloat, 1e-5, 1e-5},
                         {2, 37, 3, 64, at::kBFloat16, 2e-3, 2e-4},
@@ -168,7 +172,13 @@ TEST(Wkv6Cuda, MatchesTheFloat64CpuKernelIncludingGradients) {
                         {2, 64, 4, 64, at::kFloat, 1e-5, 1e-5, -1, 3},
                         {2, 64, 4, 64, at::kFloat, 1e-5, 1e-5, -12, -6},
                         {1, 16384, 1, 64, at::kBFloat16, 2e-3, 2e-4},
-                        {1, 16383, 1, 64, at::kFloat, 1e-5, 1e-5}};
+                        {1, 16383, 1, 64, at::kFloat, 1e-5, 1e-5},
+                        // The tiny x060 training model: N 32, two chunks, init-model's decays,
+                        // a batch-shared trained state and no loss on the final state.
+                        {2, 32, 2, 32, at::kFloat, 1e-5, 1e-5, -6, -1, true, false},
+                        {2, 37, 3, 32, at::kFloat, 1e-5, 1e-5, -6, 1, false, false},
+                        // More (batch, head) pairs than a grid's y dimension counts (65535).
+                        {65541, 3, 1, 32, at::kFloat, 1e-5, 1e-5}};
   poison_kernel_outputs_for_testing(true);
   for (const auto& c : cases) {
     Inputs in = random_inputs(c.B, c.T, c.H, c.N, c.dtype, 31 + c.T);
@@ -190,9 +200,9 @@ TEST(Wkv6Cuda, MatchesTheFloat64CpuKernelIncludingGradients) {
       }
       const at::Tensor s0 = leaves[5].expand({c.B, c.H, c.N, c.N});
       auto [y, s] = wkv6(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], s0);
-      ((y.to(at::kDouble) * weight_y.to(device)).sum() +
-       (s.to(at::kDouble) * weight_s.to(device)).sum())
-          .backward();
+      at::Tensor loss = (y.to(at::kDouble) * weight_y.to(device)).sum();
+      if (c.final_state_loss) loss = loss + (s.to(at::kDouble) * weight_s.to(device)).sum();
+      loss.backward();
       std::vector<at::Tensor> out = {y.detach().cpu().to(at::kDouble),
                                      s.detach().cpu().to(at::kDouble)};
       for (const auto& leaf : leaves) out.push_back(leaf.grad().cpu().to(at::kDouble));
@@ -203,14 +213,19 @@ TEST(Wkv6Cuda, MatchesTheFloat64CpuKernelIncludingGradients) {
     const char* names[] = {"y", "s_final", "dr", "dk", "dv", "dw", "du", "ds0"};
     std::ostringstream where;
     where << " B" << c.B << " T" << c.T << " H" << c.H << " N" << c.N << " " << c.dtype << " w in ["
-          << c.w_low << ", " << c.w_high << "]" << (c.shared_state ? " shared h0" : "");
+          << c.w_low << ", " << c.w_high << "]" << (c.shared_state ? " shared h0" : "")
+          << (c.final_state_loss ? "" : " no dL/ds_final");
     for (size_t i = 0; i < want.size(); ++i) {
       const double error = relative_error(got[i], want[i]);
       EXPECT_LE(error, i == 7 ? c.ds0_bound : c.bound) << names[i] << where.str();
       std::printf("[ wkv6 cuda ] %-8s %-50s relative error %.2e\n", names[i], where.str().c_str(),
                   error);
     }
-    const auto again = run(at::kCUDA, c.dtype);
+    // Again on a side stream, as training runs (CUDA graphs cannot capture the default stream).
+    const auto again = [&] {
+      c10::cuda::CUDAStreamGuard side(c10::cuda::getStreamFromPool(false, 0));
+      return run(at::kCUDA, c.dtype);
+    }();
     for (size_t i = 0; i < got.size(); ++i)
       EXPECT_TRUE(at::equal(again[i], got[i])) << names[i] << where.str();
     at::NoGradGuard no_grad;
@@ -226,9 +241,14 @@ TEST(Wkv6Cuda, MatchesTheFloat64CpuKernelIncludingGradients) {
 
 TEST(Wkv6Cpu, RejectsMismatchedShapes) {
   Inputs in = random_inputs(1, 4, 2, 4, at::kFloat, 8);
-  EXPECT_THROW(wkv6(in.r, in.k, in.v, in.w, in.u.view({-1}), in.s0), c10::Error);
-  EXPECT_THROW(wkv6(in.r, in.k.narrow(1, 0, 3), in.v, in.w, in.u, in.s0), c10::Error);
-  EXPECT_THROW(wkv6(in.r, in.k, in.v, in.w, in.u, in.s0.transpose(0, 1)), c10::Error);
+  EXPECT_TRUE(testing::throws_with([&] { wkv6(in.r, in.k, in.v, in.w, in.u.view({-1}), in.s0); },
+                                   "wkv6: u must be [H, N] = [2, 4], got [8]"));
+  EXPECT_TRUE(
+      testing::throws_with([&] { wkv6(in.r, in.k.narrow(1, 0, 3), in.v, in.w, in.u, in.s0); },
+                           "wkv6: r, k, v and w must have shape [1, 4, 2, 4], got [1, 3, 2, 4]"));
+  EXPECT_TRUE(
+      testing::throws_with([&] { wkv6(in.r, in.k, in.v, in.w, in.u, in.s0.transpose(0, 1)); },
+                           "wkv6: s0 must be [B, H, N, N] = [1, 2, 4, 4], got [2, 1, 4, 4]"));
 }
 
 }  // namespace

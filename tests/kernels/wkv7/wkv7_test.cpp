@@ -12,6 +12,7 @@
 
 #include "binding.hpp"
 #include "kernels/finite_differences.hpp"
+#include "test_util.hpp"
 
 namespace peftkit::kernels {
 namespace {
@@ -229,8 +230,12 @@ TEST(Wkv7Cuda, MatchesTheFloat64CpuKernelIncludingGradients) {
 
 TEST(Wkv7Cpu, RejectsMismatchedShapes) {
   Inputs in = random_inputs(1, 4, 2, 4, at::kFloat, 6);
-  EXPECT_THROW(wkv7(in.r, in.z.slice(1, 0, 3), in.k, in.v, in.a, in.b, in.s0), c10::Error);
-  EXPECT_THROW(wkv7(in.r, in.z, in.k, in.v, in.a, in.b, in.s0.slice(2, 0, 2)), c10::Error);
+  EXPECT_TRUE(
+      testing::throws_with([&] { wkv7(in.r, in.z.slice(1, 0, 3), in.k, in.v, in.a, in.b, in.s0); },
+                           "wkv7: all inputs must have shape [1, 4, 2, 4], got [1, 3, 2, 4]"));
+  EXPECT_TRUE(
+      testing::throws_with([&] { wkv7(in.r, in.z, in.k, in.v, in.a, in.b, in.s0.slice(2, 0, 2)); },
+                           "wkv7: s0 must be [B, H, N, N] = [1, 2, 4, 4], got [1, 2, 2, 4]"));
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 #include <set>
 
 #include "peft_fixtures.hpp"
+#include "test_util.hpp"
 
 namespace peftkit {
 namespace {
@@ -109,7 +110,9 @@ TEST(LoraTest, MergedWeightsGiveTheAdapterForwardAndSaveLoadIsExact) {
   model::RwkvModel first(model_weights(), {at::kFloat, at::kCPU}, "test");
   auto saved = lora(4, 8);
   saved->attach(first);
-  EXPECT_THROW(wrong_alpha->load_state_dict(saved->state_dict(), {}), Error);  // never mis-scaled
+  EXPECT_TRUE(testing::throws_with(
+      [&] { wrong_alpha->load_state_dict(saved->state_dict(), {}); },
+      "trained with lora.alpha = 8 but [peft.lora] alpha = 16"));  // never mis-scaled
 }
 
 TEST(LoraTest, ExportsHfPeftAndRwkvPeftFiles) {

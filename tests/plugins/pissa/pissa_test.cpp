@@ -2,6 +2,7 @@
 #include <nlohmann/json.hpp>
 
 #include "peft_fixtures.hpp"
+#include "test_util.hpp"
 
 namespace peftkit {
 namespace {
@@ -149,7 +150,8 @@ TEST(PissaTest, SaveLoadRebuildsTheResidualFromTheSavedInitPair) {
   model::RwkvModel third(small_model_weights(), {at::kFloat, at::kCPU}, "test");
   auto other_alpha = make_method("pissa", {{"r", kRank}, {"alpha", 2 * kAlpha}});
   other_alpha->attach(third);
-  EXPECT_THROW(other_alpha->load_state_dict(trained->state_dict(), {}), Error);
+  EXPECT_TRUE(testing::throws_with([&] { other_alpha->load_state_dict(trained->state_dict(), {}); },
+                                   "trained with pissa.alpha = 8 but [peft.pissa] alpha = 16"));
 }
 
 TEST(PissaTest, ExportedFilesOpenInPythonWithTheExpectedNamesShapesAndDtypes) {

@@ -233,6 +233,7 @@ TEST(Quantizers, RequantizeAwareMergeGivesTheWeightsTrainingUsed) {
       testing::peftkit_command("merge --requantize-aware --base " + base + " --lora " + adapter +
                                " --recipe /nonexistent.toml --output x.pth"));
   EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.output.find("/nonexistent.toml"), std::string::npos) << refused.output;
 }
 
 // QPiSSA: the merge gives what training computed with, the quantized residual (checkpoint weight
