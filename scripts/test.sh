@@ -15,11 +15,19 @@ build=${PEFTKIT_BUILD_DIR:-$root/build}
 status=0
 ctest --test-dir "$build" --output-on-failure -j "$(nproc)" --output-junit "$build/ctest-junit.xml" ||
   status=$?
+# The tests of every parser, the plugin loader and the trainer loop again, built with ASan + UBSan
+# in a second folder (PEFTKIT_SKIP_SANITIZE=1 skips it).
+sanitize_build=${PEFTKIT_SANITIZE_DIR:-$root/build-sanitize}
+if [[ "${PEFTKIT_SKIP_SANITIZE:-0}" != 1 ]]; then
+  PEFTKIT_SANITIZE_DIR="$sanitize_build" "$root/scripts/sanitize.sh" || status=$?
+fi
 # The reliability table (docs/RELIABILITY.md is one such table) from this run's own outputs.
 fuzz_logs=${PEFTKIT_FUZZ_BUILD_DIR:-$root/build-fuzz}/findings
 reliability_args=(--junit "$build/ctest-junit.xml"
                   --source "Run: scripts/test.sh, $(date -u +%Y-%m-%d), commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown), $(nproc) cores.")
 [[ "${PEFTKIT_SKIP_FUZZ:-0}" == 1 || ! -d "$fuzz_logs" ]] || reliability_args+=(--fuzz-logs "$fuzz_logs")
+[[ "${PEFTKIT_SKIP_SANITIZE:-0}" == 1 || ! -f "$sanitize_build/ctest-junit.xml" ]] ||
+  reliability_args+=(--sanitize-junit "$sanitize_build/ctest-junit.xml")
 "$root/.venv/bin/python" "$root/scripts/reliability.py" "${reliability_args[@]}" >"$build/RELIABILITY.md" ||
   true
 echo "test: the reliability table of this run is $build/RELIABILITY.md"
