@@ -171,7 +171,7 @@ TEST_F(TrainerTest, AnEmbeddingInHostMemoryTrainsLikeOneOnTheGpu) {
     EXPECT_EQ(result.exit_code, 0) << result.output;
     return metrics();
   };
-  for (const std::string methods :
+  for (const std::string& methods :
        {std::string("[peft]\nmethod = [\"state\", \"lora\"]\n[peft.lora]\nr = 4\nalpha = 8\n"),
         std::string("[peft]\nmethod = \"state\"\ntrain_parts = [\"emb\"]\n")}) {
     const auto on_device = train_with(methods, false), on_host = train_with(methods, true);
