@@ -10,12 +10,13 @@ namespace {
 
 constexpr int64_t kRowsPerChunk = 1024;
 
-// log(sum(exp(row))) of fp32 logit rows [n, V], overwriting them with exp(row - max(row)): a
-// chunk's logits are the largest tensors of a step, and at::logsumexp would add two of their size.
-at::Tensor logsumexp_in_place(at::Tensor& logits) {
-  const at::Tensor top = std::get<0>(logits.max(-1, /*keepdim=*/true));
-  logits.sub_(top).exp_();
-  return logits.sum(-1).log_().add_(top.squeeze(1));
+// Overwrites fp32 logit rows [n, V] with exp(row - max(row)), the softmax's numerator, and returns
+// each row's largest logit and its index. In place: a chunk's logits are the largest tensors of a
+// step, and at::logsumexp or at::softmax would add one or two more of their size.
+std::tuple<at::Tensor, at::Tensor> exp_below_row_max_(at::Tensor& logits) {
+  auto top = logits.max(-1);
+  logits.sub_(std::get<0>(top).unsqueeze(1)).exp_();
+  return top;
 }
 
 // The summed negative log-likelihood of fp32 logit rows [n, V] (an owned temporary it overwrites)
@@ -24,7 +25,8 @@ at::Tensor nll_sum(at::Tensor logits, const at::Tensor& labels) {
   const at::Tensor mask = labels != kIgnoreIndex;
   const at::Tensor safe = at::where(mask, labels, at::zeros_like(labels));
   const at::Tensor picked = logits.gather(1, safe.unsqueeze(1)).squeeze(1);
-  const at::Tensor nll = logsumexp_in_place(logits) - picked;
+  const at::Tensor top = std::get<0>(exp_below_row_max_(logits));
+  const at::Tensor nll = logits.sum(-1).log_().add_(top) - picked;  // log-sum-exp - picked
   return (nll * mask).sum();
 }
 
@@ -37,9 +39,8 @@ at::Tensor logits_gradient(at::Tensor logits, const at::Tensor& labels, const at
                            const at::Tensor& wrap_scale) {
   const at::Tensor mask = labels != kIgnoreIndex;
   const at::Tensor row_scale = mask.to(at::kFloat) * ce_scale;
-  auto [max_value, max_index] = logits.max(-1);
+  const auto [max_value, max_index] = exp_below_row_max_(logits);
   at::Tensor& g = logits;
-  g.sub_(max_value.unsqueeze(1)).exp_();
   g.mul_((row_scale / g.sum(-1)).unsqueeze(1));  // softmax times the row's scale
   const at::Tensor safe = at::where(mask, labels, at::zeros_like(labels));
   g.scatter_add_(1, safe.unsqueeze(1), row_scale.neg().unsqueeze(1));

@@ -71,25 +71,26 @@ void Adam::step(double lr) {
   // batches of at most kBatchElements elements (one larger tensor alone), so that temporary stays
   // small beside a LoRA's hundreds of MiB of parameters. Batching changes no arithmetic.
   constexpr int64_t kBatchElements = int64_t{8} << 20;
-  std::vector<std::pair<double, bool>> batch_keys;
-  std::vector<std::vector<size_t>> batches;
+  struct Batch {
+    std::pair<double, bool> key;
+    std::vector<size_t> members;
+  };
+  std::vector<Batch> batches;
   for (const auto& [key, members] : groups) {
     int64_t elements = kBatchElements;
     for (size_t j : members) {
       const int64_t n = tensors_[indices[j]].param.numel();
       if (elements + n > kBatchElements) {
-        batch_keys.push_back(key);
-        batches.emplace_back();
+        batches.push_back({key, {}});
         elements = 0;
       }
-      batches.back().push_back(j);
+      batches.back().members.push_back(j);
       elements += n;
     }
   }
-  for (size_t b = 0; b < batches.size(); ++b) {
-    const auto& key = batch_keys[b];
+  for (const auto& [key, members] : batches) {
     std::vector<at::Tensor> params, g, m, v;
-    for (size_t j : batches[b]) {
+    for (size_t j : members) {
       params.push_back(tensors_[indices[j]].param);
       g.push_back(grads[j]);
       m.push_back(m_[indices[j]]);
