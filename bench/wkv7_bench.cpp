@@ -1,6 +1,6 @@
 // wkv7_bench: WKV7 forward and forward + backward on the GPU, bf16 inputs, with an initial state
 // (its gradient computed) and the final state, for the shapes of the GPU milestone's table.
-//   wkv7_bench [B T H]...          (default: 8 1024 12, 4 4096 32, 1 16384 32; N = 64)
+//   wkv7_bench [B T H]...          (default: 8 1024 12, 4 4096 32, 1 16384 32, 8 4096 64; N = 64)
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/autograd.h>
@@ -11,7 +11,7 @@
 int main(int argc, char** argv) {
   using peftkit::bench::bf16_uniform;
   return peftkit::bench::run_wkv_bench(
-      argc, argv, {{8, 1024, 12}, {4, 4096, 32}, {1, 16384, 32}},
+      argc, argv, {{8, 1024, 12}, {4, 4096, 32}, {1, 16384, 32}, {8, 4096, 64}},
       [](int64_t B, int64_t T, int64_t H) {
         const int64_t N = 64;
         auto opts = at::TensorOptions().device(at::kCUDA);

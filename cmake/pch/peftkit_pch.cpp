@@ -1,0 +1,1 @@
+// The translation unit that carries cmake/pch/peftkit_pch.hpp's precompiled form.
