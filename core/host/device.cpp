@@ -1,7 +1,10 @@
 #include "host/device.hpp"
 
 #include <ATen/Context.h>
+#include <c10/core/AllocatorConfig.h>
+#include <cuda_runtime_api.h>
 
+#include <cstdlib>
 #include <regex>
 #include <string>
 
@@ -34,6 +37,26 @@ c10::Device resolve_device(std::string_view text) {
 std::string resolve_precision(const std::string& precision, const c10::Device& device) {
   if (precision != "auto") return precision;
   return device.is_cuda() ? "bf16" : "fp32";
+}
+
+void trim_gpu_memory_overheads(const c10::Device& device) {
+  // Segments grown in place: what the allocator reserves stays near what tensors hold (0.37 GiB
+  // less at the x060 1.6B geometry, no speed lost).
+  if (!std::getenv("PYTORCH_CUDA_ALLOC_CONF") && !std::getenv("PYTORCH_ALLOC_CONF"))
+    c10::CachingAllocator::setAllocatorSettings("expandable_segments:True");
+  // Read once, at the first GEMM on a GPU, hence set before the model loads: 0.14 GiB off the 1.6B
+  // LoRA step, at most 1 % slower at 0.1B.
+  setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:1", /*overwrite=*/0);
+  setenv("CUBLASLT_WORKSPACE_SIZE", "4096", /*overwrite=*/0);  // KiB
+  // The context reserves stack size x every thread the GPU can hold (0.19 GiB of the 0.61 GiB a
+  // bare context takes on an H200); peftkit's kernels spill nothing, and CUDA enlarges the
+  // reservation for a kernel that needs more.
+  const int index = device.index() < 0 ? 0 : device.index();
+  cudaError_t status = cudaSetDevice(index);
+  if (status == cudaSuccess) status = cudaDeviceSetLimit(cudaLimitStackSize, 256);
+  if (status != cudaSuccess)
+    throw Error("cuda:" + std::to_string(index) + ": could not set its stack size (" +
+                cudaGetErrorString(status) + ")");
 }
 
 }  // namespace peftkit::host

@@ -19,4 +19,12 @@ c10::Device resolve_device(std::string_view text);
 // bf16 is slower, not faster); the others stand.
 std::string resolve_precision(const std::string& precision, const c10::Device& device);
 
+// Before a training run's first CUDA work on `device` (bench/RESULTS.md, 2026-12-02, measures
+// each): the CUDA allocator grows its segments in place (unless PYTORCH_CUDA_ALLOC_CONF or
+// PYTORCH_ALLOC_CONF is set), cuBLAS and cuBLASLt get 4 MiB workspaces instead of LibTorch's
+// 32 MiB per stream on Hopper (unless CUBLAS_WORKSPACE_CONFIG or CUBLASLT_WORKSPACE_SIZE is set),
+// and the context reserves local memory for a 256-byte stack per thread instead of 1 KiB (a
+// kernel that needs more gets it at launch). Process-wide; nothing changes the numbers computed.
+void trim_gpu_memory_overheads(const c10::Device& device);
+
 }  // namespace peftkit::host

@@ -3,7 +3,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
-#include <c10/core/AllocatorConfig.h>
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <cuda_runtime_api.h>
@@ -201,27 +200,6 @@ void Trainer::Impl::share_initial_tensors() {
   group->broadcast(tensors, 0, "the initial trainable tensors");
 }
 
-namespace {
-
-// The CUDA allocator grows segments in place instead of caching fixed-size blocks, so what it
-// reserves stays near what tensors hold: 0.37 GiB less at the 1.6B x060 geometry (bench/RESULTS.md,
-// 2026-12-02), no speed lost. A PYTORCH_CUDA_ALLOC_CONF / PYTORCH_ALLOC_CONF the user set wins.
-void use_expandable_segments() {
-  if (std::getenv("PYTORCH_CUDA_ALLOC_CONF") || std::getenv("PYTORCH_ALLOC_CONF")) return;
-  c10::CachingAllocator::setAllocatorSettings("expandable_segments:True");
-}
-
-// LibTorch gives cuBLAS and cuBLASLt a 32 MiB workspace per stream on Hopper; 4 MiB (its size on
-// other GPUs) took 0.14 GiB off the x060 1.6B LoRA step at the same speed within 1.5 %
-// (bench/RESULTS.md, 2026-12-02). Read once, at the first GEMM on a GPU: set before the model
-// loads. A CUBLAS_WORKSPACE_CONFIG / CUBLASLT_WORKSPACE_SIZE the user set wins.
-void use_small_gemm_workspaces() {
-  setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:1", /*overwrite=*/0);
-  setenv("CUBLASLT_WORKSPACE_SIZE", "4096", /*overwrite=*/0);  // KiB
-}
-
-}  // namespace
-
 void Trainer::Impl::setup() {
   const fs::path& out_dir = settings.out_dir;
   refuse_writing_over_inputs();
@@ -229,10 +207,6 @@ void Trainer::Impl::setup() {
     device = host::resolve_device(settings.device);
   } catch (const Error& e) {
     throw recipe.run.error("device", e.what());
-  }
-  if (device.is_cuda()) {
-    use_expandable_segments();
-    use_small_gemm_workspaces();
   }
   // One GPU per process: LOCAL_RANK picks it unless the recipe names one.
   if (device.is_cuda() && place.distributed() && settings.device.find(':') == std::string::npos) {
@@ -247,6 +221,7 @@ void Trainer::Impl::setup() {
               "\"cpu\") for all of them");
     device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(place.local_rank));
   }
+  if (device.is_cuda()) host::trim_gpu_memory_overheads(device);
   join_group();
   if (place.main()) {
     prepare_checkpoint_folder(settings.checkpoint_dir);

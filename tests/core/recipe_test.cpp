@@ -1,7 +1,10 @@
 #include "host/recipe.hpp"
 
 #include <ATen/Context.h>
+#include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
+
+#include <cstdlib>
 
 #include "host/device.hpp"
 #include "peftkit/error.hpp"
@@ -251,6 +254,20 @@ TEST(ClosestMatch, SuggestsOnlyLikelyTypos) {
 
 // [run] device as training resolves it: always an explicit index (per-device CUDA calls refuse
 // index -1), or an error saying why not.
+// GPU only (each test is a process of its own): a training run's device setup sets the 256-byte
+// stack and the 4 MiB GEMM workspaces, and leaves a workspace size the user set alone.
+TEST(ResolveDevice, TrimmingGpuOverheadsSetsTheStackAndWorkspacesAndKeepsTheUsersOwn) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  unsetenv("CUBLAS_WORKSPACE_CONFIG");
+  setenv("CUBLASLT_WORKSPACE_SIZE", "32768", 1);
+  trim_gpu_memory_overheads(c10::Device(c10::kCUDA, 0));
+  EXPECT_STREQ(std::getenv("CUBLAS_WORKSPACE_CONFIG"), ":4096:1");
+  EXPECT_STREQ(std::getenv("CUBLASLT_WORKSPACE_SIZE"), "32768");
+  size_t stack = 0;
+  ASSERT_EQ(cudaDeviceGetLimit(&stack, cudaLimitStackSize), cudaSuccess);
+  EXPECT_EQ(stack, 256u);
+}
+
 TEST(ResolveDevice, GivesAnIndexedDeviceOrSaysWhyNot) {
   auto error_of = [](const std::string& name) {
     try {
