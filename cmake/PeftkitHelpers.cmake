@@ -19,7 +19,6 @@ function(peftkit_test)
   target_include_directories(${T_NAME} PRIVATE ${PROJECT_SOURCE_DIR}/tests)
   set_target_properties(${T_NAME} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/tests)
   peftkit_warnings(${T_NAME})
-  peftkit_precompiled(${T_NAME})
   include(GoogleTest)
   # A hung test fails after 5 minutes instead of eating CI's time (the slowest takes ~40 s).
   gtest_discover_tests(${T_NAME} DISCOVERY_TIMEOUT 120
