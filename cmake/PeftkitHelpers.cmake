@@ -10,6 +10,12 @@ function(peftkit_warnings target)
   target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Wpedantic>)
 endfunction()
 
+# Every test process runs LibTorch on one thread: ctest already runs one test per core (-j nproc),
+# and pools of several threads per test spin against each other (two 20-s tests at once took 31 %
+# less time so on the 2-core machine). A test of threading sets [run] threads itself. (A property
+# of its own, not a second ENVIRONMENT entry: gtest_discover_tests splits list values.)
+set(PEFTKIT_TEST_THREADS ENVIRONMENT_MODIFICATION "OMP_NUM_THREADS=set:1")
+
 # A GoogleTest executable registered with ctest through gtest_discover_tests.
 function(peftkit_test)
   cmake_parse_arguments(T "" "NAME" "SRCS;DEPS;DEFINES" ${ARGN})
@@ -22,5 +28,5 @@ function(peftkit_test)
   include(GoogleTest)
   # A hung test fails after 5 minutes instead of eating CI's time (the slowest takes ~40 s).
   gtest_discover_tests(${T_NAME} DISCOVERY_TIMEOUT 120
-    PROPERTIES ENVIRONMENT "PEFTKIT_SOURCE_DIR=${PROJECT_SOURCE_DIR}" TIMEOUT 300)
+    PROPERTIES ENVIRONMENT "PEFTKIT_SOURCE_DIR=${PROJECT_SOURCE_DIR}" ${PEFTKIT_TEST_THREADS} TIMEOUT 300)
 endfunction()

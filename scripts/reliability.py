@@ -2,7 +2,7 @@
 
 Reads the JUnit files ctest writes (`ctest --output-junit FILE`; scripts/test.sh writes
 build/ctest-junit.xml and, for the sanitizer run, build-sanitize/ctest-junit.xml) and the fuzz
-targets' logs (build-fuzz/findings/<target>.log), sorts every test into the classes below by its
+targets' logs (build-sanitize/findings/<target>.log), sorts every test into the classes below by its
 name, and prints one table: each hostile-input class, fault and limit tested, how many tests and
 cases or fuzz executions, and the result. A test can fall in more than one class.
 
