@@ -17,8 +17,8 @@ sanitize_build=${PEFTKIT_SANITIZE_DIR:-$root/build-sanitize}
 status=0
 ctest --test-dir "$build" --output-on-failure -j "$(nproc)" --output-junit "$build/ctest-junit.xml" ||
   status=$?
-# The tests of every parser, the plugin loader and the trainer loop again, built with ASan + UBSan
-# in a second folder, the fuzz targets' (PEFTKIT_SKIP_SANITIZE=1 skips it).
+# The whole suite again, built with ASan + UBSan in a second folder, the fuzz targets'
+# (PEFTKIT_SKIP_SANITIZE=1 skips it).
 if [[ "${PEFTKIT_SKIP_SANITIZE:-0}" != 1 ]]; then
   PEFTKIT_SANITIZE_DIR="$sanitize_build" "$root/scripts/sanitize.sh" || status=$?
 fi
