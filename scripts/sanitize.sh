@@ -1,5 +1,4 @@
 #!/usr/bin/env bash
-#!/usr/bin/env bash
 # The whole test suite under AddressSanitizer + UndefinedBehaviorSanitizer: a build (host code, no
 # device code) in build-sanitize/ (or $PEFTKIT_SANITIZE_DIR) at -O1 with line tables only (the
 # sanitizers' reports keep file and line; the build takes half the time of -O2 -g), then ctest

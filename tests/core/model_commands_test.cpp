@@ -185,16 +185,9 @@ TEST_F(ModelCommands, GenerateRejectsBadSettings) {
 // 2.6 GB before they were refused. Both are refused now without allocating much more than the
 // file: the peak resident memory of the whole process (LibTorch included) stays within a bound.
 // Under AddressSanitizer (scripts/sanitize.sh) a process's resident memory also holds the shadow
-// memory and the freed-block quarantine: the memory bounds below double there. GCC says so with
-// __SANITIZE_ADDRESS__, Clang (which builds that folder when installed) with __has_feature.
-#if defined(__SANITIZE_ADDRESS__)
+// memory and the freed-block quarantine: the memory bounds below double there.
+#if defined(PEFTKIT_SANITIZED)
 constexpr long kMemorySlack = 2;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr long kMemorySlack = 2;
-#else
-constexpr long kMemorySlack = 1;
-#endif
 #else
 constexpr long kMemorySlack = 1;
 #endif
