@@ -74,8 +74,10 @@ class TrainerTest : public ::testing::Test {
       execv(argv[0], argv.data());
       _exit(127);
     }
-    for (int i = 0; i < 600 && metrics().size() < steps; ++i)
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    // Polled every 2 ms: a state-tuning step of the small model takes a few milliseconds, and a
+    // coarser poll let the whole run finish before the signal.
+    for (int i = 0; i < 15000 && metrics().size() < steps; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
     kill(child, signal);
     int status = 0;
     waitpid(child, &status, 0);
