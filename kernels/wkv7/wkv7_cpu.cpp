@@ -266,7 +266,8 @@ class Wkv7Function : public torch::autograd::Function<Wkv7Function> {
                  dk = output(r.sizes(), f32), dv = output(r.sizes(), f32),
                  da = output(r.sizes(), f32), db = output(r.sizes(), f32);
       at::Tensor ds0 = output({s.B, s.H, s.N, s.N}, f32);
-      at::Tensor scratch = at::empty({cuda::wkv7_backward_scratch_floats(shape)}, f32);
+      at::Tensor scratch =
+          at::empty({cuda::wkv7_backward_scratch_floats(cuda_type(r), shape)}, f32);
       check_cuda(cuda::wkv7_backward(
           cuda::place_of(r), cuda_type(r), shape, r.data_ptr(), z.data_ptr(), k.data_ptr(),
           v.data_ptr(), a.data_ptr(), b.data_ptr(), saved[6].data_ptr<float>(),

@@ -237,9 +237,8 @@ __global__ void __launch_bounds__(RowSplit<N, Blocks>::kThreads)
 
 enum StateGradVector { kSgR, kSgD, kSgK, kSgA, kSgB, kSgDy, kStateGradVectors };
 
-template <class T>
 struct StateGradRead {
-  Inputs<T> in;
+  Inputs<float> in;
   const float* dy;
   __device__ float load(int vector, int64_t i) const {
     switch (vector) {
@@ -269,11 +268,11 @@ constexpr size_t state_grad_shared_bytes() {
 
 // With g = dS_t + dy_t r_t^T (the gradient reaching S_t): dsa_t = g b_t, dv_t = g k_t and
 // dS_{t-1} = g diag(d_t) + dsa_t a_t^T. chunk_grads[c] is dS at the end of chunk c, before the
-// chunk's own outputs add to it.
-template <class T, int N, int Blocks>
+// chunk's own outputs add to it. fp32 inputs only (bf16 takes the chunked pass below).
+template <int N, int Blocks>
 __global__ void __launch_bounds__(RowSplit<N, Blocks>::kThreads)
-    state_grad_kernel(Wkv7Shape s, Inputs<T> in, const float* dy, const float* ds_final, float* ds0,
-                      float* chunk_grads, float* dsa_out, float* dv_out) {
+    state_grad_kernel(Wkv7Shape s, Inputs<float> in, const float* dy, const float* ds_final,
+                      float* ds0, float* chunk_grads, float* dsa_out, float* dv_out) {
   using Split = RowSplit<N, Blocks>;
   extern __shared__ float4 shared4[];
   float* tile = reinterpret_cast<float*>(shared4);
@@ -282,7 +281,7 @@ __global__ void __launch_bounds__(RowSplit<N, Blocks>::kThreads)
   const int tid = threadIdx.x, i = tid / Split::P, p = tid % Split::P, g = blockIdx.x % Blocks;
   const int64_t bh = blockIdx.x / Blocks, chunks = chunk_count(s);
   const HeadIndex head(s, bh);
-  const StateGradRead<T> read{in, dy};
+  const StateGradRead read{in, dy};
 
   constexpr int R = Split::kRows;
   float dS[R][kSlice];
@@ -561,25 +560,54 @@ using TF32B = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, w
 using TF32BT = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major>;
 using Acc16 = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
 
+// How a chunk product rounds its operands. kTf32: each fp32 operand once to TF32 (a 10-bit
+// mantissa), one tensor-core product. kSplitTf32: each operand as the sum of two TF32 parts,
+// x = hi + lo, and three products (lo·hi + hi·lo + hi·hi; lo·lo is below fp32's rounding):
+// close to fp32 accuracy at three times the tensor-core work. The chunked passes split what the
+// carried state depends on (its error compounds over chunks; final state and dh0 stay within
+// 2e-4 of float64) and round once what only reaches an output (y, dv: bf16-level bounds).
+enum class Dots { kTf32, kSplitTf32 };
+
+__device__ inline float tf32_round(float x) {
+  // Masked: the conversion leaves the low 13 bits unspecified, and lo = x - hi needs them zero.
+  return __uint_as_float(__float_as_uint(wmma::__float_to_tf32(x)) & 0xffffe000u);
+}
+
 template <class Fragment>
 __device__ inline void load_tf32(Fragment& f, const float* p, unsigned ld) {
   wmma::load_matrix_sync(f, p, ld);
 #pragma unroll
-  for (int e = 0; e < f.num_elements; ++e) f.x[e] = wmma::__float_to_tf32(f.x[e]);
+  for (int e = 0; e < f.num_elements; ++e) f.x[e] = tf32_round(f.x[e]);
 }
 
 // acc += X Y over k < K for X [16, K] row-major at x (its transpose stored row-major when
 // XTransposed) and Y [K, 16] row-major at y (its transpose stored row-major when YTransposed).
-template <int K, bool XTransposed = false, bool YTransposed = false>
+template <int K, bool XTransposed = false, bool YTransposed = false, Dots kDots = Dots::kTf32>
 __device__ inline void multiply_add(Acc16& acc, const float* x, unsigned ldx, const float* y,
                                     unsigned ldy) {
 #pragma unroll
   for (int k0 = 0; k0 < K; k0 += 8) {
-    std::conditional_t<XTransposed, TF32AT, TF32A> xa;
-    std::conditional_t<YTransposed, TF32BT, TF32B> yb;
-    load_tf32(xa, XTransposed ? x + k0 * ldx : x + k0, ldx);
-    load_tf32(yb, YTransposed ? y + k0 : y + k0 * ldy, ldy);
-    wmma::mma_sync(acc, xa, yb, acc);
+    std::conditional_t<XTransposed, TF32AT, TF32A> x_hi, x_lo;
+    std::conditional_t<YTransposed, TF32BT, TF32B> y_hi, y_lo;
+    wmma::load_matrix_sync(x_hi, XTransposed ? x + k0 * ldx : x + k0, ldx);
+    wmma::load_matrix_sync(y_hi, YTransposed ? y + k0 : y + k0 * ldy, ldy);
+#pragma unroll
+    for (int e = 0; e < x_hi.num_elements; ++e) {
+      const float hi = tf32_round(x_hi.x[e]);
+      if constexpr (kDots == Dots::kSplitTf32) x_lo.x[e] = tf32_round(x_hi.x[e] - hi);
+      x_hi.x[e] = hi;
+    }
+#pragma unroll
+    for (int e = 0; e < y_hi.num_elements; ++e) {
+      const float hi = tf32_round(y_hi.x[e]);
+      if constexpr (kDots == Dots::kSplitTf32) y_lo.x[e] = tf32_round(y_hi.x[e] - hi);
+      y_hi.x[e] = hi;
+    }
+    if constexpr (kDots == Dots::kSplitTf32) {
+      wmma::mma_sync(acc, x_lo, y_hi, acc);
+      wmma::mma_sync(acc, x_hi, y_lo, acc);
+    }
+    wmma::mma_sync(acc, x_hi, y_hi, acc);
   }
 }
 
@@ -594,26 +622,11 @@ struct ChunkTiles {
   static constexpr int kTileFloats = kChunk * kLd;
   static constexpr int kPairFloats = 16 * kPairLd;
 
-  // Λ per key into lambda (a [16, N] tile); the chunk's loads are issued together.
-  template <class T>
-  __device__ static void log_decay(float* lambda, const T* z, const HeadIndex& head, int64_t t0,
-                                   int steps) {
-    for (int j = threadIdx.x; j < N; j += kThreads) {
-      float log_d[kChunk];
-#pragma unroll
-      for (int t = 0; t < kChunk; ++t)
-        log_d[t] = t < steps ? -kDecayScale * sigmoid(read_only(z, head.at(t0 + t) + j)) : 0.0f;
-      float sum = 0;
-#pragma unroll
-      for (int t = 0; t < kChunk; ++t) {
-        sum += log_d[t];
-        lambda[t * kLd + j] = sum;
-      }
-    }
-  }
   // The chunk's rows of several [B, T, H, N] tensors (null: zeros) into tiles, each scaled per
-  // element (e.g. tile_of<Scale::kUp>(r_tile, r)). Thread (n, parity) takes column n of every
-  // other row; a row's loads are all issued (read-only path) before its stores.
+  // element by e^{±Λ} (e.g. tile_of<Scale::kUp>(r_tile, r)), and Λ per key into `lambda` (a
+  // [16, N] tile). Thread (n, parity) takes column n of every other row and, when parity is 0,
+  // column n's decays. Every global load (read-only path) is issued before the first is used,
+  // so the block waits for memory once; the caller synchronises before reading the tiles.
   template <Scale kScale, class T>
   struct Source {
     float* tile;
@@ -624,18 +637,39 @@ struct ChunkTiles {
   __device__ static Source<kScale, T> tile_of(float* tile, const T* x, int ld = kLd) {
     return {tile, x, ld};
   }
-  template <class... Sources>
-  __device__ static void load(const HeadIndex& head, int64_t t0, int steps, const float* lambda,
-                              const Sources&... sources) {
+  template <class T, class... Sources>
+  __device__ static void load(float* lambda, const T* z, const HeadIndex& head, int64_t t0,
+                              int steps, const Sources&... sources) {
     static_assert(kThreads == 2 * N, "two threads per column");
-    const int n = threadIdx.x % N;
+    constexpr int kRows = kChunk / 2;
+    const int n = threadIdx.x % N, parity = threadIdx.x / N;
+    float raw[sizeof...(Sources)][kRows];
 #pragma unroll
-    for (int t = threadIdx.x / N; t < kChunk; t += 2) {
+    for (int m = 0; m < kRows; ++m) {
+      const int t = parity + 2 * m;
       const bool inside = t < steps;
       const int64_t o = head.at(t0 + t) + n;
-      const float values[] = {(inside && sources.x ? read_only(sources.x, o) : 0.0f)...};
       int i = 0;
-      ((sources.tile[t * sources.ld + n] = values[i++] * scale(sources, lambda, t, n)), ...);
+      ((raw[i++][m] = inside && sources.x ? read_only(sources.x, o) : 0.0f), ...);
+    }
+    if (parity == 0) {
+      float log_d[kChunk];
+#pragma unroll
+      for (int t = 0; t < kChunk; ++t)
+        log_d[t] = t < steps ? -kDecayScale * sigmoid(read_only(z, head.at(t0 + t) + n)) : 0.0f;
+      float sum = 0;
+#pragma unroll
+      for (int t = 0; t < kChunk; ++t) {
+        sum += log_d[t];
+        lambda[t * kLd + n] = sum;
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int m = 0; m < kRows; ++m) {
+      const int t = parity + 2 * m;
+      int i = 0;
+      ((sources.tile[t * sources.ld + n] = raw[i++][m] * scale(sources, lambda, t, n)), ...);
     }
   }
   template <Scale kScale, class T>
@@ -647,11 +681,12 @@ struct ChunkTiles {
   }
   // One warp: out = left right^T over N columns, kept on or below the diagonal (strictly below
   // when strict). [16, 16] row-major.
+  template <Dots kDots = Dots::kTf32>
   __device__ static void step_pairs(const float* left, const float* right, float* out, bool strict,
                                     int left_ld = kLd) {
     Acc16 acc;
     wmma::fill_fragment(acc, 0.0f);
-    multiply_add<N, false, true>(acc, left, left_ld, right, kLd);
+    multiply_add<N, false, true, kDots>(acc, left, left_ld, right, kLd);
     wmma::store_matrix_sync(out, acc, kPairLd, wmma::mem_row_major);
     __syncwarp();
     for (int e = threadIdx.x % 32; e < 256; e += 32) {
@@ -662,16 +697,32 @@ struct ChunkTiles {
   }
 };
 
-// What the forward's chunk-parallel part leaves for its pass over chunks, per chunk (rows past T
-// zero): [16, N] tiles W and U (the WY form of sa), r e^Λ, b and k scaled to the chunk end; the
-// [16, 16] pair matrices Mrb and Mrk; e^Λ_end [N].
-constexpr int64_t forward_chunk_floats(int64_t n) { return 5 * kChunk * n + 2 * 16 * 16 + n; }
+// Two recurrences share the chunked WY machinery below: the forward over the state S, and the
+// backward over the state's gradient, which is the same recurrence transposed and visited from
+// the last chunk to the first. Per chunk, with Λ, Λ⁻ as above, L the chunk's last step and
+//   Mab = stril((A e^Λ⁻)(B e^-Λ)^T), Mak = stril((A e^Λ⁻)(K e^-Λ)^T),
+//   Mrb = tril((R e^Λ)(B e^-Λ)^T),   Mrk = tril((R e^Λ)(K e^-Λ)^T):
+// forward, from the entry state S0:
+//   SA = (A e^Λ⁻) S0^T + Mab SA + Mak V,  Y = (R e^Λ) S0^T + Mrb SA + Mrk V,
+//   S_end = e^Λ_L ⊙ S0 + SA^T (B e^(Λ_L-Λ)) + V^T (K e^(Λ_L-Λ));
+// state gradient, from G, the gradient reaching the chunk's last state (before its own y):
+//   DSA = (B e^(Λ_L-Λ)) G^T + Mab^T DSA + Mrb^T DY,  DV = (K e^(Λ_L-Λ)) G^T + Mak^T DSA + Mrk^T DY,
+//   G_before = e^Λ_L ⊙ G + DSA^T (A e^Λ⁻) + DY^T (R e^Λ)   (the gradient reaching S0).
+// Both have one shape: with the "pass state" X (S or G), values V (v or dy), the first [16, N]
+// tile solved into the WY form X_SA = W X^T + U,
+//   X_SA = (I - M)^-1 (P X^T + Q V),  OUT = O X^T + Os X_SA + Ov V,
+//   X_end = e^Λ_L ⊙ X + X_SA^T Ts + V^T Tv,
+// which is what a chunk's operands below hold; the pass over chunks is then one kernel for both.
+constexpr int64_t chunk_operand_floats(int64_t n) { return 5 * kChunk * n + 2 * 16 * 16 + n; }
 
+// Per chunk (rows past T zero): [16, N] tiles W, U, O, Ts, Tv; [16, 16] Os, Ov; e^Λ_L [N].
+//   forward:        O = R e^Λ,         Ts = B e^(Λ_L-Λ), Tv = K e^(Λ_L-Λ), Os = Mrb,   Ov = Mrk
+//   state gradient: O = K e^(Λ_L-Λ),   Ts = A e^Λ⁻,      Tv = R e^Λ,       Os = Mak^T, Ov = Mrk^T
 template <int N>
-struct ForwardChunk {
-  enum Tile { kW, kU, kRUp, kBToEnd, kKToEnd, kTiles };
-  enum Pair { kMrb, kMrk, kPairs };
-  static constexpr int64_t kFloats = forward_chunk_floats(N);
+struct ChunkOperands {
+  enum Tile { kW, kU, kOut, kSaToEnd, kValueToEnd, kTiles };
+  enum Pair { kOutSa, kOutValue, kPairs };
+  static constexpr int64_t kFloats = chunk_operand_floats(N);
   static_assert(kFloats == kTiles * kChunk * N + kPairs * 16 * 16 + N, "the layout below");
   __device__ static float* tile(float* chunk, int which) { return chunk + which * kChunk * N; }
   __device__ static float* pair(float* chunk, int which) {
@@ -682,31 +733,43 @@ struct ForwardChunk {
   }
 };
 
-// Forward (1), every chunk in parallel. The chunk's sa satisfies
-//   SA = (A e^Λ⁻) S0^T + Mab SA + Mak V,   Mab = stril((A e^Λ⁻)(B e^-Λ)^T), Mak = stril((A e^Λ⁻)(K
-//   e^-Λ)^T)
-// so SA = W S0^T + U with W = (I - Mab)^-1 (A e^Λ⁻) and U = (I - Mab)^-1 Mak V (the WY form),
-// solved here by forward substitution in fp32, one column per thread; and
-//   Y = (R e^Λ) S0^T + Mrb SA + Mrk V,  Mrb = tril((R e^Λ)(B e^-Λ)^T), Mrk = tril((R e^Λ)(K
-//   e^-Λ)^T).
+enum class Pass { kForward, kStateGradient };
+
+// The forward reads v and writes y in bf16; the state gradient reads dy and writes dv in fp32.
+template <Pass kPass>
+struct PassTraits {
+  static constexpr bool kReverse = kPass == Pass::kStateGradient;
+  using Value = std::conditional_t<kReverse, float, __nv_bfloat16>;
+  // bf16 values are exact in TF32; fp32 dy is split where the state depends on it.
+  static constexpr bool kSplitValues = kReverse;
+};
+
+// (1) Every chunk in parallel: the pair matrices, the operands above, and W, U by substitution in
+// fp32 (forward: (I - Mab) is lower triangular; state gradient: (I - Mab^T) upper), one column of
+// [W | U] per thread.
 template <int N>
 struct PrepareChunk {
   using C = ChunkTiles<N>;
   enum Tile { kLambda, kB, kK, kV, kR, kTiles };
   enum Pair { kMab, kMak, kMrb, kMrk, kPairs };
-  static constexpr int kRhsLd =
-      2 * N + 4;  // [16, 2N] after the pairs: A e^Λ⁻, then Mak V beside it
+  // [16, 2N] after the pairs: the right-hand sides of W (first A e^Λ⁻, the pairs' left operand)
+  // and of U beside it.
+  static constexpr int kRhsLd = 2 * N + 4;
   static constexpr size_t shared_bytes() {
     return sizeof(float) * (kTiles * C::kTileFloats + kPairs * C::kPairFloats + kChunk * kRhsLd);
   }
 };
 
-template <int N>
-__global__ void __launch_bounds__(ChunkTiles<N>::kThreads)
-    forward_prepare_kernel(Wkv7Shape s, Inputs<__nv_bfloat16> in, float* chunk_out) {
+// At most 85 registers a thread, so that six blocks of 128 threads (N = 64; the shared memory's
+// limit too) fit on an SM.
+template <int N, Pass kPass>
+__global__ void __launch_bounds__(ChunkTiles<N>::kThreads, 768 / ChunkTiles<N>::kThreads)
+    prepare_kernel(Wkv7Shape s, Inputs<__nv_bfloat16> in,
+                   const typename PassTraits<kPass>::Value* values, float* chunk_out) {
   using C = ChunkTiles<N>;
-  using F = ForwardChunk<N>;
+  using F = ChunkOperands<N>;
   using P = PrepareChunk<N>;
+  constexpr bool kReverse = PassTraits<kPass>::kReverse;
   extern __shared__ __align__(32) float prepare_shared[];
   auto tile = [&](int which) { return prepare_shared + which * C::kTileFloats; };
   auto pair = [&](int which) {
@@ -722,52 +785,75 @@ __global__ void __launch_bounds__(ChunkTiles<N>::kThreads)
   float* out = chunk_out + (bh * chunks + chunk) * F::kFloats;
 
   const float* lambda = tile(P::kLambda);
-  C::log_decay(tile(P::kLambda), in.z, head, t0, steps);
-  __syncthreads();
-  C::load(head, t0, steps, lambda, C::template tile_of<Scale::kUpBefore>(rhs, in.a, kRhsLd),
+  C::load(tile(P::kLambda), in.z, head, t0, steps,
+          C::template tile_of<Scale::kUpBefore>(rhs, in.a, kRhsLd),
           C::template tile_of<Scale::kDown>(tile(P::kB), in.b),
           C::template tile_of<Scale::kDown>(tile(P::kK), in.k),
-          C::template tile_of<Scale::kNone>(tile(P::kV), in.v),
+          C::template tile_of<Scale::kNone>(tile(P::kV), values),
           C::template tile_of<Scale::kUp>(tile(P::kR), in.r));
   __syncthreads();
+  // W and U (the state's path) need Mab and Mak (forward) or Mab and Mrb (state gradient).
+  constexpr int kUPair = kReverse ? P::kMrb : P::kMak;
   for (int which = warp; which < P::kPairs; which += C::kWarps) {
     const bool from_a = which == P::kMab || which == P::kMak,
                with_b = which == P::kMab || which == P::kMrb;
-    C::step_pairs(from_a ? rhs : tile(P::kR), tile(with_b ? P::kB : P::kK), pair(which), from_a,
-                  from_a ? kRhsLd : C::kLd);
+    float *left = from_a ? rhs : tile(P::kR), *right = tile(with_b ? P::kB : P::kK);
+    const int left_ld = from_a ? kRhsLd : C::kLd;
+    if (which == P::kMab || which == kUPair)
+      C::template step_pairs<Dots::kSplitTf32>(left, right, pair(which), from_a, left_ld);
+    else
+      C::template step_pairs<Dots::kTf32>(left, right, pair(which), from_a, left_ld);
   }
   __syncthreads();
-  {
+  {  // U's right-hand side: Mak V (forward) or Mrb^T DY (state gradient).
     Acc16 acc;
     wmma::fill_fragment(acc, 0.0f);
-    multiply_add<16>(acc, pair(P::kMak), C::kPairLd, tile(P::kV) + 16 * warp, C::kLd);
+    multiply_add<16, kReverse, false, Dots::kSplitTf32>(acc, pair(kUPair), C::kPairLd,
+                                                        tile(P::kV) + 16 * warp, C::kLd);
     wmma::store_matrix_sync(rhs + N + 16 * warp, acc, kRhsLd, wmma::mem_row_major);
   }
   {
     const int n = tid % N;
     const float decay_end =
-        expf(lambda[(kChunk - 1) * C::kLd + n]);  // (b e^-Λ) e^Λ_end = b e^(Λ_end-Λ)
+        expf(lambda[(kChunk - 1) * C::kLd + n]);  // (b e^-Λ) e^Λ_L = b e^(Λ_L-Λ)
 #pragma unroll
     for (int t = tid / N; t < kChunk; t += 2) {
-      F::tile(out, F::kBToEnd)[t * N + n] = tile(P::kB)[t * C::kLd + n] * decay_end;
-      F::tile(out, F::kKToEnd)[t * N + n] = tile(P::kK)[t * C::kLd + n] * decay_end;
-      F::tile(out, F::kRUp)[t * N + n] = tile(P::kR)[t * C::kLd + n];
+      const float b_to_end = tile(P::kB)[t * C::kLd + n] * decay_end,
+                  k_to_end = tile(P::kK)[t * C::kLd + n] * decay_end,
+                  r_up = tile(P::kR)[t * C::kLd + n];
+      float& rhs_w = rhs[t * kRhsLd + n];  // A e^Λ⁻, read by the pairs above
+      F::tile(out, F::kOut)[t * N + n] = kReverse ? k_to_end : r_up;
+      F::tile(out, F::kSaToEnd)[t * N + n] = kReverse ? rhs_w : b_to_end;
+      F::tile(out, F::kValueToEnd)[t * N + n] = kReverse ? r_up : k_to_end;
+      if (kReverse) rhs_w = b_to_end;
     }
     if (tid < N) F::decay_end(out)[n] = decay_end;
   }
-  for (int e = tid; e < 2 * 256; e += C::kThreads)
+  for (int e = tid; e < 2 * 256; e += C::kThreads) {
+    const int t = e % 256 / 16, u = e % 16;
     F::pair(out, e / 256)[e % 256] =
-        pair(e < 256 ? P::kMrb : P::kMrk)[e % 256 / 16 * C::kPairLd + e % 16];
+        kReverse ? pair(e < 256 ? P::kMak : P::kMrk)[u * C::kPairLd + t]  // transposed
+                 : pair(e < 256 ? P::kMrb : P::kMrk)[t * C::kPairLd + u];
+  }
   __syncthreads();
   // kThreads = 2N: thread `col` solves column col of [W | U].
   const int col = tid;
   float x[kChunk];
   const float* mab = pair(P::kMab);
+  if constexpr (kReverse) {
 #pragma unroll
-  for (int t = 0; t < kChunk; ++t) {
-    x[t] = rhs[t * kRhsLd + col];
+    for (int t = kChunk - 1; t >= 0; --t) {
+      x[t] = rhs[t * kRhsLd + col];
 #pragma unroll
-    for (int u = 0; u < t; ++u) x[t] = fmaf(mab[t * C::kPairLd + u], x[u], x[t]);
+      for (int u = t + 1; u < kChunk; ++u) x[t] = fmaf(mab[u * C::kPairLd + t], x[u], x[t]);
+    }
+  } else {
+#pragma unroll
+    for (int t = 0; t < kChunk; ++t) {
+      x[t] = rhs[t * kRhsLd + col];
+#pragma unroll
+      for (int u = 0; u < t; ++u) x[t] = fmaf(mab[t * C::kPairLd + u], x[u], x[t]);
+    }
   }
   float* solved = F::tile(out, col < N ? F::kW : F::kU);
 #pragma unroll
@@ -780,7 +866,7 @@ __global__ void __launch_bounds__(ChunkTiles<N>::kThreads)
 __device__ inline uint32_t tf32_bits(float x) {
   uint32_t bits;
   asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(bits) : "f"(x));
-  return bits;
+  return bits & 0xffffe000u;
 }
 __device__ inline void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   asm volatile(
@@ -790,35 +876,72 @@ __device__ inline void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uin
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-// Forward (2), the pass over chunks: one block per (batch, head), one warp per 16 state rows
-// (rows evolve independently), the state in the warp's registers as m16n8 accumulators (rows i,
-// 8 keys per tile) in fp32 throughout. Per chunk:
-//   SA = W S0^T + U,  Y = (R e^Λ) S0^T + Mrb SA + Mrk V,
-//   S_end = e^Λ_end ⊙ S0 + SA^T (B e^(Λ_end-Λ)) + V^T (K e^(Λ_end-Λ)).
-// The products with S0^T take the accumulators as B operands directly: a dot over keys may take
+// A register operand of mma_tf32 (Count = 4: A, 2: B), split (Dots::kSplitTf32) or not.
+template <int Count, bool kSplit>
+struct Tf32Operand {
+  static constexpr bool kIsSplit = kSplit;
+  uint32_t hi[Count], lo[kSplit ? Count : 1];
+  __device__ void set(int c, float x) {
+    hi[c] = tf32_bits(x);
+    if constexpr (kSplit) lo[c] = tf32_bits(x - __uint_as_float(hi[c]));
+  }
+};
+// d += a b with the parts each operand has (an operand exact in TF32 needs no low part; one
+// that only reaches an output is passed with `rounded` to use its high part alone).
+template <class A, class B>
+__device__ inline void mma(float (&d)[4], const A& a, const B& b, bool rounded = false) {
+  if (!rounded) {
+    if constexpr (A::kIsSplit) mma_tf32(d, a.lo, b.hi);
+    if constexpr (B::kIsSplit) mma_tf32(d, a.hi, b.lo);
+  }
+  mma_tf32(d, a.hi, b.hi);
+}
+
+__device__ inline void store_pair(__nv_bfloat16* p, float x, float y) {
+  *reinterpret_cast<__nv_bfloat162*>(p) = __floats2bfloat162_rn(x, y);
+}
+__device__ inline void store_pair(float* p, float x, float y) {
+  *reinterpret_cast<float2*>(p) = make_float2(x, y);
+}
+
+// (2) The pass over chunks: one block per (batch, head), one warp per 16 rows of the pass state
+// (rows evolve independently), held in the warp's registers as m16n8 accumulators (rows i, 8
+// keys per tile) in fp32 throughout. Per chunk (the forward from the first, the state gradient
+// from the last): X_SA = W X^T + U, OUT = O X^T + Os X_SA + Ov V, X_end as above.
+// The products with X^T take the accumulators as B operands directly: a dot over keys may take
 // them in any order, and reading key 2q as k = q and key 2q+1 as k = q+4 (on the A side too)
 // makes an accumulator's (c0, c1) the B fragment of rows 0-7 and (c2, c3) that of rows 8-15.
-// The next chunk's tiles are copied into shared memory (asynchronously) while the warp works on
-// the current one.
-template <int N>
+// The next chunk's operands are copied into shared memory (asynchronously) while the warp works
+// on the current one.
+template <int N, Pass kPass>
 struct ChunkPass {
-  using F = ForwardChunk<N>;
+  using F = ChunkOperands<N>;
+  using Value = typename PassTraits<kPass>::Value;
   static constexpr int kWarps = N / 16, kThreads = 32 * kWarps, kSaLd = 20;
-  // One buffer: the chunk's ForwardChunk floats, then v as bf16 [16, N].
-  static constexpr int kBufferFloats = static_cast<int>(F::kFloats) + kChunk * N / 2;
+  static constexpr int kValuesPerCopy = 16 / sizeof(Value);  // one 16-byte cp.async
+  // One buffer: the chunk's operands, then its values [16, N].
+  static constexpr int kBufferFloats =
+      static_cast<int>(F::kFloats) + kChunk * N * static_cast<int>(sizeof(Value)) / 4;
+  static_assert(kBufferFloats % 4 == 0, "16-byte copies");
   static constexpr size_t shared_bytes() {
     return sizeof(float) * (2 * kBufferFloats + kWarps * 16 * kSaLd);
   }
 };
 
-template <int N>
-__global__ void __launch_bounds__(ChunkPass<N>::kThreads)
-    forward_chunk_pass_kernel(Wkv7Shape s, const __nv_bfloat16* v, const float* s0,
-                              const float* chunk_in, __nv_bfloat16* y, float* s_final,
-                              float* chunk_states, float* sa_out) {
-  using P = ChunkPass<N>;
-  using F = ForwardChunk<N>;
-  constexpr int kKeyTiles = N / 8, kSaLd = P::kSaLd;
+// forward:        values v, entry s0, out y, exit s_final, chunk_entries = the chunk states, x_sa
+// sa; state gradient: values dy, entry ds_final, out dv, exit ds0, chunk_entries = the gradients at
+//                 the chunks' ends, x_sa dsa. values and entry may be null (zeros).
+template <int N, Pass kPass>
+__global__ void __launch_bounds__(ChunkPass<N, kPass>::kThreads)
+    chunk_pass_kernel(Wkv7Shape s, const typename PassTraits<kPass>::Value* values,
+                      const float* entry, const float* chunk_in,
+                      typename PassTraits<kPass>::Value* out_values, float* exit,
+                      float* chunk_entries, float* x_sa_out) {
+  using P = ChunkPass<N, kPass>;
+  using F = ChunkOperands<N>;
+  using Value = typename P::Value;
+  constexpr bool kSplitValues = PassTraits<kPass>::kSplitValues;
+  constexpr int kKeyTiles = N / 8, kSaLd = P::kSaLd, kPerCopy = P::kValuesPerCopy;
   extern __shared__ __align__(32) float pass_shared[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4,
             i0 = 16 * warp;
@@ -826,17 +949,22 @@ __global__ void __launch_bounds__(ChunkPass<N>::kThreads)
       pass_shared + 2 * P::kBufferFloats + warp * 16 * kSaLd;  // [t][i] of the warp's rows
   const int64_t bh = blockIdx.x, chunks = chunk_count(s);
   const HeadIndex head(s, bh);
-  auto buffer = [&](int64_t chunk) { return pass_shared + (chunk % 2) * P::kBufferFloats; };
-  auto fetch = [&](int64_t chunk) {
-    float* to = buffer(chunk);
+  auto chunk_at = [&](int64_t visit) {
+    return PassTraits<kPass>::kReverse ? chunks - 1 - visit : visit;
+  };
+  auto buffer = [&](int64_t visit) { return pass_shared + (visit % 2) * P::kBufferFloats; };
+  auto fetch = [&](int64_t visit) {
+    const int64_t chunk = chunk_at(visit);
+    float* to = buffer(visit);
     const float* from = chunk_in + (bh * chunks + chunk) * F::kFloats;
     for (int e = tid; e < F::kFloats / 4; e += P::kThreads)
       __pipeline_memcpy_async(to + 4 * e, from + 4 * e, 16);
-    auto* v_to = reinterpret_cast<__nv_bfloat16*>(to + F::kFloats);
+    auto* values_to = reinterpret_cast<Value*>(to + F::kFloats);
     const int64_t t0 = chunk * kChunk;
-    for (int e = tid; e < kChunk * N / 8; e += P::kThreads) {
-      const int t = e / (N / 8), n = 8 * (e % (N / 8));
-      if (t0 + t < s.T) __pipeline_memcpy_async(v_to + t * N + n, v + head.at(t0 + t) + n, 16);
+    for (int e = tid; values && e < kChunk * N / kPerCopy; e += P::kThreads) {
+      const int t = e / (N / kPerCopy), n = kPerCopy * (e % (N / kPerCopy));
+      if (t0 + t < s.T)
+        __pipeline_memcpy_async(values_to + t * N + n, values + head.at(t0 + t) + n, 16);
     }
     __pipeline_commit();
   };
@@ -846,34 +974,35 @@ __global__ void __launch_bounds__(ChunkPass<N>::kThreads)
   for (int kt = 0; kt < kKeyTiles; ++kt)
 #pragma unroll
     for (int c = 0; c < 4; ++c)
-      state[kt][c] = s0[(bh * N + i0 + g + 8 * (c / 2)) * N + 8 * kt + 2 * q + c % 2];
+      state[kt][c] =
+          entry ? entry[(bh * N + i0 + g + 8 * (c / 2)) * N + 8 * kt + 2 * q + c % 2] : 0.0f;
   fetch(0);
-  for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-    const int64_t t0 = chunk * kChunk;
+  for (int64_t visit = 0; visit < chunks; ++visit) {
+    const int64_t chunk = chunk_at(visit), t0 = chunk * kChunk;
     const int steps = chunk_steps(s, t0);
-    if (chunk + 1 < chunks) {
-      fetch(chunk + 1);
+    if (visit + 1 < chunks) {
+      fetch(visit + 1);
       __pipeline_wait_prior(1);
     } else {
       __pipeline_wait_prior(0);
     }
     __syncthreads();
-    float* in = buffer(chunk);
-    const float *w = F::tile(in, F::kW), *u = F::tile(in, F::kU), *r_up = F::tile(in, F::kRUp);
-    const auto* vb = reinterpret_cast<const __nv_bfloat16*>(in + F::kFloats);
-    auto v_at = [&](int t, int i) {
-      return t < steps ? __bfloat162float(vb[t * N + i0 + i]) : 0.0f;
+    float* in = buffer(visit);
+    const float *w = F::tile(in, F::kW), *u = F::tile(in, F::kU), *o = F::tile(in, F::kOut);
+    const auto* chunk_values = reinterpret_cast<const Value*>(in + F::kFloats);
+    auto value_at = [&](int t, int i) {
+      return values && t < steps ? load(chunk_values, t * N + i0 + i) : 0.0f;
     };
-    if (chunk_states) {
-      float* entry = chunk_states + (bh * chunks + chunk) * N * N;
+    if (chunk_entries) {
+      float* entry_out = chunk_entries + (bh * chunks + chunk) * N * N;
 #pragma unroll
       for (int kt = 0; kt < kKeyTiles; ++kt)
 #pragma unroll
         for (int half = 0; half < 2; ++half)
-          *reinterpret_cast<float2*>(entry + (i0 + g + 8 * half) * N + 8 * kt + 2 * q) =
+          *reinterpret_cast<float2*>(entry_out + (i0 + g + 8 * half) * N + 8 * kt + 2 * q) =
               make_float2(state[kt][2 * half], state[kt][2 * half + 1]);
     }
-    // SA and the state part of Y, two halves of the warp's 16 rows each.
+    // X_SA and the pass state's part of OUT, two halves of the warp's 16 rows each.
     float sa[2][4], out[2][4];
 #pragma unroll
     for (int half = 0; half < 2; ++half)
@@ -884,18 +1013,21 @@ __global__ void __launch_bounds__(ChunkPass<N>::kThreads)
       }
 #pragma unroll
     for (int kt = 0; kt < kKeyTiles; ++kt) {
-      uint32_t aw[4], ar[4];
+      Tf32Operand<4, true> aw;
+      Tf32Operand<4, false> ao;
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
         const int at = (g + 8 * (c % 2)) * N + 8 * kt + 2 * q + c / 2;  // keys read as (2q, 2q+1)
-        aw[c] = tf32_bits(w[at]);
-        ar[c] = tf32_bits(r_up[at]);
+        aw.set(c, w[at]);
+        ao.set(c, o[at]);
       }
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const uint32_t b[2] = {tf32_bits(state[kt][2 * half]), tf32_bits(state[kt][2 * half + 1])};
-        mma_tf32(sa[half], aw, b);
-        mma_tf32(out[half], ar, b);
+        Tf32Operand<2, true> b;
+        b.set(0, state[kt][2 * half]);
+        b.set(1, state[kt][2 * half + 1]);
+        mma(sa[half], aw, b);
+        mma(out[half], ao, b, /*rounded=*/true);
       }
     }
 #pragma unroll
@@ -904,24 +1036,26 @@ __global__ void __launch_bounds__(ChunkPass<N>::kThreads)
       for (int c = 0; c < 4; ++c)
         sa_tile[(g + 8 * (c / 2)) * kSaLd + 8 * half + 2 * q + c % 2] = sa[half][c];
     __syncwarp();
-    // Y += Mrb SA + Mrk V over the chunk's steps.
+    // OUT += Os X_SA + Ov V over the chunk's steps.
 #pragma unroll
     for (int s0_ = 0; s0_ < 16; s0_ += 8) {
-      uint32_t ab[4], ak[4];
+      Tf32Operand<4, false> a_sa, a_v;
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
         const int at = (g + 8 * (c % 2)) * 16 + s0_ + q + 4 * (c / 2);
-        ab[c] = tf32_bits(F::pair(in, F::kMrb)[at]);
-        ak[c] = tf32_bits(F::pair(in, F::kMrk)[at]);
+        a_sa.set(c, F::pair(in, F::kOutSa)[at]);
+        a_v.set(c, F::pair(in, F::kOutValue)[at]);
       }
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int i = 8 * half + g;
-        const uint32_t bsa[2] = {tf32_bits(sa_tile[(s0_ + q) * kSaLd + i]),
-                                 tf32_bits(sa_tile[(s0_ + q + 4) * kSaLd + i])};
-        const uint32_t bv[2] = {tf32_bits(v_at(s0_ + q, i)), tf32_bits(v_at(s0_ + q + 4, i))};
-        mma_tf32(out[half], ab, bsa);
-        mma_tf32(out[half], ak, bv);
+        Tf32Operand<2, false> b_sa, b_v;
+        b_sa.set(0, sa_tile[(s0_ + q) * kSaLd + i]);
+        b_sa.set(1, sa_tile[(s0_ + q + 4) * kSaLd + i]);
+        b_v.set(0, value_at(s0_ + q, i));
+        b_v.set(1, value_at(s0_ + q + 4, i));
+        mma(out[half], a_sa, b_sa);
+        mma(out[half], a_v, b_v);
       }
     }
 #pragma unroll
@@ -930,25 +1064,23 @@ __global__ void __launch_bounds__(ChunkPass<N>::kThreads)
       for (int row = 0; row < 2; ++row) {
         const int t = g + 8 * row, i = i0 + 8 * half + 2 * q;
         if (t >= steps) continue;
-        const int64_t o = head.at(t0 + t) + i;
-        *reinterpret_cast<__nv_bfloat162*>(y + o) =
-            __floats2bfloat162_rn(out[half][2 * row], out[half][2 * row + 1]);
-        if (sa_out)
-          *reinterpret_cast<float2*>(sa_out + o) =
-              make_float2(sa[half][2 * row], sa[half][2 * row + 1]);
+        const int64_t at = head.at(t0 + t) + i;
+        store_pair(out_values + at, out[half][2 * row], out[half][2 * row + 1]);
+        if (x_sa_out) store_pair(x_sa_out + at, sa[half][2 * row], sa[half][2 * row + 1]);
       }
-    // S_end = e^Λ_end ⊙ S0 + SA^T (B to end) + V^T (K to end); A fragments (rows i, k = step).
-    uint32_t a_sa[2][4], a_v[2][4];
+    // X_end = e^Λ_L ⊙ X + X_SA^T Ts + V^T Tv; A fragments (rows i, k = step).
+    Tf32Operand<4, true> a_sa[2];
+    Tf32Operand<4, kSplitValues> a_v[2];
 #pragma unroll
     for (int s0_ = 0; s0_ < 16; s0_ += 8)
 #pragma unroll
       for (int c = 0; c < 4; ++c) {
         const int t = s0_ + q + 4 * (c / 2), i = g + 8 * (c % 2);
-        a_sa[s0_ / 8][c] = tf32_bits(sa_tile[t * kSaLd + i]);
-        a_v[s0_ / 8][c] = tf32_bits(v_at(t, i));
+        a_sa[s0_ / 8].set(c, sa_tile[t * kSaLd + i]);
+        a_v[s0_ / 8].set(c, value_at(t, i));
       }
     const float* decay = F::decay_end(in);
-    const float *b_end = F::tile(in, F::kBToEnd), *k_end = F::tile(in, F::kKToEnd);
+    const float *sa_to_end = F::tile(in, F::kSaToEnd), *value_to_end = F::tile(in, F::kValueToEnd);
 #pragma unroll
     for (int kt = 0; kt < kKeyTiles; ++kt) {
       const int j = 8 * kt + 2 * q;
@@ -956,12 +1088,13 @@ __global__ void __launch_bounds__(ChunkPass<N>::kThreads)
       for (int c = 0; c < 4; ++c) state[kt][c] *= decay[j + c % 2];
 #pragma unroll
       for (int s0_ = 0; s0_ < 16; s0_ += 8) {
-        const uint32_t bb[2] = {tf32_bits(b_end[(s0_ + q) * N + 8 * kt + g]),
-                                tf32_bits(b_end[(s0_ + q + 4) * N + 8 * kt + g])};
-        const uint32_t bk[2] = {tf32_bits(k_end[(s0_ + q) * N + 8 * kt + g]),
-                                tf32_bits(k_end[(s0_ + q + 4) * N + 8 * kt + g])};
-        mma_tf32(state[kt], a_sa[s0_ / 8], bb);
-        mma_tf32(state[kt], a_v[s0_ / 8], bk);
+        Tf32Operand<2, true> b_sa, b_v;
+        b_sa.set(0, sa_to_end[(s0_ + q) * N + 8 * kt + g]);
+        b_sa.set(1, sa_to_end[(s0_ + q + 4) * N + 8 * kt + g]);
+        b_v.set(0, value_to_end[(s0_ + q) * N + 8 * kt + g]);
+        b_v.set(1, value_to_end[(s0_ + q + 4) * N + 8 * kt + g]);
+        mma(state[kt], a_sa[s0_ / 8], b_sa);
+        mma(state[kt], a_v[s0_ / 8], b_v);
       }
     }
     __syncthreads();  // the buffer is refilled next; sa_tile is rewritten
@@ -970,7 +1103,7 @@ __global__ void __launch_bounds__(ChunkPass<N>::kThreads)
   for (int kt = 0; kt < kKeyTiles; ++kt)
 #pragma unroll
     for (int c = 0; c < 4; ++c)
-      s_final[(bh * N + i0 + g + 8 * (c / 2)) * N + 8 * kt + 2 * q + c % 2] = state[kt][c];
+      exit[(bh * N + i0 + g + 8 * (c / 2)) * N + 8 * kt + 2 * q + c % 2] = state[kt][c];
 }
 
 // Backward (2), every chunk in parallel. Given sa and dsa from the passes over time, a chunk's
@@ -1021,6 +1154,12 @@ __global__ void __launch_bounds__(ChunkTiles<N>::kThreads)
   const int steps = chunk_steps(s, t0);
   const HeadIndex head(s, bh);
 
+  // Warp w ends with keys 16w .. 16w+15, one per lane below 16; their logits are fetched now.
+  const int j0 = 16 * warp, key = lane % 16, j = j0 + key;
+  float z_own[kChunk];
+#pragma unroll
+  for (int t = 0; t < kChunk; ++t)
+    z_own[t] = lane < 16 && t < steps ? read_only(in.z, head.at(t0 + t) + j) : 0.0f;
   // The chunk's entry state and end gradient arrive asynchronously while the tiles load.
   for (int e = tid; e < N * N / 4; e += C::kThreads) {
     const int row = 4 * e / N, column = 4 * e % N;
@@ -1030,9 +1169,7 @@ __global__ void __launch_bounds__(ChunkTiles<N>::kThreads)
   }
   __pipeline_commit();
   float* lambda = tile(K::kLambda);
-  C::log_decay(lambda, in.z, head, t0, steps);
-  __syncthreads();
-  C::load(head, t0, steps, lambda, C::template tile_of<Scale::kNone>(tile(K::kDy), dy),
+  C::load(lambda, in.z, head, t0, steps, C::template tile_of<Scale::kNone>(tile(K::kDy), dy),
           C::template tile_of<Scale::kNone>(tile(K::kSa), sa),
           C::template tile_of<Scale::kNone>(tile(K::kDsa), dsa),
           C::template tile_of<Scale::kNone>(tile(K::kV), in.v),
@@ -1043,8 +1180,6 @@ __global__ void __launch_bounds__(ChunkTiles<N>::kThreads)
   __pipeline_wait_prior(0);
   __syncthreads();
 
-  // Warp w: keys 16w .. 16w+15.
-  const int j0 = 16 * warp, key = lane % 16, j = j0 + key;
   Acc16 acc[K::kProducts];
 #pragma unroll
   for (int p = 0; p < K::kProducts; ++p) wmma::fill_fragment(acc[p], 0.0f);
@@ -1099,22 +1234,31 @@ __global__ void __launch_bounds__(ChunkTiles<N>::kThreads)
     state_dot += tile(K::kBDown)[t * C::kLd + j] * at(K::kSaG, t) +
                  tile(K::kKDown)[t * C::kLd + j] * at(K::kVG, t);
   float E = expf(lam_end) * state_dot;  // E_L without the last step's own output
-  for (int t = steps - 1; t >= 0; --t) {
+  // r, b, k, a come back from their scaled tiles (a few ulps), not from global memory: this
+  // loop is sequential in t, and a global load per step would stall it each time.
+#pragma unroll
+  for (int t = kChunk - 1; t >= 0; --t) {
+    if (t >= steps) continue;
     const int64_t o = head.at(t0 + t) + j;
     const float lam = lambda[t * C::kLd + j],
                 lam_before = t > 0 ? lambda[(t - 1) * C::kLd + j] : 0.0f;
-    const float dr_t = expf(lam) * at(K::kDr, t), da_t = expf(lam_before) * at(K::kDa, t);
-    const float dk_t = expf(lam_end - lam) * at(K::kVG, t) + expf(-lam) * at(K::kDkIntra, t);
-    const float db_t = expf(lam_end - lam) * at(K::kSaG, t) + expf(-lam) * at(K::kDbIntra, t);
-    E = fmaf(read_only(in.r, o), dr_t, E);
-    const float dlog = E - read_only(in.b, o) * db_t - read_only(in.k, o) * dk_t;
-    const float sig = sigmoid(read_only(in.z, o));
+    const float up = expf(lam), down = expf(-lam), up_before = expf(lam_before);
+    const float dr_t = up * at(K::kDr, t), da_t = up_before * at(K::kDa, t);
+    const float dk_t = expf(lam_end - lam) * at(K::kVG, t) + down * at(K::kDkIntra, t);
+    const float db_t = expf(lam_end - lam) * at(K::kSaG, t) + down * at(K::kDbIntra, t);
+    const float r_t = tile(K::kRUp)[t * C::kLd + j] * down,
+                b_t = tile(K::kBDown)[t * C::kLd + j] * up,
+                k_t = tile(K::kKDown)[t * C::kLd + j] * up,
+                a_t = tile(K::kAUpBefore)[t * C::kLd + j] / up_before;
+    E = fmaf(r_t, dr_t, E);
+    const float dlog = E - b_t * db_t - k_t * dk_t;
+    const float sig = sigmoid(z_own[t]);
     dr[o] = dr_t;
     dz[o] = dlog * (-kDecayScale * sig * (1.0f - sig));  // log d = -c sigmoid(z)
     dk[o] = dk_t;
     da[o] = da_t;
     db[o] = db_t;
-    E = fmaf(read_only(in.a, o), da_t, dlog);
+    E = fmaf(a_t, da_t, dlog);
   }
 }
 
@@ -1151,21 +1295,25 @@ std::string with_row_blocks(Place place, const Wkv7Shape& s, const Run& run) {
   return run(std::integral_constant<int, 1>{});
 }
 
-template <int N>
-std::string forward_tensor_core(Place place, const Wkv7Shape& s, const Inputs<__nv_bfloat16>& in,
-                                const float* s0, __nv_bfloat16* y, float* s_final,
-                                float* chunk_states, float* sa, float* scratch) {
-  using C = ChunkTiles<N>;
-  constexpr size_t prepare_bytes = PrepareChunk<N>::shared_bytes();
-  if (!allow_shared(forward_prepare_kernel<N>, prepare_bytes) ||
-      !allow_shared(forward_chunk_pass_kernel<N>, ChunkPass<N>::shared_bytes()))
-    return status("wkv7_forward shared memory");
-  forward_prepare_kernel<N><<<static_cast<unsigned>(s.B * s.H * wkv7_chunks(s)), C::kThreads,
-                              prepare_bytes, stream_of(place)>>>(s, in, scratch);
-  forward_chunk_pass_kernel<N>
-      <<<static_cast<unsigned>(s.B * s.H), ChunkPass<N>::kThreads, ChunkPass<N>::shared_bytes(),
-         stream_of(place)>>>(s, in.v, s0, scratch, y, s_final, chunk_states, sa);
-  return status("wkv7_forward");
+// One chunked recurrence (see ChunkOperands): the chunk-parallel kernel, then the pass over
+// chunks. `operands` holds chunk_operand_floats(N) per chunk.
+template <int N, Pass kPass>
+std::string chunked_pass(Place place, const Wkv7Shape& s, const Inputs<__nv_bfloat16>& in,
+                         const typename PassTraits<kPass>::Value* values, const float* entry,
+                         typename PassTraits<kPass>::Value* out_values, float* exit,
+                         float* chunk_entries, float* x_sa, float* operands) {
+  constexpr size_t prepare_bytes = PrepareChunk<N>::shared_bytes(),
+                   pass_bytes = ChunkPass<N, kPass>::shared_bytes();
+  if (!allow_shared(prepare_kernel<N, kPass>, prepare_bytes) ||
+      !allow_shared(chunk_pass_kernel<N, kPass>, pass_bytes))
+    return status("wkv7 chunked pass shared memory");
+  prepare_kernel<N, kPass>
+      <<<static_cast<unsigned>(s.B * s.H * wkv7_chunks(s)), ChunkTiles<N>::kThreads, prepare_bytes,
+         stream_of(place)>>>(s, in, values, operands);
+  chunk_pass_kernel<N, kPass>
+      <<<static_cast<unsigned>(s.B * s.H), ChunkPass<N, kPass>::kThreads, pass_bytes,
+         stream_of(place)>>>(s, values, entry, operands, out_values, exit, chunk_entries, x_sa);
+  return status(kPass == Pass::kForward ? "wkv7_forward" : "wkv7_backward state gradient");
 }
 
 template <class T, int N>
@@ -1175,8 +1323,8 @@ std::string forward_n(Place place, const Wkv7Shape& s, const Inputs<T>& in, cons
   // forward + backward, N = 64): B,T,H = 8,1024,12 0.32 / 1.44 ms vs 0.45 / 1.59; 1,16384,32
   // 3.18 / 13.8 vs 6.13 / 16.6; 8,1024,32 0.68 / 2.95 vs 0.63 / 2.98.
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    return forward_tensor_core<N>(place, s, in, s0, static_cast<T*>(y), s_final, chunk_states, sa,
-                                  scratch);
+    return chunked_pass<N, Pass::kForward>(place, s, in, in.v, s0, static_cast<T*>(y), s_final,
+                                           chunk_states, sa, scratch);
   } else {
     constexpr size_t bytes = forward_shared_bytes<N>();
     return with_row_blocks<N>(place, s, [&](auto blocks) {
@@ -1198,18 +1346,26 @@ std::string backward_n(Place place, const Wkv7Shape& s, const Inputs<T>& in,
                        float* db, float* ds0, float* scratch) {
   float* chunk_grads = scratch;
   float* dsa = scratch + wkv7_chunk_state_floats(s);
-  constexpr size_t state_bytes = state_grad_shared_bytes<N>(),
-                   chunk_bytes = chunk_shared_bytes<N>();
-  const std::string state_pass = with_row_blocks<N>(place, s, [&](auto blocks) {
-    constexpr int Blocks = decltype(blocks)::value;
-    if (!allow_shared(state_grad_kernel<T, N, Blocks>, state_bytes))
-      return status("wkv7_backward shared memory");
-    state_grad_kernel<T, N, Blocks>
-        <<<static_cast<unsigned>(s.B * s.H * Blocks), RowSplit<N, Blocks>::kThreads, state_bytes,
-           stream_of(place)>>>(s, in, dy, ds_final, ds0, chunk_grads, dsa, dv);
-    return status("wkv7_backward state gradient");
-  });
+  // bf16: the chunked state gradient (split TF32). Measured on an H200 against the fp32 pass over
+  // time: see bench/RESULTS.md, 2026-12-03.
+  std::string state_pass;
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    state_pass = chunked_pass<N, Pass::kStateGradient>(
+        place, s, in, dy, ds_final, dv, ds0, chunk_grads, dsa, dsa + s.B * s.T * s.H * s.N);
+  } else {
+    constexpr size_t state_bytes = state_grad_shared_bytes<N>();
+    state_pass = with_row_blocks<N>(place, s, [&](auto blocks) {
+      constexpr int Blocks = decltype(blocks)::value;
+      if (!allow_shared(state_grad_kernel<N, Blocks>, state_bytes))
+        return status("wkv7_backward shared memory");
+      state_grad_kernel<N, Blocks>
+          <<<static_cast<unsigned>(s.B * s.H * Blocks), RowSplit<N, Blocks>::kThreads, state_bytes,
+             stream_of(place)>>>(s, in, dy, ds_final, ds0, chunk_grads, dsa, dv);
+      return status("wkv7_backward state gradient");
+    });
+  }
   if (!state_pass.empty()) return state_pass;
+  constexpr size_t chunk_bytes = chunk_shared_bytes<N>();
   const auto blocks = static_cast<unsigned>(s.B * s.H * wkv7_chunks(s));
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     constexpr size_t bytes = GradientChunk<N>::shared_bytes();
@@ -1247,7 +1403,11 @@ bool wkv7_supports(int64_t n) { return n == 16 || n == 32 || n == 64 || n == 128
 
 int64_t wkv7_forward_scratch_floats(InputType type, const Wkv7Shape& s) {
   if (type != InputType::kBFloat16) return 0;
-  return s.B * s.H * wkv7_chunks(s) * forward_chunk_floats(s.N);
+  return s.B * s.H * wkv7_chunks(s) * chunk_operand_floats(s.N);
+}
+
+int64_t wkv7_backward_scratch_floats(InputType type, const Wkv7Shape& s) {
+  return wkv7_chunk_state_floats(s) + s.B * s.T * s.H * s.N + wkv7_forward_scratch_floats(type, s);
 }
 
 std::string wkv7_forward(Place place, InputType type, const Wkv7Shape& s, const void* r,

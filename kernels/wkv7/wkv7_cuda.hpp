@@ -5,14 +5,18 @@
 //   forward, bf16 inputs: (1) every chunk in parallel: the chunk's decays, step-pair matrices and
 //             the WY form of sa (W, U by forward substitution); (2) one pass over chunks per
 //             (batch, head), a warp per 16 state rows holding them in registers: sa = W S^T + U,
-//             y and the state update as TF32 tensor-core products with fp32 accumulation.
+//             y and the state update as tensor-core products with fp32 accumulation: split TF32
+//             (two TF32 parts, three products) for what the carried state depends on, TF32 for
+//             what only reaches y. The final state stays within 2e-4 of float64.
 //   forward, fp32 inputs: one pass over time per (batch, head) in fp32 on CUDA cores (a state row
 //             split over N/16 threads, two rows per thread from N = 64); TF32 would miss the fp32
 //             accuracy bound.
 //   Both write the state entering every chunk and sa_t = S_{t-1} a_t when a backward follows.
-//   backward  (1) one reverse pass over time per (batch, head) for the state gradient alone, in
-//             fp32 (it needs no state; dh0 keeps fp32 accuracy): dS entering every chunk from the
-//             end, dsa_t = dS_t b_t, dv, and ds0;
+//   backward  (1) the state gradient alone (it needs no state): dS entering every chunk from the
+//             end, dsa_t = dS_t b_t, dv, and ds0. bf16 inputs: the forward's two chunked kernels
+//             on the transposed recurrence, chunks visited from the end, with the same split
+//             (dh0 within 1e-6 of float64). fp32 inputs: one reverse pass over time per
+//             (batch, head) in fp32 on CUDA cores;
 //             (2) every chunk of every head in parallel: dr, dz, dk, da, db from the chunk's entry
 //             state and end gradient; bf16 as tensor-core products (no per-step states), fp32 by
 //             recomputing the chunk's states on CUDA cores.
@@ -44,13 +48,10 @@ inline int64_t wkv7_chunks(const Wkv7Shape& s) { return (s.T + kWkv7Chunk - 1) /
 inline int64_t wkv7_chunk_state_floats(const Wkv7Shape& s) {
   return s.B * s.H * wkv7_chunks(s) * s.N * s.N;
 }
-// Floats of the backward's scratch: chunk gradients and dsa.
-inline int64_t wkv7_backward_scratch_floats(const Wkv7Shape& s) {
-  return wkv7_chunk_state_floats(s) + s.B * s.T * s.H * s.N;
-}
-
 // Floats of the forward's scratch: the chunked path's per-chunk tiles (bf16), else 0.
 int64_t wkv7_forward_scratch_floats(InputType type, const Wkv7Shape& s);
+// Floats of the backward's scratch: chunk gradients, dsa and (bf16) the per-chunk tiles.
+int64_t wkv7_backward_scratch_floats(InputType type, const Wkv7Shape& s);
 
 // chunk_states and sa may be null when no backward follows (inference).
 std::string wkv7_forward(Place place, InputType type, const Wkv7Shape& shape, const void* r,

@@ -7,6 +7,7 @@
 #include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <sstream>
 
@@ -144,10 +145,10 @@ TEST(Wkv7Cpu, TensorOpReferenceAgreesWithTheKernelIncludingGradients) {
 // GPU machine only: the CUDA kernels against the CPU kernel in float64 from the same inputs
 // (rounded to the kernel's input dtype first): outputs, final state and every gradient including
 // dh0, with a weighted loss on y and the final state (so ds_final flows in). bf16 cases run the
-// chunked tensor-core paths (TF32 dots), fp32 cases the fp32 passes over time. Shapes cover T not
-// a multiple of 16 (chunk tails), every head size, B*H from 1 to 512, T up to 16384, both row
-// splits of the passes over time, an initial state shared by the batch; outputs are poisoned with
-// NaN first (an unwritten element fails), and a second run must be bit-identical.
+// chunked tensor-core paths (TF32 and split-TF32 dots), fp32 cases the fp32 passes over time.
+// Shapes cover T not a multiple of 16 (chunk tails), every head size, B*H from 1 to 512, T up to
+// 16384, both row splits of the passes over time, an initial state shared by the batch; outputs are
+// poisoned with NaN first (an unwritten element fails), and a second run must be bit-identical.
 TEST(Wkv7Cuda, MatchesTheFloat64CpuKernelIncludingGradients) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   struct Case {
@@ -206,9 +207,11 @@ TEST(Wkv7Cuda, MatchesTheFloat64CpuKernelIncludingGradients) {
           << (c.shared_state ? " shared h0" : "");
     for (size_t i = 0; i < want.size(); ++i) {
       const double error = relative_error(got[i], want[i]);
-      // dh0 meets its own, tighter bound (the README's claim): the state gradient is fp32 all
-      // the way, whatever the inputs' dtype.
-      EXPECT_LE(error, i == 8 ? 1e-6 : c.bound) << names[i] << where.str();
+      // The states meet tighter bounds than the outputs, whatever the inputs' dtype: the
+      // final state within 2e-4 and dh0 within 1e-6 (the README's claims; the chunked passes
+      // split into two TF32 parts every product the carried state depends on).
+      const double bound = i == 8 ? 1e-6 : i == 1 ? std::min(c.bound, 2e-4) : c.bound;
+      EXPECT_LE(error, bound) << names[i] << where.str();
       std::printf("[ wkv7 cuda ] %-8s %-40s relative error %.2e\n", names[i], where.str().c_str(),
                   error);
     }
