@@ -573,11 +573,28 @@ __device__ inline float tf32_round(float x) {
   return __uint_as_float(__float_as_uint(wmma::__float_to_tf32(x)) & 0xffffe000u);
 }
 
+// A fragment holding fp32 values becomes their TF32 rounding.
+template <class Fragment>
+__device__ inline void round_tf32(Fragment& f) {
+#pragma unroll
+  for (int e = 0; e < f.num_elements; ++e) f.x[e] = tf32_round(f.x[e]);
+}
+
 template <class Fragment>
 __device__ inline void load_tf32(Fragment& f, const float* p, unsigned ld) {
   wmma::load_matrix_sync(f, p, ld);
+  round_tf32(f);
+}
+
+// hi (holding fp32 values) becomes their TF32 rounding, lo what that rounding left out.
+template <class Fragment>
+__device__ inline void split_tf32(Fragment& hi, Fragment& lo) {
 #pragma unroll
-  for (int e = 0; e < f.num_elements; ++e) f.x[e] = tf32_round(f.x[e]);
+  for (int e = 0; e < hi.num_elements; ++e) {
+    const float rounded = tf32_round(hi.x[e]);
+    lo.x[e] = tf32_round(hi.x[e] - rounded);
+    hi.x[e] = rounded;
+  }
 }
 
 // acc += X Y over k < K for X [16, K] row-major at x (its transpose stored row-major when
@@ -591,21 +608,14 @@ __device__ inline void multiply_add(Acc16& acc, const float* x, unsigned ldx, co
     std::conditional_t<YTransposed, TF32BT, TF32B> y_hi, y_lo;
     wmma::load_matrix_sync(x_hi, XTransposed ? x + k0 * ldx : x + k0, ldx);
     wmma::load_matrix_sync(y_hi, YTransposed ? y + k0 : y + k0 * ldy, ldy);
-#pragma unroll
-    for (int e = 0; e < x_hi.num_elements; ++e) {
-      const float hi = tf32_round(x_hi.x[e]);
-      if constexpr (kDots == Dots::kSplitTf32) x_lo.x[e] = tf32_round(x_hi.x[e] - hi);
-      x_hi.x[e] = hi;
-    }
-#pragma unroll
-    for (int e = 0; e < y_hi.num_elements; ++e) {
-      const float hi = tf32_round(y_hi.x[e]);
-      if constexpr (kDots == Dots::kSplitTf32) y_lo.x[e] = tf32_round(y_hi.x[e] - hi);
-      y_hi.x[e] = hi;
-    }
     if constexpr (kDots == Dots::kSplitTf32) {
+      split_tf32(x_hi, x_lo);
+      split_tf32(y_hi, y_lo);
       wmma::mma_sync(acc, x_lo, y_hi, acc);
       wmma::mma_sync(acc, x_hi, y_lo, acc);
+    } else {
+      round_tf32(x_hi);
+      round_tf32(y_hi);
     }
     wmma::mma_sync(acc, x_hi, y_hi, acc);
   }
@@ -825,7 +835,7 @@ __global__ void __launch_bounds__(ChunkTiles<N>::kThreads, 768 / ChunkTiles<N>::
       F::tile(out, F::kOut)[t * N + n] = kReverse ? k_to_end : r_up;
       F::tile(out, F::kSaToEnd)[t * N + n] = kReverse ? rhs_w : b_to_end;
       F::tile(out, F::kValueToEnd)[t * N + n] = kReverse ? r_up : k_to_end;
-      if (kReverse) rhs_w = b_to_end;
+      if constexpr (kReverse) rhs_w = b_to_end;
     }
     if (tid < N) F::decay_end(out)[n] = decay_end;
   }
@@ -863,11 +873,7 @@ __global__ void __launch_bounds__(ChunkTiles<N>::kThreads, 768 / ChunkTiles<N>::
 // m16n8k8 TF32 tensor-core step on registers (PTX layouts, g = lane / 4, q = lane % 4):
 // A (16x8): a0 (g, q), a1 (g+8, q), a2 (g, q+4), a3 (g+8, q+4); B (8x8): b0 (q, g), b1 (q+4, g);
 // C/D (16x8): c0 (g, 2q), c1 (g, 2q+1), c2 (g+8, 2q), c3 (g+8, 2q+1).
-__device__ inline uint32_t tf32_bits(float x) {
-  uint32_t bits;
-  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(bits) : "f"(x));
-  return bits & 0xffffe000u;
-}
+__device__ inline uint32_t tf32_bits(float x) { return __float_as_uint(tf32_round(x)); }
 __device__ inline void mma_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
   asm volatile(
       "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -886,14 +892,11 @@ struct Tf32Operand {
     if constexpr (kSplit) lo[c] = tf32_bits(x - __uint_as_float(hi[c]));
   }
 };
-// d += a b with the parts each operand has (an operand exact in TF32 needs no low part; one
-// that only reaches an output is passed with `rounded` to use its high part alone).
+// d += a b with the parts each operand has (an operand exact in TF32 needs no low part).
 template <class A, class B>
-__device__ inline void mma(float (&d)[4], const A& a, const B& b, bool rounded = false) {
-  if (!rounded) {
-    if constexpr (A::kIsSplit) mma_tf32(d, a.lo, b.hi);
-    if constexpr (B::kIsSplit) mma_tf32(d, a.hi, b.lo);
-  }
+__device__ inline void mma(float (&d)[4], const A& a, const B& b) {
+  if constexpr (A::kIsSplit) mma_tf32(d, a.lo, b.hi);
+  if constexpr (B::kIsSplit) mma_tf32(d, a.hi, b.lo);
   mma_tf32(d, a.hi, b.hi);
 }
 
@@ -928,9 +931,11 @@ struct ChunkPass {
   }
 };
 
-// forward:        values v, entry s0, out y, exit s_final, chunk_entries = the chunk states, x_sa
-// sa; state gradient: values dy, entry ds_final, out dv, exit ds0, chunk_entries = the gradients at
-//                 the chunks' ends, x_sa dsa. values and entry may be null (zeros).
+// The arguments per pass (values and entry may be null: zeros):
+//   forward:        values v,  entry s0,       out y,  exit s_final, chunk_entries the chunk
+//                   states, x_sa sa;
+//   state gradient: values dy, entry ds_final, out dv, exit ds0,     chunk_entries the gradients
+//                   at the chunks' ends, x_sa dsa.
 template <int N, Pass kPass>
 __global__ void __launch_bounds__(ChunkPass<N, kPass>::kThreads)
     chunk_pass_kernel(Wkv7Shape s, const typename PassTraits<kPass>::Value* values,
@@ -1027,7 +1032,7 @@ __global__ void __launch_bounds__(ChunkPass<N, kPass>::kThreads)
         b.set(0, state[kt][2 * half]);
         b.set(1, state[kt][2 * half + 1]);
         mma(sa[half], aw, b);
-        mma(out[half], ao, b, /*rounded=*/true);
+        mma_tf32(out[half], ao.hi, b.hi);  // y/dv only: X's high part is enough
       }
     }
 #pragma unroll
