@@ -16,9 +16,11 @@ endfunction()
 # of its own, not a second ENVIRONMENT entry: gtest_discover_tests splits list values.)
 set(PEFTKIT_TEST_THREADS ENVIRONMENT_MODIFICATION "OMP_NUM_THREADS=set:1")
 
-# A GoogleTest executable registered with ctest through gtest_discover_tests.
+# A GoogleTest executable registered with ctest through gtest_discover_tests. SERIAL: a GoogleTest
+# filter of its tests that take a shared resource whole (a test that fills the GPU's memory on
+# purpose); ctest runs those alone, the others as usual.
 function(peftkit_test)
-  cmake_parse_arguments(T "" "NAME" "SRCS;DEPS;DEFINES" ${ARGN})
+  cmake_parse_arguments(T "" "NAME;SERIAL" "SRCS;DEPS;DEFINES" ${ARGN})
   add_executable(${T_NAME} ${T_SRCS})
   target_link_libraries(${T_NAME} PRIVATE GTest::gtest GTest::gtest_main ${T_DEPS})
   target_compile_definitions(${T_NAME} PRIVATE ${T_DEFINES})
@@ -27,6 +29,14 @@ function(peftkit_test)
   peftkit_warnings(${T_NAME})
   include(GoogleTest)
   # A hung test fails after 5 minutes instead of eating CI's time (the slowest takes ~40 s).
-  gtest_discover_tests(${T_NAME} DISCOVERY_TIMEOUT 120
-    PROPERTIES ENVIRONMENT "PEFTKIT_SOURCE_DIR=${PROJECT_SOURCE_DIR}" ${PEFTKIT_TEST_THREADS} TIMEOUT 300)
+  set(properties ENVIRONMENT "PEFTKIT_SOURCE_DIR=${PROJECT_SOURCE_DIR}" ${PEFTKIT_TEST_THREADS}
+    TIMEOUT 300)
+  if(T_SERIAL)
+    gtest_discover_tests(${T_NAME} DISCOVERY_TIMEOUT 120 TEST_FILTER "-${T_SERIAL}"
+      PROPERTIES ${properties})
+    gtest_discover_tests(${T_NAME} DISCOVERY_TIMEOUT 120 TEST_FILTER "${T_SERIAL}"
+      PROPERTIES ${properties} RUN_SERIAL TRUE)
+  else()
+    gtest_discover_tests(${T_NAME} DISCOVERY_TIMEOUT 120 PROPERTIES ${properties})
+  endif()
 endfunction()

@@ -3,55 +3,29 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "loss/softmax_loss.hpp"
 #include "peftkit/dataset.hpp"
 
 namespace peftkit::train {
 namespace {
 
+// Rows of logits a chunk of the unfused loss (its reference path makes one fp32 copy at a time).
 constexpr int64_t kRowsPerChunk = 1024;
 
-// Overwrites fp32 logit rows [n, V] with exp(row - max(row)), the softmax's numerator, and returns
-// each row's largest logit and its index. In place: a chunk's logits are the largest tensors of a
-// step, and at::logsumexp or at::softmax would add one or two more of their size.
-std::tuple<at::Tensor, at::Tensor> exp_below_row_max_(at::Tensor& logits) {
-  auto top = logits.max(-1);
-  logits.sub_(std::get<0>(top).unsqueeze(1)).exp_();
-  return top;
+// Per chunk of rows: each row's negative log-likelihood, and the loss's gradient in the logits'
+// dtype (kernels/loss: one CUDA kernel each on the device).
+at::Tensor nll_per_row(const at::Tensor& logits, const at::Tensor& labels) {
+  return kernels::softmax_nll(logits, labels, kIgnoreIndex);
+}
+at::Tensor logits_gradient(const at::Tensor& logits, const at::Tensor& labels,
+                           const at::Tensor& ce_scale, const at::Tensor& wrap_scale) {
+  return kernels::softmax_nll_l2wrap_gradient(logits, labels, kIgnoreIndex, ce_scale, wrap_scale);
 }
 
-// The summed negative log-likelihood of fp32 logit rows [n, V] (an owned temporary it overwrites)
-// over the labels that count.
-at::Tensor nll_sum(at::Tensor logits, const at::Tensor& labels) {
-  const at::Tensor mask = labels != kIgnoreIndex;
-  const at::Tensor safe = at::where(mask, labels, at::zeros_like(labels));
-  const at::Tensor picked = logits.gather(1, safe.unsqueeze(1)).squeeze(1);
-  const at::Tensor top = std::get<0>(exp_below_row_max_(logits));
-  const at::Tensor nll = logits.sum(-1).log_().add_(top) - picked;  // log-sum-exp - picked
-  return (nll * mask).sum();
-}
-
-// d loss / d logits for fp32 logit rows [n, V] (an owned temporary, turned into the gradient in
-// place): ce_scale (softmax - onehot(label)) on the rows that count, plus L2Wrap: every row that
-// counts pushes its largest logit towards zero with wrap_scale (padding and masked prompt rows get
-// no gradient at all). The scales are 0-dim fp32 tensors on the logits' device, so nothing waits
-// for the GPU.
-at::Tensor logits_gradient(at::Tensor logits, const at::Tensor& labels, const at::Tensor& ce_scale,
-                           const at::Tensor& wrap_scale) {
-  const at::Tensor mask = labels != kIgnoreIndex;
-  const at::Tensor row_scale = mask.to(at::kFloat) * ce_scale;
-  const auto [max_value, max_index] = exp_below_row_max_(logits);
-  at::Tensor& g = logits;
-  g.mul_((row_scale / g.sum(-1)).unsqueeze(1));  // softmax times the row's scale
-  const at::Tensor safe = at::where(mask, labels, at::zeros_like(labels));
-  g.scatter_add_(1, safe.unsqueeze(1), row_scale.neg().unsqueeze(1));
-  g.scatter_add_(1, max_index.unsqueeze(1),
-                 (max_value * mask.to(at::kFloat) * wrap_scale).unsqueeze(1));
-  return g;
-}
-
-// A new fp32 tensor of `logits` for the in-place functions above (never the caller's own tensor).
-at::Tensor fp32_copy(const at::Tensor& logits) {
-  return logits.to(at::kFloat, /*non_blocking=*/false, /*copy=*/true);
+// The sum of the chunks' per-row losses, in float64 on `device`.
+at::Tensor total_of(const std::vector<at::Tensor>& per_row, const at::Device& device) {
+  if (per_row.empty()) return at::zeros({}, at::TensorOptions(device).dtype(at::kDouble));
+  return at::cat(per_row).to(at::kDouble).sum();
 }
 
 // The targets that count, as a 0-dim int64 tensor on the labels' device.
@@ -79,15 +53,14 @@ class CrossEntropyL2Wrap : public torch::autograd::Function<CrossEntropyL2Wrap> 
     const int64_t V = logits.size(-1);
     const at::Tensor rows = logits.detach().reshape({-1, V});
     const at::Tensor labels = targets.reshape({-1}).to(rows.device());
-    at::Tensor total = at::zeros({}, rows.options().dtype(at::kDouble));
+    std::vector<at::Tensor> nll;
     for (int64_t begin = 0; begin < rows.size(0); begin += kRowsPerChunk) {
       const int64_t end = std::min(rows.size(0), begin + kRowsPerChunk);
-      total += nll_sum(fp32_copy(rows.slice(0, begin, end)), labels.slice(0, begin, end))
-                   .to(at::kDouble);
+      nll.push_back(nll_per_row(rows.slice(0, begin, end), labels.slice(0, begin, end)));
     }
     ctx->save_for_backward({logits, labels, whole_counted});
     ctx->saved_data["positions"] = whole_positions;
-    return mean_over(total, whole_counted);
+    return mean_over(total_of(nll, rows.device()), whole_counted);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -103,20 +76,20 @@ class CrossEntropyL2Wrap : public torch::autograd::Function<CrossEntropyL2Wrap> 
     for (int64_t begin = 0; begin < rows.size(0); begin += kRowsPerChunk) {
       const int64_t end = std::min(rows.size(0), begin + kRowsPerChunk);
       grad.slice(0, begin, end)
-          .copy_(logits_gradient(fp32_copy(rows.slice(0, begin, end)), labels.slice(0, begin, end),
-                                 ce_scale, wrap_scale));
+          .copy_(logits_gradient(rows.slice(0, begin, end), labels.slice(0, begin, end), ce_scale,
+                                 wrap_scale));
     }
     return {grad.view(logits.sizes()), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
-// Rows per chunk of the fused head: 256 x 65536 fp32 logits are 64 MiB.
+// Rows per chunk of the fused head: 256 x 65536 bf16 logits are 32 MiB (their gradient as much).
 constexpr int64_t kFusedRowsPerChunk = 256;
 
-// Per chunk of rows: the fp32 logits of hidden_chunk W^T.
+// Per chunk of rows: the logits of hidden_chunk W^T, in their dtype.
 at::Tensor chunk_logits(const at::Tensor& hidden_rows, const at::Tensor& weight, int64_t begin,
                         int64_t end) {
-  return at::matmul(hidden_rows.slice(0, begin, end), weight.t()).to(at::kFloat);
+  return at::matmul(hidden_rows.slice(0, begin, end), weight.t());
 }
 
 class HeadCrossEntropyL2Wrap : public torch::autograd::Function<HeadCrossEntropyL2Wrap> {
@@ -127,15 +100,14 @@ class HeadCrossEntropyL2Wrap : public torch::autograd::Function<HeadCrossEntropy
     const at::Tensor rows = hidden.detach().reshape({-1, hidden.size(-1)});
     const at::Tensor w = weight.detach();
     const at::Tensor labels = targets.reshape({-1}).to(rows.device());
-    at::Tensor total = at::zeros({}, rows.options().dtype(at::kDouble));
+    std::vector<at::Tensor> nll;
     for (int64_t begin = 0; begin < rows.size(0); begin += kFusedRowsPerChunk) {
       const int64_t end = std::min(rows.size(0), begin + kFusedRowsPerChunk);
-      total +=
-          nll_sum(chunk_logits(rows, w, begin, end), labels.slice(0, begin, end)).to(at::kDouble);
+      nll.push_back(nll_per_row(chunk_logits(rows, w, begin, end), labels.slice(0, begin, end)));
     }
     ctx->save_for_backward({hidden, weight, labels, whole_counted});
     ctx->saved_data["positions"] = whole_positions;
-    return mean_over(total, whole_counted);
+    return mean_over(total_of(nll, rows.device()), whole_counted);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -153,8 +125,7 @@ class HeadCrossEntropyL2Wrap : public torch::autograd::Function<HeadCrossEntropy
     for (int64_t begin = 0; begin < rows.size(0); begin += kFusedRowsPerChunk) {
       const int64_t end = std::min(rows.size(0), begin + kFusedRowsPerChunk);
       const at::Tensor g_cast = logits_gradient(chunk_logits(rows, w, begin, end),
-                                                labels.slice(0, begin, end), ce_scale, wrap_scale)
-                                    .to(w.scalar_type());
+                                                labels.slice(0, begin, end), ce_scale, wrap_scale);
       if (want_hidden) grad_rows.slice(0, begin, end).copy_(at::matmul(g_cast, w));
       if (want_weight)
         grad_weight.add_(at::matmul(g_cast.t(), rows.slice(0, begin, end)).to(at::kFloat));

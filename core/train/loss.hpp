@@ -1,5 +1,6 @@
-// loss.hpp: cross-entropy with RWKV's L2Wrap, computed in row chunks so that at most one chunk of
-// fp32 logits exists at a time, whatever the dtype of the [B, T, V] logits.
+// loss.hpp: cross-entropy with RWKV's L2Wrap, computed in row chunks with the softmax in fp32
+// whatever the dtype of the [B, T, V] logits: on CUDA by one kernel a chunk that reads the logits
+// in their dtype (kernels/loss), elsewhere with at most one chunk of fp32 logits at a time.
 //
 // Forward: the mean cross-entropy over positions whose target is not kIgnoreIndex (-100).
 // Backward: the cross-entropy gradient, plus for every position n whose target counts the L2Wrap

@@ -257,24 +257,26 @@ class Wkv7Function : public torch::autograd::Function<Wkv7Function> {
     const auto s0_dtype = static_cast<at::ScalarType>(ctx->saved_data["s0_dtype"].toInt());
 #ifdef PEFTKIT_WKV7_CUDA
     if (r.is_cuda()) {
+      // dy and the input gradients in the kernels' input dtype (r as saved): for bf16 inputs dy
+      // arrives in bf16 (y's dtype) and each gradient is rounded once, in the kernel.
       const auto f32 = r.options().dtype(at::kFloat);
       const cuda::Wkv7Shape shape{s.B, s.T, s.H, s.N};
-      at::Tensor dy = grads[0].defined() ? grads[0].to(at::kFloat).contiguous() : at::Tensor();
+      at::Tensor dy = grads[0].defined() ? grads[0].to(r.scalar_type()).contiguous() : at::Tensor();
       at::Tensor ds_final =
           grads[1].defined() ? grads[1].to(at::kFloat).contiguous() : at::Tensor();
-      at::Tensor dr = output(r.sizes(), f32), dz = output(r.sizes(), f32),
-                 dk = output(r.sizes(), f32), dv = output(r.sizes(), f32),
-                 da = output(r.sizes(), f32), db = output(r.sizes(), f32);
+      at::Tensor dr = output(r.sizes(), r.options()), dz = output(r.sizes(), r.options()),
+                 dk = output(r.sizes(), r.options()), dv = output(r.sizes(), r.options()),
+                 da = output(r.sizes(), r.options()), db = output(r.sizes(), r.options());
       at::Tensor ds0 = output({s.B, s.H, s.N, s.N}, f32);
       at::Tensor scratch =
           at::empty({cuda::wkv7_backward_scratch_floats(cuda_type(r), shape)}, f32);
       check_cuda(cuda::wkv7_backward(
           cuda::place_of(r), cuda_type(r), shape, r.data_ptr(), z.data_ptr(), k.data_ptr(),
           v.data_ptr(), a.data_ptr(), b.data_ptr(), saved[6].data_ptr<float>(),
-          saved[7].data_ptr<float>(), dy.defined() ? dy.data_ptr<float>() : nullptr,
-          ds_final.defined() ? ds_final.data_ptr<float>() : nullptr, dr.data_ptr<float>(),
-          dz.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(), da.data_ptr<float>(),
-          db.data_ptr<float>(), ds0.data_ptr<float>(), scratch.data_ptr<float>()));
+          saved[7].data_ptr<float>(), dy.defined() ? dy.data_ptr() : nullptr,
+          ds_final.defined() ? ds_final.data_ptr<float>() : nullptr, dr.data_ptr(), dz.data_ptr(),
+          dk.data_ptr(), dv.data_ptr(), da.data_ptr(), db.data_ptr(), ds0.data_ptr<float>(),
+          scratch.data_ptr<float>()));
       return {dr.to(input_dtype), dz.to(input_dtype), dk.to(input_dtype), dv.to(input_dtype),
               da.to(input_dtype), db.to(input_dtype), ds0.to(s0_dtype)};
     }

@@ -745,13 +745,11 @@ struct ChunkOperands {
 
 enum class Pass { kForward, kStateGradient };
 
-// The forward reads v and writes y in bf16; the state gradient reads dy and writes dv in fp32.
+// The state gradient visits the chunks from the last. Both passes read their values (v, dy) and
+// write their outputs (y, dv) in bf16; bf16 values are exact in TF32 and need no low part.
 template <Pass kPass>
 struct PassTraits {
   static constexpr bool kReverse = kPass == Pass::kStateGradient;
-  using Value = std::conditional_t<kReverse, float, __nv_bfloat16>;
-  // bf16 values are exact in TF32; fp32 dy is split where the state depends on it.
-  static constexpr bool kSplitValues = kReverse;
 };
 
 // (1) Every chunk in parallel: the pair matrices, the operands above, and W, U by substitution in
@@ -774,8 +772,8 @@ struct PrepareChunk {
 // limit too) fit on an SM.
 template <int N, Pass kPass>
 __global__ void __launch_bounds__(ChunkTiles<N>::kThreads, 768 / ChunkTiles<N>::kThreads)
-    prepare_kernel(Wkv7Shape s, Inputs<__nv_bfloat16> in,
-                   const typename PassTraits<kPass>::Value* values, float* chunk_out) {
+    prepare_kernel(Wkv7Shape s, Inputs<__nv_bfloat16> in, const __nv_bfloat16* values,
+                   float* chunk_out) {
   using C = ChunkTiles<N>;
   using F = ChunkOperands<N>;
   using P = PrepareChunk<N>;
@@ -919,7 +917,7 @@ __device__ inline void store_pair(float* p, float x, float y) {
 template <int N, Pass kPass>
 struct ChunkPass {
   using F = ChunkOperands<N>;
-  using Value = typename PassTraits<kPass>::Value;
+  using Value = __nv_bfloat16;
   static constexpr int kWarps = N / 16, kThreads = 32 * kWarps, kSaLd = 20;
   static constexpr int kValuesPerCopy = 16 / sizeof(Value);  // one 16-byte cp.async
   // One buffer: the chunk's operands, then its values [16, N].
@@ -938,14 +936,12 @@ struct ChunkPass {
 //                   at the chunks' ends, x_sa dsa.
 template <int N, Pass kPass>
 __global__ void __launch_bounds__(ChunkPass<N, kPass>::kThreads)
-    chunk_pass_kernel(Wkv7Shape s, const typename PassTraits<kPass>::Value* values,
-                      const float* entry, const float* chunk_in,
-                      typename PassTraits<kPass>::Value* out_values, float* exit,
+    chunk_pass_kernel(Wkv7Shape s, const __nv_bfloat16* values, const float* entry,
+                      const float* chunk_in, __nv_bfloat16* out_values, float* exit,
                       float* chunk_entries, float* x_sa_out) {
   using P = ChunkPass<N, kPass>;
   using F = ChunkOperands<N>;
   using Value = typename P::Value;
-  constexpr bool kSplitValues = PassTraits<kPass>::kSplitValues;
   constexpr int kKeyTiles = N / 8, kSaLd = P::kSaLd, kPerCopy = P::kValuesPerCopy;
   extern __shared__ __align__(32) float pass_shared[];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4,
@@ -1075,7 +1071,7 @@ __global__ void __launch_bounds__(ChunkPass<N, kPass>::kThreads)
       }
     // X_end = e^Λ_L ⊙ X + X_SA^T Ts + V^T Tv; A fragments (rows i, k = step).
     Tf32Operand<4, true> a_sa[2];
-    Tf32Operand<4, kSplitValues> a_v[2];
+    Tf32Operand<4, false> a_v[2];
 #pragma unroll
     for (int s0_ = 0; s0_ < 16; s0_ += 8)
 #pragma unroll
@@ -1140,10 +1136,10 @@ struct GradientChunk {
 
 template <int N>
 __global__ void __launch_bounds__(ChunkTiles<N>::kThreads)
-    chunk_grad_tensor_core_kernel(Wkv7Shape s, Inputs<__nv_bfloat16> in, const float* dy,
+    chunk_grad_tensor_core_kernel(Wkv7Shape s, Inputs<__nv_bfloat16> in, const __nv_bfloat16* dy,
                                   const float* sa, const float* dsa, const float* chunk_states,
-                                  const float* chunk_grads, float* dr, float* dz, float* dk,
-                                  float* da, float* db) {
+                                  const float* chunk_grads, __nv_bfloat16* dr, __nv_bfloat16* dz,
+                                  __nv_bfloat16* dk, __nv_bfloat16* da, __nv_bfloat16* db) {
   using C = ChunkTiles<N>;
   using K = GradientChunk<N>;
   extern __shared__ __align__(32) float chunk_shared[];
@@ -1258,11 +1254,11 @@ __global__ void __launch_bounds__(ChunkTiles<N>::kThreads)
     E = fmaf(r_t, dr_t, E);
     const float dlog = E - b_t * db_t - k_t * dk_t;
     const float sig = sigmoid(z_own[t]);
-    dr[o] = dr_t;
-    dz[o] = dlog * (-kDecayScale * sig * (1.0f - sig));  // log d = -c sigmoid(z)
-    dk[o] = dk_t;
-    da[o] = da_t;
-    db[o] = db_t;
+    store(dr, o, dr_t);
+    store(dz, o, dlog * (-kDecayScale * sig * (1.0f - sig)));  // log d = -c sigmoid(z)
+    store(dk, o, dk_t);
+    store(da, o, da_t);
+    store(db, o, db_t);
     E = fmaf(a_t, da_t, dlog);
   }
 }
@@ -1304,9 +1300,8 @@ std::string with_row_blocks(Place place, const Wkv7Shape& s, const Run& run) {
 // chunks. `operands` holds chunk_operand_floats(N) per chunk.
 template <int N, Pass kPass>
 std::string chunked_pass(Place place, const Wkv7Shape& s, const Inputs<__nv_bfloat16>& in,
-                         const typename PassTraits<kPass>::Value* values, const float* entry,
-                         typename PassTraits<kPass>::Value* out_values, float* exit,
-                         float* chunk_entries, float* x_sa, float* operands) {
+                         const __nv_bfloat16* values, const float* entry, __nv_bfloat16* out_values,
+                         float* exit, float* chunk_entries, float* x_sa, float* operands) {
   constexpr size_t prepare_bytes = PrepareChunk<N>::shared_bytes(),
                    pass_bytes = ChunkPass<N, kPass>::shared_bytes();
   if (!allow_shared(prepare_kernel<N, kPass>, prepare_bytes) ||
@@ -1346,9 +1341,9 @@ std::string forward_n(Place place, const Wkv7Shape& s, const Inputs<T>& in, cons
 
 template <class T, int N>
 std::string backward_n(Place place, const Wkv7Shape& s, const Inputs<T>& in,
-                       const float* chunk_states, const float* sa, const float* dy,
-                       const float* ds_final, float* dr, float* dz, float* dk, float* dv, float* da,
-                       float* db, float* ds0, float* scratch) {
+                       const float* chunk_states, const float* sa, const T* dy,
+                       const float* ds_final, T* dr, T* dz, T* dk, T* dv, T* da, T* db, float* ds0,
+                       float* scratch) {
   float* chunk_grads = scratch;
   float* dsa = scratch + wkv7_chunk_state_floats(s);
   // bf16: the chunked state gradient (split TF32). Measured on an H200 against the fp32 pass over
@@ -1434,17 +1429,19 @@ std::string wkv7_forward(Place place, InputType type, const Wkv7Shape& s, const 
 
 std::string wkv7_backward(Place place, InputType type, const Wkv7Shape& s, const void* r,
                           const void* z, const void* k, const void* v, const void* a, const void* b,
-                          const float* chunk_states, const float* sa, const float* dy,
-                          const float* ds_final, float* dr, float* dz, float* dk, float* dv,
-                          float* da, float* db, float* ds0, float* scratch) {
+                          const float* chunk_states, const float* sa, const void* dy,
+                          const float* ds_final, void* dr, void* dz, void* dk, void* dv, void* da,
+                          void* db, float* ds0, float* scratch) {
   if (s.B * s.H == 0) return {};
   if (cudaSetDevice(place.device) != cudaSuccess) return status("cudaSetDevice");
   auto typed = [&](auto tag) {
     using T = decltype(tag);
     const Inputs<T> in = inputs<T>(r, z, k, v, a, b);
     return dispatch_n(s.N, [&](auto n) {
-      return backward_n<T, decltype(n)::value>(place, s, in, chunk_states, sa, dy, ds_final, dr, dz,
-                                               dk, dv, da, db, ds0, scratch);
+      auto out = [](void* p) { return static_cast<T*>(p); };
+      return backward_n<T, decltype(n)::value>(
+          place, s, in, chunk_states, sa, static_cast<const T*>(dy), ds_final, out(dr), out(dz),
+          out(dk), out(dv), out(da), out(db), ds0, scratch);
     });
   };
   return type == InputType::kBFloat16 ? typed(__nv_bfloat16{}) : typed(float{});

@@ -24,7 +24,8 @@
 //
 // Layouts: inputs [B, T, H, N] contiguous in `type` (z is the raw decay logit; the kernels apply
 // d = exp(-e^-0.5 sigmoid(z)) themselves); states [B, H, N, N] fp32 (row = value index);
-// chunk states [B*H, ceil(T/chunk), N, N] fp32; sa, dy and gradients fp32 [B, T, H, N].
+// chunk states [B*H, ceil(T/chunk), N, N] fp32; sa and dsa fp32 [B, T, H, N]; y, dy and the
+// input gradients [B, T, H, N] in the inputs' type.
 // N must be 16, 32, 64 or 128. Functions return "" or the CUDA error.
 #pragma once
 
@@ -59,11 +60,12 @@ std::string wkv7_forward(Place place, InputType type, const Wkv7Shape& shape, co
                          const float* s0, void* y, float* s_final, float* chunk_states, float* sa,
                          float* scratch);
 
-// dy and ds_final may be null (no gradient).
+// dy and ds_final may be null (no gradient). dy and the input gradients dr .. db are in `type`
+// (one rounding from fp32); ds0 is fp32.
 std::string wkv7_backward(Place place, InputType type, const Wkv7Shape& shape, const void* r,
                           const void* z, const void* k, const void* v, const void* a, const void* b,
-                          const float* chunk_states, const float* sa, const float* dy,
-                          const float* ds_final, float* dr, float* dz, float* dk, float* dv,
-                          float* da, float* db, float* ds0, float* scratch);
+                          const float* chunk_states, const float* sa, const void* dy,
+                          const float* ds_final, void* dr, void* dz, void* dk, void* dv, void* da,
+                          void* db, float* ds0, float* scratch);
 
 }  // namespace peftkit::kernels::cuda

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
+#include <vector>
 
 namespace peftkit {
 namespace {
@@ -126,6 +128,33 @@ TEST(HeadCrossEntropyL2Wrap, EqualsTheHeadFollowedByTheLossIncludingGradients) {
                                                      at::randint(50, {1, 5}));
   loss.backward();
   EXPECT_TRUE(h.grad().defined());
+}
+
+// On the device the loss runs as kernels/loss's kernels on bf16 logits; against the same bf16
+// inputs in float64 on the CPU it differs by the bf16 rounding of the logits and of their
+// gradient only.
+TEST(HeadCrossEntropyL2WrapCuda, Bf16OnTheDeviceMatchesFloat64OnTheCpu) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  at::manual_seed(11);
+  const at::Tensor hidden0 = at::randn({2, 300, 64}).to(at::kBFloat16);
+  const at::Tensor head0 = (at::randn({4096, 64}) * 0.3).to(at::kBFloat16);
+  at::Tensor targets = at::randint(4096, {2, 300});
+  targets.slice(1, 0, 9).fill_(-100);
+  auto run = [&](const at::Device& device, at::ScalarType dtype) {
+    at::Tensor h = hidden0.to(device, dtype).requires_grad_(true);
+    at::Tensor w = head0.to(device, dtype).requires_grad_(true);
+    at::Tensor loss = train::head_cross_entropy_l2wrap(h, w, targets.to(device));
+    (loss * 3).backward();
+    return std::vector<at::Tensor>{loss.detach().cpu().to(at::kDouble),
+                                   h.grad().cpu().to(at::kDouble), w.grad().cpu().to(at::kDouble)};
+  };
+  const auto got = run(at::kCUDA, at::kBFloat16), want = run(at::kCPU, at::kDouble);
+  const char* names[] = {"loss", "hidden gradient", "head gradient"};
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double error = ((got[i] - want[i]).norm() / want[i].norm()).item<double>();
+    EXPECT_LE(error, i == 0 ? 2e-3 : 1e-2) << names[i];
+    std::printf("[ loss cuda ] %-16s relative error %.2e\n", names[i], error);
+  }
 }
 
 }  // namespace
