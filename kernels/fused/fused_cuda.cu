@@ -2,6 +2,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "cuda_device.cuh"
@@ -33,7 +35,12 @@ std::string typed(Place place, FusedType type, const Run& run) {
   return status("fused kernel");
 }
 
-// ---- token shift + mixes: thread = channel, block row = kRows rows of (b, t) ----
+// The forward kernels sum no parameter gradients, so they take one row per block (per channel)
+// or per warp (per head): every block's loads are then in flight at once, where a loop over a
+// partial's kRows rows, as the backward kernels run, waits for each row's loads in turn.
+
+// ---- token shift + mixes: thread = channel; forward block row = one row of (b, t), backward
+// block row = kRows rows ----
 
 template <class T>
 __global__ void token_shift_mix_forward_kernel(int64_t B, int64_t T_, int64_t C, int64_t M,
@@ -41,15 +48,11 @@ __global__ void token_shift_mix_forward_kernel(int64_t B, int64_t T_, int64_t C,
                                                T* out) {
   const int64_t c = blockIdx.y * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (c >= C) return;
-  const int64_t rows = B * T_, plane = rows * C;
-  for (int64_t row = blockIdx.x * static_cast<int64_t>(kRows);
-       row < min(rows, (blockIdx.x + 1) * static_cast<int64_t>(kRows)); ++row) {
-    const int64_t t = row % T_;
-    const float xv = load(x, row * C + c);
-    const float delta = (t > 0 ? load(x, (row - 1) * C + c) : load(shift, (row / T_) * C + c)) - xv;
-    for (int64_t m = 0; m < M; ++m)
-      store(out, m * plane + row * C + c, fmaf(delta, mix[m * C + c], xv));
-  }
+  const int64_t rows = B * T_, plane = rows * C, row = blockIdx.x, t = row % T_;
+  const float xv = load(x, row * C + c);
+  const float delta = (t > 0 ? load(x, (row - 1) * C + c) : load(shift, (row / T_) * C + c)) - xv;
+  for (int64_t m = 0; m < M; ++m)
+    store(out, m * plane + row * C + c, fmaf(delta, mix[m * C + c], xv));
 }
 
 template <class T>
@@ -96,14 +99,22 @@ struct HeadRows {
   }
 };
 
+// The forward's (row, head) of this warp; row >= rows past the end.
+struct HeadRow {
+  int64_t head, row;
+  __device__ HeadRow() : head(blockIdx.y), row(blockIdx.x * int64_t{kWarps} + threadIdx.x / 32) {}
+};
+
 template <class T, int E>
 __global__ void kk_ab_forward_kernel(int64_t rows, int64_t H, const T* k, const T* a,
                                      const float* k_k, const float* k_a, T* k_out, T* a_out,
                                      T* b_out) {
   constexpr int N = E * 32;
-  const HeadRows hr(rows);
+  const HeadRow hr;
   const int lane = threadIdx.x % 32;
-  for (int64_t row = hr.row_begin; row < hr.row_end; ++row) {
+  if (hr.row >= rows) return;  // the whole warp
+  {
+    const int64_t row = hr.row;
     float kv[E], av[E], u[E], square = 0;
 #pragma unroll
     for (int e = 0; e < E; ++e) {
@@ -182,14 +193,18 @@ __global__ void norm_bonus_gate_forward_kernel(int64_t rows, int64_t H, float ep
                                                const float* w, const float* bias, const float* r_k,
                                                T* out) {
   constexpr int N = E * 32;
-  const HeadRows hr(rows);
+  const HeadRow hr;
   const int lane = threadIdx.x % 32;
-  for (int64_t row = hr.row_begin; row < hr.row_end; ++row) {
-    float yv[E], sum = 0, bonus = 0;
+  if (hr.row >= rows) return;  // the whole warp
+  {
+    const int64_t row = hr.row;
+    float yv[E], vv[E], gv[E], sum = 0, bonus = 0;
 #pragma unroll
     for (int e = 0; e < E; ++e) {
       const int64_t c = hr.head * N + lane + 32 * e, i = row * H * N + c;
       yv[e] = load(y, i);
+      vv[e] = load(v, i);  // loaded with the others, before the sums wait for them
+      gv[e] = load(g, i);
       sum += yv[e];
       bonus = fmaf(load(r, i) * load(k, i), r_k[c], bonus);
     }
@@ -202,8 +217,8 @@ __global__ void norm_bonus_gate_forward_kernel(int64_t rows, int64_t H, float ep
 #pragma unroll
     for (int e = 0; e < E; ++e) {
       const int64_t c = hr.head * N + lane + 32 * e, i = row * H * N + c;
-      const float pre = fmaf((yv[e] - mean) * rstd, w[c], fmaf(bonus, load(v, i), bias[c]));
-      store(out, i, pre * load(g, i));
+      const float pre = fmaf((yv[e] - mean) * rstd, w[c], fmaf(bonus, vv[e], bias[c]));
+      store(out, i, pre * gv[e]);
     }
   }
 }
@@ -298,6 +313,13 @@ dim3 head_grid(int64_t rows, int64_t H) {
   return dim3(static_cast<unsigned>((fused_partials(rows) + kWarps - 1) / kWarps),
               static_cast<unsigned>(H));
 }
+// The forward kernels: a row per block row (per channel), a (row, head) per warp (per head).
+dim3 channel_row_grid(int64_t rows, int64_t C) {
+  return dim3(static_cast<unsigned>(rows), static_cast<unsigned>((C + 255) / 256));
+}
+dim3 head_row_grid(int64_t rows, int64_t H) {
+  return dim3(static_cast<unsigned>((rows + kWarps - 1) / kWarps), static_cast<unsigned>(H));
+}
 // The per-head kernels: launch(element tag, lanes-per-head constant) for a supported head size.
 template <class Launch>
 std::string per_head(Place place, FusedType type, int64_t rows, int64_t N, const Launch& launch) {
@@ -332,9 +354,10 @@ std::string token_shift_mix_forward(Place place, FusedType type, int64_t B, int6
                                     int64_t M, const void* x, const void* shift, const float* mix,
                                     void* out) {
   if (B * T * C == 0) return {};
+  if (B * T > std::numeric_limits<int32_t>::max()) return "token_shift_mix: over 2^31 - 1 rows";
   return typed(place, type, [&](auto tag) {
     using E = decltype(tag);
-    token_shift_mix_forward_kernel<E><<<channel_grid(B * T, C), 256, 0, stream_of(place)>>>(
+    token_shift_mix_forward_kernel<E><<<channel_row_grid(B * T, C), 256, 0, stream_of(place)>>>(
         B, T, C, M, static_cast<const E*>(x), static_cast<const E*>(shift), mix,
         static_cast<E*>(out));
   });
@@ -360,7 +383,7 @@ std::string kk_ab_forward(Place place, FusedType type, int64_t rows, int64_t H, 
   return per_head(place, type, rows, N, [&](auto tag, auto lanes) {
     using E = decltype(tag);
     kk_ab_forward_kernel<E, decltype(lanes)::value>
-        <<<head_grid(rows, H), 32 * kWarps, 0, stream_of(place)>>>(
+        <<<head_row_grid(rows, H), 32 * kWarps, 0, stream_of(place)>>>(
             rows, H, static_cast<const E*>(k), static_cast<const E*>(a), k_k, k_a,
             static_cast<E*>(k_out), static_cast<E*>(a_out), static_cast<E*>(b_out));
   });
@@ -387,7 +410,7 @@ std::string norm_bonus_gate_forward(Place place, FusedType type, int64_t rows, i
   return per_head(place, type, rows, N, [&](auto tag, auto lanes) {
     using E = decltype(tag);
     norm_bonus_gate_forward_kernel<E, decltype(lanes)::value>
-        <<<head_grid(rows, H), 32 * kWarps, 0, stream_of(place)>>>(
+        <<<head_row_grid(rows, H), 32 * kWarps, 0, stream_of(place)>>>(
             rows, H, static_cast<float>(eps), static_cast<const E*>(y), static_cast<const E*>(r),
             static_cast<const E*>(k), static_cast<const E*>(v), static_cast<const E*>(g), w, bias,
             r_k, static_cast<E*>(out));

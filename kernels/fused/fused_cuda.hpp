@@ -14,8 +14,9 @@ namespace peftkit::kernels::cuda {
 
 enum class FusedType { kFloat32, kBFloat16 };
 
-// Rows of a [B, T, C] activation handled by one partial sum of a parameter gradient.
-inline constexpr int64_t kFusedRowsPerPartial = 64;
+// Rows of a [B, T, C] activation handled by one partial sum of a parameter gradient: a backward
+// thread (warp, per head) walks them in turn, so fewer rows keep more loads in flight.
+inline constexpr int64_t kFusedRowsPerPartial = 16;
 inline int64_t fused_partials(int64_t rows) {
   return (rows + kFusedRowsPerPartial - 1) / kFusedRowsPerPartial;
 }

@@ -199,10 +199,10 @@ TEST(FusedCuda, EveryOpMatchesItsFloat64ReferenceIncludingGradients) {
   }
 }
 
-// GPU only: more rows than a grid's y dimension can count (65535 blocks: 4.2 M rows for the
-// per-channel kernels, 16.8 M for the per-head ones; a micro_bsz of 65536 at ctx 512 has 33.5 M)
-// give what the same kernels give on each sequence of the batch alone (2.2 M rows, within those
-// limits). The parameter gradients sum over every row, in another order.
+// GPU only: 17 M rows, far more than a grid's y dimension could count (65535 blocks; the kernels
+// put rows on x, up to 2^31 - 1; a micro_bsz of 65536 at ctx 512 has 33.5 M), give what the same
+// kernels give on each sequence of the batch alone (2.2 M rows). The parameter gradients sum over
+// every row, in another order.
 TEST(FusedCuda, BatchesBeyondTheGridsSecondDimensionMatchEachSequenceAlone) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   const int64_t B = 8, T = (int64_t{17} << 20) / B + 3, H = 1, N = 32, C = H * N;
