@@ -113,26 +113,24 @@ __global__ void kk_ab_forward_kernel(int64_t rows, int64_t H, const T* k, const 
   const HeadRow hr;
   const int lane = threadIdx.x % 32;
   if (hr.row >= rows) return;  // the whole warp
-  {
-    const int64_t row = hr.row;
-    float kv[E], av[E], u[E], square = 0;
+  const int64_t row = hr.row;
+  float kv[E], av[E], u[E], square = 0;
 #pragma unroll
-    for (int e = 0; e < E; ++e) {
-      const int64_t c = hr.head * N + lane + 32 * e, i = row * H * N + c;
-      kv[e] = load(k, i);
-      av[e] = load(a, i);
-      u[e] = kv[e] * k_k[c];
-      square = fmaf(u[e], u[e], square);
-    }
-    const float inv = 1.0f / fmaxf(sqrtf(warp_sum(square)), 1e-12f);
+  for (int e = 0; e < E; ++e) {
+    const int64_t c = hr.head * N + lane + 32 * e, i = row * H * N + c;
+    kv[e] = load(k, i);
+    av[e] = load(a, i);
+    u[e] = kv[e] * k_k[c];
+    square = fmaf(u[e], u[e], square);
+  }
+  const float inv = 1.0f / fmaxf(sqrtf(warp_sum(square)), 1e-12f);
 #pragma unroll
-    for (int e = 0; e < E; ++e) {
-      const int64_t c = hr.head * N + lane + 32 * e, i = row * H * N + c;
-      const float kk = u[e] * inv;
-      store(k_out, i, kv[e] * fmaf(av[e] - 1.0f, k_a[c], 1.0f));
-      store(a_out, i, -kk);
-      store(b_out, i, kk * av[e]);
-    }
+  for (int e = 0; e < E; ++e) {
+    const int64_t c = hr.head * N + lane + 32 * e, i = row * H * N + c;
+    const float kk = u[e] * inv;
+    store(k_out, i, kv[e] * fmaf(av[e] - 1.0f, k_a[c], 1.0f));
+    store(a_out, i, -kk);
+    store(b_out, i, kk * av[e]);
   }
 }
 
@@ -196,30 +194,28 @@ __global__ void norm_bonus_gate_forward_kernel(int64_t rows, int64_t H, float ep
   const HeadRow hr;
   const int lane = threadIdx.x % 32;
   if (hr.row >= rows) return;  // the whole warp
-  {
-    const int64_t row = hr.row;
-    float yv[E], vv[E], gv[E], sum = 0, bonus = 0;
+  const int64_t row = hr.row;
+  float yv[E], vv[E], gv[E], sum = 0, bonus = 0;
 #pragma unroll
-    for (int e = 0; e < E; ++e) {
-      const int64_t c = hr.head * N + lane + 32 * e, i = row * H * N + c;
-      yv[e] = load(y, i);
-      vv[e] = load(v, i);  // loaded with the others, before the sums wait for them
-      gv[e] = load(g, i);
-      sum += yv[e];
-      bonus = fmaf(load(r, i) * load(k, i), r_k[c], bonus);
-    }
-    const float mean = warp_sum(sum) / N;
-    float var = 0;
+  for (int e = 0; e < E; ++e) {
+    const int64_t c = hr.head * N + lane + 32 * e, i = row * H * N + c;
+    yv[e] = load(y, i);
+    vv[e] = load(v, i);  // loaded with the others, before the sums wait for them
+    gv[e] = load(g, i);
+    sum += yv[e];
+    bonus = fmaf(load(r, i) * load(k, i), r_k[c], bonus);
+  }
+  const float mean = warp_sum(sum) / N;
+  float var = 0;
 #pragma unroll
-    for (int e = 0; e < E; ++e) var = fmaf(yv[e] - mean, yv[e] - mean, var);
-    const float rstd = rsqrtf(warp_sum(var) / N + eps);
-    bonus = warp_sum(bonus);
+  for (int e = 0; e < E; ++e) var = fmaf(yv[e] - mean, yv[e] - mean, var);
+  const float rstd = rsqrtf(warp_sum(var) / N + eps);
+  bonus = warp_sum(bonus);
 #pragma unroll
-    for (int e = 0; e < E; ++e) {
-      const int64_t c = hr.head * N + lane + 32 * e, i = row * H * N + c;
-      const float pre = fmaf((yv[e] - mean) * rstd, w[c], fmaf(bonus, vv[e], bias[c]));
-      store(out, i, pre * gv[e]);
-    }
+  for (int e = 0; e < E; ++e) {
+    const int64_t c = hr.head * N + lane + 32 * e, i = row * H * N + c;
+    const float pre = fmaf((yv[e] - mean) * rstd, w[c], fmaf(bonus, vv[e], bias[c]));
+    store(out, i, pre * gv[e]);
   }
 }
 

@@ -6,6 +6,7 @@
 #include <limits>
 
 #ifdef PEFTKIT_LOSS_CUDA
+#include "binding.hpp"
 #include "cuda_place_of.hpp"
 #include "loss/softmax_loss_cuda.hpp"
 #endif
@@ -35,13 +36,12 @@ std::tuple<at::Tensor, at::Tensor> exp_below_row_max_(at::Tensor& rows) {
 }
 
 #ifdef PEFTKIT_LOSS_CUDA
+using binding::cuda_type;
+using binding::output;
+
+// The kernels read bf16 and fp32 logits as they are; other dtypes take the reference.
 bool runs_on_cuda(const at::Tensor& logits) {
-  return logits.is_cuda() &&
-         (logits.scalar_type() == at::kBFloat16 || logits.scalar_type() == at::kFloat);
-}
-cuda::InputType input_type(const at::Tensor& logits) {
-  return logits.scalar_type() == at::kBFloat16 ? cuda::InputType::kBFloat16
-                                               : cuda::InputType::kFloat32;
+  return logits.is_cuda() && binding::cuda_input_type(logits) == logits.scalar_type();
 }
 void check(const std::string& status) { TORCH_CHECK(status.empty(), "softmax loss: ", status); }
 at::Tensor device_scalar(const at::Tensor& scale, const at::Tensor& logits) {
@@ -84,8 +84,8 @@ at::Tensor softmax_nll(const at::Tensor& logits, const at::Tensor& labels, int64
     check_rows(logits, labels);
     const at::Tensor rows = logits.contiguous(),
                      ids = labels.to(logits.device(), at::kLong).contiguous();
-    at::Tensor nll = at::empty({rows.size(0)}, rows.options().dtype(at::kFloat));
-    check(cuda::softmax_nll_forward(cuda::place_of(rows), input_type(rows), rows.size(0),
+    at::Tensor nll = output({rows.size(0)}, rows.options().dtype(at::kFloat));
+    check(cuda::softmax_nll_forward(cuda::place_of(rows), cuda_type(rows), rows.size(0),
                                     rows.size(1), rows.data_ptr(), ids.data_ptr<int64_t>(),
                                     ignore_index, nll.data_ptr<float>()));
     return nll;
@@ -103,8 +103,8 @@ at::Tensor softmax_nll_l2wrap_gradient(const at::Tensor& logits, const at::Tenso
     const at::Tensor rows = logits.contiguous(),
                      ids = labels.to(logits.device(), at::kLong).contiguous();
     const at::Tensor ce = device_scalar(ce_scale, rows), wrap = device_scalar(wrap_scale, rows);
-    at::Tensor grad = at::empty_like(rows);
-    check(cuda::softmax_nll_l2wrap_backward(cuda::place_of(rows), input_type(rows), rows.size(0),
+    at::Tensor grad = output(rows.sizes(), rows.options());
+    check(cuda::softmax_nll_l2wrap_backward(cuda::place_of(rows), cuda_type(rows), rows.size(0),
                                             rows.size(1), rows.data_ptr(), ids.data_ptr<int64_t>(),
                                             ignore_index, ce.data_ptr<float>(),
                                             wrap.data_ptr<float>(), grad.data_ptr()));

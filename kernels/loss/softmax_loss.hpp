@@ -1,8 +1,8 @@
 // softmax_loss.hpp: the per-row pieces of the training loss (cross-entropy with RWKV's L2Wrap,
 // core/train/loss.cpp assembles them): one CUDA kernel each for bf16/fp32 logits on the device
 // (softmax_loss_cuda.cu), reading the logits once (twice for the gradient) where tensor ops would
-// make an fp32 copy and pass over it six to ten times; the fp32 tensor-op formula elsewhere and as
-// the reference.
+// make an fp32 copy and pass over it six to eight times; the fp32 tensor-op formula elsewhere and
+// as the reference.
 //
 // logits [n, V] in any float dtype, labels [n] int64; a row whose label is `ignore_index` does not
 // count. The softmax is computed in fp32 whatever the dtype.
