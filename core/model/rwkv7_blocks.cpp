@@ -24,11 +24,14 @@ at::Tensor RwkvModel::time_mix_x070(int64_t l, const at::Tensor& x, at::Tensor& 
   const bool reference = options_.reference_kernels;
   const at::Tensor mixes =
       at::stack({vec("x_r"), vec("x_w"), vec("x_k"), vec("x_v"), vec("x_a"), vec("x_g")});
-  const at::Tensor mixed = (reference ? kernels::token_shift_mix_reference
-                                      : kernels::token_shift_mix)(x, state.att_shift[l], mixes);
+  // Six tensors, not slices of one: autograd would fill a zero [6, B, T, C] gradient per slice and
+  // add the six up.
+  const std::vector<at::Tensor> mixed =
+      (reference ? kernels::token_shift_mix_reference : kernels::token_shift_mix)(
+          x, state.att_shift[l], mixes);
   state.att_shift[l] = x.select(1, T - 1);
-  const at::Tensor xr = mixed[0], xw = mixed[1], xk = mixed[2], xv = mixed[3], xa = mixed[4],
-                   xg = mixed[5];
+  const at::Tensor &xr = mixed[0], &xw = mixed[1], &xk = mixed[2], &xv = mixed[3], &xa = mixed[4],
+                   &xg = mixed[5];
 
   at::Tensor r = apply_linear(l, kReceptance, xr);
   at::Tensor z =
@@ -38,9 +41,10 @@ at::Tensor RwkvModel::time_mix_x070(int64_t l, const at::Tensor& x, at::Tensor& 
   if (l == 0) {
     v_first = v;
   } else {
-    at::Tensor gate =
-        at::sigmoid(vec("v0") + at::matmul(at::matmul(xv, weight(p + "v1")), weight(p + "v2")));
-    v = v + (v_first - v) * gate;
+    // v + (v_first - v) * gate, in one kernel and one rounding.
+    v = at::lerp(
+        v, v_first,
+        at::sigmoid(vec("v0") + at::matmul(at::matmul(xv, weight(p + "v1")), weight(p + "v2"))));
   }
   at::Tensor a =
       at::sigmoid(vec("a0") + at::matmul(at::matmul(xa, weight(p + "a1")), weight(p + "a2")));

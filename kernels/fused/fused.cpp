@@ -11,13 +11,15 @@
 
 namespace peftkit::kernels {
 
-at::Tensor token_shift_mix_reference(const at::Tensor& x, const at::Tensor& shift,
-                                     const at::Tensor& mixes) {
+std::vector<at::Tensor> token_shift_mix_reference(const at::Tensor& x, const at::Tensor& shift,
+                                                  const at::Tensor& mixes) {
   const int64_t T = x.size(1), C = x.size(2);
   const at::Tensor previous =
       at::cat({shift.unsqueeze(1).to(x.scalar_type()), x.slice(1, 0, T - 1)}, 1);
   const at::Tensor delta = previous - x;
-  return (x.unsqueeze(0) + delta.unsqueeze(0) * mixes.reshape({-1, 1, 1, C})).to(x.scalar_type());
+  return (x.unsqueeze(0) + delta.unsqueeze(0) * mixes.reshape({-1, 1, 1, C}))
+      .to(x.scalar_type())
+      .unbind(0);
 }
 
 KkAb kk_ab_reference(const at::Tensor& k, const at::Tensor& a, const at::Tensor& k_k,
@@ -71,6 +73,18 @@ at::Tensor grad_like(const at::Tensor& grad, const at::Tensor& x) {
 at::Tensor fp32_buffer(at::IntArrayRef sizes, const at::Tensor& x) {
   return at::empty(sizes, x.options().dtype(at::kFloat));
 }
+// The partial sums of parameter input `input`'s gradient, none for a frozen parameter (the kernels
+// then skip them, and autograd gets no gradient for it).
+at::Tensor partials_buffer(AutogradContext* ctx, size_t input, at::IntArrayRef sizes,
+                           const at::Tensor& x) {
+  return ctx->needs_input_grad(input) ? fp32_buffer(sizes, x) : at::Tensor();
+}
+float* partials_ptr(at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
+// The parameter's gradient from its partial sums, in its shape and dtype.
+at::Tensor summed(const at::Tensor& partials, const std::vector<int64_t>& sizes,
+                  at::ScalarType dtype) {
+  return partials.defined() ? partials.sum(0).view(sizes).to(dtype) : at::Tensor();
+}
 
 class TokenShiftMix : public torch::autograd::Function<TokenShiftMix> {
  public:
@@ -78,31 +92,43 @@ class TokenShiftMix : public torch::autograd::Function<TokenShiftMix> {
                                at::Tensor mixes) {
     const int64_t B = x.size(0), T = x.size(1), C = x.size(2), M = mixes.numel() / C;
     at::Tensor xc = x.contiguous(), sc = like(shift, x), mc = fp32(mixes);
-    at::Tensor out = at::empty({M, B, T, C}, x.options());
+    variable_list out;
+    std::vector<void*> planes;
+    for (int64_t m = 0; m < M; ++m) {
+      out.push_back(at::empty_like(xc));
+      planes.push_back(out.back().data_ptr());
+    }
     check(cuda::token_shift_mix_forward(cuda::place_of(x), fused_type(x), B, T, C, M, xc.data_ptr(),
-                                        sc.data_ptr(), mc.data_ptr<float>(), out.data_ptr()));
+                                        sc.data_ptr(), mc.data_ptr<float>(), planes.data()));
     ctx->save_for_backward({xc, sc, mc});
     ctx->saved_data["shift_dtype"] = static_cast<int64_t>(shift.scalar_type());
     ctx->saved_data["mix_dtype"] = static_cast<int64_t>(mixes.scalar_type());
     ctx->saved_data["mix_sizes"] = mixes.sizes().vec();
-    return {out};
+    ctx->set_materialize_grads(false);  // an unused mix passes null, not a tensor of zeros
+    return out;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &shift = saved[1], &mixes = saved[2];
     const int64_t B = x.size(0), T = x.size(1), C = x.size(2), M = mixes.numel() / C;
-    const at::Tensor dout = like(grads[0], x);
-    at::Tensor dx = fp32_buffer(x.sizes(), x),
-               dshift = at::zeros({B, C}, x.options().dtype(at::kFloat));
-    at::Tensor partials = fp32_buffer({cuda::fused_partials(B * T), M, C}, x);
+    std::vector<at::Tensor> dout;
+    std::vector<const void*> planes;
+    for (int64_t m = 0; m < M; ++m) {
+      dout.push_back(grad_like(grads[m], x));
+      planes.push_back(ptr_or_null(dout.back()));
+    }
+    // Every sequence's t = 0 writes its row of dshift.
+    at::Tensor dx = at::empty_like(x), dshift = fp32_buffer({B, C}, x);
+    at::Tensor partials = partials_buffer(ctx, 2, {cuda::fused_partials(B * T), M, C}, x);
     check(cuda::token_shift_mix_backward(cuda::place_of(x), fused_type(x), B, T, C, M, x.data_ptr(),
-                                         shift.data_ptr(), mixes.data_ptr<float>(), dout.data_ptr(),
-                                         dx.data_ptr<float>(), dshift.data_ptr<float>(),
-                                         partials.data_ptr<float>()));
-    const auto mix_dtype = static_cast<at::ScalarType>(ctx->saved_data["mix_dtype"].toInt());
-    return {dx.to(x.scalar_type()),
-            dshift.to(static_cast<at::ScalarType>(ctx->saved_data["shift_dtype"].toInt())),
-            partials.sum(0).view(ctx->saved_data["mix_sizes"].toIntVector()).to(mix_dtype)};
+                                         shift.data_ptr(), mixes.data_ptr<float>(), planes.data(),
+                                         dx.data_ptr(), dshift.data_ptr<float>(),
+                                         partials_ptr(partials)));
+    auto dtype = [&](const char* key) {
+      return static_cast<at::ScalarType>(ctx->saved_data[key].toInt());
+    };
+    return {dx, dshift.to(dtype("shift_dtype")),
+            summed(partials, ctx->saved_data["mix_sizes"].toIntVector(), dtype("mix_dtype"))};
   }
 };
 
@@ -124,6 +150,7 @@ class KkAbFunction : public torch::autograd::Function<KkAbFunction> {
                                                      static_cast<int64_t>(k_a.scalar_type())};
     ctx->saved_data["param_sizes"] = k_k.sizes().vec();
     ctx->saved_data["k_a_sizes"] = k_a.sizes().vec();
+    ctx->set_materialize_grads(false);  // an unused output passes null, not a tensor of zeros
     return {k_out, a_out, b_out};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -133,20 +160,19 @@ class KkAbFunction : public torch::autograd::Function<KkAbFunction> {
                   C = k.size(2);
     const at::Tensor dk_out = grad_like(grads[0], k), da_out = grad_like(grads[1], k),
                      db_out = grad_like(grads[2], k);
-    at::Tensor dk = fp32_buffer(k.sizes(), k), da = fp32_buffer(k.sizes(), k);
+    at::Tensor dk = at::empty_like(k), da = at::empty_like(k);
     const int64_t partials = cuda::fused_head_partials(rows);
-    at::Tensor dk_k = fp32_buffer({partials, C}, k), dk_a = fp32_buffer({partials, C}, k);
-    check(cuda::kk_ab_backward(cuda::place_of(k), fused_type(k), rows, heads, C / heads,
-                               k.data_ptr(), a.data_ptr(), k_k.data_ptr<float>(),
-                               k_a.data_ptr<float>(), ptr_or_null(dk_out), ptr_or_null(da_out),
-                               ptr_or_null(db_out), dk.data_ptr<float>(), da.data_ptr<float>(),
-                               dk_k.data_ptr<float>(), dk_a.data_ptr<float>()));
+    at::Tensor dk_k = partials_buffer(ctx, 2, {partials, C}, k),
+               dk_a = partials_buffer(ctx, 3, {partials, C}, k);
+    check(cuda::kk_ab_backward(
+        cuda::place_of(k), fused_type(k), rows, heads, C / heads, k.data_ptr(), a.data_ptr(),
+        k_k.data_ptr<float>(), k_a.data_ptr<float>(), ptr_or_null(dk_out), ptr_or_null(da_out),
+        ptr_or_null(db_out), dk.data_ptr(), da.data_ptr(), partials_ptr(dk_k), partials_ptr(dk_a)));
     const auto dtypes = ctx->saved_data["dtypes"].toIntVector();
     auto dtype = [&](int i) { return static_cast<at::ScalarType>(dtypes[i]); };
-    return {dk.to(k.scalar_type()), da.to(dtype(0)),
-            dk_k.sum(0).view(ctx->saved_data["param_sizes"].toIntVector()).to(dtype(1)),
-            dk_a.sum(0).view(ctx->saved_data["k_a_sizes"].toIntVector()).to(dtype(2)),
-            at::Tensor()};
+    return {dk, da.to(dtype(0)),
+            summed(dk_k, ctx->saved_data["param_sizes"].toIntVector(), dtype(1)),
+            summed(dk_a, ctx->saved_data["k_a_sizes"].toIntVector(), dtype(2)), at::Tensor()};
   }
 };
 
@@ -184,29 +210,29 @@ class NormBonusGate : public torch::autograd::Function<NormBonusGate> {
     const int64_t heads = ctx->saved_data["heads"].toInt(), rows = r.size(0) * r.size(1),
                   C = r.size(2);
     const at::Tensor dout = like(grads[0], r);
-    at::Tensor dy = fp32_buffer(r.sizes(), r), dr = fp32_buffer(r.sizes(), r),
-               dk = fp32_buffer(r.sizes(), r), dv = fp32_buffer(r.sizes(), r),
-               dg = fp32_buffer(r.sizes(), r);
+    at::Tensor dy = at::empty_like(r), dr = at::empty_like(r), dk = at::empty_like(r),
+               dv = at::empty_like(r), dg = at::empty_like(r);
     const int64_t partials = cuda::fused_head_partials(rows);
-    at::Tensor dw = fp32_buffer({partials, C}, r), db = fp32_buffer({partials, C}, r),
-               drk = fp32_buffer({partials, C}, r);
+    at::Tensor dw = partials_buffer(ctx, 5, {partials, C}, r),
+               db = partials_buffer(ctx, 6, {partials, C}, r),
+               drk = partials_buffer(ctx, 7, {partials, C}, r);
     check(cuda::norm_bonus_gate_backward(
         cuda::place_of(r), fused_type(r), rows, heads, C / heads, ctx->saved_data["eps"].toDouble(),
         y.data_ptr(), r.data_ptr(), k.data_ptr(), v.data_ptr(), g.data_ptr(), w.data_ptr<float>(),
-        b.data_ptr<float>(), r_k.data_ptr<float>(), dout.data_ptr(), dy.data_ptr<float>(),
-        dr.data_ptr<float>(), dk.data_ptr<float>(), dv.data_ptr<float>(), dg.data_ptr<float>(),
-        dw.data_ptr<float>(), db.data_ptr<float>(), drk.data_ptr<float>()));
+        b.data_ptr<float>(), r_k.data_ptr<float>(), dout.data_ptr(), dy.data_ptr(), dr.data_ptr(),
+        dk.data_ptr(), dv.data_ptr(), dg.data_ptr(), partials_ptr(dw), partials_ptr(db),
+        partials_ptr(drk)));
     const auto dtypes = ctx->saved_data["dtypes"].toIntVector();
     auto dtype = [&](int i) { return static_cast<at::ScalarType>(dtypes[i]); };
     auto sizes = [&](const char* key) { return ctx->saved_data[key].toIntVector(); };
     return {dy.view(sizes("y_sizes")).to(dtype(0)),
-            dr.to(r.scalar_type()),
+            dr,
             dk.to(dtype(1)),
             dv.to(dtype(2)),
             dg.to(dtype(3)),
-            dw.sum(0).view(sizes("w_sizes")).to(dtype(4)),
-            db.sum(0).view(sizes("b_sizes")).to(dtype(5)),
-            drk.sum(0).view(sizes("r_k_sizes")).to(dtype(6)),
+            summed(dw, sizes("w_sizes"), dtype(4)),
+            summed(db, sizes("b_sizes"), dtype(5)),
+            summed(drk, sizes("r_k_sizes"), dtype(6)),
             at::Tensor(),
             at::Tensor()};
   }
@@ -239,16 +265,16 @@ bool kernel_head_size(int64_t n) { return n == 32 || n == 64 || n == 128 || n ==
 }  // namespace
 #endif
 
-at::Tensor token_shift_mix(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& mixes) {
+std::vector<at::Tensor> token_shift_mix(const at::Tensor& x, const at::Tensor& shift,
+                                        const at::Tensor& mixes) {
   TORCH_CHECK(x.dim() == 3 && x.size(1) > 0, "token_shift_mix: x must be [B, T>0, C], got ",
               x.sizes());
   TORCH_CHECK(shift.numel() == x.size(0) * x.size(2), "token_shift_mix: shift must be [B, C], got ",
               shift.sizes());
-  TORCH_CHECK(mixes.numel() % x.size(2) == 0 && mixes.numel() / x.size(2) <= 8,
-              "token_shift_mix: mixes must be [M <= 8, C], got ", mixes.sizes());
+  TORCH_CHECK(mixes.numel() > 0 && mixes.numel() % x.size(2) == 0 && mixes.numel() / x.size(2) <= 8,
+              "token_shift_mix: mixes must be [1 <= M <= 8, C], got ", mixes.sizes());
 #ifdef PEFTKIT_FUSED_CUDA
-  if (kernel_dtype(x))
-    return TokenShiftMix::apply(x, shift.reshape({x.size(0), x.size(2)}), mixes)[0];
+  if (kernel_dtype(x)) return TokenShiftMix::apply(x, shift.reshape({x.size(0), x.size(2)}), mixes);
 #endif
   return token_shift_mix_reference(x, shift, mixes);
 }

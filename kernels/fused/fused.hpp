@@ -5,7 +5,7 @@
 //
 //   token_shift_mix   out[m] = x + (x_prev - x) * mix[m], x_prev = x one step back, `shift` [B, C]
 //                     before t = 0 (the six time-mix lerps in one pass, or the channel-mix one);
-//                     returns [M, B, T, C] for mixes [M, C]
+//                     returns M tensors [B, T, C] for mixes [M, C], M <= 8
 //   kk_ab             per head: kk = normalize(k * k_k), k' = k * (1 + (a - 1) * k_a), a_in = -kk,
 //                     b_in = kk * a (the WKV's a and b and the modified key)
 //   norm_bonus_gate   (GroupNorm_H(y) * ln_w + ln_b + sum_head(r * k * r_k) * v) * g
@@ -16,13 +16,16 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <vector>
+
 namespace peftkit::kernels {
 
 struct KkAb {
   at::Tensor k, a, b;
 };
 
-at::Tensor token_shift_mix(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& mixes);
+std::vector<at::Tensor> token_shift_mix(const at::Tensor& x, const at::Tensor& shift,
+                                        const at::Tensor& mixes);
 KkAb kk_ab(const at::Tensor& k, const at::Tensor& a, const at::Tensor& k_k, const at::Tensor& k_a,
            int64_t heads);
 at::Tensor norm_bonus_gate(const at::Tensor& y, const at::Tensor& r, const at::Tensor& k,
@@ -31,8 +34,8 @@ at::Tensor norm_bonus_gate(const at::Tensor& y, const at::Tensor& r, const at::T
                            double eps);
 at::Tensor relu_square(const at::Tensor& x);
 
-at::Tensor token_shift_mix_reference(const at::Tensor& x, const at::Tensor& shift,
-                                     const at::Tensor& mixes);
+std::vector<at::Tensor> token_shift_mix_reference(const at::Tensor& x, const at::Tensor& shift,
+                                                  const at::Tensor& mixes);
 KkAb kk_ab_reference(const at::Tensor& k, const at::Tensor& a, const at::Tensor& k_k,
                      const at::Tensor& k_a, int64_t heads);
 at::Tensor norm_bonus_gate_reference(const at::Tensor& y, const at::Tensor& r, const at::Tensor& k,

@@ -42,28 +42,36 @@ std::string typed(Place place, FusedType type, const Run& run) {
 // ---- token shift + mixes: thread = channel; forward block row = one row of (b, t), backward
 // block row = kRows rows ----
 
+// One pointer per mix, passed by value. The kernels loop over all kMaxMixes slots, unrolled, and
+// skip those past M: indexed by a constant, the pointers stay in the parameter bank and dmix in
+// registers (a loop to M indexes them at run time, through a stack copy; twice as slow).
+template <class P>
+struct MixPlanes {
+  P* plane[kMaxMixes];
+};
+
 template <class T>
 __global__ void token_shift_mix_forward_kernel(int64_t B, int64_t T_, int64_t C, int64_t M,
                                                const T* x, const T* shift, const float* mix,
-                                               T* out) {
+                                               MixPlanes<T> out) {
   const int64_t c = blockIdx.y * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (c >= C) return;
-  const int64_t rows = B * T_, plane = rows * C, row = blockIdx.x, t = row % T_;
+  const int64_t row = blockIdx.x, t = row % T_;
   const float xv = load(x, row * C + c);
   const float delta = (t > 0 ? load(x, (row - 1) * C + c) : load(shift, (row / T_) * C + c)) - xv;
-  for (int64_t m = 0; m < M; ++m)
-    store(out, m * plane + row * C + c, fmaf(delta, mix[m * C + c], xv));
+#pragma unroll
+  for (int m = 0; m < kMaxMixes; ++m)
+    if (m < M) store(out.plane[m], row * C + c, fmaf(delta, mix[m * C + c], xv));
 }
 
 template <class T>
 __global__ void token_shift_mix_backward_kernel(int64_t B, int64_t T_, int64_t C, int64_t M,
                                                 const T* x, const T* shift, const float* mix,
-                                                const T* dout, float* dx, float* dshift,
+                                                MixPlanes<const T> dout, T* dx, float* dshift,
                                                 float* dmix_partials) {
-  constexpr int kMaxMixes = 8;
   const int64_t c = blockIdx.y * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (c >= C) return;
-  const int64_t rows = B * T_, plane = rows * C;
+  const int64_t rows = B * T_;
   float dmix[kMaxMixes] = {};
   for (int64_t row = blockIdx.x * static_cast<int64_t>(kRows);
        row < min(rows, (blockIdx.x + 1) * static_cast<int64_t>(kRows)); ++row) {
@@ -71,17 +79,24 @@ __global__ void token_shift_mix_backward_kernel(int64_t B, int64_t T_, int64_t C
     const float xv = load(x, row * C + c);
     const float delta = (t > 0 ? load(x, (row - 1) * C + c) : load(shift, (row / T_) * C + c)) - xv;
     float own = 0, to_previous = 0, from_next = 0;
-    for (int64_t m = 0; m < M; ++m) {
-      const float g = load(dout, m * plane + row * C + c), mv = mix[m * C + c];
+#pragma unroll
+    for (int m = 0; m < kMaxMixes; ++m) {
+      const T* d = dout.plane[m];
+      if (m >= M || !d) continue;  // past M, or a mix nobody used: zero gradient
+      const float g = load(d, row * C + c), mv = mix[m * C + c];
       own = fmaf(g, 1.0f - mv, own);
       to_previous = fmaf(g, mv, to_previous);
       dmix[m] = fmaf(g, delta, dmix[m]);
-      if (t + 1 < T_) from_next = fmaf(load(dout, m * plane + (row + 1) * C + c), mv, from_next);
+      if (t + 1 < T_) from_next = fmaf(load(d, (row + 1) * C + c), mv, from_next);
     }
-    dx[row * C + c] = own + from_next;
+    store(dx, row * C + c, own + from_next);
     if (t == 0) dshift[(row / T_) * C + c] = to_previous;
   }
-  for (int64_t m = 0; m < M; ++m) dmix_partials[(blockIdx.x * M + m) * C + c] = dmix[m];
+  if (dmix_partials) {
+#pragma unroll
+    for (int m = 0; m < kMaxMixes; ++m)
+      if (m < M) dmix_partials[(blockIdx.x * M + m) * C + c] = dmix[m];
+  }
 }
 
 // ---- per-head row ops: one warp per (row, head), lane owns N / 32 channels; a block's warps
@@ -137,7 +152,7 @@ __global__ void kk_ab_forward_kernel(int64_t rows, int64_t H, const T* k, const 
 template <class T, int E>
 __global__ void kk_ab_backward_kernel(int64_t rows, int64_t H, const T* k, const T* a,
                                       const float* k_k, const float* k_a, const T* dk_out,
-                                      const T* da_out, const T* db_out, float* dk, float* da,
+                                      const T* da_out, const T* db_out, T* dk, T* da,
                                       float* dk_k_partials, float* dk_a_partials) {
   constexpr int N = E * 32;
   const HeadRows hr(rows);
@@ -171,8 +186,8 @@ __global__ void kk_ab_backward_kernel(int64_t rows, int64_t H, const T* k, const
       const float kk = u[e] * inv, g = load_or_zero(dk_out, i);
       // kk = u / max(|u|, eps): du = (dkk - kk (kk . dkk)) / |u| unless clamped.
       const float du = clamped ? dkk[e] * inv : (dkk[e] - kk * dot) * inv;
-      dk[i] = fmaf(g, fmaf(av[e] - 1.0f, k_a[c], 1.0f), du * k_k[c]);
-      da[i] = fmaf(g, kv[e] * k_a[c], load_or_zero(db_out, i) * kk);
+      store(dk, i, fmaf(g, fmaf(av[e] - 1.0f, k_a[c], 1.0f), du * k_k[c]));
+      store(da, i, fmaf(g, kv[e] * k_a[c], load_or_zero(db_out, i) * kk));
       dk_k[e] = fmaf(du, kv[e], dk_k[e]);
       dk_a[e] = fmaf(g, kv[e] * (av[e] - 1.0f), dk_a[e]);
     }
@@ -180,8 +195,8 @@ __global__ void kk_ab_backward_kernel(int64_t rows, int64_t H, const T* k, const
 #pragma unroll
   for (int e = 0; e < E; ++e) {
     const int64_t c = hr.head * N + lane + 32 * e;
-    dk_k_partials[hr.partial * H * N + c] = dk_k[e];
-    dk_a_partials[hr.partial * H * N + c] = dk_a[e];
+    if (dk_k_partials) dk_k_partials[hr.partial * H * N + c] = dk_k[e];
+    if (dk_a_partials) dk_a_partials[hr.partial * H * N + c] = dk_a[e];
   }
 }
 
@@ -223,9 +238,9 @@ template <class T, int E>
 __global__ void norm_bonus_gate_backward_kernel(int64_t rows, int64_t H, float eps, const T* y,
                                                 const T* r, const T* k, const T* v, const T* g,
                                                 const float* w, const float* bias, const float* r_k,
-                                                const T* dout, float* dy, float* dr, float* dk,
-                                                float* dv, float* dg, float* dw_partials,
-                                                float* dbias_partials, float* dr_k_partials) {
+                                                const T* dout, T* dy, T* dr, T* dk, T* dv, T* dg,
+                                                float* dw_partials, float* dbias_partials,
+                                                float* dr_k_partials) {
   constexpr int N = E * 32;
   const HeadRows hr(rows);
   const int lane = threadIdx.x % 32;
@@ -266,11 +281,11 @@ __global__ void norm_bonus_gate_backward_kernel(int64_t rows, int64_t H, float e
       const int64_t c = hr.head * N + lane + 32 * e, i = row * H * N + c;
       const float xhat = (yv[e] - mean) * rstd, dxhat = dpre[e] * w[c];
       const float pre = fmaf(xhat, w[c], fmaf(bonus, vv[e], bias[c]));
-      dg[i] = load(dout, i) * pre;
-      dy[i] = rstd * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
-      dv[i] = dpre[e] * bonus;
-      dr[i] = dbonus * kv[e] * r_k[c];
-      dk[i] = dbonus * rv[e] * r_k[c];
+      store(dg, i, load(dout, i) * pre);
+      store(dy, i, rstd * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat));
+      store(dv, i, dpre[e] * bonus);
+      store(dr, i, dbonus * kv[e] * r_k[c]);
+      store(dk, i, dbonus * rv[e] * r_k[c]);
       dw[e] = fmaf(dpre[e], xhat, dw[e]);
       dbias[e] += dpre[e];
       dr_k[e] = fmaf(dbonus, rv[e] * kv[e], dr_k[e]);
@@ -279,9 +294,9 @@ __global__ void norm_bonus_gate_backward_kernel(int64_t rows, int64_t H, float e
 #pragma unroll
   for (int e = 0; e < E; ++e) {
     const int64_t c = hr.head * N + lane + 32 * e, o = hr.partial * H * N + c;
-    dw_partials[o] = dw[e];
-    dbias_partials[o] = dbias[e];
-    dr_k_partials[o] = dr_k[e];
+    if (dw_partials) dw_partials[o] = dw[e];
+    if (dbias_partials) dbias_partials[o] = dbias[e];
+    if (dr_k_partials) dr_k_partials[o] = dr_k[e];
   }
 }
 
@@ -346,30 +361,39 @@ int64_t fused_head_partials(int64_t rows) {
   return (fused_partials(rows) + kWarps - 1) / kWarps * kWarps;
 }
 
+// The M planes of a token_shift_mix call as the kernels take them.
+template <class P, class Pointer>
+MixPlanes<P> mix_planes(int64_t M, Pointer const* planes) {
+  MixPlanes<P> result{};
+  for (int64_t m = 0; m < M; ++m) result.plane[m] = static_cast<P*>(planes[m]);
+  return result;
+}
+
 std::string token_shift_mix_forward(Place place, FusedType type, int64_t B, int64_t T, int64_t C,
                                     int64_t M, const void* x, const void* shift, const float* mix,
-                                    void* out) {
+                                    void* const* out) {
+  if (M < 1 || M > kMaxMixes) return "token_shift_mix: 1 to 8 mixes";
   if (B * T * C == 0) return {};
   if (B * T > std::numeric_limits<int32_t>::max()) return "token_shift_mix: over 2^31 - 1 rows";
   return typed(place, type, [&](auto tag) {
     using E = decltype(tag);
     token_shift_mix_forward_kernel<E><<<channel_row_grid(B * T, C), 256, 0, stream_of(place)>>>(
         B, T, C, M, static_cast<const E*>(x), static_cast<const E*>(shift), mix,
-        static_cast<E*>(out));
+        mix_planes<E>(M, out));
   });
 }
 
 std::string token_shift_mix_backward(Place place, FusedType type, int64_t B, int64_t T, int64_t C,
                                      int64_t M, const void* x, const void* shift, const float* mix,
-                                     const void* dout, float* dx, float* dshift,
+                                     const void* const* dout, void* dx, float* dshift,
                                      float* dmix_partials) {
-  if (M > 8) return "token_shift_mix: at most 8 mixes";
+  if (M < 1 || M > kMaxMixes) return "token_shift_mix: 1 to 8 mixes";
   if (B * T * C == 0) return {};
   return typed(place, type, [&](auto tag) {
     using E = decltype(tag);
     token_shift_mix_backward_kernel<E><<<channel_grid(B * T, C), 256, 0, stream_of(place)>>>(
         B, T, C, M, static_cast<const E*>(x), static_cast<const E*>(shift), mix,
-        static_cast<const E*>(dout), dx, dshift, dmix_partials);
+        mix_planes<const E>(M, dout), static_cast<E*>(dx), dshift, dmix_partials);
   });
 }
 
@@ -387,15 +411,16 @@ std::string kk_ab_forward(Place place, FusedType type, int64_t rows, int64_t H, 
 
 std::string kk_ab_backward(Place place, FusedType type, int64_t rows, int64_t H, int64_t N,
                            const void* k, const void* a, const float* k_k, const float* k_a,
-                           const void* dk_out, const void* da_out, const void* db_out, float* dk,
-                           float* da, float* dk_k_partials, float* dk_a_partials) {
+                           const void* dk_out, const void* da_out, const void* db_out, void* dk,
+                           void* da, float* dk_k_partials, float* dk_a_partials) {
   return per_head(place, type, rows, N, [&](auto tag, auto lanes) {
     using E = decltype(tag);
     kk_ab_backward_kernel<E, decltype(lanes)::value>
         <<<head_grid(rows, H), 32 * kWarps, 0, stream_of(place)>>>(
             rows, H, static_cast<const E*>(k), static_cast<const E*>(a), k_k, k_a,
             static_cast<const E*>(dk_out), static_cast<const E*>(da_out),
-            static_cast<const E*>(db_out), dk, da, dk_k_partials, dk_a_partials);
+            static_cast<const E*>(db_out), static_cast<E*>(dk), static_cast<E*>(da), dk_k_partials,
+            dk_a_partials);
   });
 }
 
@@ -417,7 +442,7 @@ std::string norm_bonus_gate_backward(Place place, FusedType type, int64_t rows, 
                                      int64_t N, double eps, const void* y, const void* r,
                                      const void* k, const void* v, const void* g, const float* w,
                                      const float* bias, const float* r_k, const void* dout,
-                                     float* dy, float* dr, float* dk, float* dv, float* dg,
+                                     void* dy, void* dr, void* dk, void* dv, void* dg,
                                      float* dw_partials, float* dbias_partials,
                                      float* dr_k_partials) {
   return per_head(place, type, rows, N, [&](auto tag, auto lanes) {
@@ -426,8 +451,9 @@ std::string norm_bonus_gate_backward(Place place, FusedType type, int64_t rows, 
         <<<head_grid(rows, H), 32 * kWarps, 0, stream_of(place)>>>(
             rows, H, static_cast<float>(eps), static_cast<const E*>(y), static_cast<const E*>(r),
             static_cast<const E*>(k), static_cast<const E*>(v), static_cast<const E*>(g), w, bias,
-            r_k, static_cast<const E*>(dout), dy, dr, dk, dv, dg, dw_partials, dbias_partials,
-            dr_k_partials);
+            r_k, static_cast<const E*>(dout), static_cast<E*>(dy), static_cast<E*>(dr),
+            static_cast<E*>(dk), static_cast<E*>(dv), static_cast<E*>(dg), dw_partials,
+            dbias_partials, dr_k_partials);
   });
 }
 

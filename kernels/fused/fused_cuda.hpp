@@ -1,8 +1,9 @@
 // fused_cuda.hpp: the fused RWKV-7 block pieces on CUDA, on raw device pointers (no LibTorch
-// here), run on `place`'s stream. Inputs and outputs are bf16 or fp32
-// (`type`), arithmetic fp32; per-channel parameter gradients come out as fp32 partial sums
-// [partials, channels] that the caller adds up (deterministic, no atomics). Functions return ""
-// or the CUDA error. The formulas are in fused.hpp.
+// here), run on `place`'s stream. Inputs, outputs and the activations' gradients are bf16 or fp32
+// (`type`, one rounding of fp32 arithmetic); per-channel parameter gradients come out as fp32
+// partial sums [partials, channels] that the caller adds up (deterministic, no atomics), or are
+// skipped where their pointer is null (frozen parameters). Functions return "" or the CUDA error.
+// The formulas are in fused.hpp.
 #pragma once
 
 #include <cstdint>
@@ -21,16 +22,20 @@ inline int64_t fused_partials(int64_t rows) {
   return (rows + kFusedRowsPerPartial - 1) / kFusedRowsPerPartial;
 }
 
-// out[m] = x + (x_prev - x) * mix[m] for m < M; x [B, T, C], shift [B, C] (x_prev of t = 0),
-// mix [M, C] fp32, out [M, B, T, C].
+// The most mixes one token_shift_mix call takes (RWKV-7's time mix has six).
+inline constexpr int64_t kMaxMixes = 8;
+
+// out[m] = x + (x_prev - x) * mix[m] for m < M <= kMaxMixes; x and out[m] [B, T, C], shift [B, C]
+// (x_prev of t = 0), mix [M, C] fp32. Each mix has its own output tensor, so that autograd hands
+// the backward one gradient per mix instead of summing slices of one [M, B, T, C] tensor.
 std::string token_shift_mix_forward(Place place, FusedType type, int64_t B, int64_t T, int64_t C,
                                     int64_t M, const void* x, const void* shift, const float* mix,
-                                    void* out);
-// dout [M, B, T, C] in `type`; dx [B, T, C] and dshift [B, C] fp32; dmix_partials [partials(B*T),
-// M, C].
+                                    void* const* out);
+// dout[m] [B, T, C] in `type`, null for a zero gradient; dx [B, T, C] in `type`; dshift [B, C]
+// fp32; dmix_partials [partials(B*T), M, C].
 std::string token_shift_mix_backward(Place place, FusedType type, int64_t B, int64_t T, int64_t C,
                                      int64_t M, const void* x, const void* shift, const float* mix,
-                                     const void* dout, float* dx, float* dshift,
+                                     const void* const* dout, void* dx, float* dshift,
                                      float* dmix_partials);
 
 // The per-head kernels below write partials for fused_head_partials(rows) row ranges.
@@ -41,13 +46,15 @@ int64_t fused_head_partials(int64_t rows);
 std::string kk_ab_forward(Place place, FusedType type, int64_t rows, int64_t H, int64_t N,
                           const void* k, const void* a, const float* k_k, const float* k_a,
                           void* k_out, void* a_out, void* b_out);
-// Gradients in may be null (zero). dk, da fp32 [rows, H * N]; partials [partials(rows), H * N].
+// Gradients in may be null (zero). dk, da [rows, H * N] in `type`; partials [partials(rows), H *
+// N].
 std::string kk_ab_backward(Place place, FusedType type, int64_t rows, int64_t H, int64_t N,
                            const void* k, const void* a, const float* k_k, const float* k_a,
-                           const void* dk_out, const void* da_out, const void* db_out, float* dk,
-                           float* da, float* dk_k_partials, float* dk_a_partials);
+                           const void* dk_out, const void* da_out, const void* db_out, void* dk,
+                           void* da, float* dk_k_partials, float* dk_a_partials);
 
-// Per head of N: out = (GroupNorm(y) * w + bias + sum(r * k * r_k) * v) * g.
+// Per head of N: out = (GroupNorm(y) * w + bias + sum(r * k * r_k) * v) * g. The backward writes
+// dy, dr, dk, dv, dg in `type`.
 std::string norm_bonus_gate_forward(Place place, FusedType type, int64_t rows, int64_t H, int64_t N,
                                     double eps, const void* y, const void* r, const void* k,
                                     const void* v, const void* g, const float* w, const float* bias,
@@ -56,7 +63,7 @@ std::string norm_bonus_gate_backward(Place place, FusedType type, int64_t rows, 
                                      int64_t N, double eps, const void* y, const void* r,
                                      const void* k, const void* v, const void* g, const float* w,
                                      const float* bias, const float* r_k, const void* dout,
-                                     float* dy, float* dr, float* dk, float* dv, float* dg,
+                                     void* dy, void* dr, void* dk, void* dv, void* dg,
                                      float* dw_partials, float* dbias_partials,
                                      float* dr_k_partials);
 

@@ -1,9 +1,10 @@
 #include "host/recipe.hpp"
 
-#include <ATen/Context.h>
+#include <ATen/ATen.h>
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstdlib>
 
 #include "host/device.hpp"
@@ -254,8 +255,9 @@ TEST(ClosestMatch, SuggestsOnlyLikelyTypos) {
 
 // [run] device as training resolves it: always an explicit index (per-device CUDA calls refuse
 // index -1), or an error saying why not.
-// GPU only (each test is a process of its own): a training run's device setup sets the 256-byte
-// stack and the 4 MiB GEMM workspaces, and leaves a workspace size the user set alone.
+// GPU only (each test is a process of its own): a training run's device setup asks for no thread
+// stack (the driver grows it for a kernel that needs one; the default is 1 KiB), sets the 4 MiB
+// GEMM workspaces, and leaves a workspace size the user set alone.
 TEST(ResolveDevice, TrimmingGpuOverheadsSetsTheStackAndWorkspacesAndKeepsTheUsersOwn) {
   if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
   unsetenv("CUBLAS_WORKSPACE_CONFIG");
@@ -265,7 +267,13 @@ TEST(ResolveDevice, TrimmingGpuOverheadsSetsTheStackAndWorkspacesAndKeepsTheUser
   EXPECT_STREQ(std::getenv("CUBLASLT_WORKSPACE_SIZE"), "32768");
   size_t stack = 0;
   ASSERT_EQ(cudaDeviceGetLimit(&stack, cudaLimitStackSize), cudaSuccess);
-  EXPECT_EQ(stack, 256u);
+  std::printf("thread stack after the trim: %zu bytes\n", stack);
+  EXPECT_LE(stack, 64u);
+  // ATen's kernels still run and give the right answer (here a strided copy).
+  const at::Tensor x = at::arange(24, at::TensorOptions(at::kCUDA).dtype(at::kFloat));
+  EXPECT_TRUE(
+      at::equal(x.view({2, 3, 4}).permute({2, 0, 1}).contiguous().cpu(),
+                at::arange(24, at::kFloat).view({2, 3, 4}).permute({2, 0, 1}).contiguous()));
 }
 
 TEST(ResolveDevice, GivesAnIndexedDeviceOrSaysWhyNot) {

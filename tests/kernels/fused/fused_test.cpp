@@ -30,7 +30,7 @@ TEST(FusedReference, TokenShiftMixIsTheLerpWithThePreviousToken) {
   at::manual_seed(1);
   const at::Tensor x = uniform({B, T, C}, -1, 1), shift = uniform({B, C}, -1, 1),
                    mixes = uniform({6, C}, 0, 1);
-  const at::Tensor out = token_shift_mix_reference(x, shift, mixes);
+  const at::Tensor out = at::stack(token_shift_mix_reference(x, shift, mixes));
   auto X = x.accessor<double, 3>();
   auto S = shift.accessor<double, 2>(), M = mixes.accessor<double, 2>();
   auto O = out.accessor<double, 4>();
@@ -152,13 +152,36 @@ TEST(FusedCuda, EveryOpMatchesItsFloat64ReferenceIncludingGradients) {
       at::manual_seed(b * 1000 + t);
       expect_kernel_matches_reference(
           "token_shift_mix",
+          [](const std::vector<at::Tensor>& in) { return token_shift_mix(in[0], in[1], in[2]); },
           [](const std::vector<at::Tensor>& in) {
-            return std::vector<at::Tensor>{token_shift_mix(in[0], in[1], in[2])};
-          },
-          [](const std::vector<at::Tensor>& in) {
-            return std::vector<at::Tensor>{token_shift_mix_reference(in[0], in[1], in[2])};
+            return token_shift_mix_reference(in[0], in[1], in[2]);
           },
           {uniform({b, t, c}, -1, 1), uniform({b, c}, -1, 1), uniform({6, c}, 0, 1)}, dtype, bound);
+      // Mixes nobody uses reach the backward as null gradients.
+      expect_kernel_matches_reference(
+          "token_shift_mix, mixes 1 and 4 of 6 used",
+          [](const std::vector<at::Tensor>& in) {
+            const auto out = token_shift_mix(in[0], in[1], in[2]);
+            return std::vector<at::Tensor>{out[1], out[4]};
+          },
+          [](const std::vector<at::Tensor>& in) {
+            const auto out = token_shift_mix_reference(in[0], in[1], in[2]);
+            return std::vector<at::Tensor>{out[1], out[4]};
+          },
+          {uniform({b, t, c}, -1, 1), uniform({b, c}, -1, 1), uniform({6, c}, 0, 1)}, dtype, bound);
+      expect_kernel_matches_reference(
+          "kk_ab, b unused",
+          [h](const std::vector<at::Tensor>& in) {
+            const KkAb out = kk_ab(in[0], in[1], in[2], in[3], h);
+            return std::vector<at::Tensor>{out.k, out.a};
+          },
+          [h](const std::vector<at::Tensor>& in) {
+            const KkAb out = kk_ab_reference(in[0], in[1], in[2], in[3], h);
+            return std::vector<at::Tensor>{out.k, out.a};
+          },
+          {uniform({b, t, c}, -1, 1), uniform({b, t, c}, 0, 1), uniform({c}, 0.5, 1.5),
+           uniform({c}, 0, 1)},
+          dtype, bound);
       expect_kernel_matches_reference(
           "kk_ab",
           [h](const std::vector<at::Tensor>& in) {
@@ -199,6 +222,62 @@ TEST(FusedCuda, EveryOpMatchesItsFloat64ReferenceIncludingGradients) {
   }
 }
 
+// GPU only: with the per-channel parameters frozen the kernels skip their partial sums and autograd
+// gets no gradient for them; the activations' gradients are the same bits as when they train.
+TEST(FusedCuda, FrozenParametersGetNoGradientAndTheActivationsGradientsStayTheSame) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  const int64_t b = 2, t = 37, h = 3, n = 64, c = h * n;
+  at::manual_seed(11);
+  auto gpu = [](std::vector<int64_t> shape, double low, double high) {
+    return uniform(shape, low, high).to(at::kCUDA, at::kBFloat16);
+  };
+  // The first `activations` inputs always train; the rest (parameters) when `train_parameters`.
+  auto gradients = [](const Op& op, const std::vector<at::Tensor>& inputs, size_t activations,
+                      bool train_parameters) {
+    std::vector<at::Tensor> leaves;
+    for (size_t i = 0; i < inputs.size(); ++i)
+      leaves.push_back(inputs[i].detach().requires_grad_(i < activations || train_parameters));
+    at::Tensor loss = at::zeros({}, at::TensorOptions(at::kCUDA).dtype(at::kDouble));
+    for (const at::Tensor& o : op(leaves)) loss = loss + o.to(at::kDouble).square().sum();
+    loss.backward();
+    std::vector<at::Tensor> result;
+    for (const at::Tensor& l : leaves) result.push_back(l.grad());
+    return result;
+  };
+  auto expect = [&](const std::string& name, const Op& op, const std::vector<at::Tensor>& inputs,
+                    size_t activations) {
+    const auto trained = gradients(op, inputs, activations, true);
+    const auto frozen = gradients(op, inputs, activations, false);
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      ASSERT_TRUE(trained[i].defined()) << name << " input " << i;
+      if (i < activations)
+        EXPECT_TRUE(at::equal(trained[i], frozen[i])) << name << " input " << i;
+      else
+        EXPECT_FALSE(frozen[i].defined()) << name << " frozen parameter " << i;
+    }
+  };
+  expect(
+      "token_shift_mix",
+      [](const std::vector<at::Tensor>& in) { return token_shift_mix(in[0], in[1], in[2]); },
+      {gpu({b, t, c}, -1, 1), gpu({b, c}, -1, 1), gpu({6, c}, 0, 1)}, 2);
+  expect(
+      "kk_ab",
+      [h](const std::vector<at::Tensor>& in) {
+        const KkAb out = kk_ab(in[0], in[1], in[2], in[3], h);
+        return std::vector<at::Tensor>{out.k, out.a, out.b};
+      },
+      {gpu({b, t, c}, -1, 1), gpu({b, t, c}, 0, 1), gpu({c}, 0.5, 1.5), gpu({c}, 0, 1)}, 2);
+  expect(
+      "norm_bonus_gate",
+      [h](const std::vector<at::Tensor>& in) {
+        return std::vector<at::Tensor>{
+            norm_bonus_gate(in[0], in[1], in[2], in[3], in[4], in[5], in[6], in[7], h, 64e-5)};
+      },
+      {gpu({b, t, c}, -2, 2), gpu({b, t, c}, -1, 1), gpu({b, t, c}, -1, 1), gpu({b, t, c}, -1, 1),
+       gpu({b, t, c}, -1, 1), gpu({c}, 0.5, 1.5), gpu({c}, -0.1, 0.1), gpu({c}, -1, 1)},
+      5);
+}
+
 // GPU only: 17 M rows, far more than a grid's y dimension could count (65535 blocks; the kernels
 // put rows on x, up to 2^31 - 1; a micro_bsz of 65536 at ctx 512 has 33.5 M), give what the same
 // kernels give on each sequence of the batch alone (2.2 M rows). The parameter gradients sum over
@@ -210,9 +289,9 @@ TEST(FusedCuda, BatchesBeyondTheGridsSecondDimensionMatchEachSequenceAlone) {
   auto on_gpu = [](std::vector<int64_t> shape, double low, double high) {
     return at::empty(shape, at::TensorOptions(at::kCUDA).dtype(at::kFloat)).uniform_(low, high);
   };
-  // batched[i]: input i has the batch first; output_batch_dim: where the outputs have it.
+  // batched[i]: input i has the batch first (the outputs all have it).
   auto compare = [&](const std::string& name, const Op& op, const std::vector<at::Tensor>& inputs,
-                     const std::vector<bool>& batched, int64_t output_batch_dim) {
+                     const std::vector<bool>& batched) {
     auto run = [&](const std::vector<at::Tensor>& in) {
       std::vector<at::Tensor> leaves;
       for (const at::Tensor& t : in) leaves.push_back(t.detach().requires_grad_(true));
@@ -237,8 +316,7 @@ TEST(FusedCuda, BatchesBeyondTheGridsSecondDimensionMatchEachSequenceAlone) {
       const bool per_row = i < outputs || batched[i - outputs];
       std::vector<at::Tensor> pieces;
       for (const auto& part : parts) pieces.push_back(part[i]);
-      const at::Tensor want =
-          per_row ? at::cat(pieces, i < outputs ? output_batch_dim : 0) : at::stack(pieces).sum(0);
+      const at::Tensor want = per_row ? at::cat(pieces) : at::stack(pieces).sum(0);
       ASSERT_EQ(whole[i].sizes(), want.sizes()) << name << " result " << i;
       const double error = relative_error(whole[i].to(at::kDouble), want.to(at::kDouble));
       EXPECT_LE(error, per_row ? 1e-7 : 1e-5) << name << " result " << i;
@@ -246,13 +324,10 @@ TEST(FusedCuda, BatchesBeyondTheGridsSecondDimensionMatchEachSequenceAlone) {
                   name.c_str(), i, static_cast<long long>(B * T), error);
     }
   };
-  compare(
-      "token_shift_mix",
-      [](const std::vector<at::Tensor>& in) {
-        return std::vector<at::Tensor>{token_shift_mix(in[0], in[1], in[2])};
-      },
-      {on_gpu({B, T, C}, -1, 1), on_gpu({B, C}, -1, 1), on_gpu({2, C}, 0, 1)}, {true, true, false},
-      /*output_batch_dim=*/1);  // out is [M, B, T, C]
+  compare("token_shift_mix",
+          [](const std::vector<at::Tensor>& in) { return token_shift_mix(in[0], in[1], in[2]); },
+          {on_gpu({B, T, C}, -1, 1), on_gpu({B, C}, -1, 1), on_gpu({2, C}, 0, 1)},
+          {true, true, false});
   compare(
       "kk_ab",
       [H](const std::vector<at::Tensor>& in) {
@@ -260,7 +335,7 @@ TEST(FusedCuda, BatchesBeyondTheGridsSecondDimensionMatchEachSequenceAlone) {
         return std::vector<at::Tensor>{out.k, out.a, out.b};
       },
       {on_gpu({B, T, C}, -1, 1), on_gpu({B, T, C}, 0, 1), on_gpu({C}, 0.5, 1.5), on_gpu({C}, 0, 1)},
-      {true, true, false, false}, /*output_batch_dim=*/0);
+      {true, true, false, false});
 }
 
 }  // namespace
