@@ -9,7 +9,8 @@
 #          and 8, and ctx 16384 in segments of 4096 (train_gpu.sh)
 # mfu      LoRA r32 on the 1.5B geometry, ctx 1024, micro_bsz 8, and its model FLOPs utilisation:
 #          tokens/s x (4 x matmul parameters + WKV flops per token) / the measured bf16 matmul rate
-#          (grad_cp on, as train_gpu.sh; GRAD_CP=false measures it without the recomputation)
+#          (grad_cp on, as train_gpu.sh; GRAD_CP=false measures it without the recomputation,
+#          KEEP_WKV=true with grad_cp_keep_wkv)
 set -euo pipefail
 build=$1
 shift

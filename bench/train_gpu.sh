@@ -4,7 +4,8 @@
 #   e.g. bench/train_gpu.sh build-gpu "0.1b" "full state lora pissa miss" "none" "1 8" 1024 6
 # SIZES: peftkit init-model --size values (of the architecture ARCH, x070 unless set); METHODS:
 # full (no PEFT), state, lora (r 32 alpha 32, or r 64 when LORA_R=64), pissa (r 32), miss (r 64,
-# balance); BASES: none, int8, nf4. Random tokens, bf16, grad_cp on unless GRAD_CP=false, CUDA
+# balance); BASES: none, int8, nf4. Random tokens, bf16, grad_cp on unless GRAD_CP=false (with
+# grad_cp_keep_wkv = KEEP_WKV when set), CUDA
 # graphs on unless CUDA_GRAPHS=false, segments of CHUNK_CTX tokens when set (the ctx column then reads
 # CTX/CHUNK_CTX), [train] embedding_on_host = EMB_ON_HOST when set (else the recipe default). KEEP_RUN=DIR keeps the
 # runs there (and reuses a model made there before); RUN_TAG tells runs of one combination apart.
@@ -17,6 +18,8 @@ build=$1 sizes=$2 methods=$3 bases=$4 batches=$5 ctx=$6 steps=$7
 peftkit="$build/bin/peftkit"
 embedding_line=""
 [[ -z ${EMB_ON_HOST:-} ]] || embedding_line="embedding_on_host = $EMB_ON_HOST"$'\n'
+keep_wkv_line=""
+[[ -z ${KEEP_WKV:-} ]] || keep_wkv_line="grad_cp_keep_wkv = $KEEP_WKV"$'\n'
 # KEEP_RUN=DIR: work there and leave the runs (recipes, logs) behind.
 if [[ -n ${KEEP_RUN:-} ]]; then
   work=$KEEP_RUN
@@ -46,7 +49,7 @@ for size in $sizes; do
           esac
           printf '[quant]\nmethod = "%s"\n' "$base"
           printf '[train]\nctx_len = %s\nmicro_bsz = %s\nepoch_steps = %s\nepoch_count = 1\nepoch_save = 0\n' "$ctx" "$bsz" "$steps"
-          printf 'lr_init = 1e-5\nlr_final = 1e-5\nprecision = "bf16"\ngrad_cp = %s\ncuda_graphs = %s\nchunk_ctx = %s\n%s[output]\ndir = "%s"\n' "${GRAD_CP:-true}" "${CUDA_GRAPHS:-true}" "${CHUNK_CTX:-0}" "$embedding_line" "$run/out"
+          printf 'lr_init = 1e-5\nlr_final = 1e-5\nprecision = "bf16"\ngrad_cp = %s\ncuda_graphs = %s\nchunk_ctx = %s\n%s%s[output]\ndir = "%s"\n' "${GRAD_CP:-true}" "${CUDA_GRAPHS:-true}" "${CHUNK_CTX:-0}" "$embedding_line" "$keep_wkv_line" "$run/out"
         } >"$run/recipe.toml"
         nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$run/smi.log" &
         sampler=$!

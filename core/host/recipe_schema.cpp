@@ -80,6 +80,9 @@ OptionSchema train_schema() {
       .add_float("adam_eps", 1e-8, "Adam epsilon", Bound{0, true})
       .add_float("weight_decay", 0.0, "decoupled weight decay on 2-D weights (0: off)", Bound{0})
       .add_bool("grad_cp", false, "gradient checkpointing per block (RWKV-PEFT: 0/1)")
+      .add_bool("grad_cp_keep_wkv", false,
+                "under grad_cp, keep each x070 block's WKV forward instead of recomputing it: "
+                "faster, about 20 bytes more per activation element and layer on CUDA")
       .add_bool("cuda_graphs", true,
                 "on a GPU, capture each batch shape's forward and backward once as a CUDA graph "
                 "and replay it "

@@ -56,9 +56,11 @@ at::Tensor RwkvModel::time_mix_x070(int64_t l, const at::Tensor& x, at::Tensor& 
   k = kab.k;
 
   auto heads = [&](const at::Tensor& t) { return t.reshape({B, T, H, N}); };
-  auto wkv = reference ? kernels::wkv7_reference : kernels::wkv7;
-  auto [y, s_final] = wkv(heads(r), z.reshape({B, T, H, N}), heads(k), heads(v), heads(kab.a),
-                          heads(kab.b), state.wkv[l]);
+  auto [y, s_final] = reference
+                          ? kernels::wkv7_reference(heads(r), heads(z), heads(k), heads(v),
+                                                    heads(kab.a), heads(kab.b), state.wkv[l])
+                          : kernels::wkv7(heads(r), heads(z), heads(k), heads(v), heads(kab.a),
+                                          heads(kab.b), state.wkv[l], wkv_memo_);
   state.wkv[l] = s_final;
   y = (reference ? kernels::norm_bonus_gate_reference : kernels::norm_bonus_gate)(
       y.reshape({B, T, C}), r, k, v, g, weight(p + "ln_x.weight"), weight(p + "ln_x.bias"),

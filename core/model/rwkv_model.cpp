@@ -10,6 +10,7 @@
 #include "peftkit/error.hpp"
 #include "peftkit/sites.hpp"
 #include "peftkit/tensor_io.hpp"
+#include "wkv7/wkv7.hpp"
 
 namespace peftkit::model {
 namespace {
@@ -359,9 +360,32 @@ class BlockCheckpoint : public torch::autograd::Function<BlockCheckpoint> {
 
 }  // namespace
 
+void RwkvModel::set_gradient_checkpointing(bool enabled, bool keep_wkv) {
+  if (keep_wkv && !enabled)
+    throw Error(
+        "[train] grad_cp_keep_wkv = true needs grad_cp = true (it keeps the WKV forward "
+        "of a recomputed block)");
+  if (keep_wkv && config_.arch != Architecture::kX070)
+    throw Error(
+        "[train] grad_cp_keep_wkv = true applies to x070 (RWKV-7) models; this one is x060");
+  if (keep_wkv && options_.reference_kernels)
+    throw Error(
+        "[train] grad_cp_keep_wkv = true keeps the WKV kernel's forward; kernel = "
+        "\"reference\" has none to keep");
+  gradient_checkpointing_ = enabled;
+  keep_wkv_in_checkpoints_ = keep_wkv;
+}
+
 at::Tensor RwkvModel::checkpointed_block(int64_t l, const at::Tensor& x, at::Tensor& v_first,
                                          ModelState& state) {
-  auto fn = [this, l](const torch::autograd::variable_list& in) {
+  // Filled by the first pass (no gradients), taken by the recomputation; freed with the graph.
+  auto memo = keep_wkv_in_checkpoints_ ? std::make_shared<kernels::Wkv7Memo>() : nullptr;
+  auto fn = [this, l, memo](const torch::autograd::variable_list& in) {
+    wkv_memo_ = memo.get();
+    struct ClearOnExit {
+      kernels::Wkv7Memo*& slot;
+      ~ClearOnExit() { slot = nullptr; }
+    } clear{wkv_memo_};
     ModelState layer_state;
     layer_state.att_shift.assign(config_.n_layer, at::Tensor());
     layer_state.wkv.assign(config_.n_layer, at::Tensor());

@@ -26,6 +26,7 @@ TrainSettings train_settings(const host::Recipe& recipe) {
   s.precision = train.get_string("precision");
   s.kernel = train.get_string("kernel");
   s.grad_cp = train.get_bool("grad_cp");
+  s.grad_cp_keep_wkv = train.get_bool("grad_cp_keep_wkv");
   s.cuda_graphs = train.get_bool("cuda_graphs");
   s.embedding_on_host = train.get_bool("embedding_on_host");
 
@@ -65,6 +66,8 @@ std::string out_of_memory_message(const TrainSettings& s, int64_t step, const st
     tries.push_back("a smaller [train] micro_bsz (now " + std::to_string(s.micro_bsz) +
                     "; accumulate_grad_batches keeps the batch)");
   if (!s.grad_cp) tries.push_back("[train] grad_cp = true (recomputes each block's activations)");
+  if (s.grad_cp_keep_wkv)
+    tries.push_back("[train] grad_cp_keep_wkv = false (recomputes the WKV forward too)");
   if (s.chunk_ctx == 0 || s.chunk_ctx > 512)
     tries.push_back("[train] chunk_ctx = " + std::to_string(std::min<int64_t>(512, s.ctx_len / 2)) +
                     " (trains the " + std::to_string(s.ctx_len) +

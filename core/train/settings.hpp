@@ -34,6 +34,7 @@ struct TrainSettings {
   std::string precision;                       // [train] precision as written ("auto", "bf16", ...)
   std::string kernel;                          // [train] kernel: auto, chunked or reference
   bool grad_cp = false, cuda_graphs = false, embedding_on_host = false;
+  bool grad_cp_keep_wkv = false;  // under grad_cp, keep x070's WKV forward (no recomputation)
 
   // The trajectory.
   int64_t ctx_len = 0, chunk_ctx = 0, micro_bsz = 0, accumulate = 0;

@@ -265,7 +265,7 @@ void Trainer::Impl::setup() {
                   static_cast<double>(model->linear_weight_bytes()) / (1 << 20));
     log::info("quantized the frozen linear weights with " + quantization.method + ": " + size);
   }
-  model->set_gradient_checkpointing(settings.grad_cp);
+  model->set_gradient_checkpointing(settings.grad_cp, settings.grad_cp_keep_wkv);
   log::info("model " + model_path.string() + ": " + model->config().describe() + ", " + precision +
             " on " + device.str());
 

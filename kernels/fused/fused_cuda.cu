@@ -42,12 +42,13 @@ std::string typed(Place place, FusedType type, const Run& run) {
 // ---- token shift + mixes: thread = channel; forward block row = one row of (b, t), backward
 // block row = kRows rows ----
 
-// One pointer per mix, passed by value. The kernels loop over all kMaxMixes slots, unrolled, and
-// skip those past M: indexed by a constant, the pointers stay in the parameter bank and dmix in
-// registers (a loop to M indexes them at run time, through a stack copy; twice as slow).
-template <class P>
+// One pointer per mix, passed by value. Indexed by constants only (loops unrolled over the
+// slots), the pointers stay in the parameter bank and per-mix values in registers; a loop to a
+// run-time M indexes them through a stack copy, twice as slow. The forward takes kMaxMixes slots
+// and skips those past M; the backward, which keeps a gradient sum per mix, is instantiated per M.
+template <class P, int Slots = kMaxMixes>
 struct MixPlanes {
-  P* plane[kMaxMixes];
+  P* plane[Slots];
 };
 
 template <class T>
@@ -64,15 +65,20 @@ __global__ void token_shift_mix_forward_kernel(int64_t B, int64_t T_, int64_t C,
     if (m < M) store(out.plane[m], row * C + c, fmaf(delta, mix[m * C + c], xv));
 }
 
-template <class T>
-__global__ void token_shift_mix_backward_kernel(int64_t B, int64_t T_, int64_t C, int64_t M,
-                                                const T* x, const T* shift, const float* mix,
-                                                MixPlanes<const T> dout, T* dx, float* dshift,
+template <class T, int M>
+__global__ void token_shift_mix_backward_kernel(int64_t B, int64_t T_, int64_t C, const T* x,
+                                                const T* shift, const float* mix,
+                                                MixPlanes<const T, M> dout, T* dx, float* dshift,
                                                 float* dmix_partials) {
   const int64_t c = blockIdx.y * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (c >= C) return;
   const int64_t rows = B * T_;
-  float dmix[kMaxMixes] = {};
+  float mv[M], dmix[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    mv[m] = mix[m * C + c];
+    dmix[m] = 0;
+  }
   for (int64_t row = blockIdx.x * static_cast<int64_t>(kRows);
        row < min(rows, (blockIdx.x + 1) * static_cast<int64_t>(kRows)); ++row) {
     const int64_t t = row % T_;
@@ -80,22 +86,21 @@ __global__ void token_shift_mix_backward_kernel(int64_t B, int64_t T_, int64_t C
     const float delta = (t > 0 ? load(x, (row - 1) * C + c) : load(shift, (row / T_) * C + c)) - xv;
     float own = 0, to_previous = 0, from_next = 0;
 #pragma unroll
-    for (int m = 0; m < kMaxMixes; ++m) {
+    for (int m = 0; m < M; ++m) {
       const T* d = dout.plane[m];
-      if (m >= M || !d) continue;  // past M, or a mix nobody used: zero gradient
-      const float g = load(d, row * C + c), mv = mix[m * C + c];
-      own = fmaf(g, 1.0f - mv, own);
-      to_previous = fmaf(g, mv, to_previous);
+      if (!d) continue;  // a mix nobody used: zero gradient
+      const float g = load(d, row * C + c);
+      own = fmaf(g, 1.0f - mv[m], own);
+      to_previous = fmaf(g, mv[m], to_previous);
       dmix[m] = fmaf(g, delta, dmix[m]);
-      if (t + 1 < T_) from_next = fmaf(load(d, (row + 1) * C + c), mv, from_next);
+      if (t + 1 < T_) from_next = fmaf(load(d, (row + 1) * C + c), mv[m], from_next);
     }
     store(dx, row * C + c, own + from_next);
     if (t == 0) dshift[(row / T_) * C + c] = to_previous;
   }
   if (dmix_partials) {
 #pragma unroll
-    for (int m = 0; m < kMaxMixes; ++m)
-      if (m < M) dmix_partials[(blockIdx.x * M + m) * C + c] = dmix[m];
+    for (int m = 0; m < M; ++m) dmix_partials[(blockIdx.x * M + m) * C + c] = dmix[m];
   }
 }
 
@@ -362,11 +367,19 @@ int64_t fused_head_partials(int64_t rows) {
 }
 
 // The M planes of a token_shift_mix call as the kernels take them.
-template <class P, class Pointer>
-MixPlanes<P> mix_planes(int64_t M, Pointer const* planes) {
-  MixPlanes<P> result{};
+template <class P, int Slots, class Pointer>
+MixPlanes<P, Slots> mix_planes(int64_t M, Pointer const* planes) {
+  MixPlanes<P, Slots> result{};
   for (int64_t m = 0; m < M; ++m) result.plane[m] = static_cast<P*>(planes[m]);
   return result;
+}
+
+// run(std::integral_constant<int, count>) for a count in [First, kMaxMixes].
+template <int First = 1, class Run>
+void with_mix_count(int64_t count, const Run& run) {
+  if constexpr (First < kMaxMixes)
+    if (count != First) return with_mix_count<First + 1>(count, run);
+  run(std::integral_constant<int, First>{});
 }
 
 std::string token_shift_mix_forward(Place place, FusedType type, int64_t B, int64_t T, int64_t C,
@@ -379,7 +392,7 @@ std::string token_shift_mix_forward(Place place, FusedType type, int64_t B, int6
     using E = decltype(tag);
     token_shift_mix_forward_kernel<E><<<channel_row_grid(B * T, C), 256, 0, stream_of(place)>>>(
         B, T, C, M, static_cast<const E*>(x), static_cast<const E*>(shift), mix,
-        mix_planes<E>(M, out));
+        mix_planes<E, kMaxMixes>(M, out));
   });
 }
 
@@ -391,9 +404,12 @@ std::string token_shift_mix_backward(Place place, FusedType type, int64_t B, int
   if (B * T * C == 0) return {};
   return typed(place, type, [&](auto tag) {
     using E = decltype(tag);
-    token_shift_mix_backward_kernel<E><<<channel_grid(B * T, C), 256, 0, stream_of(place)>>>(
-        B, T, C, M, static_cast<const E*>(x), static_cast<const E*>(shift), mix,
-        mix_planes<const E>(M, dout), static_cast<E*>(dx), dshift, dmix_partials);
+    with_mix_count(M, [&](auto count) {
+      constexpr int kM = decltype(count)::value;
+      token_shift_mix_backward_kernel<E, kM><<<channel_grid(B * T, C), 256, 0, stream_of(place)>>>(
+          B, T, C, static_cast<const E*>(x), static_cast<const E*>(shift), mix,
+          mix_planes<const E, kM>(M, dout), static_cast<E*>(dx), dshift, dmix_partials);
+    });
   });
 }
 

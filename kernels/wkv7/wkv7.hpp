@@ -15,14 +15,35 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
 #include <tuple>
+#include <vector>
 
 namespace peftkit::kernels {
 
+// One wkv7 call's forward, kept for a recomputation of the same call (gradient checkpointing
+// that recomputes a block but not its WKV): a call that needs no backward fills it (the outputs
+// and what a backward reads: chunk states, or the CPU's checkpoints); the recomputation, which
+// needs a backward, takes its contents instead of running the forward again, after checking
+// that its inputs have the same shape, dtype and device. Cost: about 20 bytes per input element
+// on CUDA (fp32 chunk states and sa) until the recomputation or the memo's end.
+struct Wkv7Memo {
+  at::Tensor y, s_final;
+  std::vector<at::Tensor> saved;  // the backward's tensors besides the inputs
+  std::vector<int64_t> sizes;     // r's sizes, dtype and device, checked when taken
+  at::ScalarType dtype = at::ScalarType::Undefined;
+  at::Device device = at::kCPU;
+  bool filled() const { return y.defined(); }
+};
+
+// How many memos wkv7 has taken in this process (tests check that a recomputation used one).
+int64_t wkv7_memos_taken();
+
+// memo: see Wkv7Memo; null runs the forward as usual.
 std::tuple<at::Tensor, at::Tensor> wkv7(const at::Tensor& r, const at::Tensor& z,
                                         const at::Tensor& k, const at::Tensor& v,
                                         const at::Tensor& a, const at::Tensor& b,
-                                        const at::Tensor& s0);
+                                        const at::Tensor& s0, Wkv7Memo* memo = nullptr);
 
 // The same operator with tensor operations per time step, on any device (autograd differentiates
 // it): the debugging path (`[train] kernel = "reference"`) and wkv7()'s fallback on devices or

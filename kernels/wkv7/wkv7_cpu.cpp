@@ -7,6 +7,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -174,7 +175,6 @@ void backward_kernel(const Shape& s, const at::Tensor& r, const at::Tensor& z, c
 #ifdef PEFTKIT_WKV7_CUDA
 using binding::cuda_input_type;
 using binding::cuda_type;
-using binding::needs_backward;
 
 void check_cuda(const std::string& status) {
   TORCH_CHECK(status.empty(), "wkv7 CUDA kernel: ", status);
@@ -212,38 +212,88 @@ CudaForward cuda_forward(const at::Tensor& r, const at::Tensor& z, const at::Ten
 }
 #endif
 
+// A forward whose backward follows: the inputs as the kernel read them, the outputs (y in r's
+// dtype) and what the backward reads besides the inputs (CUDA: chunk states and sa; CPU: the
+// checkpoints).
+struct ForwardForBackward {
+  std::vector<at::Tensor> inputs;  // r, z, k, v, a, b
+  at::Tensor y, s_final;
+  std::vector<at::Tensor> saved;
+};
+
+at::Tensor kernel_input(const at::Tensor& x, const at::Tensor& r) {
+#ifdef PEFTKIT_WKV7_CUDA
+  if (r.is_cuda()) return x.to(cuda_input_type(r)).contiguous();
+#endif
+  return x.to(accumulate_type(r)).contiguous();
+}
+
+ForwardForBackward forward_for_backward(const at::Tensor& r, const at::Tensor& z,
+                                        const at::Tensor& k, const at::Tensor& v,
+                                        const at::Tensor& a, const at::Tensor& b,
+                                        const at::Tensor& s0) {
+#ifdef PEFTKIT_WKV7_CUDA
+  if (r.is_cuda()) {
+    CudaForward f = cuda_forward(r, z, k, v, a, b, s0, /*for_backward=*/true);
+    return {
+        {f.r, f.z, f.k, f.v, f.a, f.b}, f.y.to(r.scalar_type()), f.s_final, {f.chunk_states, f.sa}};
+  }
+#endif
+  const Shape s{r.size(0), r.size(1), r.size(2), r.size(3)};
+  ForwardForBackward f;
+  for (const at::Tensor* x : {&r, &z, &k, &v, &a, &b}) f.inputs.push_back(kernel_input(*x, r));
+  const at::Tensor s0c = kernel_input(s0, r);
+  const at::Tensor &rc = f.inputs[0], &zc = f.inputs[1], &kc = f.inputs[2], &vc = f.inputs[3],
+                   &ac = f.inputs[4], &bc = f.inputs[5];
+  at::Tensor y = at::empty_like(rc);
+  f.s_final = at::empty({s.B, s.H, s.N, s.N}, rc.options());
+  at::Tensor checkpoints =
+      at::empty({s.B * s.H, (s.T + kChunk - 1) / kChunk, s.N, s.N}, rc.options());
+  if (rc.scalar_type() == at::kDouble)
+    forward_kernel<double>(s, rc, zc, kc, vc, ac, bc, s0c, y, f.s_final, checkpoints);
+  else
+    forward_kernel<float>(s, rc, zc, kc, vc, ac, bc, s0c, y, f.s_final, checkpoints);
+  f.y = y.to(r.scalar_type());
+  f.saved = {checkpoints};
+  return f;
+}
+
+std::atomic<int64_t> memos_taken{0};
+
+// Takes a memo's forward for a recomputation with inputs r .. b (the memo is left empty).
+ForwardForBackward take(Wkv7Memo& memo, const at::Tensor& r, const at::Tensor& z,
+                        const at::Tensor& k, const at::Tensor& v, const at::Tensor& a,
+                        const at::Tensor& b) {
+  TORCH_CHECK(r.sizes() == at::IntArrayRef(memo.sizes) && r.scalar_type() == memo.dtype &&
+                  r.device() == memo.device,
+              "wkv7: the kept forward was of ", at::IntArrayRef(memo.sizes), " ", memo.dtype,
+              " inputs on ", memo.device, ", the recomputation's are ", r.sizes(), " ",
+              r.scalar_type(), " on ", r.device());
+  ForwardForBackward f;
+  for (const at::Tensor* x : {&r, &z, &k, &v, &a, &b}) f.inputs.push_back(kernel_input(*x, r));
+  f.y = std::move(memo.y);
+  f.s_final = std::move(memo.s_final);
+  f.saved = std::move(memo.saved);
+  memo = Wkv7Memo{};
+  ++memos_taken;
+  return f;
+}
+
 class Wkv7Function : public torch::autograd::Function<Wkv7Function> {
  public:
+  // memo: null, or filled by the same call without a backward (taken here instead of running).
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, at::Tensor r,
                                                 at::Tensor z, at::Tensor k, at::Tensor v,
-                                                at::Tensor a, at::Tensor b, at::Tensor s0) {
-    const Shape s{r.size(0), r.size(1), r.size(2), r.size(3)};
-#ifdef PEFTKIT_WKV7_CUDA
-    if (r.is_cuda()) {
-      CudaForward f = cuda_forward(r, z, k, v, a, b, s0, /*for_backward=*/true);
-      ctx->save_for_backward({f.r, f.z, f.k, f.v, f.a, f.b, f.chunk_states, f.sa});
-      ctx->saved_data["input_dtype"] = static_cast<int64_t>(r.scalar_type());
-      ctx->saved_data["s0_dtype"] = static_cast<int64_t>(s0.scalar_type());
-      return {f.y.to(r.scalar_type()), f.s_final};
-    }
-#endif
-    const auto acc = accumulate_type(r);
-    auto prepare = [&](const at::Tensor& x) { return x.to(acc).contiguous(); };
-    at::Tensor rc = prepare(r), zc = prepare(z), kc = prepare(k), vc = prepare(v), ac = prepare(a),
-               bc = prepare(b);
-    at::Tensor s0c = prepare(s0);
-    at::Tensor y = at::empty_like(rc);
-    at::Tensor s_final = at::empty({s.B, s.H, s.N, s.N}, rc.options());
-    at::Tensor checkpoints =
-        at::empty({s.B * s.H, (s.T + kChunk - 1) / kChunk, s.N, s.N}, rc.options());
-    if (acc == at::kDouble)
-      forward_kernel<double>(s, rc, zc, kc, vc, ac, bc, s0c, y, s_final, checkpoints);
-    else
-      forward_kernel<float>(s, rc, zc, kc, vc, ac, bc, s0c, y, s_final, checkpoints);
-    ctx->save_for_backward({rc, zc, kc, vc, ac, bc, checkpoints});
+                                                at::Tensor a, at::Tensor b, at::Tensor s0,
+                                                Wkv7Memo* memo) {
+    ForwardForBackward f = memo && memo->filled() ? take(*memo, r, z, k, v, a, b)
+                                                  : forward_for_backward(r, z, k, v, a, b, s0);
+    std::vector<at::Tensor> saves = f.inputs;
+    saves.insert(saves.end(), f.saved.begin(), f.saved.end());
+    ctx->save_for_backward(saves);
     ctx->saved_data["input_dtype"] = static_cast<int64_t>(r.scalar_type());
     ctx->saved_data["s0_dtype"] = static_cast<int64_t>(s0.scalar_type());
-    return {y.to(r.scalar_type()), s_final};
+    return {f.y, f.s_final};
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -277,8 +327,9 @@ class Wkv7Function : public torch::autograd::Function<Wkv7Function> {
           ds_final.defined() ? ds_final.data_ptr<float>() : nullptr, dr.data_ptr(), dz.data_ptr(),
           dk.data_ptr(), dv.data_ptr(), da.data_ptr(), db.data_ptr(), ds0.data_ptr<float>(),
           scratch.data_ptr<float>()));
-      return {dr.to(input_dtype), dz.to(input_dtype), dk.to(input_dtype), dv.to(input_dtype),
-              da.to(input_dtype), db.to(input_dtype), ds0.to(s0_dtype)};
+      return {dr.to(input_dtype), dz.to(input_dtype), dk.to(input_dtype),
+              dv.to(input_dtype), da.to(input_dtype), db.to(input_dtype),
+              ds0.to(s0_dtype),   at::Tensor()};  // none for memo
     }
 #endif
     const auto acc = r.scalar_type();
@@ -293,19 +344,22 @@ class Wkv7Function : public torch::autograd::Function<Wkv7Function> {
     else
       backward_kernel<float>(s, r, z, k, v, a, b, checkpoints, dy, ds_final, dr, dz, dk, dv, da, db,
                              ds0);
-    return {dr.to(input_dtype), dz.to(input_dtype), dk.to(input_dtype), dv.to(input_dtype),
-            da.to(input_dtype), db.to(input_dtype), ds0.to(s0_dtype)};
+    return {dr.to(input_dtype), dz.to(input_dtype), dk.to(input_dtype),
+            dv.to(input_dtype), da.to(input_dtype), db.to(input_dtype),
+            ds0.to(s0_dtype),   at::Tensor()};  // none for memo
   }
 };
 
 }  // namespace
+
+int64_t wkv7_memos_taken() { return memos_taken; }
 
 at::Tensor wkv7_decay(const at::Tensor& z) { return at::exp(-kDecayScale * at::sigmoid(z)); }
 
 std::tuple<at::Tensor, at::Tensor> wkv7(const at::Tensor& r, const at::Tensor& z,
                                         const at::Tensor& k, const at::Tensor& v,
                                         const at::Tensor& a, const at::Tensor& b,
-                                        const at::Tensor& s0) {
+                                        const at::Tensor& s0, Wkv7Memo* memo) {
   TORCH_CHECK(r.dim() == 4, "wkv7: inputs must be [B, T, H, N], got ", r.sizes());
   TORCH_CHECK(r.size(1) > 0, "wkv7: T must be at least 1, got ", r.sizes());
   for (const at::Tensor* x : {&z, &k, &v, &a, &b})
@@ -325,18 +379,31 @@ std::tuple<at::Tensor, at::Tensor> wkv7(const at::Tensor& r, const at::Tensor& z
 #endif
     if (!kernel) return wkv7_reference(r, z, k, v, a, b, s0);
   }
-#ifdef PEFTKIT_WKV7_CUDA
-  // Without a backward to follow, skip what only the backward reads.
-  if (r.is_cuda() && !needs_backward({&r, &z, &k, &v, &a, &b, &s0})) {
-    CudaForward f = cuda_forward(r, z, k, v, a, b, s0, /*for_backward=*/false);
-    return {f.y.to(r.scalar_type()), f.s_final};
-  }
-#endif
   // Autograd functions need defined inputs: no initial state means a zero one.
   at::Tensor initial = s0.defined() ? s0
                                     : at::zeros({r.size(0), r.size(2), r.size(3), r.size(3)},
                                                 r.options().dtype(accumulate_type(r)));
-  auto out = Wkv7Function::apply(r, z, k, v, a, b, initial);
+  const bool backward = binding::needs_backward({&r, &z, &k, &v, &a, &b, &s0});
+  if (memo && !backward) {
+    ForwardForBackward f = forward_for_backward(r, z, k, v, a, b, initial);
+    memo->y = f.y;
+    // A copy: the caller's final state may become an autograd output of its own, and the
+    // recomputation makes the memo's one an output of wkv7's backward node.
+    memo->s_final = f.s_final.clone();
+    memo->saved = std::move(f.saved);
+    memo->sizes = r.sizes().vec();
+    memo->dtype = r.scalar_type();
+    memo->device = r.device();
+    return {f.y, f.s_final};
+  }
+#ifdef PEFTKIT_WKV7_CUDA
+  // Without a backward to follow, skip what only the backward reads.
+  if (r.is_cuda() && !backward) {
+    CudaForward f = cuda_forward(r, z, k, v, a, b, s0, /*for_backward=*/false);
+    return {f.y.to(r.scalar_type()), f.s_final};
+  }
+#endif
+  auto out = Wkv7Function::apply(r, z, k, v, a, b, initial, memo);
   return {out[0], out[1]};
 }
 

@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <cmath>
 #include <nlohmann/json.hpp>
@@ -155,15 +156,70 @@ LowRankAdapter::LowRankAdapter(const ModelView& model, at::Tensor a, at::Tensor 
                                double dropout)
     : model_(model), a_(std::move(a)), b_(std::move(b)), scale_(scale), dropout_(dropout) {}
 
+namespace {
+
+// y = base(x) + x A^T (s B)^T for x as rows [tokens, in], with the base frozen. Autograd would
+// compute the input's gradient as grad W plus grad (s B) A: two GEMMs and an elementwise add of
+// two [tokens, in] tensors. Here the second GEMM accumulates into the first's output (beta = 1).
+// The forward adds the up-projection into the base's output the same way.
+class LowRankLinear : public torch::autograd::Function<LowRankLinear> {
+ public:
+  // base_out: base(rows), computed without gradient by the caller; modified in place and returned.
+  // The base outlives the graph: the model owns it.
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                at::Tensor rows, at::Tensor base_out, at::Tensor a,
+                                                at::Tensor b, double scale,
+                                                const FrozenLinear* base) {
+    const at::Tensor a_cast = a.to(rows.scalar_type()), up = (b * scale).to(rows.scalar_type());
+    const at::Tensor down = at::mm(rows, a_cast.t());
+    base_out.addmm_(down, up.t());
+    ctx->mark_dirty({base_out});
+    ctx->save_for_backward({rows, down, a_cast, up});
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["pair_dtype"] = static_cast<int64_t>(a.scalar_type());
+    ctx->saved_data["base"] = reinterpret_cast<int64_t>(base);
+    return {base_out};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &rows = saved[0], &down = saved[1], &a_cast = saved[2], &up = saved[3];
+    const at::Tensor grad = grads[0].contiguous();
+    const at::Tensor grad_down = grad.mm(up);  // [tokens, r]
+    at::Tensor grad_rows;
+    if (ctx->needs_input_grad(0)) {
+      const auto* base = reinterpret_cast<const FrozenLinear*>(ctx->saved_data["base"].toInt());
+      grad_rows = grad.mm(base->dense_weight().to(grad.scalar_type()));
+      grad_rows.addmm_(grad_down, a_cast);
+    }
+    // As autograd would: the GEMMs in the activation dtype, then the pair's dtype (and B's scale).
+    const auto pair = static_cast<at::ScalarType>(ctx->saved_data["pair_dtype"].toInt());
+    const at::Tensor grad_a = grad_down.t().mm(rows).to(pair);
+    const at::Tensor grad_b = grad.t().mm(down).to(pair).mul(ctx->saved_data["scale"].toDouble());
+    return {grad_rows, at::Tensor(), grad_a, grad_b, at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
 at::Tensor LowRankAdapter::forward(const at::Tensor& x, const FrozenLinear& base) {
-  const at::Tensor dropped = dropout_ > 0 && model_.training() ? at::dropout(x, dropout_, true) : x;
+  // Rows flat: the base's output is then a tensor of its own that the up-projection adds into.
+  const at::Tensor rows = x.reshape({-1, x.size(-1)});
+  std::vector<int64_t> sizes = x.sizes().vec();
+  sizes.back() = base.out_features();
+  if (!(dropout_ > 0 && model_.training())) {
+    // The base's output without a graph to x: it requires grad only when the base trains a
+    // weight of its own ([peft] train_parts on this site), which autograd's path below serves.
+    at::Tensor out = base.forward(rows.detach());
+    if (!out.requires_grad() && out.use_count() == 1 && !out.is_view())
+      return LowRankLinear::apply(rows, out, a_, b_, scale_, &base)[0].view(sizes);
+  }
+  const at::Tensor dropped =
+      dropout_ > 0 && model_.training() ? at::dropout(rows, dropout_, true) : rows;
   const at::Tensor down = at::linear(dropped, a_.to(x.scalar_type()));
-  const at::Tensor out = base.forward(x);
-  // The scale goes into the small B and the sum into the up-projection's GEMM (beta = 1): no
-  // elementwise pass over the [tokens, out] activations, forward or backward.
   const at::Tensor up = (b_ * scale_).to(x.scalar_type());
-  return at::addmm(out.reshape({-1, out.size(-1)}), down.reshape({-1, down.size(-1)}), up.t())
-      .view(out.sizes());
+  return at::addmm(base.forward(rows), down, up.t()).view(sizes);
 }
 
 void add_to_weight(at::Tensor& weight, const at::Tensor& delta) {

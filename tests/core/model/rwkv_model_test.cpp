@@ -15,6 +15,7 @@
 #include "peftkit/error.hpp"
 #include "peftkit/tensor_io.hpp"
 #include "test_util.hpp"
+#include "wkv7/wkv7.hpp"
 
 namespace peftkit {
 namespace {
@@ -284,7 +285,7 @@ TEST(ModelConfig, RejectsOtherArchitecturesAndBrokenFiles) {
 TEST_P(EveryArchitecture, GradientCheckpointingGivesTheSameGradients) {
   const TensorMap weights = perturbed_model(config(), 8);
   const at::Tensor tokens = random_tokens(2, 21, config().vocab, 9);
-  auto gradients = [&](bool checkpointing) {
+  auto gradients = [&](bool checkpointing, bool keep_wkv = false) {
     model::RwkvModel model(weights, {at::kFloat, at::kCPU}, "test");
     std::vector<TrainableTensor> trainable =
         model.make_trainable([](const std::string&) { return true; });
@@ -297,7 +298,7 @@ TEST_P(EveryArchitecture, GradientCheckpointingGivesTheSameGradients) {
       trainable.push_back({"state" + std::to_string(l), states.back()});
     }
     model.set_state_adapter(std::make_shared<model::FixedStates>(states));
-    model.set_gradient_checkpointing(checkpointing);
+    model.set_gradient_checkpointing(checkpointing, keep_wkv);
     model.forward(tokens).square().mean().backward();
     std::map<std::string, at::Tensor> grads;
     for (const auto& t : trainable) grads[t.name] = t.tensor.grad().clone();
@@ -310,6 +311,19 @@ TEST_P(EveryArchitecture, GradientCheckpointingGivesTheSameGradients) {
     EXPECT_TRUE(at::allclose(checkpointed.at(name), grad, 1e-5, 1e-7)) << name;
   }
   EXPECT_GT(plain.at("state1").abs().max().item<float>(), 0.0f);
+
+  // grad_cp_keep_wkv: the recomputation takes the first pass's WKV forward, which is the same
+  // arithmetic, so every gradient is bit-identical to plain checkpointing.
+  if (config().arch == Architecture::kX060) {
+    EXPECT_TRUE(testing::throws_with([&] { gradients(true, true); },
+                                     "grad_cp_keep_wkv = true applies to x070"));
+    return;
+  }
+  const int64_t taken = kernels::wkv7_memos_taken();
+  const auto kept = gradients(true, true);
+  EXPECT_EQ(kernels::wkv7_memos_taken() - taken, config().n_layer);
+  for (const auto& [name, grad] : checkpointed) EXPECT_TRUE(at::equal(kept.at(name), grad)) << name;
+  EXPECT_TRUE(testing::throws_with([&] { gradients(false, true); }, "needs grad_cp = true"));
 }
 
 TEST(RwkvModel, ExposesNamedSitesAndRefusesUnknownOnes) {

@@ -159,6 +159,34 @@ TEST_F(TrainerTest, TheChunkedKernelIsRefusedOffTheGpuNamingTheKey) {
   EXPECT_NE(result.output.find("CUDA"), std::string::npos) << result.output;
 }
 
+// grad_cp_keep_wkv trains the same steps as plain grad_cp (the kept WKV7 forward is the same
+// arithmetic), and is refused where it cannot apply, naming the keys.
+TEST_F(TrainerTest, KeepingTheWkvForwardThroughCheckpointsTrainsTheSameSteps) {
+  const std::string methods =
+      "[peft]\nmethod = [\"state\", \"lora\"]\n[peft.lora]\nr = 4\nalpha = 8\n";
+  auto train_with = [&](const std::string& settings) {
+    testing::remove_tree(dir_ / "out");
+    auto result = run_command(peftkit_command("train " + recipe(methods).string() + settings));
+    return std::make_pair(result, metrics());
+  };
+  const auto [plain_run, plain] = train_with(" --set train.grad_cp=true");
+  ASSERT_EQ(plain_run.exit_code, 0) << plain_run.output;
+  const auto [kept_run, kept] =
+      train_with(" --set train.grad_cp=true --set train.grad_cp_keep_wkv=true");
+  ASSERT_EQ(kept_run.exit_code, 0) << kept_run.output;
+  ASSERT_EQ(kept.size(), plain.size());
+  for (size_t i = 0; i < plain.size(); ++i) {
+    EXPECT_EQ(kept[i]["loss"].get<double>(), plain[i]["loss"].get<double>()) << "step " << i + 1;
+    EXPECT_EQ(kept[i]["grad_norm"].get<double>(), plain[i]["grad_norm"].get<double>());
+  }
+  const auto [refused, unused] =
+      train_with(" --set train.grad_cp=false --set train.grad_cp_keep_wkv=true");
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.output.find("[train] grad_cp_keep_wkv = true needs grad_cp = true"),
+            std::string::npos)
+      << refused.output;
+}
+
 // GPU only: the frozen embedding read in place from pinned host memory trains exactly like the
 // embedding in device memory (LoRA + state, bf16, CUDA graphs), and a trained embedding
 // (train_parts) still gets its gradient.
@@ -233,16 +261,26 @@ TEST_F(TrainerTest, CudaGraphStepsTrainLikeEagerStepsOnTheGpu) {
   const std::string methods =
       "[peft]\nmethod = [\"state\", \"lora\"]\n[peft.lora]\nr = 4\nalpha = 8\n";
   const std::string train = "grad_cp = true\naccumulate_grad_batches = 2\n";
-  auto train_with = [&](const std::string& graphs) {
+  auto train_with = [&](const std::string& graphs, const std::string& extra = "") {
     testing::remove_tree(dir_ / "out");
     auto result = run_command(peftkit_command(
         "train " + recipe(methods, train).string() +
-        " --set run.device=cuda --set train.precision=bf16 --set train.cuda_graphs=" + graphs));
+        " --set run.device=cuda --set train.precision=bf16 --set train.cuda_graphs=" + graphs +
+        extra));
     EXPECT_EQ(result.exit_code, 0) << result.output;
     return std::make_pair(metrics(), result.output);
   };
   const auto [graphed, graphed_output] = train_with("true");
   const auto [eager, eager_output] = train_with("false");
+  // The WKV7 forward kept through the checkpoints (captured too) computes the same steps.
+  const auto [kept, kept_output] = train_with("true", " --set train.grad_cp_keep_wkv=true");
+  ASSERT_EQ(kept.size(), graphed.size());
+  for (size_t i = 0; i < kept.size(); ++i) {
+    EXPECT_TRUE(kept[i]["cuda_graph"].get<bool>()) << "step " << i + 1;
+    EXPECT_EQ(kept[i]["loss"].get<double>(), graphed[i]["loss"].get<double>()) << "step " << i + 1;
+    EXPECT_EQ(kept[i]["grad_norm"].get<double>(), graphed[i]["grad_norm"].get<double>())
+        << "step " << i + 1;
+  }
   ASSERT_EQ(graphed.size(), 12u);
   ASSERT_EQ(eager.size(), 12u);
   for (size_t i = 0; i < graphed.size(); ++i) {

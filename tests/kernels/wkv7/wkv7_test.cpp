@@ -231,6 +231,74 @@ TEST(Wkv7Cuda, MatchesTheFloat64CpuKernelIncludingGradients) {
   poison_kernel_outputs_for_testing(false);
 }
 
+// A memo filled by a call without gradients and taken by the same call with gradients (the
+// recomputation under grad_cp): outputs and every gradient equal a plain call's, bit for bit. A
+// taken memo is trusted, not recomputed: fed other values, the call returns the kept outputs
+// (which proves the forward was not run again). Other shapes are refused.
+void check_kept_forward(at::Device device, at::ScalarType dtype, int64_t N) {
+  const Inputs first = random_inputs(2, 37, 2, N, dtype, 11);
+  auto leaves = [&](const Inputs& in) {
+    Inputs out;
+    for (auto [to, from] : {std::pair{&out.r, &in.r},
+                            {&out.z, &in.z},
+                            {&out.k, &in.k},
+                            {&out.v, &in.v},
+                            {&out.a, &in.a},
+                            {&out.b, &in.b},
+                            {&out.s0, &in.s0}})
+      *to = from->to(device).detach().requires_grad_(true);
+    return out;
+  };
+  auto run = [&](const Inputs& in, Wkv7Memo* memo) {
+    auto [y, s] = wkv7(in.r, in.z, in.k, in.v, in.a, in.b, in.s0, memo);
+    ((y.to(at::kFloat) * y.to(at::kFloat)).sum() + s.sum()).backward();
+    std::vector<at::Tensor> out = {y.detach().cpu(), s.detach().cpu()};
+    for (const at::Tensor* p : {&in.r, &in.z, &in.k, &in.v, &in.a, &in.b, &in.s0})
+      out.push_back(p->grad().cpu());
+    return out;
+  };
+  const auto plain = run(leaves(first), nullptr);
+
+  Wkv7Memo memo;
+  {
+    at::NoGradGuard no_grad;
+    const Inputs in = leaves(first);
+    auto [y, s] = wkv7(in.r, in.z, in.k, in.v, in.a, in.b, in.s0, &memo);
+    ASSERT_TRUE(memo.filled());
+    EXPECT_TRUE(at::equal(y.cpu(), plain[0]));
+    EXPECT_TRUE(at::equal(s.cpu(), plain[1]));
+  }
+  const auto kept = run(leaves(first), &memo);
+  EXPECT_FALSE(memo.filled());
+  for (size_t i = 0; i < plain.size(); ++i) EXPECT_TRUE(at::equal(kept[i], plain[i])) << i;
+
+  {
+    at::NoGradGuard no_grad;
+    const Inputs in = leaves(first);
+    wkv7(in.r, in.z, in.k, in.v, in.a, in.b, in.s0, &memo);
+  }
+  const auto other = run(leaves(random_inputs(2, 37, 2, N, dtype, 12)), &memo);
+  EXPECT_TRUE(at::equal(other[0], plain[0]));
+
+  {
+    at::NoGradGuard no_grad;
+    const Inputs in = leaves(first);
+    wkv7(in.r, in.z, in.k, in.v, in.a, in.b, in.s0, &memo);
+  }
+  EXPECT_TRUE(
+      testing::throws_with([&] { run(leaves(random_inputs(2, 36, 2, N, dtype, 13)), &memo); },
+                           "wkv7: the kept forward was of [2, 37, 2, " + std::to_string(N) + "]"));
+}
+
+TEST(Wkv7Cpu, KeptForwardGivesTheSameOutputsAndGradients) {
+  check_kept_forward(at::kCPU, at::kFloat, 8);
+}
+
+TEST(Wkv7Cuda, KeptForwardGivesTheSameOutputsAndGradients) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  check_kept_forward(at::kCUDA, at::kBFloat16, 64);
+}
+
 TEST(Wkv7Cpu, RejectsMismatchedShapes) {
   Inputs in = random_inputs(1, 4, 2, 4, at::kFloat, 6);
   EXPECT_TRUE(

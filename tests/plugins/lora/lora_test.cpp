@@ -172,6 +172,54 @@ TEST(LoraTest, DropoutGradientsSurviveGradientCheckpointing) {
   EXPECT_FALSE(at::allclose(plain[1], gradients(false, 0.0)[1]));  // dropout was really applied
 }
 
+// The gradients by the chain rule through the merged weight W' = W + s B A (fp64 model): with
+// dL/dW' from a model that trains W' itself, dL/dA = s B^T dL/dW' and dL/dB = s dL/dW' A^T, and
+// what reaches the adapted sites' inputs (the LayerNorms' gradients) is the merged model's. One
+// adapted site's base weight trains too (train_parts) and gets dL/dW'.
+TEST(LoraTest, GradientsFollowTheChainRuleThroughTheMergedWeight) {
+  const at::Tensor tokens = at::randint(300, {2, 9});
+  TensorMap weights = model_weights();
+  for (auto& [name, tensor] : weights) tensor = tensor.to(at::kDouble);
+  const std::string trained_site = "blocks.1.att.key";
+  auto layer_norm = [](const std::string& name) { return name.find("ln") != std::string::npos; };
+
+  model::RwkvModel adapted(weights, {at::kDouble, at::kCPU}, "test");
+  auto method = lora(4, 8);  // s = 2
+  method->attach(adapted);
+  randomise(*method, 3);
+  std::map<std::string, at::Tensor> adapted_params;
+  for (const auto& t : adapted.make_trainable([&](const std::string& name) {
+         return layer_norm(name) || name == trained_site + ".weight";
+       }))
+    adapted_params[t.name] = t.tensor;
+  adapted.forward(tokens).square().mean().backward();
+
+  TensorMap merged_weights = weights;
+  method->merge_into(merged_weights);
+  model::RwkvModel merged(merged_weights, {at::kDouble, at::kCPU}, "test");
+  std::map<std::string, at::Tensor> merged_params;
+  for (const auto& t : merged.make_trainable(
+           [&](const std::string& name) { return layer_norm(name) || name.ends_with(".weight"); }))
+    merged_params[t.name] = t.tensor;
+  merged.forward(tokens).square().mean().backward();
+
+  std::map<std::string, at::Tensor> pair;
+  for (const auto& t : method->trainable_tensors()) pair[t.name] = t.tensor;
+  int sites = 0;
+  for (const auto& site : adapted.linear_sites()) {
+    const at::Tensor g = merged_params.at(site.name + ".weight").grad().to(at::kDouble);
+    const at::Tensor a = pair.at(site.name + ".lora_A"), b = pair.at(site.name + ".lora_B");
+    EXPECT_LT(relative_error(a.grad(), 2 * b.to(at::kDouble).t().mm(g)), 1e-4) << site.name;
+    EXPECT_LT(relative_error(b.grad(), 2 * g.mm(a.to(at::kDouble).t())), 1e-4) << site.name;
+    ++sites;
+  }
+  EXPECT_GE(sites, 6);
+  for (const auto& [name, param] : adapted_params)
+    EXPECT_LT(relative_error(param.grad(), merged_params.at(name).grad().to(at::kDouble)), 1e-4)
+        << name;
+  EXPECT_TRUE(adapted_params.count(trained_site + ".weight"));
+}
+
 TEST(LoraTest, TrainingThroughARecipeLowersTheLoss) {
   testing::TempDir dir;
   auto run = testing::train_small_model(
