@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <limits>
 #include <type_traits>
 
@@ -39,6 +40,22 @@ std::string typed(Place place, FusedType type, const Run& run) {
 // or per warp (per head): every block's loads are then in flight at once, where a loop over a
 // partial's kRows rows, as the backward kernels run, waits for each row's loads in turn.
 
+// K elements of T loaded or stored at once (16 bytes by default): kernels take their
+// activations in packs where C and every pointer allow, element by element otherwise.
+template <class T>
+constexpr int kPackSize = 16 / sizeof(T);
+template <class T, int K = kPackSize<T>>
+struct alignas(sizeof(T) * K) Pack {
+  T v[K];
+};
+
+// Whether every pointer allows 16-byte loads and stores.
+inline bool packable(std::initializer_list<const void*> pointers) {
+  for (const void* p : pointers)
+    if (reinterpret_cast<std::uintptr_t>(p) % 16 != 0) return false;
+  return true;
+}
+
 // ---- token shift + mixes: thread = channel; forward block row = one row of (b, t), backward
 // block row = kRows rows ----
 
@@ -51,18 +68,31 @@ struct MixPlanes {
   P* plane[Slots];
 };
 
-template <class T>
-__global__ void token_shift_mix_forward_kernel(int64_t B, int64_t T_, int64_t C, int64_t M,
-                                               const T* x, const T* shift, const float* mix,
-                                               MixPlanes<T> out) {
-  const int64_t c = blockIdx.y * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+// K channels per thread: 1, or a 16-byte pack when C and the pointers allow.
+template <class T, int K>
+__global__ void token_shift_mix_forward_kernel(int64_t T_, int64_t C, int64_t M, const T* x,
+                                               const T* shift, const float* mix, MixPlanes<T> out) {
+  using P = Pack<T, K>;
+  const int64_t c = (blockIdx.y * static_cast<int64_t>(blockDim.x) + threadIdx.x) * K;
   if (c >= C) return;
   const int64_t row = blockIdx.x, t = row % T_;
-  const float xv = load(x, row * C + c);
-  const float delta = (t > 0 ? load(x, (row - 1) * C + c) : load(shift, (row / T_) * C + c)) - xv;
+  const P own = *reinterpret_cast<const P*>(x + row * C + c);
+  const P previous =
+      *reinterpret_cast<const P*>(t > 0 ? x + (row - 1) * C + c : shift + (row / T_) * C + c);
+  float xv[K], delta[K];
+#pragma unroll
+  for (int j = 0; j < K; ++j) {
+    xv[j] = load(own.v, j);
+    delta[j] = load(previous.v, j) - xv[j];
+  }
 #pragma unroll
   for (int m = 0; m < kMaxMixes; ++m)
-    if (m < M) store(out.plane[m], row * C + c, fmaf(delta, mix[m * C + c], xv));
+    if (m < M) {
+      P mixed;
+#pragma unroll
+      for (int j = 0; j < K; ++j) store(mixed.v, j, fmaf(delta[j], mix[m * C + c + j], xv[j]));
+      *reinterpret_cast<P*>(out.plane[m] + row * C + c) = mixed;
+    }
 }
 
 template <class T, int M>
@@ -305,20 +335,61 @@ __global__ void norm_bonus_gate_backward_kernel(int64_t rows, int64_t H, float e
   }
 }
 
-template <class T>
-__global__ void relu_square_forward_kernel(int64_t n, const T* x, T* out) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float h = fmaxf(load(x, i), 0.0f);
-    store(out, i, h * h);
-  }
+// ---- ReLU²: elementwise, grid-stride ----
+
+// f(pack index) over the packs, then g(element index) over the rest, grid-stride.
+template <class T, class PackOp, class ElementOp>
+__device__ inline void for_packs_then_elements(int64_t n, bool packed, const PackOp& pack_op,
+                                               const ElementOp& element_op) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t first = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  const int64_t packs = packed ? n / kPackSize<T> : 0;
+  for (int64_t p = first; p < packs; p += stride) pack_op(p);
+  for (int64_t i = packs * kPackSize<T> + first; i < n; i += stride) element_op(i);
 }
 
 template <class T>
-__global__ void relu_square_backward_kernel(int64_t n, const T* x, const T* dout, T* dx) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    store(dx, i, 2.0f * fmaxf(load(x, i), 0.0f) * load(dout, i));
+__global__ void relu_square_forward_kernel(int64_t n, bool packed, const T* x, T* out) {
+  for_packs_then_elements<T>(
+      n, packed,
+      [&](int64_t p) {
+        const Pack<T> in = reinterpret_cast<const Pack<T>*>(x)[p];
+        Pack<T> result;
+#pragma unroll
+        for (int j = 0; j < kPackSize<T>; ++j) {
+          const float h = fmaxf(load(in.v, j), 0.0f);
+          store(result.v, j, h * h);
+        }
+        reinterpret_cast<Pack<T>*>(out)[p] = result;
+      },
+      [&](int64_t i) {
+        const float h = fmaxf(load(x, i), 0.0f);
+        store(out, i, h * h);
+      });
+}
+
+template <class T>
+__global__ void relu_square_backward_kernel(int64_t n, bool packed, const T* x, const T* dout,
+                                            T* dx) {
+  for_packs_then_elements<T>(
+      n, packed,
+      [&](int64_t p) {
+        const Pack<T> in = reinterpret_cast<const Pack<T>*>(x)[p];
+        const Pack<T> grad = reinterpret_cast<const Pack<T>*>(dout)[p];
+        Pack<T> result;
+#pragma unroll
+        for (int j = 0; j < kPackSize<T>; ++j)
+          store(result.v, j, 2.0f * fmaxf(load(in.v, j), 0.0f) * load(grad.v, j));
+        reinterpret_cast<Pack<T>*>(dx)[p] = result;
+      },
+      [&](int64_t i) { store(dx, i, 2.0f * fmaxf(load(x, i), 0.0f) * load(dout, i)); });
+}
+
+// Blocks of 256 threads for n elements, a pack (or an element) each, at most 65536 blocks.
+template <class T>
+unsigned elementwise_blocks(int64_t n, bool packed) {
+  const int64_t items = packed ? (n + kPackSize<T> - 1) / kPackSize<T> : n;
+  return static_cast<unsigned>(std::min<int64_t>((items + 255) / 256, 65536));
 }
 
 // Rows on the grid's x dimension (up to 2^31 - 1 blocks), channels or heads on y (at most 65535).
@@ -329,10 +400,7 @@ dim3 head_grid(int64_t rows, int64_t H) {
   return dim3(static_cast<unsigned>((fused_partials(rows) + kWarps - 1) / kWarps),
               static_cast<unsigned>(H));
 }
-// The forward kernels: a row per block row (per channel), a (row, head) per warp (per head).
-dim3 channel_row_grid(int64_t rows, int64_t C) {
-  return dim3(static_cast<unsigned>(rows), static_cast<unsigned>((C + 255) / 256));
-}
+// The per-head forward kernels: a (row, head) per warp.
 dim3 head_row_grid(int64_t rows, int64_t H) {
   return dim3(static_cast<unsigned>((rows + kWarps - 1) / kWarps), static_cast<unsigned>(H));
 }
@@ -388,11 +456,25 @@ std::string token_shift_mix_forward(Place place, FusedType type, int64_t B, int6
   if (M < 1 || M > kMaxMixes) return "token_shift_mix: 1 to 8 mixes";
   if (B * T * C == 0) return {};
   if (B * T > std::numeric_limits<int32_t>::max()) return "token_shift_mix: over 2^31 - 1 rows";
+  bool aligned = packable({x, shift, mix});
+  for (int64_t m = 0; m < M; ++m) aligned = aligned && packable({out[m]});
   return typed(place, type, [&](auto tag) {
     using E = decltype(tag);
-    token_shift_mix_forward_kernel<E><<<channel_row_grid(B * T, C), 256, 0, stream_of(place)>>>(
-        B, T, C, M, static_cast<const E*>(x), static_cast<const E*>(shift), mix,
-        mix_planes<E, kMaxMixes>(M, out));
+    auto launch = [&](auto per_thread) {
+      constexpr int kK = decltype(per_thread)::value;
+      // Whole warps, up to 256 threads, over the C / K threads of a row.
+      const int64_t threads = std::min<int64_t>(256, (C / kK + 31) / 32 * 32);
+      const dim3 grid(static_cast<unsigned>(B * T),
+                      static_cast<unsigned>((C / kK + threads - 1) / threads));
+      token_shift_mix_forward_kernel<E, kK>
+          <<<grid, static_cast<unsigned>(threads), 0, stream_of(place)>>>(
+              T, C, M, static_cast<const E*>(x), static_cast<const E*>(shift), mix,
+              mix_planes<E, kMaxMixes>(M, out));
+    };
+    if (aligned && C % kPackSize<E> == 0)
+      launch(std::integral_constant<int, kPackSize<E>>{});
+    else
+      launch(std::integral_constant<int, 1>{});
   });
 }
 
@@ -475,23 +557,22 @@ std::string norm_bonus_gate_backward(Place place, FusedType type, int64_t rows, 
 
 std::string relu_square_forward(Place place, FusedType type, int64_t n, const void* x, void* out) {
   if (n == 0) return {};
+  const bool packed = packable({x, out});
   return typed(place, type, [&](auto tag) {
     using E = decltype(tag);
-    relu_square_forward_kernel<E>
-        <<<static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65536)), 256, 0,
-           stream_of(place)>>>(n, static_cast<const E*>(x), static_cast<E*>(out));
+    relu_square_forward_kernel<E><<<elementwise_blocks<E>(n, packed), 256, 0, stream_of(place)>>>(
+        n, packed, static_cast<const E*>(x), static_cast<E*>(out));
   });
 }
 
 std::string relu_square_backward(Place place, FusedType type, int64_t n, const void* x,
                                  const void* dout, void* dx) {
   if (n == 0) return {};
+  const bool packed = packable({x, dout, dx});
   return typed(place, type, [&](auto tag) {
     using E = decltype(tag);
-    relu_square_backward_kernel<E>
-        <<<static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65536)), 256, 0,
-           stream_of(place)>>>(n, static_cast<const E*>(x), static_cast<const E*>(dout),
-                               static_cast<E*>(dx));
+    relu_square_backward_kernel<E><<<elementwise_blocks<E>(n, packed), 256, 0, stream_of(place)>>>(
+        n, packed, static_cast<const E*>(x), static_cast<const E*>(dout), static_cast<E*>(dx));
   });
 }
 

@@ -222,6 +222,35 @@ TEST(FusedCuda, EveryOpMatchesItsFloat64ReferenceIncludingGradients) {
   }
 }
 
+// GPU only: ReLU² and the token shift's forward take 16-byte packs of elements where sizes and
+// pointers allow, elements otherwise: ReLU² of a size that leaves a tail and of a view that starts
+// one element in (not 16-byte aligned); the token shift with C = 37 (no packs) and C = 36 (packs of
+// 4 fp32, not of 8 bf16).
+TEST(FusedCuda, PackedAndElementwisePathsMatchTheReference) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  at::manual_seed(12);
+  for (const auto& [dtype, bound] : {std::pair{at::kFloat, 1e-5}, std::pair{at::kBFloat16, 2e-3}}) {
+    for (const int64_t c : {37, 36})
+      expect_kernel_matches_reference(
+          "token_shift_mix C " + std::to_string(c),
+          [](const std::vector<at::Tensor>& in) { return token_shift_mix(in[0], in[1], in[2]); },
+          [](const std::vector<at::Tensor>& in) {
+            return token_shift_mix_reference(in[0], in[1], in[2]);
+          },
+          {uniform({2, 5, c}, -1, 1), uniform({2, c}, -1, 1), uniform({6, c}, 0, 1)}, dtype, bound);
+    for (const int64_t offset : {0, 1})
+      expect_kernel_matches_reference(
+          "relu_square from element " + std::to_string(offset),
+          [offset](const std::vector<at::Tensor>& in) {
+            return std::vector<at::Tensor>{relu_square(in[0].slice(0, offset))};
+          },
+          [offset](const std::vector<at::Tensor>& in) {
+            return std::vector<at::Tensor>{relu_square_reference(in[0].slice(0, offset))};
+          },
+          {uniform({1003 + offset}, -1, 1)}, dtype, bound);
+  }
+}
+
 // GPU only: with the per-channel parameters frozen the kernels skip their partial sums and autograd
 // gets no gradient for them; the activations' gradients are the same bits as when they train.
 TEST(FusedCuda, FrozenParametersGetNoGradientAndTheActivationsGradientsStayTheSame) {
