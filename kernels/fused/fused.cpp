@@ -4,9 +4,9 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "fused/fused_cuda.hpp"  // kMaxMixes, also without device code
 #ifdef PEFTKIT_FUSED_CUDA
 #include "cuda_place_of.hpp"
-#include "fused/fused_cuda.hpp"
 #endif
 
 namespace peftkit::kernels {
@@ -271,8 +271,10 @@ std::vector<at::Tensor> token_shift_mix(const at::Tensor& x, const at::Tensor& s
               x.sizes());
   TORCH_CHECK(shift.numel() == x.size(0) * x.size(2), "token_shift_mix: shift must be [B, C], got ",
               shift.sizes());
-  TORCH_CHECK(mixes.numel() > 0 && mixes.numel() % x.size(2) == 0 && mixes.numel() / x.size(2) <= 8,
-              "token_shift_mix: mixes must be [1 <= M <= 8, C], got ", mixes.sizes());
+  TORCH_CHECK(mixes.numel() > 0 && mixes.numel() % x.size(2) == 0 &&
+                  mixes.numel() / x.size(2) <= cuda::kMaxMixes,
+              "token_shift_mix: mixes must be [1 <= M <= ", cuda::kMaxMixes, ", C], got ",
+              mixes.sizes());
 #ifdef PEFTKIT_FUSED_CUDA
   if (kernel_dtype(x)) return TokenShiftMix::apply(x, shift.reshape({x.size(0), x.size(2)}), mixes);
 #endif

@@ -56,8 +56,8 @@ inline bool packable(std::initializer_list<const void*> pointers) {
   return true;
 }
 
-// ---- token shift + mixes: thread = channel; forward block row = one row of (b, t), backward
-// block row = kRows rows ----
+// ---- token shift + mixes: forward thread = a pack of channels (or one) of one row of (b, t);
+// backward thread = a channel of kRows rows ----
 
 // One pointer per mix, passed by value. Indexed by constants only (loops unrolled over the
 // slots), the pointers stay in the parameter bank and per-mix values in registers; a loop to a
@@ -456,7 +456,7 @@ std::string token_shift_mix_forward(Place place, FusedType type, int64_t B, int6
   if (M < 1 || M > kMaxMixes) return "token_shift_mix: 1 to 8 mixes";
   if (B * T * C == 0) return {};
   if (B * T > std::numeric_limits<int32_t>::max()) return "token_shift_mix: over 2^31 - 1 rows";
-  bool aligned = packable({x, shift, mix});
+  bool aligned = packable({x, shift});  // the fp32 mixes are read one by one
   for (int64_t m = 0; m < M; ++m) aligned = aligned && packable({out[m]});
   return typed(place, type, [&](auto tag) {
     using E = decltype(tag);

@@ -380,12 +380,14 @@ std::tuple<at::Tensor, at::Tensor> wkv7(const at::Tensor& r, const at::Tensor& z
     if (!kernel) return wkv7_reference(r, z, k, v, a, b, s0);
   }
   // Autograd functions need defined inputs: no initial state means a zero one.
-  at::Tensor initial = s0.defined() ? s0
-                                    : at::zeros({r.size(0), r.size(2), r.size(3), r.size(3)},
-                                                r.options().dtype(accumulate_type(r)));
+  auto initial = [&] {
+    return s0.defined() ? s0
+                        : at::zeros({r.size(0), r.size(2), r.size(3), r.size(3)},
+                                    r.options().dtype(accumulate_type(r)));
+  };
   const bool backward = binding::needs_backward({&r, &z, &k, &v, &a, &b, &s0});
   if (memo && !backward) {
-    ForwardForBackward f = forward_for_backward(r, z, k, v, a, b, initial);
+    ForwardForBackward f = forward_for_backward(r, z, k, v, a, b, initial());
     memo->y = f.y;
     // A copy: the caller's final state may become an autograd output of its own, and the
     // recomputation makes the memo's one an output of wkv7's backward node.
@@ -403,7 +405,7 @@ std::tuple<at::Tensor, at::Tensor> wkv7(const at::Tensor& r, const at::Tensor& z
     return {f.y.to(r.scalar_type()), f.s_final};
   }
 #endif
-  auto out = Wkv7Function::apply(r, z, k, v, a, b, initial, memo);
+  auto out = Wkv7Function::apply(r, z, k, v, a, b, initial(), memo);
   return {out[0], out[1]};
 }
 

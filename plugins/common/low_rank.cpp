@@ -158,14 +158,15 @@ LowRankAdapter::LowRankAdapter(const ModelView& model, at::Tensor a, at::Tensor 
 
 namespace {
 
-// y = base(x) + x A^T (s B)^T for x as rows [tokens, in], with the base frozen. Autograd would
-// compute the input's gradient as grad W plus grad (s B) A: two GEMMs and an elementwise add of
-// two [tokens, in] tensors. Here the second GEMM accumulates into the first's output (beta = 1).
-// The forward adds the up-projection into the base's output the same way.
+// y = base(x) + x A^T (s B)^T for x as rows [tokens, in]. Autograd would compute the input's
+// gradient as grad W plus grad (s B) A: two GEMMs and an elementwise add of two [tokens, in]
+// tensors. Here the second GEMM accumulates into the first's output (beta = 1). The forward adds
+// the up-projection into the base's output the same way.
 class LowRankLinear : public torch::autograd::Function<LowRankLinear> {
  public:
-  // base_out: base(rows), computed without gradient by the caller; modified in place and returned.
-  // The base outlives the graph: the model owns it.
+  // base_out: base(rows) computed by the caller with no graph to rows (one to the base's own
+  // weight when it trains); modified in place and returned. Its gradient passes through to that
+  // weight. The base outlives the graph: the model owns it.
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
                                                 at::Tensor rows, at::Tensor base_out, at::Tensor a,
                                                 at::Tensor b, double scale,
@@ -187,7 +188,7 @@ class LowRankLinear : public torch::autograd::Function<LowRankLinear> {
     const at::Tensor &rows = saved[0], &down = saved[1], &a_cast = saved[2], &up = saved[3];
     const at::Tensor grad = grads[0].contiguous();
     const at::Tensor grad_down = grad.mm(up);  // [tokens, r]
-    at::Tensor grad_rows;
+    at::Tensor grad_rows, grad_a, grad_b;
     if (ctx->needs_input_grad(0)) {
       const auto* base = reinterpret_cast<const FrozenLinear*>(ctx->saved_data["base"].toInt());
       grad_rows = grad.mm(base->dense_weight().to(grad.scalar_type()));
@@ -195,9 +196,11 @@ class LowRankLinear : public torch::autograd::Function<LowRankLinear> {
     }
     // As autograd would: the GEMMs in the activation dtype, then the pair's dtype (and B's scale).
     const auto pair = static_cast<at::ScalarType>(ctx->saved_data["pair_dtype"].toInt());
-    const at::Tensor grad_a = grad_down.t().mm(rows).to(pair);
-    const at::Tensor grad_b = grad.t().mm(down).to(pair).mul(ctx->saved_data["scale"].toDouble());
-    return {grad_rows, at::Tensor(), grad_a, grad_b, at::Tensor(), at::Tensor()};
+    if (ctx->needs_input_grad(2)) grad_a = grad_down.t().mm(rows).to(pair);
+    if (ctx->needs_input_grad(3))
+      grad_b = grad.t().mm(down).to(pair).mul(ctx->saved_data["scale"].toDouble());
+    const at::Tensor grad_base_out = ctx->needs_input_grad(1) ? grad : at::Tensor();
+    return {grad_rows, grad_base_out, grad_a, grad_b, at::Tensor(), at::Tensor()};
   }
 };
 
@@ -208,18 +211,16 @@ at::Tensor LowRankAdapter::forward(const at::Tensor& x, const FrozenLinear& base
   const at::Tensor rows = x.reshape({-1, x.size(-1)});
   std::vector<int64_t> sizes = x.sizes().vec();
   sizes.back() = base.out_features();
-  if (!(dropout_ > 0 && model_.training())) {
-    // The base's output without a graph to x: it requires grad only when the base trains a
-    // weight of its own ([peft] train_parts on this site), which autograd's path below serves.
-    at::Tensor out = base.forward(rows.detach());
-    if (!out.requires_grad() && out.use_count() == 1 && !out.is_view())
-      return LowRankLinear::apply(rows, out, a_, b_, scale_, &base)[0].view(sizes);
+  if (dropout_ > 0 && model_.training()) {
+    // The input's two paths differ (dropout on the adapter's only): autograd's sum.
+    const at::Tensor down = at::linear(at::dropout(rows, dropout_, true), a_.to(x.scalar_type()));
+    const at::Tensor up = (b_ * scale_).to(x.scalar_type());
+    return at::addmm(base.forward(rows), down, up.t()).view(sizes);
   }
-  const at::Tensor dropped =
-      dropout_ > 0 && model_.training() ? at::dropout(rows, dropout_, true) : rows;
-  const at::Tensor down = at::linear(dropped, a_.to(x.scalar_type()));
-  const at::Tensor up = (b_ * scale_).to(x.scalar_type());
-  return at::addmm(base.forward(rows), down, up.t()).view(sizes);
+  at::Tensor out = base.forward(rows.detach());
+  // Shared (a base that keeps or views its output): a copy of its own to add into.
+  if (out.use_count() != 1 || out.is_view()) out = out.clone();
+  return LowRankLinear::apply(rows, out, a_, b_, scale_, &base)[0].view(sizes);
 }
 
 void add_to_weight(at::Tensor& weight, const at::Tensor& delta) {
