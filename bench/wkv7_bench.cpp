@@ -1,15 +1,30 @@
 // wkv7_bench: WKV7 forward and forward + backward on the GPU, bf16 inputs, with an initial state
 // (its gradient computed) and the final state, for the shapes of the GPU milestone's table.
 //   wkv7_bench [B T H]...          (default: 8 1024 12, 4 4096 32, 1 16384 32, 8 4096 64; N = 64)
+// WKV7_CHUNKED_FORM=two|fused forces that form of the chunked kernels (default: by shape).
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/autograd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
 
 #include "cuda_timer.hpp"
 #include "wkv7/wkv7.hpp"
 
 int main(int argc, char** argv) {
   using peftkit::bench::bf16_uniform;
+  using peftkit::kernels::cuda::Wkv7ChunkedForm;
+  if (const char* form = std::getenv("WKV7_CHUNKED_FORM")) {
+    const std::string name = form;
+    if (name != "two" && name != "fused") {
+      std::fprintf(stderr, "WKV7_CHUNKED_FORM: expected two or fused, got '%s'\n", form);
+      return 2;
+    }
+    peftkit::kernels::use_wkv7_chunked_form(name == "two" ? Wkv7ChunkedForm::kTwoKernels
+                                                          : Wkv7ChunkedForm::kFused);
+  }
   return peftkit::bench::run_wkv_bench(
       argc, argv, {{8, 1024, 12}, {4, 4096, 32}, {1, 16384, 32}, {8, 4096, 64}},
       [](int64_t B, int64_t T, int64_t H) {

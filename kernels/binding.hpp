@@ -5,6 +5,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <initializer_list>
 
 #include "cuda_place.hpp"
@@ -35,6 +36,12 @@ inline bool needs_backward(std::initializer_list<const at::Tensor*> inputs) {
 // The CUDA kernels take bf16 or fp32 inputs as they are; everything else is made fp32.
 inline at::ScalarType cuda_input_type(const at::Tensor& x) {
   return x.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kFloat;
+}
+// Contiguous and 16-byte aligned: the CUDA kernels copy rows in 16-byte pieces, so a view that
+// starts inside an element group of its allocation (a narrowed or offset tensor) is copied.
+inline at::Tensor contiguous_aligned(const at::Tensor& x) {
+  at::Tensor c = x.contiguous();
+  return reinterpret_cast<uintptr_t>(c.data_ptr()) % 16 == 0 ? c : c.clone();
 }
 inline cuda::InputType cuda_type(const at::Tensor& x) {
   return x.scalar_type() == at::kBFloat16 ? cuda::InputType::kBFloat16 : cuda::InputType::kFloat32;

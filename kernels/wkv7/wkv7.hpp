@@ -19,6 +19,8 @@
 #include <tuple>
 #include <vector>
 
+#include "wkv7/wkv7_cuda.hpp"
+
 namespace peftkit::kernels {
 
 // One wkv7 call's forward, kept for a recomputation of the same call (gradient checkpointing
@@ -35,6 +37,10 @@ struct Wkv7Memo {
   at::Device device = at::kCPU;
   bool filled() const { return y.defined(); }
 };
+
+// bf16 inputs on CUDA: which form of the chunked kernels runs (see Wkv7ChunkedForm; by default
+// the shape picks). Tests and benchmarks force one; without CUDA it does nothing.
+void use_wkv7_chunked_form(cuda::Wkv7ChunkedForm form);
 
 // How many memos wkv7 has taken in this process (tests check that a recomputation used one).
 int64_t wkv7_memos_taken();

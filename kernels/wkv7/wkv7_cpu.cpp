@@ -172,8 +172,16 @@ void backward_kernel(const Shape& s, const at::Tensor& r, const at::Tensor& z, c
   });
 }
 
+// An input as the kernels read it: CUDA in bf16 or fp32, contiguous and aligned; CPU in the
+// accumulation type.
+at::Tensor kernel_input(const at::Tensor& x, const at::Tensor& r) {
 #ifdef PEFTKIT_WKV7_CUDA
-using binding::cuda_input_type;
+  if (r.is_cuda()) return binding::contiguous_aligned(x.to(binding::cuda_input_type(r)));
+#endif
+  return x.to(accumulate_type(r)).contiguous();
+}
+
+#ifdef PEFTKIT_WKV7_CUDA
 using binding::cuda_type;
 
 void check_cuda(const std::string& status) {
@@ -189,7 +197,7 @@ struct CudaForward {
 CudaForward cuda_forward(const at::Tensor& r, const at::Tensor& z, const at::Tensor& k,
                          const at::Tensor& v, const at::Tensor& a, const at::Tensor& b,
                          const at::Tensor& s0, bool for_backward) {
-  auto prepare = [&](const at::Tensor& x) { return x.to(cuda_input_type(r)).contiguous(); };
+  auto prepare = [&](const at::Tensor& x) { return kernel_input(x, r); };
   CudaForward f{prepare(r), prepare(z), prepare(k), prepare(v), prepare(a),
                 prepare(b), {},         {},         {},         {}};
   const cuda::Wkv7Shape shape{r.size(0), r.size(1), r.size(2), r.size(3)};
@@ -202,7 +210,8 @@ CudaForward cuda_forward(const at::Tensor& r, const at::Tensor& z, const at::Ten
     f.chunk_states = output({shape.B * shape.H, cuda::wkv7_chunks(shape), shape.N, shape.N}, f32);
     f.sa = output(f.r.sizes(), f32);
   }
-  at::Tensor scratch = at::empty({cuda::wkv7_forward_scratch_floats(cuda_type(f.r), shape)}, f32);
+  at::Tensor scratch =
+      at::empty({cuda::wkv7_forward_scratch_floats(cuda::place_of(r), cuda_type(f.r), shape)}, f32);
   check_cuda(cuda::wkv7_forward(
       cuda::place_of(r), cuda_type(f.r), shape, f.r.data_ptr(), f.z.data_ptr(), f.k.data_ptr(),
       f.v.data_ptr(), f.a.data_ptr(), f.b.data_ptr(), initial.data_ptr<float>(), f.y.data_ptr(),
@@ -220,13 +229,6 @@ struct ForwardForBackward {
   at::Tensor y, s_final;
   std::vector<at::Tensor> saved;
 };
-
-at::Tensor kernel_input(const at::Tensor& x, const at::Tensor& r) {
-#ifdef PEFTKIT_WKV7_CUDA
-  if (r.is_cuda()) return x.to(cuda_input_type(r)).contiguous();
-#endif
-  return x.to(accumulate_type(r)).contiguous();
-}
 
 ForwardForBackward forward_for_backward(const at::Tensor& r, const at::Tensor& z,
                                         const at::Tensor& k, const at::Tensor& v,
@@ -311,15 +313,16 @@ class Wkv7Function : public torch::autograd::Function<Wkv7Function> {
       // arrives in bf16 (y's dtype) and each gradient is rounded once, in the kernel.
       const auto f32 = r.options().dtype(at::kFloat);
       const cuda::Wkv7Shape shape{s.B, s.T, s.H, s.N};
-      at::Tensor dy = grads[0].defined() ? grads[0].to(r.scalar_type()).contiguous() : at::Tensor();
+      at::Tensor dy = grads[0].defined() ? binding::contiguous_aligned(grads[0].to(r.scalar_type()))
+                                         : at::Tensor();
       at::Tensor ds_final =
           grads[1].defined() ? grads[1].to(at::kFloat).contiguous() : at::Tensor();
       at::Tensor dr = output(r.sizes(), r.options()), dz = output(r.sizes(), r.options()),
                  dk = output(r.sizes(), r.options()), dv = output(r.sizes(), r.options()),
                  da = output(r.sizes(), r.options()), db = output(r.sizes(), r.options());
       at::Tensor ds0 = output({s.B, s.H, s.N, s.N}, f32);
-      at::Tensor scratch =
-          at::empty({cuda::wkv7_backward_scratch_floats(cuda_type(r), shape)}, f32);
+      at::Tensor scratch = at::empty(
+          {cuda::wkv7_backward_scratch_floats(cuda::place_of(r), cuda_type(r), shape)}, f32);
       check_cuda(cuda::wkv7_backward(
           cuda::place_of(r), cuda_type(r), shape, r.data_ptr(), z.data_ptr(), k.data_ptr(),
           v.data_ptr(), a.data_ptr(), b.data_ptr(), saved[6].data_ptr<float>(),
@@ -353,6 +356,14 @@ class Wkv7Function : public torch::autograd::Function<Wkv7Function> {
 }  // namespace
 
 int64_t wkv7_memos_taken() { return memos_taken; }
+
+void use_wkv7_chunked_form(cuda::Wkv7ChunkedForm form) {
+#ifdef PEFTKIT_WKV7_CUDA
+  cuda::select_wkv7_chunked_form(form);
+#else
+  (void)form;
+#endif
+}
 
 at::Tensor wkv7_decay(const at::Tensor& z) { return at::exp(-kDecayScale * at::sigmoid(z)); }
 

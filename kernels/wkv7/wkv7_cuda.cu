@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 #include <mma.h>
 
+#include <atomic>
 #include <type_traits>
 
 #include "cuda_device.cuh"
@@ -623,6 +624,26 @@ __device__ inline void multiply_add(Acc16& acc, const float* x, unsigned ldx, co
 
 enum class Scale { kNone, kUp, kDown, kUpBefore };  // 1, e^Λ, e^-Λ, e^Λ⁻
 
+// Where a chunk's step t starts, and how an element is read: in the [B, T, H, N] inputs (through
+// the read-only cache), or in a [16, N] copy of them in shared memory.
+struct InputRows {
+  HeadIndex head;
+  int64_t t0;
+  __device__ int64_t at(int t) const { return head.at(t0 + t); }
+  template <class T>
+  __device__ float read(const T* p, int64_t i) const {
+    return read_only(p, i);
+  }
+};
+template <int N>
+struct StagedRows {
+  __device__ int64_t at(int t) const { return int64_t{t} * N; }
+  template <class T>
+  __device__ float read(const T* p, int64_t i) const {
+    return load(p, i);
+  }
+};
+
 template <int N>
 struct ChunkTiles {
   static constexpr int kWarps = N / 16;  // one warp per 16 columns
@@ -647,9 +668,11 @@ struct ChunkTiles {
   __device__ static Source<kScale, T> tile_of(float* tile, const T* x, int ld = kLd) {
     return {tile, x, ld};
   }
-  template <class T, class... Sources>
-  __device__ static void load(float* lambda, const T* z, const HeadIndex& head, int64_t t0,
-                              int steps, const Sources&... sources) {
+  // `rows` says where the chunk's step t starts in every source (InputRows: the [B, T, H, N]
+  // inputs; StagedRows: [16, N] copies in shared memory) and how an element is read.
+  template <class Rows, class T, class... Sources>
+  __device__ static void load(float* lambda, const T* z, const Rows& rows, int steps,
+                              const Sources&... sources) {
     static_assert(kThreads == 2 * N, "two threads per column");
     constexpr int kRows = kChunk / 2;
     const int n = threadIdx.x % N, parity = threadIdx.x / N;
@@ -658,15 +681,15 @@ struct ChunkTiles {
     for (int m = 0; m < kRows; ++m) {
       const int t = parity + 2 * m;
       const bool inside = t < steps;
-      const int64_t o = head.at(t0 + t) + n;
+      const int64_t o = rows.at(t) + n;
       int i = 0;
-      ((raw[i++][m] = inside && sources.x ? read_only(sources.x, o) : 0.0f), ...);
+      ((raw[i++][m] = inside && sources.x ? rows.read(sources.x, o) : 0.0f), ...);
     }
     if (parity == 0) {
       float log_d[kChunk];
 #pragma unroll
       for (int t = 0; t < kChunk; ++t)
-        log_d[t] = t < steps ? -kDecayScale * sigmoid(read_only(z, head.at(t0 + t) + n)) : 0.0f;
+        log_d[t] = t < steps ? -kDecayScale * sigmoid(rows.read(z, rows.at(t) + n)) : 0.0f;
       float sum = 0;
 #pragma unroll
       for (int t = 0; t < kChunk; ++t) {
@@ -754,7 +777,7 @@ struct PassTraits {
 
 // (1) Every chunk in parallel: the pair matrices, the operands above, and W, U by substitution in
 // fp32 (forward: (I - Mab) is lower triangular; state gradient: (I - Mab^T) upper), one column of
-// [W | U] per thread.
+// [W | U] per thread. The steps on shared memory are shared with the fused kernel below.
 template <int N>
 struct PrepareChunk {
   using C = ChunkTiles<N>;
@@ -763,8 +786,78 @@ struct PrepareChunk {
   // [16, 2N] after the pairs: the right-hand sides of W (first A e^Λ⁻, the pairs' left operand)
   // and of U beside it.
   static constexpr int kRhsLd = 2 * N + 4;
-  static constexpr size_t shared_bytes() {
-    return sizeof(float) * (kTiles * C::kTileFloats + kPairs * C::kPairFloats + kChunk * kRhsLd);
+  static constexpr int kFloats =
+      kTiles * C::kTileFloats + kPairs * C::kPairFloats + kChunk * kRhsLd;
+  static constexpr size_t shared_bytes() { return sizeof(float) * kFloats; }
+
+  static constexpr int tile_at(int which) { return which * C::kTileFloats; }
+  static constexpr int pair_at(int which) {
+    return kTiles * C::kTileFloats + which * C::kPairFloats;
+  }
+  static constexpr int kRhsAt = pair_at(kPairs);
+
+  float* base;  // kFloats of shared memory
+  __device__ float* tile(int which) const { return base + tile_at(which); }
+  __device__ float* pair(int which) const { return base + pair_at(which); }
+  __device__ float* rhs() const { return base + kRhsAt; }
+
+  // The chunk's tiles (Λ, B e^-Λ, K e^-Λ, the values, R e^Λ) and A e^Λ⁻ into W's right-hand
+  // side; the caller synchronises before reading them.
+  template <class Rows>
+  __device__ void load(const Inputs<__nv_bfloat16>& in, const __nv_bfloat16* values,
+                       const Rows& rows, int steps) const {
+    C::load(tile(kLambda), in.z, rows, steps,
+            C::template tile_of<Scale::kUpBefore>(rhs(), in.a, kRhsLd),
+            C::template tile_of<Scale::kDown>(tile(kB), in.b),
+            C::template tile_of<Scale::kDown>(tile(kK), in.k),
+            C::template tile_of<Scale::kNone>(tile(kV), values),
+            C::template tile_of<Scale::kUp>(tile(kR), in.r));
+  }
+
+  // After load: the pair matrices, then U's right-hand side, Mak V (forward) or Mrb^T DY (state
+  // gradient), beside W's. W and U (the state's path) need Mab and Mak (forward) or Mab and Mrb
+  // (state gradient): those are split. The caller synchronises before reading U's side.
+  template <Pass kPass>
+  __device__ void pairs_and_u_side() const {
+    constexpr bool kReverse = PassTraits<kPass>::kReverse;
+    constexpr int kUPair = kReverse ? kMrb : kMak;
+    const int warp = threadIdx.x / 32;
+    for (int which = warp; which < kPairs; which += C::kWarps) {
+      const bool from_a = which == kMab || which == kMak, with_b = which == kMab || which == kMrb;
+      float *left = from_a ? rhs() : tile(kR), *right = tile(with_b ? kB : kK);
+      const int left_ld = from_a ? kRhsLd : C::kLd;
+      if (which == kMab || which == kUPair)
+        C::template step_pairs<Dots::kSplitTf32>(left, right, pair(which), from_a, left_ld);
+      else
+        C::template step_pairs<Dots::kTf32>(left, right, pair(which), from_a, left_ld);
+    }
+    __syncthreads();
+    Acc16 acc;
+    wmma::fill_fragment(acc, 0.0f);
+    multiply_add<16, kReverse, false, Dots::kSplitTf32>(acc, pair(kUPair), C::kPairLd,
+                                                        tile(kV) + 16 * warp, C::kLd);
+    wmma::store_matrix_sync(rhs() + N + 16 * warp, acc, kRhsLd, wmma::mem_row_major);
+  }
+
+  // e^Λ_L for key n: (b e^-Λ) e^Λ_L = b e^(Λ_L-Λ).
+  __device__ float decay_end(int n) const { return expf(tile(kLambda)[(kChunk - 1) * C::kLd + n]); }
+
+  // A column of [W | U] from its right-hand side x, in place: the forward substitutes from the
+  // first step, the state gradient from the last (Mab transposed).
+  template <Pass kPass>
+  __device__ void solve(float (&x)[kChunk]) const {
+    const float* mab = pair(kMab);
+    if constexpr (PassTraits<kPass>::kReverse) {
+#pragma unroll
+      for (int t = kChunk - 1; t >= 0; --t)
+#pragma unroll
+        for (int u = t + 1; u < kChunk; ++u) x[t] = fmaf(mab[u * C::kPairLd + t], x[u], x[t]);
+    } else {
+#pragma unroll
+      for (int t = 0; t < kChunk; ++t)
+#pragma unroll
+        for (int u = 0; u < t; ++u) x[t] = fmaf(mab[t * C::kPairLd + u], x[u], x[t]);
+    }
   }
 };
 
@@ -779,56 +872,26 @@ __global__ void __launch_bounds__(ChunkTiles<N>::kThreads, 768 / ChunkTiles<N>::
   using P = PrepareChunk<N>;
   constexpr bool kReverse = PassTraits<kPass>::kReverse;
   extern __shared__ __align__(32) float prepare_shared[];
-  auto tile = [&](int which) { return prepare_shared + which * C::kTileFloats; };
-  auto pair = [&](int which) {
-    return prepare_shared + P::kTiles * C::kTileFloats + which * C::kPairFloats;
-  };
-  float* rhs = pair(P::kPairs);
+  const P chunk{prepare_shared};
+  float* rhs = chunk.rhs();
   constexpr int kRhsLd = P::kRhsLd;
-  const int tid = threadIdx.x, warp = tid / 32;
-  const int64_t chunks = chunk_count(s), bh = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
-  const int64_t t0 = chunk * kChunk;
+  const int tid = threadIdx.x;
+  const int64_t chunks = chunk_count(s), bh = blockIdx.x / chunks, index = blockIdx.x % chunks;
+  const int64_t t0 = index * kChunk;
   const int steps = chunk_steps(s, t0);
-  const HeadIndex head(s, bh);
-  float* out = chunk_out + (bh * chunks + chunk) * F::kFloats;
+  float* out = chunk_out + (bh * chunks + index) * F::kFloats;
 
-  const float* lambda = tile(P::kLambda);
-  C::load(tile(P::kLambda), in.z, head, t0, steps,
-          C::template tile_of<Scale::kUpBefore>(rhs, in.a, kRhsLd),
-          C::template tile_of<Scale::kDown>(tile(P::kB), in.b),
-          C::template tile_of<Scale::kDown>(tile(P::kK), in.k),
-          C::template tile_of<Scale::kNone>(tile(P::kV), values),
-          C::template tile_of<Scale::kUp>(tile(P::kR), in.r));
+  chunk.load(in, values, InputRows{HeadIndex(s, bh), t0}, steps);
   __syncthreads();
-  // W and U (the state's path) need Mab and Mak (forward) or Mab and Mrb (state gradient).
-  constexpr int kUPair = kReverse ? P::kMrb : P::kMak;
-  for (int which = warp; which < P::kPairs; which += C::kWarps) {
-    const bool from_a = which == P::kMab || which == P::kMak,
-               with_b = which == P::kMab || which == P::kMrb;
-    float *left = from_a ? rhs : tile(P::kR), *right = tile(with_b ? P::kB : P::kK);
-    const int left_ld = from_a ? kRhsLd : C::kLd;
-    if (which == P::kMab || which == kUPair)
-      C::template step_pairs<Dots::kSplitTf32>(left, right, pair(which), from_a, left_ld);
-    else
-      C::template step_pairs<Dots::kTf32>(left, right, pair(which), from_a, left_ld);
-  }
-  __syncthreads();
-  {  // U's right-hand side: Mak V (forward) or Mrb^T DY (state gradient).
-    Acc16 acc;
-    wmma::fill_fragment(acc, 0.0f);
-    multiply_add<16, kReverse, false, Dots::kSplitTf32>(acc, pair(kUPair), C::kPairLd,
-                                                        tile(P::kV) + 16 * warp, C::kLd);
-    wmma::store_matrix_sync(rhs + N + 16 * warp, acc, kRhsLd, wmma::mem_row_major);
-  }
+  chunk.template pairs_and_u_side<kPass>();
   {
     const int n = tid % N;
-    const float decay_end =
-        expf(lambda[(kChunk - 1) * C::kLd + n]);  // (b e^-Λ) e^Λ_L = b e^(Λ_L-Λ)
+    const float decay_end = chunk.decay_end(n);
 #pragma unroll
     for (int t = tid / N; t < kChunk; t += 2) {
-      const float b_to_end = tile(P::kB)[t * C::kLd + n] * decay_end,
-                  k_to_end = tile(P::kK)[t * C::kLd + n] * decay_end,
-                  r_up = tile(P::kR)[t * C::kLd + n];
+      const float b_to_end = chunk.tile(P::kB)[t * C::kLd + n] * decay_end,
+                  k_to_end = chunk.tile(P::kK)[t * C::kLd + n] * decay_end,
+                  r_up = chunk.tile(P::kR)[t * C::kLd + n];
       float& rhs_w = rhs[t * kRhsLd + n];  // A e^Λ⁻, read by the pairs above
       F::tile(out, F::kOut)[t * N + n] = kReverse ? k_to_end : r_up;
       F::tile(out, F::kSaToEnd)[t * N + n] = kReverse ? rhs_w : b_to_end;
@@ -840,29 +903,16 @@ __global__ void __launch_bounds__(ChunkTiles<N>::kThreads, 768 / ChunkTiles<N>::
   for (int e = tid; e < 2 * 256; e += C::kThreads) {
     const int t = e % 256 / 16, u = e % 16;
     F::pair(out, e / 256)[e % 256] =
-        kReverse ? pair(e < 256 ? P::kMak : P::kMrk)[u * C::kPairLd + t]  // transposed
-                 : pair(e < 256 ? P::kMrb : P::kMrk)[t * C::kPairLd + u];
+        kReverse ? chunk.pair(e < 256 ? P::kMak : P::kMrk)[u * C::kPairLd + t]  // transposed
+                 : chunk.pair(e < 256 ? P::kMrb : P::kMrk)[t * C::kPairLd + u];
   }
   __syncthreads();
   // kThreads = 2N: thread `col` solves column col of [W | U].
   const int col = tid;
   float x[kChunk];
-  const float* mab = pair(P::kMab);
-  if constexpr (kReverse) {
 #pragma unroll
-    for (int t = kChunk - 1; t >= 0; --t) {
-      x[t] = rhs[t * kRhsLd + col];
-#pragma unroll
-      for (int u = t + 1; u < kChunk; ++u) x[t] = fmaf(mab[u * C::kPairLd + t], x[u], x[t]);
-    }
-  } else {
-#pragma unroll
-    for (int t = 0; t < kChunk; ++t) {
-      x[t] = rhs[t * kRhsLd + col];
-#pragma unroll
-      for (int u = 0; u < t; ++u) x[t] = fmaf(mab[t * C::kPairLd + u], x[u], x[t]);
-    }
-  }
+  for (int t = 0; t < kChunk; ++t) x[t] = rhs[t * kRhsLd + col];
+  chunk.template solve<kPass>(x);
   float* solved = F::tile(out, col < N ? F::kW : F::kU);
 #pragma unroll
   for (int t = 0; t < kChunk; ++t) solved[t * N + col % N] = x[t];
@@ -912,13 +962,190 @@ __device__ inline void store_pair(float* p, float x, float y) {
 // The products with X^T take the accumulators as B operands directly: a dot over keys may take
 // them in any order, and reading key 2q as k = q and key 2q+1 as k = q+4 (on the A side too)
 // makes an accumulator's (c0, c1) the B fragment of rows 0-7 and (c2, c3) that of rows 8-15.
-// The next chunk's operands are copied into shared memory (asynchronously) while the warp works
-// on the current one.
+
+// Where a pass step finds a chunk's operands (ChunkOperands' names) relative to one base in
+// shared memory: a Layout gives w, u, out, sa_to_end, value_to_end (t, key) of the [16, N] tiles,
+// out_sa and out_value (t, u) of the [16, 16] pairs, decay_end (key) and value (t, i), all at
+// offsets known at compile time (so no pointers are held in registers).
+// The warp's 16 rows of the pass state, from `entry` (null: zeros) or to `exit`: [B*H, N, N].
+template <int N>
+__device__ void load_pass_state(float (&state)[N / 8][4], const float* entry, int64_t bh) {
+  const int lane = threadIdx.x % 32, g = lane / 4, q = lane % 4, i0 = 16 * (threadIdx.x / 32);
+#pragma unroll
+  for (int kt = 0; kt < N / 8; ++kt)
+#pragma unroll
+    for (int c = 0; c < 4; ++c)
+      state[kt][c] =
+          entry ? entry[(bh * N + i0 + g + 8 * (c / 2)) * N + 8 * kt + 2 * q + c % 2] : 0.0f;
+}
+template <int N>
+__device__ void store_pass_state(const float (&state)[N / 8][4], float* exit, int64_t bh) {
+  const int lane = threadIdx.x % 32, g = lane / 4, q = lane % 4, i0 = 16 * (threadIdx.x / 32);
+#pragma unroll
+  for (int kt = 0; kt < N / 8; ++kt)
+#pragma unroll
+    for (int half = 0; half < 2; ++half)
+      *reinterpret_cast<float2*>(exit + (bh * N + i0 + g + 8 * half) * N + 8 * kt + 2 * q) =
+          make_float2(state[kt][2 * half], state[kt][2 * half + 1]);
+}
+
+constexpr int kSaLd = 20;  // row stride of a warp's [16 steps, 16 rows] X_SA tile
+
+// One chunk of a pass on the warp's 16 rows: writes the state entering the chunk to
+// `entry_out` (when not null), OUT and (when x_sa_out is not null) X_SA for the chunk's steps
+// starting at row `first` of the [B, T, H, N] outputs, and advances the state. sa_tile: the
+// warp's [16, kSaLd] scratch.
+template <int N, class Layout>
+__device__ void pass_chunk(float (&state)[N / 8][4], const float* base, bool has_values, int steps,
+                           float* sa_tile, float* entry_out, const HeadIndex& head, int64_t t0,
+                           __nv_bfloat16* out_values, float* x_sa_out) {
+  constexpr int kKeyTiles = N / 8;
+  const int lane = threadIdx.x % 32, g = lane / 4, q = lane % 4, i0 = 16 * (threadIdx.x / 32);
+  auto value = [&](int t, int i) {
+    return has_values && t < steps ? Layout::value(base, t, i) : 0.0f;
+  };
+  if (entry_out) {
+#pragma unroll
+    for (int kt = 0; kt < kKeyTiles; ++kt)
+#pragma unroll
+      for (int half = 0; half < 2; ++half)
+        *reinterpret_cast<float2*>(entry_out + (i0 + g + 8 * half) * N + 8 * kt + 2 * q) =
+            make_float2(state[kt][2 * half], state[kt][2 * half + 1]);
+  }
+  // X_SA and the pass state's part of OUT, two halves of the warp's 16 rows each.
+  float sa[2][4], out[2][4];
+#pragma unroll
+  for (int half = 0; half < 2; ++half)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      sa[half][c] = Layout::u(base, g + 8 * (c / 2), i0 + 8 * half + 2 * q + c % 2);
+      out[half][c] = 0.0f;
+    }
+#pragma unroll
+  for (int kt = 0; kt < kKeyTiles; ++kt) {
+    Tf32Operand<4, true> aw;
+    Tf32Operand<4, false> ao;
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const int t = g + 8 * (c % 2), j = 8 * kt + 2 * q + c / 2;  // keys read as (2q, 2q+1)
+      aw.set(c, Layout::w(base, t, j));
+      ao.set(c, Layout::out(base, t, j));
+    }
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      Tf32Operand<2, true> b;
+      b.set(0, state[kt][2 * half]);
+      b.set(1, state[kt][2 * half + 1]);
+      mma(sa[half], aw, b);
+      mma_tf32(out[half], ao.hi, b.hi);  // y/dv only: X's high part is enough
+    }
+  }
+#pragma unroll
+  for (int half = 0; half < 2; ++half)
+#pragma unroll
+    for (int c = 0; c < 4; ++c)
+      sa_tile[(g + 8 * (c / 2)) * kSaLd + 8 * half + 2 * q + c % 2] = sa[half][c];
+  __syncwarp();
+  // OUT += Os X_SA + Ov V over the chunk's steps.
+#pragma unroll
+  for (int s0 = 0; s0 < 16; s0 += 8) {
+    Tf32Operand<4, false> a_sa, a_v;
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const int t = g + 8 * (c % 2), u = s0 + q + 4 * (c / 2);
+      a_sa.set(c, Layout::out_sa(base, t, u));
+      a_v.set(c, Layout::out_value(base, t, u));
+    }
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int i = 8 * half + g;
+      Tf32Operand<2, false> b_sa, b_v;
+      b_sa.set(0, sa_tile[(s0 + q) * kSaLd + i]);
+      b_sa.set(1, sa_tile[(s0 + q + 4) * kSaLd + i]);
+      b_v.set(0, value(s0 + q, i0 + i));
+      b_v.set(1, value(s0 + q + 4, i0 + i));
+      mma(out[half], a_sa, b_sa);
+      mma(out[half], a_v, b_v);
+    }
+  }
+#pragma unroll
+  for (int half = 0; half < 2; ++half)
+#pragma unroll
+    for (int row = 0; row < 2; ++row) {
+      const int t = g + 8 * row, i = i0 + 8 * half + 2 * q;
+      if (t >= steps) continue;
+      const int64_t at = head.at(t0 + t) + i;
+      store_pair(out_values + at, out[half][2 * row], out[half][2 * row + 1]);
+      if (x_sa_out) store_pair(x_sa_out + at, sa[half][2 * row], sa[half][2 * row + 1]);
+    }
+  // X_end = e^Λ_L ⊙ X + X_SA^T Ts + V^T Tv; A fragments (rows i, k = step).
+  Tf32Operand<4, true> a_sa[2];
+  Tf32Operand<4, false> a_v[2];
+#pragma unroll
+  for (int s0 = 0; s0 < 16; s0 += 8)
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const int t = s0 + q + 4 * (c / 2), i = g + 8 * (c % 2);
+      a_sa[s0 / 8].set(c, sa_tile[t * kSaLd + i]);
+      a_v[s0 / 8].set(c, value(t, i0 + i));
+    }
+#pragma unroll
+  for (int kt = 0; kt < kKeyTiles; ++kt) {
+    const int j = 8 * kt + 2 * q;
+#pragma unroll
+    for (int c = 0; c < 4; ++c) state[kt][c] *= Layout::decay_end(base, j + c % 2);
+#pragma unroll
+    for (int s0 = 0; s0 < 16; s0 += 8) {
+      Tf32Operand<2, true> b_sa, b_v;
+      b_sa.set(0, Layout::sa_to_end(base, s0 + q, 8 * kt + g));
+      b_sa.set(1, Layout::sa_to_end(base, s0 + q + 4, 8 * kt + g));
+      b_v.set(0, Layout::value_to_end(base, s0 + q, 8 * kt + g));
+      b_v.set(1, Layout::value_to_end(base, s0 + q + 4, 8 * kt + g));
+      mma(state[kt], a_sa[s0 / 8], b_sa);
+      mma(state[kt], a_v[s0 / 8], b_v);
+    }
+  }
+}
+
+// The operands as prepare_kernel writes them (ChunkOperands), followed by the values in bf16.
+template <int N>
+struct StoredLayout {
+  using F = ChunkOperands<N>;
+  template <int Which>
+  __device__ static float tile(const float* base, int t, int n) {
+    return base[Which * kChunk * N + t * N + n];
+  }
+  __device__ static float w(const float* b, int t, int n) { return tile<F::kW>(b, t, n); }
+  __device__ static float u(const float* b, int t, int n) { return tile<F::kU>(b, t, n); }
+  __device__ static float out(const float* b, int t, int n) { return tile<F::kOut>(b, t, n); }
+  __device__ static float sa_to_end(const float* b, int t, int n) {
+    return tile<F::kSaToEnd>(b, t, n);
+  }
+  __device__ static float value_to_end(const float* b, int t, int n) {
+    return tile<F::kValueToEnd>(b, t, n);
+  }
+  __device__ static float out_sa(const float* b, int t, int u) {
+    return b[F::kTiles * kChunk * N + F::kOutSa * 256 + t * 16 + u];
+  }
+  __device__ static float out_value(const float* b, int t, int u) {
+    return b[F::kTiles * kChunk * N + F::kOutValue * 256 + t * 16 + u];
+  }
+  __device__ static float decay_end(const float* b, int n) {
+    return b[F::kTiles * kChunk * N + F::kPairs * 256 + n];
+  }
+  __device__ static float value(const float* b, int t, int i) {
+    return load(reinterpret_cast<const __nv_bfloat16*>(b + F::kFloats), t * N + i);
+  }
+};
+
+// The two-kernel form's pass: the operands come from prepare_kernel through global memory; the
+// next chunk's are copied into shared memory (asynchronously) while the warps work on the
+// current one.
 template <int N, Pass kPass>
 struct ChunkPass {
   using F = ChunkOperands<N>;
   using Value = __nv_bfloat16;
-  static constexpr int kWarps = N / 16, kThreads = 32 * kWarps, kSaLd = 20;
+  static constexpr int kWarps = N / 16, kThreads = 32 * kWarps;
   static constexpr int kValuesPerCopy = 16 / sizeof(Value);  // one 16-byte cp.async
   // One buffer: the chunk's operands, then its values [16, N].
   static constexpr int kBufferFloats =
@@ -934,20 +1161,20 @@ struct ChunkPass {
 //                   states, x_sa sa;
 //   state gradient: values dy, entry ds_final, out dv, exit ds0,     chunk_entries the gradients
 //                   at the chunks' ends, x_sa dsa.
+// At N = 64 at most 128 registers, so that four blocks fit an SM (as many as shared memory
+// allows).
 template <int N, Pass kPass>
-__global__ void __launch_bounds__(ChunkPass<N, kPass>::kThreads)
+__global__ void __launch_bounds__(ChunkPass<N, kPass>::kThreads, N == 64 ? 4 : 1)
     chunk_pass_kernel(Wkv7Shape s, const __nv_bfloat16* values, const float* entry,
                       const float* chunk_in, __nv_bfloat16* out_values, float* exit,
                       float* chunk_entries, float* x_sa_out) {
   using P = ChunkPass<N, kPass>;
   using F = ChunkOperands<N>;
   using Value = typename P::Value;
-  constexpr int kKeyTiles = N / 8, kSaLd = P::kSaLd, kPerCopy = P::kValuesPerCopy;
+  constexpr int kPerCopy = P::kValuesPerCopy;
   extern __shared__ __align__(32) float pass_shared[];
-  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, q = lane % 4,
-            i0 = 16 * warp;
-  float* sa_tile =
-      pass_shared + 2 * P::kBufferFloats + warp * 16 * kSaLd;  // [t][i] of the warp's rows
+  const int tid = threadIdx.x, warp = tid / 32;
+  float* sa_tile = pass_shared + 2 * P::kBufferFloats + warp * 16 * kSaLd;
   const int64_t bh = blockIdx.x, chunks = chunk_count(s);
   const HeadIndex head(s, bh);
   auto chunk_at = [&](int64_t visit) {
@@ -970,17 +1197,11 @@ __global__ void __launch_bounds__(ChunkPass<N, kPass>::kThreads)
     __pipeline_commit();
   };
 
-  float state[kKeyTiles][4];
-#pragma unroll
-  for (int kt = 0; kt < kKeyTiles; ++kt)
-#pragma unroll
-    for (int c = 0; c < 4; ++c)
-      state[kt][c] =
-          entry ? entry[(bh * N + i0 + g + 8 * (c / 2)) * N + 8 * kt + 2 * q + c % 2] : 0.0f;
+  float state[N / 8][4];
+  load_pass_state<N>(state, entry, bh);
   fetch(0);
   for (int64_t visit = 0; visit < chunks; ++visit) {
     const int64_t chunk = chunk_at(visit), t0 = chunk * kChunk;
-    const int steps = chunk_steps(s, t0);
     if (visit + 1 < chunks) {
       fetch(visit + 1);
       __pipeline_wait_prior(1);
@@ -988,123 +1209,170 @@ __global__ void __launch_bounds__(ChunkPass<N, kPass>::kThreads)
       __pipeline_wait_prior(0);
     }
     __syncthreads();
-    float* in = buffer(visit);
-    const float *w = F::tile(in, F::kW), *u = F::tile(in, F::kU), *o = F::tile(in, F::kOut);
-    const auto* chunk_values = reinterpret_cast<const Value*>(in + F::kFloats);
-    auto value_at = [&](int t, int i) {
-      return values && t < steps ? load(chunk_values, t * N + i0 + i) : 0.0f;
-    };
-    if (chunk_entries) {
-      float* entry_out = chunk_entries + (bh * chunks + chunk) * N * N;
-#pragma unroll
-      for (int kt = 0; kt < kKeyTiles; ++kt)
-#pragma unroll
-        for (int half = 0; half < 2; ++half)
-          *reinterpret_cast<float2*>(entry_out + (i0 + g + 8 * half) * N + 8 * kt + 2 * q) =
-              make_float2(state[kt][2 * half], state[kt][2 * half + 1]);
-    }
-    // X_SA and the pass state's part of OUT, two halves of the warp's 16 rows each.
-    float sa[2][4], out[2][4];
-#pragma unroll
-    for (int half = 0; half < 2; ++half)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        sa[half][c] = u[(g + 8 * (c / 2)) * N + i0 + 8 * half + 2 * q + c % 2];
-        out[half][c] = 0.0f;
-      }
-#pragma unroll
-    for (int kt = 0; kt < kKeyTiles; ++kt) {
-      Tf32Operand<4, true> aw;
-      Tf32Operand<4, false> ao;
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int at = (g + 8 * (c % 2)) * N + 8 * kt + 2 * q + c / 2;  // keys read as (2q, 2q+1)
-        aw.set(c, w[at]);
-        ao.set(c, o[at]);
-      }
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        Tf32Operand<2, true> b;
-        b.set(0, state[kt][2 * half]);
-        b.set(1, state[kt][2 * half + 1]);
-        mma(sa[half], aw, b);
-        mma_tf32(out[half], ao.hi, b.hi);  // y/dv only: X's high part is enough
-      }
-    }
-#pragma unroll
-    for (int half = 0; half < 2; ++half)
-#pragma unroll
-      for (int c = 0; c < 4; ++c)
-        sa_tile[(g + 8 * (c / 2)) * kSaLd + 8 * half + 2 * q + c % 2] = sa[half][c];
-    __syncwarp();
-    // OUT += Os X_SA + Ov V over the chunk's steps.
-#pragma unroll
-    for (int s0_ = 0; s0_ < 16; s0_ += 8) {
-      Tf32Operand<4, false> a_sa, a_v;
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int at = (g + 8 * (c % 2)) * 16 + s0_ + q + 4 * (c / 2);
-        a_sa.set(c, F::pair(in, F::kOutSa)[at]);
-        a_v.set(c, F::pair(in, F::kOutValue)[at]);
-      }
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int i = 8 * half + g;
-        Tf32Operand<2, false> b_sa, b_v;
-        b_sa.set(0, sa_tile[(s0_ + q) * kSaLd + i]);
-        b_sa.set(1, sa_tile[(s0_ + q + 4) * kSaLd + i]);
-        b_v.set(0, value_at(s0_ + q, i));
-        b_v.set(1, value_at(s0_ + q + 4, i));
-        mma(out[half], a_sa, b_sa);
-        mma(out[half], a_v, b_v);
-      }
-    }
-#pragma unroll
-    for (int half = 0; half < 2; ++half)
-#pragma unroll
-      for (int row = 0; row < 2; ++row) {
-        const int t = g + 8 * row, i = i0 + 8 * half + 2 * q;
-        if (t >= steps) continue;
-        const int64_t at = head.at(t0 + t) + i;
-        store_pair(out_values + at, out[half][2 * row], out[half][2 * row + 1]);
-        if (x_sa_out) store_pair(x_sa_out + at, sa[half][2 * row], sa[half][2 * row + 1]);
-      }
-    // X_end = e^Λ_L ⊙ X + X_SA^T Ts + V^T Tv; A fragments (rows i, k = step).
-    Tf32Operand<4, true> a_sa[2];
-    Tf32Operand<4, false> a_v[2];
-#pragma unroll
-    for (int s0_ = 0; s0_ < 16; s0_ += 8)
-#pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int t = s0_ + q + 4 * (c / 2), i = g + 8 * (c % 2);
-        a_sa[s0_ / 8].set(c, sa_tile[t * kSaLd + i]);
-        a_v[s0_ / 8].set(c, value_at(t, i));
-      }
-    const float* decay = F::decay_end(in);
-    const float *sa_to_end = F::tile(in, F::kSaToEnd), *value_to_end = F::tile(in, F::kValueToEnd);
-#pragma unroll
-    for (int kt = 0; kt < kKeyTiles; ++kt) {
-      const int j = 8 * kt + 2 * q;
-#pragma unroll
-      for (int c = 0; c < 4; ++c) state[kt][c] *= decay[j + c % 2];
-#pragma unroll
-      for (int s0_ = 0; s0_ < 16; s0_ += 8) {
-        Tf32Operand<2, true> b_sa, b_v;
-        b_sa.set(0, sa_to_end[(s0_ + q) * N + 8 * kt + g]);
-        b_sa.set(1, sa_to_end[(s0_ + q + 4) * N + 8 * kt + g]);
-        b_v.set(0, value_to_end[(s0_ + q) * N + 8 * kt + g]);
-        b_v.set(1, value_to_end[(s0_ + q + 4) * N + 8 * kt + g]);
-        mma(state[kt], a_sa[s0_ / 8], b_sa);
-        mma(state[kt], a_v[s0_ / 8], b_v);
-      }
-    }
+    pass_chunk<N, StoredLayout<N>>(
+        state, buffer(visit), values != nullptr, chunk_steps(s, t0), sa_tile,
+        chunk_entries ? chunk_entries + (bh * chunks + chunk) * N * N : nullptr, head, t0,
+        out_values, x_sa_out);
     __syncthreads();  // the buffer is refilled next; sa_tile is rewritten
   }
+  store_pass_state<N>(state, exit, bh);
+}
+
+// The fused form: one kernel, one block per (batch, head), each chunk's operands built in shared
+// memory right before its pass step (prepare_kernel's steps; the fp32 operands, about twice the
+// bf16 inputs, never reach global memory). The chunk's bf16 inputs are staged (cp.async) while
+// the previous chunk is worked on. In shared memory after the solve:
+//   forward:        W, U in rhs; O = R e^Λ; Ts = B e^(Λ_L-Λ), Tv = K e^(Λ_L-Λ) (B, K scaled in
+//                   place once the pairs are made); Os, Ov = Mrb, Mrk;
+//   state gradient: W in B's tile (its right-hand side B e^(Λ_L-Λ) was there), U in rhs;
+//                   O = K e^(Λ_L-Λ); Ts = A e^Λ⁻ (rhs, kept); Tv = R e^Λ; Os, Ov = Mak^T, Mrk^T.
+template <int N>
+struct FusedChunks {
+  using P = PrepareChunk<N>;
+  static constexpr int kThreads = ChunkTiles<N>::kThreads, kWarps = kThreads / 32;
+  enum Staged { kR, kZ, kK, kA, kB, kValues, kStaged };  // bf16 [16, N] copies
+  static constexpr int kDecayAt = P::kFloats, kSaAt = kDecayAt + N,
+                       kStagingAt = kSaAt + kWarps * 16 * kSaLd;
+  static_assert(kStagingAt % 4 == 0, "16-byte aligned copies");
+  static constexpr size_t shared_bytes() {
+    return sizeof(float) * kStagingAt + sizeof(__nv_bfloat16) * kStaged * kChunk * N;
+  }
+};
+
+// The operands of a chunk built in shared memory (see FusedChunks), once W and U are solved.
+template <int N, Pass kPass>
+struct BuiltLayout {
+  using C = ChunkTiles<N>;
+  using P = PrepareChunk<N>;
+  static constexpr bool kReverse = PassTraits<kPass>::kReverse;
+  template <int At, int Ld>
+  __device__ static float at(const float* base, int t, int n) {
+    return base[At + t * Ld + n];
+  }
+  static constexpr int kB = P::tile_at(P::kB), kK = P::tile_at(P::kK), kR = P::tile_at(P::kR);
+  // The pairs, transposed for the state gradient.
+  template <int Which>
+  __device__ static float pair(const float* base, int t, int u) {
+    return kReverse ? base[P::pair_at(Which) + u * C::kPairLd + t]
+                    : base[P::pair_at(Which) + t * C::kPairLd + u];
+  }
+  __device__ static float w(const float* b, int t, int n) {
+    return kReverse ? at<kB, C::kLd>(b, t, n) : at<P::kRhsAt, P::kRhsLd>(b, t, n);
+  }
+  __device__ static float u(const float* b, int t, int n) {
+    return at<P::kRhsAt + N, P::kRhsLd>(b, t, n);
+  }
+  __device__ static float out(const float* b, int t, int n) {
+    return kReverse ? at<kK, C::kLd>(b, t, n) : at<kR, C::kLd>(b, t, n);
+  }
+  __device__ static float sa_to_end(const float* b, int t, int n) {
+    return kReverse ? at<P::kRhsAt, P::kRhsLd>(b, t, n) : at<kB, C::kLd>(b, t, n);
+  }
+  __device__ static float value_to_end(const float* b, int t, int n) {
+    return kReverse ? at<kR, C::kLd>(b, t, n) : at<kK, C::kLd>(b, t, n);
+  }
+  __device__ static float out_sa(const float* b, int t, int u) {
+    return pair < kReverse ? P::kMak : P::kMrb > (b, t, u);
+  }
+  __device__ static float out_value(const float* b, int t, int u) { return pair<P::kMrk>(b, t, u); }
+  __device__ static float decay_end(const float* b, int n) {
+    return b[FusedChunks<N>::kDecayAt + n];
+  }
+  __device__ static float value(const float* b, int t, int i) {
+    return at<P::tile_at(P::kV), C::kLd>(b, t, i);
+  }
+};
+
+// The arguments are chunk_pass_kernel's, with the inputs instead of prepare_kernel's operands.
+template <int N, Pass kPass>
+__global__ void __launch_bounds__(ChunkTiles<N>::kThreads, 512 / ChunkTiles<N>::kThreads)
+    fused_chunk_pass_kernel(Wkv7Shape s, Inputs<__nv_bfloat16> in, const __nv_bfloat16* values,
+                            const float* entry, __nv_bfloat16* out_values, float* exit,
+                            float* chunk_entries, float* x_sa_out) {
+  using C = ChunkTiles<N>;
+  using P = PrepareChunk<N>;
+  using Fused = FusedChunks<N>;
+  constexpr bool kReverse = PassTraits<kPass>::kReverse;
+  constexpr int kRhsLd = P::kRhsLd;
+  extern __shared__ __align__(32) float fused_shared[];
+  const P chunk{fused_shared};
+  float* decay_end = fused_shared + Fused::kDecayAt;
+  const int tid = threadIdx.x, warp = tid / 32;
+  float* sa_tile = fused_shared + Fused::kSaAt + warp * 16 * kSaLd;
+  auto* staging = reinterpret_cast<__nv_bfloat16*>(fused_shared + Fused::kStagingAt);
+  auto staged = [&](int which) { return staging + which * kChunk * N; };
+  const int64_t bh = blockIdx.x, chunks = chunk_count(s);
+  const HeadIndex head(s, bh);
+  auto chunk_at = [&](int64_t visit) { return kReverse ? chunks - 1 - visit : visit; };
+  auto stage = [&](int64_t visit) {
+    const int64_t t0 = chunk_at(visit) * kChunk;
+    const int steps = chunk_steps(s, t0);
+    constexpr int kCopies = kChunk * N / 8;  // 16-byte copies of one [16, N] bf16 tile
 #pragma unroll
-  for (int kt = 0; kt < kKeyTiles; ++kt)
+    for (int which = 0; which < Fused::kStaged; ++which) {
+      const __nv_bfloat16* from = which == Fused::kR   ? in.r
+                                  : which == Fused::kZ ? in.z
+                                  : which == Fused::kK ? in.k
+                                  : which == Fused::kA ? in.a
+                                  : which == Fused::kB ? in.b
+                                                       : values;
+      if (!from) continue;
+      for (int e = tid; e < kCopies; e += C::kThreads) {
+        const int t = e / (N / 8), n = 8 * (e % (N / 8));
+        if (t < steps)
+          __pipeline_memcpy_async(staged(which) + t * N + n, from + head.at(t0 + t) + n, 16);
+      }
+    }
+    __pipeline_commit();
+  };
+  const Inputs<__nv_bfloat16> staged_in{staged(Fused::kR), staged(Fused::kZ), staged(Fused::kK),
+                                        nullptr,           staged(Fused::kA), staged(Fused::kB)};
+  const __nv_bfloat16* staged_values = values ? staged(Fused::kValues) : nullptr;
+  float* b_tile = chunk.tile(P::kB);
+  float* rhs = chunk.rhs();
+  float* k_tile = chunk.tile(P::kK);
+
+  float state[N / 8][4];
+  load_pass_state<N>(state, entry, bh);
+  stage(0);
+  for (int64_t visit = 0; visit < chunks; ++visit) {
+    const int64_t index = chunk_at(visit), t0 = index * kChunk;
+    const int steps = chunk_steps(s, t0);
+    __pipeline_wait_prior(0);
+    __syncthreads();  // the chunk is staged; the previous pass step is done with the tiles
+    chunk.load(staged_in, staged_values, StagedRows<N>{}, steps);
+    __syncthreads();  // the staging is read: the next chunk's copies may start
+    if (visit + 1 < chunks) stage(visit + 1);
+    chunk.template pairs_and_u_side<kPass>();
+    {  // B and K are read by the pairs: scale them by e^Λ_L (B: Ts or W's right-hand side).
+      const int n = tid % N;
+      const float to_end = chunk.decay_end(n);
 #pragma unroll
-    for (int c = 0; c < 4; ++c)
-      exit[(bh * N + i0 + g + 8 * (c / 2)) * N + 8 * kt + 2 * q + c % 2] = state[kt][c];
+      for (int t = tid / N; t < kChunk; t += 2) {
+        b_tile[t * C::kLd + n] *= to_end;
+        k_tile[t * C::kLd + n] *= to_end;
+      }
+      if (tid < N) decay_end[n] = to_end;
+    }
+    __syncthreads();
+    {  // kThreads = 2N: thread `col` solves column col of [W | U] in place.
+      const int col = tid;
+      float* column = kReverse && col < N ? b_tile + col : rhs + col;
+      const int ld = kReverse && col < N ? C::kLd : kRhsLd;
+      float x[kChunk];
+#pragma unroll
+      for (int t = 0; t < kChunk; ++t) x[t] = column[t * ld];
+      chunk.template solve<kPass>(x);
+#pragma unroll
+      for (int t = 0; t < kChunk; ++t) column[t * ld] = x[t];
+    }
+    __syncthreads();
+    pass_chunk<N, BuiltLayout<N, kPass>>(
+        state, fused_shared, values != nullptr, steps, sa_tile,
+        chunk_entries ? chunk_entries + (bh * chunks + index) * N * N : nullptr, head, t0,
+        out_values, x_sa_out);
+  }
+  store_pass_state<N>(state, exit, bh);
 }
 
 // Backward (2), every chunk in parallel. Given sa and dsa from the passes over time, a chunk's
@@ -1170,7 +1438,8 @@ __global__ void __launch_bounds__(ChunkTiles<N>::kThreads)
   }
   __pipeline_commit();
   float* lambda = tile(K::kLambda);
-  C::load(lambda, in.z, head, t0, steps, C::template tile_of<Scale::kNone>(tile(K::kDy), dy),
+  C::load(lambda, in.z, InputRows{head, t0}, steps,
+          C::template tile_of<Scale::kNone>(tile(K::kDy), dy),
           C::template tile_of<Scale::kNone>(tile(K::kSa), sa),
           C::template tile_of<Scale::kNone>(tile(K::kDsa), dsa),
           C::template tile_of<Scale::kNone>(tile(K::kV), in.v),
@@ -1270,13 +1539,18 @@ Inputs<T> inputs(const void* r, const void* z, const void* k, const void* v, con
           static_cast<const T*>(v), static_cast<const T*>(a), static_cast<const T*>(b)};
 }
 
+int multiprocessors(Place place) {
+  int sms = 0;
+  return cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, place.device) == cudaSuccess
+             ? sms
+             : 0;
+}
+
 // Whether even twice the (batch, head) pairs fit on the SMs one block each: the passes over time
 // then leave SMs idle.
 bool few_heads(Place place, const Wkv7Shape& s) {
-  int sms = 0;
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, place.device) != cudaSuccess)
-    return false;
-  return 2 * s.B * s.H <= sms;
+  const int sms = multiprocessors(place);
+  return sms > 0 && 2 * s.B * s.H <= sms;
 }
 
 // Blocks per (batch, head) of the passes over time: two with few heads (from N = 64; smaller
@@ -1296,12 +1570,46 @@ std::string with_row_blocks(Place place, const Wkv7Shape& s, const Run& run) {
   return run(std::integral_constant<int, 1>{});
 }
 
+std::atomic<Wkv7ChunkedForm> chunked_form{Wkv7ChunkedForm::kByShape};
+
+// Whether the fused form runs. By shape: at N = 64 with at least three (batch, head) blocks per
+// SM. Each fused block works through its chunks one after the other, building a chunk (about
+// 6.5 us alone on an H200) and then passing it, so it only wins where many blocks share an SM
+// and hide each other's latency. Measured on an H200 (bench/RESULTS.md, 2026-12-03 21:33 UTC),
+// forward + backward: B*H = 512 fused 19.1 ms vs 21.2 (T = 4096), 4.87 vs 5.41 (T = 1024);
+// B*H = 256 11.2 vs 10.9, 2.87 vs 2.80; B*H = 96 1.94 vs 1.25.
+bool fused_for(Place place, const Wkv7Shape& s) {
+  switch (chunked_form.load()) {
+    case Wkv7ChunkedForm::kTwoKernels:
+      return false;
+    case Wkv7ChunkedForm::kFused:
+      return true;
+    case Wkv7ChunkedForm::kByShape:
+      break;
+  }
+  const int sms = multiprocessors(place);
+  return s.N == 64 && sms > 0 && s.B * s.H >= 3 * int64_t{sms};
+}
+
 // One chunked recurrence (see ChunkOperands): the chunk-parallel kernel, then the pass over
-// chunks. `operands` holds chunk_operand_floats(N) per chunk.
+// chunks, or both in one kernel. `operands` holds chunk_operand_floats(N) per chunk (the two
+// kernels' form only).
 template <int N, Pass kPass>
 std::string chunked_pass(Place place, const Wkv7Shape& s, const Inputs<__nv_bfloat16>& in,
                          const __nv_bfloat16* values, const float* entry, __nv_bfloat16* out_values,
                          float* exit, float* chunk_entries, float* x_sa, float* operands) {
+  const char* what = kPass == Pass::kForward ? "wkv7_forward" : "wkv7_backward state gradient";
+  const auto heads = static_cast<unsigned>(s.B * s.H);
+  if (fused_for(place, s)) {
+    constexpr size_t bytes = FusedChunks<N>::shared_bytes();
+    if (!allow_shared(fused_chunk_pass_kernel<N, kPass>, bytes))
+      return status("wkv7 fused chunked pass shared memory");
+    fused_chunk_pass_kernel<N, kPass><<<heads, FusedChunks<N>::kThreads, bytes, stream_of(place)>>>(
+        s, in, values, entry, out_values, exit, chunk_entries, x_sa);
+    return status(what);
+  }
+  // The scratch was sized for the form chosen then (a form forced in between would find none).
+  if (!operands) return "wkv7: the two-kernel chunked form was given no scratch";
   constexpr size_t prepare_bytes = PrepareChunk<N>::shared_bytes(),
                    pass_bytes = ChunkPass<N, kPass>::shared_bytes();
   if (!allow_shared(prepare_kernel<N, kPass>, prepare_bytes) ||
@@ -1311,9 +1619,9 @@ std::string chunked_pass(Place place, const Wkv7Shape& s, const Inputs<__nv_bflo
       <<<static_cast<unsigned>(s.B * s.H * wkv7_chunks(s)), ChunkTiles<N>::kThreads, prepare_bytes,
          stream_of(place)>>>(s, in, values, operands);
   chunk_pass_kernel<N, kPass>
-      <<<static_cast<unsigned>(s.B * s.H), ChunkPass<N, kPass>::kThreads, pass_bytes,
-         stream_of(place)>>>(s, values, entry, operands, out_values, exit, chunk_entries, x_sa);
-  return status(kPass == Pass::kForward ? "wkv7_forward" : "wkv7_backward state gradient");
+      <<<heads, ChunkPass<N, kPass>::kThreads, pass_bytes, stream_of(place)>>>(
+          s, values, entry, operands, out_values, exit, chunk_entries, x_sa);
+  return status(what);
 }
 
 template <class T, int N>
@@ -1399,15 +1707,18 @@ std::string dispatch_n(int64_t n, const Run& run) {
 
 }  // namespace
 
+void select_wkv7_chunked_form(Wkv7ChunkedForm form) { chunked_form = form; }
+
 bool wkv7_supports(int64_t n) { return n == 16 || n == 32 || n == 64 || n == 128; }
 
-int64_t wkv7_forward_scratch_floats(InputType type, const Wkv7Shape& s) {
-  if (type != InputType::kBFloat16) return 0;
+int64_t wkv7_forward_scratch_floats(Place place, InputType type, const Wkv7Shape& s) {
+  if (type != InputType::kBFloat16 || fused_for(place, s)) return 0;
   return s.B * s.H * wkv7_chunks(s) * chunk_operand_floats(s.N);
 }
 
-int64_t wkv7_backward_scratch_floats(InputType type, const Wkv7Shape& s) {
-  return wkv7_chunk_state_floats(s) + s.B * s.T * s.H * s.N + wkv7_forward_scratch_floats(type, s);
+int64_t wkv7_backward_scratch_floats(Place place, InputType type, const Wkv7Shape& s) {
+  return wkv7_chunk_state_floats(s) + s.B * s.T * s.H * s.N +
+         wkv7_forward_scratch_floats(place, type, s);
 }
 
 std::string wkv7_forward(Place place, InputType type, const Wkv7Shape& s, const void* r,

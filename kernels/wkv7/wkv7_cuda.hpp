@@ -2,12 +2,13 @@
 // `place`'s stream.
 //
 // The chunked design (chunk = kWkv7Chunk steps):
-//   forward, bf16 inputs: (1) every chunk in parallel: the chunk's decays, step-pair matrices and
-//             the WY form of sa (W, U by forward substitution); (2) one pass over chunks per
-//             (batch, head), a warp per 16 state rows holding them in registers: sa = W S^T + U,
-//             y and the state update as tensor-core products with fp32 accumulation: split TF32
-//             (two TF32 parts, three products) for what the carried state depends on, TF32 for
-//             what only reaches y. The final state stays within 2e-4 of float64.
+//   forward, bf16 inputs: (1) per chunk: the chunk's decays, step-pair matrices and the WY form
+//             of sa (W, U by forward substitution); (2) one pass over chunks per (batch, head), a
+//             warp per 16 state rows holding them in registers: sa = W S^T + U, y and the state
+//             update as tensor-core products with fp32 accumulation: split TF32 (two TF32 parts,
+//             three products) for what the carried state depends on, TF32 for what only reaches
+//             y. The final state stays within 2e-4 of float64. (1) runs either for every chunk in
+//             parallel into global memory, or fused into (2) in shared memory (Wkv7ChunkedForm).
 //   forward, fp32 inputs: one pass over time per (batch, head) in fp32 on CUDA cores (a state row
 //             split over N/16 threads, two rows per thread from N = 64); TF32 would miss the fp32
 //             accuracy bound.
@@ -44,15 +45,24 @@ inline constexpr int64_t kWkv7Chunk = 16;
 
 bool wkv7_supports(int64_t head_size);
 
+// The bf16 chunked recurrences (the forward and the state gradient) run in one of two forms:
+// two kernels (every chunk's fp32 operands in parallel into global memory, then the pass over
+// chunks), or fused (one kernel per (batch, head) that builds each chunk's operands in shared
+// memory right before its pass step). Results are the same; speed depends on the shape, and
+// kByShape (the default) takes the form measured faster. Tests and benchmarks force one.
+enum class Wkv7ChunkedForm { kByShape, kTwoKernels, kFused };
+void select_wkv7_chunked_form(Wkv7ChunkedForm form);
+
 inline int64_t wkv7_chunks(const Wkv7Shape& s) { return (s.T + kWkv7Chunk - 1) / kWkv7Chunk; }
 // Floats of the stored chunk states (also the backward's chunk gradients).
 inline int64_t wkv7_chunk_state_floats(const Wkv7Shape& s) {
   return s.B * s.H * wkv7_chunks(s) * s.N * s.N;
 }
-// Floats of the forward's scratch: the chunked path's per-chunk tiles (bf16), else 0.
-int64_t wkv7_forward_scratch_floats(InputType type, const Wkv7Shape& s);
-// Floats of the backward's scratch: chunk gradients, dsa and (bf16) the per-chunk tiles.
-int64_t wkv7_backward_scratch_floats(InputType type, const Wkv7Shape& s);
+// Floats of the forward's scratch: the per-chunk operands of the two-kernel chunked form (bf16),
+// else 0. A scratch is sized for the form chosen at the time (see Wkv7ChunkedForm).
+int64_t wkv7_forward_scratch_floats(Place place, InputType type, const Wkv7Shape& s);
+// Floats of the backward's scratch: chunk gradients, dsa and the forward's scratch.
+int64_t wkv7_backward_scratch_floats(Place place, InputType type, const Wkv7Shape& s);
 
 // chunk_states and sa may be null when no backward follows (inference).
 std::string wkv7_forward(Place place, InputType type, const Wkv7Shape& shape, const void* r,

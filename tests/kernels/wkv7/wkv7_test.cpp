@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <sstream>
 
@@ -165,6 +166,7 @@ TEST(Wkv7Cuda, MatchesTheFloat64CpuKernelIncludingGradients) {
                         {1, 300, 1, 128, at::kFloat, 1e-5},
                         {1, 257, 2, 128, at::kBFloat16, 2e-3},
                         {4, 17, 4, 16, at::kBFloat16, 2e-3},
+                        // B*H = 512: the fused chunked form (by shape, up to 170 SMs).
                         {8, 33, 64, 64, at::kBFloat16, 2e-3},
                         {4, 70, 3, 64, at::kBFloat16, 2e-3, true},
                         {1, 16384, 1, 64, at::kBFloat16, 2e-3},
@@ -229,6 +231,91 @@ TEST(Wkv7Cuda, MatchesTheFloat64CpuKernelIncludingGradients) {
     EXPECT_TRUE(at::equal(s.cpu().to(at::kDouble), got[1])) << where.str();
   }
   poison_kernel_outputs_for_testing(false);
+}
+
+// One bf16 call on the GPU with a weighted loss on y and the final state (dy optional): y, the
+// final state and the gradients of r .. b and s0 (as given, so views stay views).
+std::vector<at::Tensor> cuda_outputs_and_gradients(const Inputs& in, bool with_dy, uint64_t seed) {
+  std::vector<at::Tensor> leaves;
+  for (const at::Tensor* t : {&in.r, &in.z, &in.k, &in.v, &in.a, &in.b, &in.s0})
+    leaves.push_back(t->detach().requires_grad_(true));
+  auto [y, s] = wkv7(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], leaves[5], leaves[6]);
+  at::Generator g = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const at::Tensor weight_s = at::normal(0, 1, s.sizes(), g, at::kDouble).to(s.options());
+  at::Tensor loss = (s * weight_s).sum();
+  if (with_dy) {
+    const at::Tensor weight_y = at::normal(0, 1, y.sizes(), g, at::kDouble).to(y.options());
+    loss = loss + (y.to(at::kFloat) * weight_y.to(at::kFloat)).sum();
+  }
+  loss.backward();
+  std::vector<at::Tensor> out = {y.detach().cpu(), s.detach().cpu()};
+  for (const auto& leaf : leaves) out.push_back(leaf.grad().cpu());
+  return out;
+}
+
+// GPU machine only: the bf16 chunked recurrences' two forms (two kernels through global memory,
+// or fused in shared memory) do the same arithmetic, so every output and gradient must agree
+// bit for bit; the two-kernel form is checked against float64 above. Every head size, chunk
+// tails, one and many heads, no dy (the state gradient's values are zero) and an initial state.
+TEST(Wkv7Cuda, FusedAndTwoKernelFormsAgreeBitForBit) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  struct Case {
+    int64_t B, T, H, N;
+    bool with_dy;
+  };
+  const Case cases[] = {{2, 37, 3, 64, true},   {1, 1, 2, 16, true},   {3, 100, 2, 32, true},
+                        {1, 257, 2, 128, true}, {4, 17, 4, 16, false}, {8, 300, 64, 64, true},
+                        {1, 2049, 1, 64, true}};
+  poison_kernel_outputs_for_testing(true);
+  for (const auto& c : cases) {
+    Inputs in = random_inputs(c.B, c.T, c.H, c.N, at::kBFloat16, 5 + c.T);
+    for (at::Tensor* t : {&in.r, &in.z, &in.k, &in.v, &in.a, &in.b}) *t = t->to(at::kCUDA);
+    in.s0 = in.s0.to(at::kCUDA, at::kFloat);
+    std::vector<at::Tensor> forms[2];
+    for (int fused = 0; fused < 2; ++fused) {
+      use_wkv7_chunked_form(fused ? cuda::Wkv7ChunkedForm::kFused
+                                  : cuda::Wkv7ChunkedForm::kTwoKernels);
+      forms[fused] = cuda_outputs_and_gradients(in, c.with_dy, 3);
+    }
+    use_wkv7_chunked_form(cuda::Wkv7ChunkedForm::kByShape);
+    const char* names[] = {"y", "s_final", "dr", "dz", "dk", "dv", "da", "db", "ds0"};
+    for (size_t i = 0; i < forms[0].size(); ++i) {
+      EXPECT_FALSE(forms[1][i].isnan().any().item<bool>())
+          << names[i] << " B" << c.B << " T" << c.T;
+      EXPECT_TRUE(at::equal(forms[0][i], forms[1][i]))
+          << names[i] << " B" << c.B << " T" << c.T << " H" << c.H << " N" << c.N;
+    }
+  }
+  poison_kernel_outputs_for_testing(false);
+}
+
+// GPU machine only: the kernels copy rows in 16-byte pieces. Inputs that are contiguous views
+// starting one element into their allocation (so not 16-byte aligned) give the same results as
+// aligned copies of them, in both chunked forms, instead of a misaligned-address fault.
+TEST(Wkv7Cuda, InputsNotAlignedTo16BytesGiveTheAlignedResults) {
+  if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+  const int64_t B = 2, T = 40, H = 3, N = 64;
+  Inputs aligned = random_inputs(B, T, H, N, at::kBFloat16, 31);
+  for (at::Tensor* t : {&aligned.r, &aligned.z, &aligned.k, &aligned.v, &aligned.a, &aligned.b})
+    *t = t->to(at::kCUDA);
+  aligned.s0 = aligned.s0.to(at::kCUDA, at::kFloat);
+  auto shift = [](const at::Tensor& x) {
+    at::Tensor storage = at::empty({x.numel() + 1}, x.options());
+    at::Tensor view = storage.narrow(0, 1, x.numel()).view(x.sizes());
+    view.copy_(x);
+    return view;
+  };
+  const Inputs shifted{shift(aligned.r), shift(aligned.z), shift(aligned.k), shift(aligned.v),
+                       shift(aligned.a), shift(aligned.b), aligned.s0};
+  ASSERT_NE(reinterpret_cast<uintptr_t>(shifted.v.data_ptr()) % 16, 0u);
+  ASSERT_TRUE(shifted.v.is_contiguous());
+  for (auto form : {cuda::Wkv7ChunkedForm::kTwoKernels, cuda::Wkv7ChunkedForm::kFused}) {
+    use_wkv7_chunked_form(form);
+    const auto want = cuda_outputs_and_gradients(aligned, true, 7);
+    const auto got = cuda_outputs_and_gradients(shifted, true, 7);
+    for (size_t i = 0; i < want.size(); ++i) EXPECT_TRUE(at::equal(got[i], want[i])) << i;
+  }
+  use_wkv7_chunked_form(cuda::Wkv7ChunkedForm::kByShape);
 }
 
 // A memo filled by a call without gradients and taken by the same call with gradients (the
