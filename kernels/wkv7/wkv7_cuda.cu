@@ -967,25 +967,26 @@ __device__ inline void store_pair(float* p, float x, float y) {
 // shared memory: a Layout gives w, u, out, sa_to_end, value_to_end (t, key) of the [16, N] tiles,
 // out_sa and out_value (t, u) of the [16, 16] pairs, decay_end (key) and value (t, i), all at
 // offsets known at compile time (so no pointers are held in registers).
-// The warp's 16 rows of the pass state, from `entry` (null: zeros) or to `exit`: [B*H, N, N].
+// The warp's 16 rows of a pass state [N, N] (row-major), from `state_in` (null: zeros) or to
+// `state_out`.
 template <int N>
-__device__ void load_pass_state(float (&state)[N / 8][4], const float* entry, int64_t bh) {
+__device__ void load_pass_state(float (&state)[N / 8][4], const float* state_in) {
   const int lane = threadIdx.x % 32, g = lane / 4, q = lane % 4, i0 = 16 * (threadIdx.x / 32);
 #pragma unroll
   for (int kt = 0; kt < N / 8; ++kt)
 #pragma unroll
     for (int c = 0; c < 4; ++c)
       state[kt][c] =
-          entry ? entry[(bh * N + i0 + g + 8 * (c / 2)) * N + 8 * kt + 2 * q + c % 2] : 0.0f;
+          state_in ? state_in[(i0 + g + 8 * (c / 2)) * N + 8 * kt + 2 * q + c % 2] : 0.0f;
 }
 template <int N>
-__device__ void store_pass_state(const float (&state)[N / 8][4], float* exit, int64_t bh) {
+__device__ void store_pass_state(const float (&state)[N / 8][4], float* state_out) {
   const int lane = threadIdx.x % 32, g = lane / 4, q = lane % 4, i0 = 16 * (threadIdx.x / 32);
 #pragma unroll
   for (int kt = 0; kt < N / 8; ++kt)
 #pragma unroll
     for (int half = 0; half < 2; ++half)
-      *reinterpret_cast<float2*>(exit + (bh * N + i0 + g + 8 * half) * N + 8 * kt + 2 * q) =
+      *reinterpret_cast<float2*>(state_out + (i0 + g + 8 * half) * N + 8 * kt + 2 * q) =
           make_float2(state[kt][2 * half], state[kt][2 * half + 1]);
 }
 
@@ -1004,14 +1005,7 @@ __device__ void pass_chunk(float (&state)[N / 8][4], const float* base, bool has
   auto value = [&](int t, int i) {
     return has_values && t < steps ? Layout::value(base, t, i) : 0.0f;
   };
-  if (entry_out) {
-#pragma unroll
-    for (int kt = 0; kt < kKeyTiles; ++kt)
-#pragma unroll
-      for (int half = 0; half < 2; ++half)
-        *reinterpret_cast<float2*>(entry_out + (i0 + g + 8 * half) * N + 8 * kt + 2 * q) =
-            make_float2(state[kt][2 * half], state[kt][2 * half + 1]);
-  }
+  if (entry_out) store_pass_state<N>(state, entry_out);
   // X_SA and the pass state's part of OUT, two halves of the warp's 16 rows each.
   float sa[2][4], out[2][4];
 #pragma unroll
@@ -1198,7 +1192,7 @@ __global__ void __launch_bounds__(ChunkPass<N, kPass>::kThreads, N == 64 ? 4 : 1
   };
 
   float state[N / 8][4];
-  load_pass_state<N>(state, entry, bh);
+  load_pass_state<N>(state, entry ? entry + bh * N * N : nullptr);
   fetch(0);
   for (int64_t visit = 0; visit < chunks; ++visit) {
     const int64_t chunk = chunk_at(visit), t0 = chunk * kChunk;
@@ -1215,7 +1209,7 @@ __global__ void __launch_bounds__(ChunkPass<N, kPass>::kThreads, N == 64 ? 4 : 1
         out_values, x_sa_out);
     __syncthreads();  // the buffer is refilled next; sa_tile is rewritten
   }
-  store_pass_state<N>(state, exit, bh);
+  store_pass_state<N>(state, exit + bh * N * N);
 }
 
 // The fused form: one kernel, one block per (batch, head), each chunk's operands built in shared
@@ -1333,7 +1327,7 @@ __global__ void __launch_bounds__(ChunkTiles<N>::kThreads, 512 / ChunkTiles<N>::
   float* k_tile = chunk.tile(P::kK);
 
   float state[N / 8][4];
-  load_pass_state<N>(state, entry, bh);
+  load_pass_state<N>(state, entry ? entry + bh * N * N : nullptr);
   stage(0);
   for (int64_t visit = 0; visit < chunks; ++visit) {
     const int64_t index = chunk_at(visit), t0 = index * kChunk;
@@ -1372,7 +1366,7 @@ __global__ void __launch_bounds__(ChunkTiles<N>::kThreads, 512 / ChunkTiles<N>::
         chunk_entries ? chunk_entries + (bh * chunks + index) * N * N : nullptr, head, t0,
         out_values, x_sa_out);
   }
-  store_pass_state<N>(state, exit, bh);
+  store_pass_state<N>(state, exit + bh * N * N);
 }
 
 // Backward (2), every chunk in parallel. Given sa and dsa from the passes over time, a chunk's
